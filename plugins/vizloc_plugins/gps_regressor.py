@@ -1,0 +1,1 @@
+"""Localizer plugin: gps_regressor (being written)."""

@@ -1,0 +1,1 @@
+"""Localizer plugin: room_classifier (being written)."""

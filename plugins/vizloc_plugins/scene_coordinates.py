@@ -1,0 +1,1 @@
+"""Localizer plugin: scene_coordinates (being written)."""

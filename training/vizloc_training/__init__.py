@@ -1,0 +1,1 @@
+"""Offline training stack of vizloc_ros (torch lives here only)."""

@@ -1,0 +1,227 @@
+"""The localizer contract: what a plugin registers and what the node calls per frame.
+
+A plugin registers :class:`LocalizerType` objects (a factory plus a typed options dataclass) into
+a :class:`LocalizerRegistry` once, at start-up, through the ``vizloc_register_localizers`` hook
+(see :mod:`vizloc_ros.hookspecs`). The node then builds :class:`Localizer` objects from ROS
+parameters and calls ``localize(frame)`` directly; no hook runs per frame.
+
+Options dataclasses: every field must have a default and a type among ``bool``, ``int``,
+``float``, ``str``, ``list[str]``, ``list[float]``, ``list[int]``; ``field(metadata={'description':
+...})`` documents it. The node declares one ROS parameter ``<localizer name>.<field>`` per field.
+Unknown keys are errors.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Generic, Mapping, Protocol, TypeVar, runtime_checkable
+
+from .types import Frame, LocalizationResult
+
+__all__ = [
+    'Localizer',
+    'LocalizerConfig',
+    'LocalizerContext',
+    'LocalizerType',
+    'LocalizerRegistry',
+    'ConfigError',
+    'UnknownLocalizerTypeError',
+    'NoOptions',
+    'build_options',
+    'option_fields',
+]
+
+logger = logging.getLogger(__name__)
+
+OPTION_TYPES = (bool, int, float, str, list[str], list[float], list[int])
+
+
+class ConfigError(ValueError):
+    """A localizer configuration that cannot be used (unknown key, wrong type, missing bundle...)."""
+
+
+class UnknownLocalizerTypeError(ConfigError):
+    """No plugin registered the requested localizer type."""
+
+
+@runtime_checkable
+class Localizer(Protocol):
+    """A configured localizer instance. Created in the node's ``on_configure``, closed in ``on_cleanup``.
+
+    ``localize`` is called from one worker thread at a time and may take as long as the model needs;
+    it raises :class:`vizloc_ros.types.InvalidInputError` for frames it cannot use (counted and
+    logged by the node, which keeps running).
+    """
+
+    #: Backend actually in use (``onnxruntime:CPUExecutionProvider``, ``tensorrt``, ``python``...).
+    backend_name: str
+    #: True if the localizer needs camera intrinsics (frames are held back until CameraInfo arrives).
+    requires_camera_info: bool
+
+    def localize(self, frame: Frame) -> LocalizationResult:
+        ...
+
+    def reset(self) -> None:
+        """Forget temporal state (called on deactivate)."""
+        ...
+
+    def close(self) -> None:
+        """Free models and sessions."""
+        ...
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """Options dataclass for localizer types that take no type-specific options."""
+
+
+@dataclass(frozen=True)
+class LocalizerConfig:
+    """Options common to every localizer instance (ROS parameters ``<name>.type``, ``<name>.bundle``...)."""
+
+    name: str
+    type: str
+    bundle: str = ''
+    backend: str = 'auto'
+    max_rate_hz: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.replace('_', '').isalnum() or not self.name[0].isalpha():
+            raise ConfigError(f'localizer name {self.name!r} must start with a letter and contain only letters, digits and _')
+        if self.max_rate_hz < 0.0:
+            raise ConfigError(f'{self.name}.max_rate_hz must be >= 0 (0 = every frame), got {self.max_rate_hz}')
+
+
+@dataclass(frozen=True)
+class LocalizerContext:
+    """What the host (node or evaluation script) provides to factories."""
+
+    cache_dir: Path
+    map_frame: str = 'map'
+
+
+OptionsT = TypeVar('OptionsT')
+
+
+@dataclass(frozen=True)
+class LocalizerType(Generic[OptionsT]):
+    """A registered localizer type: ``factory(config, options, context) -> Localizer``."""
+
+    name: str
+    factory: Callable[[LocalizerConfig, OptionsT, LocalizerContext], Localizer]
+    options_type: type = NoOptions
+    description: str = ''
+    #: False for types that need no model bundle (e.g. test or geometry-only localizers).
+    needs_bundle: bool = True
+    #: Name of the plugin (entry point) that registered it; filled in by the registry.
+    plugin: str = ''
+
+    def __post_init__(self) -> None:
+        if not dataclasses.is_dataclass(self.options_type):
+            raise TypeError(f'{self.name}: options_type must be a dataclass, got {self.options_type!r}')
+        option_fields(self.options_type)  # validates field types and defaults
+
+
+def option_fields(options_type: type) -> list[tuple[str, type, Any, str]]:
+    """(name, type, default, description) of each field of an options dataclass, validated."""
+    hints = typing.get_type_hints(options_type)
+    out = []
+    for f in dataclasses.fields(options_type):
+        tp = hints[f.name]
+        if tp not in OPTION_TYPES:
+            raise TypeError(f'{options_type.__name__}.{f.name}: option type {tp!r} is not one of {OPTION_TYPES}')
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            raise TypeError(f'{options_type.__name__}.{f.name}: every option needs a default')
+        out.append((f.name, tp, default, str(f.metadata.get('description', ''))))
+    return out
+
+
+def build_options(options_type: type[OptionsT], values: Mapping[str, Any], where: str = '') -> OptionsT:
+    """Build an options dataclass from a mapping; unknown keys and wrong types raise ConfigError."""
+    known = {name: (tp, default) for name, tp, default, _ in option_fields(options_type)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f'{where or options_type.__name__}: unknown option(s) {unknown}; known: {sorted(known)}')
+    kwargs = {}
+    for key, value in values.items():
+        tp, _ = known[key]
+        kwargs[key] = _coerce(value, tp, f'{where}.{key}' if where else key)
+    try:
+        return options_type(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f'{where or options_type.__name__}: {exc}') from exc
+
+
+def _coerce(value: Any, tp: type, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f'{where} must be a list of {item_tp.__name__}, got {value!r}')
+        return [_coerce(v, item_tp, where) for v in value]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f'{where} must be true or false, got {value!r}')
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f'{where} must be an integer, got {value!r}')
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f'{where} must be a number, got {value!r}')
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(f'{where} must be a string, got {value!r}')
+    return value
+
+
+@dataclass
+class LocalizerRegistry:
+    """Localizer types by name, filled by plugins through the ``vizloc_register_localizers`` hook."""
+
+    types: dict[str, LocalizerType] = field(default_factory=dict)
+    _current_plugin: str = ''
+
+    def register(self, localizer_type: LocalizerType) -> None:
+        if localizer_type.name in self.types:
+            other = self.types[localizer_type.name].plugin
+            raise ConfigError(
+                f'localizer type {localizer_type.name!r} registered twice (by {other!r} and {self._current_plugin!r})')
+        if not localizer_type.plugin:
+            localizer_type = dataclasses.replace(localizer_type, plugin=self._current_plugin)
+        self.types[localizer_type.name] = localizer_type
+        logger.debug('registered localizer type %s from plugin %s', localizer_type.name, localizer_type.plugin)
+
+    def get(self, name: str) -> LocalizerType:
+        try:
+            return self.types[name]
+        except KeyError:
+            raise UnknownLocalizerTypeError(
+                f'no plugin registered localizer type {name!r}; registered: {sorted(self.types) or "none"}. '
+                f'Is the plugin package installed (entry-point group vizloc_ros.localizers) and not blocked?'
+            ) from None
+
+    def create(self, config: LocalizerConfig, options: Mapping[str, Any], context: LocalizerContext) -> Localizer:
+        """Build a localizer instance; option values are validated against the type's dataclass."""
+        localizer_type = self.get(config.type)
+        opts = build_options(localizer_type.options_type, options, where=config.name)
+        if not config.bundle and localizer_type.needs_bundle:
+            raise ConfigError(f'{config.name}.bundle is required for localizer type {config.type!r}')
+        if config.bundle and not Path(config.bundle).expanduser().exists():
+            raise ConfigError(f'{config.name}.bundle: no such bundle directory {config.bundle!r}')
+        return localizer_type.factory(config, opts, context)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.types
+
+    def __len__(self) -> int:
+        return len(self.types)
+

@@ -1,0 +1,65 @@
+"""Loading localizer plugins with pluggy: entry points, blocking, and the typed registry."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import pluggy
+
+from . import hookspecs
+from .localizer import ConfigError, LocalizerRegistry
+
+__all__ = ['PluginLoadReport', 'load_registry']
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PluginLoadReport:
+    """What happened at start-up: the registry plus loaded, blocked and failed plugins."""
+
+    registry: LocalizerRegistry
+    loaded: list[str] = field(default_factory=list)
+    blocked: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def load_registry(blocked: Iterable[str] = (), extra_plugins: Iterable[object] = ()) -> PluginLoadReport:
+    """Discover plugins in the ``vizloc_ros.localizers`` entry-point group and collect their types.
+
+    ``blocked`` names entry points (plugin names) that must not load. ``extra_plugins`` are
+    objects/modules registered directly (used by tests and embedding applications).
+    A plugin whose hook raises is reported in ``failed`` and skipped; the others still load.
+    """
+    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    blocked = sorted(set(blocked))
+    for name in blocked:
+        pm.set_blocked(name)
+    try:
+        pm.load_setuptools_entrypoints(hookspecs.ENTRY_POINT_GROUP)
+    except Exception as exc:  # an import error in one plugin module
+        raise ConfigError(f'loading a plugin from entry-point group {hookspecs.ENTRY_POINT_GROUP!r} failed: {exc!r}') from exc
+    for plugin in extra_plugins:
+        name = getattr(plugin, '__name__', None) or type(plugin).__name__
+        if not pm.is_blocked(name):
+            pm.register(plugin, name=name)
+    pm.check_pending()
+
+    report = PluginLoadReport(registry=LocalizerRegistry(), blocked=blocked)
+    # Call each plugin's implementation on its own so that one failing plugin is reported and skipped.
+    for impl in pm.hook.vizloc_register_localizers.get_hookimpls():
+        name = impl.plugin_name
+        report.registry._current_plugin = name
+        try:
+            impl.function(registry=report.registry)
+        except Exception as exc:  # one broken plugin must not take the node down
+            report.failed[name] = repr(exc)
+            logger.error('plugin %s failed to register its localizers: %r', name, exc)
+            continue
+        report.loaded.append(name)
+    report.registry._current_plugin = ''
+    logger.info('localizer plugins loaded: %s; blocked: %s; types: %s',
+                report.loaded or 'none', blocked or 'none', sorted(report.registry.types) or 'none')
+    return report

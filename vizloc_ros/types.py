@@ -1,0 +1,217 @@
+"""Core value types shared by the node, the localizers and the training stack.
+
+Frames and units are part of the names: ``T_map_camera`` maps camera coordinates to map
+coordinates (4x4, metres); ``cov_enu_m2`` is a 3x3 covariance in a local East-North-Up frame in
+square metres; ``latency_ms`` is milliseconds; ``stamp_ns`` is nanoseconds since the ROS epoch.
+
+Nothing here imports rclpy, so these types are usable in training and offline evaluation.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Mapping
+
+import numpy as np
+
+__all__ = [
+    'CameraIntrinsics',
+    'Frame',
+    'RoomEstimate',
+    'GeoEstimate',
+    'PoseEstimate',
+    'LocalizationResult',
+    'InvalidInputError',
+]
+
+
+class InvalidInputError(ValueError):
+    """An input (image, calibration, parameter) that cannot be used; the message says why."""
+
+
+def _as_matrix(value: object, shape: tuple[int, ...], what: str) -> np.ndarray:
+    array = np.asarray(value, dtype=np.float64)
+    if array.shape != shape:
+        raise InvalidInputError(f'{what} must have shape {shape}, got {array.shape}')
+    if not np.all(np.isfinite(array)):
+        raise InvalidInputError(f'{what} contains non-finite values')
+    return array
+
+
+@dataclass(frozen=True)
+class CameraIntrinsics:
+    """Pinhole intrinsics of an image of ``width`` x ``height`` pixels (from sensor_msgs/CameraInfo).
+
+    ``K`` is the 3x3 camera matrix in pixels, ``D`` the distortion coefficients of
+    ``distortion_model`` (``plumb_bob`` / ``rational_polynomial`` / ``equidistant``; empty D means
+    no distortion).
+    """
+
+    K: np.ndarray
+    width: int
+    height: int
+    D: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    distortion_model: str = 'plumb_bob'
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, 'K', _as_matrix(self.K, (3, 3), 'K'))
+        object.__setattr__(self, 'D', np.asarray(self.D, dtype=np.float64).reshape(-1))
+        if self.width <= 0 or self.height <= 0:
+            raise InvalidInputError(f'image size must be positive, got {self.width}x{self.height}')
+        if self.K[0, 0] <= 0 or self.K[1, 1] <= 0:
+            raise InvalidInputError(f'focal lengths must be positive, got fx={self.K[0, 0]} fy={self.K[1, 1]}')
+
+    @classmethod
+    def from_focal(cls, focal_px: float, width: int, height: int) -> 'CameraIntrinsics':
+        """Square pixels, principal point at the image centre (the DSAC* calibration convention)."""
+        K = np.array([[focal_px, 0.0, width / 2.0], [0.0, focal_px, height / 2.0], [0.0, 0.0, 1.0]])
+        return cls(K=K, width=width, height=height)
+
+    @classmethod
+    def from_fov(cls, hfov_deg: float, width: int, height: int) -> 'CameraIntrinsics':
+        """Square pixels from a horizontal field of view in degrees."""
+        if not 0.0 < hfov_deg < 180.0:
+            raise InvalidInputError(f'horizontal field of view must be in (0, 180) deg, got {hfov_deg}')
+        focal_px = (width / 2.0) / math.tan(math.radians(hfov_deg) / 2.0)
+        return cls.from_focal(focal_px, width, height)
+
+    def scaled(self, width: int, height: int) -> 'CameraIntrinsics':
+        """Intrinsics of the same camera after resizing the image to ``width`` x ``height``.
+
+        Uses the pixel-centre convention of ``cv2.resize``: u' = (u + 0.5) * s - 0.5.
+        """
+        sx = width / self.width
+        sy = height / self.height
+        K = self.K.copy()
+        K[0, 0] *= sx
+        K[0, 1] *= sx
+        K[1, 1] *= sy
+        K[0, 2] = (K[0, 2] + 0.5) * sx - 0.5
+        K[1, 2] = (K[1, 2] + 0.5) * sy - 0.5
+        return replace(self, K=K, width=width, height=height)
+
+    @property
+    def hfov_deg(self) -> float:
+        return math.degrees(2.0 * math.atan2(self.width / 2.0, self.K[0, 0]))
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One camera image as localizers receive it.
+
+    ``rgb_HW3`` is an RGB uint8 array (may be a read-only view of the message buffer: copy before
+    writing). ``camera`` is ``None`` until a CameraInfo has been received for this camera.
+    """
+
+    rgb_HW3: np.ndarray
+    stamp_ns: int
+    frame_id: str
+    camera: CameraIntrinsics | None = None
+
+    def __post_init__(self) -> None:
+        image = self.rgb_HW3
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            shape = getattr(image, 'shape', None)
+            dtype = getattr(image, 'dtype', type(image).__name__)
+            raise InvalidInputError(f'frame image must be uint8 HxWx3 RGB, got shape {shape} dtype {dtype}')
+        if image.shape[0] == 0 or image.shape[1] == 0:
+            raise InvalidInputError(f'frame image is empty: {image.shape}')
+        if self.camera is not None and (self.camera.width, self.camera.height) != (image.shape[1], image.shape[0]):
+            # CameraInfo for a different resolution (e.g. a resized image stream): rescale it.
+            object.__setattr__(self, 'camera', self.camera.scaled(image.shape[1], image.shape[0]))
+
+    @property
+    def width(self) -> int:
+        return int(self.rgb_HW3.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.rgb_HW3.shape[0])
+
+    def resized(self, width: int, height: int) -> 'Frame':
+        """A resized copy with intrinsics scaled to match."""
+        import cv2  # local: keeps `import vizloc_ros.types` light
+
+        interpolation = cv2.INTER_AREA if width < self.width else cv2.INTER_LINEAR
+        image = cv2.resize(self.rgb_HW3, (width, height), interpolation=interpolation)
+        camera = self.camera.scaled(width, height) if self.camera is not None else None
+        return Frame(rgb_HW3=image, stamp_ns=self.stamp_ns, frame_id=self.frame_id, camera=camera)
+
+
+@dataclass(frozen=True)
+class RoomEstimate:
+    """Room-level place recognition: the most likely room and the full distribution."""
+
+    label: str
+    confidence: float
+    probabilities: Mapping[str, float]
+    localizer: str
+    latency_ms: float
+
+    def top_k(self, k: int = 3) -> list[tuple[str, float]]:
+        return sorted(self.probabilities.items(), key=lambda kv: kv[1], reverse=True)[:k]
+
+
+@dataclass(frozen=True)
+class GeoEstimate:
+    """A WGS84 position. ``alt_m`` is ellipsoidal height in metres, NaN when unknown.
+
+    ``cov_enu_m2`` is the 3x3 position covariance in East-North-Up at the estimate (m^2); when the
+    altitude is unknown its variance should be large, not zero.
+    """
+
+    lat_deg: float
+    lon_deg: float
+    alt_m: float
+    cov_enu_m2: np.ndarray
+    localizer: str
+    latency_ms: float
+
+    def __post_init__(self) -> None:
+        if not (-90.0 <= self.lat_deg <= 90.0) or not (-180.0 <= self.lon_deg <= 180.0):
+            raise InvalidInputError(f'impossible WGS84 position lat={self.lat_deg} lon={self.lon_deg}')
+        object.__setattr__(self, 'cov_enu_m2', _as_matrix(self.cov_enu_m2, (3, 3), 'cov_enu_m2'))
+
+
+@dataclass(frozen=True)
+class PoseEstimate:
+    """A 6-DoF camera pose in the map frame.
+
+    ``T_map_camera`` is 4x4 (camera optical frame: x right, y down, z forward).
+    ``cov_6x6`` follows geometry_msgs/PoseWithCovariance: (x, y, z, rot_x, rot_y, rot_z) in the
+    map frame, metres and radians.
+    """
+
+    T_map_camera: np.ndarray
+    cov_6x6: np.ndarray
+    localizer: str
+    latency_ms: float
+    inlier_ratio: float = math.nan
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, 'T_map_camera', _as_matrix(self.T_map_camera, (4, 4), 'T_map_camera'))
+        object.__setattr__(self, 'cov_6x6', _as_matrix(self.cov_6x6, (6, 6), 'cov_6x6'))
+
+
+@dataclass(frozen=True)
+class LocalizationResult:
+    """What one localizer produced for one frame. Any of the estimates may be absent.
+
+    ``status`` is ``'ok'`` when the estimates can be trusted, ``'no_fix'`` when the localizer ran
+    but has no usable answer (e.g. too few RANSAC inliers): the node then publishes NavSatFix with
+    STATUS_NO_FIX and no pose. ``diagnostics`` holds extra key/values for /diagnostics and markers.
+    """
+
+    stamp_ns: int
+    frame_id: str
+    localizer: str
+    latency_ms: float
+    room: RoomEstimate | None = None
+    geo: GeoEstimate | None = None
+    pose: PoseEstimate | None = None
+    status: str = 'ok'
+    diagnostics: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.status not in ('ok', 'no_fix'):
+            raise InvalidInputError(f"status must be 'ok' or 'no_fix', got {self.status!r}")
