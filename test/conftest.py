@@ -1,0 +1,15 @@
+"""Suite-wide pytest set-up.
+
+- Fast DDS gets the project's shared-memory profile (as `make test` and the launch file do), so
+  cross-process image tests see the same transport a user gets.
+- Progress bars are off in tests; torch uses one thread per process (2-core CI machine).
+"""
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', str(REPO / 'config' / 'fastdds_shm.xml'))
+os.environ.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
+os.environ.setdefault('VIZLOC_NO_PROGRESS', '1')
+os.environ.setdefault('OMP_NUM_THREADS', '1')

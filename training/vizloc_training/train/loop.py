@@ -1,0 +1,199 @@
+"""Training-loop helpers shared by the trainers: seeding, devices, checkpoints, progress, DDP.
+
+Checkpoints are self-describing dicts saved with ``torch.save``::
+
+    {'format': 'vizloc-checkpoint', 'version': 1, 'type': 'room_classifier', 'preset': 'demo',
+     'args': {...TrainArgs.to_dict()...}, 'config': {...resolved preset...}, 'epoch': 3,
+     'model': state_dict, 'optimizer': state_dict, 'extra': {...}, 'saved_utc': '...'}
+
+``CheckpointManager.save`` writes atomically (temporary file + rename) so an interrupted run leaves
+the previous checkpoint intact; ``load_latest`` returns the newest one for ``--resume``.
+
+Multi-GPU: launch with ``torchrun --nproc_per_node N vizloc-train ...``. torchrun sets
+``WORLD_SIZE``/``RANK``/``LOCAL_RANK``; :func:`ddp_setup` then initialises the process group
+(NCCL on CUDA, gloo on CPU) and trainers wrap their model in DistributedDataParallel and use a
+DistributedSampler. Only the main process writes checkpoints, bundles and logs.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import random
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, TypeVar
+
+import numpy as np
+import torch
+
+__all__ = [
+    'set_seed', 'select_device', 'CheckpointManager', 'CheckpointError', 'progress',
+    'DistributedInfo', 'ddp_setup', 'ddp_cleanup', 'is_main_process', 'world_size',
+]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar('T')
+CHECKPOINT_FORMAT = 'vizloc-checkpoint'
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not belong to this run."""
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, numpy and torch (all devices) for reproducible runs."""
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def select_device(name: str) -> torch.device:
+    """``'cpu'``, ``'cuda'`` or ``'cuda:N'``; under DDP ``'cuda'`` means this process's LOCAL_RANK GPU.
+
+    Raises RuntimeError with a clear message when CUDA is requested but not available.
+    """
+    if name == 'cpu':
+        return torch.device('cpu')
+    if not name.startswith('cuda'):
+        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {name!r}")
+    if not torch.cuda.is_available():
+        raise RuntimeError(f'device {name!r} requested but CUDA is not available here; use --device cpu')
+    if name == 'cuda' and 'LOCAL_RANK' in os.environ:
+        return torch.device('cuda', int(os.environ['LOCAL_RANK']))
+    return torch.device(name)
+
+
+class CheckpointManager:
+    """Self-describing checkpoints in ``directory`` (``epoch_0003.pt`` ...), keeping the last ``keep``."""
+
+    _PATTERN = re.compile(r'^epoch_(\d+)\.pt$')
+
+    def __init__(self, directory: Path, *, keep: int = 2, describe: Mapping[str, Any] | None = None) -> None:
+        if keep < 1:
+            raise ValueError(f'keep must be >= 1, got {keep}')
+        self.directory = Path(directory)
+        self.keep = keep
+        #: Stored in every checkpoint: ``type``, ``preset``, ``args``, ``config``.
+        self.describe = dict(describe or {})
+
+    def paths(self) -> list[Path]:
+        """Existing checkpoints, oldest first."""
+        if not self.directory.is_dir():
+            return []
+        found = []
+        for path in self.directory.iterdir():
+            match = self._PATTERN.match(path.name)
+            if match:
+                found.append((int(match.group(1)), path))
+        return [p for _, p in sorted(found)]
+
+    def save(self, epoch: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+             extra: Mapping[str, Any] | None = None) -> Path:
+        """Save after ``epoch`` (1-based count of completed epochs). Only the main process writes."""
+        path = self.directory / f'epoch_{epoch:04d}.pt'
+        if not is_main_process():
+            return path
+        self.directory.mkdir(parents=True, exist_ok=True)
+        module = model.module if hasattr(model, 'module') else model
+        payload = {
+            'format': CHECKPOINT_FORMAT,
+            'version': CHECKPOINT_VERSION,
+            **self.describe,
+            'epoch': int(epoch),
+            'model': module.state_dict(),
+            'optimizer': optimizer.state_dict() if optimizer is not None else None,
+            'extra': dict(extra or {}),
+            'saved_utc': _dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'),
+        }
+        tmp = path.with_name(f'.{path.name}.tmp')
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+        for old in self.paths()[:-self.keep]:
+            old.unlink(missing_ok=True)
+        logger.info('saved checkpoint %s', path)
+        return path
+
+    def load_latest(self, map_location: str | torch.device = 'cpu') -> dict[str, Any] | None:
+        """The newest checkpoint as a dict, or None when there is none.
+
+        Raises :class:`CheckpointError` if it is not a vizloc checkpoint or was written for another
+        localizer type than ``describe['type']``.
+        """
+        paths = self.paths()
+        if not paths:
+            return None
+        path = paths[-1]
+        try:
+            payload = torch.load(path, map_location=map_location, weights_only=False)
+        except (OSError, RuntimeError, EOFError) as exc:
+            raise CheckpointError(f'{path}: cannot read checkpoint: {exc}') from exc
+        if not isinstance(payload, dict) or payload.get('format') != CHECKPOINT_FORMAT:
+            raise CheckpointError(f'{path}: not a vizloc checkpoint')
+        want = self.describe.get('type')
+        if want is not None and payload.get('type') != want:
+            raise CheckpointError(f'{path}: checkpoint is for {payload.get("type")!r}, this run trains {want!r}')
+        logger.info('loaded checkpoint %s (epoch %s)', path, payload['epoch'])
+        payload['path'] = str(path)
+        return payload
+
+
+def progress(iterable: Iterable[T], desc: str = '', total: int | None = None) -> Iterator[T]:
+    """tqdm progress bar on a TTY of the main process; plain iteration otherwise or with VIZLOC_NO_PROGRESS=1."""
+    disable = (os.environ.get('VIZLOC_NO_PROGRESS', '') == '1' or not sys.stderr.isatty()
+               or not is_main_process())
+    if disable:
+        return iter(iterable)
+    from tqdm import tqdm
+
+    return iter(tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True))
+
+
+@dataclass(frozen=True)
+class DistributedInfo:
+    """This process's place in a (possibly single-process) run."""
+
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def world_size() -> int:
+    return int(os.environ.get('WORLD_SIZE', '1'))
+
+
+def is_main_process() -> bool:
+    """True for rank 0 (and for plain single-process runs)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank() == 0
+    return int(os.environ.get('RANK', '0')) == 0
+
+
+def ddp_setup(device: torch.device | None = None) -> DistributedInfo:
+    """Initialise the process group when started by torchrun (WORLD_SIZE > 1); no-op otherwise."""
+    info = DistributedInfo(world_size=world_size(), rank=int(os.environ.get('RANK', '0')),
+                           local_rank=int(os.environ.get('LOCAL_RANK', '0')))
+    if not info.enabled:
+        return info
+    if not torch.distributed.is_available():
+        raise RuntimeError('WORLD_SIZE > 1 but this torch build has no torch.distributed')
+    if not torch.distributed.is_initialized():
+        backend = 'nccl' if device is not None and device.type == 'cuda' else 'gloo'
+        if device is not None and device.type == 'cuda':
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group(backend=backend)
+        logger.info('DDP: rank %d/%d (local %d), backend %s', info.rank, info.world_size, info.local_rank, backend)
+    return info
+
+
+def ddp_cleanup() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
