@@ -13,3 +13,6 @@ os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', str(REPO / 'config' / 'fa
 os.environ.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
 os.environ.setdefault('VIZLOC_NO_PROGRESS', '1')
 os.environ.setdefault('OMP_NUM_THREADS', '1')
+
+# Session fixtures shared by node, plugin and localizer tests (the example third-party plugin).
+from example_plugin_support import example_bundle, example_plugin_site  # noqa: E402,F401

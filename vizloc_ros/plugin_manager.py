@@ -1,6 +1,7 @@
 """Loading localizer plugins with pluggy: entry points, blocking, and the typed registry."""
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -8,7 +9,7 @@ from typing import Iterable
 import pluggy
 
 from . import hookspecs
-from .localizer import ConfigError, LocalizerRegistry
+from .localizer import LocalizerRegistry
 
 __all__ = ['PluginLoadReport', 'load_registry']
 
@@ -37,17 +38,25 @@ def load_registry(blocked: Iterable[str] = (), extra_plugins: Iterable[object] =
     blocked = sorted(set(blocked))
     for name in blocked:
         pm.set_blocked(name)
-    try:
-        pm.load_setuptools_entrypoints(hookspecs.ENTRY_POINT_GROUP)
-    except Exception as exc:  # an import error in one plugin module
-        raise ConfigError(f'loading a plugin from entry-point group {hookspecs.ENTRY_POINT_GROUP!r} failed: {exc!r}') from exc
+    report = PluginLoadReport(registry=LocalizerRegistry(), blocked=blocked)
+    # Load entry points one by one (rather than pm.load_setuptools_entrypoints) so that a plugin that
+    # fails to import is reported and skipped while the others still load.
+    for ep in importlib.metadata.entry_points(group=hookspecs.ENTRY_POINT_GROUP):
+        if pm.is_blocked(ep.name) or pm.get_plugin(ep.name) is not None:
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # any import-time failure of third-party code
+            report.failed[ep.name] = f'import of {ep.value} failed: {exc!r}'
+            logger.error('localizer plugin %s (%s) failed to import: %r', ep.name, ep.value, exc)
+            continue
+        pm.register(plugin, name=ep.name)
     for plugin in extra_plugins:
         name = getattr(plugin, '__name__', None) or type(plugin).__name__
         if not pm.is_blocked(name):
             pm.register(plugin, name=name)
     pm.check_pending()
 
-    report = PluginLoadReport(registry=LocalizerRegistry(), blocked=blocked)
     # Call each plugin's implementation on its own so that one failing plugin is reported and skipped.
     for impl in pm.hook.vizloc_register_localizers.get_hookimpls():
         name = impl.plugin_name
