@@ -73,12 +73,16 @@ def test_covariance_is_spd_and_matches_monte_carlo() -> None:
     points, pixels_exact, R_true, c_true, _ = _correspondences(rng, 300, 0.0, 5.0)
     options = RansacOptions(hypotheses=32, inlier_threshold_px=6.0, min_inliers=50, seed=2)
     positions = []
+    rotations = []
     covs = []
     for trial in range(40):
         noisy = pixels_exact + rng.normal(0.0, sigma_px, pixels_exact.shape)
         solution = solve_pnp_ransac(points, noisy, K, options)
         assert solution is not None
         positions.append(solution.T_map_camera[:3, 3])
+        # small rotation about the map axes: R_est = exp([d]x) R_true
+        dR = solution.T_map_camera[:3, :3] @ R_true.T
+        rotations.append(cv2.Rodrigues(dR)[0].reshape(3))
         covs.append(solution.cov_6x6)
     cov = covs[0]
     assert cov.shape == (6, 6)
@@ -89,6 +93,14 @@ def test_covariance_is_spd_and_matches_monte_carlo() -> None:
     predicted = np.mean(covs, axis=0)[:3, :3]
     ratio = np.trace(empirical) / np.trace(predicted)
     assert 0.5 < ratio < 2.0, ratio
+    empirical_rot = np.cov(np.asarray(rotations).T)
+    predicted_rot = np.mean(covs, axis=0)[3:, 3:]
+    ratio_rot = np.trace(empirical_rot) / np.trace(predicted_rot)
+    assert 0.5 < ratio_rot < 2.0, ratio_rot
+    # position/rotation cross-correlation sign agrees too (the largest off-diagonal block entry)
+    joint = np.cov(np.concatenate([np.asarray(positions), np.asarray(rotations)], axis=1).T)
+    k = np.unravel_index(np.argmax(np.abs(joint[:3, 3:])), (3, 3))
+    assert np.sign(joint[:3, 3:][k]) == np.sign(np.mean(covs, axis=0)[:3, 3:][k])
 
 
 def test_covariance_rejects_too_few_points_and_bad_inputs() -> None:
@@ -100,3 +112,15 @@ def test_covariance_rejects_too_few_points_and_bad_inputs() -> None:
         solve_pnp_ransac(np.full((10, 3), np.nan), np.zeros((10, 2)), K)
     with pytest.raises(PnPError):
         RansacOptions(min_inliers=2)
+    with pytest.raises(PnPError):
+        RansacOptions(min_inlier_ratio=1.5)
+
+
+def test_min_inlier_ratio_rejects_a_small_consistent_subset() -> None:
+    rng = np.random.default_rng(5)
+    points, pixels, _, _, outliers = _correspondences(rng, 400, 0.85, 5.0)
+    assert outliers.mean() > 0.8
+    loose = RansacOptions(hypotheses=256, inlier_threshold_px=5.0, min_inliers=20, seed=3)
+    strict = RansacOptions(hypotheses=256, inlier_threshold_px=5.0, min_inliers=20, min_inlier_ratio=0.25, seed=3)
+    assert solve_pnp_ransac(points, pixels, K, loose) is not None
+    assert solve_pnp_ransac(points, pixels, K, strict) is None

@@ -200,6 +200,8 @@ class LocalizationResult:
     ``status`` is ``'ok'`` when the estimates can be trusted, ``'no_fix'`` when the localizer ran
     but has no usable answer (e.g. too few RANSAC inliers): the node then publishes NavSatFix with
     STATUS_NO_FIX and no pose. ``diagnostics`` holds extra key/values for /diagnostics and markers.
+    ``images`` holds optional visualisations by name (RGB uint8 HxWx3, e.g. ``'heatmap'``: a
+    class-activation overlay), published by the node as ``~/<localizer>/<name>`` sensor_msgs/Image.
     """
 
     stamp_ns: int
@@ -211,6 +213,7 @@ class LocalizationResult:
     pose: PoseEstimate | None = None
     status: str = 'ok'
     diagnostics: Mapping[str, str] = field(default_factory=dict)
+    images: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.status not in ('ok', 'no_fix'):

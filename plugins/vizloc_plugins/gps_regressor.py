@@ -1,1 +1,232 @@
-"""Localizer plugin: gps_regressor (being written)."""
+"""Localizer plugin ``gps_regressor``: image -> WGS84 position with an ENU covariance (seed 001).
+
+A bundle (written by ``vizloc-train gps_regressor``) holds an ONNX model with two outputs:
+``mean_en_m`` (N, 2) and ``cov_en_m2`` (N, 2, 2), the predicted horizontal position and its
+covariance in metres in the *scene frame* of the bundle: a local East-North-Up frame at the
+training split's centroid, stored as ``metadata.geo = {enu_origin: [lat, lon, alt]}`` (a
+:class:`vizloc_ros.geodesy.GeoReference` mapping). ``metadata.variance_scale`` is the calibration
+factor fitted on the validation split (1.0 = none); the plugin multiplies the covariance by it.
+
+Per frame: run every member bundle (``bundle`` plus ``ensemble_bundles``), express each member's
+Gaussian in the first member's scene frame, combine them as an equally weighted mixture
+(:func:`combine_gaussians`: mean of the means; mean of the covariances plus the spread of the
+means), convert the mean to WGS84 and rotate the covariance into ENU at the estimate. The altitude
+is not regressed: it is the scene frame's height at the estimate (the training centroid's
+altitude), with the training split's altitude spread as variance, or NaN with a large variance
+when the training data had no altitudes. No torch here; inference goes through
+:class:`vizloc_plugins.common.BundleModel`.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from vizloc_ros.hookspecs import hookimpl
+from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext, LocalizerType
+from vizloc_ros.types import Frame, GeoEstimate, LocalizationResult
+
+__all__ = [
+    'LOCALIZER_TYPE',
+    'GPSRegressorOptions',
+    'GPSRegressorLocalizer',
+    'combine_gaussians',
+    'vizloc_register_localizers',
+]
+
+logger = logging.getLogger(__name__)
+
+LOCALIZER_TYPE = 'gps_regressor'
+#: Altitude standard deviation published when the training data had no altitudes (metres).
+UNKNOWN_ALTITUDE_SIGMA_M = 100.0
+#: Smallest altitude standard deviation published when altitudes were known (metres).
+MIN_ALTITUDE_SIGMA_M = 1.0
+OUTPUT_MEAN = 'mean_en_m'
+OUTPUT_COV = 'cov_en_m2'
+
+
+@dataclass(frozen=True)
+class GPSRegressorOptions:
+    """Options of the ``gps_regressor`` localizer (ROS parameters ``<name>.<option>``)."""
+
+    ensemble_bundles: list[str] = field(default_factory=list, metadata={
+        'description': 'more gps_regressor bundles run on every frame and averaged with `bundle` (mixture '
+                       'moments: mean of the means; mean covariance plus the spread of the means)'})
+    variance_scale: float = field(default=0.0, metadata={
+        'description': "multiply predicted covariances by this factor; 0 = each bundle's calibrated "
+                       'metadata.variance_scale'})
+    altitude_sigma_m: float = field(default=0.0, metadata={
+        'description': 'published altitude standard deviation in m; 0 = from the bundle (training altitude '
+                       f'spread, at least {MIN_ALTITUDE_SIGMA_M:g} m; {UNKNOWN_ALTITUDE_SIGMA_M:g} m when unknown)'})
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.variance_scale) and self.variance_scale >= 0.0):
+            raise ConfigError(f'variance_scale must be >= 0 (0 = from the bundle), got {self.variance_scale}')
+        if not (math.isfinite(self.altitude_sigma_m) and self.altitude_sigma_m >= 0.0):
+            raise ConfigError(f'altitude_sigma_m must be >= 0 (0 = from the bundle), got {self.altitude_sigma_m}')
+
+
+def combine_gaussians(means_KD: np.ndarray, covs_KDD: np.ndarray,
+                      weights_K: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Moment-matched Gaussian of a mixture of K Gaussians (the ensemble's combined estimate).
+
+    ``mean = sum w_k mu_k``; ``cov = sum w_k (C_k + (mu_k - mean)(mu_k - mean)^T)`` (law of total
+    variance). Weights default to 1/K and are normalised to sum to one.
+    """
+    means = np.asarray(means_KD, dtype=np.float64)
+    covs = np.asarray(covs_KDD, dtype=np.float64)
+    if means.ndim != 2 or covs.shape != (means.shape[0], means.shape[1], means.shape[1]) or means.shape[0] == 0:
+        raise ValueError(f'need means (K, D) and covariances (K, D, D) with K >= 1, got {means.shape} and {covs.shape}')
+    if weights_K is None:
+        weights = np.full(means.shape[0], 1.0 / means.shape[0])
+    else:
+        weights = np.asarray(weights_K, dtype=np.float64)
+        if weights.shape != (means.shape[0],) or np.any(weights < 0) or weights.sum() <= 0:
+            raise ValueError(f'weights must be K={means.shape[0]} non-negative numbers with a positive sum')
+        weights = weights / weights.sum()
+    mean = weights @ means
+    spread = means - mean
+    cov = np.einsum('k,kij->ij', weights, covs) + np.einsum('k,ki,kj->ij', weights, spread, spread)
+    return mean, 0.5 * (cov + cov.T)
+
+
+class _Member:
+    """One bundle of the ensemble: its model, scene frame, calibration and altitude prior."""
+
+    def __init__(self, path: str, backend: str, cache_dir: Path | None, options: GPSRegressorOptions) -> None:
+        from vizloc_ros.geodesy import GeoReference
+
+        from .common import BundleModel
+
+        self.model = BundleModel(path, backend=backend, expected_type=LOCALIZER_TYPE, cache_dir=cache_dir)
+        meta = self.model.bundle.metadata
+        try:
+            outputs = set(self.model.output_names)
+            missing = {OUTPUT_MEAN, OUTPUT_COV} - outputs
+            if missing:
+                raise ConfigError(f'{path}: gps_regressor model lacks output(s) {sorted(missing)}; has {sorted(outputs)}')
+            if 'geo' not in meta:
+                raise ConfigError(f'{path}: bundle metadata has no "geo" (geo-reference of the regression frame)')
+            try:
+                self.geo = GeoReference.from_mapping(meta['geo'])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ConfigError(f'{path}: bad metadata.geo {meta["geo"]!r}: {exc}') from exc
+            scale = options.variance_scale or float(meta.get('variance_scale', 1.0))
+            if not (math.isfinite(scale) and scale > 0.0):
+                raise ConfigError(f'{path}: variance scale must be positive, got {scale}')
+            self.variance_scale = scale
+            self.altitude_known = bool(meta.get('altitude_known', False))
+            if options.altitude_sigma_m > 0.0:
+                sigma = options.altitude_sigma_m
+            elif self.altitude_known:
+                sigma = max(MIN_ALTITUDE_SIGMA_M, float(meta.get('alt_std_m', 0.0)))
+            else:
+                sigma = UNKNOWN_ALTITUDE_SIGMA_M
+            self.altitude_var_m2 = sigma * sigma
+        except ConfigError:
+            self.model.close()
+            raise
+
+    def predict(self, frame: Frame) -> tuple[np.ndarray, np.ndarray]:
+        """Mean (2,) and calibrated covariance (2, 2) in metres in this member's scene frame."""
+        out = self.model.run(frame, [OUTPUT_MEAN, OUTPUT_COV])
+        mean = np.asarray(out[OUTPUT_MEAN], dtype=np.float64).reshape(-1)
+        cov = np.asarray(out[OUTPUT_COV], dtype=np.float64).reshape(-1)
+        if mean.size != 2 or cov.size != 4:
+            raise ValueError(f'model outputs have unexpected sizes: {OUTPUT_MEAN} {mean.size}, {OUTPUT_COV} {cov.size}')
+        return mean, cov.reshape(2, 2) * self.variance_scale
+
+
+class GPSRegressorLocalizer:
+    """The ``gps_regressor`` localizer: one bundle or an ensemble of bundles (see the module docstring)."""
+
+    requires_camera_info = False
+
+    def __init__(self, config: LocalizerConfig, options: GPSRegressorOptions, context: LocalizerContext) -> None:
+        self.name = config.name
+        paths = [config.bundle, *options.ensemble_bundles]
+        for path in options.ensemble_bundles:
+            if not Path(path).expanduser().exists():
+                raise ConfigError(f'{config.name}.ensemble_bundles: no such bundle directory {path!r}')
+        self.members: list[_Member] = []
+        try:
+            for path in paths:
+                self.members.append(_Member(path, config.backend, context.cache_dir, options))
+        except ConfigError:
+            self.close()
+            raise
+        backends = dict.fromkeys(m.model.backend_name for m in self.members)
+        self.backend_name = '+'.join(backends)
+        logger.info('%s: gps_regressor with %d bundle(s) on %s', self.name, len(self.members), self.backend_name)
+
+    @property
+    def reference(self) -> _Member:
+        return self.members[0]
+
+    def estimate(self, frame: Frame) -> tuple[np.ndarray, np.ndarray]:
+        """Combined mean (2,) and covariance (2, 2) in the first bundle's scene frame (metres)."""
+        ref = self.reference
+        means, covs = [], []
+        for member in self.members:
+            mean, cov = member.predict(frame)
+            if member is not ref:
+                xyz = np.array([mean[0], mean[1], 0.0])
+                lat, lon, alt = member.geo.scene_to_wgs84(xyz[None])
+                xyz_ref = np.asarray(ref.geo.wgs84_to_scene(lat, lon, alt), dtype=np.float64).reshape(3)
+                # member scene axes -> local ENU at the point -> reference scene axes
+                R = ref.geo.R_enu_scene(xyz_ref).T @ member.geo.R_enu_scene(xyz)
+                mean = xyz_ref[:2]
+                cov = R[:2, :2] @ cov @ R[:2, :2].T
+            means.append(mean)
+            covs.append(cov)
+        return combine_gaussians(np.stack(means), np.stack(covs))
+
+    def localize(self, frame: Frame) -> LocalizationResult:
+        from vizloc_ros.geodesy import rotate_covariance
+
+        started = time.perf_counter()
+        mean, cov = self.estimate(frame)
+        ref = self.reference
+        if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(cov))):
+            latency_ms = (time.perf_counter() - started) * 1e3
+            return LocalizationResult(stamp_ns=frame.stamp_ns, frame_id=frame.frame_id, localizer=self.name,
+                                      latency_ms=latency_ms, status='no_fix',
+                                      diagnostics={'reason': 'model output is not finite'})
+        xyz = np.array([mean[0], mean[1], 0.0])
+        lat, lon, alt = (float(np.asarray(v).reshape(-1)[0]) for v in ref.geo.scene_to_wgs84(xyz[None]))
+        cov_scene = np.zeros((3, 3))
+        cov_scene[:2, :2] = cov
+        cov_scene[2, 2] = ref.altitude_var_m2
+        cov_enu = rotate_covariance(cov_scene, ref.geo.R_enu_scene(xyz))
+        cov_enu = 0.5 * (cov_enu + cov_enu.T)
+        latency_ms = (time.perf_counter() - started) * 1e3
+        geo = GeoEstimate(lat_deg=lat, lon_deg=lon, alt_m=alt if ref.altitude_known else math.nan,
+                          cov_enu_m2=cov_enu, localizer=self.name, latency_ms=latency_ms)
+        diagnostics = {
+            'sigma_east_m': f'{math.sqrt(max(cov_enu[0, 0], 0.0)):.2f}',
+            'sigma_north_m': f'{math.sqrt(max(cov_enu[1, 1], 0.0)):.2f}',
+            'ensemble_size': str(len(self.members)),
+        }
+        return LocalizationResult(stamp_ns=frame.stamp_ns, frame_id=frame.frame_id, localizer=self.name,
+                                  latency_ms=latency_ms, geo=geo, diagnostics=diagnostics)
+
+    def reset(self) -> None:
+        """Single-frame localizer: no temporal state."""
+
+    def close(self) -> None:
+        for member in self.members:
+            member.model.close()
+        self.members = []
+
+
+@hookimpl
+def vizloc_register_localizers(registry) -> None:
+    registry.register(LocalizerType(
+        name=LOCALIZER_TYPE, factory=GPSRegressorLocalizer, options_type=GPSRegressorOptions,
+        description='image -> WGS84 position with ENU covariance (CNN regression in a local ENU frame, '
+                    'heteroscedastic Gaussian head; optional ensemble of bundles)'))

@@ -49,6 +49,7 @@ class RansacOptions:
     ``hypotheses``: number of minimal-sample pose hypotheses; ``inlier_threshold_px``: reprojection
     error (pixels of the image ``K`` belongs to) under which a correspondence is an inlier;
     ``min_inliers``: fewer inliers than this after refinement means no pose (no wrong answers);
+    ``min_inlier_ratio``: the same for the share of correspondences that are inliers;
     ``refine_rounds``: maximum inlier re-selection + LM rounds; ``seed``: RNG seed (None = random);
     ``max_sample_tries``: redraws per hypothesis for degenerate (collinear) samples.
     """
@@ -56,6 +57,7 @@ class RansacOptions:
     hypotheses: int = 256
     inlier_threshold_px: float = 10.0
     min_inliers: int = 30
+    min_inlier_ratio: float = 0.0
     refine_rounds: int = 8
     seed: int | None = 0
     max_sample_tries: int = 10
@@ -68,6 +70,8 @@ class RansacOptions:
             raise PnPError(f'inlier_threshold_px must be > 0, got {self.inlier_threshold_px}')
         if self.min_inliers < _MIN_CORRESPONDENCES:
             raise PnPError(f'min_inliers must be >= {_MIN_CORRESPONDENCES}, got {self.min_inliers}')
+        if not 0.0 <= self.min_inlier_ratio <= 1.0:
+            raise PnPError(f'min_inlier_ratio must be in [0, 1], got {self.min_inlier_ratio}')
         if self.refine_rounds < 0:
             raise PnPError(f'refine_rounds must be >= 0, got {self.refine_rounds}')
 
@@ -215,8 +219,9 @@ def solve_pnp_ransac(points_map_N3: np.ndarray, pixels_N2: np.ndarray, K_3x3: np
             break
         inliers = new_inliers
     num_inliers = int(inliers.sum())
-    if num_inliers < options.min_inliers:
-        logger.debug('RANSAC PnP: best pose has %d inliers < min_inliers %d', num_inliers, options.min_inliers)
+    if num_inliers < options.min_inliers or num_inliers < options.min_inlier_ratio * n:
+        logger.debug('RANSAC PnP: best pose has %d inliers of %d (min_inliers %d, min_inlier_ratio %.2f)',
+                     num_inliers, n, options.min_inliers, options.min_inlier_ratio)
         return None
     # final LM pass on the final inlier set (the loop may have stopped after changing it)
     rvec, tvec = cv2.solvePnPRefineLM(points[inliers], pixels[inliers], K, None, rvec, tvec)
@@ -242,6 +247,14 @@ def _pose_map(params_6: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(rvec, tvec) of the map->camera transform -> (R_map_camera, camera position in map)."""
     R_camera_map, _ = cv2.Rodrigues(params_6[:3].reshape(3, 1))
     return R_camera_map.T, -R_camera_map.T @ params_6[3:].reshape(3)
+
+
+def _small_rotation_vector(dR: np.ndarray) -> np.ndarray:
+    """Rotation vector of a rotation close to identity (first order, exact enough for differences).
+
+    ``cv2.Rodrigues`` returns exactly zero below ~1e-5 rad, which would zero the derivative.
+    """
+    return 0.5 * np.array([dR[2, 1] - dR[1, 2], dR[0, 2] - dR[2, 0], dR[1, 0] - dR[0, 1]])
 
 
 def pose_covariance_map(points_map_N3: np.ndarray, pixels_N2: np.ndarray, rvec: np.ndarray, tvec: np.ndarray,
@@ -280,8 +293,7 @@ def pose_covariance_map(points_map_N3: np.ndarray, pixels_N2: np.ndarray, rvec: 
             p = p0.copy()
             p[k] += sign * step
             R, c = _pose_map(p)
-            dR, _ = cv2.Rodrigues(R @ R0.T)
-            outputs.append(np.concatenate([c - c0, dR.reshape(3)]))
+            outputs.append(np.concatenate([c - c0, _small_rotation_vector(R @ R0.T)]))
         G[:, k] = (outputs[0] - outputs[1]) / (2.0 * step)
     cov = G @ cov_params @ G.T
     cov = 0.5 * (cov + cov.T)

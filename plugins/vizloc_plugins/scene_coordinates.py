@@ -1,1 +1,213 @@
-"""Localizer plugin: scene_coordinates (being written)."""
+"""Localizer plugin ``scene_coordinates``: dense scene-coordinate regression + DSAC*-style RANSAC PnP.
+
+The bundle's ONNX model (encoder + scene head, preprocessing baked in, see
+``vizloc_training.scene_coordinates``) maps a uint8 RGB image of the bundle's input size to
+
+* ``coords``: ``[N, 3, H/8, W/8]`` scene coordinates in metres (the scene/map frame), and
+* ``log_scale``: ``[N, 1, H/8, W/8]`` log of the predicted Laplace scale in metres (uncertainty).
+
+Cell (i, j) stands for input pixel ``(8 j + 4, 8 i + 4)`` (DSAC*/ACE convention; pixel k's centre at k). The frame is resized to the
+input size with a plain resize ("stretch"), its CameraInfo intrinsics scaled the same way
+(``CameraIntrinsics.scaled``); distorted cameras get their cell pixels undistorted
+(``cv2.undistortPoints``) before PnP. :func:`vizloc_plugins.pnp.solve_pnp_ransac` then gives the
+pose and its covariance; fewer than ``min_inliers`` inliers gives ``status='no_fix'``.
+
+Outputs: :class:`PoseEstimate` (``T_map_camera`` in the scene frame, 6x6 covariance in
+geometry_msgs order, multiplied by the covariance scale calibrated at training time) and, when the
+bundle carries the dataset's geo-reference (``metadata.geo``, a geo.yaml mapping), a
+:class:`GeoEstimate` (WGS84 through ``GeoReference.scene_to_wgs84``, covariance rotated to ENU with
+``R_enu_scene``). No torch here.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+import cv2
+import numpy as np
+
+from vizloc_ros.hookspecs import hookimpl
+from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext, LocalizerType
+from vizloc_ros.types import Frame, GeoEstimate, InvalidInputError, LocalizationResult, PoseEstimate
+
+from .pnp import PnPSolution, RansacOptions, solve_pnp_ransac
+
+__all__ = ['LOCALIZER_TYPE', 'OUTPUT_STRIDE', 'SceneCoordinatesOptions', 'SceneCoordinateLocalizer',
+           'cell_centres_px', 'estimate_pose', 'vizloc_register_localizers']
+
+logger = logging.getLogger(__name__)
+
+LOCALIZER_TYPE = 'scene_coordinates'
+OUTPUT_STRIDE = 8
+
+
+@dataclass(frozen=True)
+class SceneCoordinatesOptions:
+    hypotheses: int = field(default=256, metadata={'description': 'RANSAC pose hypotheses (P3P on 4 cells each)'})
+    inlier_threshold_px: float = field(default=0.0, metadata={
+        'description': 'inlier reprojection threshold in pixels of the network input image (0 = bundle default)'})
+    min_inliers: int = field(default=0, metadata={
+        'description': 'fewer RANSAC inliers than this gives status no_fix (0 = bundle default)'})
+    min_inlier_ratio: float = field(default=0.0, metadata={
+        'description': 'fewer inliers than this share of the cells gives status no_fix (0 = bundle default)'})
+    use_uncertainty: bool = field(default=True, metadata={
+        'description': 'weight RANSAC inlier votes by the predicted confidence'})
+    covariance_scale: float = field(default=0.0, metadata={
+        'description': 'factor on the PnP covariance (0 = the calibrated factor stored in the bundle)'})
+    seed: int = field(default=0, metadata={'description': 'RANSAC random seed (-1 = random each frame)'})
+    intra_op_num_threads: int = field(default=0, metadata={
+        'description': 'ONNX Runtime CPU threads for backend onnxruntime (0 = library default)'})
+
+    def __post_init__(self) -> None:
+        if self.hypotheses < 1:
+            raise ValueError(f'hypotheses must be >= 1, got {self.hypotheses}')
+        if self.inlier_threshold_px < 0.0 or self.covariance_scale < 0.0:
+            raise ValueError('inlier_threshold_px and covariance_scale must be >= 0')
+        if not 0.0 <= self.min_inlier_ratio <= 1.0:
+            raise ValueError(f'min_inlier_ratio must be in [0, 1], got {self.min_inlier_ratio}')
+        if self.min_inliers != 0 and self.min_inliers < 4:
+            raise ValueError(f'min_inliers must be 0 (bundle default) or >= 4, got {self.min_inliers}')
+
+
+def cell_centres_px(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """(u, v) input-image pixel centres of an h x w output grid, each (h, w)."""
+    u = np.arange(w, dtype=np.float64) * OUTPUT_STRIDE + OUTPUT_STRIDE // 2
+    v = np.arange(h, dtype=np.float64) * OUTPUT_STRIDE + OUTPUT_STRIDE // 2
+    return np.meshgrid(u, v)
+
+
+def estimate_pose(coords_3hw: np.ndarray, log_scale_1hw: np.ndarray | None, K_input: np.ndarray,
+                  options: RansacOptions, *, use_uncertainty: bool = True, covariance_scale: float = 1.0,
+                  dist_coeffs: np.ndarray | None = None) -> PnPSolution | None:
+    """Pose from one image's network outputs (no batch axis) and the input-size intrinsics."""
+    coords = np.asarray(coords_3hw, dtype=np.float64)
+    if coords.ndim != 3 or coords.shape[0] != 3:
+        raise InvalidInputError(f'coords must be (3, h, w), got {coords.shape}')
+    h, w = coords.shape[1:]
+    uu, vv = cell_centres_px(h, w)
+    pixels = np.stack([uu.reshape(-1), vv.reshape(-1)], axis=1)
+    points = coords.reshape(3, -1).T
+    finite = np.all(np.isfinite(points), axis=1)
+    weights = None
+    if use_uncertainty and log_scale_1hw is not None:
+        scale = np.exp(np.asarray(log_scale_1hw, dtype=np.float64).reshape(-1))
+        finite &= np.isfinite(scale)
+        reference = np.median(scale[finite]) if finite.any() else 1.0
+        weights = np.clip(reference / np.maximum(scale, 1e-12), 0.0, 1.0)[finite]
+    points, pixels = points[finite], pixels[finite]
+    if dist_coeffs is not None and np.asarray(dist_coeffs).size and np.any(np.asarray(dist_coeffs) != 0):
+        pixels = cv2.undistortPoints(pixels.reshape(-1, 1, 2), K_input, np.asarray(dist_coeffs, dtype=np.float64),
+                                     P=K_input).reshape(-1, 2)
+    solution = solve_pnp_ransac(points, pixels, K_input, options, weights_N=weights)
+    if solution is None or covariance_scale == 1.0:
+        return solution
+    return replace(solution, cov_6x6=solution.cov_6x6 * covariance_scale)
+
+
+class SceneCoordinateLocalizer:
+    """Runs the scene-coordinate bundle on frames with CameraInfo and solves the pose with RANSAC PnP."""
+
+    requires_camera_info = True
+
+    def __init__(self, config: LocalizerConfig, options: SceneCoordinatesOptions, context: LocalizerContext) -> None:
+        from .common import BundleModel
+
+        self.name = config.name
+        self.options = options
+        self.model = BundleModel(config.bundle, backend=config.backend, expected_type=LOCALIZER_TYPE,
+                                 cache_dir=context.cache_dir,
+                                 intra_op_num_threads=options.intra_op_num_threads or None)
+        try:
+            self._configure(self.model.bundle.metadata)
+        except ConfigError:
+            self.model.close()
+            raise
+
+    def _configure(self, metadata: Mapping[str, Any]) -> None:
+        bundle_path = self.model.bundle.path
+        if self.model.resize_mode != 'stretch':
+            raise ConfigError(f'{bundle_path}: scene_coordinates bundles must use resize "stretch", '
+                              f'got {self.model.resize_mode!r}')
+        missing = {'coords', 'log_scale'} - set(self.model.output_names)
+        if missing:
+            raise ConfigError(f'{bundle_path}: model lacks outputs {sorted(missing)}; has {self.model.output_names}')
+        if int(metadata.get('output_stride', OUTPUT_STRIDE)) != OUTPUT_STRIDE:
+            raise ConfigError(f'{bundle_path}: output_stride {metadata.get("output_stride")} is not {OUTPUT_STRIDE}')
+        ransac = dict(metadata.get('ransac') or {})
+        threshold = self.options.inlier_threshold_px or float(ransac.get('inlier_threshold_px', 10.0))
+        min_inliers = self.options.min_inliers or int(ransac.get('min_inliers', 30))
+        min_ratio = self.options.min_inlier_ratio or float(ransac.get('min_inlier_ratio', 0.1))
+        self.ransac = RansacOptions(hypotheses=self.options.hypotheses, inlier_threshold_px=threshold,
+                                    min_inliers=min_inliers, min_inlier_ratio=min_ratio,
+                                    seed=None if self.options.seed < 0 else self.options.seed)
+        self.covariance_scale = self.options.covariance_scale or float(metadata.get('covariance_scale', 1.0))
+        self.geo = None
+        geo_mapping = metadata.get('geo')
+        if geo_mapping:
+            from vizloc_ros.geodesy import GeodesyError, GeoReference
+
+            try:
+                self.geo = GeoReference.from_mapping(geo_mapping)
+            except GeodesyError as exc:
+                raise ConfigError(f'{bundle_path}: bad metadata.geo {geo_mapping!r}: {exc}') from exc
+
+    @property
+    def backend_name(self) -> str:
+        return self.model.backend_name
+
+    def localize(self, frame: Frame) -> LocalizationResult:
+        if frame.camera is None:
+            raise InvalidInputError(f'{self.name}: frame {frame.frame_id!r} has no CameraInfo (intrinsics required)')
+        started = time.perf_counter()
+        outputs = self.model.run(frame, ['coords', 'log_scale'])
+        network_ms = (time.perf_counter() - started) * 1e3
+        spec = self.model.input
+        camera = frame.camera.scaled(spec.width, spec.height)
+        solution = estimate_pose(outputs['coords'][0], outputs['log_scale'][0], camera.K, self.ransac,
+                                 use_uncertainty=self.options.use_uncertainty,
+                                 covariance_scale=self.covariance_scale, dist_coeffs=camera.D)
+        latency_ms = (time.perf_counter() - started) * 1e3
+        diagnostics = {'network_ms': f'{network_ms:.1f}', 'ransac_ms': f'{latency_ms - network_ms:.1f}',
+                       'cells': str(int(np.prod(outputs['coords'].shape[2:])))}
+        if solution is None:
+            diagnostics['reason'] = (f'fewer than {self.ransac.min_inliers} RANSAC inliers or an inlier ratio below '
+                                     f'{self.ransac.min_inlier_ratio:.2f}')
+            return LocalizationResult(stamp_ns=frame.stamp_ns, frame_id=frame.frame_id, localizer=self.name,
+                                      latency_ms=latency_ms, status='no_fix', diagnostics=diagnostics)
+        diagnostics.update({'inliers': str(solution.num_inliers), 'inlier_ratio': f'{solution.inlier_ratio:.3f}',
+                            'reprojection_rmse_px': f'{solution.reprojection_rmse_px:.2f}'})
+        pose = PoseEstimate(T_map_camera=solution.T_map_camera, cov_6x6=solution.cov_6x6, localizer=self.name,
+                            latency_ms=latency_ms, inlier_ratio=solution.inlier_ratio)
+        geo = None
+        if self.geo is not None:
+            position = solution.T_map_camera[:3, 3]
+            lat, lon, alt = self.geo.scene_to_wgs84(position[None])
+            R = self.geo.R_enu_scene(position)
+            cov_enu = R @ solution.cov_6x6[:3, :3] @ R.T
+            geo = GeoEstimate(lat_deg=float(np.ravel(lat)[0]), lon_deg=float(np.ravel(lon)[0]),
+                              alt_m=float(np.ravel(alt)[0]), cov_enu_m2=0.5 * (cov_enu + cov_enu.T),
+                              localizer=self.name, latency_ms=latency_ms)
+        return LocalizationResult(stamp_ns=frame.stamp_ns, frame_id=frame.frame_id, localizer=self.name,
+                                  latency_ms=latency_ms, pose=pose, geo=geo, diagnostics=diagnostics)
+
+    def reset(self) -> None:
+        """No temporal state."""
+
+    def close(self) -> None:
+        self.model.close()
+
+
+def _factory(config: LocalizerConfig, options: SceneCoordinatesOptions, context: LocalizerContext
+             ) -> SceneCoordinateLocalizer:
+    return SceneCoordinateLocalizer(config, options, context)
+
+
+@hookimpl
+def vizloc_register_localizers(registry: Any) -> None:
+    registry.register(LocalizerType(
+        name=LOCALIZER_TYPE, factory=_factory, options_type=SceneCoordinatesOptions,
+        description='6-DoF pose from dense scene-coordinate regression + RANSAC PnP (CrossLoc/DSAC*/ACE); '
+                    'needs CameraInfo; publishes pose and, with a geo-referenced bundle, NavSatFix'))
+

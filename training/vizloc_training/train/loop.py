@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 __all__ = [
-    'set_seed', 'select_device', 'CheckpointManager', 'CheckpointError', 'progress',
+    'work_dir', 'set_seed', 'select_device', 'CheckpointManager', 'CheckpointError', 'progress',
     'DistributedInfo', 'ddp_setup', 'ddp_cleanup', 'is_main_process', 'world_size',
 ]
 
@@ -43,6 +43,12 @@ CHECKPOINT_VERSION = 1
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not belong to this run."""
+
+
+def work_dir(out: Path) -> Path:
+    """Run directory next to the bundle, ``OUT.work/`` (checkpoints, logs): write_bundle replaces OUT itself."""
+    out = Path(out)
+    return out.with_name(out.name + '.work')
 
 
 def set_seed(seed: int) -> None:
