@@ -1,0 +1,292 @@
+"""ROS message <-> vizloc core types.
+
+Images: ``sensor_msgs/Image`` becomes an RGB ``Frame`` without a copy when the encoding is
+``rgb8`` and rows are not padded (the array is a read-only view of the message buffer). Other
+encodings are converted by the ROS 2 ``cv_bridge`` when it is importable (a colcon workspace with
+system ROS 2), else by ``rosbags-image`` (pip venv; it works on rclpy messages by duck typing).
+``sensor_msgs/CompressedImage`` (JPEG/PNG) is decoded with OpenCV's ``imdecode``, which is what
+both libraries use underneath, so that a corrupt buffer gives an :class:`InvalidInputError` instead
+of an assertion or a ``None`` image.
+
+Outputs: :func:`navsatfix_from_result`, :func:`pose_msg_from_estimate`, :func:`room_msg_from_estimate`.
+ROS covariance conventions: NavSatFix ``position_covariance`` is East-North-Up in m^2, row-major;
+PoseWithCovariance is (x, y, z, rot_x, rot_y, rot_z) row-major, metres and radians.
+
+Nothing in this module creates nodes; it only needs the message packages.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import cv2
+import numpy as np
+import transforms3d
+
+from .types import CameraIntrinsics, Frame, GeoEstimate, InvalidInputError, LocalizationResult, PoseEstimate, RoomEstimate
+
+__all__ = [
+    'IMAGE_CONVERTER',
+    'stamp_to_ns',
+    'ns_to_stamp',
+    'frame_from_image_msg',
+    'frame_from_compressed_msg',
+    'frame_from_msg',
+    'intrinsics_from_camera_info',
+    'camera_info_from_intrinsics',
+    'image_msg_from_rgb',
+    'compressed_msg_from_rgb',
+    'navsatfix_from_result',
+    'pose_msg_from_estimate',
+    'room_msg_from_estimate',
+    'quaternion_xyzw_from_matrix',
+    'COVARIANCE_TYPE_KEY',
+]
+
+logger = logging.getLogger(__name__)
+
+#: ``LocalizationResult.diagnostics[COVARIANCE_TYPE_KEY] == 'approximated'`` makes the NavSatFix
+#: say COVARIANCE_TYPE_APPROXIMATED instead of COVARIANCE_TYPE_KNOWN.
+COVARIANCE_TYPE_KEY = 'covariance_type'
+
+try:  # ROS 2 cv_bridge: present in a colcon workspace with system ROS 2, absent from the pip wheels
+    from cv_bridge import CvBridge, CvBridgeError  # type: ignore[import-not-found]
+
+    _BRIDGE: Any = CvBridge()
+    IMAGE_CONVERTER = 'cv_bridge'
+    _CONVERSION_ERRORS: tuple[type[BaseException], ...] = (CvBridgeError, cv2.error, ValueError, TypeError)
+except ImportError:
+    from rosbags.image import ImageError, image_to_cvimage
+
+    _BRIDGE = None
+    IMAGE_CONVERTER = 'rosbags-image'
+    _CONVERSION_ERRORS = (ImageError, cv2.error, ValueError, TypeError)
+
+# Encodings whose bytes per pixel we know, for validating size and step before converting.
+_BYTES_PER_PIXEL = {
+    'rgb8': 3, 'bgr8': 3, 'rgba8': 4, 'bgra8': 4, 'mono8': 1, 'mono16': 2,
+    'rgb16': 6, 'bgr16': 6, 'rgba16': 8, 'bgra16': 8,
+    'bayer_rggb8': 1, 'bayer_bggr8': 1, 'bayer_gbrg8': 1, 'bayer_grbg8': 1,
+    '8UC1': 1, '8UC3': 3, '8UC4': 4, 'yuv422': 2, 'uyvy': 2, 'yuyv': 2, 'yuv422_yuy2': 2,
+}
+
+
+def stamp_to_ns(stamp: Any) -> int:
+    """builtin_interfaces/Time -> integer nanoseconds."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def ns_to_stamp(stamp_ns: int) -> Any:
+    from builtin_interfaces.msg import Time
+
+    sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    return Time(sec=sec, nanosec=nanosec)
+
+
+def _buffer_view(data: Any) -> np.ndarray:
+    """A uint8 view of a message's ``data`` (array.array, bytes, memoryview or list) without a copy when possible."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return np.frombuffer(data, dtype=np.uint8)
+    if hasattr(data, 'typecode'):  # array.array('B') in rclpy messages
+        return np.frombuffer(data, dtype=np.uint8)
+    return np.asarray(data, dtype=np.uint8)
+
+
+def frame_from_image_msg(msg: Any, camera: CameraIntrinsics | None = None) -> Frame:
+    """sensor_msgs/Image -> Frame (RGB). Raises InvalidInputError for unusable images."""
+    width, height, step, encoding = int(msg.width), int(msg.height), int(msg.step), str(msg.encoding)
+    if width <= 0 or height <= 0:
+        raise InvalidInputError(f'image has an empty size {width}x{height}')
+    bpp = _BYTES_PER_PIXEL.get(encoding)
+    if bpp is None and not encoding.startswith(('8UC', '16UC', '32FC')):
+        raise InvalidInputError(f'unsupported image encoding {encoding!r}; use rgb8, bgr8, mono8, rgba8, bgra8, ...')
+    data = _buffer_view(msg.data)
+    if bpp is not None:
+        if step < width * bpp:
+            raise InvalidInputError(f'image step {step} is smaller than width*bytes_per_pixel = {width * bpp} ({encoding})')
+        if data.size < step * (height - 1) + width * bpp:
+            raise InvalidInputError(
+                f'image data has {data.size} bytes, {encoding} {width}x{height} with step {step} needs {step * height}')
+    if encoding == 'rgb8':
+        # Zero-copy: a strided, read-only view of the message buffer (rows may be padded).
+        rgb = np.lib.stride_tricks.as_strided(data, shape=(height, width, 3), strides=(step, 3, 1), writeable=False)
+    else:
+        rgb = _convert_other(msg, encoding, data, width, height, step, bpp)
+    return Frame(rgb_HW3=rgb, stamp_ns=stamp_to_ns(msg.header.stamp), frame_id=str(msg.header.frame_id), camera=camera)
+
+
+def _convert_other(msg: Any, encoding: str, data: np.ndarray, width: int, height: int, step: int, bpp: int | None) -> np.ndarray:
+    if bpp is not None and step != width * bpp and not encoding.startswith('yuv'):
+        # Padded rows: cut them off first (a copy; neither converter handles padding the same way).
+        packed = np.lib.stride_tricks.as_strided(data, shape=(height, width * bpp), strides=(step, 1)).copy()
+        msg = _PackedImage(msg, packed.reshape(-1), width * bpp)
+    try:
+        if _BRIDGE is not None:
+            rgb = _BRIDGE.imgmsg_to_cv2(msg, desired_encoding='rgb8')
+        else:
+            rgb = image_to_cvimage(msg, 'rgb8')
+    except _CONVERSION_ERRORS as exc:
+        raise InvalidInputError(f'cannot convert {encoding} image to rgb8: {exc}') from exc
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise InvalidInputError(f'{encoding} image did not convert to uint8 RGB (got {rgb.dtype} {rgb.shape})')
+    return rgb
+
+
+class _PackedImage:
+    """An Image-like view with the row padding removed (what the converters expect)."""
+
+    def __init__(self, msg: Any, data: np.ndarray, step: int) -> None:
+        self.header = msg.header
+        self.width = msg.width
+        self.height = msg.height
+        self.encoding = msg.encoding
+        self.is_bigendian = msg.is_bigendian
+        self.step = step
+        self.data = data
+
+
+def frame_from_compressed_msg(msg: Any, camera: CameraIntrinsics | None = None) -> Frame:
+    """sensor_msgs/CompressedImage (JPEG/PNG...) -> Frame (RGB). Corrupt data raises InvalidInputError."""
+    data = _buffer_view(msg.data)
+    if data.size == 0:
+        raise InvalidInputError('compressed image has no data')
+    fmt = str(msg.format)
+    if 'compressedDepth' in fmt:
+        raise InvalidInputError(f'compressed depth images are not camera images (format {fmt!r})')
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise InvalidInputError(f'cannot decode compressed image (format {fmt!r}, {data.size} bytes): corrupt or unsupported')
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return Frame(rgb_HW3=rgb, stamp_ns=stamp_to_ns(msg.header.stamp), frame_id=str(msg.header.frame_id), camera=camera)
+
+
+def frame_from_msg(msg: Any, camera: CameraIntrinsics | None = None) -> Frame:
+    """Image or CompressedImage (told apart by the ``format`` field) -> Frame."""
+    if hasattr(msg, 'format'):
+        return frame_from_compressed_msg(msg, camera)
+    return frame_from_image_msg(msg, camera)
+
+
+def intrinsics_from_camera_info(msg: Any) -> CameraIntrinsics:
+    """sensor_msgs/CameraInfo -> CameraIntrinsics. An uncalibrated CameraInfo (K all zero) is refused."""
+    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
+    if not np.any(K):
+        raise InvalidInputError('CameraInfo has an all-zero K: the camera is not calibrated')
+    if int(msg.binning_x) > 1 or int(msg.binning_y) > 1 or int(msg.roi.width) or int(msg.roi.height):
+        raise InvalidInputError(
+            f'CameraInfo with binning ({msg.binning_x}, {msg.binning_y}) or an ROI is not supported; '
+            'publish full-resolution intrinsics for the image you send')
+    return CameraIntrinsics(K=K, width=int(msg.width), height=int(msg.height),
+                            D=np.asarray(msg.d, dtype=np.float64), distortion_model=str(msg.distortion_model or 'plumb_bob'))
+
+
+def camera_info_from_intrinsics(camera: CameraIntrinsics, stamp_ns: int, frame_id: str) -> Any:
+    """CameraIntrinsics -> sensor_msgs/CameraInfo (P = [K | 0], R = I)."""
+    from sensor_msgs.msg import CameraInfo
+
+    msg = CameraInfo()
+    msg.header.stamp = ns_to_stamp(stamp_ns)
+    msg.header.frame_id = frame_id
+    msg.width, msg.height = int(camera.width), int(camera.height)
+    msg.distortion_model = camera.distortion_model
+    msg.d = [float(v) for v in camera.D]
+    msg.k = [float(v) for v in camera.K.reshape(-1)]
+    msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    P = np.zeros((3, 4))
+    P[:, :3] = camera.K
+    msg.p = [float(v) for v in P.reshape(-1)]
+    return msg
+
+
+def image_msg_from_rgb(rgb_HW3: np.ndarray, stamp_ns: int, frame_id: str) -> Any:
+    """RGB uint8 array -> sensor_msgs/Image (rgb8)."""
+    from sensor_msgs.msg import Image
+
+    rgb = np.ascontiguousarray(rgb_HW3, dtype=np.uint8)
+    msg = Image()
+    msg.header.stamp = ns_to_stamp(stamp_ns)
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = int(rgb.shape[0]), int(rgb.shape[1])
+    msg.encoding = 'rgb8'
+    msg.is_bigendian = 0
+    msg.step = msg.width * 3
+    msg.data = rgb.tobytes()
+    return msg
+
+
+def compressed_msg_from_rgb(rgb_HW3: np.ndarray, stamp_ns: int, frame_id: str, quality: int = 90) -> Any:
+    """RGB uint8 array -> sensor_msgs/CompressedImage (JPEG)."""
+    from sensor_msgs.msg import CompressedImage
+
+    ok, buf = cv2.imencode('.jpg', cv2.cvtColor(np.asarray(rgb_HW3, dtype=np.uint8), cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise InvalidInputError('JPEG encoding failed')
+    msg = CompressedImage()
+    msg.header.stamp = ns_to_stamp(stamp_ns)
+    msg.header.frame_id = frame_id
+    msg.format = 'rgb8; jpeg compressed bgr8'
+    msg.data = buf.tobytes()
+    return msg
+
+
+def quaternion_xyzw_from_matrix(R_33: np.ndarray) -> tuple[float, float, float, float]:
+    """Rotation matrix -> ROS quaternion order (x, y, z, w), w >= 0."""
+    w, x, y, z = transforms3d.quaternions.mat2quat(np.asarray(R_33, dtype=np.float64))
+    if w < 0.0:
+        w, x, y, z = -w, -x, -y, -z
+    return float(x), float(y), float(z), float(w)
+
+
+def navsatfix_from_result(result: LocalizationResult, stamp: Any, frame_id: str) -> Any | None:
+    """The NavSatFix of a result: its GeoEstimate, or STATUS_NO_FIX for a 'no_fix' result; None otherwise.
+
+    ``stamp`` is the source image's header stamp (builtin_interfaces/Time), ``frame_id`` its camera frame.
+    """
+    from sensor_msgs.msg import NavSatFix, NavSatStatus
+
+    if result.status != 'no_fix' and result.geo is None:
+        return None
+    msg = NavSatFix()
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.status.service = 0  # not a GNSS receiver
+    if result.status == 'no_fix' or result.geo is None:
+        msg.status.status = NavSatStatus.STATUS_NO_FIX
+        msg.latitude = msg.longitude = msg.altitude = math.nan
+        msg.position_covariance_type = NavSatFix.COVARIANCE_TYPE_UNKNOWN
+        return msg
+    geo: GeoEstimate = result.geo
+    msg.status.status = NavSatStatus.STATUS_FIX
+    msg.latitude, msg.longitude = float(geo.lat_deg), float(geo.lon_deg)
+    msg.altitude = float(geo.alt_m)  # NaN when the localizer does not know it (the NavSatFix convention)
+    msg.position_covariance = [float(v) for v in geo.cov_enu_m2.reshape(-1)]
+    approximated = str(result.diagnostics.get(COVARIANCE_TYPE_KEY, '')).lower() == 'approximated'
+    msg.position_covariance_type = (NavSatFix.COVARIANCE_TYPE_APPROXIMATED if approximated
+                                    else NavSatFix.COVARIANCE_TYPE_KNOWN)
+    return msg
+
+
+def pose_msg_from_estimate(pose: PoseEstimate, stamp: Any, map_frame: str) -> Any:
+    """PoseEstimate -> geometry_msgs/PoseWithCovarianceStamped in ``map_frame``."""
+    from geometry_msgs.msg import PoseWithCovarianceStamped
+
+    msg = PoseWithCovarianceStamped()
+    msg.header.stamp = stamp
+    msg.header.frame_id = map_frame
+    T = pose.T_map_camera
+    msg.pose.pose.position.x, msg.pose.pose.position.y, msg.pose.pose.position.z = (float(v) for v in T[:3, 3])
+    q = quaternion_xyzw_from_matrix(T[:3, :3])
+    o = msg.pose.pose.orientation
+    o.x, o.y, o.z, o.w = q
+    msg.pose.covariance = [float(v) for v in pose.cov_6x6.reshape(-1)]
+    return msg
+
+
+def room_msg_from_estimate(room: RoomEstimate) -> Any:
+    """RoomEstimate -> std_msgs/String holding the label (String has no header; see ~/markers for stamps)."""
+    from std_msgs.msg import String
+
+    return String(data=room.label)

@@ -1,0 +1,288 @@
+"""ROS parameters of the ``vizloc`` node: declaration (descriptions, ranges), validation, per-localizer options.
+
+Node-level parameters are declared in the constructor (:func:`declare_node_parameters`) and read
+into a frozen :class:`NodeParams` on configure. Per-localizer parameters ``<name>.type``,
+``<name>.bundle``, ``<name>.backend``, ``<name>.max_rate_hz`` and one ``<name>.<option>`` per field
+of the type's options dataclass (:func:`vizloc_ros.localizer.option_fields`) are declared on
+configure, once the plugins are loaded (:func:`declare_localizer_parameters`). A parameter given
+for a localizer that its type does not know is an error (that localizer is skipped).
+
+Runtime changes go through :func:`check_parameter_change`, used by the node's
+on-set-parameters callback: values are validated, and parameters that shape the graph (topics,
+localizers, bundles) can only change while the node is unconfigured.
+"""
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, ParameterValue
+
+from .localizer import ConfigError, LocalizerConfig, LocalizerRegistry, option_fields
+
+__all__ = [
+    'NodeParams',
+    'LocalizerParams',
+    'NODE_PARAMETERS',
+    'IMAGE_TRANSPORTS',
+    'INPUT_QOS',
+    'BACKENDS',
+    'RUNTIME_PARAMETERS',
+    'declare_node_parameters',
+    'read_node_params',
+    'declare_localizer_parameters',
+    'check_parameter_change',
+    'unknown_localizer_overrides',
+]
+
+IMAGE_TRANSPORTS = ('raw', 'compressed')
+INPUT_QOS = ('sensor_data', 'reliable')
+BACKENDS = ('auto', 'onnxruntime', 'tensorrt', 'torch')
+LOCALIZER_COMMON = ('type', 'bundle', 'backend', 'max_rate_hz')
+
+_PTYPE = {
+    bool: ParameterType.PARAMETER_BOOL,
+    int: ParameterType.PARAMETER_INTEGER,
+    float: ParameterType.PARAMETER_DOUBLE,
+    str: ParameterType.PARAMETER_STRING,
+    list[str]: ParameterType.PARAMETER_STRING_ARRAY,
+    list[float]: ParameterType.PARAMETER_DOUBLE_ARRAY,
+    list[int]: ParameterType.PARAMETER_INTEGER_ARRAY,
+}
+_PTYPE_NAME = {
+    ParameterType.PARAMETER_BOOL: 'a bool', ParameterType.PARAMETER_INTEGER: 'an integer',
+    ParameterType.PARAMETER_DOUBLE: 'a float (write 5.0, not 5)', ParameterType.PARAMETER_STRING: 'a string',
+    ParameterType.PARAMETER_STRING_ARRAY: 'a list of strings',
+    ParameterType.PARAMETER_DOUBLE_ARRAY: 'a list of floats', ParameterType.PARAMETER_INTEGER_ARRAY: 'a list of integers',
+}
+
+
+@dataclass(frozen=True)
+class _Spec:
+    default: Any
+    ptype: int
+    description: str
+    float_range: tuple[float, float] | None = None
+    int_range: tuple[int, int] | None = None
+    choices: tuple[str, ...] = ()
+    #: True: may change while configured/active (takes effect at once).
+    runtime: bool = False
+
+
+NODE_PARAMETERS: dict[str, _Spec] = {
+    'autostart': _Spec(True, ParameterType.PARAMETER_BOOL,
+                       'Walk the lifecycle to active at start-up (configure + activate), so `ros2 run` just works.'),
+    'localizers': _Spec([], ParameterType.PARAMETER_STRING_ARRAY,
+                        'Names of the localizer instances to run; each is configured by <name>.* parameters.'),
+    'blocked_plugins': _Spec([], ParameterType.PARAMETER_STRING_ARRAY,
+                             'Plugin (entry point) names of group vizloc_ros.localizers that must not load.'),
+    'image_transport': _Spec('raw', ParameterType.PARAMETER_STRING,
+                             "'raw': subscribe to `image` (sensor_msgs/Image); 'compressed': to `image/compressed`.",
+                             choices=IMAGE_TRANSPORTS),
+    'input_qos': _Spec('sensor_data', ParameterType.PARAMETER_STRING,
+                       "QoS of the image and camera_info subscriptions: 'sensor_data' (best effort, depth 5) or "
+                       "'reliable' (depth 5). Outputs are always reliable.", choices=INPUT_QOS),
+    'map_frame': _Spec('map', ParameterType.PARAMETER_STRING, 'frame_id of ~/<name>/pose, ~/path and pose markers.'),
+    'cache_dir': _Spec('', ParameterType.PARAMETER_STRING,
+                       'Writable cache for TensorRT engines etc.; empty = $VIZLOC_CACHE_DIR or ~/.cache/vizloc_ros.'),
+    'publish_markers': _Spec(True, ParameterType.PARAMETER_BOOL, 'Publish ~/markers (MarkerArray) and ~/path (Path).',
+                             runtime=True),
+    'publish_timing': _Spec(False, ParameterType.PARAMETER_BOOL,
+                            'Publish per-frame timestamps (callback, model start/end, published) on ~/timing '
+                            '(diagnostic_msgs/DiagnosticStatus); used by scripts/bench_node.py.', runtime=True),
+    'path_max_length': _Spec(1000, ParameterType.PARAMETER_INTEGER, 'Poses kept in ~/path (oldest dropped).',
+                             int_range=(1, 100000), runtime=True),
+    'diagnostics_period_s': _Spec(1.0, ParameterType.PARAMETER_DOUBLE, 'Period of /diagnostics messages in seconds.',
+                                  float_range=(0.1, 60.0)),
+    'error_log_throttle_s': _Spec(5.0, ParameterType.PARAMETER_DOUBLE,
+                                  'At most one log line per error kind and localizer in this many seconds '
+                                  '(every error is still counted in /diagnostics).', float_range=(0.0, 3600.0),
+                                  runtime=True),
+}
+
+LOCALIZER_PARAMETERS: dict[str, _Spec] = {
+    'type': _Spec('', ParameterType.PARAMETER_STRING, 'Localizer type registered by a plugin (e.g. room_classifier).'),
+    'bundle': _Spec('', ParameterType.PARAMETER_STRING, 'Model bundle directory (bundle.yaml + model.onnx).'),
+    'backend': _Spec('auto', ParameterType.PARAMETER_STRING,
+                     "Inference backend: 'auto' (TensorRT > ONNX Runtime CUDA > CPU), 'onnxruntime', 'tensorrt', 'torch'.",
+                     choices=BACKENDS),
+    'max_rate_hz': _Spec(0.0, ParameterType.PARAMETER_DOUBLE,
+                         'Maximum localization rate of this localizer in Hz; 0 = every frame it can keep up with.',
+                         float_range=(0.0, 1000.0), runtime=True),
+}
+
+#: Node-level parameter names that may change while configured or active.
+RUNTIME_PARAMETERS = frozenset(name for name, spec in NODE_PARAMETERS.items() if spec.runtime)
+
+
+@dataclass(frozen=True)
+class NodeParams:
+    """Node-level parameters, validated."""
+
+    autostart: bool = True
+    localizers: tuple[str, ...] = ()
+    blocked_plugins: tuple[str, ...] = ()
+    image_transport: str = 'raw'
+    input_qos: str = 'sensor_data'
+    map_frame: str = 'map'
+    cache_dir: str = ''
+    publish_markers: bool = True
+    publish_timing: bool = False
+    path_max_length: int = 1000
+    diagnostics_period_s: float = 1.0
+    error_log_throttle_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.image_transport not in IMAGE_TRANSPORTS:
+            raise ConfigError(f'image_transport must be one of {IMAGE_TRANSPORTS}, got {self.image_transport!r}')
+        if self.input_qos not in INPUT_QOS:
+            raise ConfigError(f'input_qos must be one of {INPUT_QOS}, got {self.input_qos!r}')
+        if not self.map_frame:
+            raise ConfigError('map_frame must not be empty')
+        if len(set(self.localizers)) != len(self.localizers):
+            raise ConfigError(f'localizers has duplicate names: {list(self.localizers)}')
+
+
+@dataclass(frozen=True)
+class LocalizerParams:
+    """One localizer instance's parameters: common config plus raw option values."""
+
+    config: LocalizerConfig
+    options: dict[str, Any]
+
+
+def _descriptor(name: str, spec: _Spec, *, read_only: bool = False) -> ParameterDescriptor:
+    d = ParameterDescriptor(name=name, type=spec.ptype, description=spec.description, read_only=read_only)
+    if spec.choices:
+        d.additional_constraints = 'one of: ' + ', '.join(spec.choices)
+    if spec.float_range is not None:
+        d.floating_point_range = [FloatingPointRange(from_value=spec.float_range[0], to_value=spec.float_range[1], step=0.0)]
+    if spec.int_range is not None:
+        d.integer_range = [IntegerRange(from_value=spec.int_range[0], to_value=spec.int_range[1], step=0)]
+    return d
+
+
+def _declare(node: Any, name: str, spec: _Spec, **kw: Any) -> Any:
+    from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+
+    if node.has_parameter(name):
+        return _value(node, name, spec)
+    value: Any = spec.default
+    if isinstance(value, list) and not value:
+        # rclpy cannot infer an array type from []: declare the typed value when overridden, else
+        # declare the type only (value None, read back as []).
+        from rclpy.parameter import Parameter
+
+        if name in getattr(node, '_parameter_overrides', {}):
+            value = ParameterValue(type=spec.ptype)
+        else:
+            value = Parameter.Type(spec.ptype)
+    try:
+        node.declare_parameter(name, value, _descriptor(name, spec, **kw))
+        return _value(node, name, spec)
+    except InvalidParameterTypeException as exc:
+        raise ConfigError(f'parameter {name} must be {_PTYPE_NAME.get(spec.ptype, spec.ptype)}: {exc}') from exc
+    except InvalidParameterValueException as exc:
+        raise ConfigError(f'parameter {name}: invalid value: {exc}') from exc
+
+
+def _value(node: Any, name: str, spec: _Spec) -> Any:
+    from rclpy.exceptions import ParameterUninitializedException
+
+    try:
+        value = node.get_parameter(name).value
+    except ParameterUninitializedException:  # an array declared by type only (see _declare)
+        return list(spec.default)
+    if value is None and isinstance(spec.default, list):
+        return []
+    if hasattr(value, 'tolist'):  # array.array / numpy arrays from rclpy
+        return value.tolist()
+    return list(value) if isinstance(value, tuple) else value
+
+
+def declare_node_parameters(node: Any) -> list[str]:
+    """Declare the node-level parameters; returns errors (e.g. a wrong type in the params file) instead of raising."""
+    errors = []
+    for name, spec in NODE_PARAMETERS.items():
+        try:
+            _declare(node, name, spec, read_only=(name == 'autostart'))
+        except ConfigError as exc:
+            errors.append(str(exc))
+    return errors
+
+
+def read_node_params(node: Any) -> NodeParams:
+    """Current node-level parameter values as a validated NodeParams (raises ConfigError)."""
+    missing = [n for n in NODE_PARAMETERS if not node.has_parameter(n)]
+    if missing:
+        raise ConfigError(f'parameters {missing} could not be declared (see the errors logged at start-up)')
+    v = {name: _value(node, name, spec) for name, spec in NODE_PARAMETERS.items()}
+    v['localizers'] = tuple(v['localizers'] or ())
+    v['blocked_plugins'] = tuple(v['blocked_plugins'] or ())
+    return NodeParams(**v)
+
+
+def declare_localizer_parameters(node: Any, name: str, registry: LocalizerRegistry) -> LocalizerParams:
+    """Declare ``<name>.*`` and return its config; raises ConfigError when misconfigured."""
+    values = {key: _declare(node, f'{name}.{key}', spec) for key, spec in LOCALIZER_PARAMETERS.items()}
+    if not values['type']:
+        raise ConfigError(f'{name}.type is not set; registered types: {sorted(registry.types) or "none"}')
+    if values['backend'] not in BACKENDS:
+        raise ConfigError(f'{name}.backend must be one of {BACKENDS}, got {values["backend"]!r}')
+    config = LocalizerConfig(name=name, type=values['type'], bundle=values['bundle'], backend=values['backend'],
+                             max_rate_hz=float(values['max_rate_hz']))
+    localizer_type = registry.get(config.type)
+    options = {}
+    for field_name, tp, default, description in option_fields(localizer_type.options_type):
+        if field_name in LOCALIZER_COMMON:
+            raise ConfigError(f'{config.type}: option {field_name!r} clashes with the common parameter {name}.{field_name}')
+        spec = _Spec(list(default) if isinstance(default, list) else default, _PTYPE[tp],
+                     description or f'{config.type} option {field_name} ({_type_name(tp)})')
+        options[field_name] = _declare(node, f'{name}.{field_name}', spec)
+    unknown = unknown_localizer_overrides(node, name, list(LOCALIZER_COMMON) + list(options))
+    if unknown:
+        raise ConfigError(f'{name}: unknown parameter(s) {unknown} for localizer type {config.type!r}; '
+                          f'known: {sorted(list(LOCALIZER_COMMON) + list(options))}')
+    return LocalizerParams(config=config, options=options)
+
+
+def unknown_localizer_overrides(node: Any, name: str, known: Iterable[str]) -> list[str]:
+    """Parameters given (params file / command line) as ``<name>.<key>`` whose key is not in ``known``."""
+    overrides = getattr(node, '_parameter_overrides', {})  # rclpy keeps the overrides here (no public getter)
+    prefix = f'{name}.'
+    known = set(known)
+    return sorted(k for k in overrides if k.startswith(prefix) and k[len(prefix):] not in known)
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is list:
+        return f'list[{typing.get_args(tp)[0].__name__}]'
+    return tp.__name__
+
+
+def check_parameter_change(name: str, value: Any, *, declared: bool, configured: bool,
+                           localizer_names: Iterable[str]) -> str | None:
+    """Why a runtime change of ``name`` to ``value`` is refused, or None if it is fine.
+
+    Ranges and types are enforced by rclpy from the descriptors; this adds choices and the rule that
+    graph-shaping parameters change only while unconfigured (deactivate + cleanup, set, configure).
+    """
+    base, _, key = name.partition('.')
+    spec = NODE_PARAMETERS.get(name)
+    if spec is None and key in LOCALIZER_PARAMETERS:
+        spec = LOCALIZER_PARAMETERS[key]
+    if spec is not None and spec.choices and value not in spec.choices:
+        return f'{name} must be one of {list(spec.choices)}, got {value!r}'
+    if not declared:  # being declared (start-up / configure): only the value is checked
+        return None
+    if name == 'autostart':
+        return 'autostart is read-only; it only applies at start-up'
+    if not configured:
+        return None
+    if name in RUNTIME_PARAMETERS or (key == 'max_rate_hz' and base in set(localizer_names)):
+        return None
+    if name in NODE_PARAMETERS or key:
+        return (f'{name} cannot change while the node is configured; deactivate and clean up the node '
+                '(ros2 lifecycle set <node> deactivate / cleanup), set it, then configure again')
+    return None
