@@ -1,0 +1,160 @@
+"""Synthetic campus world: GPS ground truth (gt.csv = EXIF = pose through the ENU origin),
+routes outside buildings, reference database, evaluation bag, determinism, CLI dispatch.
+Tiny sizes (64x48, a handful of frames)."""
+from __future__ import annotations
+
+import csv
+import math
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+from transforms3d.quaternions import quat2mat
+
+from vizloc_ros.bags import read_evaluation_bag
+from vizloc_ros.geodesy import LocalENU
+from vizloc_training.datasets.exif import read_gps_exif
+from vizloc_training.datasets.gps import read_gps_dataset
+from vizloc_training.datasets.reference_db import ReferenceDatabase
+from vizloc_training.synth import campus, cli
+from vizloc_training.synth.textures import TextureSource
+
+SIZE = (64, 48)
+FRAMES = 14  # train; val/test get 3 each
+
+
+@pytest.fixture(scope='module')
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return campus.generate(tmp_path_factory.mktemp('campus') / 'w', seed=2, frames=FRAMES, size=SIZE)
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline='') as fh:
+        return list(csv.DictReader(fh))
+
+
+def _poses(root: Path) -> dict[str, np.ndarray]:
+    out = {}
+    for r in _rows(root / 'poses.csv'):
+        T = np.eye(4)
+        T[:3, :3] = quat2mat([float(r['qw']), float(r['qx']), float(r['qy']), float(r['qz'])])
+        T[:3, 3] = [float(r['x']), float(r['y']), float(r['z'])]
+        out[r['image']] = T
+    return out
+
+
+def test_layout_and_self_description(world: Path) -> None:
+    meta = yaml.safe_load((world / 'world.yaml').read_text())
+    assert meta['generator'] == 'vizloc_training.synth.campus' and meta['seed'] == 2
+    assert meta['origin'] == {'lat': 31.262, 'lon': 34.804, 'alt': 300.0}
+    assert meta['textures']['source'] in ('photos', 'procedural')
+    assert len(meta['buildings']) >= 20
+    rows = _rows(world / 'gt.csv')
+    assert list(rows[0]) == ['image', 'lat', 'lon', 'alt', 'split']
+    counts = {s: sum(r['split'] == s for r in rows) for s in ('train', 'val', 'test')}
+    assert counts == {'train': FRAMES, 'val': 3, 'test': 3}
+    assert len(list((world / 'images').glob('*.jpg'))) == FRAMES + 6
+
+
+def test_gt_csv_exif_and_pose_agree(world: Path) -> None:
+    enu = LocalENU(31.262, 34.804, 300.0)
+    poses = _poses(world)
+    for r in _rows(world / 'gt.csv'):
+        lat, lon, alt = float(r['lat']), float(r['lon']), float(r['alt'])
+        fix = read_gps_exif(world / 'images' / r['image'])
+        assert fix is not None
+        assert abs(fix.lat_deg - lat) < 1e-6 and abs(fix.lon_deg - lon) < 1e-6 and abs(fix.alt_m - alt) < 2e-3
+        e, n, u = enu.to_enu(lat, lon, alt)
+        np.testing.assert_allclose([float(e), float(n), float(u)], poses[r['image']][:3, 3], atol=2e-3)
+
+
+def test_routes_stay_outside_buildings_at_walking_height(world: Path) -> None:
+    meta = yaml.safe_load((world / 'world.yaml').read_text())
+    half = meta['config']['area_m'] / 2
+    for name, T in _poses(world).items():
+        x, y, z = T[:3, 3]
+        assert 1.5 < z < 1.7 and abs(x) < half and abs(y) < half, name
+        for b in meta['buildings']:
+            inside = b['min_xy'][0] - 1.0 < x < b['max_xy'][0] + 1.0 and b['min_xy'][1] - 1.0 < y < b['max_xy'][1] + 1.0
+            assert not inside, (name, b)
+
+
+def test_routes_cover_the_area_with_varied_headings() -> None:
+    cfg = campus.CampusWorldConfig(size=(32, 24))
+    c = campus.build_campus(cfg, np.random.default_rng(0), TextureSource.load(allow_photos=False))
+    poses = campus.route(c, 800, np.random.default_rng(1), cfg)
+    xy = np.array([T[:2, 3] for T in poses])
+    assert c.is_safe(xy[:, 0], xy[:, 1]).all()
+    cells = {(int((x + 100) // 25), int((y + 100) // 25)) for x, y in xy}
+    assert len(cells) >= 20  # of 64 25-m cells (some are all buildings): the walk explores, it does not circle
+    quadrants = {(x > 0, y > 0) for x, y in xy}
+    assert len(quadrants) == 4
+    headings = np.degrees(np.arctan2(np.array([T[1, 2] for T in poses]), np.array([T[0, 2] for T in poses])))
+    assert np.histogram(headings, bins=8, range=(-180, 180))[0].min() > 0
+    steps = np.linalg.norm(np.diff(xy, axis=0), axis=1)
+    assert 0.5 < np.median(steps) < 2.0
+
+
+def test_gps_reader_reads_csv_and_exif_variants(world: Path, tmp_path: Path) -> None:
+    ds = read_gps_dataset(world)
+    assert ds.source == 'gt.csv' and ds.split_source == 'column' and not ds.skipped
+    assert len(ds.split('train')) == FRAMES and len(ds.split('test')) == 3
+    # Without gt.csv the positions come from EXIF.
+    copy = tmp_path / 'exif_only'
+    shutil.copytree(world / 'images', copy / 'images')
+    ds_exif = read_gps_dataset(copy)
+    assert ds_exif.source == 'exif' and len(ds_exif.records) == len(ds.records)
+    by_name = {r.image.name: r for r in ds.records}
+    for r in ds_exif.records:
+        ref = by_name[r.image.name]
+        assert abs(r.lat_deg - ref.lat_deg) < 1e-6 and abs(r.lon_deg - ref.lon_deg) < 1e-6
+
+
+def test_reference_database_of_train_frames(world: Path) -> None:
+    db = ReferenceDatabase(world / 'refdb')
+    assert len(db) == FRAMES
+    poses = _poses(world)
+    gt = {r['image']: r for r in _rows(world / 'gt.csv')}
+    cam = campus.CampusWorldConfig(size=SIZE).camera()
+    for e in db:
+        T = poses[f'{e.uid}.jpg']
+        np.testing.assert_allclose(e.E @ T, np.eye(4), atol=1e-6)
+        np.testing.assert_allclose(e.K, cam.K)
+        assert (e.width, e.height) == SIZE and e.fov_deg == pytest.approx(70.0)
+        assert e.lat_deg == pytest.approx(float(gt[f'{e.uid}.jpg']['lat']), abs=1e-7)
+        # azimuth: clockwise from north of the optical axis
+        fwd = T[:3, 2]
+        assert math.radians(e.azn_deg) == pytest.approx(math.atan2(fwd[0], fwd[1]) % (2 * math.pi), abs=1e-6)
+        assert e.image.read_bytes() == (world / 'images' / f'{e.uid}.jpg').read_bytes()
+
+
+def test_eval_bag_carries_fix_and_pose(world: Path) -> None:
+    poses = _poses(world)
+    gt = {r['image']: r for r in _rows(world / 'gt.csv')}
+    samples = list(read_evaluation_bag(world / 'eval.bag'))
+    assert len(samples) == 3
+    for k, s in enumerate(samples):
+        name = f'test_{k:05d}.jpg'
+        assert s.room is None
+        assert s.fix_lla[0] == pytest.approx(float(gt[name]['lat']), abs=1e-8)
+        np.testing.assert_allclose(s.T_map_camera, poses[name], atol=1e-5)
+        file_rgb = cv2.cvtColor(cv2.imread(str(world / 'images' / name)), cv2.COLOR_BGR2RGB)
+        assert np.array_equal(s.rgb_HW3, file_rgb)
+
+
+def test_same_seed_same_world(world: Path, tmp_path: Path) -> None:
+    cfg = campus.CampusWorldConfig(write_refdb=False)
+    again = campus.generate(tmp_path / 'again', seed=2, frames=FRAMES, size=SIZE, config=cfg, write_bag=False)
+    assert (again / 'gt.csv').read_bytes() == (world / 'gt.csv').read_bytes()
+    for name in ('train_00000.jpg', 'test_00002.jpg'):
+        assert (again / 'images' / name).read_bytes() == (world / 'images' / name).read_bytes()
+
+
+def test_cli_dispatches_to_campus(tmp_path: Path) -> None:
+    out = tmp_path / 'cli'
+    assert cli.main(['campus', '--out', str(out), '--frames', '2', '--size', '32x24', '--seed', '1']) == 0
+    assert len(_rows(out / 'gt.csv')) == 2 + 2 + 2
+    assert cli.main(['campus', '--out', str(out), '--frames', '2']) == 2  # not empty: refused
