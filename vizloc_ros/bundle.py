@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 import yaml
 
-__all__ = ['FORMAT_VERSION', 'BundleError', 'InputSpec', 'Bundle', 'load_bundle', 'write_bundle', 'sha256_file']
+__all__ = ['FORMAT_VERSION', 'BundleError', 'InputSpec', 'Bundle', 'load_bundle', 'write_bundle', 'sha256_file', 'yaml_plain']
 
 logger = logging.getLogger(__name__)
 
@@ -184,8 +184,8 @@ def write_bundle(out_dir: str | os.PathLike, localizer_type: str, model_file: st
             'model': model_name,
             'input': asdict(input_spec),
             'outputs': list(outputs),
-            'metadata': _plain(dict(metadata or {})),
-            'metrics': _plain(dict(metrics or {})),
+            'metadata': yaml_plain(dict(metadata or {})),
+            'metrics': yaml_plain(dict(metrics or {})),
             'files': {name: sha256_file(tmp / name) for name in names},
             'created_utc': _dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'),
             'producer': producer,
@@ -201,12 +201,12 @@ def write_bundle(out_dir: str | os.PathLike, localizer_type: str, model_file: st
     return out
 
 
-def _plain(value: Any) -> Any:
-    """numpy scalars/arrays -> plain Python so that bundle.yaml stays safe_load-able."""
+def yaml_plain(value: Any) -> Any:
+    """numpy scalars/arrays, tuples and mappings -> plain Python, so that YAML stays safe_load-able."""
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): yaml_plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, 'tolist'):
-        return value.tolist()
+        return [yaml_plain(v) for v in value]
+    if hasattr(value, 'tolist'):  # numpy arrays and numpy scalars
+        return yaml_plain(value.tolist())
     return value

@@ -49,6 +49,7 @@ import cv2
 import numpy as np
 import transforms3d
 import yaml
+from vizloc_ros.bundle import yaml_plain
 from vizloc_ros.geodesy import GeoReference
 
 from vizloc_training.synth.heightfield import HeightField, TerrainRenderer, pixel_rays_camera
@@ -676,27 +677,16 @@ def generate(out: str | Path, *, seed: int = 0, frames: int | None = None, size:
                     'height_range_m': [round(f.h_min_m, 3), round(f.h_max_m, 3)], 'source': dict(terrain.source),
                     'elevation_file': 'terrain/elevation.npy (float32, scene z, row 0 = north)'},
         'texture': {'size_px': list(texture.shape[1::-1]), 'source': tex_source, 'file': 'terrain/orthophoto.jpg'},
-        'config': _plain(asdict(cfg)),
+        'config': yaml_plain(asdict(cfg)),
         'photometric': {'strength': cfg.photometric_strength, 'config': photometric.to_mapping()},
         'splits': splits_meta,
         'eval_bag': 'eval.bag (test split)' if write_bag else None,
     }
-    (out / 'world.yaml').write_text(yaml.safe_dump(_plain(world), sort_keys=False))
+    (out / 'world.yaml').write_text(yaml.safe_dump(yaml_plain(world), sort_keys=False))
     if write_bag:
         write_eval_bag(out)
     _LOG.info('aerial world written to %s in %.1f s', out, time.perf_counter() - t_start)
     return out
-
-
-def _plain(value: Any) -> Any:
-    """YAML-safe plain types (tuples -> lists, numpy scalars -> python)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def write_eval_bag(root: str | Path, split: str = 'test') -> Path:

@@ -34,7 +34,7 @@ import numpy as np
 from vizloc_ros.types import CameraIntrinsics
 
 __all__ = ['FACE_NAMES', 'INIT_STRIDE_PX', 'Box', 'GroundPlane', 'Lighting', 'Rendering', 'BoxWorld', 'camera_pose',
-           'catmull_rom', 'decode_image', 'encode_jpeg', 'encode_png', 'link_or_copy', 'make_scene_dirs', 'plain',
+           'catmull_rom', 'decode_image', 'encode_jpeg', 'encode_png', 'link_or_copy', 'make_scene_dirs',
            'write_scene_frame']
 
 _LOG = logging.getLogger(__name__)
@@ -459,16 +459,3 @@ def decode_image(data: bytes) -> np.ndarray:
     if bgr is None:
         raise OSError('image decoding failed')
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def plain(value: object) -> object:
-    """YAML-safe plain types (tuples -> lists, numpy scalars/arrays -> python)."""
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return plain(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

@@ -38,7 +38,9 @@ from vizloc_ros.types import CameraIntrinsics
 
 from ..datasets.exif import encode_jpeg_with_gps
 from ..datasets.reference_db import write_reference_entry
-from .boxworld import Box, BoxWorld, GroundPlane, Lighting, camera_pose, catmull_rom, decode_image, plain
+from vizloc_ros.bundle import yaml_plain
+
+from .boxworld import Box, BoxWorld, GroundPlane, Lighting, camera_pose, catmull_rom, decode_image
 from .photometric import PhotometricConfig, apply_photometric
 from .textures import TextureSource
 
@@ -434,7 +436,7 @@ def generate(out: str | Path, *, seed: int = 0, frames: int | None = None, size:
         'splits': {k: {'frames': v} for k, v in counts.items()},
         'eval_bag': 'eval.bag (test split)' if write_bag else None,
     }
-    (out / 'world.yaml').write_text(yaml.safe_dump(plain(world), sort_keys=False))
+    (out / 'world.yaml').write_text(yaml.safe_dump(yaml_plain(world), sort_keys=False))
     if write_bag:
         _write_bag(out / 'eval.bag', test_frames, camera)
     _LOG.info('campus world written to %s in %.1f s', out, time.perf_counter() - t_start)

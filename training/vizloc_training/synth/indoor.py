@@ -33,8 +33,10 @@ import yaml
 
 from vizloc_ros.types import CameraIntrinsics
 
+from vizloc_ros.bundle import yaml_plain
+
 from .boxworld import (Box, BoxWorld, Lighting, camera_pose, catmull_rom, decode_image, encode_jpeg, make_scene_dirs,
-                       plain, write_scene_frame)
+                       write_scene_frame)
 from .photometric import PhotometricConfig, apply_photometric
 from .textures import TextureSource
 
@@ -437,7 +439,7 @@ def generate(out: str | Path, *, seed: int = 0, frames: int | None = None, size:
         'splits': splits_meta,
         'eval_bag': 'eval.bag (test split)' if write_bag else None,
     }
-    (out / 'world.yaml').write_text(yaml.safe_dump(plain(world), sort_keys=False))
+    (out / 'world.yaml').write_text(yaml.safe_dump(yaml_plain(world), sort_keys=False))
     if write_bag:
         _write_bag(out / 'eval.bag', test_frames, camera, cfg)
     _LOG.info('indoor world written to %s in %.1f s', out, time.perf_counter() - t_start)
