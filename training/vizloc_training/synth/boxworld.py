@@ -350,7 +350,6 @@ class BoxWorld:
             tile[on_ground] = g.tile_m
 
         # Mip level from the pixel footprint on the surface.
-        normals = _FACE_NORMALS[face]
         dnorm = norm[valid]
         dist = t * dnorm
         cos = np.abs(dv[np.arange(n), axis_of]) / dnorm
