@@ -15,4 +15,4 @@ os.environ.setdefault('VIZLOC_NO_PROGRESS', '1')
 os.environ.setdefault('OMP_NUM_THREADS', '1')
 
 # Session fixtures shared by node, plugin and localizer tests (the example third-party plugin).
-from example_plugin_support import example_bundle, example_plugin_site  # noqa: E402,F401
+from example_plugin_support import example_bundle, example_plugin_site  # noqa: E402,F401  (re-exported fixtures)
