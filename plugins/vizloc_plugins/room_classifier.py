@@ -32,7 +32,6 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 import cv2
 import numpy as np
@@ -63,8 +62,9 @@ class RoomClassifierOptions:
 
     smoothing: str = field(default='hmm', metadata={
         'description': "temporal filter over frames: 'hmm' (forward filter), 'ema' or 'none' (single frame)"})
-    p_stay: float = field(default=0.9, metadata={
-        'description': 'hmm: probability of staying in the same room from one frame to the next, in (0, 1)'})
+    p_stay: float = field(default=0.95, metadata={
+        'description': 'hmm: probability of staying in the same room from one frame to the next, in (0, 1); '
+                       '1 - 1/(expected frames per room visit)'})
     transition: str = field(default='uniform', metadata={
         'description': "hmm: switch prior, 'uniform' over all other rooms or 'adjacency' (neighbours in the "
                        'room map)'})
@@ -106,22 +106,38 @@ class RoomClassifierOptions:
             raise ConfigError(f'camera_height_m must be finite, got {self.camera_height_m}')
 
 
-def load_room_map(path: str | Path) -> dict[str, np.ndarray]:
-    """Read ``room label -> [[x, y], ...]`` (map frame, metres; optionally under a top-level ``rooms:``)."""
+def load_room_map(path: str | Path, map_frame: str | None = None) -> dict[str, np.ndarray]:
+    """Read a room map: ``room label -> [[x, y], ...]`` (map frame, metres).
+
+    Also accepted (what ``vizloc-synth indoor`` writes)::
+
+        {version: 1, frame_id: map, units: ..., rooms: {label: {polygon: [[x, y], ...]}, ...}}
+
+    With ``map_frame`` given, a ``frame_id`` other than it is an error (the poses would be wrong).
+    """
     path = Path(path).expanduser()
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f'room map {path}: cannot read it: {exc}') from exc
     if isinstance(data, dict) and isinstance(data.get('rooms'), dict):
-        unknown = sorted(set(data) - {'rooms', 'frame_id'})
+        unknown = sorted(set(data) - {'rooms', 'frame_id', 'version', 'units'})
         if unknown:
             raise ConfigError(f'room map {path}: unknown top-level keys {unknown}')
+        frame_id = data.get('frame_id')
+        if map_frame is not None and frame_id is not None and frame_id != map_frame:
+            raise ConfigError(f'room map {path}: polygons are in frame {frame_id!r}, the map frame is {map_frame!r}')
         data = data['rooms']
     if not isinstance(data, dict) or not data:
         raise ConfigError(f'room map {path}: expected a mapping room label -> polygon [[x, y], ...]')
     polygons = {}
     for label, points in data.items():
+        if isinstance(points, dict):
+            unknown = sorted(set(points) - {'polygon'})
+            if unknown or 'polygon' not in points:
+                raise ConfigError(f'room map {path}: room {label!r}: expected {{polygon: [[x, y], ...]}}, '
+                                  f'got keys {sorted(points)}')
+            points = points['polygon']
         try:
             polygon = np.asarray(points, dtype=np.float64)
         except (TypeError, ValueError) as exc:
@@ -178,6 +194,7 @@ class RoomClassifierLocalizer:
     def __init__(self, config: LocalizerConfig, options: RoomClassifierOptions, context: LocalizerContext) -> None:
         self.name = config.name
         self.options = options
+        self.map_frame = context.map_frame
         self.model = BundleModel(config.bundle, backend=config.backend, expected_type=LOCALIZER_TYPE,
                                  cache_dir=context.cache_dir)
         try:
@@ -202,9 +219,9 @@ class RoomClassifierLocalizer:
         if options.room_map.lower() == 'none':
             pass
         elif options.room_map:
-            self.polygons = load_room_map(options.room_map)
+            self.polygons = load_room_map(options.room_map, self.map_frame)
         elif 'rooms.yaml' in bundle.files:
-            self.polygons = load_room_map(bundle.file('rooms.yaml'))
+            self.polygons = load_room_map(bundle.file('rooms.yaml'), self.map_frame)
         self.room_poses: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for label, polygon in self.polygons.items():
             _, centroid, cov = polygon_moments(polygon)

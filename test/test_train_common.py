@@ -1,0 +1,254 @@
+"""Shared training infrastructure: presets, checkpoints, backbones, ONNX export, bundles, CLI, BundleModel."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip('torch')
+from torch import nn  # noqa: E402
+
+from vizloc_ros.bundle import InputSpec, load_bundle  # noqa: E402
+from vizloc_ros.localizer import ConfigError  # noqa: E402
+from vizloc_ros.types import Frame  # noqa: E402
+from vizloc_training.models.backbones import (BACKBONES, InitWeightsError, count_flops, count_params,  # noqa: E402
+                                              make_backbone)
+from vizloc_training.train.config import TrainArgs, TrainConfigError, resolve_preset  # noqa: E402
+from vizloc_training.train.export import (ExportError, export_and_bundle, export_onnx,  # noqa: E402
+                                          measure_onnx_latency, rewrite_bundle_metrics)
+from vizloc_training.train.loop import CheckpointError, CheckpointManager, progress, set_seed, work_dir  # noqa: E402
+from vizloc_training.train.metrics_table import flatten_metrics, format_table  # noqa: E402
+
+PRESETS = {'demo': {'backbone': 'resnet18', 'epochs': 5, 'batch_size': 8, 'lr': 1e-3, 'image_size': 128,
+                    'hflip': True, 'scales': [0.5, 1.0]},
+           'tiny': {'epochs': 1, 'image_size': 32}}
+
+
+def _args(**kw):
+    return TrainArgs(type='room_classifier', data=Path('/data'), out=Path('/out'), **kw)
+
+
+# -- presets ---------------------------------------------------------------------------------------
+def test_resolve_preset_explicit_values_win_and_extra_is_coerced():
+    cfg = resolve_preset(PRESETS, _args(epochs=9, lr=0.5, extra={'image_size': '160', 'hflip': 'false',
+                                                                   'scales': '0.25,0.75'}))
+    assert cfg == {'backbone': 'resnet18', 'epochs': 9, 'batch_size': 8, 'lr': 0.5, 'image_size': 160,
+                   'hflip': False, 'scales': [0.25, 0.75]}
+    assert PRESETS['demo']['epochs'] == 5  # presets are not mutated
+
+
+def test_resolve_preset_errors():
+    with pytest.raises(TrainConfigError, match="unknown preset 'huge'"):
+        resolve_preset(PRESETS, _args(preset='huge'))
+    with pytest.raises(TrainConfigError, match="unknown setting 'imagesize'"):
+        resolve_preset(PRESETS, _args(extra={'imagesize': '3'}))
+    with pytest.raises(TrainConfigError, match="has no 'backbone'"):
+        resolve_preset(PRESETS, _args(preset='tiny', backbone='resnet18'))
+    with pytest.raises(TrainConfigError, match='expected a int'):
+        resolve_preset(PRESETS, _args(extra={'image_size': 'big'}))
+    with pytest.raises(TrainConfigError, match='epochs must be positive'):
+        _args(epochs=0)
+    with pytest.raises(TrainConfigError, match='device'):
+        _args(device='tpu')
+    assert _args(init_weights='w.pt').to_dict()['init_weights'] == 'w.pt'
+
+
+# -- checkpoints -------------------------------------------------------------------------------------
+def test_checkpoints_keep_latest_and_are_self_describing(tmp_path):
+    model = nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    manager = CheckpointManager(tmp_path / 'checkpoints', keep=2,
+                                describe={'type': 'room_classifier', 'preset': 'tiny', 'args': {'seed': 1}})
+    assert manager.load_latest() is None
+    for epoch in (1, 2, 3):
+        with torch.no_grad():
+            model.weight.fill_(epoch)
+        manager.save(epoch, model, opt, extra={'best': epoch / 10})
+    assert [p.name for p in manager.paths()] == ['epoch_0002.pt', 'epoch_0003.pt']
+    assert not list((tmp_path / 'checkpoints').glob('.*tmp'))
+    payload = manager.load_latest()
+    assert payload['epoch'] == 3 and payload['type'] == 'room_classifier' and payload['preset'] == 'tiny'
+    assert payload['args'] == {'seed': 1} and payload['extra'] == {'best': 0.3}
+    assert float(payload['model']['weight'][0, 0]) == 3.0
+    assert payload['optimizer']['param_groups'][0]['lr'] == 0.1
+    other = CheckpointManager(tmp_path / 'checkpoints', describe={'type': 'gps_regressor'})
+    with pytest.raises(CheckpointError, match="for 'room_classifier'"):
+        other.load_latest()
+    torch.save({'weights': 1}, tmp_path / 'checkpoints' / 'epoch_0009.pt')
+    with pytest.raises(CheckpointError, match='not a vizloc checkpoint'):
+        manager.load_latest()
+    assert work_dir(Path('/x/bundles/room')) == Path('/x/bundles/room.work')
+
+
+def test_progress_is_plain_iteration_without_tty(monkeypatch):
+    monkeypatch.setenv('VIZLOC_NO_PROGRESS', '1')
+    assert list(progress(range(3), desc='x')) == [0, 1, 2]
+
+
+# -- backbones -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize('name', sorted(BACKBONES))
+def test_backbones_build_from_scratch(name):
+    set_seed(0)
+    backbone, dim = make_backbone(name)
+    backbone.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        maps = backbone.forward_features(x)
+        pooled = backbone(x)
+    assert pooled.shape == (2, dim) and maps.shape[:2] == (2, dim)
+    if backbone.supports_cam:
+        torch.testing.assert_close(pooled, maps.mean(dim=(2, 3)))
+    assert count_params(backbone) > 100_000
+
+
+def test_init_weights_from_a_torchvision_state_dict(tmp_path):
+    from torchvision.models import resnet18
+
+    reference = resnet18(weights=None)
+    path = tmp_path / 'resnet18.pth'
+    torch.save(reference.state_dict(), path)
+    backbone, _ = make_backbone('resnet18', init_weights=path)
+    torch.testing.assert_close(backbone.features.conv1.weight, reference.conv1.weight)
+    torch.testing.assert_close(backbone.features.layer4[1].bn2.running_var, reference.layer4[1].bn2.running_var)
+    with pytest.raises(InitWeightsError, match='missing from the file'):
+        make_backbone('mobilenet_v3_small', init_weights=path)
+    with pytest.raises(InitWeightsError, match='no such file'):
+        make_backbone('resnet18', init_weights=tmp_path / 'nope.pth')
+    with pytest.raises(ValueError, match='unknown backbone'):
+        make_backbone('vgg11')
+
+
+def test_count_flops_hand_computed():
+    conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    assert count_flops(conv, (1, 3, 8, 8)) == 2 * 8 * 8 * 8 * 3 * 3 * 3
+    assert count_params(conv) == 8 * 3 * 3 * 3
+
+
+# -- export --------------------------------------------------------------------------------------------
+class TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        maps = torch.relu(self.conv(x))
+        return self.fc(maps.mean(dim=(2, 3))), maps
+
+
+def test_export_onnx_bakes_in_preprocessing_and_matches_torch(tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    set_seed(0)
+    model = TwoHeads().eval()
+    spec = InputSpec(height=24, width=32)
+    report = {}
+    path = export_onnx(model, tmp_path / 'm.onnx', input_spec=spec, output_names=['logits', 'maps'],
+                       metadata={'localizer_type': 'room_classifier', 'classes': ['a', 'b']}, report=report)
+    assert report['parity_max_abs_diff'] < 1e-4 and report['opset'] == 17
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert props['vizloc.localizer_type'] == 'room_classifier' and props['vizloc.format_version'] == '1'
+    assert json.loads(props['vizloc.metadata'])['classes'] == ['a', 'b']
+    # batch of 3 (dynamic batch), uint8 NHWC RGB in; same as normalising by hand and running torch
+    rng = np.random.default_rng(1)
+    batch = rng.integers(0, 256, size=(3, 24, 32, 3), dtype=np.uint8)
+    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    logits, maps = session.run(None, {'image': batch})
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    x = torch.from_numpy(((batch / 255.0 - mean) / std).transpose(0, 3, 1, 2).astype(np.float32))
+    with torch.no_grad():
+        want_logits, want_maps = model(x)
+    np.testing.assert_allclose(logits, want_logits.numpy(), atol=1e-4)
+    np.testing.assert_allclose(maps, want_maps.numpy(), atol=1e-4)
+    with pytest.raises(ExportError, match='2 outputs'):
+        export_onnx(model, tmp_path / 'x.onnx', input_spec=spec, output_names=['logits'],
+                    metadata={'localizer_type': 'room_classifier'})
+    with pytest.raises(ValueError, match='localizer_type is required'):
+        export_onnx(model, tmp_path / 'x.onnx', input_spec=spec, output_names=['a', 'b'])
+
+
+def test_export_and_bundle_then_rewrite_metrics(tmp_path):
+    set_seed(0)
+    extra = tmp_path / 'rooms.yaml'
+    extra.write_text('a: [[0, 0], [1, 0], [1, 1]]\n')
+    bundle_dir = export_and_bundle(TwoHeads().eval(), tmp_path / 'bundle', localizer_type='room_classifier',
+                                   input_spec=InputSpec(height=16, width=16), output_names=['logits', 'maps'],
+                                   metadata={'classes': ['a', 'b']}, metrics={'accuracy': 0.5},
+                                   extra_files={'rooms.yaml': extra}, latency_runs=3)
+    bundle = load_bundle(bundle_dir, expected_type='room_classifier')
+    assert bundle.metrics['accuracy'] == 0.5 and bundle.metrics['onnx_latency_p50_ms'] > 0
+    assert bundle.metrics['onnx_parity_max_abs_diff'] < 1e-4
+    assert bundle.metadata['classes'] == ['a', 'b'] and bundle.outputs == ('logits', 'maps')
+    assert 'vizloc_training' in bundle.producer
+    rewrite_bundle_metrics(bundle_dir, {'trajectory': {'hmm_accuracy': 0.9}})
+    again = load_bundle(bundle_dir)  # hashes verified
+    assert again.metrics['trajectory'] == {'hmm_accuracy': 0.9} and again.metrics['accuracy'] == 0.5
+    assert again.file('rooms.yaml').read_text() == extra.read_text()
+    latency = measure_onnx_latency(bundle.model_path, shape=(1, 16, 16, 3), runs=3, warmup=1)
+    assert latency['latency_p95_ms'] >= latency['latency_p50_ms'] > 0 and latency['latency_threads'] == 1
+
+
+def test_metrics_table():
+    rows = flatten_metrics({'accuracy': 0.91234, 'test': {'top3': 1.0, 'cm': [[1]]}, 'n': 12, 'name': 'x'})
+    assert rows == {'accuracy': 0.91234, 'test/top3': 1.0, 'n': 12, 'name': 'x'}
+    table = format_table(rows, title='T')
+    lines = table.splitlines()
+    assert lines[0] == 'T' and 'metric' in lines[1] and '0.9123' in table and lines[-2].split('|')[1].strip() == '12'
+    assert len({len(line) for line in lines[1:]}) == 1  # aligned columns
+
+
+# -- CLI -----------------------------------------------------------------------------------------------
+def test_cli_help_and_argument_errors():
+    env = {**os.environ, 'VIZLOC_NO_PROGRESS': '1'}
+    out = subprocess.run([sys.executable, '-m', 'vizloc_training.train.cli', '--help'], capture_output=True,
+                         text=True, env=env, timeout=60)
+    assert out.returncode == 0
+    for word in ('room_classifier', 'gps_regressor', 'scene_coordinates', '--preset', '--resume', '--init-weights',
+                 '--device', 'torchrun'):
+        assert word in out.stdout
+    bad = subprocess.run([sys.executable, '-m', 'vizloc_training.train.cli', 'room_classifier', '--data', 'x',
+                          '--out', 'y', '--set', 'novalue'], capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode == 2 and 'KEY=VALUE' in bad.stderr
+    unknown = subprocess.run([sys.executable, '-m', 'vizloc_training.train.cli', 'planet', '--data', 'x', '--out', 'y'],
+                             capture_output=True, text=True, env=env, timeout=60)
+    assert unknown.returncode == 2 and 'invalid choice' in unknown.stderr
+
+
+# -- BundleModel ----------------------------------------------------------------------------------------
+class MeanColour(nn.Module):
+    """Outputs the per-channel mean of the (normalised) input: checks resizing and channel order."""
+
+    def forward(self, x):
+        return (x.mean(dim=(2, 3)),)
+
+
+def test_bundle_model_runs_frames_of_any_size(tmp_path):
+    from vizloc_plugins.common import BundleModel, resize_for_model
+
+    bundle_dir = export_and_bundle(MeanColour(), tmp_path / 'b', localizer_type='room_classifier',
+                                   input_spec=InputSpec(height=20, width=30), output_names=['mean'],
+                                   mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), measure_latency=False)
+    with BundleModel(bundle_dir, backend='onnxruntime', expected_type='room_classifier') as model:
+        assert model.backend_name.startswith('onnxruntime')
+        for h, w in ((48, 64), (7, 300), (300, 7), (20, 30)):
+            rgb = np.zeros((h, w, 3), np.uint8)
+            rgb[..., 0], rgb[..., 2] = 255, 51
+            out = model.run(Frame(rgb_HW3=rgb, stamp_ns=0, frame_id='cam'))
+            np.testing.assert_allclose(out['mean'][0], [1.0, 0.0, 0.2], atol=1e-5)
+            assert (model.last_resize.src_width, model.last_resize.src_height) == (w, h)
+    with pytest.raises(ConfigError, match="not 'gps_regressor'"):
+        BundleModel(bundle_dir, backend='onnxruntime', expected_type='gps_regressor')
+    (bundle_dir / 'model.onnx').write_bytes((bundle_dir / 'model.onnx').read_bytes() + b'x')
+    with pytest.raises(ConfigError, match='sha256 mismatch'):
+        BundleModel(bundle_dir, backend='onnxruntime')
+    # letterbox keeps the aspect ratio and pads with grey; the mapping back crops the padding away
+    image, resize = resize_for_model(np.full((10, 40, 3), 200, np.uint8), 40, 40, 'letterbox')
+    assert image.shape == (40, 40, 3) and resize.pad_y == 15 and resize.pad_x == 0
+    assert (image[:15] == 114).all() and (image[15:25] == 200).all() and (image[25:] == 114).all()
+    heat = np.zeros((40, 40), np.float32)
+    heat[15:25] = 1.0
+    assert resize.crop_to_source(heat).shape == (10, 40) and resize.crop_to_source(heat).min() > 0.99

@@ -1,0 +1,116 @@
+"""Evaluating a room classifier: split metrics (torch) and the test trajectory through the bundle.
+
+The trajectory evaluation runs the *deployed* path: the bundle's ONNX model through
+:class:`vizloc_plugins.common.BundleModel` (same resizing as the node), frame by frame in temporal
+order, then the plugin's filters (:mod:`vizloc_plugins.smoothing`) over the per-frame
+probabilities. It reports accuracy per smoothing mode and the number of label switches (flicker)
+next to the number of true room changes.
+
+CLI::
+
+    python -m vizloc_training.room_classifier.evaluate --bundle BUNDLE --data DIR [--p-stay 0.95]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .data import AugmentedRooms, RoomSplit, eval_transform, iter_trajectory
+
+__all__ = ['predict_split', 'evaluate_trajectory', 'main']
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def predict_split(model: torch.nn.Module, split: RoomSplit, size: int, device: torch.device,
+                  batch_size: int = 64) -> np.ndarray:
+    """Softmax probabilities (N x C) of ``model`` on ``split`` with the evaluation transform."""
+    was_training = model.training
+    model.eval()
+    dataset = AugmentedRooms(split, eval_transform(size))
+    out = []
+    try:
+        for start in range(0, len(dataset), batch_size):
+            batch = torch.stack([dataset[i][0] for i in range(start, min(len(dataset), start + batch_size))])
+            out.append(torch.softmax(model(batch.to(device)), dim=1).cpu().numpy())
+    finally:
+        model.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0, model.head.out_features))
+
+
+def _switches(labels: np.ndarray) -> int:
+    return int(np.count_nonzero(labels[1:] != labels[:-1])) if labels.size > 1 else 0
+
+
+def evaluate_trajectory(bundle_dir: Path | str, data: Path | str, *, p_stay: float = 0.95, ema_alpha: float = 0.3,
+                        backend: str = 'onnxruntime', max_frames: int = 0) -> dict[str, Any]:
+    """Accuracy on the ordered test trajectory without smoothing and with each filter.
+
+    Keys: ``frames``, ``true_switches``, ``<mode>_accuracy`` and ``<mode>_switches`` for modes
+    ``none``, ``hmm``, ``ema`` (and ``hmm_adjacency`` when the bundle carries a room map),
+    ``p_stay``, ``ema_alpha``. Raises FileNotFoundError when the dataset has no test trajectory.
+    """
+    from vizloc_plugins.common import BundleModel
+    from vizloc_plugins.room_classifier import load_room_map
+    from vizloc_plugins.smoothing import adjacency_from_polygons, filter_sequence, make_filter
+    from vizloc_ros.types import Frame
+
+    model = BundleModel(bundle_dir, backend=backend, expected_type='room_classifier')
+    classes = list(model.bundle.metadata['classes'])
+    probs, labels = [], []
+    try:
+        for i, (rgb, label, _source) in enumerate(iter_trajectory(Path(data), classes)):
+            if max_frames and i >= max_frames:
+                break
+            out = model.run(Frame(rgb_HW3=rgb, stamp_ns=i, frame_id='camera'), outputs=['probs'])
+            probs.append(out['probs'][0])
+            labels.append(label)
+    finally:
+        model.close()
+    if not labels:
+        raise FileNotFoundError(f'{data}: the test trajectory is empty')
+    probs_TC, labels_T = np.stack(probs), np.asarray(labels)
+    result: dict[str, Any] = {'frames': int(labels_T.size), 'true_switches': _switches(labels_T),
+                              'p_stay': p_stay, 'ema_alpha': ema_alpha}
+    filters = {mode: make_filter(mode, len(classes), p_stay=p_stay, ema_alpha=ema_alpha)
+               for mode in ('none', 'hmm', 'ema')}
+    if 'rooms.yaml' in model.bundle.files:
+        polygons = load_room_map(model.bundle.file('rooms.yaml'))
+        adjacency = adjacency_from_polygons(polygons, classes)
+        filters['hmm_adjacency'] = make_filter('hmm', len(classes), p_stay=p_stay, adjacency_CC=adjacency)
+    for mode, filt in filters.items():
+        pred = filter_sequence(filt, probs_TC).argmax(axis=1)
+        result[f'{mode}_accuracy'] = float(np.mean(pred == labels_T))
+        result[f'{mode}_switches'] = _switches(pred)
+    logger.info('trajectory (%d frames): %s', labels_T.size,
+                ', '.join(f'{m}={result[f"{m}_accuracy"]:.4f}' for m in filters))
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ..train.metrics_table import flatten_metrics, format_table
+
+    parser = argparse.ArgumentParser(description='Evaluate a room_classifier bundle on a rooms dataset test trajectory.')
+    parser.add_argument('--bundle', type=Path, required=True)
+    parser.add_argument('--data', type=Path, required=True)
+    parser.add_argument('--p-stay', type=float, default=0.95)
+    parser.add_argument('--ema-alpha', type=float, default=0.3)
+    parser.add_argument('--backend', default='onnxruntime')
+    parser.add_argument('--max-frames', type=int, default=0)
+    ns = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
+    result = evaluate_trajectory(ns.bundle, ns.data, p_stay=ns.p_stay, ema_alpha=ns.ema_alpha, backend=ns.backend,
+                                 max_frames=ns.max_frames)
+    print(format_table(flatten_metrics(result), title=f'test trajectory of {ns.data}'))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

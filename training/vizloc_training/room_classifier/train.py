@@ -1,0 +1,298 @@
+"""Training the room classifier: ``vizloc-train room_classifier --data DIR --out BUNDLE [--preset demo]``.
+
+Pipeline: load the rooms dataset (:mod:`.data`) into memory, train backbone + linear head from
+scratch (or from ``--init-weights``) with AdamW, warm-up + cosine learning rate, label smoothing
+and augmentation (random resized crop, flip, colour jitter, blur); keep the weights with the best
+validation accuracy; evaluate on the test split; export ONNX (``probs`` + ``cam``) with baked-in
+preprocessing; write the bundle; then replay the test trajectory through the bundle with and
+without temporal smoothing and store everything in bundle.yaml ``metrics``:
+
+* ``test/accuracy``, ``test/top3_accuracy``, ``test/macro_precision``, ``test/macro_recall``,
+  ``test/per_class/<room>/{precision,recall,support}``, ``test/confusion_matrix`` (true x predicted);
+* ``trajectory/{none,hmm,ema}_accuracy`` (+ ``hmm_adjacency`` with a room map), label switches;
+* ``params``, ``flops`` (at the input size and at 224x224), ``onnx_latency_p50_ms`` (1 thread);
+* ``train_s`` (wall time of the training loop), ``train_cpu_s`` (its process CPU time, all threads: on
+  a shared machine the honest measure of the work), ``epochs_run``, ``best_val_accuracy``.
+
+Checkpoints (every epoch) go to ``OUT.work/checkpoints``; ``--resume`` continues from the latest.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from vizloc_ros.bundle import InputSpec
+
+from ..metrics.classification import classification_report
+from ..models.backbones import count_flops, count_params
+from ..train.config import TrainArgs, resolve_preset
+from ..train.export import export_and_bundle, rewrite_bundle_metrics
+from ..train.loop import (CheckpointError, CheckpointManager, ddp_cleanup, ddp_setup, is_main_process, progress,
+                          select_device, set_seed, work_dir)
+from .data import AugmentedRooms, RoomSplit, eval_transform, list_classes, load_split, train_transform
+from .evaluate import evaluate_trajectory, predict_split
+from .model import RoomClassifierExport, build_model
+
+__all__ = ['PRESETS', 'LOCALIZER_TYPE', 'train']
+
+logger = logging.getLogger(__name__)
+
+LOCALIZER_TYPE = 'room_classifier'
+
+_COMMON: dict[str, Any] = {
+    'backbone': 'mobilenet_v3_small',
+    'weight_decay': 0.05,
+    'label_smoothing': 0.1,
+    'dropout': 0.2,
+    'warmup_epochs': 1,
+    'scale_min': 0.5,           # RandomResizedCrop area range [scale_min, 1]
+    'jitter': 0.2,              # ColorJitter brightness/contrast/saturation (hue jitter/8)
+    'blur_p': 0.3,              # probability of a Gaussian blur
+    'hflip': True,
+    'bn_momentum': 0.1,         # BatchNorm running-stat momentum (torchvision mobilenets use 0.01)
+    'bn_recalibrate': 200,      # after training: recompute BN statistics on up to this many train frames
+    'video_stride': 5,          # every n-th frame of training/val/test video clips
+    'limit_per_class': 0,       # 0 = all frames
+    'num_threads': 1,           # torch intra-op threads (0 = torch default; >1 thrashes on a shared CPU)
+    'tta_flip': False,          # bake mirror test-time augmentation into the exported graph (2x compute)
+    'train_on_val': False,      # also train on the val split (then the last epoch is exported, no selection)
+    'latency_runs': 20,         # ONNX Runtime latency measurement (1 thread)
+    'eval_trajectory': True,    # replay the test trajectory through the bundle with/without smoothing
+    'p_stay': 0.95,             # HMM stay probability for the trajectory evaluation (the plugin's default)
+    'ema_alpha': 0.3,
+}
+
+#: Named presets. ``demo``: CPU-friendly default (about 7 min on the synthetic indoor world with one
+#: thread on a shared 2-core machine); ``tiny``: seconds, for tests; ``full``: 224 px, longer schedule (GPU).
+PRESETS: dict[str, dict[str, Any]] = {
+    'tiny': {**_COMMON, 'image_size': 48, 'max_side_px': 64, 'epochs': 4, 'batch_size': 8, 'lr': 2e-3,
+             'warmup_epochs': 0, 'latency_runs': 3, 'video_stride': 10},
+    'demo': {**_COMMON, 'image_size': 144, 'max_side_px': 176, 'epochs': 32, 'batch_size': 32, 'lr': 2e-3,
+             'tta_flip': True},
+    'full': {**_COMMON, 'image_size': 224, 'max_side_px': 256, 'epochs': 60, 'batch_size': 64, 'lr': 1e-3,
+             'warmup_epochs': 2, 'video_stride': 2, 'latency_runs': 50, 'num_threads': 0, 'tta_flip': True},
+}
+
+
+def _lr_lambda(warmup_steps: int, total_steps: int):
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress_ = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_)))
+    return factor
+
+
+def train(args: TrainArgs) -> Path:
+    """Train, export and bundle a room classifier; returns the bundle directory ``args.out``."""
+    cfg = resolve_preset(PRESETS, args)
+    if cfg['num_threads']:
+        torch.set_num_threads(int(cfg['num_threads']))
+    set_seed(args.seed)
+    device = select_device(args.device)
+    dist = ddp_setup(device)
+    try:
+        return _train(args, cfg, device, dist)
+    finally:
+        ddp_cleanup()
+
+
+def _train(args: TrainArgs, cfg: dict[str, Any], device: torch.device, dist) -> Path:
+    size = int(cfg['image_size'])
+    classes = list_classes(args.data)
+    load_kw = {'max_side_px': int(cfg['max_side_px']), 'video_stride': int(cfg['video_stride']),
+               'limit_per_class': int(cfg['limit_per_class'])}
+    train_split = load_split(args.data, 'train', classes, **load_kw)
+    val_split = load_split(args.data, 'val', classes, **load_kw)
+    test_split = load_split(args.data, 'test', classes, **load_kw)
+    if not len(train_split):
+        raise ValueError(f'{args.data}/train has no frames')
+    if cfg['train_on_val'] and len(val_split):
+        # More viewpoints for the final model; the test split stays held out. No model selection then.
+        train_split = RoomSplit(images=train_split.images + val_split.images,
+                                labels=train_split.labels + val_split.labels,
+                                sources=train_split.sources + val_split.sources)
+        val_split = RoomSplit()
+    train_counts = train_split.class_counts(len(classes))
+    logger.info('rooms %s; frames train/val/test = %d/%d/%d', classes, len(train_split), len(val_split),
+                len(test_split))
+
+    model = build_model(cfg['backbone'], len(classes), dropout=float(cfg['dropout']),
+                        init_weights=args.init_weights).to(device)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = float(cfg['bn_momentum'])
+    augment = train_transform(size, scale_min=float(cfg['scale_min']), jitter=float(cfg['jitter']),
+                              blur_p=float(cfg['blur_p']), hflip=bool(cfg['hflip']))
+    train_ds = AugmentedRooms(train_split, augment)
+    sampler = None
+    if dist.enabled:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(train_ds, seed=args.seed, drop_last=True)
+    generator = torch.Generator().manual_seed(args.seed)
+    batch_size = int(cfg['batch_size'])
+    loader = DataLoader(train_ds, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+                        drop_last=len(train_ds) > batch_size, generator=generator, num_workers=0)
+    epochs = int(cfg['epochs'])
+    steps_per_epoch = max(1, len(loader))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(cfg['lr']), weight_decay=float(cfg['weight_decay']))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(int(cfg['warmup_epochs']) * steps_per_epoch, epochs * steps_per_epoch))
+    criterion = nn.CrossEntropyLoss(label_smoothing=float(cfg['label_smoothing']))
+
+    checkpoints = CheckpointManager(work_dir(args.out) / 'checkpoints', describe={
+        'type': LOCALIZER_TYPE, 'preset': args.preset, 'args': args.to_dict(), 'config': cfg, 'classes': classes})
+    start_epoch, best_val, best_state, history = 0, -1.0, None, []
+    train_s = train_cpu_s = 0.0
+    if args.resume:
+        payload = checkpoints.load_latest()
+        if payload is None:
+            logger.warning('--resume: no checkpoint in %s; starting from scratch', checkpoints.directory)
+        else:
+            if payload.get('classes') != classes or payload['config'].get('backbone') != cfg['backbone']:
+                raise CheckpointError(
+                    f'{payload["path"]}: checkpoint has rooms {payload.get("classes")} / backbone '
+                    f'{payload["config"].get("backbone")}, this run {classes} / {cfg["backbone"]}')
+            model.load_state_dict(payload['model'])
+            optimizer.load_state_dict(payload['optimizer'])
+            scheduler.load_state_dict(payload['extra']['scheduler'])
+            start_epoch = int(payload['epoch'])
+            best_val = float(payload['extra']['best_val'])
+            best_state = payload['extra']['best_state']
+            history = list(payload['extra']['history'])
+            train_s = float(payload['extra']['train_s'])
+            train_cpu_s = float(payload['extra'].get('train_cpu_s', 0.0))
+            logger.info('resumed from %s at epoch %d of %d', payload['path'], start_epoch, epochs)
+
+    net: nn.Module = model
+    if dist.enabled:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
+
+    for epoch in range(start_epoch, epochs):
+        started, started_cpu = time.perf_counter(), time.process_time()
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        net.train()
+        losses, correct, seen = [], 0, 0
+        for images, labels in progress(loader, desc=f'epoch {epoch + 1}/{epochs}', total=len(loader)):
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            logits = net(images)
+            loss = criterion(logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+            correct += int((logits.detach().argmax(1) == labels).sum())
+            seen += int(labels.numel())
+        record = {'epoch': epoch + 1, 'loss': float(np.mean(losses)) if losses else math.nan,
+                  'train_accuracy': correct / max(1, seen)}
+        if len(val_split):
+            probs = predict_split(model, val_split, size, device)
+            record['val_accuracy'] = float(np.mean(probs.argmax(1) == np.asarray(val_split.labels)))
+        # without a val split the last epoch is kept (the cosine schedule ends at its lowest lr)
+        score = record['val_accuracy'] if 'val_accuracy' in record else float(epoch)
+        if score >= best_val:
+            best_val, best_state = score, copy.deepcopy(model.state_dict())
+        train_s += time.perf_counter() - started
+        train_cpu_s += time.process_time() - started_cpu
+        record['elapsed_s'] = train_s
+        history.append(record)
+        logger.info('epoch %d/%d: %s', epoch + 1, epochs,
+                    ', '.join(f'{k}={v:.4g}' for k, v in record.items() if k != 'epoch'))
+        checkpoints.save(epoch + 1, model, optimizer, extra={
+            'scheduler': scheduler.state_dict(), 'best_val': best_val, 'best_state': best_state,
+            'history': history, 'train_s': train_s, 'train_cpu_s': train_cpu_s})
+
+    if not is_main_process():
+        return args.out
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    if int(cfg['bn_recalibrate']):
+        recalibrate_batchnorm(model, train_split, size, device, int(cfg['bn_recalibrate']))
+    model.eval()
+    export = RoomClassifierExport(model.cpu(), tta_flip=bool(cfg['tta_flip']))
+    metrics: dict[str, Any] = {
+        'train_s': train_s, 'train_cpu_s': train_cpu_s, 'torch_threads': torch.get_num_threads(),
+        'epochs_run': len(history),
+        'best_val_accuracy': max((r['val_accuracy'] for r in history if 'val_accuracy' in r), default=float('nan')),
+        'train_frames': len(train_split), 'val_frames': len(val_split), 'test_frames': len(test_split),
+        'params': count_params(model),
+        # FLOPs of the deployed graph per frame (CAM head and tta_flip's mirror pass included)
+        'flops': count_flops(export, (1, 3, size, size)),
+        'flops_224': count_flops(export, (1, 3, 224, 224)),
+    }
+    if len(test_split):
+        probs = predict_split(model, test_split, size, torch.device('cpu'))
+        metrics['test'] = classification_report(probs, test_split.labels, classes, k=3)
+    rooms_yaml = Path(args.data) / 'rooms.yaml'
+    metadata = {
+        'classes': classes, 'backbone': cfg['backbone'], 'image_size': size, 'resize': 'stretch',
+        'tta_flip': bool(cfg['tta_flip']),
+        'outputs': {'probs': 'N x C softmax over classes', **({'cam': 'N x C x h x w class-activation maps'}
+                                                              if export.with_cam else {})},
+        'class_prior': (train_counts / train_counts.sum()).tolist(), 'train_counts': train_counts.tolist(),
+        'preset': args.preset, 'config': cfg, 'args': args.to_dict(), 'history': history,
+        'room_map': 'rooms.yaml' if rooms_yaml.is_file() else '',
+    }
+    check_split = test_split if len(test_split) else train_split
+    parity_input = np.stack([cv2.resize(check_split.images[i], (size, size), interpolation=cv2.INTER_AREA)
+                             for i in range(min(8, len(check_split)))])
+    bundle_dir = export_and_bundle(
+        export, args.out, localizer_type=LOCALIZER_TYPE, input_spec=InputSpec(height=size, width=size),
+        output_names=export.output_names, metadata=metadata, metrics=metrics, parity_input=parity_input,
+        extra_files={'rooms.yaml': rooms_yaml} if rooms_yaml.is_file() else None,
+        latency_runs=int(cfg['latency_runs']))
+    if cfg['eval_trajectory']:
+        try:
+            trajectory = evaluate_trajectory(bundle_dir, args.data, p_stay=float(cfg['p_stay']),
+                                             ema_alpha=float(cfg['ema_alpha']))
+        except FileNotFoundError as exc:
+            logger.warning('no test trajectory to evaluate smoothing on: %s', exc)
+        else:
+            rewrite_bundle_metrics(bundle_dir, {'trajectory': trajectory})
+    logger.info('room classifier bundle written to %s', bundle_dir)
+    return bundle_dir
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, split, size: int, device: torch.device, max_frames: int,
+                          batch_size: int = 32) -> None:
+    """Precise BatchNorm statistics: cumulative mean/var over training frames with the evaluation transform.
+
+    Running averages from training lag the final weights (and see augmented images); recomputing
+    them on un-augmented training frames makes evaluation match what the weights learned.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    dataset = AugmentedRooms(split, eval_transform(size))
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:max_frames].tolist()
+    was_training = model.training
+    model.train()
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            if len(chunk) < 2:
+                break
+            model(torch.stack([dataset[i][0] for i in chunk]).to(device))
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
+        model.train(was_training)
+    logger.info('recalibrated %d BatchNorm layers on %d training frames', len(norms), len(order))

@@ -1,0 +1,109 @@
+"""``vizloc-train``: train a localizer type and write its bundle.
+
+    vizloc-train room_classifier --data /tmp/worlds/indoor --out bundles/room --preset demo
+    torchrun --nproc_per_node 4 $(which vizloc-train) gps_regressor --data DIR --out BUNDLE --device cuda
+
+Each type's trainer is a module with ``PRESETS`` and ``train(args: TrainArgs) -> Path`` (imported
+lazily, so ``--help`` does not import torch). After training the bundle's metrics are printed as
+a table. See docs/training.md.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .config import TrainArgs, TrainConfigError
+
+__all__ = ['TRAINERS', 'build_parser', 'parse_args', 'run', 'main']
+
+logger = logging.getLogger(__name__)
+
+TRAINERS: dict[str, str] = {
+    'room_classifier': 'vizloc_training.room_classifier.train',
+    'gps_regressor': 'vizloc_training.gps_regressor.train',
+    'scene_coordinates': 'vizloc_training.scene_coordinates.train',
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='vizloc-train', description='Train a vizloc_ros localizer and export it as a bundle (ONNX + bundle.yaml).',
+        epilog='Presets: demo (CPU-friendly default), tiny (seconds, for tests), full. Explicit options override '
+               'the preset. Multi-GPU: torchrun --nproc_per_node N $(which vizloc-train) ... --device cuda.')
+    parser.add_argument('type', choices=sorted(TRAINERS), help='localizer type to train')
+    parser.add_argument('--data', type=Path, required=True, help='dataset directory (format: see docs/datasets.md)')
+    parser.add_argument('--out', type=Path, required=True,
+                        help='bundle directory to write; checkpoints go to OUT.work/checkpoints (kept for --resume)')
+    parser.add_argument('--preset', default='demo', help='named preset (default: demo)')
+    parser.add_argument('--backbone', default=None, help='torchvision backbone (default: from the preset)')
+    parser.add_argument('--epochs', type=int, default=None)
+    parser.add_argument('--batch-size', type=int, default=None)
+    parser.add_argument('--lr', type=float, default=None)
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--init-weights', type=Path, default=None,
+                        help='local state_dict file to initialise the backbone from (default: from scratch)')
+    parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda[:N]' (default: cpu)")
+    parser.add_argument('--resume', action='store_true', help='continue from the latest checkpoint of this run')
+    parser.add_argument('--set', dest='extra', action='append', default=[], metavar='KEY=VALUE',
+                        help='override any other preset key (repeatable), e.g. --set image_size=160')
+    parser.add_argument('-v', '--verbose', action='store_true', help='debug logging')
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
+    return _parse(argv)[0]
+
+
+def _parse(argv: Sequence[str] | None) -> tuple[TrainArgs, argparse.Namespace]:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    extra = {}
+    for item in ns.extra:
+        key, sep, value = item.partition('=')
+        if not sep or not key:
+            parser.error(f'--set expects KEY=VALUE, got {item!r}')
+        extra[key.strip().replace('-', '_')] = value
+    try:
+        args = TrainArgs(type=ns.type, data=ns.data, out=ns.out, preset=ns.preset, backbone=ns.backbone,
+                         epochs=ns.epochs, batch_size=ns.batch_size, lr=ns.lr, seed=ns.seed,
+                         init_weights=ns.init_weights, device=ns.device, resume=ns.resume, extra=extra)
+    except TrainConfigError as exc:
+        parser.error(str(exc))
+        raise  # unreachable: parser.error exits
+    return args, ns
+
+
+def run(args: TrainArgs) -> Path:
+    """Import the trainer of ``args.type``, train, and print the bundle's metrics."""
+    from vizloc_ros.bundle import load_bundle
+
+    from .metrics_table import flatten_metrics, format_table
+
+    module = importlib.import_module(TRAINERS[args.type])
+    bundle_dir = Path(module.train(args))
+    from .loop import is_main_process
+
+    if is_main_process():
+        bundle = load_bundle(bundle_dir, expected_type=args.type)
+        print(format_table(flatten_metrics(bundle.metrics), title=f'{args.type} bundle {bundle_dir}'))
+    return bundle_dir
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, ns = _parse(argv)
+    logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO,
+                        format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+    try:
+        run(args)
+    except (TrainConfigError, FileNotFoundError, ValueError) as exc:
+        logger.error('%s', exc)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
