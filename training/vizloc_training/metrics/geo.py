@@ -60,8 +60,8 @@ def enu_error_m(pred_lat_deg, pred_lon_deg, true_lat_deg, true_lon_deg) -> np.nd
 
     Heights are taken equal (horizontal error). ``np.linalg.norm(..., axis=1)`` is the horizontal
     error on the WGS84 ellipsoid; it differs from the spherical :func:`haversine_m` by up to ~0.5 %
-    (the ellipsoid's radii of curvature vs the mean radius), which is why the table uses one of them
-    consistently: the evaluation reports ENU (ellipsoidal) errors.
+    (the ellipsoid's radii of curvature vs the mean radius). The GPS regressor's error table uses
+    :func:`haversine_m` (the seed's metric); ENU error vectors serve the ellipse coverage.
     """
     from vizloc_ros.geodesy import LocalENU  # pyproj-backed; imported lazily to keep this module light
 

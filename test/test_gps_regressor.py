@@ -1,0 +1,347 @@
+"""GPS regressor (seed 001): losses, train-split-only frame, tiny training, export, bundle, plugin, ensemble, CLI.
+
+Tiny datasets are generated here in the exact GPS format (``images/*.png`` + ``gt.csv`` with
+``image,lat,lon,alt,split``): 40x32 images whose colour encodes the position, so that even two
+epochs of the ``tiny`` preset learn something measurable.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from vizloc_ros.geodesy import LocalENU
+from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext
+from vizloc_ros.plugin_manager import load_registry
+from vizloc_ros.types import Frame
+from vizloc_training.gps_regressor import losses
+from vizloc_training.gps_regressor.data import TargetFrame, load_gps_data
+from vizloc_training.gps_regressor.robustness import VARIANTS, corrupt_batch
+from vizloc_training.gps_regressor.train import PRESETS, augment_batch, train
+from vizloc_training.metrics import geo as geo_metrics
+from vizloc_training.train.config import TrainArgs, TrainConfigError
+from vizloc_plugins.gps_regressor import combine_gaussians
+
+ORIGIN = (31.2620, 34.8041, 280.0)
+SIZE = (40, 32)  # width, height
+
+
+def make_gps_dataset(root: Path, *, n: int = 48, seed: int = 0, eval_shift_e_m: float = 0.0,
+                     with_alt: bool = True) -> Path:
+    """A GPS-format dataset over a 100 m x 100 m square; every 6th/6th+1 sample is val/test."""
+    rng = np.random.default_rng(seed)
+    enu = LocalENU(*ORIGIN)
+    (root / 'images').mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        e, nn = rng.uniform(-50.0, 50.0, 2)
+        split = {4: 'val', 5: 'test'}.get(i % 6, 'train')
+        if split != 'train':
+            e += eval_shift_e_m
+        u = float(rng.uniform(-2.0, 2.0))
+        lat, lon, alt = (float(v) for v in enu.to_geodetic(e, nn, u))
+        w, h = SIZE
+        xx, yy = np.meshgrid(np.linspace(0, 1, w), np.linspace(0, 1, h))
+        r = np.clip((e + 50.0) / 100.0 * 200 + 20 * xx, 0, 255)
+        g = np.clip((nn + 50.0) / 100.0 * 200 + 20 * yy, 0, 255)
+        b = np.full_like(r, 128.0) + rng.normal(0, 8, r.shape)
+        rgb = np.clip(np.stack([r, g, b], axis=-1), 0, 255).astype(np.uint8)
+        name = f'img_{i:03d}.png'
+        cv2.imwrite(str(root / 'images' / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        rows.append({'image': name, 'lat': f'{lat:.9f}', 'lon': f'{lon:.9f}', 'alt': f'{alt:.3f}' if with_alt else '',
+                     'split': split})
+    with open(root / 'gt.csv', 'w', newline='') as fh:
+        fields = ['image', 'lat', 'lon', 'alt', 'split'] if with_alt else ['image', 'lat', 'lon', 'split']
+        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction='ignore')
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+def read_image(root: Path, name: str) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(root / 'images' / name)), cv2.COLOR_BGR2RGB)
+
+
+# -- losses ----------------------------------------------------------------------------------------------
+def test_gaussian_nll_2d_matches_torch_references():
+    g = torch.Generator().manual_seed(0)
+    mu, target = torch.randn(16, 2, generator=g), torch.randn(16, 2, generator=g)
+    log_var = torch.randn(16, 2, generator=g) * 0.5
+    # rho = 0: two independent torch.nn.GaussianNLLLoss terms.
+    ref = torch.nn.GaussianNLLLoss(full=True, reduction='none')(mu, target, log_var.exp()).sum(dim=1)
+    ours = losses.gaussian_nll_2d(mu, log_var, torch.zeros(16), target)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    # Correlated: the bivariate normal's log-density.
+    rho = torch.rand(16, generator=g) * 1.6 - 0.8
+    cov = losses.covariance_from_head(log_var, rho)
+    ref = -torch.distributions.MultivariateNormal(mu, covariance_matrix=cov).log_prob(target)
+    torch.testing.assert_close(losses.gaussian_nll_2d(mu, log_var, rho, target), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_haversine_loss_is_metric_distance_and_differentiable():
+    g = torch.Generator().manual_seed(1)
+    pred = (torch.rand(32, 2, generator=g) - 0.5) * 400.0
+    true = (torch.rand(32, 2, generator=g) - 0.5) * 400.0
+    pred.requires_grad_(True)
+    dist = losses.haversine_loss_m(pred, true, ORIGIN[0], ORIGIN[1])
+    # The tangent-plane mapping keeps distances to ~2e-5 relative over +-200 m (meridian convergence).
+    torch.testing.assert_close(dist, torch.linalg.norm(pred - true, dim=1), rtol=5e-5, atol=1e-3)
+    dist.sum().backward()
+    assert torch.isfinite(pred.grad).all()
+    # Zero distance: finite (zero) gradient thanks to the clamping.
+    same = true.clone().requires_grad_(True)
+    losses.haversine_loss_m(same, true, ORIGIN[0], ORIGIN[1]).sum().backward()
+    assert torch.isfinite(same.grad).all()
+
+
+def test_loss_modes_detach_mean_for_distance_losses():
+    mean, std = torch.zeros(2), torch.full((2,), 30.0)
+    mu = torch.zeros(4, 2, requires_grad=True)
+    log_var = torch.zeros(4, 2, requires_grad=True)
+    target = torch.full((4, 2), 2.0)
+    for kind in losses.LOSSES:
+        fn = losses.GPSLoss(kind, mean_en_m=mean, std_en_m=std, origin_lat_deg=ORIGIN[0], origin_lon_deg=ORIGIN[1])
+        mu.grad = None
+        log_var.grad = None
+        fn(mu, log_var, torch.zeros(4), target).total.backward()
+        assert mu.grad is not None and log_var.grad is not None and float(log_var.grad.abs().sum()) > 0
+        if kind == 'haversine':  # d(dist/scale)/dmu = -(1,1)/sqrt(2) * std/scale / N per sample
+            torch.testing.assert_close(mu.grad, torch.full((4, 2), -1.0 / math.sqrt(2) / 4), rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match='unknown loss'):
+        losses.GPSLoss('l1', mean_en_m=mean, std_en_m=std, origin_lat_deg=0.0, origin_lon_deg=0.0)
+
+
+def test_nearest_train_distance_bound():
+    from vizloc_training.gps_regressor.evaluate import nearest_train_distance
+
+    train_en = np.array([[0.0, 0.0], [10.0, 0.0]])
+    query = np.array([[0.0, 3.0], [10.0, -4.0], [30.0, 0.0], [5.0, 0.0]])  # 3, 4, 20, 5 m away
+    bound = nearest_train_distance(query, train_en)
+    assert bound['median_m'] == pytest.approx(4.5)
+    assert bound['within_5m_pct'] == pytest.approx(75.0) and bound['within_10m_pct'] == pytest.approx(75.0)
+
+
+# -- data ------------------------------------------------------------------------------------------------
+def test_target_frame_uses_training_split_only(tmp_path):
+    near = make_gps_dataset(tmp_path / 'near', n=36)
+    far = make_gps_dataset(tmp_path / 'far', n=36, eval_shift_e_m=500.0)  # same train rows, val/test 500 m east
+    a = load_gps_data(near, width=SIZE[0], height=SIZE[1])
+    b = load_gps_data(far, width=SIZE[0], height=SIZE[1])
+    assert a.frame == b.frame  # val/test positions do not influence the frame or the normalisation
+    expected = TargetFrame.fit(a.splits['train'].lla_N3)
+    assert a.frame == expected
+    assert a.frame.origin_lat_deg == pytest.approx(a.splits['train'].lla_N3[:, 0].mean())
+    z_train = a.targets_z('train')
+    np.testing.assert_allclose(z_train.mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(z_train.std(axis=0), 1.0, atol=1e-5)
+    # The shifted evaluation splits sit ~500 m / std east in normalised units.
+    shift_z = b.targets_z('test')[:, 0].mean() - a.targets_z('test')[:, 0].mean()
+    assert shift_z == pytest.approx(500.0 / a.frame.std_en_m[0], rel=0.01)
+    assert len(a.splits['train']) == 24 and len(a.splits['val']) == 6 and len(a.splits['test']) == 6
+    assert a.splits['train'].images_NHW3.shape == (24, SIZE[1], SIZE[0], 3)
+
+
+def test_target_frame_without_altitude():
+    lla = np.array([[31.0, 34.0, np.nan], [31.001, 34.001, np.nan], [31.0005, 34.002, np.nan]])
+    frame = TargetFrame.fit(lla)
+    assert not frame.altitude_known and frame.origin_alt_m == 0.0
+    en = frame.to_en_m(lla)
+    lat, lon = frame.to_lat_lon(en)
+    np.testing.assert_allclose(lat, lla[:, 0], atol=1e-9)
+    np.testing.assert_allclose(lon, lla[:, 1], atol=1e-9)
+    again = TargetFrame.from_mapping(frame.to_mapping())
+    assert again.origin_lat_deg == frame.origin_lat_deg and again.std_en_m == frame.std_en_m
+    assert math.isnan(again.alt_std_m) and not again.altitude_known
+
+
+def test_augmentation_and_corruptions():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 32, 40, generator=g)
+    for level in ('none', 'light', 'strong'):
+        y = augment_batch(x, level, g)
+        assert y.shape == x.shape and float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+    assert not torch.equal(augment_batch(x, 'strong', g), x)
+    images = (np.random.default_rng(0).random((3, 32, 40, 3)) * 255).astype(np.uint8)
+    for variant in VARIANTS:
+        out = corrupt_batch(images, variant, seed=3)
+        assert out.shape == images.shape and out.dtype == np.uint8
+        assert not np.array_equal(out, images)
+        np.testing.assert_array_equal(out, corrupt_batch(images, variant, seed=3))
+    with pytest.raises(ValueError, match='unknown robustness variant'):
+        corrupt_batch(images, 'fog')
+
+
+# -- training, export, bundle, plugin ----------------------------------------------------------------------
+@pytest.fixture(scope='module')
+def dataset(tmp_path_factory) -> Path:
+    return make_gps_dataset(tmp_path_factory.mktemp('gps') / 'data', n=48)
+
+
+@pytest.fixture(scope='module')
+def bundle(dataset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp('gps_bundle') / 'bundle'
+    args = TrainArgs(type='gps_regressor', data=dataset, out=out, preset='tiny', epochs=8, seed=0)
+    return train(args)
+
+
+def _localizer(bundles: list[Path], tmp_path: Path, **options):
+    registry = load_registry().registry
+    config = LocalizerConfig(name='gps', type='gps_regressor', bundle=str(bundles[0]), backend='onnxruntime')
+    options = {'ensemble_bundles': [str(b) for b in bundles[1:]], **options}
+    return registry.create(config, options, LocalizerContext(cache_dir=tmp_path))
+
+
+def test_tiny_training_writes_a_self_describing_bundle(bundle, dataset):
+    from vizloc_ros.bundle import load_bundle
+
+    b = load_bundle(bundle, expected_type='gps_regressor')
+    assert b.outputs == ('mean_en_m', 'cov_en_m2')
+    test = b.metrics['test']
+    for key in ('mean_m', 'median_m', 'p75_m', 'p90_m', 'p95_m', 'p99_m', 'max_m', 'within_5m_pct',
+                'within_10m_pct', 'within_20m_pct', 'within_50m_pct', 'ellipse95_coverage_pct'):
+        assert math.isfinite(test[key]), key
+    assert test['median_m'] <= test['p75_m'] <= test['p90_m'] <= test['p95_m'] <= test['max_m']
+    assert 0.0 <= b.metrics['test_to_nearest_train']['median_m'] < test['max_m'] + 100.0
+    rob = b.metrics['robustness']
+    assert set(f'{v}_degradation' for v in VARIANTS) <= set(rob) and rob['augmented_degradation'] > 0
+    meta = b.metadata
+    assert meta['geo']['enu_origin'][0] == pytest.approx(meta['target_frame']['origin_lat_deg'])
+    assert meta['variance_scale'] > 0 and meta['altitude_known'] is True and meta['resize'] == 'stretch'
+    assert meta['dataset']['sizes'] == {'train': 32, 'val': 8, 'test': 8}
+    history = meta['history']
+    assert [h['epoch'] for h in history] == list(range(1, 9))
+    assert all(math.isfinite(h['loss']) for h in history)
+    # Learned something: better than always predicting the training centroid (~38 m mean error here).
+    truth = np.array([[float(r['lat']), float(r['lon'])] for r in csv.DictReader(open(dataset / 'gt.csv'))
+                      if r['split'] == 'test'])
+    centroid = np.array(meta['geo']['enu_origin'][:2])
+    baseline = geo_metrics.haversine_m(truth[:, 0], truth[:, 1], centroid[0], centroid[1]).mean()
+    assert test['mean_m'] < baseline
+    # Checkpoints for --resume next to the bundle.
+    assert sorted(p.name for p in (bundle.parent / 'bundle.work' / 'checkpoints').glob('*.pt'))[-1] == 'epoch_0008.pt'
+
+
+def test_plugin_from_registry_produces_geo_estimate(bundle, dataset, tmp_path):
+    import onnxruntime as ort
+    from vizloc_ros.bundle import load_bundle
+    from vizloc_ros.geodesy import GeoReference
+
+    localizer = _localizer([bundle], tmp_path)
+    try:
+        assert localizer.requires_camera_info is False
+        assert 'onnxruntime' in localizer.backend_name
+        rows = [r for r in csv.DictReader(open(dataset / 'gt.csv')) if r['split'] == 'test']
+        image = read_image(dataset, rows[0]['image'])
+        result = localizer.localize(Frame(rgb_HW3=image, stamp_ns=123, frame_id='camera'))
+    finally:
+        localizer.close()
+    assert result.status == 'ok' and result.stamp_ns == 123 and result.geo is not None
+    geo = result.geo
+    cov = geo.cov_enu_m2
+    assert cov.shape == (3, 3)
+    np.testing.assert_allclose(cov, cov.T, atol=1e-9)
+    assert np.all(np.linalg.eigvalsh(cov) > 0)
+    assert math.isfinite(geo.alt_m) and geo.alt_m == pytest.approx(ORIGIN[2], abs=3.0)
+    assert cov[2, 2] >= 1.0  # altitude variance: training altitude spread, at least 1 m^2
+    # Same numbers as running the bundle's ONNX model by hand and converting with pyproj.
+    b = load_bundle(bundle)
+    session = ort.InferenceSession(str(b.model_path), providers=['CPUExecutionProvider'])
+    mean, cov2 = session.run(['mean_en_m', 'cov_en_m2'], {'image': image[None]})  # 40x32 = the input size
+    ref = GeoReference.from_mapping(b.metadata['geo'])
+    lat, lon, _ = ref.scene_to_wgs84(np.array([[mean[0, 0], mean[0, 1], 0.0]]))
+    assert geo.lat_deg == pytest.approx(float(np.ravel(lat)[0]), abs=1e-9)
+    assert geo.lon_deg == pytest.approx(float(np.ravel(lon)[0]), abs=1e-9)
+    np.testing.assert_allclose(cov[:2, :2], cov2[0] * b.metadata['variance_scale'], rtol=1e-3, atol=1e-3)
+
+
+def test_plugin_options_are_validated(bundle, tmp_path):
+    with pytest.raises(ConfigError, match='unknown option'):
+        _localizer([bundle], tmp_path, ensemble_size=2)
+    with pytest.raises(ConfigError, match='variance_scale'):
+        _localizer([bundle], tmp_path, variance_scale=-1.0)
+    with pytest.raises(ConfigError, match='no such bundle'):
+        _localizer([bundle, tmp_path / 'missing'], tmp_path)
+
+
+def test_combine_gaussians_mixture_moments():
+    means = np.array([[0.0, 0.0], [2.0, 0.0]])
+    covs = np.stack([np.eye(2), 3.0 * np.eye(2)])
+    mean, cov = combine_gaussians(means, covs)
+    np.testing.assert_allclose(mean, [1.0, 0.0])
+    # mean covariance 2 I plus the spread of the means (1 along east).
+    np.testing.assert_allclose(cov, [[3.0, 0.0], [0.0, 2.0]])
+    mean, cov = combine_gaussians(means, covs, weights_K=[3.0, 1.0])
+    np.testing.assert_allclose(mean, [0.5, 0.0])
+    # mean covariance 0.75 * 1 + 0.25 * 3 = 1.5; spread 0.75 * 0.5^2 + 0.25 * 1.5^2 = 0.75 along east.
+    np.testing.assert_allclose(cov, [[1.5 + 0.75, 0.0], [0.0, 1.5]])
+    # Agrees with the moments of a large sample from the mixture.
+    rng = np.random.default_rng(0)
+    k = rng.integers(0, 2, 200_000)
+    sample = means[k] + rng.standard_normal((k.size, 2)) * np.sqrt(np.array([1.0, 3.0]))[k][:, None]
+    mean, cov = combine_gaussians(means, covs)
+    np.testing.assert_allclose(sample.mean(axis=0), mean, atol=0.02)
+    np.testing.assert_allclose(np.cov(sample.T), cov, atol=0.05)
+    with pytest.raises(ValueError):
+        combine_gaussians(np.zeros((0, 2)), np.zeros((0, 2, 2)))
+
+
+def test_ensemble_of_bundles_combines_members(bundle, dataset, tmp_path):
+    # A 1 ms time budget: one step, then the run stops (and still exports a working bundle).
+    second = train(TrainArgs(type='gps_regressor', data=dataset, out=tmp_path / 'second', preset='tiny', epochs=5,
+                             seed=1, extra={'robustness': False, 'time_budget_s': 1e-3}))
+    from vizloc_ros.bundle import load_bundle
+
+    assert load_bundle(second).metrics['epochs_run'] == 1
+    rows = [r for r in csv.DictReader(open(dataset / 'gt.csv')) if r['split'] == 'test']
+    frame = Frame(rgb_HW3=read_image(dataset, rows[1]['image']), stamp_ns=1, frame_id='camera')
+    singles = []
+    for b in (bundle, second):
+        loc = _localizer([b], tmp_path)
+        singles.append(loc.localize(frame).geo)
+        loc.close()
+    ensemble = _localizer([bundle, second], tmp_path)
+    try:
+        assert len(ensemble.members) == 2
+        geo = ensemble.localize(frame).geo
+    finally:
+        ensemble.close()
+    enu = LocalENU(geo.lat_deg, geo.lon_deg, 0.0)
+    means = np.array([np.ravel(enu.to_enu(s.lat_deg, s.lon_deg, 0.0))[:2] for s in singles])
+    covs = np.stack([s.cov_enu_m2[:2, :2] for s in singles])
+    mean, cov = combine_gaussians(means, covs)
+    np.testing.assert_allclose(mean, [0.0, 0.0], atol=1e-3)  # the ensemble estimate is the mean of the members
+    np.testing.assert_allclose(geo.cov_enu_m2[:2, :2], cov, rtol=1e-3, atol=1e-3)
+
+
+# -- presets and CLI ---------------------------------------------------------------------------------------
+def test_presets_and_config_errors(dataset, tmp_path):
+    assert {'demo', 'tiny', 'full'} <= set(PRESETS)
+    assert PRESETS['full']['backbone'] == 'efficientnet_b0'
+    with pytest.raises(TrainConfigError, match='unknown setting'):
+        train(TrainArgs(type='gps_regressor', data=dataset, out=tmp_path / 'x', preset='tiny', extra={'lossy': 1}))
+    with pytest.raises(TrainConfigError, match='loss must be one of'):
+        train(TrainArgs(type='gps_regressor', data=dataset, out=tmp_path / 'x', preset='tiny',
+                        extra={'loss': 'l1'}))
+
+
+def test_cli_tiny_run_and_resume(dataset, tmp_path, capsys):
+    from vizloc_ros.bundle import load_bundle
+    from vizloc_training.train.cli import main
+
+    out = tmp_path / 'cli_bundle'
+    argv = ['gps_regressor', '--data', str(dataset), '--out', str(out), '--preset', 'tiny', '--epochs', '1',
+            '--set', 'loss=haversine', '--set', 'robustness=false']
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert 'test/median_m' in printed and 'test/within_10m_pct' in printed
+    first = load_bundle(out)
+    assert first.metadata['loss'] == 'haversine' and len(first.metadata['history']) == 1
+    # --resume with more epochs continues after the saved epoch instead of starting again.
+    assert main([*argv[:8], '2', *argv[9:], '--resume']) == 0
+    resumed = load_bundle(out)
+    assert [h['epoch'] for h in resumed.metadata['history']] == [1, 2]
