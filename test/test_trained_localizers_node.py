@@ -1,0 +1,105 @@
+"""The whole path for the built-in localizers: tiny training -> bundle -> plugin in the running node.
+
+Each built-in type is trained for a few steps on data generated here (tiny presets), exported to a
+bundle, and configured in ONE ``vizloc_node`` subprocess started with config/localize.yaml, exactly as a
+user would. The test process publishes Image + CameraInfo and checks the message types, stamps,
+frames and covariance shapes that come back on ``~/<name>/{room,fix,pose}``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip('torch')
+
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from geometry_msgs.msg import PoseWithCovarianceStamped  # noqa: E402
+from sensor_msgs.msg import NavSatFix, NavSatStatus  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+
+from test_gps_regressor import make_gps_dataset  # noqa: E402
+from test_node_support import NodeProcess, RosClient, diagnostics_values, domain_id_for  # noqa: E402
+from test_room_classifier import ROOMS, make_rooms_dataset  # noqa: E402
+from vizloc_ros.conversions import stamp_to_ns  # noqa: E402
+from vizloc_training.gps_regressor.train import train as train_gps  # noqa: E402
+from vizloc_training.room_classifier.train import train as train_room  # noqa: E402
+from vizloc_training.train.config import TrainArgs  # noqa: E402
+
+DOMAIN_ID = domain_id_for(__name__)
+
+
+@pytest.fixture(scope='module')
+def bundles(tmp_path_factory) -> dict[str, Path]:
+    data = tmp_path_factory.mktemp('data')
+    out = tmp_path_factory.mktemp('bundles')
+    rooms = make_rooms_dataset(data / 'rooms')
+    gps = make_gps_dataset(data / 'gps')
+    return {
+        'room': train_room(TrainArgs(type='room_classifier', data=rooms, out=out / 'room', preset='tiny', seed=0)),
+        'gps': train_gps(TrainArgs(type='gps_regressor', data=gps, out=out / 'gps', preset='tiny', epochs=3, seed=0)),
+    }
+
+
+@pytest.fixture(scope='module')
+def client():
+    c = RosClient(DOMAIN_ID)
+    yield c
+    c.close()
+
+
+def _frame(i: int) -> np.ndarray:
+    rng = np.random.default_rng(i)
+    return rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+
+
+def test_trained_bundles_publish_from_the_running_node(bundles, client, tmp_path):
+    params = {
+        'localizers': ['room', 'gps'],
+        'room.type': 'room_classifier', 'room.bundle': str(bundles['room']), 'room.backend': 'onnxruntime',
+        'room.max_rate_hz': 0.0,
+        'gps.type': 'gps_regressor', 'gps.bundle': str(bundles['gps']), 'gps.backend': 'onnxruntime',
+        'diagnostics_period_s': 0.2,
+    }
+    topics = {'/vizloc/room/room': String, '/vizloc/room/pose': PoseWithCovarianceStamped,
+              '/vizloc/gps/fix': NavSatFix}
+    for topic, msg_type in topics.items():
+        client.record(msg_type, topic)
+    client.record(DiagnosticArray, '/diagnostics')
+    client.camera_publishers()
+    log = tmp_path / 'node.log'
+    with NodeProcess(DOMAIN_ID, params, log_path=log) as node:
+        assert client.wait_for_state('active') == 'active', node.log()
+        assert client.wait_for_image_subscriber(), node.log()
+        stamps = client.publish_stream(20, rate_hz=10.0, make=_frame)
+        assert client.wait_for(lambda: len(client.messages('/vizloc/gps/fix')) >= 10
+                               and len(client.messages('/vizloc/room/room')) >= 10, 20.0), node.log()
+        time.sleep(0.3)
+        assert node.alive(), node.log()
+
+    published = set(stamps)
+    rooms = client.messages('/vizloc/room/room')
+    assert {r.data for r in rooms} <= set(ROOMS)
+    # The tiny room dataset ships a room map (rooms.yaml), so the classifier also gives a coarse pose.
+    poses = client.messages('/vizloc/room/pose')
+    assert poses, 'room classifier with a room map publishes a coarse pose'
+    for pose in poses:
+        assert stamp_to_ns(pose.header.stamp) in published
+        assert pose.header.frame_id == 'map'
+        cov = np.array(pose.pose.covariance).reshape(6, 6)
+        assert np.all(np.linalg.eigvalsh(cov) > 0)
+    fixes = client.messages('/vizloc/gps/fix')
+    for fix in fixes:
+        assert stamp_to_ns(fix.header.stamp) in published
+        assert fix.header.frame_id == 'camera'
+        assert fix.status.status == NavSatStatus.STATUS_FIX
+        assert fix.position_covariance_type in (NavSatFix.COVARIANCE_TYPE_KNOWN, NavSatFix.COVARIANCE_TYPE_APPROXIMATED)
+        cov = np.array(fix.position_covariance).reshape(3, 3)
+        assert np.allclose(cov, cov.T) and np.all(np.linalg.eigvalsh(cov) > 0)
+        assert math.isfinite(fix.latitude) and math.isfinite(fix.longitude)
+    for name in ('room', 'gps'):
+        diag = diagnostics_values(client.messages('/diagnostics'), f'localizer {name}')
+        assert diag.get('backend', '').startswith('onnxruntime'), diag
