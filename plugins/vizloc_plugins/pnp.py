@@ -51,7 +51,7 @@ class RansacOptions:
     ``min_inliers``: fewer inliers than this after refinement means no pose (no wrong answers);
     ``min_inlier_ratio``: the same for the share of correspondences that are inliers;
     ``refine_rounds``: maximum inlier re-selection + LM rounds; ``seed``: RNG seed (None = random);
-    ``max_sample_tries``: redraws per hypothesis for degenerate (collinear) samples.
+    ``max_sample_tries``: candidate samples drawn per wanted hypothesis (degenerate ones are skipped).
     """
 
     hypotheses: int = 256
@@ -131,46 +131,67 @@ def _rotations(rvecs_H3: np.ndarray) -> np.ndarray:
     return R
 
 
-def project_points(points_map_N3: np.ndarray, rvecs_H3: np.ndarray, tvecs_H3: np.ndarray, K_3x3: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Project N points under H poses: returns (pixels (H, N, 2), depth_m (H, N)). Vectorised."""
-    R = _rotations(np.asarray(rvecs_H3, dtype=np.float64).reshape(-1, 3))
-    X = np.einsum('hij,nj->hni', R, points_map_N3) + np.asarray(tvecs_H3, dtype=np.float64).reshape(-1, 1, 3)
-    z = X[..., 2]
-    z_safe = np.where(np.abs(z) > 1e-9, z, 1e-9)
-    u = K_3x3[0, 0] * X[..., 0] / z_safe + K_3x3[0, 1] * X[..., 1] / z_safe + K_3x3[0, 2]
-    v = K_3x3[1, 1] * X[..., 1] / z_safe + K_3x3[1, 2]
+def project_points(points_map_N3: np.ndarray, rvecs_H3: np.ndarray, tvecs_H3: np.ndarray, K_3x3: np.ndarray,
+                   dtype: type = np.float64) -> tuple[np.ndarray, np.ndarray]:
+    """Project N points under H poses: returns (pixels (H, N, 2), depth_m (H, N)). Vectorised (BLAS matmul)."""
+    u, v, z = _project_uvz(points_map_N3, rvecs_H3, tvecs_H3, K_3x3, dtype)
     return np.stack([u, v], axis=-1), z
 
 
+def _project_uvz(points_map_N3: np.ndarray, rvecs_H3: np.ndarray, tvecs_H3: np.ndarray, K_3x3: np.ndarray,
+                 dtype: type) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    R = _rotations(np.asarray(rvecs_H3, dtype=np.float64).reshape(-1, 3))
+    t = np.asarray(tvecs_H3, dtype=np.float64).reshape(-1, 3)
+    # centre the points first so that float32 keeps precision for scenes far from the origin
+    centre = points_map_N3.mean(axis=0)
+    t_centred = t + np.einsum('hij,j->hi', R, centre)
+    P = (points_map_N3 - centre).T.astype(dtype)                               # (3, N)
+    X = np.matmul(R.astype(dtype), P) + t_centred.astype(dtype)[:, :, None]     # (H, 3, N)
+    z = X[:, 2]
+    z_safe = np.where(np.abs(z) > 1e-9, z, dtype(1e-9))
+    x_n = X[:, 0] / z_safe
+    y_n = X[:, 1] / z_safe
+    u = dtype(K_3x3[0, 0]) * x_n + dtype(K_3x3[0, 1]) * y_n + dtype(K_3x3[0, 2])
+    v = dtype(K_3x3[1, 1]) * y_n + dtype(K_3x3[1, 2])
+    return u, v, z
+
+
 def _reprojection_errors(points: np.ndarray, pixels: np.ndarray, rvecs: np.ndarray, tvecs: np.ndarray,
-                         K: np.ndarray, min_depth_m: float) -> np.ndarray:
-    uv, z = project_points(points, rvecs, tvecs, K)
-    err = np.linalg.norm(uv - pixels[None], axis=-1)
-    return np.where(z > min_depth_m, err, np.inf)
+                         K: np.ndarray, min_depth_m: float, dtype: type = np.float64) -> np.ndarray:
+    """(H, N) reprojection errors in pixels; ``inf`` for points closer than ``min_depth_m``."""
+    u, v, z = _project_uvz(points, rvecs, tvecs, K, dtype)
+    du = u - pixels[:, 0].astype(dtype)
+    dv = v - pixels[:, 1].astype(dtype)
+    err = np.sqrt(du * du + dv * dv)
+    err[z <= min_depth_m] = np.inf
+    return err
 
 
 def _sample_hypotheses(points: np.ndarray, pixels: np.ndarray, K: np.ndarray, options: RansacOptions,
                        rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``hypotheses`` AP3P poses from random 4-point samples (distinct, non-collinear in the image)."""
     n = points.shape[0]
+    wanted = options.hypotheses
+    # draw all candidate samples at once; invalid ones (repeated index, collinear) are skipped
+    candidates = rng.integers(0, n, size=(wanted * options.max_sample_tries, 4))
+    distinct = ((candidates[:, 0] != candidates[:, 1]) & (candidates[:, 0] != candidates[:, 2])
+                & (candidates[:, 0] != candidates[:, 3]) & (candidates[:, 1] != candidates[:, 2])
+                & (candidates[:, 1] != candidates[:, 3]) & (candidates[:, 2] != candidates[:, 3]))
+    p = pixels[candidates]                                                  # (M, 4, 2)
+    area = 0.5 * np.abs((p[:, 1, 0] - p[:, 0, 0]) * (p[:, 2, 1] - p[:, 0, 1])
+                        - (p[:, 2, 0] - p[:, 0, 0]) * (p[:, 1, 1] - p[:, 0, 1]))
+    candidates = candidates[distinct & (area >= 1.0)]
     rvecs, tvecs = [], []
-    min_area_px2 = 1.0
-    for _ in range(options.hypotheses):
-        for _try in range(options.max_sample_tries):
-            idx = rng.choice(n, size=4, replace=False)
-            p2 = pixels[idx]
-            # reject (near-)collinear minimal samples: the smallest triangle of the first three points
-            area = 0.5 * abs((p2[1, 0] - p2[0, 0]) * (p2[2, 1] - p2[0, 1]) - (p2[2, 0] - p2[0, 0]) * (p2[1, 1] - p2[0, 1]))
-            if area < min_area_px2:
-                continue
-            try:
-                ok, rvec, tvec = cv2.solvePnP(points[idx], p2, K, None, flags=cv2.SOLVEPNP_AP3P)
-            except cv2.error:
-                continue
-            if ok and np.all(np.isfinite(rvec)) and np.all(np.isfinite(tvec)):
-                rvecs.append(rvec.reshape(3))
-                tvecs.append(tvec.reshape(3))
-                break
+    for idx in candidates:
+        if len(rvecs) == wanted:
+            break
+        try:
+            ok, rvec, tvec = cv2.solvePnP(points[idx], pixels[idx], K, None, flags=cv2.SOLVEPNP_AP3P)
+        except cv2.error:
+            continue
+        if ok and np.isfinite(rvec).all() and np.isfinite(tvec).all():
+            rvecs.append(rvec.reshape(3))
+            tvecs.append(tvec.reshape(3))
     if not rvecs:
         return np.zeros((0, 3)), np.zeros((0, 3))
     return np.asarray(rvecs), np.asarray(tvecs)
@@ -195,19 +216,23 @@ def solve_pnp_ransac(points_map_N3: np.ndarray, pixels_N2: np.ndarray, K_3x3: np
         return None
     tau = options.inlier_threshold_px
     beta = 5.0 / tau
-    err = _reprojection_errors(points, pixels, rvecs, tvecs, K, options.min_depth_m)  # (H, N)
-    with np.errstate(over='ignore'):
-        soft = 1.0 / (1.0 + np.exp(np.clip(beta * (err - tau), -50.0, 50.0)))
+    # scoring in float32 (only ranks hypotheses; refinement and inliers below are float64)
+    err = _reprojection_errors(points, pixels, rvecs, tvecs, K, options.min_depth_m, np.float32)  # (H, N)
+    soft = np.clip(beta * (err - tau), -50.0, 50.0, out=np.empty_like(err))
+    np.exp(soft, out=soft)
+    soft += 1.0
+    np.reciprocal(soft, out=soft)
     if weights_N is not None:
         weights = np.asarray(weights_N, dtype=np.float64).reshape(-1)
         if weights.shape[0] != n:
             raise PnPError(f'weights_N must have {n} entries, got {weights.shape[0]}')
-        soft = soft * weights[None]
-    scores = soft.sum(axis=1)
+        soft *= weights.astype(np.float32)[None]
+    scores = soft.sum(axis=1, dtype=np.float64)
     best = int(np.argmax(scores))
     rvec = rvecs[best].reshape(3, 1).copy()
     tvec = tvecs[best].reshape(3, 1).copy()
-    inliers = err[best] < tau
+    inliers = _reprojection_errors(points, pixels, rvecs[best:best + 1], tvecs[best:best + 1], K,
+                                   options.min_depth_m)[0] < tau
 
     for _ in range(options.refine_rounds):
         if inliers.sum() < _MIN_CORRESPONDENCES:

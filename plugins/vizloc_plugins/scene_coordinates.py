@@ -80,8 +80,12 @@ def cell_centres_px(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
 
 def estimate_pose(coords_3hw: np.ndarray, log_scale_1hw: np.ndarray | None, K_input: np.ndarray,
                   options: RansacOptions, *, use_uncertainty: bool = True, covariance_scale: float = 1.0,
-                  dist_coeffs: np.ndarray | None = None) -> PnPSolution | None:
-    """Pose from one image's network outputs (no batch axis) and the input-size intrinsics."""
+                  dist_coeffs: np.ndarray | None = None, distortion_model: str = 'plumb_bob') -> PnPSolution | None:
+    """Pose from one image's network outputs (no batch axis) and the input-size intrinsics.
+
+    ``dist_coeffs``/``distortion_model`` (CameraInfo) undistort the cell pixels first
+    (``cv2.undistortPoints``; ``cv2.fisheye.undistortPoints`` for ``equidistant``).
+    """
     coords = np.asarray(coords_3hw, dtype=np.float64)
     if coords.ndim != 3 or coords.shape[0] != 3:
         raise InvalidInputError(f'coords must be (3, h, w), got {coords.shape}')
@@ -98,8 +102,11 @@ def estimate_pose(coords_3hw: np.ndarray, log_scale_1hw: np.ndarray | None, K_in
         weights = np.clip(reference / np.maximum(scale, 1e-12), 0.0, 1.0)[finite]
     points, pixels = points[finite], pixels[finite]
     if dist_coeffs is not None and np.asarray(dist_coeffs).size and np.any(np.asarray(dist_coeffs) != 0):
-        pixels = cv2.undistortPoints(pixels.reshape(-1, 1, 2), K_input, np.asarray(dist_coeffs, dtype=np.float64),
-                                     P=K_input).reshape(-1, 2)
+        D = np.asarray(dist_coeffs, dtype=np.float64).reshape(-1)
+        if distortion_model == 'equidistant':
+            pixels = cv2.fisheye.undistortPoints(pixels.reshape(-1, 1, 2), K_input, D[:4], P=K_input).reshape(-1, 2)
+        else:
+            pixels = cv2.undistortPoints(pixels.reshape(-1, 1, 2), K_input, D, P=K_input).reshape(-1, 2)
     solution = solve_pnp_ransac(points, pixels, K_input, options, weights_N=weights)
     if solution is None or covariance_scale == 1.0:
         return solution
@@ -167,7 +174,8 @@ class SceneCoordinateLocalizer:
         camera = frame.camera.scaled(spec.width, spec.height)
         solution = estimate_pose(outputs['coords'][0], outputs['log_scale'][0], camera.K, self.ransac,
                                  use_uncertainty=self.options.use_uncertainty,
-                                 covariance_scale=self.covariance_scale, dist_coeffs=camera.D)
+                                 covariance_scale=self.covariance_scale, dist_coeffs=camera.D,
+                                 distortion_model=camera.distortion_model)
         latency_ms = (time.perf_counter() - started) * 1e3
         diagnostics = {'network_ms': f'{network_ms:.1f}', 'ransac_ms': f'{latency_ms - network_ms:.1f}',
                        'cells': str(int(np.prod(outputs['coords'].shape[2:])))}

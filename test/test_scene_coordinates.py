@@ -1,0 +1,271 @@
+"""Scene-coordinate localizer: training steps, encoder checkpoints, ONNX export parity, the full
+``train()`` on a DSAC*-layout dataset, and the runtime plugin through the real registry.
+
+Test data: a textured ground plane seen by a downward-looking drone camera at ~100 m, rendered with
+a real homography (``cv2.warpPerspective``); exact scene coordinates from ray/plane intersection.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import transforms3d
+import yaml
+
+from vizloc_ros.bundle import InputSpec, load_bundle
+from vizloc_ros.geodesy import GeoReference
+from vizloc_ros.localizer import LocalizerConfig, LocalizerContext
+from vizloc_ros.plugin_manager import load_registry
+from vizloc_ros.types import CameraIntrinsics, Frame, InvalidInputError
+from vizloc_training.scene_coordinates.data import prepare_split, scene_normalisation
+from vizloc_training.scene_coordinates.evaluate import evaluate_images
+from vizloc_training.scene_coordinates.model import (EncoderCheckpointError, load_encoder, output_size,
+                                                     save_encoder)
+from vizloc_training.scene_coordinates.train import PRESETS, _train_end_to_end, fit, train
+from vizloc_training.train.config import TrainArgs
+from vizloc_training.train.export import export_and_bundle
+
+W, H = 128, 96
+EXTENT_M = 400.0
+GEO = {'enu_origin': [46.52, 6.57, 420.0]}
+
+
+# -- synthetic planar world ------------------------------------------------------------------------
+
+def _texture(size: int = 512, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (16, 16, 3)).astype(np.uint8)
+    image = cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC)
+    for _ in range(300):
+        colour = tuple(int(x) for x in rng.integers(0, 256, 3))
+        centre = tuple(int(x) for x in rng.integers(0, size, 2))
+        cv2.circle(image, centre, int(rng.integers(3, 20)), colour, -1)
+    return image
+
+
+def _render(texture: np.ndarray, K: np.ndarray, T_world_camera: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Image of the textured plane z = 0 (x, y in [0, EXTENT_M]) and per-pixel scene coordinates."""
+    metres_per_px = EXTENT_M / texture.shape[0]
+    A = np.diag([metres_per_px, metres_per_px, 1.0])
+    R_cw = T_world_camera[:3, :3].T
+    t_cw = -R_cw @ T_world_camera[:3, 3]
+    homography = K @ np.column_stack([R_cw[:, 0], R_cw[:, 1], t_cw]) @ A
+    image = cv2.warpPerspective(texture, homography, (W, H), flags=cv2.INTER_LINEAR)
+    uu, vv = np.meshgrid(np.arange(W, dtype=float), np.arange(H, dtype=float))
+    rays = T_world_camera[:3, :3] @ np.linalg.solve(K, np.stack([uu.ravel(), vv.ravel(), np.ones(W * H)]))
+    c = T_world_camera[:3, 3]
+    lam = -c[2] / rays[2]
+    X = c[:, None] + rays * lam
+    inside = (X[0] >= 0) & (X[0] <= EXTENT_M) & (X[1] >= 0) & (X[1] <= EXTENT_M) & (lam > 0)
+    return image, np.where(inside, X, 0.0).reshape(3, H, W).astype(np.float32)
+
+
+def _planar_samples(n: int, seed: int) -> list[SimpleNamespace]:
+    rng = np.random.default_rng(seed)
+    texture = _texture(seed=0)
+    K = np.array([[0.8 * W, 0.0, W / 2], [0.0, 0.8 * W, H / 2], [0.0, 0.0, 1.0]])
+    samples = []
+    for i in range(n):
+        T = np.eye(4)
+        T[:3, :3] = transforms3d.euler.euler2mat(math.pi + rng.uniform(-0.15, 0.15), rng.uniform(-0.15, 0.15),
+                                                 rng.uniform(-math.pi, math.pi), 'sxyz')
+        T[:3, 3] = [EXTENT_M / 2 + rng.uniform(-60, 60), EXTENT_M / 2 + rng.uniform(-60, 60), 100 + rng.uniform(-10, 10)]
+        image, coords = _render(texture, K, T)
+        samples.append(SimpleNamespace(rgb_HW3=image, T_world_camera=T, K=K, depth_HW=None, coords_3HW=coords,
+                                       coords_stride_px=1, name=f'frame_{i:03d}'))
+    return samples
+
+
+def _write_dsac(root: Path, splits: dict[str, list[SimpleNamespace]]) -> Path:
+    """The DSAC*/CrossLoc layout of the dataset contract (init at 1/8 resolution, DSAC* cell centres)."""
+    for split, samples in splits.items():
+        for folder in ('rgb', 'poses', 'calibration', 'init'):
+            (root / split / folder).mkdir(parents=True, exist_ok=True)
+        for s in samples:
+            cv2.imwrite(str(root / split / 'rgb' / f'{s.name}.png'), s.rgb_HW3[..., ::-1])
+            np.savetxt(root / split / 'poses' / f'{s.name}.txt', s.T_world_camera)
+            np.savetxt(root / split / 'calibration' / f'{s.name}.txt', [s.K[0, 0]])
+            np.save(root / split / 'init' / f'{s.name}.npy', np.ascontiguousarray(s.coords_3HW[:, 4::8, 4::8]))
+    (root / 'geo.yaml').write_text(yaml.safe_dump(GEO))
+    return root
+
+
+FIT_CONFIG = {**PRESETS['tiny'], 'encoder_width': 16, 'feature_dim': 32, 'head_width': 64, 'epochs': 150,
+              'lr': 3e-3, 'head_iterations': 200, 'buffer_size': 20000, 'min_inliers': 12, 'hypotheses': 64}
+
+
+@pytest.fixture(scope='module')
+def trained() -> tuple:
+    """One small scene mapped once for the module (about 5 s on one core)."""
+    torch.manual_seed(0)
+    images = prepare_split(_planar_samples(12, seed=0), W, H)
+    return fit(images, FIT_CONFIG, seed=0), images
+
+
+# -- tests -------------------------------------------------------------------------------------------
+
+def test_prepared_targets_match_the_cell_centres() -> None:
+    sample = _planar_samples(1, seed=3)[0]
+    image = prepare_split([sample], W, H)[0]
+    h, w = output_size(H, W)
+    assert image.coords_3hw.shape == (3, h, w) and image.valid_hw.all()
+    # cell (i, j) = pixel (8 j + 4, 8 i + 4): its coordinate projects back onto that pixel
+    T_cw = np.linalg.inv(sample.T_world_camera)
+    X = image.coords_3hw[:, 2, 5].astype(np.float64)
+    x_cam = T_cw[:3, :3] @ X + T_cw[:3, 3]
+    uv = (sample.K @ (x_cam / x_cam[2]))[:2]
+    np.testing.assert_allclose(uv, [8 * 5 + 4, 8 * 2 + 4], atol=0.05)
+    mean, scale, supervision = scene_normalisation([image], 10.0)
+    assert supervision == 'coords' and scale > 1.0
+
+
+@pytest.mark.parametrize('supervision', ['coords', 'reprojection'])
+def test_training_steps_reduce_the_loss(supervision: str) -> None:
+    torch.manual_seed(0)
+    images = prepare_split(_planar_samples(4, seed=1), 64, 48)
+    if supervision == 'reprojection':  # no 3D ground truth: ACE's reprojection curriculum
+        images = [im.__class__(im.name, im.rgb_HW3, im.K, im.T_world_camera, None, None) for im in images]
+    config = {**PRESETS['tiny'], 'epochs': 1, 'supervision': 'auto'}
+    first = fit(images, config, seed=0)
+    assert first.supervision == supervision
+    net = first.net
+    losses = [_train_end_to_end(net, images, {**config, 'epochs': 1}, supervision, torch.device('cpu'), seed=s)
+              for s in range(12)]
+    assert all(math.isfinite(v) for v in losses)
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+
+
+def test_encoder_checkpoint_roundtrip_and_errors(tmp_path: Path, trained: tuple) -> None:
+    scene, _ = trained
+    path = save_encoder(scene.net.encoder, tmp_path / 'encoder.pt', trained_on={'dataset': 'planar'})
+    encoder, info = load_encoder(path)
+    assert info['trained_on'] == {'dataset': 'planar'} and info['config']['feature_dim'] == 32
+    x = torch.randn(1, 3, 48, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(x), scene.net.encoder(x))
+    torch.save({'weights': 1}, tmp_path / 'other.pt')
+    with pytest.raises(EncoderCheckpointError, match='not a vizloc scene encoder'):
+        load_encoder(tmp_path / 'other.pt')
+    with pytest.raises(EncoderCheckpointError, match='no such encoder'):
+        load_encoder(tmp_path / 'missing.pt')
+
+
+def test_mapping_reaches_metre_level_on_its_images(trained: tuple) -> None:
+    scene, images = trained
+    result = evaluate_images(scene.net, images[:6], FIT_CONFIG)
+    assert result.metrics['no_fix'] == 0
+    assert result.metrics['median_translation_m'] < 15.0  # 100 m altitude, 400 m scene, 16x12 cells
+    assert result.metrics['median_rotation_deg'] < 10.0
+    assert result.metrics['mean_inlier_ratio'] > 0.3
+
+
+def _bundle(tmp_path: Path, scene) -> Path:
+    metadata = {'output_stride': 8, 'resize': 'stretch', 'geo': GEO, 'covariance_scale': 1.0,
+                'ransac': {'hypotheses': 64, 'inlier_threshold_px': 10.0, 'min_inliers': 12, 'min_inlier_ratio': 0.1}}
+    return export_and_bundle(scene.net, tmp_path / 'bundle', localizer_type='scene_coordinates',
+                             input_spec=InputSpec(name='image', height=H, width=W),
+                             output_names=['coords', 'log_scale'], metadata=metadata, measure_latency=False)
+
+
+def test_export_parity_onnx_vs_torch(tmp_path: Path, trained: tuple) -> None:
+    scene, images = trained
+    bundle = load_bundle(_bundle(tmp_path, scene), expected_type='scene_coordinates')
+    session = ort.InferenceSession(str(bundle.model_path), providers=['CPUExecutionProvider'])
+    batch = np.stack([images[0].rgb_HW3, images[1].rgb_HW3])
+    coords_onnx, log_scale_onnx = session.run(['coords', 'log_scale'], {'image': batch})
+    x = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
+    std = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
+    with torch.no_grad():
+        coords_torch, log_scale_torch = scene.net((x - mean) / std)
+    assert coords_onnx.shape == (2, 3, H // 8, W // 8) and log_scale_onnx.shape == (2, 1, H // 8, W // 8)
+    np.testing.assert_allclose(coords_onnx, coords_torch.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(log_scale_onnx, log_scale_torch.numpy(), atol=1e-4, rtol=0)
+
+
+def test_plugin_through_the_registry_gives_pose_and_fix(tmp_path: Path, trained: tuple) -> None:
+    scene, _ = trained
+    bundle_dir = _bundle(tmp_path, scene)
+    report = load_registry()
+    assert 'scene_coordinates' in report.registry, report.failed
+    localizer = report.registry.create(
+        LocalizerConfig(name='aerial', type='scene_coordinates', bundle=str(bundle_dir), backend='onnxruntime'),
+        {'hypotheses': 64}, LocalizerContext(cache_dir=tmp_path / 'cache'))
+    try:
+        assert localizer.requires_camera_info
+        sample = _planar_samples(12, seed=0)[2]  # a mapped view, rendered again
+        # the camera delivers 2x the bundle resolution: intrinsics and image are rescaled by the plugin
+        big = cv2.resize(sample.rgb_HW3, (2 * W, 2 * H), interpolation=cv2.INTER_LINEAR)
+        camera = CameraIntrinsics(K=sample.K, width=W, height=H).scaled(2 * W, 2 * H)
+        result = localizer.localize(Frame(rgb_HW3=big, stamp_ns=42, frame_id='camera', camera=camera))
+        assert result.status == 'ok', result.diagnostics
+        position = result.pose.T_map_camera[:3, 3]
+        assert np.linalg.norm(position - sample.T_world_camera[:3, 3]) < 15.0
+        assert result.pose.cov_6x6.shape == (6, 6) and np.all(np.linalg.eigvalsh(result.pose.cov_6x6) > 0)
+        assert 0.3 < result.pose.inlier_ratio <= 1.0
+        lat, lon, alt = GeoReference.from_mapping(GEO).scene_to_wgs84(position[None])
+        assert result.geo.lat_deg == pytest.approx(float(np.ravel(lat)[0]), abs=1e-9)
+        assert result.geo.lon_deg == pytest.approx(float(np.ravel(lon)[0]), abs=1e-9)
+        assert result.geo.alt_m == pytest.approx(float(np.ravel(alt)[0]), abs=1e-6)
+        assert np.all(np.linalg.eigvalsh(result.geo.cov_enu_m2) > 0)
+        assert result.stamp_ns == 42 and result.latency_ms > 0
+        # an unrelated image (uniform grey) has no consistent geometry: no fix instead of a wrong pose
+        grey = Frame(rgb_HW3=np.full((H, W, 3), 127, np.uint8), stamp_ns=43, frame_id='camera',
+                     camera=CameraIntrinsics(K=sample.K, width=W, height=H))
+        grey_result = localizer.localize(grey)
+        assert grey_result.status == 'no_fix' and grey_result.pose is None and grey_result.geo is None
+        with pytest.raises(InvalidInputError, match='CameraInfo'):
+            localizer.localize(Frame(rgb_HW3=sample.rgb_HW3, stamp_ns=44, frame_id='camera'))
+    finally:
+        localizer.close()
+
+
+def test_train_on_dsac_layout_then_map_with_pretrained_encoder(tmp_path: Path) -> None:
+    data = _write_dsac(tmp_path / 'scene', {'train': _planar_samples(6, seed=0), 'val': _planar_samples(2, seed=7),
+                                            'test': _planar_samples(2, seed=8)})
+    bundle_dir = train(TrainArgs(type='scene_coordinates', data=data, out=tmp_path / 'b1', preset='tiny'))
+    bundle = load_bundle(bundle_dir, expected_type='scene_coordinates')
+    assert bundle.metadata['geo'] == GEO and bundle.metadata['supervision'] == 'coords'
+    assert bundle.input.width == W and bundle.input.height == H
+    assert {'test_median_translation_m', 'test_pct_within_5m_5deg', 'test_mean_scene_coordinate_error_m',
+            'test_mean_inlier_ratio', 'mapping_s', 'covariance_scale'} <= set(bundle.metrics)
+    assert 'encoder.pt' in bundle.files
+    # mapping a scene with the frozen encoder of the first run (--init-weights): head only
+    second = train(TrainArgs(type='scene_coordinates', data=data, out=tmp_path / 'b2', preset='tiny',
+                             init_weights=bundle.file('encoder.pt')))
+    metrics = load_bundle(second).metrics
+    assert 'encoder_training_s' not in metrics and metrics['mapping_s'] > 0
+    # --resume after a finished run reuses the mapped checkpoint (OUT.work/checkpoints) instead of training again
+    assert sorted(p.name for p in (tmp_path / 'b1.work' / 'checkpoints').iterdir())[-1] == 'epoch_0003.pt'
+    resumed = train(TrainArgs(type='scene_coordinates', data=data, out=tmp_path / 'b1', preset='tiny', resume=True))
+    assert load_bundle(resumed).metrics['mapping_s'] == pytest.approx(bundle.metrics['mapping_s'])
+
+
+def test_estimate_pose_undistorts_cell_pixels() -> None:
+    from vizloc_plugins.pnp import RansacOptions
+    from vizloc_plugins.scene_coordinates import cell_centres_px, estimate_pose
+
+    K = np.array([[200.0, 0.0, 160.0], [0.0, 200.0, 120.0], [0.0, 0.0, 1.0]])
+    D = np.array([-0.25, 0.08, 0.001, -0.001, 0.0])
+    h, w = 30, 40
+    uu, vv = cell_centres_px(h, w)
+    distorted = np.stack([uu.ravel(), vv.ravel()], axis=1)
+    rays = cv2.undistortPoints(distorted.reshape(-1, 1, 2), K, D).reshape(-1, 2)  # normalised coordinates
+    depth = np.random.default_rng(0).uniform(80.0, 120.0, len(rays))
+    X_cam = np.concatenate([rays * depth[:, None], depth[:, None]], axis=1)
+    T = np.eye(4)
+    T[:3, :3] = transforms3d.euler.euler2mat(math.pi, 0.1, 0.4, 'sxyz')
+    T[:3, 3] = [10.0, -20.0, 100.0]
+    coords = (T[:3, :3] @ X_cam.T + T[:3, 3:4]).reshape(3, h, w)
+    options = RansacOptions(hypotheses=32, inlier_threshold_px=2.0, min_inliers=50, seed=0)
+    solution = estimate_pose(coords, None, K, options, dist_coeffs=D)
+    assert solution is not None and solution.inlier_ratio == 1.0
+    assert np.linalg.norm(solution.T_map_camera[:3, 3] - T[:3, 3]) < 1e-4
+    ignoring = estimate_pose(coords, None, K, options)  # same correspondences, distortion ignored
+    assert ignoring is None or np.linalg.norm(ignoring.T_map_camera[:3, 3] - T[:3, 3]) > 0.1

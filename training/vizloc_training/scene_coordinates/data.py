@@ -1,0 +1,150 @@
+"""Training data for scene-coordinate regression: images at the network input size with 1/8-grid targets.
+
+:func:`prepare_split` reads a DSAC*-layout split through
+:class:`vizloc_training.datasets.scene_coordinates.SceneCoordinateDataset` and turns every sample
+into a :class:`PreparedImage`: the RGB image resized ("stretch", like the runtime) to the input
+size, the intrinsics scaled to match (``CameraIntrinsics.scaled``), the pose, and, when the
+dataset has them, ground-truth scene coordinates for every output cell:
+
+* from ``init/*.npy`` scene coordinates (full or 1/8 resolution; zeros = invalid), the coordinate
+  cell nearest to each output cell (exact when the input size is the dataset's size), or
+* from ``depth`` (metres): the cell centre's pixel is back-projected with the original K and
+  pose (nearest depth pixel).
+
+Samples without either are supervised by the reprojection loss (see :mod:`.losses`).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import cv2
+import numpy as np
+
+from vizloc_ros.types import CameraIntrinsics
+
+from .model import OUTPUT_STRIDE, output_size
+
+__all__ = ['PreparedImage', 'prepare_sample', 'prepare_split', 'scene_normalisation', 'open_split']
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """One training/test image at the network input size.
+
+    ``coords_3hw`` (float32, metres, scene frame) and ``valid_hw`` are None when the sample has no
+    3D supervision. ``K`` is for the resized image.
+    """
+
+    name: str
+    rgb_HW3: np.ndarray
+    K: np.ndarray
+    T_world_camera: np.ndarray
+    coords_3hw: np.ndarray | None
+    valid_hw: np.ndarray | None
+
+    @property
+    def T_camera_world(self) -> np.ndarray:
+        return np.linalg.inv(self.T_world_camera)
+
+
+def open_split(root: Path, split: str) -> Any:
+    """The dataset reader of S1 (``SceneCoordinateDataset(root, split)``); ``root/scene`` is used when
+    ``root`` holds a DSAC copy there (the indoor world)."""
+    from vizloc_training.datasets.scene_coordinates import SceneCoordinateDataset
+
+    root = Path(root)
+    if not (root / split / 'rgb').is_dir() and (root / 'scene' / split / 'rgb').is_dir():
+        root = root / 'scene'
+    return SceneCoordinateDataset(root, split, require_geo=False)
+
+
+def _cell_pixels_in_source(h: int, w: int, in_w: int, in_h: int, src_w: int, src_h: int) -> tuple[np.ndarray, np.ndarray]:
+    """Source-image pixel coordinates of the output cells (cell (i, j) = input pixel (8 j + 4, 8 i + 4)).
+
+    Pixel k's centre is at coordinate k; resizing maps u_in -> (u_in + 0.5) * src_w / in_w - 0.5.
+    """
+    u_in = np.arange(w) * OUTPUT_STRIDE + OUTPUT_STRIDE // 2
+    v_in = np.arange(h) * OUTPUT_STRIDE + OUTPUT_STRIDE // 2
+    u_src = (u_in + 0.5) * src_w / in_w - 0.5
+    v_src = (v_in + 0.5) * src_h / in_h - 0.5
+    uu, vv = np.meshgrid(u_src, v_src)
+    return uu, vv
+
+
+def prepare_sample(sample: Any, in_w: int, in_h: int) -> PreparedImage:
+    """Resize one ``SceneSample`` and compute its cell targets (scene coordinates preferred over depth)."""
+    rgb = np.asarray(sample.rgb_HW3)
+    src_h, src_w = rgb.shape[:2]
+    K_src = np.asarray(sample.K, dtype=np.float64)
+    T = np.asarray(sample.T_world_camera, dtype=np.float64)
+    camera = CameraIntrinsics(K=K_src, width=src_w, height=src_h).scaled(in_w, in_h)
+    interpolation = cv2.INTER_AREA if in_w < src_w else cv2.INTER_LINEAR
+    image = rgb if (src_w, src_h) == (in_w, in_h) else cv2.resize(rgb, (in_w, in_h), interpolation=interpolation)
+    h, w = output_size(in_h, in_w)
+    uu, vv = _cell_pixels_in_source(h, w, in_w, in_h, src_w, src_h)
+    coords = None
+    valid = None
+    init = getattr(sample, 'coords_3HW', None)
+    depth = getattr(sample, 'depth_HW', None)
+    if init is not None:
+        init = np.asarray(init, dtype=np.float32)
+        ch, cw = init.shape[1:]
+        stride = int(getattr(sample, 'coords_stride_px', 1 if (ch, cw) == (src_h, src_w) else OUTPUT_STRIDE))
+        offset = stride // 2 if stride > 1 else 0
+        # nearest coordinate cell: cell k holds source pixel stride * k + offset
+        rows = np.clip(np.rint((vv - offset) / stride), 0, ch - 1).astype(int)
+        cols = np.clip(np.rint((uu - offset) / stride), 0, cw - 1).astype(int)
+        coords = init[:, rows, cols]
+        valid = np.all(np.isfinite(coords), axis=0) & np.any(coords != 0.0, axis=0)
+    elif depth is not None:
+        depth = np.asarray(depth, dtype=np.float64)
+        dh, dw = depth.shape
+        rows = np.clip(np.rint((vv + 0.5) * dh / src_h - 0.5), 0, dh - 1).astype(int)
+        cols = np.clip(np.rint((uu + 0.5) * dw / src_w - 0.5), 0, dw - 1).astype(int)
+        d = depth[rows, cols]
+        valid = np.isfinite(d) & (d > 0.0)
+        # back-project the pixel actually sampled (z-depth along the optical axis)
+        pix = np.stack([(cols + 0.5) * src_w / dw - 0.5, (rows + 0.5) * src_h / dh - 0.5, np.ones_like(uu)], axis=0).reshape(3, -1)
+        rays = np.linalg.solve(K_src, pix)
+        X_cam = rays * np.where(valid, d, 0.0).reshape(1, -1)
+        X_world = T[:3, :3] @ X_cam + T[:3, 3:4]
+        coords = X_world.reshape(3, h, w).astype(np.float32)
+    if coords is not None:
+        coords = np.where(valid[None], coords, 0.0).astype(np.float32)
+    return PreparedImage(name=str(getattr(sample, 'name', '')), rgb_HW3=np.ascontiguousarray(image),
+                         K=camera.K, T_world_camera=T, coords_3hw=coords, valid_hw=valid)
+
+
+def prepare_split(samples: Iterable[Any], in_w: int, in_h: int, limit: int | None = None) -> list[PreparedImage]:
+    out = []
+    for i, sample in enumerate(samples):
+        if limit is not None and i >= limit:
+            break
+        out.append(prepare_sample(sample, in_w, in_h))
+    return out
+
+
+def scene_normalisation(images: list[PreparedImage], target_depth_m: float) -> tuple[np.ndarray, float, str]:
+    """(mean_m, scale_m, supervision) of the training scene.
+
+    With 3D targets: mean and RMS spread of all valid target coordinates ("coords"); without: the
+    mean camera position and the larger of the camera spread and ``target_depth_m``
+    ("reprojection"). Supervision is "coords" only when every image has 3D targets.
+    """
+    if not images:
+        raise ValueError('no training images')
+    if all(im.coords_3hw is not None for im in images):
+        pts = np.concatenate([im.coords_3hw.reshape(3, -1)[:, im.valid_hw.reshape(-1)].T for im in images])
+        if len(pts) >= 3:
+            mean = pts.mean(axis=0)
+            scale = float(np.sqrt(np.mean(np.sum((pts - mean) ** 2, axis=1)) / 3.0))
+            return mean, max(scale, 1e-3), 'coords'
+    centres = np.stack([im.T_world_camera[:3, 3] for im in images])
+    mean = centres.mean(axis=0)
+    spread = float(np.sqrt(np.mean(np.sum((centres - mean) ** 2, axis=1)) / 3.0))
+    return mean, max(spread, target_depth_m), 'reprojection'

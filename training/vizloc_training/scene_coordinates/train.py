@@ -1,0 +1,444 @@
+"""``vizloc-train scene_coordinates``: encoder pretraining, ACE-style mapping, evaluation, export.
+
+Stages (``train(args)``):
+
+1. **Encoder.** With ``--init-weights ENCODER`` (an ``encoder.pt`` or a bundle directory holding
+   one) the encoder is loaded and frozen (``finetune_encoder=true`` fine-tunes it end-to-end on this
+   scene first: synthetic-to-real). Without it, encoder + head are trained end-to-end on the
+   training split for ``epochs`` (this is the encoder pretraining; ``--set pretrain_encoder=true``
+   stops after it, which is how a scene-agnostic encoder is pretrained on synthetic data).
+2. **Mapping** (ACE): the frozen encoder's features of all training images fill a buffer of
+   ``buffer_size`` cells (with their targets); a fresh head is trained on shuffled buffer batches
+   for ``head_iterations`` (one-cycle LR). Minutes on a CPU.
+3. **Evaluation** on the ``test`` split through the runtime pose solver
+   (:func:`vizloc_plugins.scene_coordinates.estimate_pose`): CrossLoc's pose metrics, mean
+   scene-coordinate error, inlier ratio, covariance calibration (a factor fitted on the ``val``
+   split so that 95 % of position errors fall in the 95 % ellipsoid, stored in the bundle).
+4. **Export**: encoder + head as one ONNX graph (outputs ``coords``, ``log_scale``), bundle with
+   the scene normalisation, geo-reference (dataset ``geo.yaml``), RANSAC defaults, metrics and the
+   encoder checkpoint ``encoder.pt`` (reusable with ``--init-weights``).
+
+Supervision is chosen automatically (``supervision=auto``): scene coordinates (``init/``) or depth
+when every training image has them (CrossLoc MLE loss), the ACE reprojection loss otherwise.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vizloc_ros.bundle import InputSpec
+
+from ..train.config import TrainArgs, TrainConfigError, resolve_preset
+from ..train.loop import CheckpointManager, select_device, set_seed, work_dir
+from .data import PreparedImage, open_split, prepare_split, scene_normalisation
+from .losses import ReprojectionLossConfig, coordinate_nll, reprojection_loss
+from .model import (OUTPUT_STRIDE, Encoder, EncoderConfig, Head, HeadConfig, SceneCoordinateNet, load_encoder,
+                    save_encoder)
+
+__all__ = ['PRESETS', 'train', 'TrainedScene', 'fit']
+
+logger = logging.getLogger(__name__)
+
+LOCALIZER_TYPE = 'scene_coordinates'
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+_BASE: dict[str, Any] = {
+    # network input (0 = the dataset's native image size)
+    'input_width': 0, 'input_height': 0,
+    'encoder_width': 24, 'encoder_blocks': 4, 'feature_dim': 128,
+    'head_width': 256, 'head_layers': 2,
+    # encoder pretraining / end-to-end (epochs over the training images)
+    'epochs': 10, 'batch_size': 4, 'lr': 1e-3,
+    'pretrain_encoder': False, 'finetune_encoder': False,
+    # mapping (head from the feature buffer)
+    'buffer_size': 300_000, 'head_iterations': 3000, 'head_batch_size': 4096, 'head_lr': 3e-3,
+    'init_head_from_pretraining': True,
+    # losses
+    'supervision': 'auto', 'uncertainty': 'laplace',
+    'tau_max_px': 50.0, 'tau_min_px': 1.0, 'target_depth_m': 10.0,
+    # evaluation / runtime defaults
+    'hypotheses': 256, 'inlier_threshold_px': 10.0, 'min_inliers': 30, 'min_inlier_ratio': 0.1, 'eval_limit': 0,
+    'thresholds': 'auto',
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    'tiny': {**_BASE, 'encoder_width': 8, 'encoder_blocks': 1, 'feature_dim': 16, 'head_width': 32,
+             'head_layers': 1, 'epochs': 2, 'batch_size': 2, 'buffer_size': 4000, 'head_iterations': 20,
+             'head_batch_size': 512, 'hypotheses': 32, 'min_inliers': 8, 'eval_limit': 3},
+    'demo': dict(_BASE),
+    'full': {**_BASE, 'encoder_width': 32, 'encoder_blocks': 6, 'feature_dim': 256, 'head_width': 512,
+             'head_layers': 3, 'epochs': 60, 'batch_size': 8, 'buffer_size': 2_000_000,
+             'head_iterations': 20000, 'head_batch_size': 5120},
+}
+
+
+def _check_config(config: dict[str, Any]) -> None:
+    if config['supervision'] not in ('auto', 'coords', 'reprojection'):
+        raise TrainConfigError(f"supervision must be auto, coords or reprojection, got {config['supervision']!r}")
+    if config['uncertainty'] not in ('laplace', 'gaussian', 'none'):
+        raise TrainConfigError(f"uncertainty must be laplace, gaussian or none, got {config['uncertainty']!r}")
+    if config['thresholds'] not in ('auto', 'aerial', 'indoor'):
+        raise TrainConfigError(f"thresholds must be auto, aerial or indoor, got {config['thresholds']!r}")
+    for key in ('input_width', 'input_height'):
+        if config[key] and config[key] % OUTPUT_STRIDE:
+            raise TrainConfigError(f'{key} must be a multiple of {OUTPUT_STRIDE}, got {config[key]}')
+
+
+class TrainedScene:
+    """Result of :func:`fit`: the joined network and everything the bundle needs."""
+
+    def __init__(self, net: SceneCoordinateNet, input_size: tuple[int, int], supervision: str,
+                 timings_s: dict[str, float], encoder_info: dict[str, Any]) -> None:
+        self.net = net
+        self.input_size = input_size
+        self.supervision = supervision
+        self.timings_s = timings_s
+        self.encoder_info = encoder_info
+
+
+# -- tensors -----------------------------------------------------------------------------------------
+
+def _normalise_batch(images: list[PreparedImage], device: torch.device, jitter: bool,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    x = torch.from_numpy(np.stack([im.rgb_HW3 for im in images])).to(device).permute(0, 3, 1, 2).float() / 255.0
+    if jitter:  # photometric augmentation: brightness / contrast per image
+        n = x.shape[0]
+        gain = 1.0 + 0.2 * (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1).to(device)
+        bias = 0.08 * (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1).to(device)
+        x = (x * gain + bias).clamp(0.0, 1.0)
+    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def _cell_tensors(images: list[PreparedImage], h: int, w: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Per-cell targets of a batch, flattened to (B*h*w, ...)."""
+    u = torch.arange(w, dtype=torch.float32) * OUTPUT_STRIDE + OUTPUT_STRIDE // 2
+    v = torch.arange(h, dtype=torch.float32) * OUTPUT_STRIDE + OUTPUT_STRIDE // 2
+    vv, uu = torch.meshgrid(v, u, indexing='ij')
+    pixels = torch.stack([uu, vv], dim=-1).reshape(1, h * w, 2).expand(len(images), -1, -1).reshape(-1, 2)
+    out = {'pixels': pixels.to(device)}
+    if all(im.coords_3hw is not None for im in images):
+        coords = torch.from_numpy(np.stack([im.coords_3hw for im in images])).permute(0, 2, 3, 1).reshape(-1, 3)
+        valid = torch.from_numpy(np.stack([im.valid_hw for im in images])).reshape(-1)
+        out.update(coords=coords.to(device), valid=valid.to(device))
+    T_cw = torch.from_numpy(np.stack([im.T_camera_world[:3] for im in images])).float()
+    K = torch.from_numpy(np.stack([im.K for im in images])).float()
+    out['T_camera_world'] = T_cw[:, None].expand(-1, h * w, -1, -1).reshape(-1, 3, 4).to(device)
+    out['K'] = K[:, None].expand(-1, h * w, -1, -1).reshape(-1, 3, 3).to(device)
+    return out
+
+
+def _loss(coords_n_B3: torch.Tensor, log_scale_B: torch.Tensor, cells: dict[str, torch.Tensor], supervision: str,
+          mean_m: torch.Tensor, scale_m: float, progress: float, config: dict[str, Any]
+          ) -> tuple[torch.Tensor, dict[str, float]]:
+    if supervision == 'coords':
+        valid = cells['valid']
+        if not valid.any():
+            return coords_n_B3.sum() * 0.0, {'valid_ratio': 0.0}
+        gt_n = (cells['coords'][valid] - mean_m) / scale_m
+        nll = coordinate_nll(coords_n_B3[valid], gt_n, log_scale_B[valid], config['uncertainty'])
+        return nll.mean(), {'valid_ratio': float(valid.float().mean())}
+    rep = ReprojectionLossConfig(tau_max_px=config['tau_max_px'], tau_min_px=config['tau_min_px'],
+                                 target_depth_m=config['target_depth_m'], uncertainty=config['uncertainty'])
+    coords_m = coords_n_B3 * scale_m + mean_m
+    return reprojection_loss(coords_m, log_scale_B, cells['pixels'], cells['T_camera_world'], cells['K'], progress,
+                             scale_m, rep)
+
+
+def _warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_frac: float
+                   ) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_frac`` of the steps, then cosine decay to 0."""
+    warmup = max(1, int(round(warmup_frac * total_steps)))
+
+    def factor(step: int) -> float:
+        return min(1.0, (step + 1) / warmup) * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# -- stages ------------------------------------------------------------------------------------------
+
+def _train_end_to_end(net: SceneCoordinateNet, images: list[PreparedImage], config: dict[str, Any], supervision: str,
+                      device: torch.device, seed: int, checkpoints: CheckpointManager | None = None,
+                      resume: dict[str, Any] | None = None) -> float:
+    """Encoder + head end-to-end for ``config['epochs']``; checkpoint after every epoch, resumable."""
+    net.train()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=config['lr'], weight_decay=1e-4)
+    batch = config['batch_size']
+    steps_per_epoch = max(1, math.ceil(len(images) / batch))
+    total = config['epochs'] * steps_per_epoch
+    scheduler = _warmup_cosine(optimizer, total, 0.1)
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
+    start_epoch = 0
+    if resume is not None:
+        net.load_state_dict(resume['model'])
+        optimizer.load_state_dict(resume['optimizer'])
+        scheduler.load_state_dict(resume['extra']['scheduler'])
+        start_epoch = int(resume['epoch'])
+        for _ in range(start_epoch):  # same shuffling as an uninterrupted run
+            rng.permutation(len(images))
+        logger.info('resuming end-to-end training after epoch %d', start_epoch)
+    mean_m = net.scene_mean_m.view(1, 3)
+    scale_m = float(net.scene_scale_m)
+    step = start_epoch * steps_per_epoch
+    last = math.nan
+    for epoch in range(start_epoch, config['epochs']):
+        order = rng.permutation(len(images))
+        running = []
+        for start in range(0, len(images), batch):
+            chunk = [images[i] for i in order[start:start + batch]]
+            x = _normalise_batch(chunk, device, jitter=True, generator=generator)
+            coords_n, log_scale_n = net.forward_normalised(x)
+            h, w = coords_n.shape[2:]
+            cells = _cell_tensors(chunk, h, w, device)
+            loss, _ = _loss(coords_n.permute(0, 2, 3, 1).reshape(-1, 3), log_scale_n.reshape(-1), cells, supervision,
+                            mean_m, scale_m, step / max(total - 1, 1), config)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            running.append(loss.item())
+        last = float(np.mean(running))
+        logger.info('end-to-end epoch %d/%d: loss %.4f', epoch + 1, config['epochs'], last)
+        if checkpoints is not None:
+            checkpoints.save(epoch + 1, net, optimizer, extra={'stage': 'end_to_end', 'scheduler': scheduler.state_dict()})
+    return last
+
+
+@torch.no_grad()
+def _build_buffer(encoder: Encoder, images: list[PreparedImage], config: dict[str, Any], supervision: str,
+                  device: torch.device, seed: int) -> dict[str, torch.Tensor]:
+    """ACE's training buffer: encoder features of randomly chosen (valid) cells with their targets."""
+    encoder.eval()
+    rng = np.random.default_rng(seed + 1)
+    generator = torch.Generator().manual_seed(seed + 1)
+    per_image = max(1, config['buffer_size'] // max(len(images), 1))
+    parts: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, len(images), 8):
+        chunk = images[start:start + 8]
+        feats = encoder(_normalise_batch(chunk, device, jitter=True, generator=generator))
+        n, c, h, w = feats.shape
+        feats = feats.permute(0, 2, 3, 1).reshape(n, h * w, c)
+        cells = _cell_tensors(chunk, h, w, device)
+        for k in range(n):
+            sl = slice(k * h * w, (k + 1) * h * w)
+            candidates = np.arange(h * w)
+            if supervision == 'coords':
+                candidates = candidates[cells['valid'][sl].cpu().numpy()]
+            if candidates.size == 0:
+                continue
+            pick = torch.from_numpy(rng.choice(candidates, size=min(per_image, candidates.size), replace=False))
+            parts.setdefault('features', []).append(feats[k, pick].half().cpu())
+            for key in ('pixels', 'T_camera_world', 'K', 'coords', 'valid'):
+                if key in cells:
+                    parts.setdefault(key, []).append(cells[key][sl][pick].cpu())
+    if not parts:
+        raise TrainConfigError('the feature buffer is empty: no training cell has a valid target')
+    return {key: torch.cat(value) for key, value in parts.items()}
+
+
+def _train_head(head: Head, buffer: dict[str, torch.Tensor], config: dict[str, Any], supervision: str,
+                mean_m: torch.Tensor, scale_m: float, device: torch.device, seed: int) -> float:
+    head.train()
+    optimizer = torch.optim.AdamW(head.parameters(), lr=config['head_lr'], weight_decay=1e-4)
+    iterations = config['head_iterations']
+    scheduler = _warmup_cosine(optimizer, iterations, 0.05)
+    size = buffer['features'].shape[0]
+    batch = min(config['head_batch_size'], size)
+    generator = torch.Generator().manual_seed(seed + 2)
+    order = torch.randperm(size, generator=generator)
+    cursor = 0
+    losses = []
+    for it in range(iterations):
+        if cursor + batch > size:
+            order = torch.randperm(size, generator=generator)
+            cursor = 0
+        idx = order[cursor:cursor + batch]
+        cursor += batch
+        feats = buffer['features'][idx].to(device).float()[:, :, None, None]
+        cells = {key: value[idx].to(device) for key, value in buffer.items() if key != 'features'}
+        coords_n, log_scale_n = head(feats)
+        loss, _ = _loss(coords_n.reshape(-1, 3), log_scale_n.reshape(-1), cells, supervision, mean_m.to(device),
+                        scale_m, it / max(iterations - 1, 1), config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        if (it + 1) % max(1, iterations // 10) == 0:
+            logger.info('head iteration %d/%d: loss %.4f', it + 1, iterations, float(np.mean(losses[-50:])))
+    return float(np.mean(losses[-50:])) if losses else math.nan
+
+
+def fit(train_images: list[PreparedImage], config: dict[str, Any], *, init_weights: Path | None = None,
+        device: torch.device = torch.device('cpu'), seed: int = 0, checkpoints: CheckpointManager | None = None,
+        resume: bool = False) -> TrainedScene:
+    """Encoder (load or train end-to-end) + ACE mapping on prepared images.
+
+    With ``checkpoints`` every end-to-end epoch and the mapped network are saved; ``resume``
+    continues from the latest checkpoint (a mapped one skips training altogether).
+    """
+    if not train_images:
+        raise TrainConfigError('no training images')
+    in_h, in_w = train_images[0].rgb_HW3.shape[:2]
+    timings: dict[str, float] = {}
+    mean, scale, auto_supervision = scene_normalisation(train_images, config['target_depth_m'])
+    supervision = auto_supervision if config['supervision'] == 'auto' else config['supervision']
+    if supervision == 'coords' and auto_supervision != 'coords':
+        raise TrainConfigError('supervision=coords needs scene coordinates (init/) or depth for every training image')
+    logger.info('scene normalisation: mean %s m, scale %.3f m; supervision %s', np.round(mean, 3), scale, supervision)
+    if init_weights is not None:
+        encoder, encoder_info = load_encoder(init_weights)
+        logger.info('encoder from %s (%s)', encoder_info['path'], encoder_info.get('config'))
+    else:
+        encoder = Encoder(EncoderConfig(width=config['encoder_width'], blocks=config['encoder_blocks'],
+                                        feature_dim=config['feature_dim']))
+        encoder_info = {'path': None, 'config': None}
+    head_config = HeadConfig(width=config['head_width'], layers=config['head_layers'])
+    net = SceneCoordinateNet(encoder, Head(encoder.config.feature_dim, head_config), tuple(mean), scale).to(device)
+    payload = checkpoints.load_latest(map_location=device) if (resume and checkpoints is not None) else None
+    stage = (payload or {}).get('extra', {}).get('stage')
+    if stage == 'mapped':
+        net.load_state_dict(payload['model'])
+        logger.info('resumed a mapped network from %s: skipping training', payload['path'])
+        net.eval()
+        return TrainedScene(net, (in_w, in_h), supervision, dict(payload['extra'].get('timings_s', {})), encoder_info)
+    if init_weights is None or config['finetune_encoder'] or config['pretrain_encoder']:
+        started = time.perf_counter()
+        _train_end_to_end(net, train_images, config, supervision, device, seed, checkpoints,
+                          payload if stage == 'end_to_end' else None)
+        timings['encoder_training_s'] = time.perf_counter() - started
+    if not config['pretrain_encoder']:
+        started = time.perf_counter()
+        encoder.requires_grad_(False)
+        buffer = _build_buffer(encoder, train_images, config, supervision, device, seed)
+        timings['buffer_s'] = time.perf_counter() - started
+        logger.info('feature buffer: %d cells from %d images (%.1f s)', buffer['features'].shape[0],
+                    len(train_images), timings['buffer_s'])
+        head = net.head if ('encoder_training_s' in timings and config['init_head_from_pretraining']) \
+            else Head(encoder.config.feature_dim, head_config).to(device)
+        started = time.perf_counter()
+        _train_head(head, buffer, config, supervision, net.scene_mean_m.view(1, 3), scale, device, seed)
+        timings['head_training_s'] = time.perf_counter() - started
+        net.head = head
+        encoder.requires_grad_(True)
+    timings['mapping_s'] = timings.get('buffer_s', 0.0) + timings.get('head_training_s', 0.0)
+    if checkpoints is not None:
+        checkpoints.save(config['epochs'] + 1, net, None, extra={'stage': 'mapped', 'timings_s': timings})
+    net.eval()
+    return TrainedScene(net, (in_w, in_h), supervision, timings, encoder_info)
+
+
+# -- entry point -------------------------------------------------------------------------------------
+
+def _input_size(dataset: Any, config: dict[str, Any]) -> tuple[int, int]:
+    if config['input_width'] and config['input_height']:
+        return int(config['input_width']), int(config['input_height'])
+    first = next(iter(dataset))
+    h, w = np.asarray(first.rgb_HW3).shape[:2]
+    w8, h8 = (w // OUTPUT_STRIDE) * OUTPUT_STRIDE, (h // OUTPUT_STRIDE) * OUTPUT_STRIDE
+    return max(w8, OUTPUT_STRIDE), max(h8, OUTPUT_STRIDE)
+
+
+def _split_or_none(root: Path, split: str) -> Any:
+    try:
+        return open_split(root, split)
+    except (FileNotFoundError, ValueError) as exc:
+        logger.info('no %s split in %s (%s)', split, root, exc)
+        return None
+
+
+def train(args: TrainArgs) -> Path:
+    """Train (encoder if needed, then mapping), evaluate on the test split, and write the bundle."""
+    from .evaluate import calibrate_covariance_scale, evaluate_images
+    from ..train.export import export_and_bundle
+
+    config = resolve_preset(PRESETS, args)
+    _check_config(config)
+    set_seed(args.seed)
+    device = select_device(args.device)
+    train_split = open_split(args.data, 'train')
+    in_w, in_h = _input_size(train_split, config)
+    started = time.perf_counter()
+    train_images = prepare_split(train_split, in_w, in_h)
+    load_s = time.perf_counter() - started
+    logger.info('%d training images at %dx%d (%.1f s to load)', len(train_images), in_w, in_h, load_s)
+    checkpoints = CheckpointManager(work_dir(args.out) / 'checkpoints', describe={
+        'type': LOCALIZER_TYPE, 'preset': args.preset, 'args': args.to_dict(), 'config': config})
+    trained = fit(train_images, config, init_weights=args.init_weights, device=device, seed=args.seed,
+                  checkpoints=checkpoints, resume=args.resume)
+
+    geo_mapping = None
+    geo = getattr(train_split, 'geo', None)
+    if geo is not None:
+        geo_mapping = geo.to_mapping() if hasattr(geo, 'to_mapping') else dict(geo)
+    thresholds = config['thresholds']
+    if thresholds == 'auto':
+        thresholds = 'indoor' if float(trained.net.scene_scale_m) < 20.0 else 'aerial'
+    limit = config['eval_limit'] or None
+    metrics: dict[str, Any] = {}
+    covariance_scale = 1.0
+    val_split = _split_or_none(args.data, 'val')
+    if val_split is not None:
+        val_images = prepare_split(val_split, in_w, in_h, limit)
+        if val_images:
+            val_eval = evaluate_images(trained.net, val_images, config, thresholds=thresholds)
+            covariance_scale = calibrate_covariance_scale(val_eval)
+    test_split = _split_or_none(args.data, 'test')
+    if test_split is not None:
+        test_images = prepare_split(test_split, in_w, in_h, limit)
+        if test_images:
+            result = evaluate_images(trained.net, test_images, config, thresholds=thresholds,
+                                     covariance_scale=covariance_scale)
+            metrics.update({f'test_{k}': v for k, v in result.metrics.items()})
+    metrics.update({f'{k}': float(v) for k, v in trained.timings_s.items()})
+    metrics['covariance_scale'] = covariance_scale
+
+    metadata = {
+        'localizer_type': LOCALIZER_TYPE,
+        'output_stride': OUTPUT_STRIDE,
+        'cell_centre': '8*j+4 (input pixels; pixel k centred at k; DSAC* convention)',
+        'resize': 'stretch',
+        'scene_mean_m': trained.net.scene_mean_m.view(3).tolist(),
+        'scene_scale_m': float(trained.net.scene_scale_m),
+        'supervision': trained.supervision,
+        'uncertainty': config['uncertainty'],
+        'encoder': {'width': trained.net.encoder.config.width, 'blocks': trained.net.encoder.config.blocks,
+                    'feature_dim': trained.net.encoder.config.feature_dim,
+                    'dilations': list(trained.net.encoder.config.dilations),
+                    'init_weights': str(args.init_weights) if args.init_weights else None},
+        'head': {'width': config['head_width'], 'layers': config['head_layers']},
+        'ransac': {'hypotheses': config['hypotheses'], 'inlier_threshold_px': config['inlier_threshold_px'],
+                   'min_inliers': config['min_inliers'], 'min_inlier_ratio': config['min_inlier_ratio']},
+        'covariance_scale': covariance_scale,
+        'geo': geo_mapping,
+        'dataset': str(args.data),
+        'train_images': len(train_images),
+        'args': args.to_dict(),
+        'preset': args.preset,
+        'config': config,
+    }
+    with tempfile.TemporaryDirectory(prefix='vizloc-scene-') as tmp:
+        encoder_path = save_encoder(trained.net.encoder, Path(tmp) / 'encoder.pt',
+                                    trained_on={'dataset': str(args.data), 'supervision': trained.supervision,
+                                                'preset': args.preset, 'init_weights': metadata['encoder']['init_weights']})
+        bundle = export_and_bundle(
+            trained.net, args.out, localizer_type=LOCALIZER_TYPE,
+            input_spec=InputSpec(name='image', height=in_h, width=in_w), output_names=['coords', 'log_scale'],
+            metadata=metadata, metrics=metrics, extra_files={'encoder.pt': encoder_path}, mean=MEAN, std=STD,
+            latency_runs=10)
+    logger.info('wrote %s', bundle)
+    return bundle
+
