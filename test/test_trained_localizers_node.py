@@ -103,3 +103,60 @@ def test_trained_bundles_publish_from_the_running_node(bundles, client, tmp_path
     for name in ('room', 'gps'):
         diag = diagnostics_values(client.messages('/diagnostics'), f'localizer {name}')
         assert diag.get('backend', '').startswith('onnxruntime'), diag
+
+
+def test_scene_coordinate_bundle_publishes_pose_and_fix_and_no_fix(client, tmp_path):
+    """A scene mapped from 12 views of a textured ground plane; the node gets the views with their
+    CameraInfo and must publish the 6-DoF pose (map frame) and the geo fix, and NO_FIX for a blank frame."""
+    import torch
+
+    from test_scene_coordinates import FIT_CONFIG, _bundle, _planar_samples
+    from vizloc_ros.conversions import camera_info_from_intrinsics, image_msg_from_rgb
+    from vizloc_ros.types import CameraIntrinsics
+    from vizloc_training.scene_coordinates.data import prepare_split
+    from vizloc_training.scene_coordinates.train import fit
+
+    torch.manual_seed(0)
+    samples = _planar_samples(12, seed=0)
+    height, width = samples[0].rgb_HW3.shape[:2]
+    scene = fit(prepare_split(samples, width, height), FIT_CONFIG, seed=0)
+    bundle = _bundle(tmp_path, scene)
+    params = {'localizers': ['aerial'], 'aerial.type': 'scene_coordinates', 'aerial.bundle': str(bundle),
+              'aerial.backend': 'onnxruntime', 'aerial.hypotheses': 64}
+    for topic, msg_type in {'/vizloc/aerial/pose': PoseWithCovarianceStamped, '/vizloc/aerial/fix': NavSatFix}.items():
+        client.record(msg_type, topic)
+    client.camera_publishers()
+    client.clear()
+    with NodeProcess(DOMAIN_ID, params, log_path=tmp_path / 'node.log') as node:
+        assert client.wait_for_state('active') == 'active', node.log()
+        assert client.wait_for_image_subscriber(), node.log()
+        truth = {}
+        frames = [(s.rgb_HW3, s.K, s.T_world_camera) for s in samples[:4]]
+        frames.append((np.full_like(samples[0].rgb_HW3, 127), samples[0].K, None))  # no geometry: NO_FIX
+        for rgb, K, T_world_camera in frames:
+            stamp_ns = time.time_ns()
+            truth[stamp_ns] = T_world_camera
+            camera = CameraIntrinsics(K=K, width=width, height=height)
+            client.pub_info.publish(camera_info_from_intrinsics(camera, stamp_ns, 'camera'))
+            time.sleep(0.05)
+            client.pub_image.publish(image_msg_from_rgb(rgb, stamp_ns, 'camera'))
+            assert client.wait_for(lambda s=stamp_ns: any(stamp_to_ns(m.header.stamp) == s
+                                                          for m in client.messages('/vizloc/aerial/fix')), 10.0), \
+                node.log()
+        assert node.alive(), node.log()
+
+    poses = {stamp_to_ns(m.header.stamp): m for m in client.messages('/vizloc/aerial/pose')}
+    fixes = {stamp_to_ns(m.header.stamp): m for m in client.messages('/vizloc/aerial/fix')}
+    located = [s for s, T in truth.items() if T is not None]
+    assert set(poses) == set(located), 'a pose for every mapped view, none for the blank frame'
+    for stamp in located:
+        pose = poses[stamp]
+        assert pose.header.frame_id == 'map'
+        p = pose.pose.pose.position
+        assert np.linalg.norm(np.array([p.x, p.y, p.z]) - truth[stamp][:3, 3]) < 15.0
+        cov = np.array(pose.pose.covariance).reshape(6, 6)
+        assert np.all(np.linalg.eigvalsh(cov) > 0)
+        assert fixes[stamp].status.status == NavSatStatus.STATUS_FIX
+        assert abs(fixes[stamp].latitude - 46.52) < 0.01 and abs(fixes[stamp].longitude - 6.57) < 0.01
+    blank = next(s for s, T in truth.items() if T is None)
+    assert fixes[blank].status.status == NavSatStatus.STATUS_NO_FIX
