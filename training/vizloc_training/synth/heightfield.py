@@ -107,19 +107,7 @@ class HeightField:
     # -- queries ------------------------------------------------------------------------------
     def height_at(self, x_m: np.ndarray, y_m: np.ndarray) -> np.ndarray:
         """Bilinear surface height at (x, y); points outside the grid are clamped to its border."""
-        gx = (np.asarray(x_m, dtype=np.float64) - self.x0_m) / self.spacing_m
-        gy = (np.asarray(y_m, dtype=np.float64) - self.y0_m) / self.spacing_m
-        gx = np.clip(gx, 0.0, self.nx - 1.0)
-        gy = np.clip(gy, 0.0, self.ny - 1.0)
-        i = np.minimum(gx.astype(np.int64), self.nx - 2)
-        j = np.minimum(gy.astype(np.int64), self.ny - 2)
-        fx = gx - i
-        fy = gy - j
-        k = j * self.nx + i
-        f = self._flat
-        h00, h01 = f[k], f[k + 1]
-        h10, h11 = f[k + self.nx], f[k + self.nx + 1]
-        return (h00 + (h01 - h00) * fx) * (1.0 - fy) + (h10 + (h11 - h10) * fx) * fy
+        return self._height_inside(np.asarray(x_m, dtype=np.float64), np.asarray(y_m, dtype=np.float64))
 
     def normals(self) -> np.ndarray:
         """Unit surface normals at the grid points, ``(ny, nx, 3)`` float32 (central differences)."""
