@@ -124,3 +124,13 @@ def test_fastdds_profile_gives_shm_a_16mb_segment() -> None:
     assert shm[0].find('f:transport_id', ns).text in used
     assert participant.find('.//f:useBuiltinTransports', ns).text == 'false'
     assert 'FASTDDS_DEFAULT_PROFILES_FILE := $(CURDIR)/config/fastdds_shm.xml' in (REPO / 'Makefile').read_text()
+
+
+def test_node_executable_prints_usage_without_starting_ros() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, '-m', 'vizloc_ros.node', '--help'], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.startswith('usage: vizloc_node')
+    assert 'config/localize.yaml' in out.stdout
