@@ -18,8 +18,8 @@ from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext 
 from vizloc_ros.plugin_manager import load_registry  # noqa: E402
 from vizloc_ros.types import Frame, RoomEstimate  # noqa: E402
 from vizloc_training.room_classifier.model import RoomClassifierExport, build_model  # noqa: E402
-from vizloc_training.room_classifier.data import load_split  # noqa: E402
-from vizloc_training.room_classifier.train import PRESETS, recalibrate_batchnorm, train  # noqa: E402
+from vizloc_training.room_classifier.data import load_split, temporal_order, train_transform  # noqa: E402
+from vizloc_training.room_classifier.train import PRESETS, lr_factor, recalibrate_batchnorm, train  # noqa: E402
 from vizloc_training.train.config import TrainArgs  # noqa: E402
 from vizloc_training.train.export import export_onnx  # noqa: E402
 from vizloc_training.train.loop import CheckpointError, set_seed, work_dir  # noqa: E402
@@ -96,11 +96,22 @@ def test_bundle_is_self_describing_with_metrics(bundle):
     assert m['onnx_latency_p50_ms'] > 0 and m['onnx_parity_max_rel_diff'] < 1e-4
     traj = m['trajectory']
     assert traj['frames'] == 12 and traj['true_switches'] == 2
-    for mode in ('none', 'hmm', 'ema', 'hmm_adjacency'):
+    for mode in ('none', 'hmm', 'ema', 'hmm_adjacency', 'hmm_calibrated'):
         assert 0.0 <= traj[f'{mode}_accuracy'] <= 1.0
     assert traj['none_accuracy'] == pytest.approx(m['test']['accuracy'], abs=1e-9)
     assert len(b.metadata['history']) == 4
     assert m['train_frames'] == 3 * 10 + 2 and b.metadata['train_counts'] == [12, 10, 10]
+    # HMM parameters chosen on the val split in file-name order (rooms kitchen, hall, office in blocks)
+    sm = b.metadata['smoothing']
+    assert sm['frames'] == 9 and sm['transition'] in ('uniform', 'learned') and 0 < sm['p_stay'] < 1
+    assert sm['accuracy'] >= sm['single_frame_accuracy'] - 1e-9 and sm['temperature'] > 0
+    switch = np.asarray(sm['switch_matrix'])
+    np.testing.assert_allclose(switch.sum(axis=1), 1.0, atol=1e-5)
+    assert np.all(np.diag(switch) == 0)
+    # training order kitchen -> hall -> office -> hall (the clip sorts last): 3 changes in 31 frame pairs
+    assert sm['train_p_stay'] == pytest.approx(1 - 3 / 31)
+    # kitchen (1) -> hall (0) seen in training: more likely than the never-seen kitchen -> office (2)
+    assert switch[1, 0] > switch[1, 2]
 
 
 def test_plugin_from_registry_localizes_frames_of_any_size(bundle, rooms):
@@ -158,7 +169,7 @@ def test_smoothing_is_switchable_and_removes_a_flicker(bundle, rooms):
         return Frame(rgb_HW3=cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB), stamp_ns=stamp, frame_id='c')
 
     raw = _localizer(bundle, smoothing='none')
-    hmm = _localizer(bundle, smoothing='hmm', p_stay=0.995)
+    hmm = _localizer(bundle, smoothing='hmm', p_stay=0.995, temperature=1.0, transition='uniform')
     try:
         # pick frames the single-frame model classifies correctly
         good = {r: [k for k in range(4) if raw.localize(frame(r, k, 0)).room.label == r] for r in ROOMS}
@@ -197,6 +208,10 @@ def test_bad_options_are_config_errors(bundle, tmp_path):
         _localizer(bundle, smoothing='kalman')
     with pytest.raises(ConfigError, match='p_stay'):
         _localizer(bundle, p_stay=1.0)
+    with pytest.raises(ConfigError, match='temperature'):
+        _localizer(bundle, temperature=-1.0)
+    with pytest.raises(ConfigError, match='transition must be'):
+        _localizer(bundle, transition='random')
     with pytest.raises(ConfigError, match='needs a room map'):
         _localizer(bundle, transition='adjacency', room_map='none')
     bad_map = tmp_path / 'rooms.yaml'
@@ -275,11 +290,81 @@ def test_export_parity_and_cam_consistency(rooms, tmp_path):
     np.testing.assert_allclose(tta_probs, got_probs.numpy(), atol=1e-4)
 
 
+def test_plugin_takes_the_calibrated_smoothing_from_the_bundle(bundle):
+    sm = load_bundle(bundle).metadata['smoothing']
+    loc = _localizer(bundle)
+    try:
+        assert (loc.p_stay, loc.temperature, loc.transition) == (sm['p_stay'], sm['temperature'], sm['transition'])
+    finally:
+        loc.close()
+    mine = _localizer(bundle, p_stay=0.9, temperature=2.0, transition='learned')
+    try:
+        assert (mine.p_stay, mine.temperature, mine.transition) == (0.9, 2.0, 'learned')
+        np.testing.assert_allclose(mine.filter.T_CC, 0.1 * np.asarray(sm['switch_matrix']) + 0.9 * np.eye(3), atol=1e-5)
+    finally:
+        mine.close()
+
+
+def test_temporal_order_and_random_erasing(rooms):
+    split = load_split(rooms, 'val', sorted(ROOMS))
+    order = temporal_order(split)
+    names = [Path(split.sources[i]).name for i in order]
+    assert names == sorted(names) and len(names) == 9
+    flat = torch.full((3, 40, 40), 128, dtype=torch.uint8)
+    erased = train_transform(32, scale_min=1.0, jitter=0.0, blur_p=0.0, hflip=False, erase_p=1.0)(flat)
+    kept = train_transform(32, scale_min=1.0, jitter=0.0, blur_p=0.0, hflip=False, erase_p=0.0)(flat)
+    assert erased.shape == kept.shape == (3, 32, 32)
+    zero = (erased == 0).all(dim=0)
+    assert 0.02 * 32 * 32 <= zero.sum() <= 0.25 * 32 * 32 + 32  # one erased rectangle of 2-25 % of the area
+    assert not (kept == 0).any()
+
+
+def test_time_budget_ends_the_cosine_schedule(rooms, tmp_path):
+    kw = {'warmup_steps': 0, 'total_steps': 100}
+    assert lr_factor(50, 0.0, **kw) == pytest.approx(0.5)
+    assert lr_factor(10, 30.0, budget_s=60.0, **kw) == pytest.approx(0.5)   # half the time: half way
+    assert lr_factor(10, 60.0, budget_s=60.0, **kw) == pytest.approx(0.0)
+    assert lr_factor(0, 0.0, warmup_steps=4, total_steps=100) == pytest.approx(0.25)
+    out = tmp_path / 'budget'
+    train(TrainArgs(type='room_classifier', data=rooms, out=out, preset='tiny', epochs=500,
+                    extra={'eval_trajectory': 'false', 'time_budget_s': '1.5', 'latency_runs': '1',
+                           'weight_ema': '0.9'}))
+    b = load_bundle(out)
+    history = b.metadata['history']
+    assert 1 <= len(history) < 500 and b.metrics['epochs_run'] == len(history)
+    assert b.metrics['train_s'] < 1.5 + 3 * history[0]['elapsed_s']
+    assert history[-1]['lr'] < 0.2 * PRESETS['tiny']['lr']
+
+
+def test_weight_ema_ramps_up_its_decay():
+    from vizloc_training.room_classifier.train import _ema_with_warmup
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    averaged = torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=_ema_with_warmup(0.99), use_buffers=True)
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+    averaged.update_parameters(net)                     # the first update copies
+    with torch.no_grad():
+        net[0].weight.fill_(3.0)
+    net[1].num_batches_tracked.fill_(7)
+    averaged.update_parameters(net)                     # second: decay min(0.99, 2 / 11), not 0.99
+    torch.testing.assert_close(averaged.module[0].weight, torch.full((2, 2), 1.0 + 2.0 * (1 - 2 / 11)))
+    assert int(averaged.module[1].num_batches_tracked) == 7
+
+
 def test_resume_continues_from_the_checkpoint(rooms, tmp_path):
     out = tmp_path / 'room'
     train(TrainArgs(type='room_classifier', data=rooms, out=out, preset='tiny', epochs=2,
-                    extra={'eval_trajectory': 'false'}))
+                    extra={'eval_trajectory': 'false', 'calibrate_smoothing': 'false'}))
     first = load_bundle(out).metadata['history']
+    assert 'smoothing' not in load_bundle(out).metadata
+    with pytest.raises(ConfigError, match="'learned' needs a bundle"):
+        _localizer(out, transition='learned')
+    loc = _localizer(out)  # no calibration in the bundle: the fixed defaults
+    try:
+        assert (loc.p_stay, loc.temperature, loc.transition) == (0.95, 1.0, 'uniform')
+    finally:
+        loc.close()
     assert [r['epoch'] for r in first] == [1, 2]
     assert sorted(p.name for p in (work_dir(out) / 'checkpoints').iterdir()) == ['epoch_0001.pt', 'epoch_0002.pt']
     train(TrainArgs(type='room_classifier', data=rooms, out=out, preset='tiny', epochs=3, resume=True,

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from vizloc_plugins.smoothing import (EMAFilter, HMMFilter, NoFilter, adjacency_from_polygons, filter_sequence,
-                                      make_filter, transition_matrix)
+from vizloc_plugins.smoothing import (EMAFilter, HMMFilter, NoFilter, adjacency_from_polygons, calibrate_hmm,
+                                      estimate_switch_matrix, filter_sequence, make_filter, transition_matrix)
 
 A, B, C = [0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]
 
@@ -105,3 +105,60 @@ def test_adjacency_from_polygons():
     expected[0, 1] = expected[1, 0] = True
     np.testing.assert_array_equal(adj, expected)
     assert not adjacency_from_polygons(polygons, ['hall', 'kitchen'], tolerance_m=0.1).any()
+
+
+def test_switch_matrix_learned_from_an_ordered_trajectory():
+    # a -> b -> c -> b -> a: four changes in eight frame pairs; a and c are never adjacent
+    switch, p_stay = estimate_switch_matrix([[0, 0, 1, 1, 2, 2, 1, 1, 0]], 3, pseudo_count=1.0)
+    assert p_stay == pytest.approx(0.5)
+    # counts plus one pseudo-count spread over the other rooms, rows normalised
+    np.testing.assert_allclose(switch, [[0, 0.75, 0.25], [0.5, 0, 0.5], [0.25, 0.75, 0]])
+    # several sequences: no change is counted across their boundary
+    _, p_two = estimate_switch_matrix([[0, 0], [2, 2, 2]], 3)
+    assert p_two == 1.0
+    T = transition_matrix(3, 0.9, switch_CC=switch)
+    np.testing.assert_allclose(T, 0.1 * switch + 0.9 * np.eye(3))
+    with pytest.raises(ValueError, match='not both'):
+        transition_matrix(3, 0.9, adjacency_CC=np.ones((3, 3), bool), switch_CC=switch)
+    with pytest.raises(ValueError, match='labels must be'):
+        estimate_switch_matrix([[0, 3]], 3)
+
+
+def test_hmm_emission_temperature():
+    hot = HMMFilter(3, p_stay=0.9, temperature=2.0)
+    first = np.sqrt(np.array(A) / np.max(A))
+    np.testing.assert_allclose(hot.update(A), first / first.sum())  # a flatter first belief than A itself
+    got = hot.update(B)
+    predicted = first / first.sum() @ transition_matrix(3, 0.9)
+    expected = predicted * np.sqrt(np.array(B) / np.max(B))  # temperature 2: square root of the scaled likelihood
+    np.testing.assert_allclose(got, expected / expected.sum())
+    # a colder emission trusts single frames more: the flicker of the uniform test above gets through
+    seq = [A] * 5 + [B] + [A] * 3
+    assert filter_sequence(HMMFilter(3, p_stay=0.9, temperature=1.0), seq).argmax(1)[5] == 0
+    assert filter_sequence(HMMFilter(3, p_stay=0.9, temperature=0.5), seq).argmax(1)[5] == 1
+    with pytest.raises(ValueError, match='temperature'):
+        HMMFilter(3, temperature=0.0)
+
+
+def test_calibration_chooses_parameters_that_fix_the_validation_sequence():
+    # true rooms a (12) -> b (12) -> c (12); single frames: moderate evidence for the true room and one
+    # confident flicker a -> c inside a (a and c are never adjacent on the training trajectory)
+    soft = {0: [0.6, 0.25, 0.15], 1: [0.15, 0.6, 0.25], 2: [0.25, 0.15, 0.6]}
+    labels = np.repeat([0, 1, 2], 12)
+    probs = np.array([soft[k] for k in labels])
+    probs[5] = [0.1, 0.1, 0.8]
+    single = float(np.mean(probs.argmax(1) == labels))
+    assert single < 1.0
+    switch, _ = estimate_switch_matrix([[0, 1, 2, 1, 0]], 3)  # a-b-c chain, learned from "training"
+    best = calibrate_hmm(probs, labels, switch_CC=switch)
+    assert best.accuracy == 1.0 and best.frames == labels.size and best.transition == 'learned'
+    # without the learned switch prior no grid point removes the flicker without delaying a real change
+    assert calibrate_hmm(probs, labels).accuracy < 1.0
+    filt = make_filter('hmm', 3, p_stay=best.p_stay, temperature=best.temperature,
+                       switch_CC=switch if best.transition == 'learned' else None)
+    np.testing.assert_array_equal(filter_sequence(filt, probs).argmax(1), labels)  # reproducible from the result
+    # a one-point grid that follows the single frames is worse; calibration never picks below the single frame
+    weak = calibrate_hmm(probs, labels, p_stays=[0.34], temperatures=[0.25])
+    assert weak.accuracy == pytest.approx(single) and weak.transition == 'uniform'
+    with pytest.raises(ValueError, match='T x C'):
+        calibrate_hmm(probs, labels[:-1])

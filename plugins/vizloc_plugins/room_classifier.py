@@ -9,8 +9,10 @@ Per frame:
 
 1. run the model -> single-frame probabilities;
 2. temporal smoothing (option ``smoothing``: ``hmm`` forward filter with stay probability
-   ``p_stay`` and a ``uniform`` or ``adjacency`` switch prior, ``ema``, or ``none``; see
-   :mod:`vizloc_plugins.smoothing`). The filter resets when the stamp jumps back or more than
+   ``p_stay``, emission ``temperature`` and a ``uniform``, ``adjacency`` or ``learned`` switch prior,
+   ``ema``, or ``none``; see :mod:`vizloc_plugins.smoothing`). By default (``p_stay`` and
+   ``temperature`` 0, ``transition`` ``auto``) the HMM takes the parameters the trainer chose on the
+   validation trajectory (bundle ``metadata.smoothing``), else 0.95 / 1 / ``uniform``. The filter resets when the stamp jumps back or more than
    ``reset_after_s`` forward (a new run/bag loop);
 3. :class:`RoomEstimate` (label, confidence, all probabilities) -> the node publishes it on
    ``~/<name>/room``; ``diagnostics`` carry ``confidence``, ``top3``, the single-frame label and the
@@ -54,6 +56,8 @@ LOCALIZER_TYPE = 'room_classifier'
 UNKNOWN_ROTATION_VARIANCE_RAD2 = 1e6
 #: Variance of the room-centroid pose's height, m².
 Z_VARIANCE_M2 = 1.0
+#: HMM stay probability when neither the option nor the bundle gives one.
+DEFAULT_P_STAY = 0.95
 
 
 @dataclass(frozen=True)
@@ -62,12 +66,16 @@ class RoomClassifierOptions:
 
     smoothing: str = field(default='hmm', metadata={
         'description': "temporal filter over frames: 'hmm' (forward filter), 'ema' or 'none' (single frame)"})
-    p_stay: float = field(default=0.95, metadata={
+    p_stay: float = field(default=0.0, metadata={
         'description': 'hmm: probability of staying in the same room from one frame to the next, in (0, 1); '
-                       '1 - 1/(expected frames per room visit)'})
-    transition: str = field(default='uniform', metadata={
-        'description': "hmm: switch prior, 'uniform' over all other rooms or 'adjacency' (neighbours in the "
-                       'room map)'})
+                       "1 - 1/(expected frames per room visit); 0 = the bundle's calibrated value, else 0.95"})
+    temperature: float = field(default=0.0, metadata={
+        'description': 'hmm: emission temperature (> 1 trusts single frames less, < 1 more); '
+                       "0 = the bundle's calibrated value, else 1"})
+    transition: str = field(default='auto', metadata={
+        'description': "hmm: switch prior, 'uniform' over all other rooms, 'adjacency' (neighbours in the room map), "
+                       "'learned' (room changes of the training trajectory, stored in the bundle) or 'auto' (the "
+                       "bundle's calibrated choice, else 'uniform')"})
     adjacency_tolerance_m: float = field(default=0.5, metadata={
         'description': 'rooms whose polygons come within this distance (m) are adjacent'})
     ema_alpha: float = field(default=0.3, metadata={'description': 'ema: weight of the newest frame, in (0, 1]'})
@@ -88,10 +96,12 @@ class RoomClassifierOptions:
     def __post_init__(self) -> None:
         if self.smoothing not in SMOOTHING_MODES:
             raise ConfigError(f'smoothing must be one of {list(SMOOTHING_MODES)}, got {self.smoothing!r}')
-        if self.transition not in TRANSITIONS:
-            raise ConfigError(f'transition must be one of {list(TRANSITIONS)}, got {self.transition!r}')
-        if not 0.0 < self.p_stay < 1.0:
-            raise ConfigError(f'p_stay must be in (0, 1), got {self.p_stay}')
+        if self.transition not in (*TRANSITIONS, 'auto'):
+            raise ConfigError(f'transition must be one of {[*TRANSITIONS, "auto"]}, got {self.transition!r}')
+        if not (self.p_stay == 0.0 or 0.0 < self.p_stay < 1.0):
+            raise ConfigError(f'p_stay must be in (0, 1) (or 0 = from the bundle), got {self.p_stay}')
+        if not (math.isfinite(self.temperature) and self.temperature >= 0.0):
+            raise ConfigError(f'temperature must be > 0 (or 0 = from the bundle), got {self.temperature}')
         if not 0.0 < self.ema_alpha <= 1.0:
             raise ConfigError(f'ema_alpha must be in (0, 1], got {self.ema_alpha}')
         if not (math.isfinite(self.reset_after_s) and self.reset_after_s > 0.0):
@@ -230,14 +240,35 @@ class RoomClassifierLocalizer:
             missing = sorted(set(self.classes) - set(self.polygons))
             if missing:
                 logger.warning('%s: room map has no polygon for %s: no pose for those rooms', config.name, missing)
-        adjacency = None
-        if options.smoothing == 'hmm' and options.transition == 'adjacency':
+        calibrated = bundle.metadata.get('smoothing') or {}
+        if not isinstance(calibrated, dict):
+            raise ConfigError(f'{bundle.path}: metadata.smoothing must be a mapping, got {calibrated!r}')
+        self.p_stay = options.p_stay or float(calibrated.get('p_stay', DEFAULT_P_STAY))
+        self.temperature = options.temperature or float(calibrated.get('temperature', 1.0))
+        self.transition = (options.transition if options.transition != 'auto'
+                           else str(calibrated.get('transition', 'uniform')))
+        adjacency = switch = None
+        if options.smoothing == 'hmm' and self.transition == 'adjacency':
             if not self.polygons:
                 raise ConfigError(f"{config.name}.transition 'adjacency' needs a room map (room_map or the bundle's "
                                   'rooms.yaml)')
             adjacency = adjacency_from_polygons(self.polygons, self.classes, options.adjacency_tolerance_m)
-        self.filter = make_filter(options.smoothing, len(self.classes), p_stay=options.p_stay,
-                                  ema_alpha=options.ema_alpha, adjacency_CC=adjacency)
+        elif options.smoothing == 'hmm' and self.transition == 'learned':
+            if 'switch_matrix' not in calibrated:
+                raise ConfigError(f"{config.name}.transition 'learned' needs a bundle with metadata.smoothing."
+                                  f'switch_matrix (trained with calibrate_smoothing); {bundle.path} has none')
+            switch = np.asarray(calibrated['switch_matrix'], dtype=np.float64)
+            if switch.shape != (len(self.classes), len(self.classes)):
+                raise ConfigError(f'{bundle.path}: metadata.smoothing.switch_matrix has shape {switch.shape}, '
+                                  f'expected {len(self.classes)}x{len(self.classes)}')
+        try:
+            self.filter = make_filter(options.smoothing, len(self.classes), p_stay=self.p_stay,
+                                      ema_alpha=options.ema_alpha, adjacency_CC=adjacency, switch_CC=switch,
+                                      temperature=self.temperature)
+        except ValueError as exc:
+            raise ConfigError(f'{config.name}: {exc}') from exc
+        logger.info('%s: smoothing %s (p_stay %.3f, temperature %.2f, transition %s)', config.name,
+                    options.smoothing, self.p_stay, self.temperature, self.transition)
         self._outputs = ['probs', 'cam'] if options.publish_heatmap else ['probs']
         self._last_stamp_ns: int | None = None
 

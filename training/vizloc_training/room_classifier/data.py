@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from ..datasets.rooms import RoomSample, RoomsDataset, RoomsDatasetError
 
 __all__ = ['RoomsDataError', 'RoomSplit', 'load_split', 'list_classes', 'AugmentedRooms', 'iter_trajectory',
-           'eval_transform', 'train_transform']
+           'temporal_order', 'eval_transform', 'train_transform']
 
 logger = logging.getLogger(__name__)
 
@@ -94,8 +94,13 @@ def load_split(data: Path, split: str, classes: list[str], *, max_side_px: int =
 
 
 def train_transform(size: int, *, scale_min: float = 0.35, jitter: float = 0.3, blur_p: float = 0.3,
-                    hflip: bool = True, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
-    """Augmentation: random resized crop, horizontal flip, colour jitter, Gaussian blur, normalise."""
+                    hflip: bool = True, erase_p: float = 0.0, mean=(0.485, 0.456, 0.406),
+                    std=(0.229, 0.224, 0.225)):
+    """Augmentation: random resized crop, horizontal flip, colour jitter, Gaussian blur, normalise, random erasing.
+
+    Random erasing (probability ``erase_p``, 2-25 % of the area, filled with the mean colour) hides a
+    part of the view, as furniture, people or a door frame do, so that no single region decides the room.
+    """
     from torchvision.transforms import v2
 
     steps = [v2.RandomResizedCrop(size, scale=(scale_min, 1.0), antialias=True)]
@@ -106,6 +111,8 @@ def train_transform(size: int, *, scale_min: float = 0.35, jitter: float = 0.3, 
     if blur_p > 0:
         steps.append(v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 2.0))], p=blur_p))
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    if erase_p > 0:
+        steps.append(v2.RandomErasing(p=erase_p, scale=(0.02, 0.25), value=0.0))
     return v2.Compose(steps)
 
 
@@ -132,16 +139,26 @@ class AugmentedRooms(Dataset):
         return self.transform(chw), self.split.labels[i]
 
 
-def iter_trajectory(data: Path, classes: list[str]) -> Iterator[tuple[np.ndarray, int, str]]:
-    """The test trajectory in temporal order: (RGB uint8 image, class index, source).
+def _order_key(source: str) -> tuple[str, str, int]:
+    path, _, frame = source.partition('#')
+    return Path(path).stem, Path(path).name, int(frame) if frame else 0
 
-    From ``data/eval.bag`` when present (frames with a ground-truth room), else the test split
-    ordered by file name across rooms (clips frame by frame).
+
+def temporal_order(split: RoomSplit) -> list[int]:
+    """Indices of ``split`` in temporal order: by file name across rooms (``000123.png``), clips frame by frame."""
+    return sorted(range(len(split)), key=lambda i: _order_key(split.sources[i]))
+
+
+def iter_trajectory(data: Path, classes: list[str], split: str = 'test') -> Iterator[tuple[np.ndarray, int, str]]:
+    """A split as a trajectory in temporal order: (RGB uint8 image, class index, source).
+
+    For ``test``: from ``data/eval.bag`` when present (frames with a ground-truth room). Otherwise
+    the split's frames ordered by file name across rooms (clips frame by frame).
     """
     data = Path(data)
     index = {name: i for i, name in enumerate(classes)}
     bag = data / 'eval.bag'
-    if bag.exists():
+    if split == 'test' and bag.exists():
         from vizloc_ros.bags import read_evaluation_bag
 
         for sample in read_evaluation_bag(bag):
@@ -151,9 +168,9 @@ def iter_trajectory(data: Path, classes: list[str]) -> Iterator[tuple[np.ndarray
                 raise RoomsDataError(f'{bag}: room {sample.room!r} is not a trained class ({classes})')
             yield sample.rgb_HW3, index[sample.room], f'{bag}@{sample.stamp_ns}'
         return
-    if not (data / 'test').is_dir():
-        raise FileNotFoundError(f'{data}: neither eval.bag nor test/ exists')
-    dataset = RoomsDataset(data, 'test', labels=classes)
+    if not (data / split).is_dir():
+        raise FileNotFoundError(f'{data}: no {split}/ trajectory' + (' and no eval.bag' if split == 'test' else ''))
+    dataset = RoomsDataset(data, split, labels=classes)
     order = sorted(dataset.samples, key=lambda s: (s.path.stem, s.path.name, s.frame_index or 0))
     try:
         for sample in order:

@@ -4,7 +4,14 @@ The trajectory evaluation runs the *deployed* path: the bundle's ONNX model thro
 :class:`vizloc_plugins.common.BundleModel` (same resizing as the node), frame by frame in temporal
 order, then the plugin's filters (:mod:`vizloc_plugins.smoothing`) over the per-frame
 probabilities. It reports accuracy per smoothing mode and the number of label switches (flicker)
-next to the number of true room changes.
+next to the number of true room changes. ``hmm`` uses the plugin's fixed defaults (``p_stay`` 0.95,
+uniform switches, temperature 1); ``hmm_calibrated`` the parameters the trainer chose on the
+validation trajectory and stored in the bundle (``metadata.smoothing``; what the plugin uses by
+default).
+
+:func:`calibrate_smoothing` makes that choice: the room-change statistics of the training
+trajectory (switch matrix) and a grid search over ``p_stay`` x emission temperature x switch prior
+on the validation trajectory (:func:`vizloc_plugins.smoothing.calibrate_hmm`).
 
 CLI::
 
@@ -21,9 +28,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .data import AugmentedRooms, RoomSplit, eval_transform, iter_trajectory
+from .data import AugmentedRooms, RoomSplit, eval_transform, iter_trajectory, temporal_order
 
-__all__ = ['predict_split', 'evaluate_trajectory', 'main']
+__all__ = ['predict_split', 'predict_probs', 'calibrate_smoothing', 'evaluate_trajectory', 'main']
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +52,48 @@ def predict_split(model: torch.nn.Module, split: RoomSplit, size: int, device: t
     return np.concatenate(out) if out else np.zeros((0, model.head.out_features))
 
 
+@torch.no_grad()
+def predict_probs(export: torch.nn.Module, split: RoomSplit, size: int, indices: Sequence[int] | None = None,
+                  batch_size: int = 64) -> np.ndarray:
+    """``probs`` (N x C) of an export graph (first output: softmax, e.g. with ``tta_flip``) on ``split[indices]``."""
+    dataset = AugmentedRooms(split, eval_transform(size))
+    order = list(range(len(dataset))) if indices is None else list(indices)
+    out = []
+    for start in range(0, len(order), batch_size):
+        batch = torch.stack([dataset[i][0] for i in order[start:start + batch_size]])
+        out.append(export(batch)[0].cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def calibrate_smoothing(export: torch.nn.Module, train_split: RoomSplit, val_split: RoomSplit, num_classes: int,
+                        size: int) -> dict[str, Any]:
+    """HMM parameters for the bundle (``metadata.smoothing``), chosen on the validation trajectory.
+
+    ``switch_matrix``: room changes of the training split in temporal order (file names) with one
+    pseudo-count per row; ``train_p_stay``: that trajectory's fraction of frame pairs in the same
+    room (for information: it depends on its frame rate). Then ``p_stay``, ``temperature`` and
+    ``transition`` (``uniform`` or ``learned``) maximise the filtered accuracy on the validation split
+    in temporal order (ties: mean log belief of the true room). Empty dict without a val split.
+    """
+    from vizloc_plugins.smoothing import calibrate_hmm, estimate_switch_matrix
+
+    if not len(val_split):
+        return {}
+    train_labels = np.asarray(train_split.labels)[temporal_order(train_split)]
+    switch_CC, train_p_stay = estimate_switch_matrix([train_labels], num_classes)
+    order = temporal_order(val_split)
+    probs_TC = predict_probs(export, val_split, size, order)
+    labels_T = np.asarray(val_split.labels)[order]
+    best = calibrate_hmm(probs_TC, labels_T, switch_CC=switch_CC)
+    result = {**best.to_dict(), 'single_frame_accuracy': float(np.mean(probs_TC.argmax(axis=1) == labels_T)),
+              'calibrated_on': 'val split in file-name order', 'switch_matrix': switch_CC.round(6).tolist(),
+              'train_p_stay': train_p_stay}
+    logger.info('smoothing calibrated on %d val frames: p_stay=%.3f temperature=%.2f transition=%s -> accuracy %.4f '
+                '(single frame %.4f)', best.frames, best.p_stay, best.temperature, best.transition, best.accuracy,
+                result['single_frame_accuracy'])
+    return result
+
+
 def _switches(labels: np.ndarray) -> int:
     return int(np.count_nonzero(labels[1:] != labels[:-1])) if labels.size > 1 else 0
 
@@ -54,8 +103,9 @@ def evaluate_trajectory(bundle_dir: Path | str, data: Path | str, *, p_stay: flo
     """Accuracy on the ordered test trajectory without smoothing and with each filter.
 
     Keys: ``frames``, ``true_switches``, ``<mode>_accuracy`` and ``<mode>_switches`` for modes
-    ``none``, ``hmm``, ``ema`` (and ``hmm_adjacency`` when the bundle carries a room map),
-    ``p_stay``, ``ema_alpha``. Raises FileNotFoundError when the dataset has no test trajectory.
+    ``none``, ``hmm``, ``ema`` (``hmm_adjacency`` when the bundle carries a room map,
+    ``hmm_calibrated`` when it carries ``metadata.smoothing``), ``p_stay``, ``ema_alpha``.
+    Raises FileNotFoundError when the dataset has no test trajectory.
     """
     from vizloc_plugins.common import BundleModel
     from vizloc_plugins.room_classifier import load_room_map
@@ -85,6 +135,11 @@ def evaluate_trajectory(bundle_dir: Path | str, data: Path | str, *, p_stay: flo
         polygons = load_room_map(model.bundle.file('rooms.yaml'))
         adjacency = adjacency_from_polygons(polygons, classes)
         filters['hmm_adjacency'] = make_filter('hmm', len(classes), p_stay=p_stay, adjacency_CC=adjacency)
+    calibrated = model.bundle.metadata.get('smoothing') or {}
+    if calibrated:
+        filters['hmm_calibrated'] = make_filter(
+            'hmm', len(classes), p_stay=float(calibrated['p_stay']), temperature=float(calibrated['temperature']),
+            switch_CC=np.asarray(calibrated['switch_matrix']) if calibrated['transition'] == 'learned' else None)
     for mode, filt in filters.items():
         pred = filter_sequence(filt, probs_TC).argmax(axis=1)
         result[f'{mode}_accuracy'] = float(np.mean(pred == labels_T))

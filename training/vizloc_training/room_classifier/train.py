@@ -1,15 +1,19 @@
 """Training the room classifier: ``vizloc-train room_classifier --data DIR --out BUNDLE [--preset demo]``.
 
 Pipeline: load the rooms dataset (:mod:`.data`) into memory, train backbone + linear head from
-scratch (or from ``--init-weights``) with AdamW, warm-up + cosine learning rate, label smoothing
-and augmentation (random resized crop, flip, colour jitter, blur); keep the weights with the best
-validation accuracy; evaluate on the test split; export ONNX (``probs`` + ``cam``) with baked-in
-preprocessing; write the bundle; then replay the test trajectory through the bundle with and
-without temporal smoothing and store everything in bundle.yaml ``metrics``:
+scratch (or from ``--init-weights``) with AdamW, warm-up + cosine learning rate (over ``epochs`` or
+the wall-time budget ``time_budget_s``, whichever ends first), label smoothing and augmentation
+(random resized crop, flip, colour jitter, blur, random erasing), optionally an exponential moving
+average of the weights (``weight_ema``); keep the weights with the best validation accuracy;
+calibrate the HMM smoothing on the val trajectory (``metadata.smoothing``, see
+:func:`.evaluate.calibrate_smoothing`); evaluate on the test split; export ONNX (``probs`` + ``cam``)
+with baked-in preprocessing; write the bundle; then replay the test trajectory through the bundle
+with and without temporal smoothing and store everything in bundle.yaml ``metrics``:
 
 * ``test/accuracy``, ``test/top3_accuracy``, ``test/macro_precision``, ``test/macro_recall``,
   ``test/per_class/<room>/{precision,recall,support}``, ``test/confusion_matrix`` (true x predicted);
-* ``trajectory/{none,hmm,ema}_accuracy`` (+ ``hmm_adjacency`` with a room map), label switches;
+* ``trajectory/{none,hmm,ema}_accuracy`` (+ ``hmm_adjacency`` with a room map, ``hmm_calibrated`` with the
+  HMM parameters chosen on the val trajectory, stored in ``metadata.smoothing``), label switches;
 * ``params``, ``flops`` (at the input size and at 224x224), ``onnx_latency_p50_ms`` (1 thread);
 * ``train_s`` (wall time of the training loop), ``train_cpu_s`` (its process CPU time, all threads: on
   a shared machine the honest measure of the work), ``epochs_run``, ``best_val_accuracy``.
@@ -40,7 +44,7 @@ from ..train.export import export_and_bundle, rewrite_bundle_metrics
 from ..train.loop import (CheckpointError, CheckpointManager, ddp_cleanup, ddp_setup, is_main_process, progress,
                           select_device, set_seed, work_dir)
 from .data import AugmentedRooms, RoomSplit, eval_transform, list_classes, load_split, train_transform
-from .evaluate import evaluate_trajectory, predict_split
+from .evaluate import calibrate_smoothing, evaluate_trajectory, predict_split
 from .model import RoomClassifierExport, build_model
 
 __all__ = ['PRESETS', 'LOCALIZER_TYPE', 'train']
@@ -59,6 +63,10 @@ _COMMON: dict[str, Any] = {
     'jitter': 0.2,              # ColorJitter brightness/contrast/saturation (hue jitter/8)
     'blur_p': 0.3,              # probability of a Gaussian blur
     'hflip': True,
+    'erase_p': 0.25,            # probability of random erasing (2-25 % of the crop)
+    'time_budget_s': 0.0,
+    'weight_ema': 0.0,          # > 0: keep an exponential moving average of the weights (decay per step); it is
+                                # what gets validated, selected and exported       # > 0: the cosine schedule ends at whichever comes first, epochs or this wall time
     'bn_momentum': 0.1,         # BatchNorm running-stat momentum (torchvision mobilenets use 0.01)
     'bn_recalibrate': 200,      # after training: recompute BN statistics on up to this many train frames
     'video_stride': 5,          # every n-th frame of training/val/test video clips
@@ -68,29 +76,46 @@ _COMMON: dict[str, Any] = {
     'train_on_val': False,      # also train on the val split (then the last epoch is exported, no selection)
     'latency_runs': 20,         # ONNX Runtime latency measurement (1 thread)
     'eval_trajectory': True,    # replay the test trajectory through the bundle with/without smoothing
-    'p_stay': 0.95,             # HMM stay probability for the trajectory evaluation (the plugin's default)
+    'p_stay': 0.95,             # HMM stay probability of the uncalibrated 'hmm' trajectory evaluation
+    'calibrate_smoothing': True,  # choose HMM p_stay/temperature/switch prior on the val trajectory (bundle metadata)
     'ema_alpha': 0.3,
 }
 
-#: Named presets. ``demo``: CPU-friendly default (about 7 min on the synthetic indoor world with one
-#: thread on a shared 2-core machine); ``tiny``: seconds, for tests; ``full``: 224 px, longer schedule (GPU).
+#: Named presets. ``demo``: CPU-friendly default (training loop capped at 7 min wall by ``time_budget_s``;
+#: about 8.5 min for the whole command on the synthetic indoor world with one thread on a shared 2-core machine); ``tiny``: seconds, for tests; ``full``: 224 px, longer schedule (GPU).
 PRESETS: dict[str, dict[str, Any]] = {
     'tiny': {**_COMMON, 'image_size': 48, 'max_side_px': 64, 'epochs': 4, 'batch_size': 8, 'lr': 2e-3,
-             'warmup_epochs': 0, 'latency_runs': 3, 'video_stride': 10},
-    'demo': {**_COMMON, 'image_size': 144, 'max_side_px': 176, 'epochs': 32, 'batch_size': 32, 'lr': 2e-3,
-             'tta_flip': True},
+             'warmup_epochs': 0, 'latency_runs': 3, 'video_stride': 10, 'erase_p': 0.0},
+    'demo': {**_COMMON, 'image_size': 160, 'max_side_px': 192, 'epochs': 40, 'batch_size': 32, 'lr': 2e-3,
+             'tta_flip': True, 'time_budget_s': 420.0},
     'full': {**_COMMON, 'image_size': 224, 'max_side_px': 256, 'epochs': 60, 'batch_size': 64, 'lr': 1e-3,
              'warmup_epochs': 2, 'video_stride': 2, 'latency_runs': 50, 'num_threads': 0, 'tta_flip': True},
 }
 
 
-def _lr_lambda(warmup_steps: int, total_steps: int):
-    def factor(step: int) -> float:
-        if warmup_steps and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress_ = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_)))
-    return factor
+def lr_factor(step: int, elapsed_s: float, *, warmup_steps: int, total_steps: int, budget_s: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to 0 over the steps or the wall-time budget, whichever runs out first."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    done = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    if budget_s > 0:
+        done = max(done, elapsed_s / budget_s)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
+
+
+def _ema_with_warmup(decay: float):
+    """Weight EMA for :class:`torch.optim.swa_utils.AveragedModel` with the decay ramped up as
+    ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates: a from-scratch network's random
+    initial weights must not linger in the average."""
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged) -> None:
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        for a, c in zip(averaged, current):
+            if a.is_floating_point():
+                a.lerp_(c, 1.0 - d)
+            else:
+                a.copy_(c)  # counters such as BatchNorm's num_batches_tracked
+    return update
 
 
 def train(args: TrainArgs) -> Path:
@@ -133,7 +158,7 @@ def _train(args: TrainArgs, cfg: dict[str, Any], device: torch.device, dist) -> 
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.momentum = float(cfg['bn_momentum'])
     augment = train_transform(size, scale_min=float(cfg['scale_min']), jitter=float(cfg['jitter']),
-                              blur_p=float(cfg['blur_p']), hflip=bool(cfg['hflip']))
+                              blur_p=float(cfg['blur_p']), hflip=bool(cfg['hflip']), erase_p=float(cfg['erase_p']))
     train_ds = AugmentedRooms(train_split, augment)
     sampler = None
     if dist.enabled:
@@ -146,14 +171,24 @@ def _train(args: TrainArgs, cfg: dict[str, Any], device: torch.device, dist) -> 
                         drop_last=len(train_ds) > batch_size, generator=generator, num_workers=0)
     epochs = int(cfg['epochs'])
     steps_per_epoch = max(1, len(loader))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(cfg['lr']), weight_decay=float(cfg['weight_decay']))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(int(cfg['warmup_epochs']) * steps_per_epoch, epochs * steps_per_epoch))
+    base_lr = float(cfg['lr'])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=base_lr, weight_decay=float(cfg['weight_decay']))
+    budget_s = float(cfg['time_budget_s'])
+    if budget_s > 0 and dist.enabled:
+        logger.warning('time_budget_s is ignored under DDP (ranks must run the same number of steps)')
+        budget_s = 0.0
+    schedule = {'warmup_steps': int(cfg['warmup_epochs']) * steps_per_epoch, 'total_steps': epochs * steps_per_epoch,
+                'budget_s': budget_s}
     criterion = nn.CrossEntropyLoss(label_smoothing=float(cfg['label_smoothing']))
 
     checkpoints = CheckpointManager(work_dir(args.out) / 'checkpoints', describe={
         'type': LOCALIZER_TYPE, 'preset': args.preset, 'args': args.to_dict(), 'config': cfg, 'classes': classes})
-    start_epoch, best_val, best_state, history = 0, -1.0, None, []
+    start_epoch, best_val, best_state, history, global_step = 0, -1.0, None, [], 0
+    ema_decay = float(cfg['weight_ema'])
+    if not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f'weight_ema must be in [0, 1), got {ema_decay}')
+    averaged = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=_ema_with_warmup(ema_decay), use_buffers=True)
+                if ema_decay else None)
     train_s = train_cpu_s = 0.0
     if args.resume:
         payload = checkpoints.load_latest()
@@ -166,10 +201,12 @@ def _train(args: TrainArgs, cfg: dict[str, Any], device: torch.device, dist) -> 
                     f'{payload["config"].get("backbone")}, this run {classes} / {cfg["backbone"]}')
             model.load_state_dict(payload['model'])
             optimizer.load_state_dict(payload['optimizer'])
-            scheduler.load_state_dict(payload['extra']['scheduler'])
+            global_step = int(payload['extra'].get('global_step', int(payload['epoch']) * steps_per_epoch))
             start_epoch = int(payload['epoch'])
             best_val = float(payload['extra']['best_val'])
             best_state = payload['extra']['best_state']
+            if averaged is not None and payload['extra'].get('ema_state') is not None:
+                averaged.load_state_dict(payload['extra']['ema_state'])
             history = list(payload['extra']['history'])
             train_s = float(payload['extra']['train_s'])
             train_cpu_s = float(payload['extra'].get('train_cpu_s', 0.0))
@@ -179,32 +216,45 @@ def _train(args: TrainArgs, cfg: dict[str, Any], device: torch.device, dist) -> 
     if dist.enabled:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
 
+    out_of_time = False
+    first_step = global_step
     for epoch in range(start_epoch, epochs):
+        if out_of_time or (budget_s > 0 and train_s >= budget_s and global_step > first_step):
+            break
         started, started_cpu = time.perf_counter(), time.process_time()
         if sampler is not None:
             sampler.set_epoch(epoch)
         net.train()
         losses, correct, seen = [], 0, 0
         for images, labels in progress(loader, desc=f'epoch {epoch + 1}/{epochs}', total=len(loader)):
+            elapsed_s = train_s + time.perf_counter() - started
+            if budget_s > 0 and elapsed_s >= budget_s and global_step > first_step:
+                out_of_time = True
+                logger.info('time budget of %.0f s used up in epoch %d of %d', budget_s, epoch + 1, epochs)
+                break
+            for group in optimizer.param_groups:
+                group['lr'] = base_lr * lr_factor(global_step, elapsed_s, **schedule)
+            global_step += 1
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             logits = net(images)
             loss = criterion(logits, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            scheduler.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
             losses.append(float(loss.detach()))
             correct += int((logits.detach().argmax(1) == labels).sum())
             seen += int(labels.numel())
         record = {'epoch': epoch + 1, 'loss': float(np.mean(losses)) if losses else math.nan,
-                  'train_accuracy': correct / max(1, seen)}
+                  'train_accuracy': correct / max(1, seen), 'lr': optimizer.param_groups[0]['lr']}
         if len(val_split):
-            probs = predict_split(model, val_split, size, device)
+            probs = predict_split(model if averaged is None else averaged.module, val_split, size, device)
             record['val_accuracy'] = float(np.mean(probs.argmax(1) == np.asarray(val_split.labels)))
         # without a val split the last epoch is kept (the cosine schedule ends at its lowest lr)
         score = record['val_accuracy'] if 'val_accuracy' in record else float(epoch)
         if score >= best_val:
-            best_val, best_state = score, copy.deepcopy(model.state_dict())
+            best_val, best_state = score, copy.deepcopy((model if averaged is None else averaged.module).state_dict())
         train_s += time.perf_counter() - started
         train_cpu_s += time.process_time() - started_cpu
         record['elapsed_s'] = train_s
@@ -212,7 +262,8 @@ def _train(args: TrainArgs, cfg: dict[str, Any], device: torch.device, dist) -> 
         logger.info('epoch %d/%d: %s', epoch + 1, epochs,
                     ', '.join(f'{k}={v:.4g}' for k, v in record.items() if k != 'epoch'))
         checkpoints.save(epoch + 1, model, optimizer, extra={
-            'scheduler': scheduler.state_dict(), 'best_val': best_val, 'best_state': best_state,
+            'global_step': global_step, 'best_val': best_val, 'best_state': best_state,
+            'ema_state': None if averaged is None else averaged.state_dict(),
             'history': history, 'train_s': train_s, 'train_cpu_s': train_cpu_s})
 
     if not is_main_process():
@@ -223,6 +274,8 @@ def _train(args: TrainArgs, cfg: dict[str, Any], device: torch.device, dist) -> 
         recalibrate_batchnorm(model, train_split, size, device, int(cfg['bn_recalibrate']))
     model.eval()
     export = RoomClassifierExport(model.cpu(), tta_flip=bool(cfg['tta_flip']))
+    smoothing = (calibrate_smoothing(export, train_split, val_split, len(classes), size)
+                 if cfg['calibrate_smoothing'] else {})
     metrics: dict[str, Any] = {
         'train_s': train_s, 'train_cpu_s': train_cpu_s, 'torch_threads': torch.get_num_threads(),
         'epochs_run': len(history),
@@ -245,6 +298,7 @@ def _train(args: TrainArgs, cfg: dict[str, Any], device: torch.device, dist) -> 
         'class_prior': (train_counts / train_counts.sum()).tolist(), 'train_counts': train_counts.tolist(),
         'preset': args.preset, 'config': cfg, 'args': args.to_dict(), 'history': history,
         'room_map': 'rooms.yaml' if rooms_yaml.is_file() else '',
+        **({'smoothing': smoothing} if smoothing else {}),
     }
     check_split = test_split if len(test_split) else train_split
     parity_input = np.stack([cv2.resize(check_split.images[i], (size, size), interpolation=cv2.INTER_AREA)
