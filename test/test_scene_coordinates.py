@@ -23,7 +23,7 @@ from vizloc_ros.geodesy import GeoReference
 from vizloc_ros.localizer import LocalizerConfig, LocalizerContext
 from vizloc_ros.plugin_manager import load_registry
 from vizloc_ros.types import CameraIntrinsics, Frame, InvalidInputError
-from vizloc_training.scene_coordinates.data import prepare_split, scene_normalisation
+from vizloc_training.scene_coordinates.data import augment_view, prepare_split, scene_normalisation
 from vizloc_training.scene_coordinates.evaluate import evaluate_images
 from vizloc_training.scene_coordinates.model import (EncoderCheckpointError, load_encoder, output_size,
                                                      save_encoder)
@@ -125,13 +125,92 @@ def test_prepared_targets_match_the_cell_centres() -> None:
     assert supervision == 'coords' and scale > 1.0
 
 
-@pytest.mark.parametrize('supervision', ['coords', 'reprojection'])
-def test_training_steps_reduce_the_loss(supervision: str) -> None:
+def test_resized_input_uses_exact_depth_targets_not_the_nearest_init_cell() -> None:
+    """At half the dataset's size the cell centres fall between the 1/8 init cells; with depth present
+    the targets are back-projected at the exact cell centre (the nearest init cell was 1.75 px off)."""
+    sample = _planar_samples(1, seed=4)[0]
+    x_cam = np.einsum('ij,jhw->ihw', np.linalg.inv(sample.T_world_camera)[:3, :3], sample.coords_3HW) \
+        + np.linalg.inv(sample.T_world_camera)[:3, 3, None, None]
+    init_only = SimpleNamespace(**{**vars(sample), 'coords_3HW': sample.coords_3HW[:, 4::8, 4::8].copy(),
+                                   'coords_stride_px': 8})
+    with_depth = SimpleNamespace(**{**vars(init_only), 'depth_HW': x_cam[2].astype(np.float32)})
+
+    def worst_reprojection_px(image) -> float:
+        T_cw = np.linalg.inv(image.T_world_camera)
+        X = T_cw[:3, :3] @ image.coords_3hw.reshape(3, -1).astype(np.float64) + T_cw[:3, 3:4]
+        uv = (image.K @ (X / X[2]))[:2]
+        h, w = image.coords_3hw.shape[1:]
+        vv, uu = np.meshgrid(np.arange(h) * 8 + 4, np.arange(w) * 8 + 4, indexing='ij')
+        return float(np.max(np.abs(uv - np.stack([uu.ravel(), vv.ravel()]))))
+
+    half_init = prepare_split([init_only], W // 2, H // 2)[0]
+    half_depth = prepare_split([with_depth], W // 2, H // 2)[0]
+    native = prepare_split([with_depth], W, H)[0]  # aligned grids: the init cells themselves
+    assert worst_reprojection_px(half_init) > 1.0
+    assert worst_reprojection_px(half_depth) < 0.01 and half_depth.valid_hw.all()
+    np.testing.assert_array_equal(native.coords_3hw, init_only.coords_3HW)
+
+
+@pytest.mark.parametrize('angle_rad, scale', [(0.4, 1.3), (2.8, 0.75), (-1.2, 1.0)])
+def test_geometric_augmentation_keeps_targets_and_pose_consistent(angle_rad: float, scale: float) -> None:
+    """Rotated/scaled views: every valid re-sampled target projects with the updated K and pose onto its
+    cell centre, and the image content moved with it (the warped image at a cell's pixel shows what the
+    original showed where that target was)."""
+    image = prepare_split(_planar_samples(1, seed=5), W, H)[0]
+    view = augment_view(image, angle_rad, scale)
+    assert view.rgb_HW3.shape == image.rgb_HW3.shape and 0.3 < view.valid_hw.mean() <= 1.0
+    h, w = view.valid_hw.shape
+    vv, uu = np.meshgrid(np.arange(h) * 8 + 4, np.arange(w) * 8 + 4, indexing='ij')
+    ok = view.valid_hw.ravel()
+    X = view.coords_3hw.reshape(3, -1)[:, ok].astype(np.float64)
+    T_cw = view.T_camera_world
+    x_cam = T_cw[:3, :3] @ X + T_cw[:3, 3:4]
+    uv = (view.K @ (x_cam / x_cam[2]))[:2]
+    np.testing.assert_allclose(uv, np.stack([uu.ravel()[ok], vv.ravel()[ok]]), atol=0.1)
+    # the same 3D points seen by the original camera: where the original image has the same colour
+    T_cw0 = image.T_camera_world
+    x0 = T_cw0[:3, :3] @ X + T_cw0[:3, 3:4]
+    uv0 = (image.K @ (x0 / x0[2]))[:2]
+    src = cv2.remap(image.rgb_HW3, uv0[0].astype(np.float32)[None], uv0[1].astype(np.float32)[None],
+                    cv2.INTER_LINEAR)[0].astype(float)
+    dst = view.rgb_HW3[vv.ravel()[ok], uu.ravel()[ok]].astype(float)
+    assert np.median(np.abs(src - dst)) < 12.0
+    with pytest.raises(ValueError):
+        augment_view(image.__class__(image.name, image.rgb_HW3, image.K, image.T_world_camera, None, None), 0.1, 1.0)
+
+
+def test_groupnorm_encoder_is_mode_independent_and_old_checkpoints_load(tmp_path: Path) -> None:
+    from vizloc_training.scene_coordinates.model import Encoder, EncoderConfig
+    torch.manual_seed(0)
+    encoder = Encoder(EncoderConfig(width=8, blocks=2, feature_dim=16, norm='group', context_dim=4))
+    x = torch.randn(2, 3, 48, 64)
+    train_out = encoder.train()(x)
+    eval_out = encoder.eval()(x)
+    assert train_out.shape == (2, 16, 6, 8)
+    torch.testing.assert_close(train_out, eval_out)  # no batch statistics: buffer features = training features
+    # the context channels are one image-level vector per image
+    assert torch.allclose(eval_out[:, 12:], eval_out[:, 12:, :1, :1].expand(-1, -1, 6, 8))
+    # a version-1 checkpoint written before norm/context existed (no such keys) loads as norm='none'
+    plain = Encoder(EncoderConfig(width=8, blocks=1, feature_dim=16))
+    path = save_encoder(plain, tmp_path / 'encoder.pt')
+    payload = torch.load(path, weights_only=False)
+    payload['config'] = {k: v for k, v in payload['config'].items() if k not in ('norm', 'context_dim')}
+    torch.save(payload, path)
+    loaded, _ = load_encoder(path)
+    assert loaded.config.norm == 'none' and loaded.config.context_dim == 0
+    with pytest.raises(ValueError):
+        EncoderConfig(norm='batch')
+
+
+@pytest.mark.parametrize('supervision, augmented', [('coords', False), ('coords', True), ('reprojection', False)])
+def test_training_steps_reduce_the_loss(supervision: str, augmented: bool) -> None:
     torch.manual_seed(0)
     images = prepare_split(_planar_samples(4, seed=1), 64, 48)
     if supervision == 'reprojection':  # no 3D ground truth: ACE's reprojection curriculum
         images = [im.__class__(im.name, im.rgb_HW3, im.K, im.T_world_camera, None, None) for im in images]
     config = {**PRESETS['tiny'], 'epochs': 1, 'supervision': 'auto'}
+    if augmented:  # rotated/scaled views with re-sampled targets, in the end-to-end stage and the buffer
+        config.update(aug_rotation_deg=30.0, aug_scale=1.3)
     first = fit(images, config, seed=0)
     assert first.supervision == supervision
     net = first.net
@@ -185,8 +264,9 @@ def test_export_parity_onnx_vs_torch(tmp_path: Path, trained: tuple) -> None:
     with torch.no_grad():
         coords_torch, log_scale_torch = scene.net((x - mean) / std)
     assert coords_onnx.shape == (2, 3, H // 8, W // 8) and log_scale_onnx.shape == (2, 1, H // 8, W // 8)
-    np.testing.assert_allclose(coords_onnx, coords_torch.numpy(), atol=1e-4, rtol=0)
-    np.testing.assert_allclose(log_scale_onnx, log_scale_torch.numpy(), atol=1e-4, rtol=0)
+    # float32: GroupNorm reductions run in a different order in ORT; 1e-5 relative is 2 cm at 2 km
+    np.testing.assert_allclose(coords_onnx, coords_torch.numpy(), atol=1e-4, rtol=1e-5)
+    np.testing.assert_allclose(log_scale_onnx, log_scale_torch.numpy(), atol=1e-4, rtol=1e-5)
 
 
 def test_plugin_through_the_registry_gives_pose_and_fix(tmp_path: Path, trained: tuple) -> None:

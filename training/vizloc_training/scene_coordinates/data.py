@@ -16,6 +16,7 @@ Samples without either are supervised by the reprojection loss (see :mod:`.losse
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -27,7 +28,7 @@ from vizloc_ros.types import CameraIntrinsics
 
 from .model import OUTPUT_STRIDE, output_size
 
-__all__ = ['PreparedImage', 'prepare_sample', 'prepare_split', 'scene_normalisation', 'open_split']
+__all__ = ['PreparedImage', 'prepare_sample', 'prepare_split', 'scene_normalisation', 'open_split', 'augment_view']
 
 logger = logging.getLogger(__name__)
 
@@ -91,25 +92,44 @@ def prepare_sample(sample: Any, in_w: int, in_h: int) -> PreparedImage:
     valid = None
     init = getattr(sample, 'coords_3HW', None)
     depth = getattr(sample, 'depth_HW', None)
+    init_rows_cols = None
     if init is not None:
         init = np.asarray(init, dtype=np.float32)
         ch, cw = init.shape[1:]
         stride = int(getattr(sample, 'coords_stride_px', 1 if (ch, cw) == (src_h, src_w) else OUTPUT_STRIDE))
         offset = stride // 2 if stride > 1 else 0
         # nearest coordinate cell: cell k holds source pixel stride * k + offset
-        rows = np.clip(np.rint((vv - offset) / stride), 0, ch - 1).astype(int)
-        cols = np.clip(np.rint((uu - offset) / stride), 0, cw - 1).astype(int)
+        rows_f, cols_f = (vv - offset) / stride, (uu - offset) / stride
+        rows = np.clip(np.rint(rows_f), 0, ch - 1).astype(int)
+        cols = np.clip(np.rint(cols_f), 0, cw - 1).astype(int)
+        # the nearest init cell is off by up to stride/2 source pixels when the input size is not the
+        # dataset's (1.75 px at 160x120 from 320x240 with stride 8, ~4 m at 300 m range): depth, when
+        # present, gives the exact point of every cell centre instead
+        misaligned = np.max(np.abs(rows_f - rows)) > 1e-3 or np.max(np.abs(cols_f - cols)) > 1e-3
+        if not (misaligned and depth is not None):
+            init_rows_cols = (rows, cols)
+    if init_rows_cols is not None:
+        rows, cols = init_rows_cols
         coords = init[:, rows, cols]
         valid = np.all(np.isfinite(coords), axis=0) & np.any(coords != 0.0, axis=0)
     elif depth is not None:
-        depth = np.asarray(depth, dtype=np.float64)
+        depth = np.asarray(depth, dtype=np.float32)
         dh, dw = depth.shape
-        rows = np.clip(np.rint((vv + 0.5) * dh / src_h - 0.5), 0, dh - 1).astype(int)
-        cols = np.clip(np.rint((uu + 0.5) * dw / src_w - 0.5), 0, dw - 1).astype(int)
-        d = depth[rows, cols]
+        # depth at the exact cell-centre pixel: bilinear where the 2x2 neighbourhood is valid and smooth
+        # (within 5 %), else the nearest depth pixel (no blending across depth edges / holes)
+        map_x = ((uu + 0.5) * dw / src_w - 0.5).astype(np.float32)
+        map_y = ((vv + 0.5) * dh / src_h - 0.5).astype(np.float32)
+        d_near = cv2.remap(depth, map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
+        d_lin = cv2.remap(depth, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        lo = -cv2.dilate(-depth, np.ones((2, 2), np.uint8), anchor=(0, 0))  # min over the 2x2 block
+        hi = cv2.dilate(depth, np.ones((2, 2), np.uint8), anchor=(0, 0))
+        x0 = np.clip(np.floor(map_x), 0, dw - 1).astype(int)
+        y0 = np.clip(np.floor(map_y), 0, dh - 1).astype(int)
+        smooth = (lo[y0, x0] > 0.0) & (hi[y0, x0] <= 1.05 * lo[y0, x0])
+        d = np.where(smooth, d_lin, d_near).astype(np.float64)
         valid = np.isfinite(d) & (d > 0.0)
-        # back-project the pixel actually sampled (z-depth along the optical axis)
-        pix = np.stack([(cols + 0.5) * src_w / dw - 0.5, (rows + 0.5) * src_h / dh - 0.5, np.ones_like(uu)], axis=0).reshape(3, -1)
+        # back-project the cell centre (z-depth along the optical axis)
+        pix = np.stack([uu, vv, np.ones_like(uu)], axis=0).reshape(3, -1)
         rays = np.linalg.solve(K_src, pix)
         X_cam = rays * np.where(valid, d, 0.0).reshape(1, -1)
         X_world = T[:3, :3] @ X_cam + T[:3, 3:4]
@@ -148,3 +168,56 @@ def scene_normalisation(images: list[PreparedImage], target_depth_m: float) -> t
     mean = centres.mean(axis=0)
     spread = float(np.sqrt(np.mean(np.sum((centres - mean) ** 2, axis=1)) / 3.0))
     return mean, max(spread, target_depth_m), 'reprojection'
+
+
+def augment_view(image: PreparedImage, angle_rad: float, scale: float) -> PreparedImage:
+    """ACE's geometric augmentation, done so that the geometry stays exact: the image is rotated by
+    ``angle_rad`` about the principal point (a camera roll) and scaled by ``scale`` about it (a focal
+    length change); ``K`` and ``T_world_camera`` are updated accordingly and the cell targets are
+    re-sampled at the new cell centres (bilinear on the 1/8 target grid where the four neighbouring
+    cells are valid and at depths within 5 % of each other -- no blending across depth edges --,
+    invalid elsewhere, including cells that left the original image). Flips or crops that do not
+    update the targets would teach wrong coordinates; this is the only geometric augmentation.
+    Needs 3D targets (``coords_3hw``).
+    """
+    if image.coords_3hw is None or image.valid_hw is None:
+        raise ValueError('augment_view needs 3D targets (coords_3hw)')
+    if not scale > 0.0:
+        raise ValueError(f'scale must be positive, got {scale}')
+    H, W = image.rgb_HW3.shape[:2]
+    cx, cy = float(image.K[0, 2]), float(image.K[1, 2])
+    c, s_ = math.cos(angle_rad), math.sin(angle_rad)
+    A = scale * np.array([[c, -s_], [s_, c]])  # new pixel = centre + A (old pixel - centre)
+    M = np.column_stack([A, np.array([cx, cy]) - A @ np.array([cx, cy])])
+    rgb = cv2.warpAffine(image.rgb_HW3, M, (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    h, w = image.coords_3hw.shape[1:]
+    v_new, u_new = np.meshgrid(np.arange(h) * OUTPUT_STRIDE + OUTPUT_STRIDE // 2.0,
+                               np.arange(w) * OUTPUT_STRIDE + OUTPUT_STRIDE // 2.0, indexing='ij')
+    old = np.linalg.solve(A, np.stack([u_new.ravel() - cx, v_new.ravel() - cy])) + np.array([[cx], [cy]])
+    gx = (old[0] - OUTPUT_STRIDE // 2) / OUTPUT_STRIDE  # fractional source cell
+    gy = (old[1] - OUTPUT_STRIDE // 2) / OUTPUT_STRIDE
+    inside = (gx >= 0) & (gx <= w - 1) & (gy >= 0) & (gy <= h - 1)
+    x0 = np.clip(np.floor(gx), 0, max(w - 2, 0)).astype(int)
+    y0 = np.clip(np.floor(gy), 0, max(h - 2, 0)).astype(int)
+    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+    fx, fy = np.clip(gx - x0, 0.0, 1.0), np.clip(gy - y0, 0.0, 1.0)
+    coords = image.coords_3hw.astype(np.float64)
+    T_cw = image.T_camera_world
+    depth = (T_cw[2, :3] @ coords.reshape(3, -1) + T_cw[2, 3]).reshape(h, w)
+    corners = [(y0, x0), (y0, x1), (y1, x0), (y1, x1)]
+    weights = [(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx]
+    valid = inside.copy()
+    for (yy, xx) in corners:
+        valid &= image.valid_hw[yy, xx]
+    d = np.stack([depth[yy, xx] for (yy, xx) in corners])
+    valid &= (d.min(axis=0) > 0.0) & (d.max(axis=0) <= 1.05 * d.min(axis=0))
+    new = sum(wt[None] * coords[:, yy, xx] for wt, (yy, xx) in zip(weights, corners))
+    new = np.where(valid[None], new, 0.0).reshape(3, h, w).astype(np.float32)
+    K = image.K.copy()
+    K[0, 0] *= scale
+    K[1, 1] *= scale
+    Rz = np.eye(4)
+    Rz[:2, :2] = [[c, -s_], [s_, c]]  # x_cam_new = Rz x_cam_old
+    return PreparedImage(name=image.name, rgb_HW3=np.ascontiguousarray(rgb), K=K,
+                         T_world_camera=image.T_world_camera @ Rz.T, coords_3hw=new,
+                         valid_hw=valid.reshape(h, w))

@@ -55,10 +55,16 @@ class EncoderConfig:
     blocks: int = 4
     feature_dim: int = 128
     dilations: tuple[int, ...] = (1, 2, 4, 1)
+    norm: str = 'none'
+    context_dim: int = 0
 
     def __post_init__(self) -> None:
         if self.width < 4 or self.blocks < 0 or self.feature_dim < 4 or not self.dilations:
             raise ValueError(f'bad encoder config {self}')
+        if self.norm not in ('none', 'group'):
+            raise ValueError(f"encoder norm must be 'none' or 'group', got {self.norm!r}")
+        if not 0 <= self.context_dim < self.feature_dim:
+            raise ValueError(f'context_dim must be in [0, feature_dim), got {self.context_dim}')
         object.__setattr__(self, 'dilations', tuple(int(d) for d in self.dilations))
 
 
@@ -77,14 +83,22 @@ class HeadConfig:
 class _DSBlock(nn.Module):
     """Depthwise 3x3 (dilated) + pointwise 1x1, residual."""
 
-    def __init__(self, channels: int, dilation: int) -> None:
+    def __init__(self, channels: int, dilation: int, norm: str = 'none') -> None:
         super().__init__()
         self.dw = nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation, groups=channels)
+        self.norm = _norm(norm, channels)
         self.pw = nn.Conv2d(channels, channels, 1)
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.pw(self.act(self.dw(x)))
+        return x + self.pw(self.act(self.norm(self.dw(x))))
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    """GroupNorm (batch-size independent, identical in train and eval mode) or identity."""
+    if kind == 'group':
+        return nn.GroupNorm(min(8, channels), channels)
+    return nn.Identity()
 
 
 class Encoder(nn.Module):
@@ -94,19 +108,29 @@ class Encoder(nn.Module):
         super().__init__()
         self.config = config
         w = config.width
+        n = config.norm
         layers: list[nn.Module] = [
-            nn.Conv2d(3, w, 3, stride=2, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(3, w, 3, stride=2, padding=1), _norm(n, w), nn.ReLU(inplace=True),
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), _norm(n, 2 * w), nn.ReLU(inplace=True),
+            nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1), _norm(n, 4 * w), nn.ReLU(inplace=True),
             nn.Conv2d(4 * w, config.feature_dim, 1), nn.ReLU(inplace=True),
         ]
         for i in range(config.blocks):
-            layers.append(_DSBlock(config.feature_dim, config.dilations[i % len(config.dilations)]))
-        layers.append(nn.Conv2d(config.feature_dim, config.feature_dim, 1))
+            layers.append(_DSBlock(config.feature_dim, config.dilations[i % len(config.dilations)], n))
+        local_dim = config.feature_dim - config.context_dim
+        layers.append(nn.Conv2d(config.feature_dim, local_dim, 1))
         self.net = nn.Sequential(*layers)
+        # image-level context: a global-average-pooled descriptor appended to every cell
+        self.context = (nn.Sequential(nn.Linear(local_dim, config.context_dim), nn.ReLU(inplace=True),
+                                      nn.Linear(config.context_dim, config.context_dim))
+                        if config.context_dim else None)
 
     def forward(self, x_N3HW: torch.Tensor) -> torch.Tensor:
-        return self.net(x_N3HW)
+        local = self.net(x_N3HW)
+        if self.context is None:
+            return local
+        ctx = self.context(local.mean(dim=(2, 3)))[:, :, None, None].expand(-1, -1, local.shape[2], local.shape[3])
+        return torch.cat([local, ctx], dim=1)
 
 
 class Head(nn.Module):

@@ -37,7 +37,7 @@ from vizloc_ros.bundle import InputSpec
 
 from ..train.config import TrainArgs, TrainConfigError, resolve_preset
 from ..train.loop import CheckpointManager, select_device, set_seed, work_dir
-from .data import PreparedImage, open_split, prepare_split, scene_normalisation
+from .data import PreparedImage, augment_view, open_split, prepare_split, scene_normalisation
 from .losses import ReprojectionLossConfig, coordinate_nll, reprojection_loss
 from .model import (OUTPUT_STRIDE, Encoder, EncoderConfig, Head, HeadConfig, SceneCoordinateNet, load_encoder,
                     save_encoder)
@@ -53,11 +53,15 @@ STD = (0.229, 0.224, 0.225)
 _BASE: dict[str, Any] = {
     # network input (0 = the dataset's native image size)
     'input_width': 0, 'input_height': 0,
-    'encoder_width': 24, 'encoder_blocks': 4, 'feature_dim': 128,
+    'encoder_width': 24, 'encoder_blocks': 4, 'feature_dim': 128, 'encoder_norm': 'group', 'context_dim': 0,
     'head_width': 256, 'head_layers': 2,
     # encoder pretraining / end-to-end (epochs over the training images)
     'epochs': 10, 'batch_size': 4, 'lr': 1e-3,
     'pretrain_encoder': False, 'finetune_encoder': False,
+    # geometric augmentation (coords supervision only; exact: roll about the principal point + focal
+    # change, targets re-sampled, see data.augment_view): uniform angle in +-aug_rotation_deg, scale
+    # log-uniform in [1/aug_scale, aug_scale]; 0 / 1 = off
+    'aug_rotation_deg': 0.0, 'aug_scale': 1.0,
     # mapping (head from the feature buffer)
     'buffer_size': 300_000, 'head_iterations': 3000, 'head_batch_size': 4096, 'head_lr': 3e-3,
     'init_head_from_pretraining': True,
@@ -76,7 +80,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     'demo': dict(_BASE),
     'full': {**_BASE, 'encoder_width': 32, 'encoder_blocks': 6, 'feature_dim': 256, 'head_width': 512,
              'head_layers': 3, 'epochs': 60, 'batch_size': 8, 'buffer_size': 2_000_000,
-             'head_iterations': 20000, 'head_batch_size': 5120},
+             'head_iterations': 20000, 'head_batch_size': 5120, 'aug_rotation_deg': 15.0, 'aug_scale': 1.5},
 }
 
 
@@ -85,6 +89,13 @@ def _check_config(config: dict[str, Any]) -> None:
         raise TrainConfigError(f"supervision must be auto, coords or reprojection, got {config['supervision']!r}")
     if config['uncertainty'] not in ('laplace', 'gaussian', 'none'):
         raise TrainConfigError(f"uncertainty must be laplace, gaussian or none, got {config['uncertainty']!r}")
+    if not 0.0 <= float(config['aug_rotation_deg']) <= 180.0 or float(config['aug_scale']) < 1.0:
+        raise TrainConfigError(f"aug_rotation_deg must be in [0, 180] and aug_scale >= 1, got "
+                               f"{config['aug_rotation_deg']} / {config['aug_scale']}")
+    if config['encoder_norm'] not in ('none', 'group'):
+        raise TrainConfigError(f"encoder_norm must be none or group, got {config['encoder_norm']!r}")
+    if not 0 <= int(config['context_dim']) < int(config['feature_dim']):
+        raise TrainConfigError(f"context_dim must be in [0, feature_dim), got {config['context_dim']}")
     if config['thresholds'] not in ('auto', 'aerial', 'indoor'):
         raise TrainConfigError(f"thresholds must be auto, aerial or indoor, got {config['thresholds']!r}")
     for key in ('input_width', 'input_height'):
@@ -117,6 +128,17 @@ def _normalise_batch(images: list[PreparedImage], device: torch.device, jitter: 
     mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
     return (x - mean) / std
+
+
+def _augment(images: list[PreparedImage], config: dict[str, Any], supervision: str,
+             rng: np.random.Generator) -> list[PreparedImage]:
+    """Random exact roll/scale views (see :func:`.data.augment_view`) when enabled and supervised by coords."""
+    rotation = math.radians(float(config['aug_rotation_deg']))
+    log_scale = math.log(max(float(config['aug_scale']), 1.0))
+    if supervision != 'coords' or (rotation == 0.0 and log_scale == 0.0):
+        return images
+    return [augment_view(im, float(rng.uniform(-rotation, rotation)), math.exp(float(rng.uniform(-log_scale, log_scale))))
+            for im in images]
 
 
 def _cell_tensors(images: list[PreparedImage], h: int, w: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -178,6 +200,7 @@ def _train_end_to_end(net: SceneCoordinateNet, images: list[PreparedImage], conf
     total = config['epochs'] * steps_per_epoch
     scheduler = _warmup_cosine(optimizer, total, 0.1)
     rng = np.random.default_rng(seed)
+    aug_rng = np.random.default_rng(seed + 3)  # separate stream: the resumed shuffling replay stays exact
     generator = torch.Generator().manual_seed(seed)
     start_epoch = 0
     if resume is not None:
@@ -196,7 +219,7 @@ def _train_end_to_end(net: SceneCoordinateNet, images: list[PreparedImage], conf
         order = rng.permutation(len(images))
         running = []
         for start in range(0, len(images), batch):
-            chunk = [images[i] for i in order[start:start + batch]]
+            chunk = _augment([images[i] for i in order[start:start + batch]], config, supervision, aug_rng)
             x = _normalise_batch(chunk, device, jitter=True, generator=generator)
             coords_n, log_scale_n = net.forward_normalised(x)
             h, w = coords_n.shape[2:]
@@ -227,7 +250,7 @@ def _build_buffer(encoder: Encoder, images: list[PreparedImage], config: dict[st
     per_image = max(1, config['buffer_size'] // max(len(images), 1))
     parts: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(images), 8):
-        chunk = images[start:start + 8]
+        chunk = _augment(images[start:start + 8], config, supervision, rng)
         feats = encoder(_normalise_batch(chunk, device, jitter=True, generator=generator))
         n, c, h, w = feats.shape
         feats = feats.permute(0, 2, 3, 1).reshape(n, h * w, c)
@@ -304,7 +327,8 @@ def fit(train_images: list[PreparedImage], config: dict[str, Any], *, init_weigh
         logger.info('encoder from %s (%s)', encoder_info['path'], encoder_info.get('config'))
     else:
         encoder = Encoder(EncoderConfig(width=config['encoder_width'], blocks=config['encoder_blocks'],
-                                        feature_dim=config['feature_dim']))
+                                        feature_dim=config['feature_dim'], norm=config['encoder_norm'],
+                                        context_dim=config['context_dim']))
         encoder_info = {'path': None, 'config': None}
     head_config = HeadConfig(width=config['head_width'], layers=config['head_layers'])
     net = SceneCoordinateNet(encoder, Head(encoder.config.feature_dim, head_config), tuple(mean), scale).to(device)
@@ -418,6 +442,7 @@ def train(args: TrainArgs) -> Path:
         'encoder': {'width': trained.net.encoder.config.width, 'blocks': trained.net.encoder.config.blocks,
                     'feature_dim': trained.net.encoder.config.feature_dim,
                     'dilations': list(trained.net.encoder.config.dilations),
+                    'norm': trained.net.encoder.config.norm, 'context_dim': trained.net.encoder.config.context_dim,
                     'init_weights': str(args.init_weights) if args.init_weights else None},
         'head': {'width': config['head_width'], 'layers': config['head_layers']},
         'ransac': {'hypotheses': config['hypotheses'], 'inlier_threshold_px': config['inlier_threshold_px'],
