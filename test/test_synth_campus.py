@@ -1,5 +1,6 @@
 """Synthetic campus world: GPS ground truth (gt.csv = EXIF = pose through the ENU origin),
-routes outside buildings, reference database, evaluation bag, determinism, CLI dispatch.
+routes outside buildings, training walks covering the area (test near training), reference
+database, evaluation bag, determinism, CLI dispatch.
 Tiny sizes (64x48, a handful of frames)."""
 from __future__ import annotations
 
@@ -96,6 +97,61 @@ def test_routes_cover_the_area_with_varied_headings() -> None:
     assert np.histogram(headings, bins=8, range=(-180, 180))[0].min() > 0
     steps = np.linalg.norm(np.diff(xy, axis=0), axis=1)
     assert 0.5 < np.median(steps) < 2.0
+
+
+def test_training_walks_cover_the_walkable_area_val_and_test_stay_near_them() -> None:
+    """Training = many short walks covering the walkable area densely; a separate (long, single)
+    test walk through the same area then never strays far from training positions."""
+    cfg = campus.CampusWorldConfig(size=(32, 24), area_m=100.0, buildings=8, trees=8, poles=5, walk_frames_train=40)
+    c = campus.build_campus(cfg, np.random.default_rng(0), TextureSource.load(allow_photos=False))
+    walks = campus.training_walks(c, 600, np.random.default_rng(10), cfg)
+    assert [len(w) for w in walks] == [40] * 15
+    train_xy = np.array([T[:2, 3] for w in walks for T in w])
+    assert c.is_safe(train_xy[:, 0], train_xy[:, 1]).all()
+    for w in walks:  # every walk is a smooth ~1 m/s trajectory, looking all around (spin_m_train)
+        steps = np.linalg.norm(np.diff(np.array([T[:2, 3] for T in w]), axis=0), axis=1)
+        assert steps.max() < 2.0 and 0.8 < np.median(steps) < 1.4
+        yaw = np.arctan2([T[1, 2] for T in w], [T[0, 2] for T in w])
+        turn_deg = np.degrees(np.abs(np.angle(np.exp(1j * np.diff(yaw)))))
+        assert turn_deg.max() < 75.0 and 10.0 < np.median(turn_deg) < 40.0
+        assert np.histogram(yaw, bins=6, range=(-np.pi, np.pi))[0].min() > 0
+    starts = np.array([w[0][:2, 3] for w in walks])
+    assert np.linalg.norm(np.diff(starts, axis=0), axis=1).min() > 5.0  # each walk starts somewhere new
+    # Dense, uniform: every walkable spot is close to a training position.
+    free_xy = (np.argwhere(c.free_GW)[:, ::-1] + 0.5) - 50.0
+    d_free = campus.nearest_distances_m(free_xy, train_xy)
+    assert np.percentile(d_free, 95) < 10.0 and np.median(d_free) < 3.0  # one long walk: P95 30 m
+    headings = np.degrees(np.arctan2([T[1, 2] for w in walks for T in w], [T[0, 2] for w in walks for T in w]))
+    assert np.histogram(headings, bins=8, range=(-180, 180))[0].min() > 0
+    test_xy = np.array([T[:2, 3] for T in campus.route(c, 150, np.random.default_rng(20), cfg)])
+    d_test = campus.nearest_distances_m(test_xy, train_xy)
+    assert np.median(d_test) < 3.0 and np.mean(d_test <= 10.0) >= 0.95
+
+
+def test_nearest_distances_m() -> None:
+    query, ref = np.array([[0.0, 0.0], [10.0, 1.0]]), np.array([[3.0, 4.0], [10.0, 0.0]])
+    np.testing.assert_allclose(campus.nearest_distances_m(query, ref), [5.0, 1.0])
+    # Same view only: the second reference looks the other way from the second query.
+    d = campus.nearest_distances_m(query, ref, query_yaw_rad=np.array([3.0, 3.1]), ref_yaw_rad=np.array([-3.0, 0.0]),
+                                   max_yaw_diff_deg=35.0)
+    np.testing.assert_allclose(d, [5.0, math.hypot(7.0, 3.0)])
+    d = campus.nearest_distances_m(query[:1], ref[1:], query_yaw_rad=np.array([0.0]), ref_yaw_rad=np.array([2.0]),
+                                   max_yaw_diff_deg=35.0)
+    assert np.isinf(d).all()
+
+
+def test_world_yaml_records_coverage(world: Path) -> None:
+    meta = yaml.safe_load((world / 'world.yaml').read_text())
+    assert meta['version'] == 2 and meta['splits']['train']['walks'] == 1  # 14 frames < 40 per walk
+    poses = _poses(world)
+    split_xy = {s: np.array([T[:2, 3] for n, T in sorted(poses.items()) if n.startswith(s)])
+                for s in ('train', 'test')}
+    d = campus.nearest_distances_m(split_xy['test'], split_xy['train'])
+    cov = meta['coverage']
+    assert cov['test_to_train_nn_median_m'] == pytest.approx(np.median(d), abs=2e-3)
+    assert cov['test_within_10m_pct'] == pytest.approx(np.mean(d <= 10.0) * 100, abs=0.01)
+    assert {'val_to_train_nn_median_m', 'test_to_train_nn_p95_m', 'val_within_10m_pct'} <= set(cov)
+    assert cov['test_to_train_same_view_nn_median_m'] >= cov['test_to_train_nn_median_m']
 
 
 def test_gps_reader_reads_csv_and_exif_variants(world: Path, tmp_path: Path) -> None:

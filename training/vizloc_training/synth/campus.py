@@ -2,10 +2,13 @@
 
 A ~200 x 200 m area (default) at a geographic origin (default 31.262 N 34.804 E, the seed-001
 campus) holds box buildings of varied footprints and heights with photo facades, trees and
-poles on a ground texture of grass and paved paths. A camera at ~1.6 m walks random routes
-that seek the least-covered parts of the area, looking around (varied headings); train, val and
-test routes are different walks. Each frame gets its own sun direction and photometric
-variation (exposure, colour, blur, noise).
+poles on a ground texture of grass and paved paths. A camera at ~1.6 m walks smooth routes
+looking around (varied headings): the training split is many short walks that cover the walkable
+area densely (each starts where earlier walks have not been; the camera turns all the way round
+every ``spin_m_train`` metres), val and test are one long walk each (their own start, route and
+headings) through the same area; ``world.yaml`` records how close val/test positions come to
+training positions (``coverage``). Each frame gets its own sun direction and photometric variation
+(exposure, colour, blur, noise).
 
 Output (``DIR``)::
 
@@ -45,12 +48,12 @@ from .photometric import PhotometricConfig, apply_photometric
 from .textures import TextureSource
 
 __all__ = ['GENERATOR', 'GENERATOR_VERSION', 'CampusWorldConfig', 'CampusWorldError', 'Campus', 'build_campus',
-           'route', 'generate']
+           'route', 'training_walks', 'nearest_distances_m', 'generate']
 
 _LOG = logging.getLogger(__name__)
 
 GENERATOR = 'vizloc_training.synth.campus'
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SPLITS = ('train', 'val', 'test')
 _SPLIT_ID = {'train': 0, 'val': 1, 'test': 2}
 _BAG_START_NS = 1_700_000_000 * 10**9
@@ -77,7 +80,9 @@ class CampusWorldConfig:
     camera_height_m: float = 1.6
     step_m: float = 1.1  # mean distance between consecutive frames along a route
     clearance_m: float = 2.5  # routes keep this far from buildings
-    frames_train: int = 1600
+    frames_train: int = 3000
+    walk_frames_train: int = 40  # frames per training walk (many short walks spread over the area)
+    spin_m_train: float = 16.0  # a training walk's camera turns once around every this many metres (0: no spin)
     frames_val: int = 340
     frames_test: int = 340
     photometric_strength: float = 1.0
@@ -93,7 +98,7 @@ class CampusWorldConfig:
             raise CampusWorldError(f'hfov_deg must be in (0, 150), got {self.hfov_deg}')
         if self.area_m < 40:
             raise CampusWorldError(f'area_m must be >= 40, got {self.area_m}')
-        for name in ('frames_train', 'frames_val', 'frames_test'):
+        for name in ('frames_train', 'frames_val', 'frames_test', 'walk_frames_train'):
             if getattr(self, name) < 1:
                 raise CampusWorldError(f'{name} must be >= 1, got {getattr(self, name)}')
 
@@ -249,8 +254,22 @@ def _ground_texture(cfg: CampusWorldConfig, rng: np.random.Generator, source: Te
     return np.clip(ground, 0, 255).astype(np.uint8)
 
 
+def _line_free(campus: Campus, a: np.ndarray, b: np.ndarray) -> bool:
+    n = max(2, int(np.linalg.norm(b - a) / 0.5))
+    s = np.linspace(0, 1, n)[:, None]
+    pts = a + s * (b - a)
+    return bool(campus.is_free(pts[:, 0], pts[:, 1]).all())
+
+
+def _free_xy(campus: Campus) -> np.ndarray:
+    free_ij = np.argwhere(campus.free_GW)
+    if free_ij.size == 0:
+        raise CampusWorldError('no walkable space in the campus')
+    return (free_ij[:, ::-1] + 0.5) * _OCC_RES_M - campus.half_m
+
+
 def route(campus: Campus, n_frames: int, rng: np.random.Generator, cfg: CampusWorldConfig) -> list[np.ndarray]:
-    """``n_frames`` camera poses (T_map_camera) along a coverage-seeking smooth walk."""
+    """``n_frames`` camera poses (T_map_camera) along one coverage-seeking smooth walk (val, test)."""
     half = campus.half_m
     cell = 10.0
     nc = int(math.ceil(2 * half / cell))
@@ -259,24 +278,14 @@ def route(campus: Campus, n_frames: int, rng: np.random.Generator, cfg: CampusWo
     def cov_cell(p: np.ndarray) -> tuple[int, int]:
         return (min(nc - 1, max(0, int((p[1] + half) / cell))), min(nc - 1, max(0, int((p[0] + half) / cell))))
 
-    def line_free(a: np.ndarray, b: np.ndarray) -> bool:
-        n = max(2, int(np.linalg.norm(b - a) / 0.5))
-        s = np.linspace(0, 1, n)[:, None]
-        pts = a + s * (b - a)
-        return bool(campus.is_free(pts[:, 0], pts[:, 1]).all())
-
-    free_ij = np.argwhere(campus.free_GW)
-    if free_ij.size == 0:
-        raise CampusWorldError('no walkable space in the campus')
-    i, j = free_ij[int(rng.integers(len(free_ij)))]
-    p = np.array([(j + 0.5) * _OCC_RES_M - half, (i + 0.5) * _OCC_RES_M - half])
+    free_xy = _free_xy(campus)
+    p = free_xy[int(rng.integers(len(free_xy)))]
     waypoints = [p]
     length = 0.0
     target = n_frames * cfg.step_m + 10.0
     stuck = 0
     goal = p
     goal_legs = 0
-    free_xy = (free_ij[:, ::-1] + 0.5) * _OCC_RES_M - half
     while length < target:
         if np.linalg.norm(goal - p) < 15.0 or goal_legs > 12:
             # Next goal: a free spot in one of the least-covered cells (exploration across the area).
@@ -289,7 +298,7 @@ def route(campus: Campus, n_frames: int, rng: np.random.Generator, cfg: CampusWo
             ang = rng.uniform(0, 2 * np.pi)
             dist = rng.uniform(8, 30)
             q = p + dist * np.array([math.cos(ang), math.sin(ang)])
-            if not line_free(p, q):
+            if not _line_free(campus, p, q):
                 continue
             score = (np.linalg.norm(goal - q) / 10.0 + coverage[cov_cell(q)] + 0.3 * coverage[cov_cell((p + q) / 2)]
                      + rng.uniform(0, 0.5))
@@ -312,7 +321,90 @@ def route(campus: Campus, n_frames: int, rng: np.random.Generator, cfg: CampusWo
         length += float(np.linalg.norm(best - p))
         waypoints.append(best)
         p = best
-    P = np.asarray(waypoints)
+    return _poses_along(campus, np.asarray(waypoints), n_frames, rng, cfg)
+
+
+def training_walks(campus: Campus, n_frames: int, rng: np.random.Generator,
+                   cfg: CampusWorldConfig) -> list[list[np.ndarray]]:
+    """``n_frames`` training poses as many short smooth walks that cover the walkable area densely.
+
+    Farthest-point (blue-noise) coverage on a 1 m raster of the walked ground: every walk starts at
+    the walkable spot farthest from all earlier training walks, and each of its legs (5-20 m,
+    straight and obstacle-free) is the one of 16 random candidates that runs furthest from the
+    ground already walked. Walks have ``cfg.walk_frames_train`` frames (the last one fewer), their
+    own heading pattern, and turn all the way round every ``cfg.spin_m_train`` metres, so every
+    place is seen from several walks and in all directions.
+    """
+    n_grid = campus.free_GW.shape[0]
+    half = campus.half_m
+    free_xy = _free_xy(campus)
+    walked = np.zeros(campus.free_GW.shape, np.uint8)  # 1 = on a training walk (1 m raster)
+    cap_m = 15.0  # farther than this from the walked ground counts as equally unexplored
+
+    def distance_map() -> np.ndarray:
+        if not walked.any():
+            return np.full(walked.shape, cap_m, np.float32)
+        return np.minimum(cv2.distanceTransform((walked == 0).astype(np.uint8), cv2.DIST_L2, 5) * _OCC_RES_M, cap_m)
+
+    def px(p: np.ndarray) -> tuple[int, int]:
+        return (int(np.clip((p[0] + half) / _OCC_RES_M, 0, n_grid - 1)),
+                int(np.clip((p[1] + half) / _OCC_RES_M, 0, n_grid - 1)))
+
+    def dist_at(dist: np.ndarray, pts: np.ndarray) -> np.ndarray:
+        j = np.clip(((pts[:, 0] + half) / _OCC_RES_M).astype(np.int64), 0, n_grid - 1)
+        i = np.clip(((pts[:, 1] + half) / _OCC_RES_M).astype(np.int64), 0, n_grid - 1)
+        return dist[i, j]
+
+    per_walk = max(1, int(cfg.walk_frames_train))
+    sizes = [per_walk] * (n_frames // per_walk) + ([n_frames % per_walk] if n_frames % per_walk else [])
+    walks: list[list[np.ndarray]] = []
+    for n_walk in sizes:
+        for _attempt in range(20):
+            walked_before = walked.copy()
+            dist = distance_map()
+            p = free_xy[int(np.argmax(dist_at(dist, free_xy) + rng.uniform(0, 1.0, size=len(free_xy))))]
+            waypoints = [p]
+            length, target = 0.0, n_walk * cfg.step_m + 2.0
+            stuck = 0
+            while length < target and stuck <= 30:
+                best, best_score = None, np.inf
+                for _ in range(16):
+                    ang = rng.uniform(0, 2 * np.pi)
+                    q = p + rng.uniform(5, 20) * np.array([math.cos(ang), math.sin(ang)])
+                    if not _line_free(campus, p, q):
+                        continue
+                    along = p + np.linspace(0.25, 1, 8)[:, None] * (q - p)
+                    score = -float(dist_at(dist, along).mean()) + rng.uniform(0, 1.0)
+                    if len(waypoints) > 1:  # no sharp reversals
+                        prev = p - waypoints[-2]
+                        cosang = np.dot(prev, q - p) / (np.linalg.norm(prev) * np.linalg.norm(q - p) + 1e-9)
+                        score += 6.0 * (cosang < -0.3)
+                    if score < best_score:
+                        best, best_score = q, score
+                if best is None:
+                    stuck += 1
+                    continue
+                cv2.line(walked, px(p), px(best), 1, 1)
+                dist = distance_map()
+                length += float(np.linalg.norm(best - p))
+                waypoints.append(best)
+                p = best
+            if length >= target:
+                break
+            walked[:] = walked_before
+            cv2.circle(walked, px(waypoints[0]), 2, 1, -1)  # a pocket too small to walk: do not start there again
+        else:
+            raise CampusWorldError('training route planning is stuck (area too crowded)')
+        walks.append(_poses_along(campus, np.asarray(waypoints), n_walk, rng, cfg, spin_m=cfg.spin_m_train))
+    return walks
+
+
+def _poses_along(campus: Campus, P: np.ndarray, n_frames: int, rng: np.random.Generator,
+                 cfg: CampusWorldConfig, spin_m: float = 0.0) -> list[np.ndarray]:
+    """``n_frames`` poses along a smooth curve through the waypoints ``P``: every ~``cfg.step_m``
+    from its start, looking around the walking direction (``spin_m`` > 0: the camera also turns
+    once around every ``spin_m`` metres, clockwise or counter-clockwise, so that nearby frames
+    see the place in all directions)."""
     # Dense spline, then frames at uniform arc length with a little jitter. A spline segment that
     # cuts a corner too close to an obstacle is replaced by its straight (clear) leg.
     s_dense = np.linspace(0, len(P) - 1, (len(P) - 1) * 40 + 1)
@@ -323,7 +415,7 @@ def route(campus: Campus, n_frames: int, rng: np.random.Generator, cfg: CampusWo
     lin = P[seg_d] + (s_dense - seg_d)[:, None] * (P[seg_d + 1] - P[seg_d])
     pos_d[straight] = lin[straight]
     arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(pos_d, axis=0), axis=1))])
-    step = arc[-1] / (n_frames + 1)
+    step = min(cfg.step_m, arc[-1] / (n_frames + 1))
     a = (np.arange(n_frames) + 0.5 + rng.uniform(-0.3, 0.3, size=n_frames)) * step
     s = np.interp(a, arc, s_dense)
     pos, der = catmull_rom(P, s)
@@ -331,15 +423,42 @@ def route(campus: Campus, n_frames: int, rng: np.random.Generator, cfg: CampusWo
     use_lin = np.isin(seg, bad_seg)
     pos[use_lin] = (P[seg] + (s - seg)[:, None] * (P[seg + 1] - P[seg]))[use_lin]
     der[use_lin] = (P[seg + 1] - P[seg])[use_lin]
-    heading = np.arctan2(der[:, 1], der[:, 0])
+    # Walking direction, smoothed over a few frames: a straight-leg corner turns the view over
+    # several frames rather than between two.
+    heading = np.unwrap(np.arctan2(der[:, 1], der[:, 0]))
+    if n_frames > 1:
+        kernel = np.exp(-0.5 * (np.arange(-6, 7) / 2.0) ** 2)
+        heading = np.convolve(np.pad(heading, 6, mode='edge'), kernel / kernel.sum(), mode='valid')
     ph = rng.uniform(0, 2 * np.pi, size=5)
     u = a / 6.0
     look = 1.4 * np.sin(0.21 * u + ph[0]) + 0.6 * np.sin(0.67 * u + ph[1])
     yaw = heading + look
+    if spin_m > 0:
+        yaw = yaw + rng.choice([-1.0, 1.0]) * 2 * np.pi * a / spin_m
     pitch = 0.04 + 0.05 * np.sin(0.5 * u + ph[2])
     roll = 0.025 * np.sin(0.9 * u + ph[3])
     z = cfg.camera_height_m + 0.04 * np.sin(2 * np.pi * a / 0.75 + ph[4])
     return [camera_pose((pos[k, 0], pos[k, 1], z[k]), yaw[k], pitch[k], roll[k]) for k in range(n_frames)]
+
+
+def nearest_distances_m(query_xy: np.ndarray, ref_xy: np.ndarray, *, query_yaw_rad: np.ndarray | None = None,
+                        ref_yaw_rad: np.ndarray | None = None, max_yaw_diff_deg: float = 180.0) -> np.ndarray:
+    """Horizontal distance from every ``query_xy`` (N, 2) position to its nearest ``ref_xy`` (M, 2) one.
+
+    With headings (``query_yaw_rad`` (N,), ``ref_yaw_rad`` (M,)), only reference positions whose
+    heading is within ``max_yaw_diff_deg`` of the query's count (inf where there is none).
+    """
+    query_xy, ref_xy = np.asarray(query_xy, np.float64), np.asarray(ref_xy, np.float64)
+    use_yaw = query_yaw_rad is not None and ref_yaw_rad is not None
+    out = np.empty(len(query_xy))
+    for k in range(0, len(query_xy), 256):
+        d = np.linalg.norm(query_xy[k:k + 256, None, :] - ref_xy[None, :, :], axis=2)
+        if use_yaw:
+            dyaw_rad = np.asarray(query_yaw_rad)[k:k + 256, None] - np.asarray(ref_yaw_rad)[None]
+            dyaw = np.abs(np.angle(np.exp(1j * dyaw_rad)))
+            d = np.where(dyaw <= math.radians(max_yaw_diff_deg), d, np.inf)
+        out[k:k + 256] = d.min(axis=1)
+    return out
 
 
 def generate(out: str | Path, *, seed: int = 0, frames: int | None = None, size: tuple[int, int] | None = None,
@@ -373,9 +492,20 @@ def generate(out: str | Path, *, seed: int = 0, frames: int | None = None, size:
     rows: list[dict[str, Any]] = []
     pose_rows: list[list[Any]] = []
     test_frames: list[tuple[np.ndarray, np.ndarray, tuple[float, float, float]]] = []
+    xy_by_split: dict[str, np.ndarray] = {}
+    yaw_by_split: dict[str, np.ndarray] = {}
+    train_walks = 0
     for split in SPLITS:
-        poses = route(campus, counts[split], np.random.default_rng([seed, 22, _SPLIT_ID[split]]), cfg)
+        split_rng = np.random.default_rng([seed, 22, _SPLIT_ID[split]])
+        if split == 'train':
+            walks = training_walks(campus, counts[split], split_rng, cfg)
+            train_walks = len(walks)
+            poses = [T for walk in walks for T in walk]
+        else:
+            poses = route(campus, counts[split], split_rng, cfg)
         xyz = np.array([T[:3, 3] for T in poses])
+        xy_by_split[split] = xyz[:, :2]
+        yaw_by_split[split] = np.array([math.atan2(T[1, 2], T[0, 2]) for T in poses])  # optical axis, CCW from east
         lat, lon, alt = enu.to_geodetic(xyz[:, 0], xyz[:, 1], xyz[:, 2])
         for k, T in enumerate(poses):
             frame_rng = np.random.default_rng([seed, 23, _SPLIT_ID[split], k])
@@ -433,13 +563,32 @@ def generate(out: str | Path, *, seed: int = 0, frames: int | None = None, size:
         'config': asdict(cfg),
         'photometric': {'strength': cfg.photometric_strength, 'config': photometric.to_mapping(),
                         'sun': 'per frame: azimuth U(0, 360) deg, elevation U(17, 69) deg'},
-        'splits': {k: {'frames': v} for k, v in counts.items()},
+        'splits': {k: {'frames': v, 'walks': train_walks if k == 'train' else 1} for k, v in counts.items()},
+        'coverage': _coverage(xy_by_split, yaw_by_split),
         'eval_bag': 'eval.bag (test split)' if write_bag else None,
     }
     (out / 'world.yaml').write_text(yaml.safe_dump(yaml_plain(world), sort_keys=False))
     if write_bag:
         _write_bag(out / 'eval.bag', test_frames, camera)
     _LOG.info('campus world written to %s in %.1f s', out, time.perf_counter() - t_start)
+    return out
+
+
+def _coverage(xy_by_split: dict[str, np.ndarray], yaw_by_split: dict[str, np.ndarray]) -> dict[str, float]:
+    """How close the val and test positions come to the training positions (horizontal metres), also
+    counting only training frames that look the same way (optical-axis heading within 35 deg)."""
+    out: dict[str, float] = {}
+    for split in ('val', 'test'):
+        d_view = nearest_distances_m(xy_by_split[split], xy_by_split['train'], query_yaw_rad=yaw_by_split[split],
+                                     ref_yaw_rad=yaw_by_split['train'], max_yaw_diff_deg=35.0)
+        out[f'{split}_to_train_same_view_nn_median_m'] = round(float(np.median(d_view)), 3)
+        out[f'{split}_to_train_same_view_within_10m_pct'] = round(float(np.mean(d_view <= 10.0) * 100), 2)
+        d = nearest_distances_m(xy_by_split[split], xy_by_split['train'])
+        out[f'{split}_to_train_nn_median_m'] = round(float(np.median(d)), 3)
+        out[f'{split}_to_train_nn_p95_m'] = round(float(np.percentile(d, 95)), 3)
+        out[f'{split}_to_train_nn_max_m'] = round(float(d.max()), 3)
+        out[f'{split}_within_5m_pct'] = round(float(np.mean(d <= 5.0) * 100), 2)
+        out[f'{split}_within_10m_pct'] = round(float(np.mean(d <= 10.0) * 100), 2)
     return out
 
 
