@@ -24,9 +24,9 @@ import logging
 import math
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import cv2
 import numpy as np
@@ -50,6 +50,25 @@ _CLIP_Z = 1e-3  # near clipping plane (m) for the screen rectangles of boxes
 _EDGES = np.array([(k, k | (1 << a)) for k in range(8) for a in range(3) if not k & (1 << a)])
 _MIP_LEVELS = 6
 
+
+
+class WalkWorldConfig:
+    """Shared by the walking-camera worlds' config dataclasses (indoor, campus): the ``--frames`` split
+    and the camera. Subclasses are frozen dataclasses with ``size``, ``hfov_deg`` and
+    ``frames_{train,val,test}``, and name their error type in ``error_type``."""
+
+    error_type: ClassVar[type[Exception]] = ValueError
+
+    def with_train_frames(self, frames: int):  # -> same config type
+        """``--frames N``: N training frames; val and test get 15/70 of it each (a 70/15/15 split)."""
+        if frames < 1:
+            raise self.error_type(f'frames must be >= 1, got {frames}')
+        other = max(2, round(frames * 15 / 70))
+        return replace(self, frames_train=int(frames), frames_val=other, frames_test=other)
+
+    def camera(self) -> CameraIntrinsics:
+        w, h = self.size  # type: ignore[attr-defined]
+        return CameraIntrinsics.from_fov(self.hfov_deg, w, h)  # type: ignore[attr-defined]
 
 @dataclass(frozen=True)
 class Box:

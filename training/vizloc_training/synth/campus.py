@@ -31,7 +31,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, ClassVar, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -43,7 +43,7 @@ from ..datasets.exif import encode_jpeg_with_gps
 from ..datasets.reference_db import write_reference_entry
 from vizloc_ros.bundle import yaml_plain
 
-from .boxworld import Box, BoxWorld, GroundPlane, Lighting, camera_pose, catmull_rom, decode_image
+from .boxworld import WalkWorldConfig, Box, BoxWorld, GroundPlane, Lighting, camera_pose, catmull_rom, decode_image
 from .photometric import PhotometricConfig, apply_photometric
 from .textures import TextureSource
 
@@ -68,8 +68,10 @@ class CampusWorldError(ValueError):
 
 
 @dataclass(frozen=True)
-class CampusWorldConfig:
+class CampusWorldConfig(WalkWorldConfig):
     """Everything that shapes the campus world (recorded in world.yaml)."""
+
+    error_type: ClassVar[type[Exception]] = CampusWorldError
 
     size: tuple[int, int] = (320, 240)  # image (W, H) px
     hfov_deg: float = 70.0
@@ -102,16 +104,6 @@ class CampusWorldConfig:
             if getattr(self, name) < 1:
                 raise CampusWorldError(f'{name} must be >= 1, got {getattr(self, name)}')
 
-    def with_train_frames(self, frames: int) -> 'CampusWorldConfig':
-        """``--frames N``: N training frames; val and test get 15/70 of it each (a 70/15/15 split)."""
-        if frames < 1:
-            raise CampusWorldError(f'frames must be >= 1, got {frames}')
-        other = max(2, round(frames * 15 / 70))
-        return replace(self, frames_train=int(frames), frames_val=other, frames_test=other)
-
-    def camera(self) -> CameraIntrinsics:
-        w, h = self.size
-        return CameraIntrinsics.from_fov(self.hfov_deg, w, h)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -35,7 +35,7 @@ from vizloc_ros.types import CameraIntrinsics
 
 from vizloc_ros.bundle import yaml_plain
 
-from .boxworld import (Box, BoxWorld, Lighting, camera_pose, catmull_rom, decode_image, encode_jpeg, make_scene_dirs,
+from .boxworld import (WalkWorldConfig, Box, BoxWorld, Lighting, camera_pose, catmull_rom, decode_image, encode_jpeg, make_scene_dirs,
                        write_scene_frame)
 from .photometric import PhotometricConfig, apply_photometric
 from .textures import TextureSource
@@ -59,8 +59,10 @@ class IndoorWorldError(ValueError):
 
 
 @dataclass(frozen=True)
-class IndoorWorldConfig:
+class IndoorWorldConfig(WalkWorldConfig):
     """Everything that shapes the indoor world (recorded in world.yaml)."""
+
+    error_type: ClassVar[type[Exception]] = IndoorWorldError
 
     size: tuple[int, int] = (320, 240)  # image (W, H) px
     hfov_deg: float = 75.0
@@ -96,16 +98,6 @@ class IndoorWorldConfig:
             if getattr(self, name) < 1:
                 raise IndoorWorldError(f'{name} must be >= 1, got {getattr(self, name)}')
 
-    def with_train_frames(self, frames: int) -> 'IndoorWorldConfig':
-        """``--frames N``: N training frames; val and test get 15/70 of it each (a 70/15/15 split)."""
-        if frames < 1:
-            raise IndoorWorldError(f'frames must be >= 1, got {frames}')
-        other = max(2, round(frames * 15 / 70))
-        return replace(self, frames_train=int(frames), frames_val=other, frames_test=other)
-
-    def camera(self) -> CameraIntrinsics:
-        w, h = self.size
-        return CameraIntrinsics.from_fov(self.hfov_deg, w, h)
 
 
 @dataclass(frozen=True)
