@@ -27,8 +27,11 @@ def generate_launch_description() -> LaunchDescription:
     args = [
         DeclareLaunchArgument('namespace', default_value='', description='Namespace of the node and its topics.'),
         DeclareLaunchArgument('params_file', default_value=default_params, description='ROS parameters file.'),
-        DeclareLaunchArgument('image', default_value='image', description='Image topic (raw) to remap `image` to.'),
-        DeclareLaunchArgument('camera_info', default_value='camera_info', description='CameraInfo topic.'),
+        DeclareLaunchArgument('image', default_value='/camera/image_raw',
+                              description='Image topic (raw) to remap `image` to; its compressed form is '
+                                          '<image>/compressed. Default: the evaluation-bag topic.'),
+        DeclareLaunchArgument('camera_info', default_value='/camera/camera_info',
+                              description='CameraInfo topic. Default: the evaluation-bag topic.'),
         DeclareLaunchArgument('use_sim_time', default_value='false', description='Use /clock (bag replay).'),
         DeclareLaunchArgument('autostart', default_value='true',
                               description='Configure and activate at start-up (false: drive the lifecycle yourself).'),
