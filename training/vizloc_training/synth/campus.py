@@ -106,6 +106,16 @@ class CampusWorldConfig(WalkWorldConfig):
 
 
 
+
+def _is_reversal(waypoints: Sequence[np.ndarray], q: np.ndarray, cos_limit: float) -> bool:
+    """True if going from the last waypoint to ``q`` turns back on the previous leg (cosine < cos_limit)."""
+    if len(waypoints) < 2:
+        return False
+    p = waypoints[-1]
+    prev = p - waypoints[-2]
+    cosang = np.dot(prev, q - p) / (np.linalg.norm(prev) * np.linalg.norm(q - p) + 1e-9)
+    return bool(cosang < cos_limit)
+
 @dataclass(frozen=True)
 class Campus:
     world: BoxWorld
@@ -294,10 +304,7 @@ def route(campus: Campus, n_frames: int, rng: np.random.Generator, cfg: CampusWo
                 continue
             score = (np.linalg.norm(goal - q) / 10.0 + coverage[cov_cell(q)] + 0.3 * coverage[cov_cell((p + q) / 2)]
                      + rng.uniform(0, 0.5))
-            if len(waypoints) > 1:  # avoid sharp reversals
-                prev = p - waypoints[-2]
-                cosang = np.dot(prev, q - p) / (np.linalg.norm(prev) * np.linalg.norm(q - p) + 1e-9)
-                score += 0.8 * (cosang < -0.5)
+            score += 0.8 * _is_reversal(waypoints, q, cos_limit=-0.5)  # avoid sharp reversals
             if score < best_score:
                 best, best_score = q, score
         if best is None:
@@ -367,10 +374,7 @@ def training_walks(campus: Campus, n_frames: int, rng: np.random.Generator,
                         continue
                     along = p + np.linspace(0.25, 1, 8)[:, None] * (q - p)
                     score = -float(dist_at(dist, along).mean()) + rng.uniform(0, 1.0)
-                    if len(waypoints) > 1:  # no sharp reversals
-                        prev = p - waypoints[-2]
-                        cosang = np.dot(prev, q - p) / (np.linalg.norm(prev) * np.linalg.norm(q - p) + 1e-9)
-                        score += 6.0 * (cosang < -0.3)
+                    score += 6.0 * _is_reversal(waypoints, q, cos_limit=-0.3)  # no sharp reversals
                     if score < best_score:
                         best, best_score = q, score
                 if best is None:
