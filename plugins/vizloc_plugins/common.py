@@ -122,10 +122,7 @@ class BundleModel:
         self.input = self.bundle.input
         if self.input.dtype != 'uint8':
             raise ConfigError(f'{self.bundle.path}: input dtype {self.input.dtype!r} is not supported (uint8 only)')
-        threads = intra_op_num_threads
-        if threads is None and os.environ.get('VIZLOC_ORT_THREADS'):
-            threads = int(os.environ['VIZLOC_ORT_THREADS'])
-        self._backend = self._create_backend(backend, cache_dir, threads)
+        self._backend = self._create_backend(backend, cache_dir, intra_op_num_threads)
         self.last_resize: Resize | None = None
         logger.info('loaded %s bundle %s on %s', self.bundle.localizer_type, self.bundle.path, self.backend_name)
 
@@ -133,12 +130,8 @@ class BundleModel:
         from vizloc_ros.backends import BackendError, create_backend
 
         try:
-            if kind == 'onnxruntime' and threads:
-                from vizloc_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
-
-                runner = OnnxRuntimeBackend(self.bundle.model_path, intra_op_num_threads=threads, cache_dir=cache_dir)
-            else:
-                runner = create_backend(kind, self.bundle.model_path, cache_dir=cache_dir)
+            runner = create_backend(kind, self.bundle.model_path, cache_dir=cache_dir,
+                                    intra_op_num_threads=threads or None)
             runner.load()
         except BackendError as exc:
             raise ConfigError(f'{self.bundle.path}: cannot run the model with backend {kind!r}: {exc}') from exc
