@@ -21,7 +21,7 @@ from rclpy.lifecycle import TransitionCallbackReturn
 from sensor_msgs.msg import Image, NavSatFix, NavSatStatus
 from std_msgs.msg import String
 
-from example_plugin_support import EXAMPLE_TYPE, example_plugin_module, make_example_bundle
+from example_plugin_support import EXAMPLE_TYPE, example_plugin_module
 from test_node_support import PARAMS_FILE, RosClient, domain_id_for
 from vizloc_ros.conversions import stamp_to_ns
 from vizloc_ros.hookspecs import hookimpl
@@ -98,8 +98,8 @@ def client() -> Iterator[RosClient]:
 
 
 @pytest.fixture(scope='module')
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_example_bundle(tmp_path_factory.mktemp('bundle') / 'color')
+def bundle(example_bundle: Path) -> Path:
+    return example_bundle
 
 
 class Spinner:

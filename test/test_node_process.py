@@ -24,7 +24,7 @@ from sensor_msgs.msg import CompressedImage, Image, NavSatFix, NavSatStatus
 from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 
-from example_plugin_support import EXAMPLE_PLUGIN_NAME, EXAMPLE_TYPE, install_example_plugin, make_example_bundle
+from example_plugin_support import EXAMPLE_PLUGIN_NAME, EXAMPLE_TYPE
 from test_node_support import NodeProcess, RosClient, diagnostics_values, domain_id_for
 from vizloc_ros.conversions import ns_to_stamp, stamp_to_ns
 
@@ -35,13 +35,13 @@ ROOMS = ['red', 'green', 'blue', 'white', 'black']
 
 
 @pytest.fixture(scope='module')
-def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return install_example_plugin(tmp_path_factory.mktemp('site'))
+def plugin_site(example_plugin_site: Path) -> Path:
+    return example_plugin_site
 
 
 @pytest.fixture(scope='module')
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_example_bundle(tmp_path_factory.mktemp('bundle') / 'color')
+def bundle(example_bundle: Path) -> Path:
+    return example_bundle
 
 
 @pytest.fixture(scope='module')

@@ -115,10 +115,18 @@ def _spin_until(executor: SingleThreadedExecutor, done: Callable[[], bool], time
         executor.spin_once(timeout_sec=0.02)
 
 
-def _run_replay(executor: SingleThreadedExecutor, args: list[str], timeout_s: float = 30.0) -> subprocess.CompletedProcess:
+def _run_replay(executor: SingleThreadedExecutor, args: list[str], timeout_s: float = 30.0,
+                while_running: Callable[[], None] | None = None) -> subprocess.CompletedProcess:
+    """Run vizloc-replay as a subprocess while spinning ``executor``; ``while_running`` is called each spin."""
     proc = subprocess.Popen(_replay_cmd(*args), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def finished() -> bool:
+        if while_running is not None:
+            while_running()
+        return proc.poll() is not None
+
     try:
-        _spin_until(executor, lambda: proc.poll() is not None, timeout_s)
+        _spin_until(executor, finished, timeout_s)
         for _ in range(10):  # deliveries already on the wire
             executor.spin_once(timeout_sec=0.02)
         out, err = proc.communicate(timeout=5)
@@ -177,24 +185,15 @@ def test_replay_clock_and_recorded_qos(ros, inbox: Inbox, tmp_path: Path) -> Non
     clocks = inbox.listen(Clock, '/clock')
     chatter = inbox.listen(String, '/chatter', QoSProfile(depth=50, reliability=ReliabilityPolicy.BEST_EFFORT))
 
-    proc = subprocess.Popen(_replay_cmd(str(tmp_path / 'chatter'), '--clock', '--clock-hz', '100', '--wait-for-subscribers', '20'),
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     publisher_qos = []
-    try:
-        def done() -> bool:
-            if not publisher_qos:
-                publisher_qos.extend(i.qos_profile for i in node.get_publishers_info_by_topic('/chatter'))
-            return proc.poll() is not None
 
-        _spin_until(executor, done, 30)
-        for _ in range(10):
-            executor.spin_once(timeout_sec=0.02)
-        out, err = proc.communicate(timeout=5)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err
+    def record_publisher_qos() -> None:
+        if not publisher_qos:
+            publisher_qos.extend(i.qos_profile for i in node.get_publishers_info_by_topic('/chatter'))
+
+    result = _run_replay(executor, [str(tmp_path / 'chatter'), '--clock', '--clock-hz', '100',
+                                    '--wait-for-subscribers', '20'], while_running=record_publisher_qos)
+    assert result.returncode == 0, result.stderr
     assert [m.data for _t, m in chatter] == ['msg0', 'msg1', 'msg2', 'msg3']
     assert publisher_qos and all(q.reliability == ReliabilityPolicy.BEST_EFFORT for q in publisher_qos)
 
