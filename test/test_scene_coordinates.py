@@ -349,3 +349,21 @@ def test_estimate_pose_undistorts_cell_pixels() -> None:
     assert np.linalg.norm(solution.T_map_camera[:3, 3] - T[:3, 3]) < 1e-4
     ignoring = estimate_pose(coords, None, K, options)  # same correspondences, distortion ignored
     assert ignoring is None or np.linalg.norm(ignoring.T_map_camera[:3, 3] - T[:3, 3]) > 0.1
+
+
+def test_head_training_stops_at_its_time_budget_with_the_schedule_finished() -> None:
+    """``head_time_budget_s``: the head stops after the budget, not after ``head_iterations``."""
+    from vizloc_training.scene_coordinates.model import Head, HeadConfig
+    from vizloc_training.scene_coordinates.train import _train_head
+
+    torch.manual_seed(0)
+    n = 4096
+    feats = torch.randn(n, 32)
+    buffer = {'features': feats.half(), 'coords': feats[:, :3] * 10.0 + 100.0, 'valid': torch.ones(n, dtype=torch.bool)}
+    config = {**PRESETS['tiny'], 'head_iterations': 1_000_000, 'head_batch_size': 256, 'head_time_budget_s': 0.5}
+    head = Head(32, HeadConfig(width=32, layers=1))
+    loss, run = _train_head(head, buffer, config, 'coords', torch.full((1, 3), 100.0), 10.0, torch.device('cpu'), 0)
+    assert 1 <= run < 1_000_000 and math.isfinite(loss)
+    # Without a budget it runs exactly its iterations.
+    config = {**config, 'head_iterations': 7, 'head_time_budget_s': 0.0}
+    assert _train_head(head, buffer, config, 'coords', torch.full((1, 3), 100.0), 10.0, torch.device('cpu'), 0)[1] == 7

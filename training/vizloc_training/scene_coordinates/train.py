@@ -64,6 +64,9 @@ _BASE: dict[str, Any] = {
     'aug_rotation_deg': 0.0, 'aug_scale': 1.0,
     # mapping (head from the feature buffer)
     'buffer_size': 300_000, 'head_iterations': 3000, 'head_batch_size': 4096, 'head_lr': 3e-3,
+    # > 0: head training stops after this many seconds (the cosine schedule runs over whichever ends
+    # first, iterations or time), so mapping keeps its time on a slow or shared machine
+    'head_time_budget_s': 0.0,
     'init_head_from_pretraining': True,
     # losses
     'supervision': 'auto', 'uncertainty': 'laplace',
@@ -77,7 +80,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     'tiny': {**_BASE, 'encoder_width': 8, 'encoder_blocks': 1, 'feature_dim': 16, 'head_width': 32,
              'head_layers': 1, 'epochs': 2, 'batch_size': 2, 'buffer_size': 4000, 'head_iterations': 20,
              'head_batch_size': 512, 'hypotheses': 32, 'min_inliers': 8, 'eval_limit': 3},
-    'demo': dict(_BASE),
+    # mapping (buffer + head) within 10 min on 2 CPU cores: the head gets at most 8 min
+    'demo': {**_BASE, 'head_time_budget_s': 480.0},
     'full': {**_BASE, 'encoder_width': 32, 'encoder_blocks': 6, 'feature_dim': 256, 'head_width': 512,
              'head_layers': 3, 'epochs': 60, 'batch_size': 8, 'buffer_size': 2_000_000,
              'head_iterations': 20000, 'head_batch_size': 5120, 'aug_rotation_deg': 15.0, 'aug_scale': 1.5},
@@ -107,11 +111,12 @@ class TrainedScene:
     """Result of :func:`fit`: the joined network and everything the bundle needs."""
 
     def __init__(self, net: SceneCoordinateNet, input_size: tuple[int, int], supervision: str,
-                 timings_s: dict[str, float], encoder_info: dict[str, Any]) -> None:
+                 timings_s: dict[str, float], encoder_info: dict[str, Any], head_iterations_run: int = 0) -> None:
         self.net = net
         self.input_size = input_size
         self.supervision = supervision
         self.timings_s = timings_s
+        self.head_iterations_run = head_iterations_run
         self.encoder_info = encoder_info
 
 
@@ -273,18 +278,36 @@ def _build_buffer(encoder: Encoder, images: list[PreparedImage], config: dict[st
 
 
 def _train_head(head: Head, buffer: dict[str, torch.Tensor], config: dict[str, Any], supervision: str,
-                mean_m: torch.Tensor, scale_m: float, device: torch.device, seed: int) -> float:
+                mean_m: torch.Tensor, scale_m: float, device: torch.device, seed: int) -> tuple[float, int]:
+    """ACE's head training on buffer batches; returns the final loss and the iterations run.
+
+    Warm-up over 5 % of the iterations, then cosine decay over ``head_iterations`` or
+    ``head_time_budget_s`` (> 0), whichever runs out first; training stops when either does.
+    """
     head.train()
-    optimizer = torch.optim.AdamW(head.parameters(), lr=config['head_lr'], weight_decay=1e-4)
-    iterations = config['head_iterations']
-    scheduler = _warmup_cosine(optimizer, iterations, 0.05)
+    base_lr = float(config['head_lr'])
+    optimizer = torch.optim.AdamW(head.parameters(), lr=base_lr, weight_decay=1e-4)
+    iterations = int(config['head_iterations'])
+    budget_s = float(config['head_time_budget_s'])
+    warmup = max(1, int(round(0.05 * iterations)))
+    started = time.perf_counter()
     size = buffer['features'].shape[0]
     batch = min(config['head_batch_size'], size)
     generator = torch.Generator().manual_seed(seed + 2)
     order = torch.randperm(size, generator=generator)
     cursor = 0
     losses = []
+    run = 0
     for it in range(iterations):
+        done = it / iterations
+        if budget_s > 0:
+            elapsed = time.perf_counter() - started
+            if it > 0 and elapsed >= budget_s:
+                logger.info('head time budget of %.0f s used up after %d/%d iterations', budget_s, it, iterations)
+                break
+            done = max(done, elapsed / budget_s)
+        for group in optimizer.param_groups:
+            group['lr'] = base_lr * min(1.0, (it + 1) / warmup) * 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
         if cursor + batch > size:
             order = torch.randperm(size, generator=generator)
             cursor = 0
@@ -298,11 +321,11 @@ def _train_head(head: Head, buffer: dict[str, torch.Tensor], config: dict[str, A
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        scheduler.step()
         losses.append(loss.item())
-        if (it + 1) % max(1, iterations // 10) == 0:
-            logger.info('head iteration %d/%d: loss %.4f', it + 1, iterations, float(np.mean(losses[-50:])))
-    return float(np.mean(losses[-50:])) if losses else math.nan
+        run = it + 1
+        if run % max(1, iterations // 10) == 0:
+            logger.info('head iteration %d/%d: loss %.4f', run, iterations, float(np.mean(losses[-50:])))
+    return (float(np.mean(losses[-50:])) if losses else math.nan), run
 
 
 def fit(train_images: list[PreparedImage], config: dict[str, Any], *, init_weights: Path | None = None,
@@ -338,12 +361,14 @@ def fit(train_images: list[PreparedImage], config: dict[str, Any], *, init_weigh
         net.load_state_dict(payload['model'])
         logger.info('resumed a mapped network from %s: skipping training', payload['path'])
         net.eval()
-        return TrainedScene(net, (in_w, in_h), supervision, dict(payload['extra'].get('timings_s', {})), encoder_info)
+        return TrainedScene(net, (in_w, in_h), supervision, dict(payload['extra'].get('timings_s', {})), encoder_info,
+                            int(payload['extra'].get('head_iterations_run', 0)))
     if init_weights is None or config['finetune_encoder'] or config['pretrain_encoder']:
         started = time.perf_counter()
         _train_end_to_end(net, train_images, config, supervision, device, seed, checkpoints,
                           payload if stage == 'end_to_end' else None)
         timings['encoder_training_s'] = time.perf_counter() - started
+    iterations_run = 0
     if not config['pretrain_encoder']:
         started = time.perf_counter()
         encoder.requires_grad_(False)
@@ -354,15 +379,17 @@ def fit(train_images: list[PreparedImage], config: dict[str, Any], *, init_weigh
         head = net.head if ('encoder_training_s' in timings and config['init_head_from_pretraining']) \
             else Head(encoder.config.feature_dim, head_config).to(device)
         started = time.perf_counter()
-        _train_head(head, buffer, config, supervision, net.scene_mean_m.view(1, 3), scale, device, seed)
+        _loss_value, iterations_run = _train_head(head, buffer, config, supervision, net.scene_mean_m.view(1, 3),
+                                                  scale, device, seed)
         timings['head_training_s'] = time.perf_counter() - started
         net.head = head
         encoder.requires_grad_(True)
     timings['mapping_s'] = timings.get('buffer_s', 0.0) + timings.get('head_training_s', 0.0)
     if checkpoints is not None:
-        checkpoints.save(config['epochs'] + 1, net, None, extra={'stage': 'mapped', 'timings_s': timings})
+        checkpoints.save(config['epochs'] + 1, net, None, extra={'stage': 'mapped', 'timings_s': timings,
+                                                                  'head_iterations_run': iterations_run})
     net.eval()
-    return TrainedScene(net, (in_w, in_h), supervision, timings, encoder_info)
+    return TrainedScene(net, (in_w, in_h), supervision, timings, encoder_info, iterations_run)
 
 
 # -- entry point -------------------------------------------------------------------------------------
@@ -428,6 +455,7 @@ def train(args: TrainArgs) -> Path:
                                      covariance_scale=covariance_scale)
             metrics.update({f'test_{k}': v for k, v in result.metrics.items()})
     metrics.update({f'{k}': float(v) for k, v in trained.timings_s.items()})
+    metrics['head_iterations_run'] = trained.head_iterations_run
     metrics['covariance_scale'] = covariance_scale
 
     metadata = {
