@@ -284,3 +284,22 @@ def test_cli_dispatches_to_indoor(tmp_path: Path) -> None:
     out = tmp_path / 'cli'
     assert cli.main(['indoor', '--out', str(out), '--frames', '3', '--size', '32x24', '--seed', '1']) == 0
     assert len(list((out / 'train').glob('*/*.jpg'))) == 3 and (out / 'eval.bag').is_dir()
+
+
+def test_own_room_share_counts_what_the_camera_sees(world: Path, tmp_path: Path) -> None:
+    shares = indoor.own_room_share(world, 'test')
+    assert len(shares) == len(list((world / 'test').glob('*/*.jpg')))
+    assert [s[0] for s in shares] == sorted(s[0] for s in shares)
+    assert all(0.0 <= s[2] <= 1.0 for s in shares)
+    # A 1 m walk-through of the same room mostly sees that room.
+    assert np.median([s[2] for s in shares]) > 0.5
+    # Relabel every frame as a room that does not exist: it sees none of it.
+    fake = tmp_path / 'fake'
+    (fake / 'test' / 'nowhere').mkdir(parents=True)
+    (fake / 'scene').symlink_to(world / 'scene')
+    (fake / 'rooms.yaml').symlink_to(world / 'rooms.yaml')
+    for png in (world / 'test').glob('*/*.jpg'):
+        (fake / 'test' / 'nowhere' / png.name).symlink_to(png)
+    assert all(s[2] == 0.0 for s in indoor.own_room_share(fake, 'test'))
+    with pytest.raises(FileNotFoundError, match='no frames'):
+        indoor.own_room_share(fake, 'val')

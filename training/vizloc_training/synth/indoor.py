@@ -39,9 +39,10 @@ from .boxworld import (WalkWorldConfig, Box, BoxWorld, Lighting, camera_pose, ca
                        write_scene_frame)
 from .photometric import PhotometricConfig, apply_photometric
 from .textures import TextureSource
+from ..datasets.rooms import IMAGE_SUFFIXES as ROOM_IMAGE_SUFFIXES
 
 __all__ = ['GENERATOR', 'GENERATOR_VERSION', 'ROOM_NAMES', 'IndoorWorldConfig', 'IndoorWorldError', 'FloorPlan',
-           'build_floor_plan', 'room_at', 'load_rooms_yaml', 'walk', 'generate']
+           'build_floor_plan', 'room_at', 'load_rooms_yaml', 'walk', 'generate', 'own_room_share']
 
 _LOG = logging.getLogger(__name__)
 
@@ -453,3 +454,30 @@ def _write_bag(path: Path, frames: Sequence[tuple[np.ndarray, np.ndarray, str]],
                              T_map_camera=T, room=room)
 
     return write_evaluation_bag(path, samples())
+
+
+def own_room_share(root: Path, split: str) -> list[tuple[str, str, float]]:
+    """(frame stem, label, share of the visible cells inside the labelled room) of a generated world's split.
+
+    The frames in temporal order; visible cells are the frame's scene coordinates
+    (``scene/<split>/init``), each assigned to the room whose floor polygon contains it. A share
+    below 0.5 means the camera stands in one room and mostly sees another (through a door), the
+    frames a room classifier can only get right from cues such as the door frame
+    (``scripts/room_visibility.py``).
+    """
+    rooms = load_rooms_yaml(root / 'rooms.yaml')
+    frames = sorted((p for p in (root / split).glob('*/*') if p.suffix.lower() in ROOM_IMAGE_SUFFIXES),
+                    key=lambda p: p.name)
+    if not frames:
+        raise FileNotFoundError(f'{root / split}: no frames (expected <room>/<frame>.jpg)')
+    out = []
+    for path in frames:
+        init = root / 'scene' / split / 'init' / f'{path.stem}.npy'
+        if not init.is_file():
+            raise FileNotFoundError(f'{init}: missing scene coordinates (is {root} an indoor world?)')
+        xyz = np.load(init).reshape(3, -1).T
+        seen = [room_at(rooms, float(x), float(y)) for x, y, _z in xyz]
+        seen = [label for label in seen if label is not None]
+        own = sum(label == path.parent.name for label in seen) / max(1, len(seen))
+        out.append((path.stem, path.parent.name, own))
+    return out
