@@ -64,9 +64,9 @@ _COMMON: dict[str, Any] = {
     'blur_p': 0.3,              # probability of a Gaussian blur
     'hflip': True,
     'erase_p': 0.25,            # probability of random erasing (2-25 % of the crop)
-    'time_budget_s': 0.0,
+    'time_budget_s': 0.0,       # > 0: the cosine schedule ends at whichever comes first, epochs or this wall time
     'weight_ema': 0.0,          # > 0: keep an exponential moving average of the weights (decay per step); it is
-                                # what gets validated, selected and exported       # > 0: the cosine schedule ends at whichever comes first, epochs or this wall time
+                                # what gets validated, selected and exported
     'bn_momentum': 0.1,         # BatchNorm running-stat momentum (torchvision mobilenets use 0.01)
     'bn_recalibrate': 200,      # after training: recompute BN statistics on up to this many train frames
     'video_stride': 5,          # every n-th frame of training/val/test video clips
