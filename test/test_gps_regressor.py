@@ -345,3 +345,71 @@ def test_cli_tiny_run_and_resume(dataset, tmp_path, capsys):
     assert main([*argv[:8], '2', *argv[9:], '--resume']) == 0
     resumed = load_bundle(out)
     assert [h['epoch'] for h in resumed.metadata['history']] == [1, 2]
+
+
+# -- bins head -------------------------------------------------------------------------------------------
+def test_grid_anchors_are_occupied_cells_of_the_training_positions():
+    from vizloc_training.gps_regressor.model import grid_anchors
+
+    en = np.array([[0.0, 0.0], [4.0, 3.0], [25.0, 1.0], [26.0, 9.0], [0.5, 21.0]])
+    anchors, size = grid_anchors(en, 10.0, min_anchors=2)
+    # Cells (0,0), (2,0), (0,2) of a grid starting at (0, 0): centres at +5 m.
+    assert size == 10.0
+    assert sorted(map(tuple, anchors.tolist())) == [(5.0, 5.0), (5.0, 25.0), (25.0, 5.0)]
+    with pytest.raises(ValueError, match='positive'):
+        grid_anchors(en, 0.0)
+    # A large area: the cells grow until there are at most max_anchors; a small one: they shrink.
+    rng = np.random.default_rng(0)
+    wide = rng.uniform(0.0, 5000.0, (2000, 2))
+    anchors, size = grid_anchors(wide, 10.0, max_anchors=256)
+    assert len(anchors) <= 256 and size > 10.0
+    small = rng.uniform(0.0, 12.0, (200, 2))
+    anchors, size = grid_anchors(small, 10.0, min_anchors=16)
+    assert len(anchors) >= 16 and size < 10.0
+
+
+def test_bins_head_is_the_moment_matched_mixture():
+    from vizloc_training.gps_regressor.model import GPSRegressorNet
+
+    anchors = torch.tensor([[-1.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    net = GPSRegressorNet('resnet18', image_hw=(32, 40), anchors_z_K2=anchors,
+                          bin_var_z_2=torch.tensor([0.01, 0.02])).eval()
+    x = torch.randn(3, 3, 32, 40)
+    with torch.no_grad():
+        mu, log_var, rho, logits = net(x, return_logits=True)
+        raw = net.head(net.features(x))
+    p = torch.softmax(logits, 1)
+    assert torch.allclose(mu, p @ anchors, atol=1e-6)
+    for i in range(3):
+        d = anchors - mu[i]
+        cov = (p[i, :, None, None] * d[:, :, None] * d[:, None, :]).sum(0)
+        var = torch.diagonal(cov) + torch.exp(raw[i, -1]) + torch.tensor([0.01, 0.02])
+        assert torch.allclose(torch.exp(log_var[i]), var, rtol=1e-4)
+        assert rho[i] == pytest.approx(float(cov[0, 1] / torch.sqrt(var[0] * var[1])), abs=1e-5)
+    # Soft labels peak at the anchor nearest the target and sum to one.
+    soft = net.soft_labels(torch.tensor([[0.9, 0.1]]), torch.tensor([10.0, 10.0]), 10.0)
+    assert soft.sum().item() == pytest.approx(1.0) and int(soft.argmax()) == 1
+    with pytest.raises(ValueError, match='bins head'):
+        GPSRegressorNet('resnet18', image_hw=(32, 40))(x, return_logits=True)
+
+
+def test_bins_head_trains_exports_and_runs_in_the_plugin(dataset, tmp_path):
+    from vizloc_ros.bundle import load_bundle
+
+    out = train(TrainArgs(type='gps_regressor', data=dataset, out=tmp_path / 'bins', preset='tiny', epochs=8,
+                          seed=0, extra={'head': 'bins', 'bin_size_m': 20.0}))
+    b = load_bundle(out, expected_type='gps_regressor')
+    assert b.metadata['head'] == 'bins' and b.metadata['config']['bin_size_m'] == 20.0
+    assert b.metadata['anchors']['count'] >= 16 and b.metadata['anchors']['bin_size_m'] <= 20.0
+    truth = np.array([[float(r['lat']), float(r['lon'])] for r in csv.DictReader(open(dataset / 'gt.csv'))
+                      if r['split'] == 'test'])
+    centroid = np.array(b.metadata['geo']['enu_origin'][:2])
+    assert b.metrics['test']['mean_m'] < geo_metrics.haversine_m(truth[:, 0], truth[:, 1], *centroid).mean()
+    localizer = _localizer([out], tmp_path)
+    row = next(r for r in csv.DictReader(open(dataset / 'gt.csv')) if r['split'] == 'test')
+    result = localizer.localize(Frame(rgb_HW3=read_image(dataset, row['image']), stamp_ns=1, frame_id='camera'))
+    assert result.geo is not None and np.all(np.linalg.eigvalsh(result.geo.cov_enu_m2) > 0)
+    localizer.close()
+    with pytest.raises(TrainConfigError, match='head'):
+        train(TrainArgs(type='gps_regressor', data=dataset, out=tmp_path / 'x', preset='tiny',
+                        extra={'head': 'mixture'}))

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..models.backbones import make_backbone
 from .losses import MAX_ABS_RHO, covariance_from_head
 
-__all__ = ['BACKBONE_CHOICES', 'POOLING', 'GPSRegressorNet', 'MetricHead', 'OUTPUT_NAMES']
+__all__ = ['BACKBONE_CHOICES', 'HEADS', 'POOLING', 'GPSRegressorNet', 'MetricHead', 'OUTPUT_NAMES', 'grid_anchors']
 
 #: Backbones the seed compares (EfficientNet-B0 is the default); the lighter MobileNets also work.
 BACKBONE_CHOICES = ('efficientnet_b0', 'resnet18', 'convnext_tiny', 'mobilenet_v3_small', 'mobilenet_v3_large')
@@ -25,6 +26,43 @@ OUTPUT_NAMES = ('mean_en_m', 'cov_en_m2')
 POOLING = ('avg', 'spatial')
 #: Clamp range of the predicted log-variances (normalised units): keeps exp() finite.
 LOG_VAR_MIN, LOG_VAR_MAX = -16.0, 6.0
+#: ``gaussian``: the seed's direct regression (mean, log-variances, correlation). ``bins``: a
+#: probability over place anchors (cells of a metric grid that hold training positions); the
+#: Gaussian is the mixture's moment match (see :meth:`GPSRegressorNet.forward`).
+HEADS = ('gaussian', 'bins')
+
+
+def grid_anchors(train_en_m: np.ndarray, bin_size_m: float, *, min_anchors: int = 16,
+                 max_anchors: int = 1024) -> tuple[np.ndarray, float]:
+    """Centres (K, 2) in metres of the grid cells that hold at least one training position, and the cell size.
+
+    The grid starts at ``bin_size_m`` and is aligned to the training positions' minimum corner; only
+    the training split goes in (no leakage), so places never visited in training have no anchor.
+    The cell size is doubled while there are more than ``max_anchors`` cells (a large area) and
+    halved while there are fewer than ``min_anchors`` (a small one; not below 1/64 of the start), so
+    one default fits a courtyard and a city district.
+    """
+    if bin_size_m <= 0.0:
+        raise ValueError(f'bin_size_m must be positive, got {bin_size_m}')
+    en = np.asarray(train_en_m, dtype=np.float64).reshape(-1, 2)
+    if len(en) == 0:
+        raise ValueError('grid_anchors needs at least one training position')
+    corner = en.min(axis=0)
+
+    def cells(size: float) -> np.ndarray:
+        return np.unique(np.floor((en - corner) / size).astype(np.int64), axis=0)
+
+    size = float(bin_size_m)
+    occupied = cells(size)
+    while len(occupied) > max_anchors:
+        size *= 2.0
+        occupied = cells(size)
+    while len(occupied) < min_anchors and size > bin_size_m / 64.0:
+        finer = cells(size / 2.0)
+        if len(finer) > max_anchors:
+            break
+        size, occupied = size / 2.0, finer
+    return corner + (occupied + 0.5) * size, size
 
 
 class GPSRegressorNet(nn.Module):
@@ -36,7 +74,8 @@ class GPSRegressorNet(nn.Module):
 
     def __init__(self, backbone: str = 'efficientnet_b0', *, hidden: tuple[int, int] = (256, 128),
                  dropout: float = 0.2, correlation: bool = True, init_weights: Path | None = None,
-                 pool: str = 'avg', image_hw: tuple[int, int] = (224, 224), spatial_channels: int = 32) -> None:
+                 pool: str = 'avg', image_hw: tuple[int, int] = (224, 224), spatial_channels: int = 32,
+                 anchors_z_K2: torch.Tensor | None = None, bin_var_z_2: torch.Tensor | None = None) -> None:
         super().__init__()
         if backbone not in BACKBONE_CHOICES:
             raise ValueError(f'unknown backbone {backbone!r} for the GPS regressor; choose one of {BACKBONE_CHOICES}')
@@ -44,6 +83,14 @@ class GPSRegressorNet(nn.Module):
             raise ValueError(f'unknown pooling {pool!r}; choose one of {POOLING}')
         self.backbone_name = backbone
         self.pool = pool
+        self.head_kind = 'gaussian' if anchors_z_K2 is None else 'bins'
+        if anchors_z_K2 is not None:
+            if anchors_z_K2.ndim != 2 or anchors_z_K2.shape[1] != 2 or len(anchors_z_K2) < 2:
+                raise ValueError(f'anchors must be (K >= 2, 2), got {tuple(anchors_z_K2.shape)}')
+            # Quantisation variance of one cell (normalised units per axis): the floor of the covariance.
+            self.register_buffer('anchors_z', anchors_z_K2.detach().clone().float())
+            self.register_buffer('bin_var_z', (bin_var_z_2 if bin_var_z_2 is not None
+                                               else torch.zeros(2)).detach().clone().float().reshape(1, 2))
         self.backbone, feature_dim = make_backbone(backbone, init_weights=init_weights)
         self.correlation = correlation
         if pool == 'spatial':
@@ -67,7 +114,7 @@ class GPSRegressorNet(nn.Module):
             nn.Dropout(dropout),
             nn.Linear(hidden[0], hidden[1]),
             nn.SiLU(),
-            nn.Linear(hidden[1], 5),
+            nn.Linear(hidden[1], 5 if anchors_z_K2 is None else len(anchors_z_K2) + 1),
         )
         out: nn.Linear = self.head[-1]  # type: ignore[assignment]
         nn.init.zeros_(out.bias)
@@ -78,8 +125,28 @@ class GPSRegressorNet(nn.Module):
             return self.backbone(x_N3HW)
         return torch.flatten(self.reduce(self.backbone.forward_features(x_N3HW)), 1)
 
-    def forward(self, x_N3HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x_N3HW: torch.Tensor, return_logits: bool = False):
+        """``(mu_N2, log_var_N2, rho_N)``, plus the anchor logits (N, K) with ``return_logits`` (``bins`` only).
+
+        ``bins``: ``p = softmax(logits)``; the mean is ``sum_k p_k a_k`` and the covariance
+        ``sum_k p_k (a_k - mu)(a_k - mu)^T`` plus a learned residual variance and the cell's
+        quantisation variance, i.e. the moment-matched Gaussian of the mixture over anchors, returned
+        as log-variances and a correlation like the ``gaussian`` head.
+        """
         raw = self.head(self.features(x_N3HW))
+        if self.head_kind == 'bins':
+            logits = raw[:, :-1]
+            p = torch.softmax(logits, dim=1)
+            mu = p @ self.anchors_z
+            d = self.anchors_z.unsqueeze(0) - mu.unsqueeze(1)
+            cov = torch.einsum('nk,nki,nkj->nij', p, d, d)
+            floor = torch.exp(raw[:, -1:].clamp(LOG_VAR_MIN, LOG_VAR_MAX)) + self.bin_var_z
+            var = torch.stack([cov[:, 0, 0], cov[:, 1, 1]], dim=1) + floor
+            log_var = torch.log(var).clamp(LOG_VAR_MIN, LOG_VAR_MAX)
+            rho = (cov[:, 0, 1] / torch.sqrt(var[:, 0] * var[:, 1])).clamp(-MAX_ABS_RHO, MAX_ABS_RHO)
+            return (mu, log_var, rho, logits) if return_logits else (mu, log_var, rho)
+        if return_logits:
+            raise ValueError('return_logits needs the bins head')
         mu = raw[:, 0:2]
         log_var = raw[:, 2:4].clamp(LOG_VAR_MIN, LOG_VAR_MAX)
         if self.correlation:
@@ -87,6 +154,11 @@ class GPSRegressorNet(nn.Module):
         else:
             rho = torch.zeros_like(raw[:, 4])
         return mu, log_var, rho
+
+    def soft_labels(self, target_z_N2: torch.Tensor, std_en_m: torch.Tensor, sigma_m: float) -> torch.Tensor:
+        """(N, K) target distribution over anchors: a Gaussian kernel of ``sigma_m`` metres around each target."""
+        d_m = (self.anchors_z.unsqueeze(0) - target_z_N2.unsqueeze(1)) * std_en_m.reshape(1, 1, 2)
+        return torch.softmax(-(d_m ** 2).sum(dim=2) / (2.0 * sigma_m ** 2), dim=1)
 
 
 class MetricHead(nn.Module):
