@@ -367,3 +367,21 @@ def test_head_training_stops_at_its_time_budget_with_the_schedule_finished() -> 
     # Without a budget it runs exactly its iterations.
     config = {**config, 'head_iterations': 7, 'head_time_budget_s': 0.0}
     assert _train_head(head, buffer, config, 'coords', torch.full((1, 3), 100.0), 10.0, torch.device('cpu'), 0)[1] == 7
+
+
+def test_end_to_end_stops_at_its_time_budget_and_resume_goes_on_to_mapping(tmp_path: Path) -> None:
+    from vizloc_training.train.loop import CheckpointManager
+
+    torch.manual_seed(0)
+    images = prepare_split(_planar_samples(4, seed=2), 64, 48)
+    config = {**PRESETS['tiny'], 'epochs': 100_000, 'encoder_time_budget_s': 1.0}
+    scene = fit(images, config, seed=0)
+    net = scene.net
+    checkpoints = CheckpointManager(tmp_path / 'ckpt', describe={'test': True})
+    loss = _train_end_to_end(net, images, config, 'coords', torch.device('cpu'), seed=0, checkpoints=checkpoints)
+    assert math.isfinite(loss)
+    payload = checkpoints.load_latest(map_location='cpu')
+    assert payload['extra']['budget_used'] is True and 1 <= int(payload['epoch']) < 100_000
+    assert payload['extra']['train_s'] >= 1.0
+    # Resuming a run whose budget is used up trains no further.
+    assert math.isnan(_train_end_to_end(net, images, config, 'coords', torch.device('cpu'), seed=0, resume=payload))

@@ -58,6 +58,9 @@ _BASE: dict[str, Any] = {
     # encoder pretraining / end-to-end (epochs over the training images)
     'epochs': 10, 'batch_size': 4, 'lr': 1e-3,
     'pretrain_encoder': False, 'finetune_encoder': False,
+    # > 0: the end-to-end (encoder) stage stops after this many seconds; its schedule runs over
+    # whichever ends first, epochs or time
+    'encoder_time_budget_s': 0.0,
     # geometric augmentation (coords supervision only; exact: roll about the principal point + focal
     # change, targets re-sampled, see data.augment_view): uniform angle in +-aug_rotation_deg, scale
     # log-uniform in [1/aug_scale, aug_scale]; 0 / 1 = off
@@ -181,67 +184,84 @@ def _loss(coords_n_B3: torch.Tensor, log_scale_B: torch.Tensor, cells: dict[str,
                              scale_m, rep)
 
 
-def _warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_frac: float
-                   ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over ``warmup_frac`` of the steps, then cosine decay to 0."""
-    warmup = max(1, int(round(warmup_frac * total_steps)))
-
-    def factor(step: int) -> float:
-        return min(1.0, (step + 1) / warmup) * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 # -- stages ------------------------------------------------------------------------------------------
 
 def _train_end_to_end(net: SceneCoordinateNet, images: list[PreparedImage], config: dict[str, Any], supervision: str,
                       device: torch.device, seed: int, checkpoints: CheckpointManager | None = None,
                       resume: dict[str, Any] | None = None) -> float:
-    """Encoder + head end-to-end for ``config['epochs']``; checkpoint after every epoch, resumable."""
+    """Encoder + head end-to-end; checkpoint after every epoch, resumable.
+
+    Runs ``epochs`` epochs or until ``encoder_time_budget_s`` (> 0) is used up, whichever comes
+    first. The learning rate (warm-up over the first 10 %, then cosine) and the reprojection
+    curriculum follow the progress ``max(step / total steps, elapsed / budget)``, so a run cut by
+    the budget still ends with a decayed learning rate and the final threshold.
+    """
     net.train()
-    optimizer = torch.optim.AdamW(net.parameters(), lr=config['lr'], weight_decay=1e-4)
+    base_lr = float(config['lr'])
+    optimizer = torch.optim.AdamW(net.parameters(), lr=base_lr, weight_decay=1e-4)
     batch = config['batch_size']
     steps_per_epoch = max(1, math.ceil(len(images) / batch))
     total = config['epochs'] * steps_per_epoch
-    scheduler = _warmup_cosine(optimizer, total, 0.1)
+    budget_s = float(config['encoder_time_budget_s'])
     rng = np.random.default_rng(seed)
     aug_rng = np.random.default_rng(seed + 3)  # separate stream: the resumed shuffling replay stays exact
     generator = torch.Generator().manual_seed(seed)
-    start_epoch = 0
+    start_epoch, elapsed_before = 0, 0.0
     if resume is not None:
         net.load_state_dict(resume['model'])
         optimizer.load_state_dict(resume['optimizer'])
-        scheduler.load_state_dict(resume['extra']['scheduler'])
         start_epoch = int(resume['epoch'])
+        elapsed_before = float(resume['extra'].get('train_s', 0.0))
+        if resume['extra'].get('budget_used'):
+            logger.info('end-to-end training had used its time budget: going on to mapping')
+            return math.nan
         for _ in range(start_epoch):  # same shuffling as an uninterrupted run
             rng.permutation(len(images))
         logger.info('resuming end-to-end training after epoch %d', start_epoch)
     mean_m = net.scene_mean_m.view(1, 3)
     scale_m = float(net.scene_scale_m)
     step = start_epoch * steps_per_epoch
+    first_step = step
+    started = time.perf_counter() - elapsed_before
     last = math.nan
+    out_of_time = False
     for epoch in range(start_epoch, config['epochs']):
         order = rng.permutation(len(images))
         running = []
         for start in range(0, len(images), batch):
+            elapsed = time.perf_counter() - started
+            if budget_s > 0 and elapsed >= budget_s and step > first_step:
+                out_of_time = True
+                break
+            progress = (step + 1) / total
+            if budget_s > 0:
+                progress = max(progress, elapsed / budget_s)
+            progress = min(progress, 1.0)
+            for group in optimizer.param_groups:
+                group['lr'] = base_lr * min(1.0, progress / 0.1) * 0.5 * (1.0 + math.cos(math.pi * progress))
             chunk = _augment([images[i] for i in order[start:start + batch]], config, supervision, aug_rng)
             x = _normalise_batch(chunk, device, jitter=True, generator=generator)
             coords_n, log_scale_n = net.forward_normalised(x)
             h, w = coords_n.shape[2:]
             cells = _cell_tensors(chunk, h, w, device)
             loss, _ = _loss(coords_n.permute(0, 2, 3, 1).reshape(-1, 3), log_scale_n.reshape(-1), cells, supervision,
-                            mean_m, scale_m, step / max(total - 1, 1), config)
+                            mean_m, scale_m, progress, config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
             optimizer.step()
-            scheduler.step()
             step += 1
             running.append(loss.item())
-        last = float(np.mean(running))
+        if running:
+            last = float(np.mean(running))
         logger.info('end-to-end epoch %d/%d: loss %.4f', epoch + 1, config['epochs'], last)
         if checkpoints is not None:
-            checkpoints.save(epoch + 1, net, optimizer, extra={'stage': 'end_to_end', 'scheduler': scheduler.state_dict()})
+            checkpoints.save(epoch + 1, net, optimizer, extra={'stage': 'end_to_end', 'budget_used': out_of_time,
+                                                               'train_s': time.perf_counter() - started})
+        if out_of_time:
+            logger.info('encoder time budget of %.0f s used up after %d step(s) (%d epoch(s))', budget_s, step,
+                        epoch + 1)
+            break
     return last
 
 
