@@ -41,8 +41,8 @@ from ..metrics.classification import classification_report
 from ..models.backbones import count_flops, count_params
 from ..train.config import TrainArgs, resolve_preset
 from ..train.export import export_and_bundle, rewrite_bundle_metrics
-from ..train.loop import (CheckpointError, CheckpointManager, ddp_cleanup, ddp_setup, is_main_process, progress,
-                          select_device, set_seed, work_dir)
+from ..train.loop import (CheckpointError, CheckpointManager, ddp_cleanup, ddp_setup, is_main_process, lr_factor,
+                          progress, select_device, set_seed, work_dir)
 from .data import AugmentedRooms, RoomSplit, eval_transform, list_classes, load_split, train_transform
 from .evaluate import calibrate_smoothing, evaluate_trajectory, predict_split
 from .model import RoomClassifierExport, build_model
@@ -91,16 +91,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     'full': {**_COMMON, 'image_size': 224, 'max_side_px': 256, 'epochs': 60, 'batch_size': 64, 'lr': 1e-3,
              'warmup_epochs': 2, 'video_stride': 2, 'latency_runs': 50, 'num_threads': 0, 'tta_flip': True},
 }
-
-
-def lr_factor(step: int, elapsed_s: float, *, warmup_steps: int, total_steps: int, budget_s: float = 0.0) -> float:
-    """Linear warm-up, then cosine decay to 0 over the steps or the wall-time budget, whichever runs out first."""
-    if warmup_steps and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    done = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    if budget_s > 0:
-        done = max(done, elapsed_s / budget_s)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
 
 
 def _ema_with_warmup(decay: float):

@@ -36,7 +36,7 @@ import torch
 from vizloc_ros.bundle import InputSpec
 
 from ..train.config import TrainArgs, TrainConfigError, resolve_preset
-from ..train.loop import CheckpointManager, select_device, set_seed, work_dir
+from ..train.loop import CheckpointManager, lr_factor, schedule_progress, select_device, set_seed, work_dir
 from .data import PreparedImage, augment_view, open_split, prepare_split, scene_normalisation
 from .losses import ReprojectionLossConfig, coordinate_nll, reprojection_loss
 from .model import (OUTPUT_STRIDE, Encoder, EncoderConfig, Head, HeadConfig, SceneCoordinateNet, load_encoder,
@@ -194,9 +194,10 @@ def _train_end_to_end(net: SceneCoordinateNet, images: list[PreparedImage], conf
     """Encoder + head end-to-end; checkpoint after every epoch, resumable.
 
     Runs ``epochs`` epochs or until ``encoder_time_budget_s`` (> 0) is used up, whichever comes
-    first. The learning rate (warm-up over the first 10 %, then cosine) and the reprojection
-    curriculum follow the progress ``max(step / total steps, elapsed / budget)``, so a run cut by
-    the budget still ends with a decayed learning rate and the final threshold.
+    first. The learning rate (:func:`..train.loop.lr_factor`: warm-up over the first 10 % of the
+    steps, then cosine) and the reprojection curriculum (:func:`..train.loop.schedule_progress`)
+    follow steps or time, whichever is further, so a run cut by the budget still ends with a
+    decayed learning rate and the final threshold.
     """
     net.train()
     base_lr = float(config['lr'])
@@ -205,6 +206,7 @@ def _train_end_to_end(net: SceneCoordinateNet, images: list[PreparedImage], conf
     steps_per_epoch = max(1, math.ceil(len(images) / batch))
     total = config['epochs'] * steps_per_epoch
     budget_s = float(config['encoder_time_budget_s'])
+    warmup = max(1, int(round(0.1 * total)))
     rng = np.random.default_rng(seed)
     aug_rng = np.random.default_rng(seed + 3)  # separate stream: the resumed shuffling replay stays exact
     generator = torch.Generator().manual_seed(seed)
@@ -235,12 +237,10 @@ def _train_end_to_end(net: SceneCoordinateNet, images: list[PreparedImage], conf
             if budget_s > 0 and elapsed >= budget_s and step > first_step:
                 out_of_time = True
                 break
-            progress = (step + 1) / total
-            if budget_s > 0:
-                progress = max(progress, elapsed / budget_s)
-            progress = min(progress, 1.0)
+            progress = schedule_progress(step, total, elapsed, budget_s)
             for group in optimizer.param_groups:
-                group['lr'] = base_lr * min(1.0, progress / 0.1) * 0.5 * (1.0 + math.cos(math.pi * progress))
+                group['lr'] = base_lr * lr_factor(step, elapsed, warmup_steps=warmup, total_steps=total,
+                                                  budget_s=budget_s)
             chunk = _augment([images[i] for i in order[start:start + batch]], config, supervision, aug_rng)
             x = _normalise_batch(chunk, device, jitter=True, generator=generator)
             coords_n, log_scale_n = net.forward_normalised(x)
@@ -321,15 +321,13 @@ def _train_head(head: Head, buffer: dict[str, torch.Tensor], config: dict[str, A
     losses = []
     run = 0
     for it in range(iterations):
-        done = it / iterations
-        if budget_s > 0:
-            elapsed = time.perf_counter() - started
-            if it > 0 and elapsed >= budget_s:
-                logger.info('head time budget of %.0f s used up after %d/%d iterations', budget_s, it, iterations)
-                break
-            done = max(done, elapsed / budget_s)
+        elapsed = time.perf_counter() - started
+        if budget_s > 0 and it > 0 and elapsed >= budget_s:
+            logger.info('head time budget of %.0f s used up after %d/%d iterations', budget_s, it, iterations)
+            break
         for group in optimizer.param_groups:
-            group['lr'] = base_lr * min(1.0, (it + 1) / warmup) * 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
+            group['lr'] = base_lr * lr_factor(it, elapsed, warmup_steps=warmup, total_steps=iterations,
+                                              budget_s=budget_s)
         if cursor + batch > size:
             order = torch.randperm(size, generator=generator)
             cursor = 0

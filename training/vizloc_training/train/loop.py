@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import math
 import os
 import random
 import re
@@ -30,7 +31,8 @@ import numpy as np
 import torch
 
 __all__ = [
-    'work_dir', 'set_seed', 'select_device', 'CheckpointManager', 'CheckpointError', 'progress',
+    'work_dir', 'set_seed', 'select_device', 'CheckpointManager', 'CheckpointError', 'progress', 'lr_factor',
+    'schedule_progress',
     'DistributedInfo', 'ddp_setup', 'ddp_cleanup', 'is_main_process', 'world_size',
 ]
 
@@ -203,3 +205,20 @@ def ddp_setup(device: torch.device | None = None) -> DistributedInfo:
 def ddp_cleanup() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+def schedule_progress(step: int, total_steps: int, elapsed_s: float, budget_s: float = 0.0) -> float:
+    """Fraction of a training run done, in [0, 1]: steps done, or wall time used of ``budget_s`` (> 0),
+    whichever is further (the clock that the learning rate and curricula follow)."""
+    done = step / max(1, total_steps)
+    if budget_s > 0:
+        done = max(done, elapsed_s / budget_s)
+    return min(1.0, done)
+
+
+def lr_factor(step: int, elapsed_s: float, *, warmup_steps: int, total_steps: int, budget_s: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to 0 over the steps or the wall-time budget, whichever runs out first."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    done = schedule_progress(step - warmup_steps, total_steps - warmup_steps, elapsed_s, budget_s)
+    return 0.5 * (1.0 + math.cos(math.pi * done))
