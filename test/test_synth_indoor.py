@@ -17,6 +17,7 @@ from vizloc_ros.types import CameraIntrinsics
 from vizloc_training.datasets.rooms import RoomsDataset
 from vizloc_training.datasets.scene_coordinates import SceneCoordinateDataset
 from vizloc_training.synth import indoor
+from vizloc_training.datasets.rooms import RoomsDatasetError
 from vizloc_training.synth.boxworld import Box, BoxWorld, GroundPlane, camera_pose
 from vizloc_training.synth.textures import TextureSource, procedural_texture
 
@@ -301,5 +302,5 @@ def test_own_room_share_counts_what_the_camera_sees(world: Path, tmp_path: Path)
     for png in (world / 'test').glob('*/*.jpg'):
         (fake / 'test' / 'nowhere' / png.name).symlink_to(png)
     assert all(s[2] == 0.0 for s in indoor.own_room_share(fake, 'test'))
-    with pytest.raises(FileNotFoundError, match='no frames'):
+    with pytest.raises(RoomsDatasetError, match='does not exist'):
         indoor.own_room_share(fake, 'val')

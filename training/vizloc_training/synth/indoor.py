@@ -39,7 +39,7 @@ from .boxworld import (WalkWorldConfig, Box, BoxWorld, Lighting, camera_pose, ca
                        write_scene_frame)
 from .photometric import PhotometricConfig, apply_photometric
 from .textures import TextureSource
-from ..datasets.rooms import IMAGE_SUFFIXES as ROOM_IMAGE_SUFFIXES
+from ..datasets.rooms import RoomsDataset
 
 __all__ = ['GENERATOR', 'GENERATOR_VERSION', 'ROOM_NAMES', 'IndoorWorldConfig', 'IndoorWorldError', 'FloorPlan',
            'build_floor_plan', 'room_at', 'load_rooms_yaml', 'walk', 'generate', 'own_room_share']
@@ -463,13 +463,11 @@ def own_room_share(root: Path, split: str) -> list[tuple[str, str, float]]:
     (``scene/<split>/init``), each assigned to the room whose floor polygon contains it. A share
     below 0.5 means the camera stands in one room and mostly sees another (through a door), the
     frames a room classifier can only get right from cues such as the door frame
-    (``scripts/room_visibility.py``).
+    (``scripts/room_visibility.py``). The split is read with the Rooms reader
+    (:class:`..datasets.rooms.RoomsDataset`; a missing or empty split raises its ``RoomsDatasetError``).
     """
     rooms = load_rooms_yaml(root / 'rooms.yaml')
-    frames = sorted((p for p in (root / split).glob('*/*') if p.suffix.lower() in ROOM_IMAGE_SUFFIXES),
-                    key=lambda p: p.name)
-    if not frames:
-        raise FileNotFoundError(f'{root / split}: no frames (expected <room>/<frame>.jpg)')
+    frames = sorted((sample.path for sample in RoomsDataset(root, split).samples), key=lambda p: p.name)
     out = []
     for path in frames:
         init = root / 'scene' / split / 'init' / f'{path.stem}.npy'
