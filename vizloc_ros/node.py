@@ -40,12 +40,12 @@ from visualization_msgs.msg import MarkerArray
 
 from . import params as vparams
 from .conversions import (frame_from_msg, image_msg_from_rgb, intrinsics_from_camera_info, navsatfix_from_result,
-                          pose_msg_from_estimate, room_msg_from_estimate)
+                          pose_msg_from_estimate, room_msg_from_estimate, stamp_to_ns)
 from .diagnostics import ErrorThrottle, FrameTiming, LocalizerStats, timing_status
 from .localizer import ConfigError, Localizer, LocalizerContext
 from .markers import PATH_PUBLISH_PERIOD_S, PathBuffer, markers_for_result
 from .plugin_manager import load_registry
-from .types import CameraIntrinsics, Frame, InvalidInputError, LocalizationResult
+from .types import CameraIntrinsics, Frame, InvalidInputError, InvalidOutputError, LocalizationResult, check_result
 
 __all__ = ['VizlocNode', 'main', 'BRIDGED_LOGGERS']
 
@@ -54,7 +54,6 @@ BRIDGED_LOGGERS = ('vizloc_ros', 'vizloc_plugins')
 OUTPUT_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 RELIABLE_INPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 IMAGE_OUTPUT_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-WORKER_JOIN_TIMEOUT_S = 10.0
 #: sys.setswitchinterval() of the vizloc_node process (main() only; embedding applications choose their own).
 GIL_SWITCH_INTERVAL_S = 0.001
 #: Output names of each localizer that LocalizationResult.images names must not take.
@@ -98,6 +97,8 @@ class _FrameConverter:
         self._msg: Any = None
         self._result: Frame | InvalidInputError | None = None
         self.camera: CameraIntrinsics | None = None
+        #: Node parameter max_image_pixels (set on configure).
+        self.max_pixels = vparams.NodeParams.max_image_pixels
 
     def frame(self, msg: Any) -> Frame:
         """The frame of ``msg``; raises InvalidInputError for unusable messages (_FirstFailure the first time)."""
@@ -107,7 +108,7 @@ class _FrameConverter:
                     raise self._result
                 return self._result
             try:
-                result: Frame | InvalidInputError = frame_from_msg(msg, self.camera)
+                result: Frame | InvalidInputError = frame_from_msg(msg, self.camera, self.max_pixels)
             except InvalidInputError as exc:
                 result = exc
             self._msg, self._result = msg, result
@@ -121,7 +122,14 @@ class _FirstFailure(InvalidInputError):
 
 
 class _LocalizerWorker:
-    """One localizer instance: its latest-frame slot, worker thread, publishers and statistics."""
+    """One localizer instance: its latest-frame slot, worker thread, publishers and statistics.
+
+    There is never more than one thread inside a localizer. Each activation and deactivation bumps
+    ``_generation``; a frame is processed under the generation it was taken in, and its result is
+    published only if that generation is still the active one. A thread still busy in ``localize()``
+    when the node deactivates (past ``worker_join_timeout_s``) is not replaced on re-activation: it
+    discards its stale result and serves the new activation.
+    """
 
     def __init__(self, node: 'VizlocNode', name: str, localizer: Localizer, stats: LocalizerStats) -> None:
         self.node = node
@@ -130,7 +138,8 @@ class _LocalizerWorker:
         self.stats = stats
         self._cond = threading.Condition()
         self._slot: tuple[Any, int] | None = None
-        self._stop = False
+        self._active = False
+        self._generation = 0
         self._thread: threading.Thread | None = None
         self._last_accepted_ns = 0
         qos = OUTPUT_QOS
@@ -155,38 +164,55 @@ class _LocalizerWorker:
 
     # -- worker thread --------------------------------------------------------------------------------
     def start(self) -> None:
-        self._stop = False
-        self._slot = None
-        self._thread = threading.Thread(target=self._run, name=f'vizloc-{self.name}', daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
         with self._cond:
-            self._stop = True
+            self._generation += 1
+            self._active = True
+            self._slot = None
+            if self._thread is None:  # else: the thread of an earlier activation is still busy; it serves this one
+                self._thread = threading.Thread(target=self._run, name=f'vizloc-{self.name}', daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def stop(self, timeout_s: float) -> None:
+        with self._cond:
+            self._generation += 1
+            self._active = False
             self._slot = None
             self._cond.notify()
-        if self._thread is not None:
-            self._thread.join(timeout=WORKER_JOIN_TIMEOUT_S)
-            if self._thread.is_alive():
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=timeout_s)
+            if thread.is_alive():
                 self.node.get_logger().warning(
-                    f'localizer {self.name}: worker still busy after {WORKER_JOIN_TIMEOUT_S} s; it will stop after this frame')
-            self._thread = None
+                    f'localizer {self.name}: still inside localize() after {timeout_s} s; its result will be '
+                    'discarded, and no second worker is started for this localizer')
+
+    @property
+    def thread_alive(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    def _current(self, generation: int) -> bool:
+        with self._cond:
+            return self._active and generation == self._generation
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while self._slot is None and not self._stop:
+                while self._slot is None and self._active:
                     self._cond.wait()
-                if self._stop:
+                if not self._active:
+                    self._thread = None  # under the lock: start() then creates a new thread
                     return
                 msg, received_ns = self._slot  # type: ignore[misc]
                 self._slot = None
+                generation = self._generation
             try:
-                self._process(msg, received_ns)
-            except Exception as exc:  # noqa: BLE001 - the worker must outlive any single frame
+                self._process(msg, received_ns, generation)
+            except BaseException as exc:  # noqa: BLE001 - the worker must outlive any single frame, SystemExit too
                 self._error('internal_error', f'{type(exc).__name__}: {exc}', exc_info=exc)
 
-    def _process(self, msg: Any, received_ns: int) -> None:
+    def _process(self, msg: Any, received_ns: int, generation: int) -> None:
         node = self.node
         try:
             frame = node.converter.frame(msg)
@@ -208,14 +234,20 @@ class _LocalizerWorker:
         except InvalidInputError as exc:
             self._error('bad_input', f'{self.name} refused the frame: {exc}')
             return
-        except Exception as exc:  # noqa: BLE001 - a plugin that raises must not take the node down
+        except InvalidOutputError as exc:
+            self._error('invalid_output', f'{self.name} built an unusable estimate: {exc}')
+            return
+        except BaseException as exc:  # noqa: BLE001 - a plugin that raises (even SystemExit) must not take the node down
             self._error('plugin_error', f'{type(exc).__name__}: {exc}', exc_info=exc)
             return
         model_end_ns = time.time_ns()
-        if self._stop:  # deactivated while the model ran: its publishers may be gone
+        if not self._current(generation):  # deactivated (and maybe re-activated) while the model ran
+            self.stats.error('stale_result', 'result of an earlier activation discarded')
             return
-        if not isinstance(result, LocalizationResult):
-            self._error('plugin_error', f'localize() returned {type(result).__name__}, not LocalizationResult')
+        try:
+            check_result(result)
+        except InvalidOutputError as exc:
+            self._error('invalid_output', str(exc))
             return
         try:
             self._publish(msg, frame, result)
@@ -247,7 +279,10 @@ class _LocalizerWorker:
         for image_name, rgb in result.images.items():
             self._publish_image(image_name, rgb, msg.header.stamp, camera_frame)
         if self.node.get_parameter('publish_markers').value:
-            self.node.publish_markers(result, stamp, camera_frame, frame.camera, pose_msg)
+            try:
+                self.node.publish_markers(result, stamp, camera_frame, frame.camera, pose_msg)
+            except Exception as exc:  # noqa: BLE001 - visualisation only: the estimates above are already out
+                self._error('markers_error', f'{type(exc).__name__}: {exc}', exc_info=exc)
 
     def _publish_image(self, image_name: str, rgb: Any, stamp: Any, camera_frame: str) -> None:
         """A visualisation of the result (e.g. 'heatmap') on ~/<name>/<image_name> as rgb8 sensor_msgs/Image."""
@@ -298,6 +333,9 @@ class VizlocNode(LifecycleNode):
         self.frames_received = 0
         self.bad_inputs = 0
         self.camera_info_errors = 0
+        #: Input stamps that are zero, negative, or older than the previous frame's (counted, still used).
+        self.stamp_counts = {'zero_stamps': 0, 'negative_stamps': 0, 'backwards_stamps': 0}
+        self._last_stamp_ns: int | None = None
         self._subs: list[Any] = []
         self._node_pubs: dict[str, Any] = {}
         self._diag_timer: Any = None
@@ -387,6 +425,14 @@ class VizlocNode(LifecycleNode):
             self.get_logger().error(f'configure failed: {exc}')
             return TransitionCallbackReturn.FAILURE
         p = self.node_params
+        unknown, notes = vparams.unknown_node_overrides(self, p.localizers)
+        for note in notes:
+            self.get_logger().warning(note)
+        if unknown:
+            for error in unknown:
+                self.get_logger().error(f'configure failed: {error}')
+            return TransitionCallbackReturn.FAILURE
+        self.converter.max_pixels = p.max_image_pixels
         try:
             self.plugin_report = load_registry(blocked=p.blocked_plugins, extra_plugins=self._extra_plugins)
         except ConfigError as exc:
@@ -477,7 +523,7 @@ class VizlocNode(LifecycleNode):
             self.destroy_timer(self._diag_timer)
             self._diag_timer = None
         for worker in self.workers.values():
-            worker.stop()
+            worker.stop(self.node_params.worker_join_timeout_s)
 
     def _release(self) -> None:
         for name, worker in self.workers.items():
@@ -492,6 +538,7 @@ class VizlocNode(LifecycleNode):
         self._node_pubs = {}
         self._path = None
         self.converter = _FrameConverter()
+        self.converter.max_pixels = self.node_params.max_image_pixels
 
     def destroy_node(self) -> None:
         self._stop_io()
@@ -502,8 +549,16 @@ class VizlocNode(LifecycleNode):
     # -- callbacks (never block) ----------------------------------------------------------------------
     def _on_image(self, msg: Any) -> None:
         received_ns = time.time_ns()
+        stamp_ns = stamp_to_ns(msg.header.stamp)
         with self._lock:
             self.frames_received += 1
+            if stamp_ns == 0:
+                self.stamp_counts['zero_stamps'] += 1
+            elif stamp_ns < 0:
+                self.stamp_counts['negative_stamps'] += 1
+            elif self._last_stamp_ns is not None and stamp_ns < self._last_stamp_ns:
+                self.stamp_counts['backwards_stamps'] += 1
+            self._last_stamp_ns = stamp_ns
         for worker in self.workers.values():
             worker.offer(msg, received_ns)
 
@@ -546,6 +601,7 @@ class VizlocNode(LifecycleNode):
         with self._lock:
             received, bad, cam_bad = self.frames_received, self.bad_inputs, self.camera_info_errors
             param_errors = self.parameter_errors + len(self._param_errors)
+            stamps = dict(self.stamp_counts)
         node_status = DiagnosticStatus(name=f'{node_name}: input', hardware_id='camera')
         node_status.level = DiagnosticStatus.WARN if (bad or cam_bad) else DiagnosticStatus.OK
         node_status.message = f'{received} frames, {bad} bad, {cam_bad} bad camera_info'
@@ -553,6 +609,7 @@ class VizlocNode(LifecycleNode):
                               KeyValue(key='bad_inputs', value=str(bad)),
                               KeyValue(key='camera_info_errors', value=str(cam_bad)),
                               KeyValue(key='parameter_errors', value=str(param_errors)),
+                              *(KeyValue(key=k, value=str(v)) for k, v in stamps.items()),
                               KeyValue(key='camera_info', value='yes' if self.converter.camera is not None else 'no'),
                               KeyValue(key='plugins_loaded', value=','.join(getattr(self.plugin_report, 'loaded', []))),
                               KeyValue(key='plugins_blocked', value=','.join(getattr(self.plugin_report, 'blocked', []))),

@@ -34,6 +34,7 @@ __all__ = [
     'declare_localizer_parameters',
     'check_parameter_change',
     'unknown_localizer_overrides',
+    'unknown_node_overrides',
 ]
 
 IMAGE_TRANSPORTS = ('raw', 'compressed')
@@ -95,6 +96,14 @@ NODE_PARAMETERS: dict[str, _Spec] = {
                              int_range=(1, 100000), runtime=True),
     'diagnostics_period_s': _Spec(1.0, ParameterType.PARAMETER_DOUBLE, 'Period of /diagnostics messages in seconds.',
                                   float_range=(0.1, 60.0)),
+    'max_image_pixels': _Spec(4096 * 4096, ParameterType.PARAMETER_INTEGER,
+                              'Largest image (width x height) accepted; a compressed image is checked from its header '
+                              'before decoding, a raw image from its claimed size. Larger ones are refused and counted.',
+                              int_range=(1, 1 << 31)),
+    'worker_join_timeout_s': _Spec(10.0, ParameterType.PARAMETER_DOUBLE,
+                                   'On deactivate, how long to wait for a localizer busy in localize(). A worker that '
+                                   'outlives it is never duplicated: its late result is discarded and it serves the '
+                                   'next activation.', float_range=(0.01, 600.0)),
     'error_log_throttle_s': _Spec(5.0, ParameterType.PARAMETER_DOUBLE,
                                   'At most one log line per error kind and localizer in this many seconds '
                                   '(every error is still counted in /diagnostics).', float_range=(0.0, 3600.0),
@@ -131,6 +140,8 @@ class NodeParams:
     publish_timing: bool = False
     path_max_length: int = 1000
     diagnostics_period_s: float = 1.0
+    max_image_pixels: int = 4096 * 4096
+    worker_join_timeout_s: float = 10.0
     error_log_throttle_s: float = 5.0
 
     def __post_init__(self) -> None:
@@ -253,6 +264,40 @@ def unknown_localizer_overrides(node: Any, name: str, known: Iterable[str]) -> l
     prefix = f'{name}.'
     known = set(known)
     return sorted(k for k in overrides if k.startswith(prefix) and k[len(prefix):] not in known)
+
+
+#: Parameters rclpy itself declares or reads, never reported as unknown.
+_RCLPY_PARAMETERS = frozenset({'use_sim_time', 'start_type_description_service'})
+_RCLPY_PREFIXES = ('qos_overrides.',)
+
+
+def unknown_node_overrides(node: Any, localizers: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(errors, notes) for overrides that no declared parameter or listed localizer takes.
+
+    An error names the parameter and the closest known name (``diagnostic_period_s``: did you mean
+    ``diagnostics_period_s``?). A ``<name>.*`` group with a ``<name>.type`` for a name not listed in
+    ``localizers`` is a localizer defined but not enabled: a note, not an error (a params file may
+    define several localizers and a launch argument pick some).
+    """
+    import difflib
+
+    overrides = getattr(node, '_parameter_overrides', {})  # rclpy keeps the overrides here (no public getter)
+    listed = set(localizers)
+    known = sorted(set(NODE_PARAMETERS) | _RCLPY_PARAMETERS | {f'{n}.{k}' for n in listed for k in LOCALIZER_COMMON})
+    defined = {k.split('.', 1)[0] for k in overrides if k.endswith('.type') and k.count('.') == 1}
+    errors, notes = [], []
+    for name in sorted(overrides):
+        head = name.split('.', 1)[0]
+        if name in known or node.has_parameter(name) or name.startswith(_RCLPY_PREFIXES) or head in listed:
+            continue  # localizer keys are checked against their type when the localizer is configured
+        if '.' in name and head in defined:
+            if name == f'{head}.type':
+                notes.append(f'localizer {head!r} is defined but not listed in localizers {sorted(listed)}; it is not run')
+            continue
+        close = difflib.get_close_matches(name, known + [f'{n}.' for n in listed], n=1, cutoff=0.6)
+        hint = f'; did you mean {close[0]!r}?' if close else f'; known node parameters: {sorted(NODE_PARAMETERS)}'
+        errors.append(f'unknown parameter {name!r}{hint}')
+    return errors, notes
 
 
 def _type_name(tp: Any) -> str:
