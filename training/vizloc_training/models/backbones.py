@@ -14,6 +14,7 @@ is the plain spatial mean of the maps (then a linear head gives a class-activati
 from __future__ import annotations
 
 import logging
+import pickle
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
@@ -116,8 +117,8 @@ def load_init_weights(backbone: Backbone, path: Path, key_map: dict[str, str] | 
     if not path.is_file():
         raise InitWeightsError(f'--init-weights {path}: no such file')
     try:
-        payload = torch.load(path, map_location='cpu', weights_only=False)
-    except (OSError, RuntimeError, EOFError) as exc:
+        payload = torch.load(path, map_location='cpu', weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:  # weights_only refuses pickled objects
         raise InitWeightsError(f'--init-weights {path}: cannot read it with torch.load: {exc}') from exc
     if isinstance(payload, dict) and isinstance(payload.get('model'), dict):
         payload = payload['model']  # vizloc checkpoint

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import pickle
 import math
 import os
 import random
@@ -137,8 +138,8 @@ class CheckpointManager:
             return None
         path = paths[-1]
         try:
-            payload = torch.load(path, map_location=map_location, weights_only=False)
-        except (OSError, RuntimeError, EOFError) as exc:
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:  # weights_only refuses pickled objects
             raise CheckpointError(f'{path}: cannot read checkpoint: {exc}') from exc
         if not isinstance(payload, dict) or payload.get('format') != CHECKPOINT_FORMAT:
             raise CheckpointError(f'{path}: not a vizloc checkpoint')
