@@ -41,7 +41,11 @@ from vizloc_ros.conversions import image_msg_from_rgb  # noqa: E402
 def proc_sample(pid: int) -> dict[str, int]:
     """RSS (kB), threads and open fds of ``pid`` from /proc."""
     status = Path(f'/proc/{pid}/status').read_text().splitlines()
-    values = {line.split(':')[0]: line.split(':')[1].split()[0] for line in status if ':' in line}
+    values = {}
+    for line in status:
+        key, _, rest = line.partition(':')
+        if rest.split():
+            values[key] = rest.split()[0]
     return {'rss_kb': int(values['VmRSS']), 'threads': int(values['Threads']),
             'fds': len(os.listdir(f'/proc/{pid}/fd'))}
 
