@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                           f'threads {samples[-1]["threads"]}, fds {samples[-1]["fds"]}', flush=True)
                 end = proc_sample(pid)
                 frames_s = time.monotonic() - t0
+                client.wait_for(lambda: bool(diagnostics_values(client.messages('/diagnostics'), 'localizer loc')), 3.0)
                 diag = diagnostics_values(client.messages('/diagnostics'), 'localizer loc')
                 before_cycles = end
                 for i in range(args.cycles):

@@ -117,11 +117,22 @@ def train_transform(size: int, *, scale_min: float = 0.35, jitter: float = 0.3, 
 
 
 def eval_transform(size: int, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
-    """Plain resize to ``size x size`` (the plugin's 'stretch' resize), normalise."""
-    from torchvision.transforms import v2
+    """Resize to ``size x size`` exactly as the plugin does at run time ('stretch', OpenCV), normalise.
 
-    return v2.Compose([v2.Resize((size, size), antialias=True), v2.ToDtype(torch.float32, scale=True),
-                       v2.Normalize(mean, std)])
+    Validation and test figures then measure the deployed preprocessing: torchvision's antialiased
+    resize and OpenCV's INTER_AREA differ by enough to flip frames near a decision boundary.
+    """
+    from torchvision.transforms import v2
+    from vizloc_plugins.common import resize_for_model
+
+    normalise = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+
+    def transform(chw: torch.Tensor) -> torch.Tensor:
+        hwc = np.ascontiguousarray(chw.permute(1, 2, 0).numpy())
+        resized, _ = resize_for_model(hwc, size, size, 'stretch')
+        return normalise(torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1))
+
+    return transform
 
 
 class AugmentedRooms(Dataset):
