@@ -15,6 +15,9 @@ import yaml
 from rosbags.rosbag2 import Reader
 
 from vizloc_ros.bags import (
+    EVAL_BAG_NAME,
+    LEGACY_EVAL_BAG_NAME,
+    find_evaluation_bag,
     CAMERA_INFO_TOPIC,
     COMPRESSED_IMAGE_TOPIC,
     FIX_TOPIC,
@@ -87,9 +90,10 @@ def _assert_same(written: list[EvalSample], read: list[EvalSample], *, max_abs_m
 @pytest.mark.parametrize('storage,compressed', [('sqlite3', False), ('mcap', False), ('mcap', True), ('sqlite3', True)])
 def test_evaluation_bag_round_trip(tmp_path: Path, storage: str, compressed: bool) -> None:
     samples = _samples()
-    bag = write_evaluation_bag(tmp_path / 'eval.bag', samples, storage=storage, compressed=compressed, map_frame='world')
-    assert sorted(p.name for p in bag.iterdir()) == sorted(['metadata.yaml', f'eval.bag.{"db3" if storage == "sqlite3" else "mcap"}'])
-    assert [p.name for p in tmp_path.iterdir()] == ['eval.bag']  # no temp dirs left behind
+    bag = write_evaluation_bag(tmp_path / EVAL_BAG_NAME, samples, storage=storage, compressed=compressed,
+                               map_frame='world')
+    assert sorted(p.name for p in bag.iterdir()) == sorted(['metadata.yaml', f'{EVAL_BAG_NAME}.{"db3" if storage == "sqlite3" else "mcap"}'])
+    assert [p.name for p in tmp_path.iterdir()] == [EVAL_BAG_NAME]  # no temp dirs left behind
 
     read = list(read_evaluation_bag(bag))
     _assert_same(samples, read, max_abs_mean=3.0 if compressed else 0.0)
@@ -326,3 +330,25 @@ def test_missing_and_garbage_metadata(good_bags: dict[str, Path], tmp_path: Path
 
     with pytest.raises(BagError, match='no such bag'):
         bag_info(tmp_path / 'does-not-exist')
+
+
+@pytest.mark.parametrize('storage', ['sqlite3', 'mcap'])
+def test_anyreader_opens_the_evaluation_bags_the_project_writes(tmp_path: Path, storage: str) -> None:
+    """rosbags' AnyReader (what evo and other tools use) takes '*.bag' for ROS 1 and refused 'eval.bag' dirs."""
+    from rosbags.highlevel import AnyReader
+
+    world = tmp_path / 'world'
+    bag = write_evaluation_bag(world / EVAL_BAG_NAME, _samples(), storage=storage)
+    assert find_evaluation_bag(world) == bag
+    with AnyReader([bag]) as reader:
+        topics = {c.topic for c in reader.connections}
+        assert {IMAGE_TOPIC, FIX_TOPIC, POSE_TOPIC} <= topics
+        fixes = [reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages()
+                 if c.topic == FIX_TOPIC]
+    assert len(fixes) == sum(s.fix_lla is not None for s in _samples())
+    # datasets of earlier versions (DIR/eval.bag) are still found and read by the project's own reader
+    legacy = tmp_path / 'legacy'
+    write_evaluation_bag(legacy / LEGACY_EVAL_BAG_NAME, _samples(), storage=storage)
+    assert find_evaluation_bag(legacy) == legacy / LEGACY_EVAL_BAG_NAME
+    assert len(list(read_evaluation_bag(find_evaluation_bag(legacy)))) == N
+    assert find_evaluation_bag(tmp_path / 'nothing') is None

@@ -43,7 +43,10 @@ from vizloc_ros.types import CameraIntrinsics, InvalidInputError
 __all__ = [
     'BagError',
     'BagWriter',
+    'EVAL_BAG_NAME',
+    'LEGACY_EVAL_BAG_NAME',
     'EvalSample',
+    'find_evaluation_bag',
     'IMAGE_TOPIC',
     'COMPRESSED_IMAGE_TOPIC',
     'CAMERA_INFO_TOPIC',
@@ -68,6 +71,22 @@ CAMERA_INFO_TOPIC = '/camera/camera_info'
 FIX_TOPIC = '/ground_truth/fix'
 POSE_TOPIC = '/ground_truth/pose'
 ROOM_TOPIC = '/ground_truth/room'
+
+#: Directory name of a dataset's evaluation bag (``DIR/eval_bag/``). Not ``eval.bag``: rosbags'
+#: AnyReader (which evo and other tools build on) takes any path ending in ``.bag`` for a ROS 1 bag
+#: and refuses a rosbag2 directory of that name. Datasets written before keep working:
+#: :func:`find_evaluation_bag` also finds the old ``eval.bag``.
+EVAL_BAG_NAME = 'eval_bag'
+LEGACY_EVAL_BAG_NAME = 'eval.bag'
+
+
+def find_evaluation_bag(dataset: str | os.PathLike[str]) -> Path | None:
+    """``dataset/eval_bag`` if it exists, else the legacy ``dataset/eval.bag``, else None."""
+    root = Path(dataset)
+    for name in (EVAL_BAG_NAME, LEGACY_EVAL_BAG_NAME):
+        if (root / name).is_dir():
+            return root / name
+    return None
 
 STORAGES: tuple[str, ...] = ('sqlite3', 'mcap')
 _STORAGE_PLUGINS = {'sqlite3': StoragePlugin.SQLITE3, 'mcap': StoragePlugin.MCAP}
