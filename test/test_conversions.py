@@ -195,8 +195,13 @@ def test_navsatfix_pose_and_room_messages() -> None:
     fix = conv.navsatfix_from_result(_result(), stamp, 'cam')
     assert conv.stamp_to_ns(fix.header.stamp) == 1_234_567_890_123 and fix.header.frame_id == 'cam'
     assert fix.status.status == NavSatStatus.STATUS_FIX
-    assert (fix.latitude, fix.longitude) == (47.0, 8.0) and math.isnan(fix.altitude)
-    assert list(fix.position_covariance) == [1.0, 0, 0, 0, 4.0, 0, 0, 0, 400.0]
+    # unknown altitude: finite (navsat_transform drops NaN altitudes) with a variance that gives it no weight
+    assert (fix.latitude, fix.longitude, fix.altitude) == (47.0, 8.0, 0.0)
+    assert list(fix.position_covariance) == [1.0, 0, 0, 0, 4.0, 0, 0, 0, conv.UNKNOWN_ALTITUDE_VARIANCE_M2]
+    known = LocalizationResult(stamp_ns=7, frame_id='cam', localizer='loc', latency_ms=1.0,
+                               geo=GeoEstimate(47.0, 8.0, 412.5, np.diag([1.0, 4.0, 9.0]), 'loc', 1.0))
+    known_fix = conv.navsatfix_from_result(known, stamp, 'cam')
+    assert known_fix.altitude == 412.5 and list(known_fix.position_covariance)[8] == 9.0
     assert fix.position_covariance_type == NavSatFix.COVARIANCE_TYPE_KNOWN
     approx = conv.navsatfix_from_result(_result(approximated=True), stamp, 'cam')
     assert approx.position_covariance_type == NavSatFix.COVARIANCE_TYPE_APPROXIMATED

@@ -42,6 +42,7 @@ __all__ = [
     'room_msg_from_estimate',
     'quaternion_xyzw_from_matrix',
     'COVARIANCE_TYPE_KEY',
+    'UNKNOWN_ALTITUDE_VARIANCE_M2',
     'DEFAULT_MAX_IMAGE_PIXELS',
     'compressed_image_size',
 ]
@@ -51,6 +52,10 @@ logger = logging.getLogger(__name__)
 #: ``LocalizationResult.diagnostics[COVARIANCE_TYPE_KEY] == 'approximated'`` makes the NavSatFix
 #: say COVARIANCE_TYPE_APPROXIMATED instead of COVARIANCE_TYPE_KNOWN.
 COVARIANCE_TYPE_KEY = 'covariance_type'
+
+#: NavSatFix altitude variance when a localizer does not know the altitude (published altitude 0.0,
+#: ellipsoidal): (1 km)^2, so that fusion gives it no weight but keeps the fix.
+UNKNOWN_ALTITUDE_VARIANCE_M2 = 1.0e6
 
 try:  # ROS 2 cv_bridge: present in a colcon workspace with system ROS 2, absent from the pip wheels
     from cv_bridge import CvBridge, CvBridgeError  # type: ignore[import-not-found]
@@ -352,8 +357,16 @@ def navsatfix_from_result(result: LocalizationResult, stamp: Any, frame_id: str)
     geo: GeoEstimate = result.geo
     msg.status.status = NavSatStatus.STATUS_FIX
     msg.latitude, msg.longitude = float(geo.lat_deg), float(geo.lon_deg)
-    msg.altitude = float(geo.alt_m)  # NaN when the localizer does not know it (the NavSatFix convention)
-    msg.position_covariance = [float(v) for v in geo.cov_enu_m2.reshape(-1)]
+    cov = np.array(geo.cov_enu_m2, dtype=np.float64)
+    if math.isfinite(geo.alt_m):
+        msg.altitude = float(geo.alt_m)
+    else:
+        # Unknown altitude: a finite value with a huge variance. robot_localization's navsat_transform
+        # drops fixes whose altitude is NaN; with this variance the altitude carries no weight.
+        msg.altitude = 0.0
+        cov[2, :] = cov[:, 2] = 0.0
+        cov[2, 2] = UNKNOWN_ALTITUDE_VARIANCE_M2
+    msg.position_covariance = [float(v) for v in cov.reshape(-1)]
     approximated = str(result.diagnostics.get(COVARIANCE_TYPE_KEY, '')).lower() == 'approximated'
     msg.position_covariance_type = (NavSatFix.COVARIANCE_TYPE_APPROXIMATED if approximated
                                     else NavSatFix.COVARIANCE_TYPE_KNOWN)
