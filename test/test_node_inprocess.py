@@ -125,7 +125,8 @@ def make_node(client: RosClient, params: dict[str, Any], plugins: tuple[object, 
     """A VizlocNode in the client's context with config/localize.yaml, ``params`` and the test plugins."""
     cli = ['--ros-args', '--params-file', str(PARAMS_FILE)]
     for key, value in params.items():
-        text = ('[' + ','.join(f'"{v}"' for v in value) + ']') if isinstance(value, list) else (
+        text = ('[' + ','.join(f'"{v}"' if isinstance(v, str) else repr(v) for v in value) + ']')\
+            if isinstance(value, list) else (
             str(value).lower() if isinstance(value, bool) else str(value))
         cli += ['-p', f'{key}:={text}']
     return VizlocNode(context=client.context, cli_args=cli,

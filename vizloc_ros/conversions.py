@@ -39,6 +39,7 @@ __all__ = [
     'compressed_msg_from_rgb',
     'navsatfix_from_result',
     'pose_msg_from_estimate',
+    'pose_msg_from_matrix',
     'room_msg_from_estimate',
     'quaternion_xyzw_from_matrix',
     'COVARIANCE_TYPE_KEY',
@@ -374,18 +375,23 @@ def navsatfix_from_result(result: LocalizationResult, stamp: Any, frame_id: str)
 
 
 def pose_msg_from_estimate(pose: PoseEstimate, stamp: Any, map_frame: str) -> Any:
-    """PoseEstimate -> geometry_msgs/PoseWithCovarianceStamped in ``map_frame``."""
+    """PoseEstimate -> geometry_msgs/PoseWithCovarianceStamped of the camera optical frame in ``map_frame``."""
+    return pose_msg_from_matrix(pose.T_map_camera, pose.cov_6x6, stamp, map_frame)
+
+
+def pose_msg_from_matrix(T_map_x: np.ndarray, cov_6x6: np.ndarray, stamp: Any, map_frame: str) -> Any:
+    """A 4x4 pose of some frame x in ``map_frame`` and its 6x6 covariance -> PoseWithCovarianceStamped."""
     from geometry_msgs.msg import PoseWithCovarianceStamped
 
     msg = PoseWithCovarianceStamped()
     msg.header.stamp = stamp
     msg.header.frame_id = map_frame
-    T = pose.T_map_camera
+    T = np.asarray(T_map_x, dtype=np.float64)
     msg.pose.pose.position.x, msg.pose.pose.position.y, msg.pose.pose.position.z = (float(v) for v in T[:3, 3])
     q = quaternion_xyzw_from_matrix(T[:3, :3])
     o = msg.pose.pose.orientation
     o.x, o.y, o.z, o.w = q
-    msg.pose.covariance = [float(v) for v in pose.cov_6x6.reshape(-1)]
+    msg.pose.covariance = [float(v) for v in np.asarray(cov_6x6, dtype=np.float64).reshape(-1)]
     return msg
 
 

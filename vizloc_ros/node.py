@@ -40,7 +40,8 @@ from visualization_msgs.msg import MarkerArray
 
 from . import params as vparams
 from .conversions import (frame_from_msg, image_msg_from_rgb, intrinsics_from_camera_info, navsatfix_from_result,
-                          pose_msg_from_estimate, room_msg_from_estimate, stamp_to_ns)
+                          pose_msg_from_matrix, room_msg_from_estimate, stamp_to_ns)
+from .frames import CameraExtrinsic, base_pose_from_camera_pose
 from .diagnostics import ErrorThrottle, FrameTiming, LocalizerStats, timing_status
 from .localizer import ConfigError, Localizer, LocalizerContext
 from .markers import PATH_PUBLISH_PERIOD_S, PathBuffer, markers_for_result
@@ -269,7 +270,9 @@ class _LocalizerWorker:
             return
         pose_msg = None
         if result.pose is not None:
-            pose_msg = pose_msg_from_estimate(result.pose, stamp, self.node.node_params.map_frame)
+            # the robot's pose (base_frame), not the camera's: what fusion stacks take a pose measurement for
+            T_map_base, cov_6x6 = base_pose_from_camera_pose(result.pose, self.node.extrinsic)
+            pose_msg = pose_msg_from_matrix(T_map_base, cov_6x6, stamp, self.node.node_params.map_frame)
         if fix is not None:
             self.pub_fix.publish(fix)
         if pose_msg is not None:
@@ -319,6 +322,8 @@ class VizlocNode(LifecycleNode):
         self._bridged: list[tuple[logging.Logger, int, bool]] = []  # (logger, level, propagate) to restore
         self._bridge_loggers(BRIDGED_LOGGERS)
         self.node_params = vparams.NodeParams()
+        #: Static camera extrinsic (node parameters T_base_camera_xyz / _rpy, read on configure).
+        self.extrinsic = CameraExtrinsic()
         self.workers: dict[str, _LocalizerWorker] = {}
         self._lock = threading.Lock()
         self.parameter_errors = 0
@@ -433,6 +438,7 @@ class VizlocNode(LifecycleNode):
                 self.get_logger().error(f'configure failed: {error}')
             return TransitionCallbackReturn.FAILURE
         self.converter.max_pixels = p.max_image_pixels
+        self.extrinsic = CameraExtrinsic(p.T_base_camera_xyz, p.T_base_camera_rpy)
         try:
             self.plugin_report = load_registry(blocked=p.blocked_plugins, extra_plugins=self._extra_plugins)
         except ConfigError as exc:

@@ -13,6 +13,8 @@ localizers, bundles) can only change while the node is unconfigured.
 """
 from __future__ import annotations
 
+import math
+
 import typing
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -85,6 +87,15 @@ NODE_PARAMETERS: dict[str, _Spec] = {
                        "QoS of the image and camera_info subscriptions: 'sensor_data' (best effort, depth 5) or "
                        "'reliable' (depth 5). Outputs are always reliable.", choices=INPUT_QOS),
     'map_frame': _Spec('map', ParameterType.PARAMETER_STRING, 'frame_id of ~/<name>/pose, ~/path and pose markers.'),
+    'base_frame': _Spec('base_link', ParameterType.PARAMETER_STRING,
+                        'The robot frame whose pose ~/<name>/pose carries (its child frame; what robot_localization '
+                        'calls base_link_frame). The camera is mounted on it by T_base_camera_xyz / _rpy.'),
+    'T_base_camera_xyz': _Spec([0.0, 0.0, 0.0], ParameterType.PARAMETER_DOUBLE_ARRAY,
+                               'Position (m) of the camera optical frame in base_frame.'),
+    'T_base_camera_rpy': _Spec([0.0, 0.0, 0.0], ParameterType.PARAMETER_DOUBLE_ARRAY,
+                               'Orientation (roll, pitch, yaw in rad, fixed axes as static_transform_publisher) of the '
+                               'camera optical frame in base_frame. All zero (the default): ~/pose is the optical '
+                               "frame's pose; a forward-looking camera is [-1.5708, 0.0, -1.5708]."),
     'cache_dir': _Spec('', ParameterType.PARAMETER_STRING,
                        'Writable cache for TensorRT engines etc.; empty = $VIZLOC_CACHE_DIR or ~/.cache/vizloc_ros.'),
     'publish_markers': _Spec(True, ParameterType.PARAMETER_BOOL, 'Publish ~/markers (MarkerArray) and ~/path (Path).',
@@ -135,6 +146,9 @@ class NodeParams:
     image_transport: str = 'raw'
     input_qos: str = 'sensor_data'
     map_frame: str = 'map'
+    base_frame: str = 'base_link'
+    T_base_camera_xyz: tuple[float, ...] = (0.0, 0.0, 0.0)
+    T_base_camera_rpy: tuple[float, ...] = (0.0, 0.0, 0.0)
     cache_dir: str = ''
     publish_markers: bool = True
     publish_timing: bool = False
@@ -149,8 +163,12 @@ class NodeParams:
             raise ConfigError(f'image_transport must be one of {IMAGE_TRANSPORTS}, got {self.image_transport!r}')
         if self.input_qos not in INPUT_QOS:
             raise ConfigError(f'input_qos must be one of {INPUT_QOS}, got {self.input_qos!r}')
-        if not self.map_frame:
-            raise ConfigError('map_frame must not be empty')
+        if not self.map_frame or not self.base_frame:
+            raise ConfigError('map_frame and base_frame must not be empty')
+        if len(self.T_base_camera_xyz) != 3 or len(self.T_base_camera_rpy) != 3 or not all(
+                math.isfinite(v) for v in (*self.T_base_camera_xyz, *self.T_base_camera_rpy)):
+            raise ConfigError(f'T_base_camera_xyz and T_base_camera_rpy need 3 finite numbers each, got '
+                              f'{list(self.T_base_camera_xyz)} and {list(self.T_base_camera_rpy)}')
         if len(set(self.localizers)) != len(self.localizers):
             raise ConfigError(f'localizers has duplicate names: {list(self.localizers)}')
 
@@ -231,6 +249,8 @@ def read_node_params(node: Any) -> NodeParams:
     v = {name: _value(node, name, spec) for name, spec in NODE_PARAMETERS.items()}
     v['localizers'] = tuple(v['localizers'] or ())
     v['blocked_plugins'] = tuple(v['blocked_plugins'] or ())
+    v['T_base_camera_xyz'] = tuple(float(x) for x in v['T_base_camera_xyz'] or ())
+    v['T_base_camera_rpy'] = tuple(float(x) for x in v['T_base_camera_rpy'] or ())
     return NodeParams(**v)
 
 
