@@ -21,7 +21,7 @@ from vizloc_ros.conversions import image_msg_from_rgb, stamp_to_ns
 from vizloc_ros.frames import OPTICAL_FORWARD_RPY, CameraExtrinsic, base_pose_from_camera_pose, skew
 from vizloc_ros.hookspecs import hookimpl
 from vizloc_ros.localizer import LocalizerType
-from vizloc_ros.types import Frame, LocalizationResult, PoseEstimate
+from vizloc_ros.types import Frame, GeoEstimate, LocalizationResult, PoseEstimate
 
 DOMAIN_ID = domain_id_for(__name__)
 #: optical frame (x right, y down, z forward) in base_link (x forward, y left, z up), written out by hand
@@ -72,8 +72,9 @@ class TruthLocalizer:
 
     def localize(self, frame: Frame) -> LocalizationResult:
         pose = PoseEstimate(TRUTH[frame.stamp_ns], CAMERA_COV, self.name, 0.0)
+        geo = GeoEstimate(46.52, 6.57, math.nan, np.diag([4.0, 4.0, 1e4]), self.name, 0.0)  # altitude unknown
         return LocalizationResult(stamp_ns=frame.stamp_ns, frame_id=frame.frame_id, localizer=self.name,
-                                  latency_ms=0.0, pose=pose)
+                                  latency_ms=0.0, pose=pose, geo=geo)
 
     def reset(self) -> None:
         pass
