@@ -9,6 +9,7 @@ per-frame timestamps on ``~/timing`` compare with other processes' clocks on the
 from __future__ import annotations
 
 import collections
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -16,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ['FrameTiming', 'LocalizerStats', 'ErrorThrottle', 'percentile_ms', 'timing_status']
+__all__ = ['FrameTiming', 'LocalizerStats', 'ErrorThrottle', 'InputMonitor', 'input_level', 'percentile_ms',
+           'timing_status']
 
 #: Frame timings kept for the latency percentiles and the rate.
 WINDOW = 200
@@ -86,10 +88,15 @@ class LocalizerStats:
         self.no_fix = 0
         self.errors: collections.Counter[str] = collections.Counter()
         self.last_error = ''
+        #: monotonic times of recent errors / processed frames (the status is judged over a window)
+        self._error_times: collections.deque[int] = collections.deque(maxlen=10_000)
+        self._processed_times: collections.deque[int] = collections.deque(maxlen=10_000)
+        self._offered_times: collections.deque[int] = collections.deque(maxlen=10_000)
 
     def offered(self, *, dropped_previous: bool) -> None:
         with self._lock:
             self.frames_offered += 1
+            self._offered_times.append(time.monotonic_ns())
             if dropped_previous:
                 self.frames_dropped += 1
 
@@ -104,6 +111,7 @@ class LocalizerStats:
     def processed(self, timing: FrameTiming, *, no_fix: bool = False) -> None:
         with self._lock:
             self.frames_processed += 1
+            self._processed_times.append(time.monotonic_ns())
             self.no_fix += int(no_fix)
             self._timings.append(timing)
 
@@ -111,6 +119,16 @@ class LocalizerStats:
         with self._lock:
             self.errors[kind] += 1
             self.last_error = f'{kind}: {message}'
+            self._error_times.append(time.monotonic_ns())
+
+    def recent(self, window_s: float, now_ns: int | None = None) -> dict[str, int]:
+        """Frames offered and processed, and errors, in the last ``window_s`` seconds."""
+        now_ns = time.monotonic_ns() if now_ns is None else now_ns
+        since = now_ns - int(window_s * 1e9)
+        with self._lock:
+            return {name: sum(1 for t in times if t >= since) for name, times in
+                    (('offered', self._offered_times), ('processed', self._processed_times),
+                     ('errors', self._error_times))}
 
     def timings(self) -> list[FrameTiming]:
         with self._lock:
@@ -152,27 +170,86 @@ class LocalizerStats:
         )
         return out
 
-    def to_status(self, node_name: str) -> Any:
-        """diagnostic_msgs/DiagnosticStatus: OK, WARN when frames are dropped or nothing comes out, ERROR on errors."""
+    def to_status(self, node_name: str, window_s: float = 10.0) -> Any:
+        """diagnostic_msgs/DiagnosticStatus judged over the last ``window_s`` seconds (diagnostic_updater style).
+
+        ERROR: errors in the window and nothing localized in it; WARN: some errors in the window, or
+        frames offered in it but none localized; OK otherwise (old errors stay in the counters, they
+        no longer hold the level down).
+        """
         from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
         s = self.summary()
+        recent = self.recent(window_s)
         status = DiagnosticStatus(name=f'{node_name}: localizer {self.name}', hardware_id=s['backend'] or 'unknown')
-        recent_errors = s['errors'] > 0 and s['frames_processed'] == 0
-        if recent_errors:
+        if recent['errors'] and not recent['processed']:
             status.level, status.message = DiagnosticStatus.ERROR, s['last_error'][:200]
-        elif s['errors']:
-            status.level, status.message = DiagnosticStatus.WARN, f'{s["errors"]} error(s); last: {s["last_error"][:160]}'
-        elif s['frames_offered'] and s['frames_processed'] == 0:
-            status.level, status.message = DiagnosticStatus.WARN, 'frames received but nothing localized yet'
+        elif recent['errors']:
+            status.level, status.message = (DiagnosticStatus.WARN, f'{recent["errors"]} error(s) in the last '
+                                            f'{window_s:g} s; last: {s["last_error"][:150]}')
+        elif recent['offered'] and not recent['processed']:
+            status.level, status.message = DiagnosticStatus.WARN, 'frames received but nothing localized'
         else:
             status.level, status.message = DiagnosticStatus.OK, f'{s["rate_hz"]:.1f} Hz'
         values = dict(s)
+        values.update({f'recent_{k}': v for k, v in recent.items()})
         values.pop('errors_by_kind')
         for kind, count in sorted(s['errors_by_kind'].items()):
             values[f'errors.{kind}'] = count
         status.values = [KeyValue(key=k, value=_fmt(v)) for k, v in values.items()]
         return status
+
+
+class InputMonitor:
+    """Arrival times of input frames: rate over a window and time since the last one (for STALE/frequency)."""
+
+    def __init__(self, window_s: float = 10.0) -> None:
+        self.window_s = window_s
+        self._lock = threading.Lock()
+        self._times: collections.deque[int] = collections.deque(maxlen=10_000)
+        self._bad: collections.deque[int] = collections.deque(maxlen=10_000)
+
+    def received(self, now_ns: int | None = None) -> None:
+        with self._lock:
+            self._times.append(time.monotonic_ns() if now_ns is None else now_ns)
+
+    def bad(self, now_ns: int | None = None) -> None:
+        with self._lock:
+            self._bad.append(time.monotonic_ns() if now_ns is None else now_ns)
+
+    def state(self, now_ns: int | None = None) -> dict[str, float]:
+        """``rate_hz`` over the window, ``since_last_s`` (inf before the first frame), ``recent_bad`` count."""
+        now_ns = time.monotonic_ns() if now_ns is None else now_ns
+        since = now_ns - int(self.window_s * 1e9)
+        with self._lock:
+            times = [t for t in self._times if t >= since]
+            bad = sum(1 for t in self._bad if t >= since)
+            last = self._times[-1] if self._times else None
+        rate = (len(times) - 1) / ((times[-1] - times[0]) / 1e9) if len(times) >= 2 and times[-1] > times[0] else 0.0
+        return {'rate_hz': rate, 'since_last_s': math.inf if last is None else (now_ns - last) / 1e9,
+                'recent_bad': float(bad)}
+
+
+def input_level(state: dict[str, float], *, active: bool, stale_after_s: float, expected_rate_hz: float,
+                rate_tolerance: float) -> tuple[int, str]:
+    """(level, message) of the camera input, following diagnostic_updater's FrequencyStatus/TimeStamp checks.
+
+    STALE: active, and no frame for ``stale_after_s`` (or none yet); WARN: the rate is outside
+    ``expected_rate_hz`` x (1 -/+ ``rate_tolerance``) (when an expected rate is set), or bad frames in
+    the window; OK otherwise. Inactive (unconfigured / inactive): OK, 'not active'.
+    """
+    if not active:
+        return 0, 'not active (no subscriptions)'
+    if state['since_last_s'] > stale_after_s:
+        last = 'no frame yet' if math.isinf(state['since_last_s']) else f'last frame {state["since_last_s"]:.1f} s ago'
+        return 3, f'camera stale: {last}'
+    if expected_rate_hz > 0:
+        low, high = expected_rate_hz * (1 - rate_tolerance), expected_rate_hz * (1 + rate_tolerance)
+        if not low <= state['rate_hz'] <= high:
+            return 1, f'input rate {state["rate_hz"]:.1f} Hz outside {low:.1f}..{high:.1f} Hz'
+    if state['recent_bad']:
+        return 1, f'{int(state["recent_bad"])} bad frame(s) recently'
+    return 0, f'{state["rate_hz"]:.1f} Hz'
 
 
 def _fmt(value: Any) -> str:

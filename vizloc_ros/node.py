@@ -42,7 +42,7 @@ from . import params as vparams
 from .conversions import (frame_from_msg, image_msg_from_rgb, intrinsics_from_camera_info, navsatfix_from_result,
                           pose_msg_from_matrix, room_msg_from_estimate, stamp_to_ns)
 from .frames import CameraExtrinsic, base_pose_from_camera_pose
-from .diagnostics import ErrorThrottle, FrameTiming, LocalizerStats, timing_status
+from .diagnostics import ErrorThrottle, FrameTiming, InputMonitor, LocalizerStats, input_level, timing_status
 from .localizer import ConfigError, Localizer, LocalizerContext
 from .markers import PATH_PUBLISH_PERIOD_S, PathBuffer, markers_for_result
 from .plugin_manager import load_registry
@@ -343,7 +343,13 @@ class VizlocNode(LifecycleNode):
         self._last_stamp_ns: int | None = None
         self._subs: list[Any] = []
         self._node_pubs: dict[str, Any] = {}
-        self._diag_timer: Any = None
+        # /diagnostics flows in every lifecycle state (a failed configure says why), on the steady clock
+        # (it keeps flowing with use_sim_time and no /clock): a plain publisher, not a lifecycle one.
+        self.input_monitor = InputMonitor()
+        self.configure_error = ''
+        self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', OUTPUT_QOS)
+        self._diag_timer = self.create_timer(float(self._param_or('diagnostics_period_s', 1.0)), self.publish_diagnostics,
+                                             clock=Clock(clock_type=ClockType.STEADY_TIME))
         self._path: PathBuffer | None = None
         self._path_published_at = 0.0
 
@@ -393,6 +399,7 @@ class VizlocNode(LifecycleNode):
     def count_bad_input(self, message: str) -> None:
         with self._lock:
             self.bad_inputs += 1
+        self.input_monitor.bad()
 
     def state_label(self) -> str:
         return str(self._state_machine.current_state[1])
@@ -424,9 +431,11 @@ class VizlocNode(LifecycleNode):
         return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.configure_error = ''
         try:
             self.node_params = vparams.read_node_params(self)
         except ConfigError as exc:
+            self.configure_error = str(exc)
             self.get_logger().error(f'configure failed: {exc}')
             return TransitionCallbackReturn.FAILURE
         p = self.node_params
@@ -436,12 +445,14 @@ class VizlocNode(LifecycleNode):
         if unknown:
             for error in unknown:
                 self.get_logger().error(f'configure failed: {error}')
+            self.configure_error = '; '.join(unknown)
             return TransitionCallbackReturn.FAILURE
         self.converter.max_pixels = p.max_image_pixels
         self.extrinsic = CameraExtrinsic(p.T_base_camera_xyz, p.T_base_camera_rpy)
         try:
             self.plugin_report = load_registry(blocked=p.blocked_plugins, extra_plugins=self._extra_plugins)
         except ConfigError as exc:
+            self.configure_error = str(exc)
             self.get_logger().error(f'configure failed: {exc}')
             return TransitionCallbackReturn.FAILURE
         registry = self.plugin_report.registry
@@ -470,7 +481,6 @@ class VizlocNode(LifecycleNode):
         self._node_pubs = {
             'markers': self.create_lifecycle_publisher(MarkerArray, '~/markers', OUTPUT_QOS),
             'path': self.create_lifecycle_publisher(PathMsg, '~/path', OUTPUT_QOS),
-            'diagnostics': self.create_lifecycle_publisher(DiagnosticArray, '/diagnostics', OUTPUT_QOS),
             'timing': self.create_lifecycle_publisher(DiagnosticStatus, '~/timing', QoSProfile(depth=100)),
         }
         self._path = PathBuffer(p.map_frame, p.path_max_length)
@@ -492,9 +502,6 @@ class VizlocNode(LifecycleNode):
         self._subs.append(self.create_subscription(CameraInfo, 'camera_info', self._on_camera_info, qos))
         for worker in self.workers.values():
             worker.start()
-        # Steady clock: /diagnostics keeps flowing with use_sim_time and no /clock.
-        self._diag_timer = self.create_timer(p.diagnostics_period_s, self.publish_diagnostics,
-                                             clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.get_logger().info(f'active: listening on {self._subs[0].topic_name} ({p.input_qos} QoS)')
         return super().on_activate(state)
 
@@ -525,9 +532,6 @@ class VizlocNode(LifecycleNode):
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
-        if self._diag_timer is not None:
-            self.destroy_timer(self._diag_timer)
-            self._diag_timer = None
         for worker in self.workers.values():
             worker.stop(self.node_params.worker_join_timeout_s)
 
@@ -556,6 +560,7 @@ class VizlocNode(LifecycleNode):
     def _on_image(self, msg: Any) -> None:
         received_ns = time.time_ns()
         stamp_ns = stamp_to_ns(msg.header.stamp)
+        self.input_monitor.received()
         with self._lock:
             self.frames_received += 1
             if stamp_ns == 0:
@@ -608,10 +613,16 @@ class VizlocNode(LifecycleNode):
             received, bad, cam_bad = self.frames_received, self.bad_inputs, self.camera_info_errors
             param_errors = self.parameter_errors + len(self._param_errors)
             stamps = dict(self.stamp_counts)
+        p = self.node_params
+        state = self.input_monitor.state()
+        level, message = input_level(state, active=self.state_label() == 'active', stale_after_s=p.input_timeout_s,
+                                     expected_rate_hz=p.expected_rate_hz, rate_tolerance=p.rate_tolerance)
         node_status = DiagnosticStatus(name=f'{node_name}: input', hardware_id='camera')
-        node_status.level = DiagnosticStatus.WARN if (bad or cam_bad) else DiagnosticStatus.OK
-        node_status.message = f'{received} frames, {bad} bad, {cam_bad} bad camera_info'
+        node_status.level = bytes([level])
+        node_status.message = f'{message}; {received} frames, {bad} bad, {cam_bad} bad camera_info'
         node_status.values = [KeyValue(key='frames_received', value=str(received)),
+                              KeyValue(key='input_rate_hz', value=f'{state["rate_hz"]:.2f}'),
+                              KeyValue(key='since_last_frame_s', value=f'{state["since_last_s"]:.2f}'),
                               KeyValue(key='bad_inputs', value=str(bad)),
                               KeyValue(key='camera_info_errors', value=str(cam_bad)),
                               KeyValue(key='parameter_errors', value=str(param_errors)),
@@ -621,8 +632,11 @@ class VizlocNode(LifecycleNode):
                               KeyValue(key='plugins_blocked', value=','.join(getattr(self.plugin_report, 'blocked', []))),
                               KeyValue(key='plugins_failed', value=','.join(getattr(self.plugin_report, 'failed', {})))]
         array.status.append(node_status)
+        if self.configure_error:
+            array.status.append(DiagnosticStatus(level=DiagnosticStatus.ERROR, name=f'{node_name}: configure',
+                                                 message=f'configure failed: {self.configure_error}'[:250]))
         for worker in list(self.workers.values()):
-            array.status.append(worker.stats.to_status(node_name))
+            array.status.append(worker.stats.to_status(node_name, p.diagnostics_window_s))
         for name, reason in sorted(self.config_errors.items()):
             array.status.append(DiagnosticStatus(level=DiagnosticStatus.ERROR, name=f'{node_name}: localizer {name}',
                                                  message=f'not configured: {reason}'[:250],
@@ -630,8 +644,8 @@ class VizlocNode(LifecycleNode):
         return array
 
     def publish_diagnostics(self) -> None:
-        if self._node_pubs:
-            self._node_pubs['diagnostics'].publish(self.diagnostics_array())
+        if self._diag_pub is not None:
+            self._diag_pub.publish(self.diagnostics_array())
 
 
 USAGE = """usage: vizloc_node [--ros-args --params-file config/localize.yaml [-p name:=value ...] [-r from:=to ...]]

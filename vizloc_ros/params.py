@@ -107,6 +107,19 @@ NODE_PARAMETERS: dict[str, _Spec] = {
                              int_range=(1, 100000), runtime=True),
     'diagnostics_period_s': _Spec(1.0, ParameterType.PARAMETER_DOUBLE, 'Period of /diagnostics messages in seconds.',
                                   float_range=(0.1, 60.0)),
+    'diagnostics_window_s': _Spec(10.0, ParameterType.PARAMETER_DOUBLE,
+                                  'Errors and rates are judged over this many recent seconds: an old error no longer '
+                                  'holds a localizer at WARN.', float_range=(1.0, 3600.0)),
+    'input_timeout_s': _Spec(2.0, ParameterType.PARAMETER_DOUBLE,
+                             'While active, the camera input is STALE in /diagnostics after this many seconds '
+                             'without a frame.', float_range=(0.1, 3600.0)),
+    'expected_rate_hz': _Spec(0.0, ParameterType.PARAMETER_DOUBLE,
+                              'Expected camera rate; /diagnostics warns when the measured input rate leaves '
+                              'expected_rate_hz x (1 +- rate_tolerance). 0 = no frequency check.',
+                              float_range=(0.0, 1000.0)),
+    'rate_tolerance': _Spec(0.1, ParameterType.PARAMETER_DOUBLE,
+                            'Relative tolerance of the frequency check (diagnostic_updater default 0.1).',
+                            float_range=(0.0, 1.0)),
     'max_image_pixels': _Spec(4096 * 4096, ParameterType.PARAMETER_INTEGER,
                               'Largest image (width x height) accepted; a compressed image is checked from its header '
                               'before decoding, a raw image from its claimed size. Larger ones are refused and counted.',
@@ -154,6 +167,10 @@ class NodeParams:
     publish_timing: bool = False
     path_max_length: int = 1000
     diagnostics_period_s: float = 1.0
+    diagnostics_window_s: float = 10.0
+    input_timeout_s: float = 2.0
+    expected_rate_hz: float = 0.0
+    rate_tolerance: float = 0.1
     max_image_pixels: int = 4096 * 4096
     worker_join_timeout_s: float = 10.0
     error_log_throttle_s: float = 5.0
