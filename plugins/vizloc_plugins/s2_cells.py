@@ -108,7 +108,7 @@ def adaptive_partition(lat_deg: Sequence[float] | np.ndarray, lon_deg: Sequence[
     ids = np.sort(leaf_ids(lat, lon))
     kept: list[tuple[str, int]] = []
     dropped = 0
-    stack = [s2.S2CellId.FromFace(face) for face in reversed(range(6))]
+    stack = [s2.S2CellId.FromFacePosLevel(face, 0, 0) for face in reversed(range(6))]
     while stack:
         cell_id = stack.pop()
         lo, hi = _range(cell_id)
