@@ -68,6 +68,8 @@ _BASE: dict[str, Any] = {
     'warmup_epochs': 1,
     'label_smoothing': 0.1,
     'dropout': 0.2,
+    'bn_momentum': 0.1,          # BatchNorm running-stat momentum (torchvision's MobileNets use 0.01: too slow
+                                 # for short runs, the evaluation statistics would lag the weights)
     'augment': 'light',
     't_max': 60,                 # PlaNet: split cells holding more training images than this
     't_min': 8,                  # PlaNet: drop cells holding fewer
@@ -168,6 +170,9 @@ def _train(args: TrainArgs, cfg: dict[str, Any], device: torch.device, dist) -> 
 
     net = S2ClassifierNet(cfg['backbone'], len(partition), len(parent_tokens), dropout=float(cfg['dropout']),
                           init_weights=args.init_weights).to(device)
+    for module in net.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = float(cfg['bn_momentum'])
     input_spec = InputSpec(height=height, width=width)
     graph = PreprocessWrapper(S2ClassifierExport(net), input_spec).to(device)
     train_graph = PreprocessWrapper(net, replace(input_spec, layout='NCHW')).to(device)  # float 0..255 NCHW in
