@@ -90,7 +90,7 @@ def test_partition_geometry_csv_round_trip_and_parents():
 
 
 def test_contract_round_trip_and_unknown_keys():
-    contract = S2ClassifierContract(parent_levels_up=2, t_max=60, t_min=8, top_k=3)
+    contract = S2ClassifierContract(parent_levels_up=2, t_max=60, t_min=8, top_k=4, neighbourhood_km=10.0)
     assert contract.output_names == ['probs', 'parent_probs']
     meta = contract.to_metadata()
     assert S2ClassifierContract.from_metadata(meta) == contract

@@ -11,7 +11,8 @@ Per frame (:func:`estimate_fix`):
 
 1. run the model -> cell probabilities;
 2. take the ``top_k`` most probable cells that lie within ``neighbourhood_km`` of the most probable
-   one (cells on other continents must not pull the estimate into the ocean between them);
+   one (cells in other districts or on other continents must not pull the estimate into the space
+   between them; the bundle's defaults are 3 cells within 2.5 km);
 3. the position is their probability-weighted mean **on the unit sphere** (weighted sum of the cells'
    unit vectors, normalised), each cell standing for its training centroid (``cell_position:
    train_mean``) or its geometric centre;
@@ -75,8 +76,8 @@ class S2ClassifierContract:
     t_min: int = 0
     max_level: int = 20
     #: Defaults of the fix (plugin options override them).
-    top_k: int = 5
-    neighbourhood_km: float = 200.0
+    top_k: int = 3
+    neighbourhood_km: float = 2.5
     #: The partition itself (from ``cells_file``; not part of the metadata mapping).
     partition: CellPartition | None = field(default=None, compare=False, repr=False)
 
@@ -156,8 +157,8 @@ class S2Fix:
     cells_used: int
 
 
-def estimate_fix(probs_C: np.ndarray, positions_C3: np.ndarray, extent_var_m2_C: np.ndarray, *, top_k: int = 5,
-                 neighbourhood_km: float = 200.0) -> S2Fix:
+def estimate_fix(probs_C: np.ndarray, positions_C3: np.ndarray, extent_var_m2_C: np.ndarray, *, top_k: int = 3,
+                 neighbourhood_km: float = 2.5) -> S2Fix:
     """Probability-weighted position over the top cells on the unit sphere (see the module docstring)."""
     from vizloc_ros.geodesy import LocalENU
 

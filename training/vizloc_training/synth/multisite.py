@@ -116,9 +116,9 @@ class MultisiteConfig:
     buildings: int = 14
     trees: int = 14
     poles: int = 6
-    frames_train: int = 1600  # in all, spread evenly over the districts
-    frames_val: int = 343
-    frames_test: int = 343
+    frames_train: int = 3000  # in all, spread evenly over the districts
+    frames_val: int = 643
+    frames_test: int = 643
     photometric_strength: float = 1.0
     jpeg_quality: int = 90
 
