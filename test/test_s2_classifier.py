@@ -17,7 +17,7 @@ from sensor_msgs.msg import NavSatFix, NavSatStatus  # noqa: E402
 from test_node_support import NodeProcess, RosClient, domain_id_for  # noqa: E402
 from vizloc_ros.bags import read_evaluation_bag  # noqa: E402
 from vizloc_ros.bundle import load_bundle  # noqa: E402
-from vizloc_ros.conversions import stamp_to_ns  # noqa: E402
+from vizloc_ros.conversions import UNKNOWN_ALTITUDE_VARIANCE_M2, stamp_to_ns  # noqa: E402
 from vizloc_ros.localizer import LocalizerConfig, LocalizerContext  # noqa: E402
 from vizloc_ros.plugin_manager import load_registry  # noqa: E402
 from vizloc_ros.types import Frame  # noqa: E402
@@ -162,6 +162,8 @@ def test_s2_classifier_publishes_fix_in_the_running_node_beside_another_localize
             assert fix.status.status == NavSatStatus.STATUS_FIX
             cov = np.array(fix.position_covariance).reshape(3, 3)
             assert np.allclose(cov, cov.T) and np.all(np.linalg.eigvalsh(cov) > 0)
-            assert -90 <= fix.latitude <= 90 and math.isnan(fix.altitude)
+            # altitude unknown: finite 0.0 with a (1 km)^2 variance (navsat_transform drops NaN altitudes)
+            assert -90 <= fix.latitude <= 90 and fix.altitude == 0.0
+            assert fix.position_covariance[8] == UNKNOWN_ALTITUDE_VARIANCE_M2
     finally:
         client.close()

@@ -20,11 +20,11 @@ class S2ClassifierNet(nn.Module):
     """``forward(x_N3HW normalised) -> (cell logits N x C, parent logits N x P or None)``."""
 
     def __init__(self, backbone: str, num_cells: int, num_parents: int = 0, *, dropout: float = 0.2,
-                 init_weights: Path | None = None) -> None:
+                 init_weights: Path | None = None, pretrained: bool = False) -> None:
         super().__init__()
         if num_cells < 1:
             raise ValueError(f'need at least 1 cell, got {num_cells}')
-        self.backbone, dim = make_backbone(backbone, init_weights=init_weights)
+        self.backbone, dim = make_backbone(backbone, init_weights=init_weights, pretrained=pretrained)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(dim, num_cells)
         self.parent_head = nn.Linear(dim, num_parents) if num_parents else None

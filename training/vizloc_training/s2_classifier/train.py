@@ -48,8 +48,8 @@ from ..gps_regressor.train import AUGMENT_LEVELS, augment_batch
 from ..models.backbones import count_flops, count_params
 from ..train.config import TrainArgs, TrainConfigError, resolve_preset
 from ..train.export import PreprocessWrapper, export_and_bundle
-from ..train.loop import (CheckpointManager, ddp_cleanup, ddp_setup, is_main_process, lr_factor, progress,
-                          select_device, set_seed, work_dir)
+from ..train.loop import (CheckpointManager, ddp_cleanup, ddp_setup, discriminative_param_groups, is_main_process,
+                          lr_factor, progress, select_device, set_lr, set_seed, work_dir)
 from .evaluate import fix_errors_m, km_table, oracle_errors_m, top1_errors_m
 from .model import S2ClassifierExport, S2ClassifierNet
 
@@ -58,8 +58,9 @@ __all__ = ['PRESETS', 'LOCALIZER_TYPE', 'train', 'predict_probs']
 logger = logging.getLogger(__name__)
 
 _BASE: dict[str, Any] = {
-    # efficientnet_lite0 (pretrained) once the backbone factory has it; until then the small MobileNet.
-    'backbone': 'mobilenet_v3_small',
+    'backbone': 'efficientnet_lite0',
+    'pretrained': True,          # start from the packaged ImageNet weights (seed 002 starts from ImageNet)
+    'backbone_lr_factor': 0.3,   # fine-tuning: the backbone learns at lr x this, the heads at lr
     'image_height': 72,
     'image_width': 96,
     'epochs': 60,
@@ -91,7 +92,7 @@ _BASE: dict[str, Any] = {
 #: docs/localizers/s2_classifier.md); ``tiny``: seconds, for tests; ``full``: 224 px, longer, GPU.
 PRESETS: dict[str, dict[str, Any]] = {
     'demo': {**_BASE, 'time_budget_s': 540.0},
-    'tiny': {**_BASE, 'backbone': 'resnet18', 'image_height': 32, 'image_width': 40, 'epochs': 2, 'batch_size': 8,
+    'tiny': {**_BASE, 'backbone': 'resnet18', 'pretrained': False, 'image_height': 32, 'image_width': 40, 'epochs': 2, 'batch_size': 8,
              'warmup_epochs': 0, 't_max': 12, 't_min': 2, 'parent_levels_up': 2, 'latency_runs': 2},
     'full': {**_BASE, 'image_height': 224, 'image_width': 224, 'epochs': 40, 'batch_size': 64, 'lr': 1e-3,
              'augment': 'strong', 'threads': 0, 'latency_runs': 50},
@@ -171,7 +172,7 @@ def _train(args: TrainArgs, cfg: dict[str, Any], device: torch.device, dist) -> 
                 f' ({len(parent_tokens)} parents)' if parent_tokens else '', used.size, len(train_split))
 
     net = S2ClassifierNet(cfg['backbone'], len(partition), len(parent_tokens), dropout=float(cfg['dropout']),
-                          init_weights=args.init_weights).to(device)
+                          init_weights=args.init_weights, pretrained=bool(cfg['pretrained'])).to(device)
     for module in net.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.momentum = float(cfg['bn_momentum'])
@@ -182,7 +183,9 @@ def _train(args: TrainArgs, cfg: dict[str, Any], device: torch.device, dist) -> 
     if dist.enabled:
         model = torch.nn.parallel.DistributedDataParallel(
             train_graph, device_ids=[device.index] if device.type == 'cuda' else None)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=float(cfg['lr']), weight_decay=float(cfg['weight_decay']))
+    optimizer = torch.optim.AdamW(discriminative_param_groups(net, net.backbone, float(cfg['lr']),
+                                                              float(cfg['backbone_lr_factor'])),
+                                  lr=float(cfg['lr']), weight_decay=float(cfg['weight_decay']))
     batch_size = int(cfg['batch_size'])
     steps_per_epoch = max(1, math.ceil(math.ceil(used.size / dist.world_size) / batch_size))
     epochs = int(cfg['epochs'])
@@ -246,8 +249,7 @@ def _train(args: TrainArgs, cfg: dict[str, Any], device: torch.device, dist) -> 
             idx = np.sort(order[step * batch_size:(step + 1) * batch_size])
             if idx.size == 0:
                 continue
-            for group in optimizer.param_groups:
-                group['lr'] = float(cfg['lr']) * lr_factor(global_step, elapsed, **schedule)
+            set_lr(optimizer, lr_factor(global_step, elapsed, **schedule))
             global_step += 1
             x = augment_batch(_scaled(train_split.images_NHW3[idx], device), cfg['augment'], generator) * 255.0
             if cfg['hflip']:
@@ -311,7 +313,8 @@ def _train(args: TrainArgs, cfg: dict[str, Any], device: torch.device, dist) -> 
                     metrics['test']['oracle']['within_25km_pct'], metrics['test']['oracle']['within_200km_pct'])
     metadata = {
         **contract.to_metadata(),
-        'resize': 'stretch', 'backbone': cfg['backbone'], 'preset': args.preset, 'config': cfg,
+        'resize': 'stretch', 'backbone': cfg['backbone'],
+        'backbone_weights': net.backbone.weights_source, 'preset': args.preset, 'config': cfg,
         'args': args.to_dict(), 'history': history,
         'outputs': {S2ClassifierContract.OUTPUT_PROBS: 'N x C softmax over the cells of cells.csv (file order)',
                     **({S2ClassifierContract.OUTPUT_PARENT_PROBS: f'N x P softmax over the ancestors '

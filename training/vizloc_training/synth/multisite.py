@@ -20,7 +20,7 @@ Output (``DIR``)::
     DIR/gt.csv                     image,lat,lon,alt,split  (vizloc_training.datasets.gps)
     DIR/sites.csv                  image,site,district (which place each image shows)
     DIR/world.yaml                 generator, version, seed, sites and districts, camera, textures
-    DIR/eval.bag/                  rosbag2 evaluation bag of the test split (fix ground truth only)
+    DIR/eval_bag/                  rosbag2 evaluation bag of the test split (fix ground truth only)
 
 ``--frames N``: N training frames in all (val and test get 15/70 of it each), spread evenly over
 the sites' districts. Altitudes are WGS84 ellipsoidal heights of the district origin + camera height.
@@ -38,6 +38,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import yaml
 
+from vizloc_ros.bags import EVAL_BAG_NAME
 from vizloc_ros.bundle import yaml_plain
 
 from ..datasets.exif import encode_jpeg_with_gps
@@ -54,7 +55,7 @@ _LOG = logging.getLogger(__name__)
 GENERATOR = 'vizloc_training.synth.multisite'
 GENERATOR_VERSION = 1
 #: Name of the evaluation bag in the world directory (the same as the other worlds write).
-EVAL_BAG = 'eval.bag'
+EVAL_BAG = EVAL_BAG_NAME  # DIR/eval_bag (vizloc_ros.bags: rosbags' AnyReader takes '*.bag' for ROS 1)
 SPLITS = ('train', 'val', 'test')
 _SPLIT_ID = {'train': 0, 'val': 1, 'test': 2}
 _BAG_START_NS = 1_700_000_000 * 10**9
