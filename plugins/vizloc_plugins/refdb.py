@@ -478,12 +478,14 @@ def _normalised(descs_ND: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x / np.maximum(norms, 1e-12))
 
 
-def build_faiss_index(descs_ND: np.ndarray, kind: str = 'auto', *, nprobe: int = 0) -> Any:
+def build_faiss_index(descs_ND: np.ndarray, kind: str = 'auto', *, nprobe: int = 64, k_factor: int = 32) -> Any:
     """An inner-product FAISS index over L2-normalised descriptors (cosine similarity).
 
-    ``flat``: exact ``IndexFlatIP``. ``ivfpq``: ``IVF{nlist},PQ{m}`` (nlist = 4 sqrt(N), m = D/8 rounded
-    down to a divisor of D (at least 1) codes of 8 bits; ``nprobe`` lists searched, default nlist/32
-    (>= 8)); trained on the descriptors themselves. ``auto``: flat up to :data:`FLAT_MAX_ENTRIES` entries.
+    ``flat``: exact ``IndexFlatIP``. ``ivfpq``: ``IVF{nlist},PQ{m}x4fs,RFlat``: an inverted file of nlist =
+    4 sqrt(N) lists (at most N/39) with 4-bit fast-scan product quantisation, m = D/4 sub-quantizers
+    (rounded down to an even divisor of D), searching ``nprobe`` lists and re-ranking ``k_factor`` x k
+    candidates with the exact vectors; trained on the descriptors themselves (FAISS k-means has a fixed
+    seed). ``auto``: flat up to :data:`FLAT_MAX_ENTRIES` entries. Measured in scripts/bench_refdb.py.
     """
     faiss = _faiss()
     x = _normalised(descs_ND)
@@ -495,15 +497,18 @@ def build_faiss_index(descs_ND: np.ndarray, kind: str = 'auto', *, nprobe: int =
     if kind == 'flat':
         index = faiss.IndexFlatIP(d)
     else:
+        if n < 1000:
+            raise ReferenceDatabaseError(f'IVF-PQ needs at least 1000 descriptors to train, got {n}; use flat')
         nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))
-        m = max(1, d // 8)
-        while d % m:
+        m = max(2, d // 4)
+        while m > 2 and (d % m or m % 2):
             m -= 1
-        if n < 256 * 39:
-            raise ReferenceDatabaseError(f'IVF-PQ needs at least {256 * 39} descriptors to train, got {n}; use flat')
-        index = faiss.index_factory(d, f'IVF{nlist},PQ{m}x8', faiss.METRIC_INNER_PRODUCT)
-        index.train(x)  # FAISS k-means uses a fixed seed: the same descriptors give the same index
-        faiss.extract_index_ivf(index).nprobe = nprobe or max(8, nlist // 32)
+        if d % m:
+            raise ReferenceDatabaseError(f'IVF-PQ needs an even descriptor dimension, got {d}; use flat')
+        index = faiss.index_factory(d, f'IVF{nlist},PQ{m}x4fs,RFlat', faiss.METRIC_INNER_PRODUCT)
+        index.train(x)
+        faiss.extract_index_ivf(index).nprobe = min(nprobe, nlist)
+        index.k_factor = float(k_factor)
     index.add(x)
     return index
 

@@ -54,7 +54,7 @@ logger = logging.getLogger(__name__)
 class RetrievalOptions:
     database: str = field(default='', metadata={'description': 'reference database folder (vizloc-db); required'})
     top_k: int = field(default=10, metadata={'description': 'candidates retrieved from the FAISS index'})
-    verify_k: int = field(default=5, metadata={'description': 'of those, how many get SIFT geometric verification'})
+    verify_k: int = field(default=10, metadata={'description': 'of those, how many get SIFT geometric verification'})
     ratio: float = field(default=0.8, metadata={'description': "Lowe's ratio test threshold"})
     sift_features: int = field(default=2000, metadata={'description': 'SIFT keypoints per image (0 = all)'})
     min_verified_inliers: int = field(default=20, metadata={
@@ -94,6 +94,7 @@ class Verification:
     query_idx: np.ndarray  # query keypoint indices of the inlier matches
     query_px: np.ndarray  # (n, 2)
     ref_px: np.ndarray  # (n, 2)
+    ref_idx: np.ndarray  # reference keypoint indices of the inlier matches
 
 
 @dataclass(frozen=True)
@@ -181,30 +182,25 @@ def _backproject(entry: ReferenceEntry, depth_HW: np.ndarray, px_N2: np.ndarray)
     return X_map[ok], ok
 
 
-def _triangulate(a: ReferenceEntry, va: Verification, b: ReferenceEntry, vb: Verification,
+def _triangulate(a: ReferenceEntry, pa_N2: np.ndarray, b: ReferenceEntry, pb_N2: np.ndarray,
                  max_error_px: float = 4.0, min_parallax_deg: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """3D points (map frame) of query keypoints matched in both references: (query indices, points)."""
-    common, ia, ib = np.intersect1d(va.query_idx, vb.query_idx, return_indices=True)
-    if len(common) == 0:
-        return np.zeros(0, int), np.zeros((0, 3))
+    """Triangulate matched pixels of two posed references (``cv2.triangulatePoints``): (mask over the
+    matches, map-frame points of the kept ones). Kept: in front of both cameras, reprojection error below
+    ``max_error_px`` in both, rays at least ``min_parallax_deg`` apart."""
     Pa = a.K @ a.E[:3]
     Pb = b.K @ b.E[:3]
-    pa, pb = va.ref_px[ia], vb.ref_px[ib]
-    Xh = cv2.triangulatePoints(Pa, Pb, pa.T.astype(np.float64), pb.T.astype(np.float64))
+    Xh = cv2.triangulatePoints(Pa, Pb, pa_N2.T.astype(np.float64), pb_N2.T.astype(np.float64))
     with np.errstate(divide='ignore', invalid='ignore'):
         X = (Xh[:3] / Xh[3]).T
-    ok = np.all(np.isfinite(X), axis=1)
-    ca, cb = a.T_map_camera[:3, 3], b.T_map_camera[:3, 3]
-    for P, px in ((Pa, pa), (Pb, pb)):
-        proj = (P @ np.vstack([X.T, np.ones(len(X))])).T
-        with np.errstate(divide='ignore', invalid='ignore'):
+        ok = np.all(np.isfinite(X), axis=1)
+        for P, px in ((Pa, pa_N2), (Pb, pb_N2)):
+            proj = (P @ np.vstack([X.T, np.ones(len(X))])).T
             err = np.linalg.norm(proj[:, :2] / proj[:, 2:3] - px, axis=1)
-        ok &= (proj[:, 2] > 0) & (err < max_error_px)
-    ra, rb = X - ca, X - cb
-    with np.errstate(divide='ignore', invalid='ignore'):
+            ok &= (proj[:, 2] > 0) & (err < max_error_px)
+        ra, rb = X - a.T_map_camera[:3, 3], X - b.T_map_camera[:3, 3]
         cos = np.sum(ra * rb, axis=1) / (np.linalg.norm(ra, axis=1) * np.linalg.norm(rb, axis=1))
     ok &= cos < math.cos(math.radians(min_parallax_deg))
-    return common[ok], X[ok]
+    return ok, X[ok]
 
 
 class RetrievalPipeline:
@@ -244,7 +240,8 @@ class RetrievalPipeline:
             qi, ri = self.features.match(query, ref, opt.ratio)
             mask = _verify(qi, query[0][qi], ref[0][ri])
             if mask.sum() >= opt.min_verified_inliers:
-                verified.append(Verification(uid, int(mask.sum()), qi[mask], query[0][qi[mask]], ref[0][ri[mask]]))
+                verified.append(Verification(uid, int(mask.sum()), qi[mask], query[0][qi[mask]], ref[0][ri[mask]],
+                                             ri[mask]))
         verified.sort(key=lambda v: -v.inliers)
         best = verified[0].uid if verified else candidates[0]
         outcome = RetrievalOutcome(candidates, cand_scores, tuple(verified), best)
@@ -253,6 +250,28 @@ class RetrievalPipeline:
         if camera is None:
             return _with(outcome, reason='no CameraInfo: no intrinsics for PnP')
         return self._pose(outcome, camera)
+
+    def _triangulated(self, v: Verification, partners: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(query pixels, map points) for a verified reference without depth: its keypoints matched to
+        posed partner references (SIFT, ratio test, USAC) and triangulated; query matches to those keypoints."""
+        entry = self.db[v.uid]
+        feats = self.features.reference(entry)
+        point_of: dict[int, np.ndarray] = {}
+        for uid in partners:
+            other = self.db[uid]
+            o_feats = self.features.reference(other)
+            ai, bi = self.features.match(feats, o_feats, self.options.ratio)
+            mask = _verify(ai, feats[0][ai], o_feats[0][bi])
+            ai, bi = ai[mask], bi[mask]
+            if len(ai) == 0:
+                continue
+            ok, X = _triangulate(entry, feats[0][ai], other, o_feats[0][bi])
+            for k, x in zip(ai[ok], X):
+                point_of.setdefault(int(k), x)
+        keep = [i for i, k in enumerate(v.ref_idx) if int(k) in point_of]
+        if not keep:
+            return np.zeros((0, 2)), np.zeros((0, 3))
+        return v.query_px[keep], np.stack([point_of[int(v.ref_idx[i])] for i in keep])
 
     def _pose(self, outcome: RetrievalOutcome, camera: CameraIntrinsics) -> RetrievalOutcome:
         opt = self.options
@@ -270,19 +289,17 @@ class RetrievalPipeline:
             X, ok = _backproject(entry, depth, v.ref_px)
             pixels.append(v.query_px[ok])
             points.append(X)
-        for i in range(len(no_depth)):
-            for j in range(i + 1, len(no_depth)):
-                a, b = no_depth[i], no_depth[j]
-                q_idx, X = _triangulate(self.db[a.uid], a, self.db[b.uid], b)
-                _, ia, _ = np.intersect1d(a.query_idx, q_idx, return_indices=True)
-                pixels.append(a.query_px[ia])
-                points.append(X)
+        posed = [u for u in outcome.candidates[:opt.verify_k] if self.db[u].E is not None]
+        for v in no_depth:
+            px, X = self._triangulated(v, [u for u in posed if u != v.uid])
+            pixels.append(px)
+            points.append(X)
         pixels_N2 = np.concatenate(pixels) if pixels else np.zeros((0, 2))
         points_N3 = np.concatenate(points) if points else np.zeros((0, 3))
         n = len(points_N3)
         if n < opt.pnp_min_inliers:
-            return _with(outcome, pnp_points=n, reason=f'{n} 3D points (< {opt.pnp_min_inliers}): depth missing and '
-                                                      f'fewer than two references to triangulate from')
+            return _with(outcome, pnp_points=n, reason=f'{n} 3D points (< {opt.pnp_min_inliers}) from the references\' '
+                                                      f'depth or triangulation')
         pixels_N2 = undistort_pixels(pixels_N2, camera.K, camera.D, camera.distortion_model)
         solution = _solve_pnp(points_N3, pixels_N2, camera, opt)
         if solution is None:
