@@ -164,6 +164,8 @@ def train(args: TrainArgs) -> Path:
             optimizer.step()
             losses.append(float(loss.detach()))
             step += 1
+            if budget > 0 and time.perf_counter() - train_started >= budget:
+                break
         logger.info('epoch %d: triplet loss %.4f (%d steps, %.0f s)', epoch + 1, np.mean(losses[-steps_per_epoch:]),
                     step, time.perf_counter() - train_started)
         checkpoints.save(epoch + 1, model, optimizer, extra={'step': step})
