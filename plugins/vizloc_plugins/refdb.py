@@ -129,16 +129,20 @@ def _matrix(meta: Mapping[str, Any], key: str, path: Path, shapes: tuple[tuple[i
     return m
 
 
-def read_reference_entry(folder: str | Path) -> ReferenceEntry:
-    """Read ``folder/metadata.json`` (+ list image and feature files); errors name the file."""
-    folder = Path(folder)
-    path = folder / METADATA_FILE
+def _read_json(path: Path) -> Any:
     try:
-        meta = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except OSError as exc:
         raise ReferenceDatabaseError(f'{path}: cannot read: {exc}') from exc
     except json.JSONDecodeError as exc:
         raise ReferenceDatabaseError(f'{path}: malformed JSON: {exc}') from exc
+
+
+def read_reference_entry(folder: str | Path) -> ReferenceEntry:
+    """Read ``folder/metadata.json`` (+ list image and feature files); errors name the file."""
+    folder = Path(folder)
+    path = folder / METADATA_FILE
+    meta = _read_json(path)
     if not isinstance(meta, dict):
         raise ReferenceDatabaseError(f'{path}: expected a JSON object, got {type(meta).__name__}')
     w = meta.get('w')
@@ -365,12 +369,7 @@ _MANIFEST_KEYS = {'format', 'format_version', 'version', 'updated_utc', 'geo', '
 def read_manifest(root: str | Path) -> Manifest:
     """Read and check ``root/manifest.json`` (not the files it lists: :func:`verify_database`)."""
     path = Path(root) / MANIFEST_FILE
-    try:
-        raw = json.loads(path.read_text())
-    except OSError as exc:
-        raise ReferenceDatabaseError(f'{path}: cannot read: {exc}') from exc
-    except json.JSONDecodeError as exc:
-        raise ReferenceDatabaseError(f'{path}: malformed JSON: {exc}') from exc
+    raw = _read_json(path)
     if not isinstance(raw, dict) or raw.get('format') != MANIFEST_FORMAT:
         raise ReferenceDatabaseError(f'{path}: not a vizloc reference-database manifest')
     unknown = sorted(set(raw) - _MANIFEST_KEYS)
