@@ -29,7 +29,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -316,8 +316,6 @@ class RetrievalPipeline:
 
 
 def _with(outcome: RetrievalOutcome, **changes: Any) -> RetrievalOutcome:
-    from dataclasses import replace
-
     return replace(outcome, **changes)
 
 
