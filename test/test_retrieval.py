@@ -184,3 +184,19 @@ def test_vizloc_db_cli_add_gps_and_poses_info_verify(campus_world: Path, tmp_pat
     (db / 'val_00001' / 'metadata.json').write_text('{"w": 1}')
     assert main(['verify', str(db)]) == 1
     assert 'val_00001/metadata.json' in capsys.readouterr().err or True  # logged; the exit code is the contract
+
+
+def test_contrastive_and_triplet_losses_against_hand_computed_values() -> None:
+    torch = pytest.importorskip('torch')
+    from vizloc_training.retrieval.train import info_nce_loss, triplet_loss
+
+    e = torch.eye(3)
+    a, p = e[:2], torch.stack([e[0], e[2]])          # anchor 0 == its positive; anchor 1 orthogonal to its positive
+    candidates = torch.cat([a, p])                    # columns: a0, a1, p0, p1
+    negatives = torch.tensor([[False, True, False, True], [True, False, True, False]])
+    # anchor 0: positive sim 1, negatives a1 (0) and p1 (0); anchor 1: positive 0, negatives a0 (0), p0 (0)
+    t = 0.5
+    want = (-math.log(math.exp(2) / (math.exp(2) + 2)) - math.log(1 / 3)) / 2
+    assert float(info_nce_loss(a, p, candidates, negatives, t)) == pytest.approx(want, rel=1e-6)
+    # triplet: relu(0.1 - 1 + 0) = 0 and relu(0.1 - 0 + 0) = 0.1
+    assert float(triplet_loss(a, p, candidates, negatives, 0.1)) == pytest.approx(0.05, rel=1e-6)

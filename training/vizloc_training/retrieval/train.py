@@ -6,8 +6,10 @@ Pipeline (seed 004, adapted):
    (``E``): their positions and optical axes define the places.
 2. Fine-tune :class:`.model.RetrievalNet` (backbone from ``make_backbone`` + GeM + linear + L2 norm) for
    place recognition: batches of anchors, each with a random positive (within ``positive_radius_m`` and
-   optical axes within ``positive_max_angle_deg``: overlapping views); batch-hard triplet loss on cosine
-   similarity against the hardest in-batch negative (farther than ``negative_radius_m``), margin ``margin``.
+   optical axes within ``positive_max_angle_deg``: overlapping views); in-batch contrastive loss
+   (``loss: infonce``, temperature ``temperature``) against the candidates farther than
+   ``negative_radius_m``, or the batch-hard triplet loss on cosine similarity (``loss: triplet``, margin
+   ``margin``; collapses from scratch: measured loss stuck at the margin).
    AdamW, warm-up + cosine learning rate over steps or ``time_budget_s``; light photometric augmentation
    (the GPS regressor's). Checkpoint per epoch in ``OUT.work/checkpoints`` (``--resume``).
 3. Export ONNX (``descriptor`` output, preprocessing baked in) and write the bundle with the
@@ -37,7 +39,7 @@ from ..train.loop import CheckpointManager, lr_factor, select_device, set_seed, 
 from .data import load_reference_arrays, same_place
 from .model import RetrievalNet
 
-__all__ = ['PRESETS', 'LOCALIZER_TYPE', 'train', 'triplet_loss']
+__all__ = ['PRESETS', 'LOCALIZER_TYPE', 'LOSSES', 'train', 'triplet_loss', 'info_nce_loss']
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,8 @@ _BASE: dict[str, Any] = {
     'lr': 1e-3,
     'weight_decay': 1e-4,
     'warmup_steps': 20,
+    'loss': 'infonce',
+    'temperature': 0.1,
     'margin': 0.1,
     'positive_radius_m': 10.0,
     'positive_max_angle_deg': 60.0,
@@ -68,7 +72,7 @@ _BASE: dict[str, Any] = {
 #: Backbone: resnet18 (the best small backbone that learns from scratch here); with the pretrained
 #: EfficientNet-Lite0 of make_backbone the default becomes ``efficientnet_lite0``.
 PRESETS: dict[str, dict[str, Any]] = {
-    'demo': {**_BASE, 'epochs': 200, 'time_budget_s': 600.0},
+    'demo': {**_BASE, 'image_height': 72, 'image_width': 96, 'epochs': 200, 'time_budget_s': 900.0},
     'tiny': {**_BASE, 'image_height': 48, 'image_width': 64, 'descriptor_dim': 32, 'epochs': 1, 'batch_size': 8,
              'warmup_steps': 0, 'max_entries': 48, 'eval_queries': 6},
     'full': {**_BASE, 'image_height': 240, 'image_width': 320, 'epochs': 60, 'batch_size': 48, 'lr': 3e-4},
@@ -89,12 +93,31 @@ def triplet_loss(desc_a: torch.Tensor, desc_p: torch.Tensor, candidates: torch.T
     return torch.relu(margin - s_ap + hardest)[valid].mean()
 
 
+def info_nce_loss(desc_a: torch.Tensor, desc_p: torch.Tensor, candidates: torch.Tensor, negative_mask: torch.Tensor,
+                  temperature: float) -> torch.Tensor:
+    """Contrastive (InfoNCE) loss: for anchor i, softmax over its positive (candidate ``A + i``, the
+    candidates being ``cat(anchors, positives)``) and its negatives (``negative_mask``); other candidates
+    (same place, itself) are left out. Stable from scratch, where batch-hard triplets collapse."""
+    n = desc_a.shape[0]
+    logits = desc_a @ candidates.T / temperature
+    target = torch.arange(n, device=desc_a.device) + n
+    allowed = negative_mask.clone()
+    allowed[torch.arange(n), target] = True
+    logits = logits.masked_fill(~allowed, float('-inf'))
+    return torch.nn.functional.cross_entropy(logits, target)
+
+
+LOSSES = ('infonce', 'triplet')
+
+
 def _check(config: dict[str, Any]) -> None:
     for key in ('image_height', 'image_width', 'descriptor_dim', 'epochs', 'batch_size'):
         if int(config[key]) <= 0:
             raise TrainConfigError(f'retrieval: {key} must be positive, got {config[key]}')
     if not 0 < float(config['positive_radius_m']) < float(config['negative_radius_m']):
         raise TrainConfigError('retrieval: need 0 < positive_radius_m < negative_radius_m')
+    if config['loss'] not in LOSSES or not float(config['temperature']) > 0:
+        raise TrainConfigError(f'retrieval: loss must be one of {LOSSES} and temperature > 0')
     if config['augment'] not in ('none', 'light', 'strong'):
         raise TrainConfigError(f'retrieval: augment must be none, light or strong, got {config["augment"]!r}')
 
@@ -153,7 +176,10 @@ def train(args: TrainArgs) -> Path:
             desc = model(_normalise(x))
             n = len(a_idx)
             mask = torch.from_numpy(negatives[np.ix_(a_idx, idx)]).to(device)
-            loss = triplet_loss(desc[:n], desc[n:], desc, mask, float(config['margin']))
+            if config['loss'] == 'infonce':
+                loss = info_nce_loss(desc[:n], desc[n:], desc, mask, float(config['temperature']))
+            else:
+                loss = triplet_loss(desc[:n], desc[n:], desc, mask, float(config['margin']))
             for group in optimizer.param_groups:
                 group['lr'] = float(config['lr']) * lr_factor(step, time.perf_counter() - train_started,
                                                              warmup_steps=int(config['warmup_steps']),
