@@ -27,6 +27,7 @@ TRAINERS: dict[str, str] = {
     'gps_regressor': 'vizloc_training.gps_regressor.train',
     'scene_coordinates': 'vizloc_training.scene_coordinates.train',
     's2_classifier': 'vizloc_training.s2_classifier.train',
+    'retrieval': 'vizloc_training.retrieval.train',
 }
 
 
