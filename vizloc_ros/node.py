@@ -132,8 +132,11 @@ class _LocalizerWorker:
     discards its stale result and serves the new activation.
     """
 
-    def __init__(self, node: 'VizlocNode', name: str, localizer: Localizer, stats: LocalizerStats) -> None:
+    def __init__(self, node: 'VizlocNode', name: str, localizer: Localizer, stats: LocalizerStats,
+                 max_rate_hz: float = 0.0) -> None:
         self.node = node
+        #: <name>.max_rate_hz (runtime parameter: the node's parameter callback updates it)
+        self.max_rate_hz = float(max_rate_hz)
         self.name = name
         self.localizer = localizer
         self.stats = stats
@@ -152,7 +155,7 @@ class _LocalizerWorker:
 
     # -- called from the subscription callback: never blocks on the model ----------------------------
     def offer(self, msg: Any, received_ns: int) -> None:
-        max_rate_hz = self.node.get_parameter(f'{self.name}.max_rate_hz').value
+        max_rate_hz = self.max_rate_hz
         if max_rate_hz > 0.0 and received_ns - self._last_accepted_ns < 1e9 / max_rate_hz:
             self.stats.throttled()
             return
@@ -258,7 +261,7 @@ class _LocalizerWorker:
         timing = FrameTiming(stamp_ns=frame.stamp_ns, received_ns=received_ns, model_start_ns=model_start_ns,
                              model_end_ns=model_end_ns, published_ns=time.time_ns())
         self.stats.processed(timing, no_fix=result.status == 'no_fix')
-        if node.get_parameter('publish_timing').value:
+        if node.runtime['publish_timing']:
             node.publish_timing(self.name, timing)
 
     def _publish(self, msg: Any, frame: Frame, result: LocalizationResult) -> None:
@@ -281,7 +284,7 @@ class _LocalizerWorker:
             self.pub_room.publish(room_msg_from_estimate(result.room))
         for image_name, rgb in result.images.items():
             self._publish_image(image_name, rgb, msg.header.stamp, camera_frame)
-        if self.node.get_parameter('publish_markers').value:
+        if self.node.runtime['publish_markers']:
             try:
                 self.node.publish_markers(result, stamp, camera_frame, frame.camera, pose_msg)
             except Exception as exc:  # noqa: BLE001 - visualisation only: the estimates above are already out
@@ -329,6 +332,10 @@ class VizlocNode(LifecycleNode):
         self.parameter_errors = 0
         self._throttle = ErrorThrottle(5.0)
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        #: Runtime-changeable node parameters (vizloc_ros.params.RUNTIME_PARAMETERS): read here, not per
+        #: frame; the parameter callback updates them when a change is accepted.
+        self.runtime: dict[str, Any] = {name: vparams.NODE_PARAMETERS[name].default
+                                        for name in vparams.RUNTIME_PARAMETERS}
         self._param_errors = vparams.declare_node_parameters(self)
         for error in self._param_errors:
             self.get_logger().error(f'parameter error: {error}')
@@ -376,7 +383,7 @@ class VizlocNode(LifecycleNode):
         self._bridged.clear()
 
     def log_throttled(self, key: str, level: str, message: str, exc_info: BaseException | None = None) -> None:
-        self._throttle.period_s = self._param_or('error_log_throttle_s', 5.0)
+        self._throttle.period_s = self.runtime['error_log_throttle_s']
         ok, suppressed = self._throttle.should_log(key)
         if not ok:
             return
@@ -417,6 +424,12 @@ class VizlocNode(LifecycleNode):
                     self.parameter_errors += 1
                 self.log_throttled(f'parameter:{p.name}', 'warning', f'parameter change refused: {reason}')
                 return SetParametersResult(successful=False, reason=reason)
+        for p in parameters:  # accepted: runtime values take effect now
+            base, _, key = p.name.partition('.')
+            if p.name in self.runtime:
+                self.runtime[p.name] = p.value
+            elif key == 'max_rate_hz' and base in self.workers:
+                self.workers[base].max_rate_hz = float(p.value)
         return SetParametersResult(successful=True)
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -472,7 +485,7 @@ class VizlocNode(LifecycleNode):
                 self._skip_localizer(name, f'{type(exc).__name__}: {exc}')
                 continue
             stats = LocalizerStats(name, lp.config.type, backend=str(getattr(localizer, 'backend_name', '') or ''))
-            self.workers[name] = _LocalizerWorker(self, name, localizer, stats)
+            self.workers[name] = _LocalizerWorker(self, name, localizer, stats, max_rate_hz=lp.config.max_rate_hz)
             self.get_logger().info(f'localizer {name}: type {lp.config.type}, backend {stats.backend or "?"}'
                                    f'{", max " + str(lp.config.max_rate_hz) + " Hz" if lp.config.max_rate_hz else ""}')
         if not self.workers:
@@ -598,7 +611,7 @@ class VizlocNode(LifecycleNode):
                 if due:
                     self._path_published_at = now
             if due:
-                self._path.set_max_length(self.get_parameter('path_max_length').value)
+                self._path.set_max_length(self.runtime['path_max_length'])
                 pubs['path'].publish(self._path.to_msg())
 
     def publish_timing(self, name: str, timing: FrameTiming) -> None:
