@@ -187,7 +187,7 @@ def _result(status: str = 'ok', approximated: bool = False) -> LocalizationResul
         room=RoomEstimate('kitchen', 0.7, {'kitchen': 0.7, 'hall': 0.3}, 'loc', 1.0),
         geo=GeoEstimate(47.0, 8.0, math.nan, np.diag([1.0, 4.0, 400.0]), 'loc', 1.0),
         pose=PoseEstimate(T, cov6, 'loc', 1.0),
-        diagnostics={conv.COVARIANCE_TYPE_KEY: 'approximated'} if approximated else {})
+        covariance_type='approximated' if approximated else 'known')
 
 
 def test_navsatfix_pose_and_room_messages() -> None:

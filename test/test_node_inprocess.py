@@ -27,7 +27,7 @@ from vizloc_ros.conversions import stamp_to_ns
 from vizloc_ros.hookspecs import hookimpl
 from vizloc_ros.localizer import LocalizerType
 from vizloc_ros.node import VizlocNode
-from vizloc_ros.types import Frame, GeoEstimate, LocalizationResult, PoseEstimate, RoomEstimate
+from vizloc_ros.types import CovarianceType, Frame, GeoEstimate, LocalizationResult, PoseEstimate, RoomEstimate
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -71,7 +71,7 @@ class RecordLocalizer:
             room=RoomEstimate('lab', 0.8, {'lab': 0.8, 'hall': 0.2}, self.name, 0.0),
             geo=GeoEstimate(46.5, 6.6, 400.0, np.diag([4.0, 4.0, 100.0]), self.name, 0.0),
             pose=PoseEstimate(T, np.eye(6) * 0.01, self.name, 0.0),
-            diagnostics={'covariance_type': 'approximated'},
+            covariance_type=CovarianceType.APPROXIMATED,
             images={'heatmap': np.ascontiguousarray(frame.rgb_HW3[::2, ::2, ::-1])} if self.options.with_image else {})
 
     def reset(self) -> None:

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import transforms3d
 
-from .types import CameraIntrinsics, Frame, GeoEstimate, InvalidInputError, LocalizationResult, PoseEstimate, RoomEstimate
+from .types import CameraIntrinsics, CovarianceType, Frame, GeoEstimate, InvalidInputError, LocalizationResult, PoseEstimate, RoomEstimate
 
 __all__ = [
     'IMAGE_CONVERTER',
@@ -42,7 +42,6 @@ __all__ = [
     'pose_msg_from_matrix',
     'room_msg_from_estimate',
     'quaternion_xyzw_from_matrix',
-    'COVARIANCE_TYPE_KEY',
     'UNKNOWN_ALTITUDE_VARIANCE_M2',
     'DEFAULT_MAX_IMAGE_PIXELS',
     'compressed_image_size',
@@ -50,9 +49,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: ``LocalizationResult.diagnostics[COVARIANCE_TYPE_KEY] == 'approximated'`` makes the NavSatFix
-#: say COVARIANCE_TYPE_APPROXIMATED instead of COVARIANCE_TYPE_KNOWN.
-COVARIANCE_TYPE_KEY = 'covariance_type'
 
 #: NavSatFix altitude variance when a localizer does not know the altitude (published altitude 0.0,
 #: ellipsoidal): (1 km)^2, so that fusion gives it no weight but keeps the fix.
@@ -368,8 +364,8 @@ def navsatfix_from_result(result: LocalizationResult, stamp: Any, frame_id: str)
         cov[2, :] = cov[:, 2] = 0.0
         cov[2, 2] = UNKNOWN_ALTITUDE_VARIANCE_M2
     msg.position_covariance = [float(v) for v in cov.reshape(-1)]
-    approximated = str(result.diagnostics.get(COVARIANCE_TYPE_KEY, '')).lower() == 'approximated'
-    msg.position_covariance_type = (NavSatFix.COVARIANCE_TYPE_APPROXIMATED if approximated
+    msg.position_covariance_type = (NavSatFix.COVARIANCE_TYPE_APPROXIMATED
+                                    if result.covariance_type == CovarianceType.APPROXIMATED
                                     else NavSatFix.COVARIANCE_TYPE_KNOWN)
     return msg
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from typing import Mapping
 
 import numpy as np
@@ -23,6 +24,8 @@ __all__ = [
     'LocalizationResult',
     'InvalidInputError',
     'InvalidOutputError',
+    'ResultStatus',
+    'CovarianceType',
     'check_covariance',
     'check_rotation',
     'check_result',
@@ -31,6 +34,24 @@ __all__ = [
 
 class InvalidInputError(ValueError):
     """An input (image, calibration, parameter) that cannot be used; the message says why."""
+
+
+class ResultStatus(str, Enum):
+    """What a localizer's result says: ``OK`` (estimates can be trusted) or ``NO_FIX`` (it ran, no answer).
+
+    A ``str`` enum: ``ResultStatus.NO_FIX == 'no_fix'``, so plugins may pass the plain string.
+    """
+
+    OK = 'ok'
+    NO_FIX = 'no_fix'
+
+
+class CovarianceType(str, Enum):
+    """How the geo covariance was obtained: ``KNOWN`` (the model's calibrated covariance) or
+    ``APPROXIMATED`` (e.g. from cell extents); published as NavSatFix ``position_covariance_type``."""
+
+    KNOWN = 'known'
+    APPROXIMATED = 'approximated'
 
 
 class InvalidOutputError(ValueError):
@@ -257,7 +278,7 @@ class PoseEstimate:
 class LocalizationResult:
     """What one localizer produced for one frame. Any of the estimates may be absent.
 
-    ``status`` is ``'ok'`` when the estimates can be trusted, ``'no_fix'`` when the localizer ran
+    ``status`` (:class:`ResultStatus`) is ``OK`` when the estimates can be trusted, ``NO_FIX`` when the localizer ran
     but has no usable answer (e.g. too few RANSAC inliers): the node then publishes NavSatFix with
     STATUS_NO_FIX and no pose. ``diagnostics`` holds extra key/values for /diagnostics and markers.
     ``images`` holds optional visualisations by name (RGB uint8 HxWx3, e.g. ``'heatmap'``: a
@@ -271,13 +292,18 @@ class LocalizationResult:
     room: RoomEstimate | None = None
     geo: GeoEstimate | None = None
     pose: PoseEstimate | None = None
-    status: str = 'ok'
+    status: ResultStatus = ResultStatus.OK
     diagnostics: Mapping[str, str] = field(default_factory=dict)
     images: Mapping[str, np.ndarray] = field(default_factory=dict)
+    covariance_type: CovarianceType = CovarianceType.KNOWN
 
     def __post_init__(self) -> None:
-        if self.status not in ('ok', 'no_fix'):
-            raise InvalidOutputError(f"status must be 'ok' or 'no_fix', got {self.status!r}")
+        try:
+            object.__setattr__(self, 'status', ResultStatus(self.status))
+            object.__setattr__(self, 'covariance_type', CovarianceType(self.covariance_type))
+        except ValueError as exc:
+            raise InvalidOutputError(f"status must be 'ok' or 'no_fix' and covariance_type 'known' or "
+                                     f"'approximated': {exc}") from exc
 
 
 def check_result(result: LocalizationResult) -> None:
@@ -288,8 +314,8 @@ def check_result(result: LocalizationResult) -> None:
     """
     if not isinstance(result, LocalizationResult):
         raise InvalidOutputError(f'localize() returned {type(result).__name__}, not LocalizationResult')
-    if result.status not in ('ok', 'no_fix'):
-        raise InvalidOutputError(f"status must be 'ok' or 'no_fix', got {result.status!r}")
+    if result.status not in tuple(ResultStatus) or result.covariance_type not in tuple(CovarianceType):
+        raise InvalidOutputError(f'status {result.status!r} / covariance_type {result.covariance_type!r} unknown')
     for name, kind in (('room', RoomEstimate), ('geo', GeoEstimate), ('pose', PoseEstimate)):
         value = getattr(result, name)
         if value is not None and not isinstance(value, kind):

@@ -38,7 +38,7 @@ import numpy as np
 
 from vizloc_ros.hookspecs import hookimpl
 from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext, LocalizerType
-from vizloc_ros.types import CameraIntrinsics, Frame, GeoEstimate, LocalizationResult, PoseEstimate
+from vizloc_ros.types import CameraIntrinsics, CovarianceType, Frame, GeoEstimate, LocalizationResult, PoseEstimate
 
 from .pnp import PnPError, geo_estimate_from_pose, pose_covariance_map, undistort_pixels
 from .refdb import ReferenceDatabase, ReferenceDatabaseError, ReferenceEntry, ReferenceIndex, load_depth_m
@@ -407,7 +407,7 @@ class RetrievalLocalizer:
         if geo is None:
             return LocalizationResult(**common, status='no_fix', diagnostics=diagnostics)
         diagnostics['fallback'] = 'best_reference'
-        return LocalizationResult(**common, geo=geo, diagnostics=diagnostics)
+        return LocalizationResult(**common, geo=geo, diagnostics=diagnostics, covariance_type=CovarianceType.APPROXIMATED)
 
     def _fallback(self, uid: str | None, latency_ms: float) -> GeoEstimate | None:
         """The best reference's position, covariance ``fallback_sigma_m``^2 I (None without a position)."""

@@ -40,7 +40,7 @@ import numpy as np
 
 from vizloc_ros.hookspecs import hookimpl
 from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext, LocalizerType
-from vizloc_ros.types import Frame, GeoEstimate, InvalidOutputError, LocalizationResult
+from vizloc_ros.types import CovarianceType, Frame, GeoEstimate, InvalidOutputError, LocalizationResult
 
 from .gps_regressor import UNKNOWN_ALTITUDE_SIGMA_M, combine_gaussians
 from .s2_cells import CELL_POSITIONS, EARTH_RADIUS_M, CellPartition, S2CellError, unit_to_latlon
@@ -278,7 +278,8 @@ class S2ClassifierLocalizer:
         geo = GeoEstimate(lat_deg=fix.lat_deg, lon_deg=fix.lon_deg, alt_m=math.nan, cov_enu_m2=cov_enu,
                           localizer=self.name, latency_ms=latency_ms)
         return LocalizationResult(stamp_ns=frame.stamp_ns, frame_id=frame.frame_id, localizer=self.name,
-                                  latency_ms=latency_ms, geo=geo, diagnostics=diagnostics)
+                                  latency_ms=latency_ms, geo=geo, diagnostics=diagnostics,
+                                  covariance_type=CovarianceType.APPROXIMATED)  # from cell extents and spread
 
     def reset(self) -> None:
         """Single-frame localizer: no temporal state."""
