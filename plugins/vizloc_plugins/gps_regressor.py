@@ -29,7 +29,7 @@ import numpy as np
 
 from vizloc_ros.hookspecs import hookimpl
 from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext, LocalizerType
-from vizloc_ros.types import Frame, GeoEstimate, LocalizationResult
+from vizloc_ros.types import Frame, GeoEstimate, InvalidOutputError, LocalizationResult
 
 __all__ = [
     'LOCALIZER_TYPE',
@@ -138,7 +138,8 @@ class _Member:
         mean = np.asarray(out[OUTPUT_MEAN], dtype=np.float64).reshape(-1)
         cov = np.asarray(out[OUTPUT_COV], dtype=np.float64).reshape(-1)
         if mean.size != 2 or cov.size != 4:
-            raise ValueError(f'model outputs have unexpected sizes: {OUTPUT_MEAN} {mean.size}, {OUTPUT_COV} {cov.size}')
+            raise InvalidOutputError(
+                f'model outputs have unexpected sizes: {OUTPUT_MEAN} {mean.size}, {OUTPUT_COV} {cov.size}')
         return mean, cov.reshape(2, 2) * self.variance_scale
 
 

@@ -41,7 +41,7 @@ import yaml
 
 from vizloc_ros.hookspecs import hookimpl
 from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext, LocalizerType
-from vizloc_ros.types import Frame, InvalidInputError, LocalizationResult, PoseEstimate, RoomEstimate
+from vizloc_ros.types import Frame, InvalidOutputError, LocalizationResult, PoseEstimate, RoomEstimate
 
 from .common import BundleModel
 from .smoothing import SMOOTHING_MODES, TRANSITIONS, adjacency_from_polygons, make_filter
@@ -301,7 +301,7 @@ class RoomClassifierLocalizer:
         outputs = self.model.run(frame, self._outputs)
         raw = np.asarray(outputs['probs'], dtype=np.float64).reshape(-1)
         if raw.shape[0] != len(self.classes):
-            raise InvalidInputError(f'{self.name}: model gave {raw.shape[0]} probabilities for {len(self.classes)} rooms')
+            raise InvalidOutputError(f'{self.name}: model gave {raw.shape[0]} probabilities for {len(self.classes)} rooms')
         last = self._last_stamp_ns
         if last is not None and (frame.stamp_ns < last or frame.stamp_ns - last > self.options.reset_after_s * 1e9):
             logger.info('%s: stamp jumped from %d to %d ns: resetting the %s filter', self.name, last, frame.stamp_ns,
