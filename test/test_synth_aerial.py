@@ -54,7 +54,7 @@ def test_layout_and_self_description(world: Path) -> None:
         assert meta['splits'][split]['frames'] == n
         for sub, ext in (('rgb', 'png'), ('poses', 'txt'), ('calibration', 'txt'), ('depth', 'npy'), ('init', 'npy')):
             assert len(list((world / split / sub).glob(f'*.{ext}'))) == n, (split, sub)
-    assert (world / 'eval.bag' / 'metadata.yaml').is_file()
+    assert (world / 'eval_bag' / 'metadata.yaml').is_file()
 
 
 @pytest.mark.parametrize('split', ['train', 'val', 'test'])
@@ -144,7 +144,7 @@ def test_geo_yaml_round_trip(world: Path) -> None:
 def test_eval_bag_matches_test_split(world: Path) -> None:
     ds = SceneCoordinateDataset(world, 'test')
     geo = ds.geo
-    samples = list(read_evaluation_bag(world / 'eval.bag'))
+    samples = list(read_evaluation_bag(world / 'eval_bag'))
     assert len(samples) == len(ds)
     for k, sample in enumerate(samples):
         ref = ds[k]

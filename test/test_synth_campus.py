@@ -190,7 +190,7 @@ def test_reference_database_of_train_frames(world: Path) -> None:
 def test_eval_bag_carries_fix_and_pose(world: Path) -> None:
     poses = _poses(world)
     gt = {r['image']: r for r in _rows(world / 'gt.csv')}
-    samples = list(read_evaluation_bag(world / 'eval.bag'))
+    samples = list(read_evaluation_bag(world / 'eval_bag'))
     assert len(samples) == 3
     for k, s in enumerate(samples):
         name = f'test_{k:05d}.jpg'

@@ -54,7 +54,7 @@ def test_layout_and_self_description(world: Path) -> None:
             assert len(list((world / 'scene' / split / sub).glob(f'*.{ext}'))) == n, (split, sub)
     geo = yaml.safe_load((world / 'scene' / 'geo.yaml').read_text())
     assert geo == {'enu_origin': meta['enu_origin']}
-    assert (world / 'eval.bag' / 'metadata.yaml').is_file()
+    assert (world / 'eval_bag' / 'metadata.yaml').is_file()
 
 
 @pytest.mark.parametrize('split', ['train', 'val', 'test'])
@@ -244,7 +244,7 @@ def test_eval_bag_carries_room_pose_and_fix(world: Path) -> None:
     meta = yaml.safe_load((world / 'world.yaml').read_text())
     enu = LocalENU(*meta['enu_origin'])
     expected = {stem: (label, T) for label, stem, T in _frames(world, 'test')}
-    samples = list(read_evaluation_bag(world / 'eval.bag'))
+    samples = list(read_evaluation_bag(world / 'eval_bag'))
     assert len(samples) == len(expected) == 3
     for k, s in enumerate(samples):
         label, T = expected[f'test_{k:05d}']
@@ -284,7 +284,7 @@ def test_cli_dispatches_to_indoor(tmp_path: Path) -> None:
 
     out = tmp_path / 'cli'
     assert cli.main(['indoor', '--out', str(out), '--frames', '3', '--size', '32x24', '--seed', '1']) == 0
-    assert len(list((out / 'train').glob('*/*.jpg'))) == 3 and (out / 'eval.bag').is_dir()
+    assert len(list((out / 'train').glob('*/*.jpg'))) == 3 and (out / 'eval_bag').is_dir()
 
 
 def test_own_room_share_counts_what_the_camera_sees(world: Path, tmp_path: Path) -> None:

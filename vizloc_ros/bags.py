@@ -47,12 +47,15 @@ __all__ = [
     'IMAGE_TOPIC',
     'COMPRESSED_IMAGE_TOPIC',
     'CAMERA_INFO_TOPIC',
+    'EVAL_BAG_NAME',
+    'LEGACY_EVAL_BAG_NAMES',
     'FIX_TOPIC',
     'POSE_TOPIC',
     'ROOM_TOPIC',
     'RawMessage',
     'TopicQos',
     'bag_info',
+    'evaluation_bag_path',
     'read_evaluation_bag',
     'read_messages',
     'read_raw_messages',
@@ -68,6 +71,13 @@ CAMERA_INFO_TOPIC = '/camera/camera_info'
 FIX_TOPIC = '/ground_truth/fix'
 POSE_TOPIC = '/ground_truth/pose'
 ROOM_TOPIC = '/ground_truth/room'
+
+#: Directory name of the evaluation bag the synthetic worlds write (``DIR/eval_bag/``). rosbag2 bags
+#: are directories; a name ending in ``.bag`` makes rosbags' ``AnyReader`` (which evo and other
+#: tools build on) take the path for a ROS 1 bag file and refuse it ("Is a directory").
+EVAL_BAG_NAME = 'eval_bag'
+#: Older worlds named the same bag ``eval.bag``; still read (:func:`evaluation_bag_path`).
+LEGACY_EVAL_BAG_NAMES: tuple[str, ...] = ('eval.bag',)
 
 STORAGES: tuple[str, ...] = ('sqlite3', 'mcap')
 _STORAGE_PLUGINS = {'sqlite3': StoragePlugin.SQLITE3, 'mcap': StoragePlugin.MCAP}
@@ -97,6 +107,17 @@ def typestore() -> Typestore:
     if _TYPESTORE is None:
         _TYPESTORE = get_typestore(Stores.ROS2_KILTED)
     return _TYPESTORE
+
+
+def evaluation_bag_path(world_dir: str | os.PathLike[str]) -> Path:
+    """The evaluation bag of a synthetic world directory: ``DIR/eval_bag`` or, for worlds written
+    before the rename, ``DIR/eval.bag``. Returns ``DIR/eval_bag`` when neither exists (where a
+    writer puts it)."""
+    root = Path(world_dir)
+    for name in (EVAL_BAG_NAME, *LEGACY_EVAL_BAG_NAMES):
+        if (root / name).exists():
+            return root / name
+    return root / EVAL_BAG_NAME
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,9 +5,9 @@ Two ways in:
 * :func:`evaluate_arrays` - from predictions (metres in the regression frame) and ground truth; used
   by the trainer on the validation/test splits (torch model in memory).
 * :func:`evaluate_localizer_on_bag` - end to end: a rosbag2 evaluation bag (``vizloc-synth ... /
-  eval.bag``) replayed frame by frame through the *runtime* ``gps_regressor`` localizer (plugin,
+  eval_bag``) replayed frame by frame through the *runtime* ``gps_regressor`` localizer (plugin,
   ONNX Runtime) and compared with ``/ground_truth/fix``. ``python -m
-  vizloc_training.gps_regressor.evaluate --bundle B [--bundle B2 ...] --bag DIR/eval.bag`` prints
+  vizloc_training.gps_regressor.evaluate --bundle B [--bundle B2 ...] --bag DIR/eval_bag`` prints
   the table.
 
 Errors are haversine distances between predicted and true latitude/longitude (the seed's metric);
@@ -163,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description='Score gps_regressor bundle(s) on a rosbag2 evaluation bag.')
     parser.add_argument('--bundle', type=Path, action='append', required=True,
                         help='bundle directory (repeat for an ensemble)')
-    parser.add_argument('--bag', type=Path, required=True, help='evaluation bag (e.g. DIR/eval.bag)')
+    parser.add_argument('--bag', type=Path, required=True, help='evaluation bag (e.g. DIR/eval_bag)')
     parser.add_argument('--max-frames', type=int, default=None)
     parser.add_argument('--backend', default='onnxruntime')
     parser.add_argument('--no-robustness', action='store_true')

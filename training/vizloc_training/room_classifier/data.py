@@ -8,7 +8,7 @@ the classifier could never output it). Images are decoded once and kept as
 uint8 RGB, downscaled so that the shorter side is at most ``max_side_px`` (enough for the
 training resolution plus random crops).
 
-Test trajectory (frames in temporal order) for the smoothing evaluation: ``DIR/eval.bag`` (the
+Test trajectory (frames in temporal order) for the smoothing evaluation: ``DIR/eval_bag`` (the
 rosbag2 evaluation bag the synthetic worlds write, rooms on ``/ground_truth/room``) when it exists,
 else the test split ordered by file name across rooms (frame names are expected to carry the
 frame index or timestamp, e.g. ``000123.png``), videos frame by frame.
@@ -152,12 +152,15 @@ def temporal_order(split: RoomSplit) -> list[int]:
 def iter_trajectory(data: Path, classes: list[str], split: str = 'test') -> Iterator[tuple[np.ndarray, int, str]]:
     """A split as a trajectory in temporal order: (RGB uint8 image, class index, source).
 
-    For ``test``: from ``data/eval.bag`` when present (frames with a ground-truth room). Otherwise
+    For ``test``: from ``data/eval_bag`` (or an older world's ``eval.bag``) when present (frames
+    with a ground-truth room). Otherwise
     the split's frames ordered by file name across rooms (clips frame by frame).
     """
     data = Path(data)
     index = {name: i for i, name in enumerate(classes)}
-    bag = data / 'eval.bag'
+    from vizloc_ros.bags import evaluation_bag_path
+
+    bag = evaluation_bag_path(data)
     if split == 'test' and bag.exists():
         from vizloc_ros.bags import read_evaluation_bag
 
@@ -169,7 +172,7 @@ def iter_trajectory(data: Path, classes: list[str], split: str = 'test') -> Iter
             yield sample.rgb_HW3, index[sample.room], f'{bag}@{sample.stamp_ns}'
         return
     if not (data / split).is_dir():
-        raise FileNotFoundError(f'{data}: no {split}/ trajectory' + (' and no eval.bag' if split == 'test' else ''))
+        raise FileNotFoundError(f'{data}: no {split}/ trajectory' + (' and no eval_bag' if split == 'test' else ''))
     dataset = RoomsDataset(data, split, labels=classes)
     order = sorted(dataset.samples, key=lambda s: (s.path.stem, s.path.name, s.frame_index or 0))
     try:

@@ -18,7 +18,7 @@ Output (``DIR``)::
     DIR/refdb/<uid>/image.jpg + metadata.json
                                    (image.jpg hard-linked to images/<uid>.jpg) reference database of the train frames (vizloc_training.datasets.reference_db)
     DIR/world.yaml                 generator, version, seed, origin, buildings, textures, camera
-    DIR/eval.bag/                  rosbag2 evaluation bag of the test split
+    DIR/eval_bag/                 rosbag2 evaluation bag of the test split
 
 Map frame: local ENU at ``origin`` (x east, y north, z up, metres); altitudes are WGS84
 ellipsoidal heights.
@@ -561,11 +561,11 @@ def generate(out: str | Path, *, seed: int = 0, frames: int | None = None, size:
                         'sun': 'per frame: azimuth U(0, 360) deg, elevation U(17, 69) deg'},
         'splits': {k: {'frames': v, 'walks': train_walks if k == 'train' else 1} for k, v in counts.items()},
         'coverage': _coverage(xy_by_split, yaw_by_split),
-        'eval_bag': 'eval.bag (test split)' if write_bag else None,
+        'eval_bag': 'eval_bag (test split)' if write_bag else None,
     }
     (out / 'world.yaml').write_text(yaml.safe_dump(yaml_plain(world), sort_keys=False))
     if write_bag:
-        _write_bag(out / 'eval.bag', test_frames, camera)
+        _write_bag(out / 'eval_bag', test_frames, camera)
     _LOG.info('campus world written to %s in %.1f s', out, time.perf_counter() - t_start)
     return out
 
