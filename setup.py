@@ -19,6 +19,7 @@ setup(
         (f'share/{package_name}', ['package.xml']),
         (f'share/{package_name}/launch', glob('launch/*.launch.py')),
         (f'share/{package_name}/config', glob('config/*.yaml') + glob('config/*.xml') + glob('config/*.rviz')),
+        (f'share/{package_name}/config/robot_localization', glob('config/robot_localization/*.yaml')),
     ],
     # Runtime Python dependencies come from rosdep (package.xml) on a robot and from
     # requirements.txt in a pip venv; setuptools itself is the only install requirement.

@@ -40,7 +40,8 @@ from visualization_msgs.msg import MarkerArray
 
 from . import params as vparams
 from .conversions import (frame_from_msg, image_msg_from_rgb, intrinsics_from_camera_info, navsatfix_from_result,
-                          pose_msg_from_estimate, room_msg_from_estimate)
+                          room_msg_from_estimate)
+from .frames import CameraExtrinsic, base_pose_msg, fix_for_fusion, intrinsics_for_input, lookup_extrinsic_tf
 from .diagnostics import ErrorThrottle, FrameTiming, LocalizerStats, timing_status
 from .localizer import ConfigError, Localizer, LocalizerContext
 from .markers import PATH_PUBLISH_PERIOD_S, PathBuffer, markers_for_result
@@ -232,12 +233,15 @@ class _LocalizerWorker:
         stamp = msg.header.stamp  # every output carries the source image's stamp
         camera_frame = msg.header.frame_id
         fix = navsatfix_from_result(result, stamp, camera_frame)
+        if fix is not None:
+            fix = fix_for_fusion(fix, self.node.node_params.unknown_altitude_m)
         if result.status == 'no_fix':
             self.pub_fix.publish(fix)
             return
         pose_msg = None
         if result.pose is not None:
-            pose_msg = pose_msg_from_estimate(result.pose, stamp, self.node.node_params.map_frame)
+            pose_msg = base_pose_msg(result.pose, self.node.camera_extrinsic(camera_frame), stamp,
+                                     self.node.node_params.map_frame)
         if fix is not None:
             self.pub_fix.publish(fix)
         if pose_msg is not None:
@@ -303,6 +307,7 @@ class VizlocNode(LifecycleNode):
         self._diag_timer: Any = None
         self._path: PathBuffer | None = None
         self._path_published_at = 0.0
+        self._extrinsics: dict[tuple[Any, ...], CameraExtrinsic] = {}  # camera_extrinsic()
 
     # -- helpers --------------------------------------------------------------------------------------
     def _param_or(self, name: str, default: Any) -> Any:
@@ -509,13 +514,27 @@ class VizlocNode(LifecycleNode):
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         try:
-            self.converter.camera = intrinsics_from_camera_info(msg)
+            self.converter.camera = intrinsics_for_input(intrinsics_from_camera_info(msg), msg.p,
+                                                         rectified=self.node_params.rectified)
         except InvalidInputError as exc:
             with self._lock:
                 self.camera_info_errors += 1
             self.log_throttled('camera_info', 'error', f'camera_info ignored: {exc}')
 
     # -- outputs --------------------------------------------------------------------------------------
+    def camera_extrinsic(self, camera_frame: str) -> CameraExtrinsic:
+        """T_base_camera: from tf2 once per camera frame when extrinsic_from_tf (and tf2_ros) allow, else the parameters."""
+        p = self.node_params
+        key = (camera_frame, p.base_frame, p.camera_xyz_m, p.camera_rpy_rad, p.extrinsic_from_tf)
+        extrinsic = self._extrinsics.get(key)
+        if extrinsic is None:
+            if p.extrinsic_from_tf and camera_frame:
+                extrinsic = lookup_extrinsic_tf(p.base_frame, camera_frame, context=self.context)
+            if extrinsic is None:
+                extrinsic = CameraExtrinsic.from_xyz_rpy(p.base_frame, p.camera_xyz_m, p.camera_rpy_rad)
+            self._extrinsics[key] = extrinsic
+        return extrinsic
+
     def publish_markers(self, result: LocalizationResult, stamp: Any, camera_frame: str,
                         camera: CameraIntrinsics | None, pose_msg: Any) -> None:
         pubs = self._node_pubs

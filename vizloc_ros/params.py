@@ -13,6 +13,7 @@ localizers, bundles) can only change while the node is unconfigured.
 """
 from __future__ import annotations
 
+import math
 import typing
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -84,6 +85,21 @@ NODE_PARAMETERS: dict[str, _Spec] = {
                        "QoS of the image and camera_info subscriptions: 'sensor_data' (best effort, depth 5) or "
                        "'reliable' (depth 5). Outputs are always reliable.", choices=INPUT_QOS),
     'map_frame': _Spec('map', ParameterType.PARAMETER_STRING, 'frame_id of ~/<name>/pose, ~/path and pose markers.'),
+    'base_frame': _Spec('base_link', ParameterType.PARAMETER_STRING,
+                        'Robot body frame (REP-103: x forward, y left, z up) whose pose ~/<name>/pose gives in map_frame.'),
+    'camera_xyz_m': _Spec([0.0, 0.0, 0.0], ParameterType.PARAMETER_DOUBLE_ARRAY,
+                          'Camera optical frame origin in base_frame (m): the static extrinsic T_base_camera.'),
+    'camera_rpy_rad': _Spec([-1.5707963267948966, 0.0, -1.5707963267948966], ParameterType.PARAMETER_DOUBLE_ARRAY,
+                            'Camera optical frame orientation in base_frame, fixed-axis roll pitch yaw (rad, as URDF); '
+                            'the default points the optical axis (z) along base x.'),
+    'extrinsic_from_tf': _Spec(False, ParameterType.PARAMETER_BOOL,
+                               'Look T_base_camera up in tf2 (base_frame -> image frame_id) where tf2_ros is importable; '
+                               'the camera_* parameters are the fallback.'),
+    'rectified': _Spec(False, ParameterType.PARAMETER_BOOL,
+                       'Images are rectified: use CameraInfo P, not K + D (also done when D is all zero).'),
+    'unknown_altitude_m': _Spec(0.0, ParameterType.PARAMETER_DOUBLE,
+                                'NavSatFix altitude (m) published when a localizer does not estimate it '
+                                '(variance 1e6 m^2), so navsat_transform keeps the fix.'),
     'cache_dir': _Spec('', ParameterType.PARAMETER_STRING,
                        'Writable cache for TensorRT engines etc.; empty = $VIZLOC_CACHE_DIR or ~/.cache/vizloc_ros.'),
     'publish_markers': _Spec(True, ParameterType.PARAMETER_BOOL, 'Publish ~/markers (MarkerArray) and ~/path (Path).',
@@ -126,6 +142,12 @@ class NodeParams:
     image_transport: str = 'raw'
     input_qos: str = 'sensor_data'
     map_frame: str = 'map'
+    base_frame: str = 'base_link'
+    camera_xyz_m: tuple[float, ...] = (0.0, 0.0, 0.0)
+    camera_rpy_rad: tuple[float, ...] = (-1.5707963267948966, 0.0, -1.5707963267948966)
+    extrinsic_from_tf: bool = False
+    rectified: bool = False
+    unknown_altitude_m: float = 0.0
     cache_dir: str = ''
     publish_markers: bool = True
     publish_timing: bool = False
@@ -140,6 +162,12 @@ class NodeParams:
             raise ConfigError(f'input_qos must be one of {INPUT_QOS}, got {self.input_qos!r}')
         if not self.map_frame:
             raise ConfigError('map_frame must not be empty')
+        if not self.base_frame:
+            raise ConfigError('base_frame must not be empty')
+        for name in ('camera_xyz_m', 'camera_rpy_rad'):
+            values = getattr(self, name)
+            if len(values) != 3 or not all(math.isfinite(v) for v in values):
+                raise ConfigError(f'{name} must be 3 finite numbers, got {list(values)}')
         if len(set(self.localizers)) != len(self.localizers):
             raise ConfigError(f'localizers has duplicate names: {list(self.localizers)}')
 
@@ -220,6 +248,8 @@ def read_node_params(node: Any) -> NodeParams:
     v = {name: _value(node, name, spec) for name, spec in NODE_PARAMETERS.items()}
     v['localizers'] = tuple(v['localizers'] or ())
     v['blocked_plugins'] = tuple(v['blocked_plugins'] or ())
+    v['camera_xyz_m'] = tuple(float(x) for x in v['camera_xyz_m'])
+    v['camera_rpy_rad'] = tuple(float(x) for x in v['camera_rpy_rad'])
     return NodeParams(**v)
 
 
