@@ -16,10 +16,123 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ['FrameTiming', 'LocalizerStats', 'ErrorThrottle', 'percentile_ms', 'timing_status']
+__all__ = ['FrameTiming', 'LocalizerStats', 'ErrorThrottle', 'FrequencyStatus', 'InputMonitor', 'percentile_ms',
+           'timing_status', 'configure_failed_status', 'ERROR_WINDOW_S']
 
 #: Frame timings kept for the latency percentiles and the rate.
 WINDOW = 200
+#: Errors (and bad inputs) count against a status only while they are this recent: a localizer that
+#: failed once and works again returns to OK after this many seconds.
+ERROR_WINDOW_S = 10.0
+_OK, _WARN, _ERROR, _STALE = 0, 1, 2, 3  # diagnostic_msgs/DiagnosticStatus levels
+
+
+class FrequencyStatus:
+    """diagnostic_updater's FrequencyStatus: events over a sliding window against [min, max] Hz.
+
+    Levels as in diagnostic_updater: ERROR "No events recorded." when the window has none, WARN
+    "Frequency too low." / "Frequency too high." outside ``[min (1 - tolerance), max (1 + tolerance)]``,
+    else OK "Desired frequency met". The window is the last ``window_s`` seconds. Thread-safe.
+    """
+
+    def __init__(self, min_hz: float, max_hz: float = float('inf'), tolerance: float = 0.1, window_s: float = 5.0) -> None:
+        self.min_hz, self.max_hz, self.tolerance, self.window_s = min_hz, max_hz, tolerance, window_s
+        self._events: collections.deque[int] = collections.deque()
+        self._lock = threading.Lock()
+
+    def tick(self, now_ns: int | None = None) -> None:
+        with self._lock:
+            self._events.append(time.monotonic_ns() if now_ns is None else now_ns)
+
+    def frequency_hz(self, now_ns: int | None = None) -> tuple[int, float]:
+        """(events in the window, their rate in Hz)."""
+        now_ns = time.monotonic_ns() if now_ns is None else now_ns
+        start = now_ns - int(self.window_s * 1e9)
+        with self._lock:
+            while self._events and self._events[0] < start:
+                self._events.popleft()
+            n = len(self._events)
+        return n, n / self.window_s
+
+    def level(self, now_ns: int | None = None) -> tuple[int, str, float]:
+        n, hz = self.frequency_hz(now_ns)
+        if n == 0:
+            return _ERROR, 'No events recorded.', hz
+        if hz < self.min_hz * (1.0 - self.tolerance):
+            return _WARN, 'Frequency too low.', hz
+        if hz > self.max_hz * (1.0 + self.tolerance):
+            return _WARN, 'Frequency too high.', hz
+        return _OK, 'Desired frequency met', hz
+
+
+class InputMonitor:
+    """The camera input as /diagnostics judges it: frames arriving, the camera stopping, recent bad input.
+
+    * no frame since activation for ``stale_after_s``: ERROR "no frames received" (wrong topic, QoS mismatch)
+    * frames arrived, but none for ``stale_after_s``: STALE "camera stopped: last frame N s ago"
+    * ``expected_rate_hz`` > 0: the frame rate over the last ``window_s`` against it (FrequencyStatus, 10 %)
+    * bad images / camera_info within ERROR_WINDOW_S: WARN (older ones no longer count)
+    Times are monotonic nanoseconds.
+    """
+
+    def __init__(self, expected_rate_hz: float = 0.0, stale_after_s: float = 2.0, window_s: float = 5.0) -> None:
+        self.expected_rate_hz = expected_rate_hz
+        self.stale_after_s = stale_after_s
+        self.frequency = FrequencyStatus(expected_rate_hz, expected_rate_hz, 0.1, window_s) if expected_rate_hz > 0 else None
+        self.started_ns = time.monotonic_ns()
+        self.last_frame_ns: int | None = None
+        self._bad: collections.deque[int] = collections.deque(maxlen=10000)
+        self._lock = threading.Lock()
+
+    def frame(self, now_ns: int | None = None) -> None:
+        now_ns = time.monotonic_ns() if now_ns is None else now_ns
+        with self._lock:
+            self.last_frame_ns = now_ns
+        if self.frequency is not None:
+            self.frequency.tick(now_ns)
+
+    def bad(self, now_ns: int | None = None) -> None:
+        with self._lock:
+            self._bad.append(time.monotonic_ns() if now_ns is None else now_ns)
+
+    def recent_bad(self, now_ns: int | None = None) -> int:
+        now_ns = time.monotonic_ns() if now_ns is None else now_ns
+        with self._lock:
+            return sum(1 for t in self._bad if now_ns - t <= ERROR_WINDOW_S * 1e9)
+
+    def level(self, now_ns: int | None = None) -> tuple[int, str, dict[str, str]]:
+        """(level, message, extra key/values)."""
+        now_ns = time.monotonic_ns() if now_ns is None else now_ns
+        with self._lock:
+            last = self.last_frame_ns
+        values: dict[str, str] = {'seconds_since_last_frame': 'never' if last is None else f'{(now_ns - last) / 1e9:.3f}'}
+        bad = self.recent_bad(now_ns)
+        values['bad_inputs_recent'] = str(bad)
+        if last is None:
+            if (now_ns - self.started_ns) / 1e9 >= self.stale_after_s:
+                return _ERROR, 'no frames received (check the image topic remapping and QoS)', values
+            return _OK, 'waiting for the first frame', values
+        if (now_ns - last) / 1e9 >= self.stale_after_s:
+            return _STALE, f'camera stopped: last frame {(now_ns - last) / 1e9:.1f} s ago', values
+        level, message = _OK, 'receiving frames'
+        if self.frequency is not None:
+            f_level, f_message, hz = self.frequency.level(now_ns)
+            values['input_rate_hz'] = f'{hz:.2f}'
+            values['expected_rate_hz'] = f'{self.expected_rate_hz:.2f}'
+            if f_level != _OK:
+                level, message = f_level, f'input rate {hz:.1f} Hz, expected {self.expected_rate_hz:.1f} Hz: {f_message}'
+        if bad and level == _OK:
+            level, message = _WARN, f'{bad} bad input(s) in the last {ERROR_WINDOW_S:.0f} s'
+        return level, message, values
+
+
+def configure_failed_status(node_name: str, reason: str) -> Any:
+    """ERROR status published while the node could not configure (it stays unconfigured)."""
+    from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+
+    return DiagnosticStatus(level=DiagnosticStatus.ERROR, name=f'{node_name}: node', hardware_id='vizloc',
+                            message=f'configure failed: {reason}'[:250],
+                            values=[KeyValue(key='state', value='unconfigured'), KeyValue(key='configured', value='false')])
 
 
 @dataclass(frozen=True)
@@ -86,6 +199,7 @@ class LocalizerStats:
         self.no_fix = 0
         self.errors: collections.Counter[str] = collections.Counter()
         self.last_error = ''
+        self._error_times: collections.deque[int] = collections.deque(maxlen=10000)  # time.time_ns() of each error
 
     def offered(self, *, dropped_previous: bool) -> None:
         with self._lock:
@@ -111,6 +225,7 @@ class LocalizerStats:
         with self._lock:
             self.errors[kind] += 1
             self.last_error = f'{kind}: {message}'
+            self._error_times.append(time.time_ns())
 
     def timings(self) -> list[FrameTiming]:
         with self._lock:
@@ -152,23 +267,39 @@ class LocalizerStats:
         )
         return out
 
-    def to_status(self, node_name: str) -> Any:
-        """diagnostic_msgs/DiagnosticStatus: OK, WARN when frames are dropped or nothing comes out, ERROR on errors."""
+    def recent(self, now_ns: int | None = None, window_s: float = ERROR_WINDOW_S) -> tuple[int, int]:
+        """(errors, frames processed) within the last ``window_s`` seconds."""
+        now_ns = time.time_ns() if now_ns is None else now_ns
+        start = now_ns - int(window_s * 1e9)
+        with self._lock:
+            errors = sum(1 for t in self._error_times if t >= start)
+            processed = sum(1 for t in self._timings if t.published_ns >= start)
+        return errors, processed
+
+    def to_status(self, node_name: str, now_ns: int | None = None) -> Any:
+        """diagnostic_msgs/DiagnosticStatus, judged over the last ERROR_WINDOW_S seconds.
+
+        ERROR: errors in the window and no frame localized in it; WARN: errors in the window
+        beside localized frames, or frames received but nothing localized yet; else OK. Errors
+        older than the window no longer count (their totals stay in the values).
+        """
         from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
         s = self.summary()
+        recent_errors, recent_processed = self.recent(now_ns)
         status = DiagnosticStatus(name=f'{node_name}: localizer {self.name}', hardware_id=s['backend'] or 'unknown')
-        recent_errors = s['errors'] > 0 and s['frames_processed'] == 0
-        if recent_errors:
+        if recent_errors and not recent_processed:
             status.level, status.message = DiagnosticStatus.ERROR, s['last_error'][:200]
-        elif s['errors']:
-            status.level, status.message = DiagnosticStatus.WARN, f'{s["errors"]} error(s); last: {s["last_error"][:160]}'
+        elif recent_errors:
+            status.level, status.message = (DiagnosticStatus.WARN, f'{recent_errors} error(s) in the last '
+                                            f'{ERROR_WINDOW_S:.0f} s; last: {s["last_error"][:160]}')
         elif s['frames_offered'] and s['frames_processed'] == 0:
             status.level, status.message = DiagnosticStatus.WARN, 'frames received but nothing localized yet'
         else:
             status.level, status.message = DiagnosticStatus.OK, f'{s["rate_hz"]:.1f} Hz'
         values = dict(s)
         values.pop('errors_by_kind')
+        values['errors_recent'] = recent_errors
         for kind, count in sorted(s['errors_by_kind'].items()):
             values[f'errors.{kind}'] = count
         status.values = [KeyValue(key=k, value=_fmt(v)) for k, v in values.items()]

@@ -42,7 +42,8 @@ from . import params as vparams
 from .conversions import (frame_from_msg, image_msg_from_rgb, intrinsics_from_camera_info, navsatfix_from_result,
                           room_msg_from_estimate)
 from .frames import CameraExtrinsic, base_pose_msg, fix_for_fusion, intrinsics_for_input, lookup_extrinsic_tf
-from .diagnostics import ErrorThrottle, FrameTiming, LocalizerStats, timing_status
+from .diagnostics import (ErrorThrottle, FrameTiming, InputMonitor, LocalizerStats, configure_failed_status,
+                          timing_status)
 from .localizer import ConfigError, Localizer, LocalizerContext
 from .markers import PATH_PUBLISH_PERIOD_S, PathBuffer, markers_for_result
 from .plugin_manager import load_registry
@@ -308,6 +309,9 @@ class VizlocNode(LifecycleNode):
         self._path: PathBuffer | None = None
         self._path_published_at = 0.0
         self._extrinsics: dict[tuple[Any, ...], CameraExtrinsic] = {}  # camera_extrinsic()
+        self.input_monitor = InputMonitor()
+        self.configure_error = ''
+        self._start_configure_failure_diagnostics()
 
     # -- helpers --------------------------------------------------------------------------------------
     def _param_or(self, name: str, default: Any) -> Any:
@@ -355,6 +359,7 @@ class VizlocNode(LifecycleNode):
     def count_bad_input(self, message: str) -> None:
         with self._lock:
             self.bad_inputs += 1
+        self.input_monitor.bad()
 
     def state_label(self) -> str:
         return str(self._state_machine.current_state[1])
@@ -386,16 +391,19 @@ class VizlocNode(LifecycleNode):
         return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.configure_error = ''
         try:
             self.node_params = vparams.read_node_params(self)
         except ConfigError as exc:
             self.get_logger().error(f'configure failed: {exc}')
+            self.configure_error = str(exc)
             return TransitionCallbackReturn.FAILURE
         p = self.node_params
         try:
             self.plugin_report = load_registry(blocked=p.blocked_plugins, extra_plugins=self._extra_plugins)
         except ConfigError as exc:
             self.get_logger().error(f'configure failed: {exc}')
+            self.configure_error = str(exc)
             return TransitionCallbackReturn.FAILURE
         registry = self.plugin_report.registry
         self._bridge_loggers({t.factory.__module__.split('.')[0] for t in registry.types.values()
@@ -443,6 +451,7 @@ class VizlocNode(LifecycleNode):
         else:
             self._subs.append(self.create_subscription(Image, 'image', self._on_image, qos))
         self._subs.append(self.create_subscription(CameraInfo, 'camera_info', self._on_camera_info, qos))
+        self.input_monitor = InputMonitor(p.expected_rate_hz, p.stale_after_s)
         for worker in self.workers.values():
             worker.start()
         # Steady clock: /diagnostics keeps flowing with use_sim_time and no /clock.
@@ -509,6 +518,7 @@ class VizlocNode(LifecycleNode):
         received_ns = time.time_ns()
         with self._lock:
             self.frames_received += 1
+        self.input_monitor.frame()
         for worker in self.workers.values():
             worker.offer(msg, received_ns)
 
@@ -519,6 +529,7 @@ class VizlocNode(LifecycleNode):
         except InvalidInputError as exc:
             with self._lock:
                 self.camera_info_errors += 1
+            self.input_monitor.bad()
             self.log_throttled('camera_info', 'error', f'camera_info ignored: {exc}')
 
     # -- outputs --------------------------------------------------------------------------------------
@@ -566,8 +577,9 @@ class VizlocNode(LifecycleNode):
             received, bad, cam_bad = self.frames_received, self.bad_inputs, self.camera_info_errors
             param_errors = self.parameter_errors + len(self._param_errors)
         node_status = DiagnosticStatus(name=f'{node_name}: input', hardware_id='camera')
-        node_status.level = DiagnosticStatus.WARN if (bad or cam_bad) else DiagnosticStatus.OK
-        node_status.message = f'{received} frames, {bad} bad, {cam_bad} bad camera_info'
+        level, message, extra = self.input_monitor.level()
+        node_status.level = level.to_bytes(1, 'little')
+        node_status.message = f'{message}; {received} frames, {bad} bad, {cam_bad} bad camera_info'
         node_status.values = [KeyValue(key='frames_received', value=str(received)),
                               KeyValue(key='bad_inputs', value=str(bad)),
                               KeyValue(key='camera_info_errors', value=str(cam_bad)),
@@ -576,6 +588,7 @@ class VizlocNode(LifecycleNode):
                               KeyValue(key='plugins_loaded', value=','.join(getattr(self.plugin_report, 'loaded', []))),
                               KeyValue(key='plugins_blocked', value=','.join(getattr(self.plugin_report, 'blocked', []))),
                               KeyValue(key='plugins_failed', value=','.join(getattr(self.plugin_report, 'failed', {})))]
+        node_status.values += [KeyValue(key=k, value=v) for k, v in extra.items()]
         array.status.append(node_status)
         for worker in list(self.workers.values()):
             array.status.append(worker.stats.to_status(node_name))
@@ -584,6 +597,21 @@ class VizlocNode(LifecycleNode):
                                                  message=f'not configured: {reason}'[:250],
                                                  values=[KeyValue(key='configured', value='false')]))
         return array
+
+    def _start_configure_failure_diagnostics(self) -> None:
+        """/diagnostics also while configure has failed (the lifecycle publisher exists only once configured)."""
+        self._failure_diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', OUTPUT_QOS)
+        self._failure_diag_timer = self.create_timer(self._param_or('diagnostics_period_s', 1.0),
+                                                     self._publish_configure_failure,
+                                                     clock=Clock(clock_type=ClockType.STEADY_TIME))
+
+    def _publish_configure_failure(self) -> None:
+        if not self.configure_error or self._node_pubs:
+            return
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        array.status.append(configure_failed_status(self.get_fully_qualified_name(), self.configure_error))
+        self._failure_diag_pub.publish(array)
 
     def publish_diagnostics(self) -> None:
         if self._node_pubs:

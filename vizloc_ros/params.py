@@ -109,6 +109,12 @@ NODE_PARAMETERS: dict[str, _Spec] = {
                             '(diagnostic_msgs/DiagnosticStatus); used by scripts/bench_node.py.', runtime=True),
     'path_max_length': _Spec(1000, ParameterType.PARAMETER_INTEGER, 'Poses kept in ~/path (oldest dropped).',
                              int_range=(1, 100000), runtime=True),
+    'expected_rate_hz': _Spec(0.0, ParameterType.PARAMETER_DOUBLE,
+                              'Expected camera frame rate in Hz for the /diagnostics frequency check (10 % tolerance, '
+                              'diagnostic_updater semantics); 0 = no rate check.', float_range=(0.0, 1000.0)),
+    'stale_after_s': _Spec(2.0, ParameterType.PARAMETER_DOUBLE,
+                           '/diagnostics input status: ERROR when no frame arrived this long after activation, '
+                           'STALE when the camera stopped this long ago.', float_range=(0.1, 3600.0)),
     'diagnostics_period_s': _Spec(1.0, ParameterType.PARAMETER_DOUBLE, 'Period of /diagnostics messages in seconds.',
                                   float_range=(0.1, 60.0)),
     'error_log_throttle_s': _Spec(5.0, ParameterType.PARAMETER_DOUBLE,
@@ -152,6 +158,8 @@ class NodeParams:
     publish_markers: bool = True
     publish_timing: bool = False
     path_max_length: int = 1000
+    expected_rate_hz: float = 0.0
+    stale_after_s: float = 2.0
     diagnostics_period_s: float = 1.0
     error_log_throttle_s: float = 5.0
 
