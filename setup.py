@@ -18,7 +18,8 @@ setup(
         ('share/ament_index/resource_index/packages', [f'resource/{package_name}']),
         (f'share/{package_name}', ['package.xml']),
         (f'share/{package_name}/launch', glob('launch/*.launch.py')),
-        (f'share/{package_name}/config', glob('config/*.yaml') + glob('config/*.xml') + glob('config/*.rviz')),
+        (f'share/{package_name}/config', glob('config/*.yaml') + glob('config/*.xml') + glob('config/*.rviz')
+         + glob('config/*.json')),
         (f'share/{package_name}/config/robot_localization', glob('config/robot_localization/*.yaml')),
     ],
     # Runtime Python dependencies come from rosdep (package.xml) on a robot and from

@@ -318,3 +318,22 @@ def test_robot_localization_config_matches_the_node() -> None:
     assert m['odom1_config'][2] is False, 'the vizloc altitude (variance 1e6 m^2) must not be fused'
     assert navsat['zero_altitude'] is True
     assert 'unknown_altitude_m' in node and math.isfinite(node['unknown_altitude_m'])
+
+
+def test_no_fix_deletes_markers_and_paths_are_per_localizer() -> None:
+    from visualization_msgs.msg import Marker
+
+    from vizloc_ros.conversions import ns_to_stamp
+    from vizloc_ros.markers import PATH_PUBLISH_PERIOD_S, LocalizerPaths, delete_markers
+
+    deleted = delete_markers('scene', ns_to_stamp(5), 'map')
+    assert {(m.ns, m.id, m.action) for m in deleted.markers} == {('scene', i, Marker.DELETE) for i in (0, 1, 2)}
+    paths = LocalizerPaths('map', 3)
+    pose = PoseWithCovarianceStamped()
+    pose.header.frame_id = 'map'
+    assert paths.add('a', pose, now_s=0.0) is not None  # first pose of 'a': due
+    assert paths.add('b', pose, now_s=0.0) is not None  # 'b' has its own path and period
+    assert paths.add('a', pose, now_s=0.1) is None
+    msg = paths.add('a', pose, now_s=PATH_PUBLISH_PERIOD_S + 0.01)
+    assert msg is not None and len(msg.poses) == 3
+    assert len(paths.add('b', pose, now_s=10.0).poses) == 2

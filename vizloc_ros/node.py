@@ -45,7 +45,7 @@ from .frames import CameraExtrinsic, base_pose_msg, fix_for_fusion, intrinsics_f
 from .diagnostics import (ErrorThrottle, FrameTiming, InputMonitor, LocalizerStats, configure_failed_status,
                           timing_status)
 from .localizer import ConfigError, Localizer, LocalizerContext
-from .markers import PATH_PUBLISH_PERIOD_S, PathBuffer, markers_for_result
+from .markers import LocalizerPaths, delete_markers, markers_for_result
 from .plugin_manager import load_registry
 from .types import CameraIntrinsics, Frame, InvalidInputError, LocalizationResult
 
@@ -238,6 +238,8 @@ class _LocalizerWorker:
             fix = fix_for_fusion(fix, self.node.node_params.unknown_altitude_m)
         if result.status == 'no_fix':
             self.pub_fix.publish(fix)
+            if self.node.get_parameter('publish_markers').value:
+                self.node.publish_no_fix_markers(self.name, stamp, camera_frame)
             return
         pose_msg = None
         if result.pose is not None:
@@ -306,8 +308,7 @@ class VizlocNode(LifecycleNode):
         self._subs: list[Any] = []
         self._node_pubs: dict[str, Any] = {}
         self._diag_timer: Any = None
-        self._path: PathBuffer | None = None
-        self._path_published_at = 0.0
+        self._path: LocalizerPaths | None = None  # ~/<name>/path, one per localizer
         self._extrinsics: dict[tuple[Any, ...], CameraExtrinsic] = {}  # camera_extrinsic()
         self.input_monitor = InputMonitor()
         self.configure_error = ''
@@ -430,11 +431,10 @@ class VizlocNode(LifecycleNode):
                                     f'{list(p.localizers)}); the node runs but publishes nothing but /diagnostics')
         self._node_pubs = {
             'markers': self.create_lifecycle_publisher(MarkerArray, '~/markers', OUTPUT_QOS),
-            'path': self.create_lifecycle_publisher(PathMsg, '~/path', OUTPUT_QOS),
             'diagnostics': self.create_lifecycle_publisher(DiagnosticArray, '/diagnostics', OUTPUT_QOS),
             'timing': self.create_lifecycle_publisher(DiagnosticStatus, '~/timing', QoSProfile(depth=100)),
         }
-        self._path = PathBuffer(p.map_frame, p.path_max_length)
+        self._path = LocalizerPaths(p.map_frame, p.path_max_length)
         self.get_logger().info(f'configured: {len(self.workers)} localizer(s) {sorted(self.workers)}'
                                f'{"; skipped " + str(sorted(self.config_errors)) if self.config_errors else ""}')
         return TransitionCallbackReturn.SUCCESS
@@ -555,15 +555,25 @@ class VizlocNode(LifecycleNode):
         if markers.markers:
             pubs['markers'].publish(markers)
         if pose_msg is not None and self._path is not None:
-            self._path.append(pose_msg)
-            now = time.monotonic()
-            with self._lock:
-                due = now - self._path_published_at >= PATH_PUBLISH_PERIOD_S
-                if due:
-                    self._path_published_at = now
-            if due:
-                self._path.set_max_length(self.get_parameter('path_max_length').value)
-                pubs['path'].publish(self._path.to_msg())
+            path = self._path.add(result.localizer, pose_msg, time.monotonic(), self.get_parameter('path_max_length').value)
+            if path is not None:
+                self._path_publisher(result.localizer).publish(path)
+
+    def _path_publisher(self, localizer: str) -> Any:
+        """~/<localizer>/path, created on first use (while active) and destroyed with the other node publishers."""
+        key = f'path:{localizer}'
+        with self._lock:
+            pub = self._node_pubs.get(key)
+            if pub is None:
+                pub = self.create_lifecycle_publisher(PathMsg, f'~/{localizer}/path', OUTPUT_QOS)
+                pub.on_activate(None)
+                self._node_pubs[key] = pub
+        return pub
+
+    def publish_no_fix_markers(self, localizer: str, stamp: Any, camera_frame: str) -> None:
+        """A NO_FIX removes the localizer's markers (its last answer is no longer valid)."""
+        if self._node_pubs:
+            self._node_pubs['markers'].publish(delete_markers(localizer, stamp, self.node_params.map_frame))
 
     def publish_timing(self, name: str, timing: FrameTiming) -> None:
         if self._node_pubs:
@@ -623,7 +633,7 @@ USAGE = """usage: vizloc_node [--ros-args --params-file config/localize.yaml [-p
 The vizloc_ros localization node (lifecycle node 'vizloc'). It subscribes to 'image' (or
 'image/compressed') and 'camera_info', runs the localizers named by the 'localizers' parameter and
 publishes ~/<name>/fix (NavSatFix), ~/<name>/pose (PoseWithCovarianceStamped), ~/<name>/room (String),
-~/markers, ~/path and /diagnostics. Every parameter is documented in config/localize.yaml and
+~/markers, ~/<name>/path and /diagnostics. Every parameter is documented in config/localize.yaml and
 docs/node.md. Set FASTDDS_DEFAULT_PROFILES_FILE=config/fastdds_shm.xml for 640x480 images across processes.
 Usually started with: ros2 launch vizloc_ros localize.launch.py  (or ros2 run vizloc_ros vizloc_node)."""
 

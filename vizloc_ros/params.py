@@ -84,7 +84,7 @@ NODE_PARAMETERS: dict[str, _Spec] = {
     'input_qos': _Spec('sensor_data', ParameterType.PARAMETER_STRING,
                        "QoS of the image and camera_info subscriptions: 'sensor_data' (best effort, depth 5) or "
                        "'reliable' (depth 5). Outputs are always reliable.", choices=INPUT_QOS),
-    'map_frame': _Spec('map', ParameterType.PARAMETER_STRING, 'frame_id of ~/<name>/pose, ~/path and pose markers.'),
+    'map_frame': _Spec('map', ParameterType.PARAMETER_STRING, 'frame_id of ~/<name>/pose, ~/<name>/path and pose markers.'),
     'base_frame': _Spec('base_link', ParameterType.PARAMETER_STRING,
                         'Robot body frame (REP-103: x forward, y left, z up) whose pose ~/<name>/pose gives in map_frame.'),
     'camera_xyz_m': _Spec([0.0, 0.0, 0.0], ParameterType.PARAMETER_DOUBLE_ARRAY,
@@ -102,12 +102,12 @@ NODE_PARAMETERS: dict[str, _Spec] = {
                                 '(variance 1e6 m^2), so navsat_transform keeps the fix.'),
     'cache_dir': _Spec('', ParameterType.PARAMETER_STRING,
                        'Writable cache for TensorRT engines etc.; empty = $VIZLOC_CACHE_DIR or ~/.cache/vizloc_ros.'),
-    'publish_markers': _Spec(True, ParameterType.PARAMETER_BOOL, 'Publish ~/markers (MarkerArray) and ~/path (Path).',
+    'publish_markers': _Spec(True, ParameterType.PARAMETER_BOOL, 'Publish ~/markers (MarkerArray) and ~/<name>/path (Path).',
                              runtime=True),
     'publish_timing': _Spec(False, ParameterType.PARAMETER_BOOL,
                             'Publish per-frame timestamps (callback, model start/end, published) on ~/timing '
                             '(diagnostic_msgs/DiagnosticStatus); used by scripts/bench_node.py.', runtime=True),
-    'path_max_length': _Spec(1000, ParameterType.PARAMETER_INTEGER, 'Poses kept in ~/path (oldest dropped).',
+    'path_max_length': _Spec(1000, ParameterType.PARAMETER_INTEGER, 'Poses kept in ~/<name>/path (oldest dropped).',
                              int_range=(1, 100000), runtime=True),
     'expected_rate_hz': _Spec(0.0, ParameterType.PARAMETER_DOUBLE,
                               'Expected camera frame rate in Hz for the /diagnostics frequency check (10 % tolerance, '
