@@ -213,3 +213,49 @@ def test_bag_without_the_needed_topics_lists_what_it_has(world: tuple[Path, Path
                            '--out', str(tmp_path / 'out')], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and '/chatter (std_msgs/msg/String, 1)' in proc.stderr
     assert main(['--bag', str(tmp_path / 'missing'), '--params', str(params), '--out', str(tmp_path / 'o2')]) == 1
+
+
+def test_live_scores_what_the_running_node_publishes(world: tuple[Path, Path], tmp_path: Path,
+                                                      example_plugin_site: Path, example_bundle: Path) -> None:
+    """--live: vizloc_node subprocess + vizloc-replay + subscriptions. The example localizer is
+    deterministic, so every frame the node answered must score exactly as the offline run of the
+    same frame, and offline + dropped frames account for every image."""
+    import os
+
+    from example_plugin_support import EXAMPLE_TYPE, example_plugin_module, subprocess_env
+    from test_node_support import domain_id_for
+    from vizloc_ros.evaluation.live import run_live
+    from vizloc_ros.evaluation.metrics import score_run
+
+    bag, _ = world
+    params = tmp_path / 'color.yaml'
+    params.write_text(yaml.safe_dump({'/**': {'ros__parameters': {
+        'localizers': ['color'], 'color': {'type': EXAMPLE_TYPE, 'bundle': str(example_bundle), 'backend': 'onnxruntime'}}}}))
+    offline = run_offline(bag, params, progress=False, extra_plugins=[example_plugin_module()])
+    env = subprocess_env(example_plugin_site)
+    env['ROS_DOMAIN_ID'] = str(domain_id_for(__name__ + 'live'))
+    old = os.environ.get('ROS_DOMAIN_ID')
+    os.environ['ROS_DOMAIN_ID'] = env['ROS_DOMAIN_ID']  # the recorder (this process) joins the same domain
+    try:
+        live = run_live(bag, params, rate=1.0, env=env, log_dir=tmp_path)
+    finally:
+        if old is None:
+            os.environ.pop('ROS_DOMAIN_ID')
+        else:
+            os.environ['ROS_DOMAIN_ID'] = old
+    assert live.mode == 'live' and list(live.estimates) == ['color']
+    got = {e.stamp_ns: e for e in live.estimates['color']}
+    want = {e.stamp_ns: e for e in offline.estimates['color']}
+    assert got, (tmp_path / 'vizloc_node.log').read_text()
+    assert set(got) <= set(want) and len(got) + live.dropped['color'] == N
+    assert len(got) >= N // 2, f'the node answered only {len(got)} of {N} frames at 10 Hz'
+    for stamp, est in got.items():
+        ref = want[stamp]
+        assert est.status == ref.status
+        np.testing.assert_allclose(est.T_map_base, ref.T_map_base, atol=1e-9)
+        assert est.fix_lla == pytest.approx(ref.fix_lla, abs=1e-9)
+        assert est.room == ref.room
+        assert 0.0 < est.latency_ms < 5000.0
+    report = score_run(live)['color']
+    assert report.frames == N and report.dropped == live.dropped['color'] and report.estimates == len(got)
+    assert report.latency_ms_p50 > 0.0

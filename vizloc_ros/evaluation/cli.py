@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog='vizloc-eval',
         description='Run the localizers that the vizloc node builds from PARAMS over every frame of an evaluation '
-                    'bag (offline, deterministic), match their outputs to /ground_truth/{fix,pose,room} by stamp, '
+                    'bag (offline, deterministic; or --live through the running node), match their outputs to /ground_truth/{fix,pose,room} by stamp, '
                     'and write report.json, report.md, PNG plots, TUM trajectories and estimates/ (rosbag2 mcap).')
     p.add_argument('--bag', type=Path, required=True, help='rosbag2 evaluation bag (e.g. DIR/eval_bag)')
     p.add_argument('--params', type=Path, required=True, help='the node\'s params file (e.g. config/localize.yaml)')
@@ -40,7 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help='trajectory alignment before evo APE: none (default), se3 or sim3 (Umeyama)')
     p.add_argument('--max-dt-ms', type=float, default=0.0,
                    help='match ground truth within this many ms of an estimate (default 0: equal stamps)')
-    p.add_argument('--max-frames', type=int, default=None, help='stop after this many frames')
+    p.add_argument('--max-frames', type=int, default=None, help='stop after this many frames (offline)')
+    p.add_argument('--live', action='store_true',
+                   help='start vizloc_node, replay the bag at its timing (ros2 bag play, else vizloc-replay) and score '
+                        'what arrives through subscriptions: drops, end-to-end latency and QoS show up')
+    p.add_argument('--rate', type=float, default=1.0, help='--live: replay speed factor (default 1.0)')
     p.add_argument('--no-plots', action='store_true', help='skip the PNG plots')
     p.add_argument('--no-progress', action='store_true', help='no progress bar (also VIZLOC_NO_PROGRESS=1)')
     return p
@@ -50,9 +54,15 @@ def evaluate(ns: argparse.Namespace, extra_plugins: Sequence[object] = ()) -> di
     """Run, score and write everything; returns {'run', 'reports', 'plots'}."""
     out: Path = ns.out
     out.mkdir(parents=True, exist_ok=True)
-    run: EvalRun = run_offline(ns.bag, ns.params, image_topic=ns.image_topic, camera_info_topic=ns.camera_info_topic,
-                               max_frames=ns.max_frames, progress=not ns.no_progress, overrides=ns.param,
-                               extra_plugins=extra_plugins)
+    if ns.live:
+        from .live import run_live
+
+        run: EvalRun = run_live(ns.bag, ns.params, image_topic=ns.image_topic, camera_info_topic=ns.camera_info_topic,
+                                rate=ns.rate, overrides=ns.param, log_dir=out)
+    else:
+        run = run_offline(ns.bag, ns.params, image_topic=ns.image_topic, camera_info_topic=ns.camera_info_topic,
+                          max_frames=ns.max_frames, progress=not ns.no_progress, overrides=ns.param,
+                          extra_plugins=extra_plugins)
     reports = score_run(run, alignment=ns.align, max_dt_ns=int(ns.max_dt_ms * 1e6), tum_dir=out)
     plots = [] if ns.no_plots else write_plots(out, reports)
     write_estimates_bag(out / 'estimates', run)

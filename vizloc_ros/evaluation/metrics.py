@@ -151,11 +151,15 @@ def evo_ape(stamps_ns: Iterable[int], T_est: list[np.ndarray], T_gt: list[np.nda
 
 def score_localizer(name: str, estimates: list[Estimate], ground_truth: GroundTruth, extrinsic: CameraExtrinsic, *,
                     type_name: str = '', dropped: int = 0, alignment: str = 'none', max_dt_ns: int = 0,
-                    tum_paths: tuple[Any, Any] | None = None) -> LocalizerReport:
-    """The report of one localizer; see the module docstring for each number."""
+                    tum_paths: tuple[Any, Any] | None = None, frames: int | None = None) -> LocalizerReport:
+    """The report of one localizer; see the module docstring for each number.
+
+    ``frames``: images offered (default: one estimate per frame, as offline); live runs pass the
+    bag's count, so unanswered frames count against within-X and accuracy.
+    """
     from ..geodesy import LocalENU, geodesic_distance_m
 
-    frames = len(estimates)
+    frames = len(estimates) if frames is None else max(frames, len(estimates))
     latencies = np.array([e.latency_ms for e in estimates if math.isfinite(e.latency_ms)])
     answered = [e for e in estimates if e.status == 'ok']
     rep = LocalizerReport(
@@ -215,8 +219,8 @@ def score_localizer(name: str, estimates: list[Estimate], ground_truth: GroundTr
         rep.within_pct = _within(errors, frames)
 
     room_pairs = [(e.room, g.room) for e, g in pairs if e.room is not None and g.room is not None]
-    room_truth_frames = sum(1 for e in estimates
-                            if (g := _nearest(ground_truth, gt_stamps, e.stamp_ns, max_dt_ns)) is not None and g.room)
+    room_truth_frames = sum(1 for g in ground_truth.values() if g.room) if frames > len(estimates) else sum(
+        1 for e in estimates if (g := _nearest(ground_truth, gt_stamps, e.stamp_ns, max_dt_ns)) is not None and g.room)
     if room_pairs:
         labels = sorted({t for _, t in room_pairs} | {p for p, _ in room_pairs})
         index = {label: i for i, label in enumerate(labels)}
@@ -242,5 +246,5 @@ def score_run(run: EvalRun, *, alignment: str = 'none', max_dt_ns: int = 0,
             tum = (Path(tum_dir) / f'{name}_estimate.tum', Path(tum_dir) / f'{name}_ground_truth.tum')
         out[name] = score_localizer(name, estimates, run.ground_truth, run.extrinsic, type_name=run.types.get(name, ''),
                                     dropped=run.dropped.get(name, 0), alignment=alignment, max_dt_ns=max_dt_ns,
-                                    tum_paths=tum)
+                                    tum_paths=tum, frames=run.frames_total or len(run.frame_stamps_ns))
     return out

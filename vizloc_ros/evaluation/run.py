@@ -86,6 +86,8 @@ class EvalRun:
     #: per localizer: frames received but not answered (live mode; offline 0)
     dropped: dict[str, int] = field(default_factory=dict)
     ground_truth: dict[int, GroundTruthSample] = field(default_factory=dict)
+    #: images in the bag (live mode: what was replayed); 0 = len(frame_stamps_ns)
+    frames_total: int = 0
 
 
 def check_bag_topics(bag: Path, image_topic: str, camera_info_topic: str) -> tuple[str, bool]:
