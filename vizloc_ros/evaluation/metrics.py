@@ -7,7 +7,8 @@ truth within that distance for other bags.
 Position error (``*_error_m``): for a localizer that publishes poses, the distance between its
 ``base_frame`` position and the ground-truth base position (``/ground_truth/pose``, the camera's
 optical-frame pose, through the same extrinsic); otherwise the geodesic (WGS84) horizontal distance
-between its NavSatFix and ``/ground_truth/fix``. Rotation error: the angle of ``R_gt^T R_est``.
+between its NavSatFix and ``/ground_truth/fix``. Rotation error: the angle of ``R_gt^T R_est``, for poses with an
+orientation (rotational variances below ROTATION_UNKNOWN_VAR_RAD2).
 Trajectory APE (translation, metres) is computed by ``evo`` (``metrics.APE`` on
 ``PoseTrajectory3D``) with optional SE(3) / Sim(3) alignment.
 
@@ -37,6 +38,9 @@ THRESHOLDS_M = (1.0, 5.0, 10.0, 50.0)
 #: chi-square quantile, 2 degrees of freedom, p = 0.95: -2 ln(0.05)
 CHI2_2DOF_95 = -2.0 * math.log(0.05)
 ALIGNMENTS = ('none', 'se3', 'sim3')
+#: A pose whose rotational variances reach this (rad^2, ~57 deg sigma) has no orientation (e.g. the
+#: room classifier's room-centre pose publishes 1e6): its rotation error is not scored.
+ROTATION_UNKNOWN_VAR_RAD2 = 1.0
 
 GroundTruth = dict[int, GroundTruthSample]
 
@@ -182,8 +186,11 @@ def score_localizer(name: str, estimates: list[Estimate], ground_truth: GroundTr
         T_gt = [g.T_map_camera @ T_camera_base for _, g in pose_pairs]  # ground-truth base pose
         T_est = [e.T_map_base for e, _ in pose_pairs]
         errors = np.array([np.linalg.norm(a[:3, 3] - b[:3, 3]) for a, b in zip(T_est, T_gt)])
-        rotations = np.array([_rotation_deg(b[:3, :3], a[:3, :3]) for a, b in zip(T_est, T_gt)])
-        rep.median_rotation_deg = float(np.median(rotations))
+        oriented = [float(np.max(np.diag(e.cov_6x6)[3:])) < ROTATION_UNKNOWN_VAR_RAD2 for e, _ in pose_pairs]
+        rotations = np.array([_rotation_deg(b[:3, :3], a[:3, :3]) if ok else math.nan
+                              for a, b, ok in zip(T_est, T_gt, oriented)])
+        if any(oriented):
+            rep.median_rotation_deg = float(np.nanmedian(rotations))
         d = np.array([a[:2, 3] - b[:2, 3] for a, b in zip(T_est, T_gt)])
         covs = np.array([e.cov_6x6[:2, :2] for e, _ in pose_pairs])
         rep.coverage_95_pct = _coverage(d, covs)
