@@ -24,7 +24,7 @@ import transforms3d
 import yaml
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from rclpy.executors import SingleThreadedExecutor
-from sensor_msgs.msg import CameraInfo, NavSatFix, NavSatStatus
+from sensor_msgs.msg import NavSatFix, NavSatStatus
 
 from test_node_support import PARAMS_FILE, REPO, RosClient, domain_id_for
 from vizloc_ros.bags import evaluation_bag_path, read_evaluation_bag, write_evaluation_bag, EvalSample
