@@ -1,14 +1,12 @@
-"""The vizloc node fused with wheel odometry by robot_localization (REP-105 map/odom/base_link).
+"""vizloc + robot_localization: wheel odometry fused with the visual pose and fix.
 
-    ros2 launch vizloc_ros fusion.launch.py odom:=/wheel/odometry imu:=/imu/data
+    ros2 launch vizloc_ros fusion.launch.py localizer:=scene odom:=/wheel/odometry \
+        params_file:=/path/to/my_localize.yaml
 
-Starts launch/localize.launch.py (the node `vizloc`, config/localize.yaml) plus
-robot_localization's ``ekf_node`` twice (``ekf_odom``: odom -> base_link from wheel odometry;
-``ekf_map``: map -> odom from wheel odometry, ``/vizloc/scene/pose`` and navsat_transform's
-``/odometry/gps``) and ``navsat_transform_node`` (``/vizloc/gps/fix`` -> ``/odometry/gps``),
-configured by config/robot_localization/{ekf,navsat_transform}.yaml. The node publishes base_link's
-pose (parameters base_frame, camera_xyz_m, camera_rpy_rad: set your camera's mounting); see
-docs/node.md "Fusion with robot_localization". Needs ros-<distro>-robot-localization.
+Starts the vizloc node (launch/localize.launch.py with the same arguments), a map-frame EKF
+(odometry + ``/vizloc/<localizer>/pose`` + the fix through navsat_transform), an odom-frame EKF
+(odometry only) and navsat_transform, with config/robot_localization/{ekf,navsat_transform}.yaml.
+Set the vizloc node's ``base_frame`` / ``T_base_camera_*`` to your robot (docs/node.md, Frames).
 """
 import os
 
@@ -16,32 +14,47 @@ from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
 from launch.launch_description_sources import PythonLaunchDescriptionSource
-from launch.substitutions import LaunchConfiguration
+from launch.substitutions import LaunchConfiguration, PythonExpression
 from launch_ros.actions import Node
-from launch_ros.parameter_descriptions import ParameterValue
+
+#: Topic names (checked against what the node publishes by test/test_fusion_config.py).
+VIZLOC_POSE_TOPIC = '/vizloc/{localizer}/pose'
+VIZLOC_FIX_TOPIC = '/vizloc/{localizer}/fix'
+ODOMETRY_GPS_TOPIC = 'odometry/gps'
+EKF_CONFIG = 'ekf.yaml'
+NAVSAT_CONFIG = 'navsat_transform.yaml'
 
 
 def generate_launch_description() -> LaunchDescription:
     share = get_package_share_directory('vizloc_ros')
-    ekf_params = os.path.join(share, 'config', 'robot_localization', 'ekf.yaml')
-    navsat_params = os.path.join(share, 'config', 'robot_localization', 'navsat_transform.yaml')
-    use_sim_time = {'use_sim_time': ParameterValue(LaunchConfiguration('use_sim_time'), value_type=bool)}
+    rl_config = os.path.join(share, 'config', 'robot_localization')
+    ekf_yaml = os.path.join(rl_config, EKF_CONFIG)
+    navsat_yaml = os.path.join(rl_config, NAVSAT_CONFIG)
+    localizer = LaunchConfiguration('localizer')
+    odom = LaunchConfiguration('odom')
     args = [
-        DeclareLaunchArgument('odom', default_value='/odom', description='Wheel odometry (nav_msgs/Odometry).'),
-        DeclareLaunchArgument('imu', default_value='/imu', description='IMU for navsat_transform (optional).'),
+        DeclareLaunchArgument('localizer', default_value='scene',
+                              description='Name of the vizloc localizer whose pose and fix are fused.'),
+        DeclareLaunchArgument('odom', default_value='/odom', description='Wheel odometry topic (nav_msgs/Odometry).'),
+        DeclareLaunchArgument('params_file', default_value=os.path.join(share, 'config', 'localize.yaml'),
+                              description='vizloc parameters file.'),
         DeclareLaunchArgument('use_sim_time', default_value='false', description='Use /clock (bag replay).'),
     ]
-    localize = IncludeLaunchDescription(
+    vizloc = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(os.path.join(share, 'launch', 'localize.launch.py')),
-        launch_arguments={'use_sim_time': LaunchConfiguration('use_sim_time')}.items())
-    ekf_odom = Node(package='robot_localization', executable='ekf_node', name='ekf_odom', output='screen',
-                    parameters=[ekf_params, use_sim_time],
-                    remappings=[('/odom', LaunchConfiguration('odom')), ('odometry/filtered', '/odometry/filtered_odom')])
-    ekf_map = Node(package='robot_localization', executable='ekf_node', name='ekf_map', output='screen',
-                   parameters=[ekf_params, use_sim_time],
-                   remappings=[('/odom', LaunchConfiguration('odom')), ('odometry/filtered', '/odometry/filtered_map')])
+        launch_arguments={'params_file': LaunchConfiguration('params_file'),
+                          'use_sim_time': LaunchConfiguration('use_sim_time')}.items())
+    pose_topic = PythonExpression(["'", VIZLOC_POSE_TOPIC, "'.format(localizer='", localizer, "')"])
+    fix_topic = PythonExpression(["'", VIZLOC_FIX_TOPIC, "'.format(localizer='", localizer, "')"])
+    sim_time = {'use_sim_time': LaunchConfiguration('use_sim_time')}
+    ekf_map = Node(package='robot_localization', executable='ekf_node', name='ekf_filter_node_map', output='screen',
+                   parameters=[ekf_yaml, sim_time, {'pose0': pose_topic}],
+                   remappings=[('odom', odom), ('odometry/filtered', 'odometry/filtered/map')])
+    ekf_odom = Node(package='robot_localization', executable='ekf_node', name='ekf_filter_node_odom', output='screen',
+                    parameters=[ekf_yaml, sim_time],
+                    remappings=[('odom', odom), ('odometry/filtered', 'odometry/filtered/odom')])
     navsat = Node(package='robot_localization', executable='navsat_transform_node', name='navsat_transform',
-                  output='screen', parameters=[navsat_params, use_sim_time],
-                  remappings=[('gps/fix', '/vizloc/gps/fix'), ('imu', LaunchConfiguration('imu')),
-                              ('odometry/filtered', '/odometry/filtered_map'), ('odometry/gps', '/odometry/gps')])
-    return LaunchDescription(args + [localize, ekf_odom, ekf_map, navsat])
+                  output='screen', parameters=[navsat_yaml, sim_time],
+                  remappings=[('gps/fix', fix_topic), ('odometry/filtered', 'odometry/filtered/map'),
+                              ('odometry/gps', ODOMETRY_GPS_TOPIC)])
+    return LaunchDescription(args + [vizloc, ekf_map, ekf_odom, navsat])

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from vizloc_ros.bags import find_evaluation_bag
+
 TARGETS = {'median_m': 3.0, 'within_10m_pct': 95.0, 'coverage_pct': (90.0, 98.0), 'train_s': 600.0}
 
 
@@ -30,7 +32,7 @@ def ensure_world(world: Path, kind: str = 'campus', wait_s: float = 1800.0) -> P
     """The world directory, generating it once (lock directory ``WORLD.lock``) when it is missing."""
     lock = world.with_name(world.name + '.lock')
     deadline = time.monotonic() + wait_s
-    while not (world / 'eval_bag').exists():
+    while find_evaluation_bag(world) is None:
         try:
             lock.mkdir(parents=True)
         except FileExistsError:
@@ -39,7 +41,7 @@ def ensure_world(world: Path, kind: str = 'campus', wait_s: float = 1800.0) -> P
             time.sleep(5.0)
             continue
         try:
-            if not (world / 'eval_bag').exists():
+            if find_evaluation_bag(world) is None:
                 from importlib import import_module
 
                 import_module(f'vizloc_training.synth.{kind}').generate(world)
@@ -84,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         train_s = time.perf_counter() - started
     bundle = load_bundle(ns.out, expected_type='gps_regressor')
     print(format_table(flatten_metrics(bundle.metrics), title=f'trainer metrics (test split) of {ns.out}'))
-    result = evaluate_localizer_on_bag([ns.out], world / 'eval_bag', max_frames=ns.max_frames,
-                                       robustness=not ns.no_robustness)
-    print(format_table(flatten_metrics(result), title=f'runtime plugin on {world / "eval_bag"}'))
+    bag = find_evaluation_bag(world)
+    result = evaluate_localizer_on_bag([ns.out], bag, max_frames=ns.max_frames, robustness=not ns.no_robustness)
+    print(format_table(flatten_metrics(result), title=f'runtime plugin on {bag}'))
     test = result['test']
     load_end = os.getloadavg()[0]
     checks = {

@@ -12,6 +12,13 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 want=$(cat "${inputs[@]}" | sha256sum | cut -d' ' -f1)
+# Real photographs for the pretrained-weights test (Debian's opencv-doc ships OpenCV's sample images).
+samples=/usr/share/doc/opencv-doc/examples/data/baboon.jpg
+if [ ! -f "$samples" ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "[bootstrap] installing opencv-doc (sample photographs for the tests)"
+  { apt-get install -y -q opencv-doc || { apt-get update -q && apt-get install -y -q opencv-doc; }; } >/dev/null 2>&1 \
+    || echo "[bootstrap] warning: could not install opencv-doc; the pretrained-weights test will fail" >&2
+fi
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "[bootstrap] $VENV is up to date"
   exit 0

@@ -123,7 +123,7 @@ def bundle_for(demo: Demo, world: Path, world_key: str, fresh: bool) -> tuple[Pa
 
 def run_demo(names: Sequence[str], out_root: Path, fresh: bool = False) -> int:
     sys.path.insert(0, str(REPO))
-    from vizloc_ros.bags import evaluation_bag_path
+    from vizloc_ros.bags import EVAL_BAG_NAME, find_evaluation_bag
     from vizloc_ros.evaluation.cli import build_parser, evaluate
     from vizloc_ros.evaluation.report import format_table
 
@@ -147,7 +147,7 @@ def run_demo(names: Sequence[str], out_root: Path, fresh: bool = False) -> int:
         params.write_text(json.dumps({'/**': {'ros__parameters': {
             'localizers': [demo.name],
             demo.name: {'type': demo.localizer, 'bundle': str(bundle), 'backend': 'onnxruntime'}}}}, indent=2) + '\n')
-        ns = build_parser().parse_args(['--bag', str(evaluation_bag_path(world)), '--params', str(params),
+        ns = build_parser().parse_args(['--bag', str(find_evaluation_bag(world) or world / EVAL_BAG_NAME), '--params', str(params),
                                         '--out', str(out)])
         result = evaluate(ns)
         print(f'[demo] {name}: vizloc-eval in {time.monotonic() - t2:.0f} s', flush=True)

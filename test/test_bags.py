@@ -15,9 +15,11 @@ import yaml
 from rosbags.rosbag2 import Reader
 
 from vizloc_ros.bags import (
+    EVAL_BAG_NAME,
+    LEGACY_EVAL_BAG_NAME,
+    find_evaluation_bag,
     CAMERA_INFO_TOPIC,
     COMPRESSED_IMAGE_TOPIC,
-    EVAL_BAG_NAME,
     FIX_TOPIC,
     IMAGE_TOPIC,
     POSE_TOPIC,
@@ -27,7 +29,6 @@ from vizloc_ros.bags import (
     EvalSample,
     TopicQos,
     bag_info,
-    evaluation_bag_path,
     read_evaluation_bag,
     read_messages,
     typestore,
@@ -86,36 +87,13 @@ def _assert_same(written: list[EvalSample], read: list[EvalSample], *, max_abs_m
             np.testing.assert_allclose(b.T_map_camera, a.T_map_camera, atol=1e-12)
 
 
-@pytest.mark.parametrize('storage', ['sqlite3', 'mcap'])
-def test_anyreader_opens_the_evaluation_bag(tmp_path: Path, storage: str) -> None:
-    """rosbags' AnyReader (what evo and other tools build on) opens the bag the worlds write: it takes
-    any path ending in '.bag' for a ROS 1 bag, so the name must not."""
-    from rosbags.highlevel import AnyReader
-
-    bag = write_evaluation_bag(evaluation_bag_path(tmp_path), _samples(), storage=storage)
-    assert bag.name == EVAL_BAG_NAME and not bag.name.endswith('.bag')
-    with AnyReader([bag], default_typestore=typestore()) as reader:
-        assert reader.is2
-        poses = [reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages()
-                 if c.topic == POSE_TOPIC]
-    assert len(poses) == N and poses[-1].pose.position.x == pytest.approx(10.0 + N - 1)
-
-
-def test_evaluation_bag_path_reads_old_names(tmp_path: Path) -> None:
-    assert evaluation_bag_path(tmp_path) == tmp_path / 'eval_bag'  # where a writer puts it
-    old = write_evaluation_bag(tmp_path / 'eval.bag', _samples(2))  # a world written before the rename
-    assert evaluation_bag_path(tmp_path) == old
-    assert len(list(read_evaluation_bag(evaluation_bag_path(tmp_path)))) == 2
-    new = write_evaluation_bag(tmp_path / EVAL_BAG_NAME, _samples(1))
-    assert evaluation_bag_path(tmp_path) == new  # the new name wins
-
-
 @pytest.mark.parametrize('storage,compressed', [('sqlite3', False), ('mcap', False), ('mcap', True), ('sqlite3', True)])
 def test_evaluation_bag_round_trip(tmp_path: Path, storage: str, compressed: bool) -> None:
     samples = _samples()
-    bag = write_evaluation_bag(tmp_path / EVAL_BAG_NAME, samples, storage=storage, compressed=compressed, map_frame='world')
-    assert sorted(p.name for p in bag.iterdir()) == sorted(['metadata.yaml', f'eval_bag.{"db3" if storage == "sqlite3" else "mcap"}'])
-    assert [p.name for p in tmp_path.iterdir()] == ['eval_bag']  # no temp dirs left behind
+    bag = write_evaluation_bag(tmp_path / EVAL_BAG_NAME, samples, storage=storage, compressed=compressed,
+                               map_frame='world')
+    assert sorted(p.name for p in bag.iterdir()) == sorted(['metadata.yaml', f'{EVAL_BAG_NAME}.{"db3" if storage == "sqlite3" else "mcap"}'])
+    assert [p.name for p in tmp_path.iterdir()] == [EVAL_BAG_NAME]  # no temp dirs left behind
 
     read = list(read_evaluation_bag(bag))
     _assert_same(samples, read, max_abs_mean=3.0 if compressed else 0.0)
@@ -352,3 +330,25 @@ def test_missing_and_garbage_metadata(good_bags: dict[str, Path], tmp_path: Path
 
     with pytest.raises(BagError, match='no such bag'):
         bag_info(tmp_path / 'does-not-exist')
+
+
+@pytest.mark.parametrize('storage', ['sqlite3', 'mcap'])
+def test_anyreader_opens_the_evaluation_bags_the_project_writes(tmp_path: Path, storage: str) -> None:
+    """rosbags' AnyReader (what evo and other tools use) takes '*.bag' for ROS 1 and refused 'eval.bag' dirs."""
+    from rosbags.highlevel import AnyReader
+
+    world = tmp_path / 'world'
+    bag = write_evaluation_bag(world / EVAL_BAG_NAME, _samples(), storage=storage)
+    assert find_evaluation_bag(world) == bag
+    with AnyReader([bag]) as reader:
+        topics = {c.topic for c in reader.connections}
+        assert {IMAGE_TOPIC, FIX_TOPIC, POSE_TOPIC} <= topics
+        fixes = [reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages()
+                 if c.topic == FIX_TOPIC]
+    assert len(fixes) == sum(s.fix_lla is not None for s in _samples())
+    # datasets of earlier versions (DIR/eval.bag) are still found and read by the project's own reader
+    legacy = tmp_path / 'legacy'
+    write_evaluation_bag(legacy / LEGACY_EVAL_BAG_NAME, _samples(), storage=storage)
+    assert find_evaluation_bag(legacy) == legacy / LEGACY_EVAL_BAG_NAME
+    assert len(list(read_evaluation_bag(find_evaluation_bag(legacy)))) == N
+    assert find_evaluation_bag(tmp_path / 'nothing') is None

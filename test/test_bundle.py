@@ -129,3 +129,57 @@ def test_example_bundle_carries_the_vizloc_onnx_metadata(tmp_path):
     assert (bundle.input.height, bundle.input.width) == (8, 12)
     props = {p.key: p.value for p in onnx.load(str(bundle.model_path)).metadata_props}
     assert props == {'vizloc.localizer_type': 'example_color', 'vizloc.format_version': str(FORMAT_VERSION)}
+
+
+# -- robustness finding 6: nothing outside the bundle directory is read ---------------------------------
+
+def _point_model_at(bundle_dir, name):
+    meta = yaml.safe_load((bundle_dir / 'bundle.yaml').read_text())
+    files = meta['files']
+    files[name] = files.pop(meta['model'])
+    meta.update(model=name, files=files)
+    (bundle_dir / 'bundle.yaml').write_text(yaml.safe_dump(meta))
+
+
+def test_model_path_outside_the_bundle_is_refused(bundle_dir, tmp_path):
+    outside = tmp_path / 'outside'
+    outside.mkdir()
+    (outside / 'model.onnx').write_bytes((bundle_dir / 'model.onnx').read_bytes())  # same hash: only the path is wrong
+    _point_model_at(bundle_dir, '../outside/model.onnx')
+    for verify in (True, False):
+        with pytest.raises(BundleError, match='outside the bundle'):
+            load_bundle(bundle_dir, verify=verify)
+    _point_model_at(bundle_dir, str(outside / 'model.onnx'))
+    with pytest.raises(BundleError, match='relative path inside the bundle'):
+        load_bundle(bundle_dir)
+
+
+def test_symlinked_model_leading_out_of_the_bundle_is_refused(bundle_dir, tmp_path):
+    outside = tmp_path / 'elsewhere.onnx'
+    (bundle_dir / 'model.onnx').rename(outside)
+    (bundle_dir / 'model.onnx').symlink_to(outside)  # same bytes, same hash
+    with pytest.raises(BundleError, match='outside the bundle'):
+        load_bundle(bundle_dir)
+
+
+def test_listed_files_outside_the_bundle_are_not_read(bundle_dir, tmp_path, monkeypatch):
+    secret = tmp_path / 'secret.txt'
+    secret.write_text('do not read')
+    meta = yaml.safe_load((bundle_dir / 'bundle.yaml').read_text())
+    meta['files']['../secret.txt'] = '0' * 64
+    (bundle_dir / 'bundle.yaml').write_text(yaml.safe_dump(meta))
+    import vizloc_ros.bundle as bundle_module
+
+    read = []
+    monkeypatch.setattr(bundle_module, 'sha256_file', lambda path, *a: read.append(path) or '0' * 64)
+    with pytest.raises(BundleError, match='outside the bundle'):
+        load_bundle(bundle_dir)
+    assert read == [], 'refused before any file was hashed'
+
+
+def test_a_symlink_inside_the_bundle_stays_allowed(bundle_dir):
+    (bundle_dir / 'labels_link.txt').symlink_to(bundle_dir / 'labels.txt')
+    bundle = load_bundle(bundle_dir)
+    from vizloc_ros.bundle import contained_path
+
+    assert contained_path(bundle.path, 'labels_link.txt') == (bundle_dir / 'labels.txt').resolve()

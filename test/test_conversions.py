@@ -107,6 +107,75 @@ def test_camera_info_roundtrip_and_refusals() -> None:
     assert frame.camera.K[0, 0] == pytest.approx(camera.K[0, 0] / 2)
 
 
+def _degenerate(mutate) -> CameraInfo:
+    info = conv.camera_info_from_intrinsics(CameraIntrinsics.from_fov(70.0, 640, 480), 5, 'cam')
+    mutate(info)
+    return info
+
+
+def _set_k(info: CameraInfo, index: int, value: float) -> None:
+    k = list(info.k)
+    k[index] = value
+    info.k = k
+
+
+@pytest.mark.parametrize('mutate, message', [
+    (lambda m: _set_k(m, 8, 0.0), 'not a camera matrix'),                               # K[2,2] = 0
+    (lambda m: setattr(m, 'k', [1.0, 2.0, 3.0, 2.0, 4.0, 6.0, 3.0, 6.0, 9.0]), 'not a camera matrix'),  # rank 1
+    (lambda m: setattr(m, 'k', []), 'K must have 9 values'),                               # rclpy accepts []
+    (lambda m: setattr(m, 'd', [math.nan] * 5), 'non-finite distortion'),
+    (lambda m: _set_k(m, 2, 5000.0), 'principal point'),
+    (lambda m: _set_k(m, 4, -100.0), 'focal lengths must be positive'),
+    (lambda m: _set_k(m, 0, math.inf), 'non-finite'),
+])
+def test_degenerate_camera_info_is_refused(mutate, message) -> None:
+    """Finding 4 of the robustness probe: these were accepted, and markers then raised on every frame."""
+    with pytest.raises(InvalidInputError, match=message):
+        conv.intrinsics_from_camera_info(_degenerate(mutate))
+
+
+def _encoded(ext: str, width: int, height: int, *params: int) -> np.ndarray:
+    ok, data = cv2.imencode(ext, np.zeros((height, width), np.uint8), list(params))
+    assert ok
+    return data.reshape(-1)
+
+
+@pytest.mark.parametrize('ext, params', [('.png', ()), ('.jpg', ()), ('.jpg', (cv2.IMWRITE_JPEG_PROGRESSIVE, 1))])
+def test_compressed_image_size_is_read_from_the_header(ext, params) -> None:
+    for width, height in ((1, 1), (37, 5), (640, 480), (1000, 3)):
+        w, h, kind = conv.compressed_image_size(_encoded(ext, width, height, *params))
+        assert (w, h) == (width, height) and kind == ('png' if ext == '.png' else 'jpeg')
+    with pytest.raises(InvalidInputError, match='neither PNG nor JPEG'):
+        conv.compressed_image_size(b'GIF89a....')
+
+
+def test_decompression_bomb_is_refused_before_decoding(monkeypatch) -> None:
+    """Finding 5: a 1 MB PNG claiming 20000x20000 pixels was decoded (RSS +2.3 GB, 11 s)."""
+    png = bytearray(_encoded('.png', 64, 48).tobytes())
+    png[16:24] = (20000).to_bytes(4, 'big') + (20000).to_bytes(4, 'big')  # IHDR claims 20000x20000
+    decoded = []
+    monkeypatch.setattr(conv.cv2, 'imdecode', lambda *a: decoded.append(1))
+    with pytest.raises(InvalidInputError, match='max_image_pixels'):
+        conv.frame_from_msg(CompressedImage(format='png', data=bytes(png)))
+    assert not decoded, 'refused from the header, nothing was decoded'
+    monkeypatch.undo()
+    # A real JPEG just over the limit, and the limit as a parameter.
+    jpeg = _encoded('.jpg', 4100, 4100)
+    with pytest.raises(InvalidInputError, match='max_image_pixels'):
+        conv.frame_from_msg(CompressedImage(format='jpeg', data=jpeg.tobytes()))
+    small = _encoded('.jpg', 64, 48)
+    assert conv.frame_from_msg(CompressedImage(format='jpeg', data=small.tobytes()), max_pixels=64 * 48).width == 64
+    with pytest.raises(InvalidInputError, match='max_image_pixels'):
+        conv.frame_from_msg(CompressedImage(format='jpeg', data=small.tobytes()), max_pixels=64 * 48 - 1)
+
+
+def test_raw_image_claiming_a_huge_size_is_refused_before_its_data_is_read() -> None:
+    msg = _image(_rgb(), 'rgb8')
+    msg.width, msg.height, msg.step = 20000, 20000, 60000
+    with pytest.raises(InvalidInputError, match='max_image_pixels'):
+        conv.frame_from_image_msg(msg)
+
+
 def _result(status: str = 'ok', approximated: bool = False) -> LocalizationResult:
     R = transforms3d.euler.euler2mat(0.1, -0.2, 0.3)
     T = np.eye(4)
@@ -126,8 +195,13 @@ def test_navsatfix_pose_and_room_messages() -> None:
     fix = conv.navsatfix_from_result(_result(), stamp, 'cam')
     assert conv.stamp_to_ns(fix.header.stamp) == 1_234_567_890_123 and fix.header.frame_id == 'cam'
     assert fix.status.status == NavSatStatus.STATUS_FIX
-    assert (fix.latitude, fix.longitude) == (47.0, 8.0) and math.isnan(fix.altitude)
-    assert list(fix.position_covariance) == [1.0, 0, 0, 0, 4.0, 0, 0, 0, 400.0]
+    # unknown altitude: finite (navsat_transform drops NaN altitudes) with a variance that gives it no weight
+    assert (fix.latitude, fix.longitude, fix.altitude) == (47.0, 8.0, 0.0)
+    assert list(fix.position_covariance) == [1.0, 0, 0, 0, 4.0, 0, 0, 0, conv.UNKNOWN_ALTITUDE_VARIANCE_M2]
+    known = LocalizationResult(stamp_ns=7, frame_id='cam', localizer='loc', latency_ms=1.0,
+                               geo=GeoEstimate(47.0, 8.0, 412.5, np.diag([1.0, 4.0, 9.0]), 'loc', 1.0))
+    known_fix = conv.navsatfix_from_result(known, stamp, 'cam')
+    assert known_fix.altitude == 412.5 and list(known_fix.position_covariance)[8] == 9.0
     assert fix.position_covariance_type == NavSatFix.COVARIANCE_TYPE_KNOWN
     approx = conv.navsatfix_from_result(_result(approximated=True), stamp, 'cam')
     assert approx.position_covariance_type == NavSatFix.COVARIANCE_TYPE_APPROXIMATED

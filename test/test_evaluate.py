@@ -21,7 +21,7 @@ import pytest
 import transforms3d
 import yaml
 
-from vizloc_ros.bags import BagWriter, EvalSample, evaluation_bag_path, read_evaluation_bag, write_evaluation_bag
+from vizloc_ros.bags import EVAL_BAG_NAME, BagWriter, EvalSample, read_evaluation_bag, write_evaluation_bag
 from vizloc_ros.evaluation.cli import build_parser, evaluate, main
 from vizloc_ros.evaluation.run import EvalError, run_offline
 from vizloc_ros.geodesy import LocalENU
@@ -107,7 +107,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         samples.append(EvalSample(stamp_ns=_stamp(k), rgb_HW3=np.full((24, 32, 3), 10 * k, np.uint8), camera=cam,
                                   frame_id='camera', fix_lla=(float(lat), float(lon), float(alt)), T_map_camera=T,
                                   room=ROOMS[(k // 5) % 2]))
-    bag = write_evaluation_bag(evaluation_bag_path(root), samples)
+    bag = write_evaluation_bag(root / EVAL_BAG_NAME, samples)
     params = root / 'params.yaml'
     params.write_text(yaml.safe_dump({'/**': {'ros__parameters': {
         'localizers': ['noisy'], 'noisy': {'type': 'test_noisy', 'bag': str(bag)}}}}))

@@ -321,7 +321,7 @@ def test_ensemble_of_bundles_combines_members(bundle, dataset, tmp_path):
 # -- presets and CLI ---------------------------------------------------------------------------------------
 def test_presets_and_config_errors(dataset, tmp_path):
     assert {'demo', 'tiny', 'full'} <= set(PRESETS)
-    assert PRESETS['full']['backbone'] == 'efficientnet_b0'
+    assert all(p['backbone'] == 'efficientnet_lite0' and p['pretrained'] for p in PRESETS.values())
     with pytest.raises(TrainConfigError, match='unknown setting'):
         train(TrainArgs(type='gps_regressor', data=dataset, out=tmp_path / 'x', preset='tiny', extra={'lossy': 1}))
     with pytest.raises(TrainConfigError, match='loss must be one of'):
@@ -396,8 +396,12 @@ def test_bins_head_is_the_moment_matched_mixture():
 def test_bins_head_trains_exports_and_runs_in_the_plugin(dataset, tmp_path):
     from vizloc_ros.bundle import load_bundle
 
+    # The bins head's mechanics (anchors, soft labels, export, plugin) on a backbone that fits these
+    # colour-coded frames within 32 steps: resnet18 from scratch (the pretrained default's features need
+    # more steps to turn mean colour into place; the default is tested by the tiny bundle above).
     out = train(TrainArgs(type='gps_regressor', data=dataset, out=tmp_path / 'bins', preset='tiny', epochs=8,
-                          seed=0, extra={'head': 'bins', 'bin_size_m': 20.0}))
+                          seed=0, backbone='resnet18',
+                          extra={'head': 'bins', 'bin_size_m': 20.0, 'pretrained': 'false'}))
     b = load_bundle(out, expected_type='gps_regressor')
     assert b.metadata['head'] == 'bins' and b.metadata['config']['bin_size_m'] == 20.0
     assert b.metadata['anchors']['count'] >= 16 and b.metadata['anchors']['bin_size_m'] <= 20.0

@@ -121,14 +121,16 @@ class Spinner:
         self.executor.shutdown()
 
 
-def make_node(client: RosClient, params: dict[str, Any]) -> VizlocNode:
+def make_node(client: RosClient, params: dict[str, Any], plugins: tuple[object, ...] = ()) -> VizlocNode:
+    """A VizlocNode in the client's context with config/localize.yaml, ``params`` and the test plugins."""
     cli = ['--ros-args', '--params-file', str(PARAMS_FILE)]
     for key, value in params.items():
-        text = ('[' + ','.join(f'"{v}"' for v in value) + ']') if isinstance(value, list) else (
+        text = ('[' + ','.join(f'"{v}"' if isinstance(v, str) else repr(v) for v in value) + ']')\
+            if isinstance(value, list) else (
             str(value).lower() if isinstance(value, bool) else str(value))
         cli += ['-p', f'{key}:={text}']
     return VizlocNode(context=client.context, cli_args=cli,
-                      extra_plugins=[example_plugin_module(), RecordPlugin()])
+                      extra_plugins=[example_plugin_module(), RecordPlugin(), *plugins])
 
 
 def test_multithreaded_executor_outputs_plugin_errors_and_no_fix(client: RosClient, bundle: Path, capfd: Any) -> None:

@@ -63,7 +63,7 @@ def eval_bag(tmp_path_factory: pytest.TempPathFactory) -> Path:
                    fix_lla=(47.0 + i * 1e-4, 8.5, 420.0), room=f'room_{i % 2}')
         for i in range(N)
     ]
-    path = write_evaluation_bag(tmp_path_factory.mktemp('replay') / 'eval_bag', samples, storage='mcap')
+    path = write_evaluation_bag(tmp_path_factory.mktemp('replay') / 'eval.bag', samples, storage='mcap')
     return path
 
 

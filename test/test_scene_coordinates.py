@@ -193,7 +193,7 @@ def test_groupnorm_encoder_is_mode_independent_and_old_checkpoints_load(tmp_path
     # a version-1 checkpoint written before norm/context existed (no such keys) loads as norm='none'
     plain = Encoder(EncoderConfig(width=8, blocks=1, feature_dim=16))
     path = save_encoder(plain, tmp_path / 'encoder.pt')
-    payload = torch.load(path, weights_only=False)
+    payload = torch.load(path, weights_only=True)
     payload['config'] = {k: v for k, v in payload['config'].items() if k not in ('norm', 'context_dim')}
     torch.save(payload, path)
     loaded, _ = load_encoder(path)

@@ -83,6 +83,30 @@ def test_checkpoints_keep_latest_and_are_self_describing(tmp_path):
     assert work_dir(Path('/x/bundles/room')) == Path('/x/bundles/room.work')
 
 
+class _Payload:
+    """A pickled object: unpickling a file that holds one runs code of the file's choosing."""
+
+    def __reduce__(self):
+        return (os.system, ('echo pwned',))
+
+
+def test_checkpoints_and_init_weights_holding_pickled_objects_are_refused(tmp_path):
+    """Robustness finding 8: torch.load(weights_only=False) on a user-supplied file runs its pickles."""
+    from vizloc_training.scene_coordinates.model import EncoderCheckpointError, load_encoder
+
+    manager = CheckpointManager(tmp_path / 'checkpoints', describe={'type': 'room_classifier'})
+    (tmp_path / 'checkpoints').mkdir()
+    evil = {'format': 'vizloc-checkpoint', 'model': {'w': torch.zeros(1)}, 'x': _Payload()}
+    torch.save(evil, tmp_path / 'checkpoints' / 'epoch_0001.pt')
+    with pytest.raises(CheckpointError, match='cannot read'):
+        manager.load_latest()
+    torch.save(evil, tmp_path / 'evil.pt')
+    with pytest.raises(InitWeightsError, match='cannot read'):
+        make_backbone('resnet18', init_weights=tmp_path / 'evil.pt')
+    with pytest.raises(EncoderCheckpointError, match='cannot read'):
+        load_encoder(tmp_path / 'evil.pt')
+
+
 def test_progress_is_plain_iteration_without_tty(monkeypatch):
     monkeypatch.setenv('VIZLOC_NO_PROGRESS', '1')
     assert list(progress(range(3), desc='x')) == [0, 1, 2]

@@ -149,14 +149,23 @@ def test_scene_coordinate_bundle_publishes_pose_and_fix_and_no_fix(client, tmp_p
     fixes = {stamp_to_ns(m.header.stamp): m for m in client.messages('/vizloc/aerial/fix')}
     located = [s for s, T in truth.items() if T is not None]
     assert set(poses) == set(located), 'a pose for every mapped view, none for the blank frame'
+    # Tolerances from the set-up, not from one run: one output cell (8 px) covers ~8 m of ground at
+    # 100 m altitude (f = 0.8 W px), and a 150-epoch map regresses coordinates to about one cell. The
+    # floating-point kernels differ between CPUs (one AMD EPYC gave 16 m on one frame where this machine
+    # gives 7 m), so each frame must be within 4 cells and the median within 2 cells; the camera
+    # positions are spread over +-60 m, so a pose from the wrong place cannot pass.
+    cell_footprint_m = 8 * 100.0 / samples[0].K[0, 0]
+    errors_m = []
     for stamp in located:
         pose = poses[stamp]
         assert pose.header.frame_id == 'map'
         p = pose.pose.pose.position
-        assert np.linalg.norm(np.array([p.x, p.y, p.z]) - truth[stamp][:3, 3]) < 15.0
+        errors_m.append(float(np.linalg.norm(np.array([p.x, p.y, p.z]) - truth[stamp][:3, 3])))
+        assert errors_m[-1] < 4 * cell_footprint_m, errors_m
         cov = np.array(pose.pose.covariance).reshape(6, 6)
         assert np.all(np.linalg.eigvalsh(cov) > 0)
         assert fixes[stamp].status.status == NavSatStatus.STATUS_FIX
         assert abs(fixes[stamp].latitude - 46.52) < 0.01 and abs(fixes[stamp].longitude - 6.57) < 0.01
+    assert float(np.median(errors_m)) < 2 * cell_footprint_m, errors_m
     blank = next(s for s, T in truth.items() if T is None)
     assert fixes[blank].status.status == NavSatStatus.STATUS_NO_FIX

@@ -4,7 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from vizloc_ros.types import (CameraIntrinsics, Frame, GeoEstimate, InvalidInputError, LocalizationResult,
+from vizloc_ros.types import (CameraIntrinsics, Frame, GeoEstimate, InvalidInputError, InvalidOutputError,
+                              LocalizationResult, check_covariance, check_result,
                               PoseEstimate, RoomEstimate)
 
 
@@ -53,14 +54,66 @@ def test_frame_validates_image_and_rescales_camera():
 
 
 def test_estimates_validate_shapes_and_ranges():
-    with pytest.raises(InvalidInputError, match='impossible'):
+    # Unusable estimates are the localizer's fault, not the input's: InvalidOutputError (node: invalid_output).
+    with pytest.raises(InvalidOutputError, match='impossible'):
         GeoEstimate(lat_deg=91.0, lon_deg=0.0, alt_m=0.0, cov_enu_m2=np.eye(3), localizer='x', latency_ms=1.0)
-    with pytest.raises(InvalidInputError, match='cov_enu_m2'):
+    with pytest.raises(InvalidOutputError, match='cov_enu_m2'):
         GeoEstimate(lat_deg=1.0, lon_deg=0.0, alt_m=math.nan, cov_enu_m2=np.eye(2), localizer='x', latency_ms=1.0)
-    with pytest.raises(InvalidInputError, match='non-finite'):
+    with pytest.raises(InvalidOutputError, match='non-finite'):
         PoseEstimate(T_map_camera=np.full((4, 4), np.nan), cov_6x6=np.eye(6), localizer='x', latency_ms=1.0)
-    with pytest.raises(InvalidInputError, match='status'):
+    with pytest.raises(InvalidOutputError, match='status'):
         LocalizationResult(stamp_ns=0, frame_id='c', localizer='x', latency_ms=0.0, status='maybe')
+    assert not issubclass(InvalidOutputError, InvalidInputError)
+
+
+def _geo(cov) -> GeoEstimate:
+    return GeoEstimate(lat_deg=1.0, lon_deg=2.0, alt_m=0.0, cov_enu_m2=cov, localizer='x', latency_ms=1.0)
+
+
+@pytest.mark.parametrize('cov, match', [
+    (np.diag([1.0, -1.0, 1.0]), 'not positive semi-definite'),             # a negative variance
+    (np.array([[1.0, 2.0, 0.0], [2.0, 1.0, 0.0], [0.0, 0.0, 1.0]]), 'not positive semi-definite'),  # eig -1
+    (np.array([[1.0, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]), 'not symmetric'),
+    (np.diag([1.0, 1.0, np.inf]), 'non-finite'),
+])
+def test_non_psd_asymmetric_and_non_finite_covariances_are_refused(cov, match):
+    """Finding 3 of the robustness probe: these passed validation and were published."""
+    with pytest.raises(InvalidOutputError, match=match):
+        _geo(cov)
+    with pytest.raises(InvalidOutputError, match=match):
+        check_covariance(cov, (3, 3), 'cov')
+
+
+def test_psd_covariances_with_rounding_pass_and_come_back_symmetric():
+    A = np.random.default_rng(0).normal(size=(6, 6))
+    cov = A @ A.T + 1e-3 * np.eye(6)
+    cov[0, 1] += 1e-12 * np.abs(cov).max()  # float rounding of a product, far below the tolerance
+    out = check_covariance(cov, (6, 6), 'cov')
+    assert np.array_equal(out, out.T)
+    assert np.all(np.linalg.eigvalsh(_geo(np.zeros((3, 3))).cov_enu_m2) >= 0)  # singular but PSD is allowed
+
+
+@pytest.mark.parametrize('R', [np.zeros((3, 3)), np.diag([1.0, 1.0, -1.0]), 2.0 * np.eye(3),
+                               np.array([[1.0, 0.1, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])])
+def test_poses_whose_rotation_is_not_a_rotation_are_refused(R):
+    """A zero 'rotation' was published as a made-up 180 deg quaternion; reflections and scales too."""
+    T = np.eye(4)
+    T[:3, :3] = R
+    with pytest.raises(InvalidOutputError, match='not a rotation'):
+        PoseEstimate(T_map_camera=T, cov_6x6=np.eye(6), localizer='x', latency_ms=1.0)
+
+
+def test_check_result_repeats_the_checks_on_an_estimate_altered_after_construction():
+    geo = _geo(np.eye(3))
+    result = LocalizationResult(stamp_ns=1, frame_id='c', localizer='x', latency_ms=1.0, geo=geo)
+    check_result(result)
+    object.__setattr__(geo, 'lat_deg', 123.0)  # what a careless plugin can still do to a frozen dataclass
+    with pytest.raises(InvalidOutputError, match='impossible'):
+        check_result(result)
+    with pytest.raises(InvalidOutputError, match='not LocalizationResult'):
+        check_result('ok')
+
+
     room = RoomEstimate(label='b', confidence=0.5, probabilities={'a': 0.2, 'b': 0.5, 'c': 0.3}, localizer='x',
                         latency_ms=1.0)
     assert room.top_k(2) == [('b', 0.5), ('c', 0.3)]

@@ -43,19 +43,19 @@ from vizloc_ros.types import CameraIntrinsics, InvalidInputError
 __all__ = [
     'BagError',
     'BagWriter',
+    'EVAL_BAG_NAME',
+    'LEGACY_EVAL_BAG_NAME',
     'EvalSample',
+    'find_evaluation_bag',
     'IMAGE_TOPIC',
     'COMPRESSED_IMAGE_TOPIC',
     'CAMERA_INFO_TOPIC',
-    'EVAL_BAG_NAME',
-    'LEGACY_EVAL_BAG_NAMES',
     'FIX_TOPIC',
     'POSE_TOPIC',
     'ROOM_TOPIC',
     'RawMessage',
     'TopicQos',
     'bag_info',
-    'evaluation_bag_path',
     'read_evaluation_bag',
     'read_messages',
     'read_raw_messages',
@@ -72,12 +72,21 @@ FIX_TOPIC = '/ground_truth/fix'
 POSE_TOPIC = '/ground_truth/pose'
 ROOM_TOPIC = '/ground_truth/room'
 
-#: Directory name of the evaluation bag the synthetic worlds write (``DIR/eval_bag/``). rosbag2 bags
-#: are directories; a name ending in ``.bag`` makes rosbags' ``AnyReader`` (which evo and other
-#: tools build on) take the path for a ROS 1 bag file and refuse it ("Is a directory").
+#: Directory name of a dataset's evaluation bag (``DIR/eval_bag/``). Not ``eval.bag``: rosbags'
+#: AnyReader (which evo and other tools build on) takes any path ending in ``.bag`` for a ROS 1 bag
+#: and refuses a rosbag2 directory of that name. Datasets written before keep working:
+#: :func:`find_evaluation_bag` also finds the old ``eval.bag``.
 EVAL_BAG_NAME = 'eval_bag'
-#: Older worlds named the same bag ``eval.bag``; still read (:func:`evaluation_bag_path`).
-LEGACY_EVAL_BAG_NAMES: tuple[str, ...] = ('eval.bag',)
+LEGACY_EVAL_BAG_NAME = 'eval.bag'
+
+
+def find_evaluation_bag(dataset: str | os.PathLike[str]) -> Path | None:
+    """``dataset/eval_bag`` if it exists, else the legacy ``dataset/eval.bag``, else None."""
+    root = Path(dataset)
+    for name in (EVAL_BAG_NAME, LEGACY_EVAL_BAG_NAME):
+        if (root / name).is_dir():
+            return root / name
+    return None
 
 STORAGES: tuple[str, ...] = ('sqlite3', 'mcap')
 _STORAGE_PLUGINS = {'sqlite3': StoragePlugin.SQLITE3, 'mcap': StoragePlugin.MCAP}
@@ -107,17 +116,6 @@ def typestore() -> Typestore:
     if _TYPESTORE is None:
         _TYPESTORE = get_typestore(Stores.ROS2_KILTED)
     return _TYPESTORE
-
-
-def evaluation_bag_path(world_dir: str | os.PathLike[str]) -> Path:
-    """The evaluation bag of a synthetic world directory: ``DIR/eval_bag`` or, for worlds written
-    before the rename, ``DIR/eval.bag``. Returns ``DIR/eval_bag`` when neither exists (where a
-    writer puts it)."""
-    root = Path(world_dir)
-    for name in (EVAL_BAG_NAME, *LEGACY_EVAL_BAG_NAMES):
-        if (root / name).exists():
-            return root / name
-    return root / EVAL_BAG_NAME
 
 
 # --------------------------------------------------------------------------------------------

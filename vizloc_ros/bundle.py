@@ -24,7 +24,8 @@ from typing import Any, Mapping
 
 import yaml
 
-__all__ = ['FORMAT_VERSION', 'BundleError', 'InputSpec', 'Bundle', 'load_bundle', 'write_bundle', 'sha256_file', 'yaml_plain']
+__all__ = ['FORMAT_VERSION', 'BundleError', 'InputSpec', 'Bundle', 'load_bundle', 'write_bundle', 'sha256_file', 'contained_path',
+           'yaml_plain']
 
 logger = logging.getLogger(__name__)
 
@@ -77,17 +78,32 @@ class Bundle:
 
     @property
     def model_path(self) -> Path:
-        return self.path / self.model_file
+        return contained_path(self.path, self.model_file)
 
     def file(self, name: str) -> Path:
         """Path of a listed extra file (e.g. a reference database)."""
         if name not in self.files:
             raise BundleError(f'{self.path}: bundle has no file {name!r}; it lists {sorted(self.files)}')
-        return self.path / name
+        return contained_path(self.path, name)
 
     @property
     def model_sha256(self) -> str:
         return self.files[self.model_file]
+
+
+def contained_path(root: Path, name: str) -> Path:
+    """``root / name`` if it stays inside ``root`` once resolved (symlinks followed), else BundleError.
+
+    Absolute names, ``..`` components and symlinks that lead out of the bundle are refused, so a
+    doctored bundle.yaml cannot make the node load a model or hash a file from elsewhere.
+    """
+    if not name or Path(name).is_absolute():
+        raise BundleError(f'{root}: file name {name!r} must be a relative path inside the bundle')
+    base = root.resolve()
+    resolved = (base / name).resolve()
+    if not resolved.is_relative_to(base):
+        raise BundleError(f'{root}: file {name!r} resolves to {resolved}, outside the bundle directory; refused')
+    return resolved
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -133,6 +149,8 @@ def load_bundle(path: str | os.PathLike, expected_type: str | None = None, verif
     files = {str(k): str(v) for k, v in (meta['files'] or {}).items()}
     if meta['model'] not in files:
         raise BundleError(f'{meta_path}: model file {meta["model"]!r} is not listed under files')
+    for name in files:  # before anything is read: no file from outside the bundle, symlinks included
+        contained_path(root, name)
     if verify:
         for name, expected in files.items():
             file_path = root / name

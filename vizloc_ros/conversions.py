@@ -39,9 +39,13 @@ __all__ = [
     'compressed_msg_from_rgb',
     'navsatfix_from_result',
     'pose_msg_from_estimate',
+    'pose_msg_from_matrix',
     'room_msg_from_estimate',
     'quaternion_xyzw_from_matrix',
     'COVARIANCE_TYPE_KEY',
+    'UNKNOWN_ALTITUDE_VARIANCE_M2',
+    'DEFAULT_MAX_IMAGE_PIXELS',
+    'compressed_image_size',
 ]
 
 logger = logging.getLogger(__name__)
@@ -49,6 +53,10 @@ logger = logging.getLogger(__name__)
 #: ``LocalizationResult.diagnostics[COVARIANCE_TYPE_KEY] == 'approximated'`` makes the NavSatFix
 #: say COVARIANCE_TYPE_APPROXIMATED instead of COVARIANCE_TYPE_KNOWN.
 COVARIANCE_TYPE_KEY = 'covariance_type'
+
+#: NavSatFix altitude variance when a localizer does not know the altitude (published altitude 0.0,
+#: ellipsoidal): (1 km)^2, so that fusion gives it no weight but keeps the fix.
+UNKNOWN_ALTITUDE_VARIANCE_M2 = 1.0e6
 
 try:  # ROS 2 cv_bridge: present in a colcon workspace with system ROS 2, absent from the pip wheels
     from cv_bridge import CvBridge, CvBridgeError  # type: ignore[import-not-found]
@@ -72,6 +80,63 @@ _BYTES_PER_PIXEL = {
 }
 
 
+#: Largest image (width x height) decoded or converted unless the caller says otherwise (node
+#: parameter ``max_image_pixels``): a compressed image's size is read from its header before decoding,
+#: so a small file that claims a huge size (a decompression bomb) is refused without allocating it.
+DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
+
+_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+#: JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic...): not DHT (C4), JPG (C8), DAC (CC).
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def compressed_image_size(data: bytes | np.ndarray) -> tuple[int, int, str]:
+    """(width, height, 'png'|'jpeg') from a compressed image's header, without decoding it.
+
+    Reads the PNG IHDR chunk or walks the JPEG markers up to the first start-of-frame. Raises
+    InvalidInputError for other formats and for truncated or malformed headers.
+    """
+    # the header is in the first kilobytes; JPEG APPn segments (EXIF, ICC) can push SOF a bit further
+    buf = data[:1 << 20].tobytes() if isinstance(data, np.ndarray) else bytes(data[:1 << 20])
+    if buf.startswith(_PNG_SIGNATURE):
+        if len(buf) < 24 or buf[12:16] != b'IHDR':
+            raise InvalidInputError('PNG without an IHDR header chunk')
+        return int.from_bytes(buf[16:20], 'big'), int.from_bytes(buf[20:24], 'big'), 'png'
+    if buf.startswith(b'\xff\xd8'):
+        pos = 2
+        while pos + 4 <= len(buf):
+            if buf[pos] != 0xFF:
+                raise InvalidInputError(f'JPEG header is malformed at byte {pos}')
+            marker = buf[pos + 1]
+            if marker == 0xFF:  # fill byte
+                pos += 1
+                continue
+            if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+                pos += 2
+                continue
+            length = int.from_bytes(buf[pos + 2:pos + 4], 'big')
+            if length < 2:
+                raise InvalidInputError(f'JPEG segment length {length} at byte {pos} is invalid')
+            if marker in _JPEG_SOF:
+                if pos + 9 > len(buf):
+                    break
+                height = int.from_bytes(buf[pos + 5:pos + 7], 'big')
+                width = int.from_bytes(buf[pos + 7:pos + 9], 'big')
+                return width, height, 'jpeg'
+            if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+                break
+            pos += 2 + length
+        raise InvalidInputError('JPEG without a start-of-frame header (truncated or corrupt)')
+    raise InvalidInputError(f'compressed image is neither PNG nor JPEG (first bytes {buf[:4].hex()}); '
+                            'only jpeg and png CompressedImage formats are supported')
+
+
+def _check_pixels(width: int, height: int, max_pixels: int, what: str) -> None:
+    if width * height > max_pixels:
+        raise InvalidInputError(f'{what} is {width}x{height} = {width * height} pixels, more than max_image_pixels '
+                                f'= {max_pixels}; refused before decoding (raise max_image_pixels if this is intended)')
+
+
 def stamp_to_ns(stamp: Any) -> int:
     """builtin_interfaces/Time -> integer nanoseconds."""
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
@@ -93,11 +158,13 @@ def _buffer_view(data: Any) -> np.ndarray:
     return np.asarray(data, dtype=np.uint8)
 
 
-def frame_from_image_msg(msg: Any, camera: CameraIntrinsics | None = None) -> Frame:
+def frame_from_image_msg(msg: Any, camera: CameraIntrinsics | None = None,
+                         max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Frame:
     """sensor_msgs/Image -> Frame (RGB). Raises InvalidInputError for unusable images."""
     width, height, step, encoding = int(msg.width), int(msg.height), int(msg.step), str(msg.encoding)
     if width <= 0 or height <= 0:
         raise InvalidInputError(f'image has an empty size {width}x{height}')
+    _check_pixels(width, height, max_pixels, 'image')
     bpp = _BYTES_PER_PIXEL.get(encoding)
     if bpp is None and not encoding.startswith(('8UC', '16UC', '32FC')):
         raise InvalidInputError(f'unsupported image encoding {encoding!r}; use rgb8, bgr8, mono8, rgba8, bgra8, ...')
@@ -147,14 +214,25 @@ class _PackedImage:
         self.data = data
 
 
-def frame_from_compressed_msg(msg: Any, camera: CameraIntrinsics | None = None) -> Frame:
-    """sensor_msgs/CompressedImage (JPEG/PNG...) -> Frame (RGB). Corrupt data raises InvalidInputError."""
+def frame_from_compressed_msg(msg: Any, camera: CameraIntrinsics | None = None,
+                              max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Frame:
+    """sensor_msgs/CompressedImage (JPEG/PNG) -> Frame (RGB). Corrupt data raises InvalidInputError.
+
+    The size in the header is checked against ``max_pixels`` before anything is decoded.
+    """
     data = _buffer_view(msg.data)
     if data.size == 0:
         raise InvalidInputError('compressed image has no data')
     fmt = str(msg.format)
     if 'compressedDepth' in fmt:
         raise InvalidInputError(f'compressed depth images are not camera images (format {fmt!r})')
+    try:
+        width, height, kind = compressed_image_size(data)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f'cannot decode compressed image (format {fmt!r}, {data.size} bytes): {exc}') from exc
+    if width <= 0 or height <= 0:
+        raise InvalidInputError(f'{kind} header gives an empty size {width}x{height}')
+    _check_pixels(width, height, max_pixels, f'compressed {kind} image')
     bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if bgr is None:
         raise InvalidInputError(f'cannot decode compressed image (format {fmt!r}, {data.size} bytes): corrupt or unsupported')
@@ -162,24 +240,43 @@ def frame_from_compressed_msg(msg: Any, camera: CameraIntrinsics | None = None) 
     return Frame(rgb_HW3=rgb, stamp_ns=stamp_to_ns(msg.header.stamp), frame_id=str(msg.header.frame_id), camera=camera)
 
 
-def frame_from_msg(msg: Any, camera: CameraIntrinsics | None = None) -> Frame:
+def frame_from_msg(msg: Any, camera: CameraIntrinsics | None = None,
+                   max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Frame:
     """Image or CompressedImage (told apart by the ``format`` field) -> Frame."""
     if hasattr(msg, 'format'):
-        return frame_from_compressed_msg(msg, camera)
-    return frame_from_image_msg(msg, camera)
+        return frame_from_compressed_msg(msg, camera, max_pixels)
+    return frame_from_image_msg(msg, camera, max_pixels)
 
 
 def intrinsics_from_camera_info(msg: Any) -> CameraIntrinsics:
-    """sensor_msgs/CameraInfo -> CameraIntrinsics. An uncalibrated CameraInfo (K all zero) is refused."""
-    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
+    """sensor_msgs/CameraInfo -> CameraIntrinsics.
+
+    Refused (InvalidInputError): an uncalibrated CameraInfo (K all zero), a K that is not a pinhole
+    camera matrix (9 finite values, third row 0 0 1, no skew in the second row's first entry, positive
+    focal lengths, principal point inside the image), non-finite distortion coefficients.
+    """
+    k = np.asarray(msg.k, dtype=np.float64).reshape(-1)
+    if k.size != 9:
+        raise InvalidInputError(f'CameraInfo K must have 9 values, got {k.size}')
+    K = k.reshape(3, 3)
+    if not np.all(np.isfinite(K)):
+        raise InvalidInputError('CameraInfo K has non-finite values')
     if not np.any(K):
         raise InvalidInputError('CameraInfo has an all-zero K: the camera is not calibrated')
+    if not np.array_equal(K[2], [0.0, 0.0, 1.0]) or K[1, 0] != 0.0:
+        raise InvalidInputError(f'CameraInfo K is not a camera matrix [fx s cx; 0 fy cy; 0 0 1]: {K.tolist()}')
+    width, height = int(msg.width), int(msg.height)
+    if not (0.0 <= K[0, 2] <= width and 0.0 <= K[1, 2] <= height):
+        raise InvalidInputError(f'CameraInfo principal point ({K[0, 2]}, {K[1, 2]}) is outside the {width}x{height} image')
+    D = np.asarray(msg.d, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(D)):
+        raise InvalidInputError('CameraInfo D has non-finite distortion coefficients')
     if int(msg.binning_x) > 1 or int(msg.binning_y) > 1 or int(msg.roi.width) or int(msg.roi.height):
         raise InvalidInputError(
             f'CameraInfo with binning ({msg.binning_x}, {msg.binning_y}) or an ROI is not supported; '
             'publish full-resolution intrinsics for the image you send')
-    return CameraIntrinsics(K=K, width=int(msg.width), height=int(msg.height),
-                            D=np.asarray(msg.d, dtype=np.float64), distortion_model=str(msg.distortion_model or 'plumb_bob'))
+    return CameraIntrinsics(K=K, width=width, height=height,
+                            D=D, distortion_model=str(msg.distortion_model or 'plumb_bob'))
 
 
 def camera_info_from_intrinsics(camera: CameraIntrinsics, stamp_ns: int, frame_id: str) -> Any:
@@ -261,8 +358,16 @@ def navsatfix_from_result(result: LocalizationResult, stamp: Any, frame_id: str)
     geo: GeoEstimate = result.geo
     msg.status.status = NavSatStatus.STATUS_FIX
     msg.latitude, msg.longitude = float(geo.lat_deg), float(geo.lon_deg)
-    msg.altitude = float(geo.alt_m)  # NaN when the localizer does not know it (the NavSatFix convention)
-    msg.position_covariance = [float(v) for v in geo.cov_enu_m2.reshape(-1)]
+    cov = np.array(geo.cov_enu_m2, dtype=np.float64)
+    if math.isfinite(geo.alt_m):
+        msg.altitude = float(geo.alt_m)
+    else:
+        # Unknown altitude: a finite value with a huge variance. robot_localization's navsat_transform
+        # drops fixes whose altitude is NaN; with this variance the altitude carries no weight.
+        msg.altitude = 0.0
+        cov[2, :] = cov[:, 2] = 0.0
+        cov[2, 2] = UNKNOWN_ALTITUDE_VARIANCE_M2
+    msg.position_covariance = [float(v) for v in cov.reshape(-1)]
     approximated = str(result.diagnostics.get(COVARIANCE_TYPE_KEY, '')).lower() == 'approximated'
     msg.position_covariance_type = (NavSatFix.COVARIANCE_TYPE_APPROXIMATED if approximated
                                     else NavSatFix.COVARIANCE_TYPE_KNOWN)
@@ -270,18 +375,23 @@ def navsatfix_from_result(result: LocalizationResult, stamp: Any, frame_id: str)
 
 
 def pose_msg_from_estimate(pose: PoseEstimate, stamp: Any, map_frame: str) -> Any:
-    """PoseEstimate -> geometry_msgs/PoseWithCovarianceStamped in ``map_frame``."""
+    """PoseEstimate -> geometry_msgs/PoseWithCovarianceStamped of the camera optical frame in ``map_frame``."""
+    return pose_msg_from_matrix(pose.T_map_camera, pose.cov_6x6, stamp, map_frame)
+
+
+def pose_msg_from_matrix(T_map_x: np.ndarray, cov_6x6: np.ndarray, stamp: Any, map_frame: str) -> Any:
+    """A 4x4 pose of some frame x in ``map_frame`` and its 6x6 covariance -> PoseWithCovarianceStamped."""
     from geometry_msgs.msg import PoseWithCovarianceStamped
 
     msg = PoseWithCovarianceStamped()
     msg.header.stamp = stamp
     msg.header.frame_id = map_frame
-    T = pose.T_map_camera
+    T = np.asarray(T_map_x, dtype=np.float64)
     msg.pose.pose.position.x, msg.pose.pose.position.y, msg.pose.pose.position.z = (float(v) for v in T[:3, 3])
     q = quaternion_xyzw_from_matrix(T[:3, :3])
     o = msg.pose.pose.orientation
     o.x, o.y, o.z, o.w = q
-    msg.pose.covariance = [float(v) for v in pose.cov_6x6.reshape(-1)]
+    msg.pose.covariance = [float(v) for v in np.asarray(cov_6x6, dtype=np.float64).reshape(-1)]
     return msg
 
 

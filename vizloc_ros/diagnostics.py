@@ -9,6 +9,7 @@ per-frame timestamps on ``~/timing`` compare with other processes' clocks on the
 from __future__ import annotations
 
 import collections
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -16,123 +17,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ['FrameTiming', 'LocalizerStats', 'ErrorThrottle', 'FrequencyStatus', 'InputMonitor', 'percentile_ms',
-           'timing_status', 'configure_failed_status', 'ERROR_WINDOW_S']
+__all__ = ['FrameTiming', 'LocalizerStats', 'ErrorThrottle', 'InputMonitor', 'input_level', 'percentile_ms',
+           'timing_status']
 
 #: Frame timings kept for the latency percentiles and the rate.
 WINDOW = 200
-#: Errors (and bad inputs) count against a status only while they are this recent: a localizer that
-#: failed once and works again returns to OK after this many seconds.
-ERROR_WINDOW_S = 10.0
-_OK, _WARN, _ERROR, _STALE = 0, 1, 2, 3  # diagnostic_msgs/DiagnosticStatus levels
-
-
-class FrequencyStatus:
-    """diagnostic_updater's FrequencyStatus: events over a sliding window against [min, max] Hz.
-
-    Levels as in diagnostic_updater: ERROR "No events recorded." when the window has none, WARN
-    "Frequency too low." / "Frequency too high." outside ``[min (1 - tolerance), max (1 + tolerance)]``,
-    else OK "Desired frequency met". The window is the last ``window_s`` seconds. Thread-safe.
-    """
-
-    def __init__(self, min_hz: float, max_hz: float = float('inf'), tolerance: float = 0.1, window_s: float = 5.0) -> None:
-        self.min_hz, self.max_hz, self.tolerance, self.window_s = min_hz, max_hz, tolerance, window_s
-        self._events: collections.deque[int] = collections.deque()
-        self._lock = threading.Lock()
-
-    def tick(self, now_ns: int | None = None) -> None:
-        with self._lock:
-            self._events.append(time.monotonic_ns() if now_ns is None else now_ns)
-
-    def frequency_hz(self, now_ns: int | None = None) -> tuple[int, float]:
-        """(events in the window, their rate in Hz)."""
-        now_ns = time.monotonic_ns() if now_ns is None else now_ns
-        start = now_ns - int(self.window_s * 1e9)
-        with self._lock:
-            while self._events and self._events[0] < start:
-                self._events.popleft()
-            n = len(self._events)
-        return n, n / self.window_s
-
-    def level(self, now_ns: int | None = None) -> tuple[int, str, float]:
-        n, hz = self.frequency_hz(now_ns)
-        if n == 0:
-            return _ERROR, 'No events recorded.', hz
-        if hz < self.min_hz * (1.0 - self.tolerance):
-            return _WARN, 'Frequency too low.', hz
-        if hz > self.max_hz * (1.0 + self.tolerance):
-            return _WARN, 'Frequency too high.', hz
-        return _OK, 'Desired frequency met', hz
-
-
-class InputMonitor:
-    """The camera input as /diagnostics judges it: frames arriving, the camera stopping, recent bad input.
-
-    * no frame since activation for ``stale_after_s``: ERROR "no frames received" (wrong topic, QoS mismatch)
-    * frames arrived, but none for ``stale_after_s``: STALE "camera stopped: last frame N s ago"
-    * ``expected_rate_hz`` > 0: the frame rate over the last ``window_s`` against it (FrequencyStatus, 10 %)
-    * bad images / camera_info within ERROR_WINDOW_S: WARN (older ones no longer count)
-    Times are monotonic nanoseconds.
-    """
-
-    def __init__(self, expected_rate_hz: float = 0.0, stale_after_s: float = 2.0, window_s: float = 5.0) -> None:
-        self.expected_rate_hz = expected_rate_hz
-        self.stale_after_s = stale_after_s
-        self.frequency = FrequencyStatus(expected_rate_hz, expected_rate_hz, 0.1, window_s) if expected_rate_hz > 0 else None
-        self.started_ns = time.monotonic_ns()
-        self.last_frame_ns: int | None = None
-        self._bad: collections.deque[int] = collections.deque(maxlen=10000)
-        self._lock = threading.Lock()
-
-    def frame(self, now_ns: int | None = None) -> None:
-        now_ns = time.monotonic_ns() if now_ns is None else now_ns
-        with self._lock:
-            self.last_frame_ns = now_ns
-        if self.frequency is not None:
-            self.frequency.tick(now_ns)
-
-    def bad(self, now_ns: int | None = None) -> None:
-        with self._lock:
-            self._bad.append(time.monotonic_ns() if now_ns is None else now_ns)
-
-    def recent_bad(self, now_ns: int | None = None) -> int:
-        now_ns = time.monotonic_ns() if now_ns is None else now_ns
-        with self._lock:
-            return sum(1 for t in self._bad if now_ns - t <= ERROR_WINDOW_S * 1e9)
-
-    def level(self, now_ns: int | None = None) -> tuple[int, str, dict[str, str]]:
-        """(level, message, extra key/values)."""
-        now_ns = time.monotonic_ns() if now_ns is None else now_ns
-        with self._lock:
-            last = self.last_frame_ns
-        values: dict[str, str] = {'seconds_since_last_frame': 'never' if last is None else f'{(now_ns - last) / 1e9:.3f}'}
-        bad = self.recent_bad(now_ns)
-        values['bad_inputs_recent'] = str(bad)
-        if last is None:
-            if (now_ns - self.started_ns) / 1e9 >= self.stale_after_s:
-                return _ERROR, 'no frames received (check the image topic remapping and QoS)', values
-            return _OK, 'waiting for the first frame', values
-        if (now_ns - last) / 1e9 >= self.stale_after_s:
-            return _STALE, f'camera stopped: last frame {(now_ns - last) / 1e9:.1f} s ago', values
-        level, message = _OK, 'receiving frames'
-        if self.frequency is not None:
-            f_level, f_message, hz = self.frequency.level(now_ns)
-            values['input_rate_hz'] = f'{hz:.2f}'
-            values['expected_rate_hz'] = f'{self.expected_rate_hz:.2f}'
-            if f_level != _OK:
-                level, message = f_level, f'input rate {hz:.1f} Hz, expected {self.expected_rate_hz:.1f} Hz: {f_message}'
-        if bad and level == _OK:
-            level, message = _WARN, f'{bad} bad input(s) in the last {ERROR_WINDOW_S:.0f} s'
-        return level, message, values
-
-
-def configure_failed_status(node_name: str, reason: str) -> Any:
-    """ERROR status published while the node could not configure (it stays unconfigured)."""
-    from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
-
-    return DiagnosticStatus(level=DiagnosticStatus.ERROR, name=f'{node_name}: node', hardware_id='vizloc',
-                            message=f'configure failed: {reason}'[:250],
-                            values=[KeyValue(key='state', value='unconfigured'), KeyValue(key='configured', value='false')])
 
 
 @dataclass(frozen=True)
@@ -199,11 +88,15 @@ class LocalizerStats:
         self.no_fix = 0
         self.errors: collections.Counter[str] = collections.Counter()
         self.last_error = ''
-        self._error_times: collections.deque[int] = collections.deque(maxlen=10000)  # time.time_ns() of each error
+        #: monotonic times of recent errors / processed frames (the status is judged over a window)
+        self._error_times: collections.deque[int] = collections.deque(maxlen=10_000)
+        self._processed_times: collections.deque[int] = collections.deque(maxlen=10_000)
+        self._offered_times: collections.deque[int] = collections.deque(maxlen=10_000)
 
     def offered(self, *, dropped_previous: bool) -> None:
         with self._lock:
             self.frames_offered += 1
+            self._offered_times.append(time.monotonic_ns())
             if dropped_previous:
                 self.frames_dropped += 1
 
@@ -218,6 +111,7 @@ class LocalizerStats:
     def processed(self, timing: FrameTiming, *, no_fix: bool = False) -> None:
         with self._lock:
             self.frames_processed += 1
+            self._processed_times.append(time.monotonic_ns())
             self.no_fix += int(no_fix)
             self._timings.append(timing)
 
@@ -225,7 +119,16 @@ class LocalizerStats:
         with self._lock:
             self.errors[kind] += 1
             self.last_error = f'{kind}: {message}'
-            self._error_times.append(time.time_ns())
+            self._error_times.append(time.monotonic_ns())
+
+    def recent(self, window_s: float, now_ns: int | None = None) -> dict[str, int]:
+        """Frames offered and processed, and errors, in the last ``window_s`` seconds."""
+        now_ns = time.monotonic_ns() if now_ns is None else now_ns
+        since = now_ns - int(window_s * 1e9)
+        with self._lock:
+            return {name: sum(1 for t in times if t >= since) for name, times in
+                    (('offered', self._offered_times), ('processed', self._processed_times),
+                     ('errors', self._error_times))}
 
     def timings(self) -> list[FrameTiming]:
         with self._lock:
@@ -267,43 +170,86 @@ class LocalizerStats:
         )
         return out
 
-    def recent(self, now_ns: int | None = None, window_s: float = ERROR_WINDOW_S) -> tuple[int, int]:
-        """(errors, frames processed) within the last ``window_s`` seconds."""
-        now_ns = time.time_ns() if now_ns is None else now_ns
-        start = now_ns - int(window_s * 1e9)
-        with self._lock:
-            errors = sum(1 for t in self._error_times if t >= start)
-            processed = sum(1 for t in self._timings if t.published_ns >= start)
-        return errors, processed
+    def to_status(self, node_name: str, window_s: float = 10.0) -> Any:
+        """diagnostic_msgs/DiagnosticStatus judged over the last ``window_s`` seconds (diagnostic_updater style).
 
-    def to_status(self, node_name: str, now_ns: int | None = None) -> Any:
-        """diagnostic_msgs/DiagnosticStatus, judged over the last ERROR_WINDOW_S seconds.
-
-        ERROR: errors in the window and no frame localized in it; WARN: errors in the window
-        beside localized frames, or frames received but nothing localized yet; else OK. Errors
-        older than the window no longer count (their totals stay in the values).
+        ERROR: errors in the window and nothing localized in it; WARN: some errors in the window, or
+        frames offered in it but none localized; OK otherwise (old errors stay in the counters, they
+        no longer hold the level down).
         """
         from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
         s = self.summary()
-        recent_errors, recent_processed = self.recent(now_ns)
+        recent = self.recent(window_s)
         status = DiagnosticStatus(name=f'{node_name}: localizer {self.name}', hardware_id=s['backend'] or 'unknown')
-        if recent_errors and not recent_processed:
+        if recent['errors'] and not recent['processed']:
             status.level, status.message = DiagnosticStatus.ERROR, s['last_error'][:200]
-        elif recent_errors:
-            status.level, status.message = (DiagnosticStatus.WARN, f'{recent_errors} error(s) in the last '
-                                            f'{ERROR_WINDOW_S:.0f} s; last: {s["last_error"][:160]}')
-        elif s['frames_offered'] and s['frames_processed'] == 0:
-            status.level, status.message = DiagnosticStatus.WARN, 'frames received but nothing localized yet'
+        elif recent['errors']:
+            status.level, status.message = (DiagnosticStatus.WARN, f'{recent["errors"]} error(s) in the last '
+                                            f'{window_s:g} s; last: {s["last_error"][:150]}')
+        elif recent['offered'] and not recent['processed']:
+            status.level, status.message = DiagnosticStatus.WARN, 'frames received but nothing localized'
         else:
             status.level, status.message = DiagnosticStatus.OK, f'{s["rate_hz"]:.1f} Hz'
         values = dict(s)
+        values.update({f'recent_{k}': v for k, v in recent.items()})
         values.pop('errors_by_kind')
-        values['errors_recent'] = recent_errors
         for kind, count in sorted(s['errors_by_kind'].items()):
             values[f'errors.{kind}'] = count
         status.values = [KeyValue(key=k, value=_fmt(v)) for k, v in values.items()]
         return status
+
+
+class InputMonitor:
+    """Arrival times of input frames: rate over a window and time since the last one (for STALE/frequency)."""
+
+    def __init__(self, window_s: float = 10.0) -> None:
+        self.window_s = window_s
+        self._lock = threading.Lock()
+        self._times: collections.deque[int] = collections.deque(maxlen=10_000)
+        self._bad: collections.deque[int] = collections.deque(maxlen=10_000)
+
+    def received(self, now_ns: int | None = None) -> None:
+        with self._lock:
+            self._times.append(time.monotonic_ns() if now_ns is None else now_ns)
+
+    def bad(self, now_ns: int | None = None) -> None:
+        with self._lock:
+            self._bad.append(time.monotonic_ns() if now_ns is None else now_ns)
+
+    def state(self, now_ns: int | None = None) -> dict[str, float]:
+        """``rate_hz`` over the window, ``since_last_s`` (inf before the first frame), ``recent_bad`` count."""
+        now_ns = time.monotonic_ns() if now_ns is None else now_ns
+        since = now_ns - int(self.window_s * 1e9)
+        with self._lock:
+            times = [t for t in self._times if t >= since]
+            bad = sum(1 for t in self._bad if t >= since)
+            last = self._times[-1] if self._times else None
+        rate = (len(times) - 1) / ((times[-1] - times[0]) / 1e9) if len(times) >= 2 and times[-1] > times[0] else 0.0
+        return {'rate_hz': rate, 'since_last_s': math.inf if last is None else (now_ns - last) / 1e9,
+                'recent_bad': float(bad)}
+
+
+def input_level(state: dict[str, float], *, active: bool, stale_after_s: float, expected_rate_hz: float,
+                rate_tolerance: float) -> tuple[int, str]:
+    """(level, message) of the camera input, following diagnostic_updater's FrequencyStatus/TimeStamp checks.
+
+    STALE: active, and no frame for ``stale_after_s`` (or none yet); WARN: the rate is outside
+    ``expected_rate_hz`` x (1 -/+ ``rate_tolerance``) (when an expected rate is set), or bad frames in
+    the window; OK otherwise. Inactive (unconfigured / inactive): OK, 'not active'.
+    """
+    if not active:
+        return 0, 'not active (no subscriptions)'
+    if state['since_last_s'] > stale_after_s:
+        last = 'no frame yet' if math.isinf(state['since_last_s']) else f'last frame {state["since_last_s"]:.1f} s ago'
+        return 3, f'camera stale: {last}'
+    if expected_rate_hz > 0:
+        low, high = expected_rate_hz * (1 - rate_tolerance), expected_rate_hz * (1 + rate_tolerance)
+        if not low <= state['rate_hz'] <= high:
+            return 1, f'input rate {state["rate_hz"]:.1f} Hz outside {low:.1f}..{high:.1f} Hz'
+    if state['recent_bad']:
+        return 1, f'{int(state["recent_bad"])} bad frame(s) recently'
+    return 0, f'{state["rate_hz"]:.1f} Hz'
 
 
 def _fmt(value: Any) -> str:

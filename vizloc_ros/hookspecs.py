@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import pluggy
 
-from .localizer import LocalizerRegistry
+from .localizer import PluginRegistrar
 
 PROJECT_NAME = 'vizloc_ros'
 ENTRY_POINT_GROUP = 'vizloc_ros.localizers'
@@ -32,7 +32,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
 @hookspec
-def vizloc_register_localizers(registry: LocalizerRegistry) -> None:
+def vizloc_register_localizers(registry: PluginRegistrar) -> None:
     """Register this plugin's localizer types with ``registry.register(LocalizerType(...))``.
 
     Called once per plugin when the node configures. Raise

@@ -27,6 +27,7 @@ __all__ = [
     'LocalizerContext',
     'LocalizerType',
     'LocalizerRegistry',
+    'PluginRegistrar',
     'ConfigError',
     'UnknownLocalizerTypeError',
     'NoOptions',
@@ -188,17 +189,21 @@ class LocalizerRegistry:
     """Localizer types by name, filled by plugins through the ``vizloc_register_localizers`` hook."""
 
     types: dict[str, LocalizerType] = field(default_factory=dict)
-    _current_plugin: str = ''
 
-    def register(self, localizer_type: LocalizerType) -> None:
+    def register(self, localizer_type: LocalizerType, plugin: str = '') -> None:
+        """Add a type; ``plugin`` (the registering plugin's name) is stamped on it unless it names one itself."""
         if localizer_type.name in self.types:
             other = self.types[localizer_type.name].plugin
             raise ConfigError(
-                f'localizer type {localizer_type.name!r} registered twice (by {other!r} and {self._current_plugin!r})')
+                f'localizer type {localizer_type.name!r} registered twice (by {other!r} and {plugin or "?"!r})')
         if not localizer_type.plugin:
-            localizer_type = dataclasses.replace(localizer_type, plugin=self._current_plugin)
+            localizer_type = dataclasses.replace(localizer_type, plugin=plugin)
         self.types[localizer_type.name] = localizer_type
         logger.debug('registered localizer type %s from plugin %s', localizer_type.name, localizer_type.plugin)
+
+    def for_plugin(self, plugin: str) -> 'PluginRegistrar':
+        """What the hook hands to plugin ``plugin``: registrations are stamped with its name."""
+        return PluginRegistrar(self, plugin)
 
     def get(self, name: str) -> LocalizerType:
         try:
@@ -225,3 +230,21 @@ class LocalizerRegistry:
     def __len__(self) -> int:
         return len(self.types)
 
+
+@dataclass(frozen=True)
+class PluginRegistrar:
+    """The ``registry`` argument of ``vizloc_register_localizers``: one plugin's view of the registry.
+
+    ``register(LocalizerType(...))`` adds a type on behalf of ``plugin``; ``types`` shows what is
+    registered so far (read-only use).
+    """
+
+    registry: LocalizerRegistry
+    plugin: str
+
+    def register(self, localizer_type: LocalizerType) -> None:
+        self.registry.register(localizer_type, plugin=self.plugin)
+
+    @property
+    def types(self) -> Mapping[str, LocalizerType]:
+        return dict(self.registry.types)

@@ -40,14 +40,13 @@ from visualization_msgs.msg import MarkerArray
 
 from . import params as vparams
 from .conversions import (frame_from_msg, image_msg_from_rgb, intrinsics_from_camera_info, navsatfix_from_result,
-                          room_msg_from_estimate)
-from .frames import CameraExtrinsic, base_pose_msg, fix_for_fusion, intrinsics_for_input, lookup_extrinsic_tf
-from .diagnostics import (ErrorThrottle, FrameTiming, InputMonitor, LocalizerStats, configure_failed_status,
-                          timing_status)
+                          pose_msg_from_matrix, room_msg_from_estimate, stamp_to_ns)
+from .frames import CameraExtrinsic, base_pose_from_camera_pose, intrinsics_for_input
+from .diagnostics import ErrorThrottle, FrameTiming, InputMonitor, LocalizerStats, input_level, timing_status
 from .localizer import ConfigError, Localizer, LocalizerContext
 from .markers import LocalizerPaths, delete_markers, markers_for_result
 from .plugin_manager import load_registry
-from .types import CameraIntrinsics, Frame, InvalidInputError, LocalizationResult
+from .types import CameraIntrinsics, Frame, InvalidInputError, InvalidOutputError, LocalizationResult, check_result
 
 __all__ = ['VizlocNode', 'main', 'BRIDGED_LOGGERS']
 
@@ -56,7 +55,6 @@ BRIDGED_LOGGERS = ('vizloc_ros', 'vizloc_plugins')
 OUTPUT_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 RELIABLE_INPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 IMAGE_OUTPUT_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-WORKER_JOIN_TIMEOUT_S = 10.0
 #: sys.setswitchinterval() of the vizloc_node process (main() only; embedding applications choose their own).
 GIL_SWITCH_INTERVAL_S = 0.001
 #: Output names of each localizer that LocalizationResult.images names must not take.
@@ -100,6 +98,8 @@ class _FrameConverter:
         self._msg: Any = None
         self._result: Frame | InvalidInputError | None = None
         self.camera: CameraIntrinsics | None = None
+        #: Node parameter max_image_pixels (set on configure).
+        self.max_pixels = vparams.NodeParams.max_image_pixels
 
     def frame(self, msg: Any) -> Frame:
         """The frame of ``msg``; raises InvalidInputError for unusable messages (_FirstFailure the first time)."""
@@ -109,7 +109,7 @@ class _FrameConverter:
                     raise self._result
                 return self._result
             try:
-                result: Frame | InvalidInputError = frame_from_msg(msg, self.camera)
+                result: Frame | InvalidInputError = frame_from_msg(msg, self.camera, self.max_pixels)
             except InvalidInputError as exc:
                 result = exc
             self._msg, self._result = msg, result
@@ -123,7 +123,14 @@ class _FirstFailure(InvalidInputError):
 
 
 class _LocalizerWorker:
-    """One localizer instance: its latest-frame slot, worker thread, publishers and statistics."""
+    """One localizer instance: its latest-frame slot, worker thread, publishers and statistics.
+
+    There is never more than one thread inside a localizer. Each activation and deactivation bumps
+    ``_generation``; a frame is processed under the generation it was taken in, and its result is
+    published only if that generation is still the active one. A thread still busy in ``localize()``
+    when the node deactivates (past ``worker_join_timeout_s``) is not replaced on re-activation: it
+    discards its stale result and serves the new activation.
+    """
 
     def __init__(self, node: 'VizlocNode', name: str, localizer: Localizer, stats: LocalizerStats) -> None:
         self.node = node
@@ -132,7 +139,8 @@ class _LocalizerWorker:
         self.stats = stats
         self._cond = threading.Condition()
         self._slot: tuple[Any, int] | None = None
-        self._stop = False
+        self._active = False
+        self._generation = 0
         self._thread: threading.Thread | None = None
         self._last_accepted_ns = 0
         qos = OUTPUT_QOS
@@ -157,38 +165,55 @@ class _LocalizerWorker:
 
     # -- worker thread --------------------------------------------------------------------------------
     def start(self) -> None:
-        self._stop = False
-        self._slot = None
-        self._thread = threading.Thread(target=self._run, name=f'vizloc-{self.name}', daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
         with self._cond:
-            self._stop = True
+            self._generation += 1
+            self._active = True
+            self._slot = None
+            if self._thread is None:  # else: the thread of an earlier activation is still busy; it serves this one
+                self._thread = threading.Thread(target=self._run, name=f'vizloc-{self.name}', daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def stop(self, timeout_s: float) -> None:
+        with self._cond:
+            self._generation += 1
+            self._active = False
             self._slot = None
             self._cond.notify()
-        if self._thread is not None:
-            self._thread.join(timeout=WORKER_JOIN_TIMEOUT_S)
-            if self._thread.is_alive():
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=timeout_s)
+            if thread.is_alive():
                 self.node.get_logger().warning(
-                    f'localizer {self.name}: worker still busy after {WORKER_JOIN_TIMEOUT_S} s; it will stop after this frame')
-            self._thread = None
+                    f'localizer {self.name}: still inside localize() after {timeout_s} s; its result will be '
+                    'discarded, and no second worker is started for this localizer')
+
+    @property
+    def thread_alive(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    def _current(self, generation: int) -> bool:
+        with self._cond:
+            return self._active and generation == self._generation
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while self._slot is None and not self._stop:
+                while self._slot is None and self._active:
                     self._cond.wait()
-                if self._stop:
+                if not self._active:
+                    self._thread = None  # under the lock: start() then creates a new thread
                     return
                 msg, received_ns = self._slot  # type: ignore[misc]
                 self._slot = None
+                generation = self._generation
             try:
-                self._process(msg, received_ns)
-            except Exception as exc:  # noqa: BLE001 - the worker must outlive any single frame
+                self._process(msg, received_ns, generation)
+            except BaseException as exc:  # noqa: BLE001 - the worker must outlive any single frame, SystemExit too
                 self._error('internal_error', f'{type(exc).__name__}: {exc}', exc_info=exc)
 
-    def _process(self, msg: Any, received_ns: int) -> None:
+    def _process(self, msg: Any, received_ns: int, generation: int) -> None:
         node = self.node
         try:
             frame = node.converter.frame(msg)
@@ -210,14 +235,20 @@ class _LocalizerWorker:
         except InvalidInputError as exc:
             self._error('bad_input', f'{self.name} refused the frame: {exc}')
             return
-        except Exception as exc:  # noqa: BLE001 - a plugin that raises must not take the node down
+        except InvalidOutputError as exc:
+            self._error('invalid_output', f'{self.name} built an unusable estimate: {exc}')
+            return
+        except BaseException as exc:  # noqa: BLE001 - a plugin that raises (even SystemExit) must not take the node down
             self._error('plugin_error', f'{type(exc).__name__}: {exc}', exc_info=exc)
             return
         model_end_ns = time.time_ns()
-        if self._stop:  # deactivated while the model ran: its publishers may be gone
+        if not self._current(generation):  # deactivated (and maybe re-activated) while the model ran
+            self.stats.error('stale_result', 'result of an earlier activation discarded')
             return
-        if not isinstance(result, LocalizationResult):
-            self._error('plugin_error', f'localize() returned {type(result).__name__}, not LocalizationResult')
+        try:
+            check_result(result)
+        except InvalidOutputError as exc:
+            self._error('invalid_output', str(exc))
             return
         try:
             self._publish(msg, frame, result)
@@ -234,17 +265,16 @@ class _LocalizerWorker:
         stamp = msg.header.stamp  # every output carries the source image's stamp
         camera_frame = msg.header.frame_id
         fix = navsatfix_from_result(result, stamp, camera_frame)
-        if fix is not None:
-            fix = fix_for_fusion(fix, self.node.node_params.unknown_altitude_m)
         if result.status == 'no_fix':
             self.pub_fix.publish(fix)
             if self.node.get_parameter('publish_markers').value:
-                self.node.publish_no_fix_markers(self.name, stamp, camera_frame)
+                self.node.publish_no_fix_markers(self.name, stamp)
             return
         pose_msg = None
         if result.pose is not None:
-            pose_msg = base_pose_msg(result.pose, self.node.camera_extrinsic(camera_frame), stamp,
-                                     self.node.node_params.map_frame)
+            # the robot's pose (base_frame), not the camera's: what fusion stacks take a pose measurement for
+            T_map_base, cov_6x6 = base_pose_from_camera_pose(result.pose, self.node.extrinsic)
+            pose_msg = pose_msg_from_matrix(T_map_base, cov_6x6, stamp, self.node.node_params.map_frame)
         if fix is not None:
             self.pub_fix.publish(fix)
         if pose_msg is not None:
@@ -254,7 +284,10 @@ class _LocalizerWorker:
         for image_name, rgb in result.images.items():
             self._publish_image(image_name, rgb, msg.header.stamp, camera_frame)
         if self.node.get_parameter('publish_markers').value:
-            self.node.publish_markers(result, stamp, camera_frame, frame.camera, pose_msg)
+            try:
+                self.node.publish_markers(result, stamp, camera_frame, frame.camera, pose_msg)
+            except Exception as exc:  # noqa: BLE001 - visualisation only: the estimates above are already out
+                self._error('markers_error', f'{type(exc).__name__}: {exc}', exc_info=exc)
 
     def _publish_image(self, image_name: str, rgb: Any, stamp: Any, camera_frame: str) -> None:
         """A visualisation of the result (e.g. 'heatmap') on ~/<name>/<image_name> as rgb8 sensor_msgs/Image."""
@@ -291,6 +324,8 @@ class VizlocNode(LifecycleNode):
         self._bridged: list[tuple[logging.Logger, int, bool]] = []  # (logger, level, propagate) to restore
         self._bridge_loggers(BRIDGED_LOGGERS)
         self.node_params = vparams.NodeParams()
+        #: Static camera extrinsic (node parameters T_base_camera_xyz / _rpy, read on configure).
+        self.extrinsic = CameraExtrinsic()
         self.workers: dict[str, _LocalizerWorker] = {}
         self._lock = threading.Lock()
         self.parameter_errors = 0
@@ -305,14 +340,19 @@ class VizlocNode(LifecycleNode):
         self.frames_received = 0
         self.bad_inputs = 0
         self.camera_info_errors = 0
+        #: Input stamps that are zero, negative, or older than the previous frame's (counted, still used).
+        self.stamp_counts = {'zero_stamps': 0, 'negative_stamps': 0, 'backwards_stamps': 0}
+        self._last_stamp_ns: int | None = None
         self._subs: list[Any] = []
         self._node_pubs: dict[str, Any] = {}
-        self._diag_timer: Any = None
-        self._path: LocalizerPaths | None = None  # ~/<name>/path, one per localizer
-        self._extrinsics: dict[tuple[Any, ...], CameraExtrinsic] = {}  # camera_extrinsic()
+        # /diagnostics flows in every lifecycle state (a failed configure says why), on the steady clock
+        # (it keeps flowing with use_sim_time and no /clock): a plain publisher, not a lifecycle one.
         self.input_monitor = InputMonitor()
         self.configure_error = ''
-        self._start_configure_failure_diagnostics()
+        self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', OUTPUT_QOS)
+        self._diag_timer = self.create_timer(float(self._param_or('diagnostics_period_s', 1.0)), self.publish_diagnostics,
+                                             clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self._path: LocalizerPaths | None = None  # ~/<name>/path, one per localizer
 
     # -- helpers --------------------------------------------------------------------------------------
     def _param_or(self, name: str, default: Any) -> Any:
@@ -396,15 +436,25 @@ class VizlocNode(LifecycleNode):
         try:
             self.node_params = vparams.read_node_params(self)
         except ConfigError as exc:
-            self.get_logger().error(f'configure failed: {exc}')
             self.configure_error = str(exc)
+            self.get_logger().error(f'configure failed: {exc}')
             return TransitionCallbackReturn.FAILURE
         p = self.node_params
+        unknown, notes = vparams.unknown_node_overrides(self, p.localizers)
+        for note in notes:
+            self.get_logger().warning(note)
+        if unknown:
+            for error in unknown:
+                self.get_logger().error(f'configure failed: {error}')
+            self.configure_error = '; '.join(unknown)
+            return TransitionCallbackReturn.FAILURE
+        self.converter.max_pixels = p.max_image_pixels
+        self.extrinsic = CameraExtrinsic(p.T_base_camera_xyz, p.T_base_camera_rpy)
         try:
             self.plugin_report = load_registry(blocked=p.blocked_plugins, extra_plugins=self._extra_plugins)
         except ConfigError as exc:
-            self.get_logger().error(f'configure failed: {exc}')
             self.configure_error = str(exc)
+            self.get_logger().error(f'configure failed: {exc}')
             return TransitionCallbackReturn.FAILURE
         registry = self.plugin_report.registry
         self._bridge_loggers({t.factory.__module__.split('.')[0] for t in registry.types.values()
@@ -431,7 +481,6 @@ class VizlocNode(LifecycleNode):
                                     f'{list(p.localizers)}); the node runs but publishes nothing but /diagnostics')
         self._node_pubs = {
             'markers': self.create_lifecycle_publisher(MarkerArray, '~/markers', OUTPUT_QOS),
-            'diagnostics': self.create_lifecycle_publisher(DiagnosticArray, '/diagnostics', OUTPUT_QOS),
             'timing': self.create_lifecycle_publisher(DiagnosticStatus, '~/timing', QoSProfile(depth=100)),
         }
         self._path = LocalizerPaths(p.map_frame, p.path_max_length)
@@ -451,12 +500,8 @@ class VizlocNode(LifecycleNode):
         else:
             self._subs.append(self.create_subscription(Image, 'image', self._on_image, qos))
         self._subs.append(self.create_subscription(CameraInfo, 'camera_info', self._on_camera_info, qos))
-        self.input_monitor = InputMonitor(p.expected_rate_hz, p.stale_after_s)
         for worker in self.workers.values():
             worker.start()
-        # Steady clock: /diagnostics keeps flowing with use_sim_time and no /clock.
-        self._diag_timer = self.create_timer(p.diagnostics_period_s, self.publish_diagnostics,
-                                             clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.get_logger().info(f'active: listening on {self._subs[0].topic_name} ({p.input_qos} QoS)')
         return super().on_activate(state)
 
@@ -487,11 +532,8 @@ class VizlocNode(LifecycleNode):
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
-        if self._diag_timer is not None:
-            self.destroy_timer(self._diag_timer)
-            self._diag_timer = None
         for worker in self.workers.values():
-            worker.stop()
+            worker.stop(self.node_params.worker_join_timeout_s)
 
     def _release(self) -> None:
         for name, worker in self.workers.items():
@@ -506,6 +548,7 @@ class VizlocNode(LifecycleNode):
         self._node_pubs = {}
         self._path = None
         self.converter = _FrameConverter()
+        self.converter.max_pixels = self.node_params.max_image_pixels
 
     def destroy_node(self) -> None:
         self._stop_io()
@@ -516,9 +559,17 @@ class VizlocNode(LifecycleNode):
     # -- callbacks (never block) ----------------------------------------------------------------------
     def _on_image(self, msg: Any) -> None:
         received_ns = time.time_ns()
+        stamp_ns = stamp_to_ns(msg.header.stamp)
+        self.input_monitor.received()
         with self._lock:
             self.frames_received += 1
-        self.input_monitor.frame()
+            if stamp_ns == 0:
+                self.stamp_counts['zero_stamps'] += 1
+            elif stamp_ns < 0:
+                self.stamp_counts['negative_stamps'] += 1
+            elif self._last_stamp_ns is not None and stamp_ns < self._last_stamp_ns:
+                self.stamp_counts['backwards_stamps'] += 1
+            self._last_stamp_ns = stamp_ns
         for worker in self.workers.values():
             worker.offer(msg, received_ns)
 
@@ -529,23 +580,9 @@ class VizlocNode(LifecycleNode):
         except InvalidInputError as exc:
             with self._lock:
                 self.camera_info_errors += 1
-            self.input_monitor.bad()
             self.log_throttled('camera_info', 'error', f'camera_info ignored: {exc}')
 
     # -- outputs --------------------------------------------------------------------------------------
-    def camera_extrinsic(self, camera_frame: str) -> CameraExtrinsic:
-        """T_base_camera: from tf2 once per camera frame when extrinsic_from_tf (and tf2_ros) allow, else the parameters."""
-        p = self.node_params
-        key = (camera_frame, p.base_frame, p.camera_xyz_m, p.camera_rpy_rad, p.extrinsic_from_tf)
-        extrinsic = self._extrinsics.get(key)
-        if extrinsic is None:
-            if p.extrinsic_from_tf and camera_frame:
-                extrinsic = lookup_extrinsic_tf(p.base_frame, camera_frame, context=self.context)
-            if extrinsic is None:
-                extrinsic = CameraExtrinsic.from_xyz_rpy(p.base_frame, p.camera_xyz_m, p.camera_rpy_rad)
-            self._extrinsics[key] = extrinsic
-        return extrinsic
-
     def publish_markers(self, result: LocalizationResult, stamp: Any, camera_frame: str,
                         camera: CameraIntrinsics | None, pose_msg: Any) -> None:
         pubs = self._node_pubs
@@ -570,7 +607,7 @@ class VizlocNode(LifecycleNode):
                 self._node_pubs[key] = pub
         return pub
 
-    def publish_no_fix_markers(self, localizer: str, stamp: Any, camera_frame: str) -> None:
+    def publish_no_fix_markers(self, localizer: str, stamp: Any) -> None:
         """A NO_FIX removes the localizer's markers (its last answer is no longer valid)."""
         if self._node_pubs:
             self._node_pubs['markers'].publish(delete_markers(localizer, stamp, self.node_params.map_frame))
@@ -586,46 +623,40 @@ class VizlocNode(LifecycleNode):
         with self._lock:
             received, bad, cam_bad = self.frames_received, self.bad_inputs, self.camera_info_errors
             param_errors = self.parameter_errors + len(self._param_errors)
+            stamps = dict(self.stamp_counts)
+        p = self.node_params
+        state = self.input_monitor.state()
+        level, message = input_level(state, active=self.state_label() == 'active', stale_after_s=p.input_timeout_s,
+                                     expected_rate_hz=p.expected_rate_hz, rate_tolerance=p.rate_tolerance)
         node_status = DiagnosticStatus(name=f'{node_name}: input', hardware_id='camera')
-        level, message, extra = self.input_monitor.level()
-        node_status.level = level.to_bytes(1, 'little')
+        node_status.level = bytes([level])
         node_status.message = f'{message}; {received} frames, {bad} bad, {cam_bad} bad camera_info'
         node_status.values = [KeyValue(key='frames_received', value=str(received)),
+                              KeyValue(key='input_rate_hz', value=f'{state["rate_hz"]:.2f}'),
+                              KeyValue(key='since_last_frame_s', value=f'{state["since_last_s"]:.2f}'),
                               KeyValue(key='bad_inputs', value=str(bad)),
                               KeyValue(key='camera_info_errors', value=str(cam_bad)),
                               KeyValue(key='parameter_errors', value=str(param_errors)),
+                              *(KeyValue(key=k, value=str(v)) for k, v in stamps.items()),
                               KeyValue(key='camera_info', value='yes' if self.converter.camera is not None else 'no'),
                               KeyValue(key='plugins_loaded', value=','.join(getattr(self.plugin_report, 'loaded', []))),
                               KeyValue(key='plugins_blocked', value=','.join(getattr(self.plugin_report, 'blocked', []))),
                               KeyValue(key='plugins_failed', value=','.join(getattr(self.plugin_report, 'failed', {})))]
-        node_status.values += [KeyValue(key=k, value=v) for k, v in extra.items()]
         array.status.append(node_status)
+        if self.configure_error:
+            array.status.append(DiagnosticStatus(level=DiagnosticStatus.ERROR, name=f'{node_name}: configure',
+                                                 message=f'configure failed: {self.configure_error}'[:250]))
         for worker in list(self.workers.values()):
-            array.status.append(worker.stats.to_status(node_name))
+            array.status.append(worker.stats.to_status(node_name, p.diagnostics_window_s))
         for name, reason in sorted(self.config_errors.items()):
             array.status.append(DiagnosticStatus(level=DiagnosticStatus.ERROR, name=f'{node_name}: localizer {name}',
                                                  message=f'not configured: {reason}'[:250],
                                                  values=[KeyValue(key='configured', value='false')]))
         return array
 
-    def _start_configure_failure_diagnostics(self) -> None:
-        """/diagnostics also while configure has failed (the lifecycle publisher exists only once configured)."""
-        self._failure_diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', OUTPUT_QOS)
-        self._failure_diag_timer = self.create_timer(self._param_or('diagnostics_period_s', 1.0),
-                                                     self._publish_configure_failure,
-                                                     clock=Clock(clock_type=ClockType.STEADY_TIME))
-
-    def _publish_configure_failure(self) -> None:
-        if not self.configure_error or self._node_pubs:
-            return
-        array = DiagnosticArray()
-        array.header.stamp = self.get_clock().now().to_msg()
-        array.status.append(configure_failed_status(self.get_fully_qualified_name(), self.configure_error))
-        self._failure_diag_pub.publish(array)
-
     def publish_diagnostics(self) -> None:
-        if self._node_pubs:
-            self._node_pubs['diagnostics'].publish(self.diagnostics_array())
+        if self._diag_pub is not None:
+            self._diag_pub.publish(self.diagnostics_array())
 
 
 USAGE = """usage: vizloc_node [--ros-args --params-file config/localize.yaml [-p name:=value ...] [-r from:=to ...]]

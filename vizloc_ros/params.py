@@ -14,6 +14,7 @@ localizers, bundles) can only change while the node is unconfigured.
 from __future__ import annotations
 
 import math
+
 import typing
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -35,6 +36,7 @@ __all__ = [
     'declare_localizer_parameters',
     'check_parameter_change',
     'unknown_localizer_overrides',
+    'unknown_node_overrides',
 ]
 
 IMAGE_TRANSPORTS = ('raw', 'compressed')
@@ -86,20 +88,16 @@ NODE_PARAMETERS: dict[str, _Spec] = {
                        "'reliable' (depth 5). Outputs are always reliable.", choices=INPUT_QOS),
     'map_frame': _Spec('map', ParameterType.PARAMETER_STRING, 'frame_id of ~/<name>/pose, ~/<name>/path and pose markers.'),
     'base_frame': _Spec('base_link', ParameterType.PARAMETER_STRING,
-                        'Robot body frame (REP-103: x forward, y left, z up) whose pose ~/<name>/pose gives in map_frame.'),
-    'camera_xyz_m': _Spec([0.0, 0.0, 0.0], ParameterType.PARAMETER_DOUBLE_ARRAY,
-                          'Camera optical frame origin in base_frame (m): the static extrinsic T_base_camera.'),
-    'camera_rpy_rad': _Spec([-1.5707963267948966, 0.0, -1.5707963267948966], ParameterType.PARAMETER_DOUBLE_ARRAY,
-                            'Camera optical frame orientation in base_frame, fixed-axis roll pitch yaw (rad, as URDF); '
-                            'the default points the optical axis (z) along base x.'),
-    'extrinsic_from_tf': _Spec(False, ParameterType.PARAMETER_BOOL,
-                               'Look T_base_camera up in tf2 (base_frame -> image frame_id) where tf2_ros is importable; '
-                               'the camera_* parameters are the fallback.'),
+                        'The robot frame whose pose ~/<name>/pose carries (its child frame; what robot_localization '
+                        'calls base_link_frame). The camera is mounted on it by T_base_camera_xyz / _rpy.'),
+    'T_base_camera_xyz': _Spec([0.0, 0.0, 0.0], ParameterType.PARAMETER_DOUBLE_ARRAY,
+                               'Position (m) of the camera optical frame in base_frame.'),
+    'T_base_camera_rpy': _Spec([0.0, 0.0, 0.0], ParameterType.PARAMETER_DOUBLE_ARRAY,
+                               'Orientation (roll, pitch, yaw in rad, fixed axes as static_transform_publisher) of the '
+                               'camera optical frame in base_frame. All zero (the default): ~/pose is the optical '
+                               "frame's pose; a forward-looking camera is [-1.5708, 0.0, -1.5708]."),
     'rectified': _Spec(False, ParameterType.PARAMETER_BOOL,
                        'Images are rectified: use CameraInfo P, not K + D (also done when D is all zero).'),
-    'unknown_altitude_m': _Spec(0.0, ParameterType.PARAMETER_DOUBLE,
-                                'NavSatFix altitude (m) published when a localizer does not estimate it '
-                                '(variance 1e6 m^2), so navsat_transform keeps the fix.'),
     'cache_dir': _Spec('', ParameterType.PARAMETER_STRING,
                        'Writable cache for TensorRT engines etc.; empty = $VIZLOC_CACHE_DIR or ~/.cache/vizloc_ros.'),
     'publish_markers': _Spec(True, ParameterType.PARAMETER_BOOL, 'Publish ~/markers (MarkerArray) and ~/<name>/path (Path).',
@@ -107,16 +105,31 @@ NODE_PARAMETERS: dict[str, _Spec] = {
     'publish_timing': _Spec(False, ParameterType.PARAMETER_BOOL,
                             'Publish per-frame timestamps (callback, model start/end, published) on ~/timing '
                             '(diagnostic_msgs/DiagnosticStatus); used by scripts/bench_node.py.', runtime=True),
-    'path_max_length': _Spec(1000, ParameterType.PARAMETER_INTEGER, 'Poses kept in ~/<name>/path (oldest dropped).',
+    'path_max_length': _Spec(1000, ParameterType.PARAMETER_INTEGER, 'Poses kept in each ~/<name>/path (oldest dropped).',
                              int_range=(1, 100000), runtime=True),
-    'expected_rate_hz': _Spec(0.0, ParameterType.PARAMETER_DOUBLE,
-                              'Expected camera frame rate in Hz for the /diagnostics frequency check (10 % tolerance, '
-                              'diagnostic_updater semantics); 0 = no rate check.', float_range=(0.0, 1000.0)),
-    'stale_after_s': _Spec(2.0, ParameterType.PARAMETER_DOUBLE,
-                           '/diagnostics input status: ERROR when no frame arrived this long after activation, '
-                           'STALE when the camera stopped this long ago.', float_range=(0.1, 3600.0)),
     'diagnostics_period_s': _Spec(1.0, ParameterType.PARAMETER_DOUBLE, 'Period of /diagnostics messages in seconds.',
                                   float_range=(0.1, 60.0)),
+    'diagnostics_window_s': _Spec(10.0, ParameterType.PARAMETER_DOUBLE,
+                                  'Errors and rates are judged over this many recent seconds: an old error no longer '
+                                  'holds a localizer at WARN.', float_range=(1.0, 3600.0)),
+    'input_timeout_s': _Spec(2.0, ParameterType.PARAMETER_DOUBLE,
+                             'While active, the camera input is STALE in /diagnostics after this many seconds '
+                             'without a frame.', float_range=(0.1, 3600.0)),
+    'expected_rate_hz': _Spec(0.0, ParameterType.PARAMETER_DOUBLE,
+                              'Expected camera rate; /diagnostics warns when the measured input rate leaves '
+                              'expected_rate_hz x (1 +- rate_tolerance). 0 = no frequency check.',
+                              float_range=(0.0, 1000.0)),
+    'rate_tolerance': _Spec(0.1, ParameterType.PARAMETER_DOUBLE,
+                            'Relative tolerance of the frequency check (diagnostic_updater default 0.1).',
+                            float_range=(0.0, 1.0)),
+    'max_image_pixels': _Spec(4096 * 4096, ParameterType.PARAMETER_INTEGER,
+                              'Largest image (width x height) accepted; a compressed image is checked from its header '
+                              'before decoding, a raw image from its claimed size. Larger ones are refused and counted.',
+                              int_range=(1, 1 << 31)),
+    'worker_join_timeout_s': _Spec(10.0, ParameterType.PARAMETER_DOUBLE,
+                                   'On deactivate, how long to wait for a localizer busy in localize(). A worker that '
+                                   'outlives it is never duplicated: its late result is discarded and it serves the '
+                                   'next activation.', float_range=(0.01, 600.0)),
     'error_log_throttle_s': _Spec(5.0, ParameterType.PARAMETER_DOUBLE,
                                   'At most one log line per error kind and localizer in this many seconds '
                                   '(every error is still counted in /diagnostics).', float_range=(0.0, 3600.0),
@@ -149,18 +162,20 @@ class NodeParams:
     input_qos: str = 'sensor_data'
     map_frame: str = 'map'
     base_frame: str = 'base_link'
-    camera_xyz_m: tuple[float, ...] = (0.0, 0.0, 0.0)
-    camera_rpy_rad: tuple[float, ...] = (-1.5707963267948966, 0.0, -1.5707963267948966)
-    extrinsic_from_tf: bool = False
+    T_base_camera_xyz: tuple[float, ...] = (0.0, 0.0, 0.0)
+    T_base_camera_rpy: tuple[float, ...] = (0.0, 0.0, 0.0)
     rectified: bool = False
-    unknown_altitude_m: float = 0.0
     cache_dir: str = ''
     publish_markers: bool = True
     publish_timing: bool = False
     path_max_length: int = 1000
-    expected_rate_hz: float = 0.0
-    stale_after_s: float = 2.0
     diagnostics_period_s: float = 1.0
+    diagnostics_window_s: float = 10.0
+    input_timeout_s: float = 2.0
+    expected_rate_hz: float = 0.0
+    rate_tolerance: float = 0.1
+    max_image_pixels: int = 4096 * 4096
+    worker_join_timeout_s: float = 10.0
     error_log_throttle_s: float = 5.0
 
     def __post_init__(self) -> None:
@@ -168,14 +183,12 @@ class NodeParams:
             raise ConfigError(f'image_transport must be one of {IMAGE_TRANSPORTS}, got {self.image_transport!r}')
         if self.input_qos not in INPUT_QOS:
             raise ConfigError(f'input_qos must be one of {INPUT_QOS}, got {self.input_qos!r}')
-        if not self.map_frame:
-            raise ConfigError('map_frame must not be empty')
-        if not self.base_frame:
-            raise ConfigError('base_frame must not be empty')
-        for name in ('camera_xyz_m', 'camera_rpy_rad'):
-            values = getattr(self, name)
-            if len(values) != 3 or not all(math.isfinite(v) for v in values):
-                raise ConfigError(f'{name} must be 3 finite numbers, got {list(values)}')
+        if not self.map_frame or not self.base_frame:
+            raise ConfigError('map_frame and base_frame must not be empty')
+        if len(self.T_base_camera_xyz) != 3 or len(self.T_base_camera_rpy) != 3 or not all(
+                math.isfinite(v) for v in (*self.T_base_camera_xyz, *self.T_base_camera_rpy)):
+            raise ConfigError(f'T_base_camera_xyz and T_base_camera_rpy need 3 finite numbers each, got '
+                              f'{list(self.T_base_camera_xyz)} and {list(self.T_base_camera_rpy)}')
         if len(set(self.localizers)) != len(self.localizers):
             raise ConfigError(f'localizers has duplicate names: {list(self.localizers)}')
 
@@ -256,8 +269,8 @@ def read_node_params(node: Any) -> NodeParams:
     v = {name: _value(node, name, spec) for name, spec in NODE_PARAMETERS.items()}
     v['localizers'] = tuple(v['localizers'] or ())
     v['blocked_plugins'] = tuple(v['blocked_plugins'] or ())
-    v['camera_xyz_m'] = tuple(float(x) for x in v['camera_xyz_m'])
-    v['camera_rpy_rad'] = tuple(float(x) for x in v['camera_rpy_rad'])
+    v['T_base_camera_xyz'] = tuple(float(x) for x in v['T_base_camera_xyz'] or ())
+    v['T_base_camera_rpy'] = tuple(float(x) for x in v['T_base_camera_rpy'] or ())
     return NodeParams(**v)
 
 
@@ -291,6 +304,40 @@ def unknown_localizer_overrides(node: Any, name: str, known: Iterable[str]) -> l
     prefix = f'{name}.'
     known = set(known)
     return sorted(k for k in overrides if k.startswith(prefix) and k[len(prefix):] not in known)
+
+
+#: Parameters rclpy itself declares or reads, never reported as unknown.
+_RCLPY_PARAMETERS = frozenset({'use_sim_time', 'start_type_description_service'})
+_RCLPY_PREFIXES = ('qos_overrides.',)
+
+
+def unknown_node_overrides(node: Any, localizers: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(errors, notes) for overrides that no declared parameter or listed localizer takes.
+
+    An error names the parameter and the closest known name (``diagnostic_period_s``: did you mean
+    ``diagnostics_period_s``?). A ``<name>.*`` group with a ``<name>.type`` for a name not listed in
+    ``localizers`` is a localizer defined but not enabled: a note, not an error (a params file may
+    define several localizers and a launch argument pick some).
+    """
+    import difflib
+
+    overrides = getattr(node, '_parameter_overrides', {})  # rclpy keeps the overrides here (no public getter)
+    listed = set(localizers)
+    known = sorted(set(NODE_PARAMETERS) | _RCLPY_PARAMETERS | {f'{n}.{k}' for n in listed for k in LOCALIZER_COMMON})
+    defined = {k.split('.', 1)[0] for k in overrides if k.endswith('.type') and k.count('.') == 1}
+    errors, notes = [], []
+    for name in sorted(overrides):
+        head = name.split('.', 1)[0]
+        if name in known or node.has_parameter(name) or name.startswith(_RCLPY_PREFIXES) or head in listed:
+            continue  # localizer keys are checked against their type when the localizer is configured
+        if '.' in name and head in defined:
+            if name == f'{head}.type':
+                notes.append(f'localizer {head!r} is defined but not listed in localizers {sorted(listed)}; it is not run')
+            continue
+        close = difflib.get_close_matches(name, known + [f'{n}.' for n in listed], n=1, cutoff=0.6)
+        hint = f'; did you mean {close[0]!r}?' if close else f'; known node parameters: {sorted(NODE_PARAMETERS)}'
+        errors.append(f'unknown parameter {name!r}{hint}')
+    return errors, notes
 
 
 def _type_name(tp: Any) -> str:

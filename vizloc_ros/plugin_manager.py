@@ -57,18 +57,19 @@ def load_registry(blocked: Iterable[str] = (), extra_plugins: Iterable[object] =
             pm.register(plugin, name=name)
     pm.check_pending()
 
-    # Call each plugin's implementation on its own so that one failing plugin is reported and skipped.
+    # Call the hook through pluggy once per plugin (a subset caller holding only that plugin), so that one
+    # failing plugin is reported and skipped and each registration is stamped with its plugin's name.
     for impl in pm.hook.vizloc_register_localizers.get_hookimpls():
         name = impl.plugin_name
-        report.registry._current_plugin = name
+        others = [p for p in pm.get_plugins() if p is not impl.plugin]
+        caller = pm.subset_hook_caller('vizloc_register_localizers', remove_plugins=others)
         try:
-            impl.function(registry=report.registry)
+            caller(registry=report.registry.for_plugin(name))
         except Exception as exc:  # one broken plugin must not take the node down
             report.failed[name] = repr(exc)
             logger.error('plugin %s failed to register its localizers: %r', name, exc)
             continue
         report.loaded.append(name)
-    report.registry._current_plugin = ''
     logger.info('localizer plugins loaded: %s; blocked: %s; types: %s',
                 report.loaded or 'none', blocked or 'none', sorted(report.registry.types) or 'none')
     return report

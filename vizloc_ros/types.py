@@ -22,6 +22,10 @@ __all__ = [
     'PoseEstimate',
     'LocalizationResult',
     'InvalidInputError',
+    'InvalidOutputError',
+    'check_covariance',
+    'check_rotation',
+    'check_result',
 ]
 
 
@@ -29,13 +33,56 @@ class InvalidInputError(ValueError):
     """An input (image, calibration, parameter) that cannot be used; the message says why."""
 
 
-def _as_matrix(value: object, shape: tuple[int, ...], what: str) -> np.ndarray:
-    array = np.asarray(value, dtype=np.float64)
+class InvalidOutputError(ValueError):
+    """An estimate that must not be published (non-PSD covariance, not a rotation, impossible position).
+
+    Raised when a localizer builds such an estimate and by :func:`check_result`; the node counts it
+    as ``invalid_output`` (a fault of the localizer, not of the input).
+    """
+
+
+#: Relative tolerances of the estimate checks (float64 estimates built from float32 networks).
+SYMMETRY_RTOL = 1e-6
+PSD_RTOL = 1e-9
+ROTATION_ATOL = 1e-5
+
+
+def _as_matrix(value: object, shape: tuple[int, ...], what: str,
+               error: type[ValueError] = InvalidInputError) -> np.ndarray:
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise error(f'{what} is not a numeric array: {exc}') from exc
     if array.shape != shape:
-        raise InvalidInputError(f'{what} must have shape {shape}, got {array.shape}')
+        raise error(f'{what} must have shape {shape}, got {array.shape}')
     if not np.all(np.isfinite(array)):
-        raise InvalidInputError(f'{what} contains non-finite values')
+        raise error(f'{what} contains non-finite values')
     return array
+
+
+def check_covariance(cov: object, shape: tuple[int, int], what: str) -> np.ndarray:
+    """``cov`` as a finite, symmetric, positive semi-definite float64 matrix, or InvalidOutputError.
+
+    Symmetry within ``SYMMETRY_RTOL`` of the largest entry (the result is exactly symmetrised), the
+    smallest eigenvalue not below ``-PSD_RTOL`` times the largest.
+    """
+    C = _as_matrix(cov, shape, what, InvalidOutputError)
+    scale = float(np.max(np.abs(C))) if C.size else 0.0
+    if np.any(np.abs(C - C.T) > SYMMETRY_RTOL * max(scale, 1e-300)):
+        raise InvalidOutputError(f'{what} is not symmetric (max |C - C^T| = {np.max(np.abs(C - C.T)):.3g})')
+    C = 0.5 * (C + C.T)
+    eig = np.linalg.eigvalsh(C)
+    if eig[0] < -PSD_RTOL * max(float(eig[-1]), 0.0) or eig[0] < 0 and eig[-1] <= 0:
+        raise InvalidOutputError(f'{what} is not positive semi-definite (eigenvalues {eig.min():.3g} .. {eig.max():.3g})')
+    if np.any(np.diag(C) < 0):
+        raise InvalidOutputError(f'{what} has a negative variance: {np.diag(C).tolist()}')
+    return C
+
+
+def check_rotation(R: np.ndarray, what: str) -> None:
+    """InvalidOutputError unless ``R`` (3x3) is orthonormal with determinant +1 (within ``ROTATION_ATOL``)."""
+    if not np.allclose(R.T @ R, np.eye(3), atol=ROTATION_ATOL) or abs(np.linalg.det(R) - 1.0) > ROTATION_ATOL:
+        raise InvalidOutputError(f'{what} is not a rotation (R^T R != I or det(R) = {np.linalg.det(R):.3g} != +1)')
 
 
 @dataclass(frozen=True)
@@ -148,6 +195,13 @@ class RoomEstimate:
     localizer: str
     latency_ms: float
 
+    def __post_init__(self) -> None:
+        # float32 softmax outputs: allow rounding of 1e-6 around [0, 1]
+        if not math.isfinite(self.confidence) or not -1e-6 <= self.confidence <= 1.0 + 1e-6:
+            raise InvalidOutputError(f'room confidence must be in [0, 1], got {self.confidence}')
+        if any(not math.isfinite(p) or not -1e-6 <= p <= 1.0 + 1e-6 for p in self.probabilities.values()):
+            raise InvalidOutputError('room probabilities must be in [0, 1]')
+
     def top_k(self, k: int = 3) -> list[tuple[str, float]]:
         return sorted(self.probabilities.items(), key=lambda kv: kv[1], reverse=True)[:k]
 
@@ -169,8 +223,10 @@ class GeoEstimate:
 
     def __post_init__(self) -> None:
         if not (-90.0 <= self.lat_deg <= 90.0) or not (-180.0 <= self.lon_deg <= 180.0):
-            raise InvalidInputError(f'impossible WGS84 position lat={self.lat_deg} lon={self.lon_deg}')
-        object.__setattr__(self, 'cov_enu_m2', _as_matrix(self.cov_enu_m2, (3, 3), 'cov_enu_m2'))
+            raise InvalidOutputError(f'impossible WGS84 position lat={self.lat_deg} lon={self.lon_deg}')
+        if math.isinf(self.alt_m):
+            raise InvalidOutputError(f'altitude must be finite or NaN (unknown), got {self.alt_m}')
+        object.__setattr__(self, 'cov_enu_m2', check_covariance(self.cov_enu_m2, (3, 3), 'cov_enu_m2'))
 
 
 @dataclass(frozen=True)
@@ -189,8 +245,12 @@ class PoseEstimate:
     inlier_ratio: float = math.nan
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, 'T_map_camera', _as_matrix(self.T_map_camera, (4, 4), 'T_map_camera'))
-        object.__setattr__(self, 'cov_6x6', _as_matrix(self.cov_6x6, (6, 6), 'cov_6x6'))
+        T = _as_matrix(self.T_map_camera, (4, 4), 'T_map_camera', InvalidOutputError)
+        check_rotation(T[:3, :3], 'T_map_camera rotation')
+        if not np.allclose(T[3], [0.0, 0.0, 0.0, 1.0]):
+            raise InvalidOutputError(f'T_map_camera last row must be 0 0 0 1, got {T[3].tolist()}')
+        object.__setattr__(self, 'T_map_camera', T)
+        object.__setattr__(self, 'cov_6x6', check_covariance(self.cov_6x6, (6, 6), 'cov_6x6'))
 
 
 @dataclass(frozen=True)
@@ -217,4 +277,22 @@ class LocalizationResult:
 
     def __post_init__(self) -> None:
         if self.status not in ('ok', 'no_fix'):
-            raise InvalidInputError(f"status must be 'ok' or 'no_fix', got {self.status!r}")
+            raise InvalidOutputError(f"status must be 'ok' or 'no_fix', got {self.status!r}")
+
+
+def check_result(result: LocalizationResult) -> None:
+    """Re-validate every estimate of ``result`` before it is published (InvalidOutputError if unusable).
+
+    The estimate classes validate themselves when built; this repeats the checks at the node so that
+    an estimate altered after construction (or a duck-typed look-alike) cannot reach a topic.
+    """
+    if not isinstance(result, LocalizationResult):
+        raise InvalidOutputError(f'localize() returned {type(result).__name__}, not LocalizationResult')
+    if result.status not in ('ok', 'no_fix'):
+        raise InvalidOutputError(f"status must be 'ok' or 'no_fix', got {result.status!r}")
+    for name, kind in (('room', RoomEstimate), ('geo', GeoEstimate), ('pose', PoseEstimate)):
+        value = getattr(result, name)
+        if value is not None and not isinstance(value, kind):
+            raise InvalidOutputError(f'result.{name} is a {type(value).__name__}, not {kind.__name__}')
+        if value is not None:
+            value.__post_init__()  # the constructor's checks, on the values as they are now

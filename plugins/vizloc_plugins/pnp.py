@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 __all__ = ['RansacOptions', 'PnPSolution', 'PnPError', 'solve_pnp_ransac', 'pose_covariance_map',
-           'project_points']
+           'project_points', 'undistort_pixels', 'geo_estimate_from_pose']
 
 logger = logging.getLogger(__name__)
 
@@ -333,3 +333,28 @@ def rotation_error_deg(R_a: np.ndarray, R_b: np.ndarray) -> float:
     """Angle of R_a^T R_b in degrees (small helper for diagnostics)."""
     cos = (np.trace(R_a.T @ R_b) - 1.0) / 2.0
     return math.degrees(math.acos(float(np.clip(cos, -1.0, 1.0))))
+
+
+def undistort_pixels(pixels_N2: np.ndarray, K_3x3: np.ndarray, dist_coeffs: np.ndarray | None,
+                     distortion_model: str = 'plumb_bob') -> np.ndarray:
+    """Pixels of a distorted camera -> pixels of the ideal pinhole camera with the same ``K``
+    (``cv2.undistortPoints``; ``cv2.fisheye.undistortPoints`` for ``equidistant``). No-op without distortion."""
+    pixels = np.asarray(pixels_N2, dtype=np.float64)
+    if dist_coeffs is None or not np.asarray(dist_coeffs).size or not np.any(np.asarray(dist_coeffs) != 0):
+        return pixels
+    D = np.asarray(dist_coeffs, dtype=np.float64).reshape(-1)
+    if distortion_model == 'equidistant':
+        return cv2.fisheye.undistortPoints(pixels.reshape(-1, 1, 2), K_3x3, D[:4], P=K_3x3).reshape(-1, 2)
+    return cv2.undistortPoints(pixels.reshape(-1, 1, 2), K_3x3, D, P=K_3x3).reshape(-1, 2)
+
+
+def geo_estimate_from_pose(geo, T_map_camera: np.ndarray, cov_6x6: np.ndarray, localizer: str, latency_ms: float):
+    """WGS84 fix of a map-frame pose (``GeoReference.scene_to_wgs84``), its position covariance rotated to ENU."""
+    from vizloc_ros.types import GeoEstimate
+
+    position = np.asarray(T_map_camera)[:3, 3]
+    lat, lon, alt = geo.scene_to_wgs84(position[None])
+    R = geo.R_enu_scene(position)
+    cov_enu = R @ np.asarray(cov_6x6)[:3, :3] @ R.T
+    return GeoEstimate(lat_deg=float(np.ravel(lat)[0]), lon_deg=float(np.ravel(lon)[0]), alt_m=float(np.ravel(alt)[0]),
+                       cov_enu_m2=0.5 * (cov_enu + cov_enu.T), localizer=localizer, latency_ms=latency_ms)

@@ -25,14 +25,13 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
-import cv2
 import numpy as np
 
 from vizloc_ros.hookspecs import hookimpl
 from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext, LocalizerType
-from vizloc_ros.types import Frame, GeoEstimate, InvalidInputError, LocalizationResult, PoseEstimate
+from vizloc_ros.types import Frame, InvalidInputError, LocalizationResult, PoseEstimate
 
-from .pnp import PnPSolution, RansacOptions, solve_pnp_ransac
+from .pnp import PnPSolution, RansacOptions, geo_estimate_from_pose, solve_pnp_ransac, undistort_pixels
 
 __all__ = ['LOCALIZER_TYPE', 'OUTPUT_STRIDE', 'SceneCoordinatesOptions', 'SceneCoordinateLocalizer',
            'cell_centres_px', 'estimate_pose', 'vizloc_register_localizers']
@@ -101,12 +100,7 @@ def estimate_pose(coords_3hw: np.ndarray, log_scale_1hw: np.ndarray | None, K_in
         reference = np.median(scale[finite]) if finite.any() else 1.0
         weights = np.clip(reference / np.maximum(scale, 1e-12), 0.0, 1.0)[finite]
     points, pixels = points[finite], pixels[finite]
-    if dist_coeffs is not None and np.asarray(dist_coeffs).size and np.any(np.asarray(dist_coeffs) != 0):
-        D = np.asarray(dist_coeffs, dtype=np.float64).reshape(-1)
-        if distortion_model == 'equidistant':
-            pixels = cv2.fisheye.undistortPoints(pixels.reshape(-1, 1, 2), K_input, D[:4], P=K_input).reshape(-1, 2)
-        else:
-            pixels = cv2.undistortPoints(pixels.reshape(-1, 1, 2), K_input, D, P=K_input).reshape(-1, 2)
+    pixels = undistort_pixels(pixels, K_input, dist_coeffs, distortion_model)
     solution = solve_pnp_ransac(points, pixels, K_input, options, weights_N=weights)
     if solution is None or covariance_scale == 1.0:
         return solution
@@ -190,13 +184,7 @@ class SceneCoordinateLocalizer:
                             latency_ms=latency_ms, inlier_ratio=solution.inlier_ratio)
         geo = None
         if self.geo is not None:
-            position = solution.T_map_camera[:3, 3]
-            lat, lon, alt = self.geo.scene_to_wgs84(position[None])
-            R = self.geo.R_enu_scene(position)
-            cov_enu = R @ solution.cov_6x6[:3, :3] @ R.T
-            geo = GeoEstimate(lat_deg=float(np.ravel(lat)[0]), lon_deg=float(np.ravel(lon)[0]),
-                              alt_m=float(np.ravel(alt)[0]), cov_enu_m2=0.5 * (cov_enu + cov_enu.T),
-                              localizer=self.name, latency_ms=latency_ms)
+            geo = geo_estimate_from_pose(self.geo, solution.T_map_camera, solution.cov_6x6, self.name, latency_ms)
         return LocalizationResult(stamp_ns=frame.stamp_ns, frame_id=frame.frame_id, localizer=self.name,
                                   latency_ms=latency_ms, pose=pose, geo=geo, diagnostics=diagnostics)
 

@@ -55,8 +55,8 @@ def replay_command(bag: Path, topics: Sequence[str], rate: float) -> list[str]:
     return cmd + [str(bag), '--rate', str(rate), '--topics', *topics, '--wait-for-subscribers', '30']
 
 
-def _node_settings(params_file: Path, overrides: Sequence[str]) -> tuple[CameraExtrinsic, str, dict[str, str]]:
-    """(extrinsic, map_frame, {localizer: type}) as the node reads them (its own parameter code,
+def _node_settings(params_file: Path, overrides: Sequence[str]) -> tuple[CameraExtrinsic, str, str, dict[str, str]]:
+    """(extrinsic, base_frame, map_frame, {localizer: type}) as the node reads them (its own parameter code,
     unconfigured, own context)."""
     import rclpy
     from rclpy.context import Context
@@ -73,7 +73,7 @@ def _node_settings(params_file: Path, overrides: Sequence[str]) -> tuple[CameraE
         p = vparams.read_node_params(node)
         given = getattr(node, '_parameter_overrides', {})  # as vparams.unknown_localizer_overrides reads them
         types = {name: str(given[f'{name}.type'].value) for name in p.localizers if f'{name}.type' in given}
-        return CameraExtrinsic.from_xyz_rpy(p.base_frame, p.camera_xyz_m, p.camera_rpy_rad), p.map_frame, types
+        return CameraExtrinsic(p.T_base_camera_xyz, p.T_base_camera_rpy), p.base_frame, p.map_frame, types
     except ConfigError as exc:
         raise EvalError(f'{params_file}: {exc}') from exc
     finally:
@@ -215,7 +215,7 @@ def run_live(bag: str | os.PathLike[str], params_file: str | os.PathLike[str], *
     if not params_file.is_file():
         raise EvalError(f'{params_file}: no such params file')
     image, has_info = check_bag_topics(bag, image_topic, camera_info_topic)
-    extrinsic, map_frame, types = _node_settings(params_file, overrides)
+    extrinsic, base_frame, map_frame, types = _node_settings(params_file, overrides)
     env = dict(os.environ if env is None else env)
     log_dir = Path(log_dir) if log_dir is not None else bag.parent
     topics = [image] + ([camera_info_topic] if has_info else [])
@@ -260,6 +260,6 @@ def run_live(bag: str | os.PathLike[str], params_file: str | os.PathLike[str], *
     estimates = {name: _estimates(name, recorder.outputs, recorder.latency_ms) for name in names}
     return EvalRun(bag=bag, mode='live', frame_stamps_ns=frame_stamps, estimates=estimates,
                    types={n: types.get(n, '') for n in names}, frames_total=total_frames,
-                   extrinsic=extrinsic, map_frame=map_frame, node_name=f'/{NODE_NAME}',
+                   extrinsic=extrinsic, base_frame=base_frame, map_frame=map_frame, node_name=f'/{NODE_NAME}',
                    dropped={n: total_frames - len(e) for n, e in estimates.items()},
                    ground_truth=read_ground_truth(bag))

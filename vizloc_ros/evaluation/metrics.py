@@ -177,7 +177,7 @@ def score_localizer(name: str, estimates: list[Estimate], ground_truth: GroundTr
     pairs = [(e, _nearest(ground_truth, gt_stamps, e.stamp_ns, max_dt_ns)) for e in answered]
     pairs = [(e, g) for e, g in pairs if g is not None]
 
-    T_camera_base = extrinsic.T_camera_base
+    T_camera_base = np.linalg.inv(extrinsic.T_base_camera)
     pose_pairs = [(e, g) for e, g in pairs if e.T_map_base is not None and g.T_map_camera is not None]
     fix_pairs = [(e, g) for e, g in pairs if e.fix_lla is not None and g.fix_lla is not None]
     errors = np.zeros(0)

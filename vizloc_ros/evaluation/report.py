@@ -54,7 +54,7 @@ def _clean(value: Any) -> Any:
 def write_report_json(path: Path, run: EvalRun, reports: dict[str, LocalizerReport], extra: dict[str, Any]) -> Path:
     doc = {
         'bag': str(run.bag), 'mode': run.mode, 'node': run.node_name, 'map_frame': run.map_frame,
-        'base_frame': run.extrinsic.base_frame, 'T_base_camera': run.extrinsic.T_base_camera.tolist(),
+        'base_frame': run.base_frame, 'T_base_camera': run.extrinsic.T_base_camera.tolist(),
         'frames': len(run.frame_stamps_ns), 'ground_truth_frames': len(run.ground_truth),
         'not_configured': run.config_errors, **extra,
         'localizers': {name: rep.summary() for name, rep in reports.items()},
@@ -99,7 +99,7 @@ def format_table(reports: dict[str, LocalizerReport]) -> str:
 def write_report_md(path: Path, run: EvalRun, reports: dict[str, LocalizerReport], plots: list[Path]) -> Path:
     lines = [f'# vizloc-eval: {run.bag.name}', '',
              f'Bag `{run.bag}`, {len(run.frame_stamps_ns)} frames, mode **{run.mode}**; positions of '
-             f'`{run.extrinsic.base_frame}` in `{run.map_frame}` (ground truth through the same camera extrinsic).',
+             f'`{run.base_frame}` in `{run.map_frame}` (ground truth through the same camera extrinsic).',
              '', format_table(reports), '']
     for name, reason in run.config_errors.items():
         lines.append(f'* `{name}` was not configured: {reason}')

@@ -5,8 +5,8 @@ ones the node itself builds: a :class:`~vizloc_ros.node.VizlocNode` is construct
 params file and *configured* (its own parameter parsing, plugin loading and localizer creation),
 then every image goes through each localizer's ``localize`` in bag order, and the results become
 the messages the node would publish (:func:`~vizloc_ros.conversions.navsatfix_from_result`,
-:func:`~vizloc_ros.frames.fix_for_fusion`, :func:`~vizloc_ros.frames.base_pose_msg` with the node's
-camera extrinsic). No frame is dropped and nothing depends on timing.
+:func:`~vizloc_ros.frames.base_pose_from_camera_pose` with the node's camera extrinsic,
+:func:`~vizloc_ros.conversions.pose_msg_from_matrix`). No frame is dropped and nothing depends on timing.
 """
 from __future__ import annotations
 
@@ -80,6 +80,7 @@ class EvalRun:
     estimates: dict[str, list[Estimate]]
     types: dict[str, str]
     extrinsic: CameraExtrinsic
+    base_frame: str
     map_frame: str
     node_name: str
     config_errors: dict[str, str] = field(default_factory=dict)
@@ -167,14 +168,13 @@ def _message_classes() -> dict[str, Any]:
 
 def estimate_from_result(node: Any, name: str, result: Any, header: Any, latency_ms: float) -> Estimate:
     """The node's outputs for one LocalizationResult (the same conversions its workers publish with)."""
-    from ..conversions import navsatfix_from_result, room_msg_from_estimate
-    from ..frames import base_pose, base_pose_msg, fix_for_fusion
+    from ..conversions import navsatfix_from_result, pose_msg_from_matrix, room_msg_from_estimate
+    from ..frames import base_pose_from_camera_pose
 
     est = Estimate(localizer=name, stamp_ns=int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec),
                    status='no_fix' if result.status == 'no_fix' else 'ok', latency_ms=latency_ms)
     fix = navsatfix_from_result(result, header.stamp, header.frame_id)
     if fix is not None:
-        fix = fix_for_fusion(fix, node.node_params.unknown_altitude_m)
         est.messages.append(('fix', fix))
     if est.status == 'no_fix':
         return est
@@ -182,9 +182,9 @@ def estimate_from_result(node: Any, name: str, result: Any, header: Any, latency
         est.fix_lla = (float(result.geo.lat_deg), float(result.geo.lon_deg), float(result.geo.alt_m))
         est.cov_enu_m2 = np.asarray(result.geo.cov_enu_m2, dtype=np.float64)
     if result.pose is not None:
-        extrinsic = node.camera_extrinsic(header.frame_id)
-        est.T_map_base, est.cov_6x6 = base_pose(result.pose, extrinsic)
-        est.messages.append(('pose', base_pose_msg(result.pose, extrinsic, header.stamp, node.node_params.map_frame)))
+        est.T_map_base, est.cov_6x6 = base_pose_from_camera_pose(result.pose, node.extrinsic)
+        est.messages.append(('pose', pose_msg_from_matrix(est.T_map_base, est.cov_6x6, header.stamp,
+                                                          node.node_params.map_frame)))
     if result.room is not None:
         est.room = result.room.label
         est.messages.append(('room', room_msg_from_estimate(result.room)))
@@ -275,7 +275,8 @@ def run_offline(bag: str | os.PathLike[str], params_file: str | os.PathLike[str]
                 estimates[name].append(_localize_one(node, name, worker.localizer, msg, frame, stamp_ns))
         return EvalRun(bag=bag, mode='offline', frame_stamps_ns=stamps, estimates=estimates,
                        types={n: w.stats.localizer_type for n, w in workers.items()},
-                       extrinsic=node.camera_extrinsic(''), map_frame=node.node_params.map_frame,
+                       extrinsic=node.extrinsic, base_frame=node.node_params.base_frame,
+                       map_frame=node.node_params.map_frame,
                        node_name=node.get_fully_qualified_name(), config_errors=dict(node.config_errors),
                        dropped={n: 0 for n in workers}, ground_truth=read_ground_truth(bag))
     finally:
@@ -289,15 +290,24 @@ def _localize_one(node: Any, name: str, localizer: Any, msg: Any, frame: Any, st
         return Estimate(localizer=name, stamp_ns=stamp_ns, status='error', error=f'bad_input: {frame}')
     if localizer.requires_camera_info and frame.camera is None:
         return Estimate(localizer=name, stamp_ns=stamp_ns, status='waiting_camera_info')
+    from ..types import InvalidOutputError, check_result
+
     start = time.perf_counter()
     try:
         result = localizer.localize(frame)
     except InvalidInputError as exc:
         return Estimate(localizer=name, stamp_ns=stamp_ns, status='error', error=f'bad_input: {exc}')
+    except InvalidOutputError as exc:
+        return Estimate(localizer=name, stamp_ns=stamp_ns, status='error', error=f'invalid_output: {exc}')
     except Exception as exc:  # noqa: BLE001 - as in the node: a plugin that raises is counted, the run goes on
         logger.error('localizer %s raised on frame %d: %s: %s', name, stamp_ns, type(exc).__name__, exc)
         return Estimate(localizer=name, stamp_ns=stamp_ns, status='error', error=f'plugin_error: {type(exc).__name__}: {exc}')
     latency_ms = (time.perf_counter() - start) * 1e3
+    try:
+        check_result(result)  # the node's own check before publishing
+    except InvalidOutputError as exc:
+        return Estimate(localizer=name, stamp_ns=stamp_ns, status='error', latency_ms=latency_ms,
+                        error=f'invalid_output: {exc}')
     try:
         return estimate_from_result(node, name, result, msg.header, latency_ms)
     except (InvalidInputError, ValueError, TypeError) as exc:

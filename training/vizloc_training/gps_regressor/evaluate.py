@@ -5,7 +5,7 @@ Two ways in:
 * :func:`evaluate_arrays` - from predictions (metres in the regression frame) and ground truth; used
   by the trainer on the validation/test splits (torch model in memory).
 * :func:`evaluate_localizer_on_bag` - end to end: a rosbag2 evaluation bag (``vizloc-synth ... /
-  eval_bag``) replayed frame by frame through the *runtime* ``gps_regressor`` localizer (plugin,
+  eval.bag``) replayed frame by frame through the *runtime* ``gps_regressor`` localizer (plugin,
   ONNX Runtime) and compared with ``/ground_truth/fix``. ``python -m
   vizloc_training.gps_regressor.evaluate --bundle B [--bundle B2 ...] --bag DIR/eval_bag`` prints
   the table.

@@ -19,7 +19,8 @@ from .losses import MAX_ABS_RHO, covariance_from_head
 __all__ = ['BACKBONE_CHOICES', 'HEADS', 'POOLING', 'GPSRegressorNet', 'MetricHead', 'OUTPUT_NAMES', 'grid_anchors']
 
 #: Backbones the seed compares (EfficientNet-B0 is the default); the lighter MobileNets also work.
-BACKBONE_CHOICES = ('efficientnet_b0', 'resnet18', 'convnext_tiny', 'mobilenet_v3_small', 'mobilenet_v3_large')
+BACKBONE_CHOICES = ('efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2', 'efficientnet_b0', 'resnet18',
+                    'convnext_tiny', 'mobilenet_v3_small', 'mobilenet_v3_large')
 OUTPUT_NAMES = ('mean_en_m', 'cov_en_m2')
 #: ``avg``: global average pooling (the seed's heads). ``spatial``: 1x1 conv + flatten of the final
 #: feature map, keeping where things are in the image (needs a fixed input size).
@@ -75,7 +76,8 @@ class GPSRegressorNet(nn.Module):
     def __init__(self, backbone: str = 'efficientnet_b0', *, hidden: tuple[int, int] = (256, 128),
                  dropout: float = 0.2, correlation: bool = True, init_weights: Path | None = None,
                  pool: str = 'avg', image_hw: tuple[int, int] = (224, 224), spatial_channels: int = 32,
-                 anchors_z_K2: torch.Tensor | None = None, bin_var_z_2: torch.Tensor | None = None) -> None:
+                 anchors_z_K2: torch.Tensor | None = None, bin_var_z_2: torch.Tensor | None = None,
+                 pretrained: bool = False) -> None:
         super().__init__()
         if backbone not in BACKBONE_CHOICES:
             raise ValueError(f'unknown backbone {backbone!r} for the GPS regressor; choose one of {BACKBONE_CHOICES}')
@@ -91,7 +93,7 @@ class GPSRegressorNet(nn.Module):
             self.register_buffer('anchors_z', anchors_z_K2.detach().clone().float())
             self.register_buffer('bin_var_z', (bin_var_z_2 if bin_var_z_2 is not None
                                                else torch.zeros(2)).detach().clone().float().reshape(1, 2))
-        self.backbone, feature_dim = make_backbone(backbone, init_weights=init_weights)
+        self.backbone, feature_dim = make_backbone(backbone, init_weights=init_weights, pretrained=pretrained)
         self.correlation = correlation
         if pool == 'spatial':
             # Keep the layout of the final feature map (where things are in the view says where the

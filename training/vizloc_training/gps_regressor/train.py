@@ -36,8 +36,8 @@ from vizloc_ros.bundle import InputSpec
 from ..metrics import geo as geo_metrics
 from ..train.config import TrainArgs, TrainConfigError, resolve_preset
 from ..train.export import IMAGENET_MEAN, IMAGENET_STD, export_and_bundle
-from ..train.loop import (CheckpointManager, ddp_cleanup, ddp_setup, is_main_process, progress, select_device,
-                          set_seed)
+from ..train.loop import (CheckpointManager, ddp_cleanup, ddp_setup, discriminative_param_groups, is_main_process,
+                          progress, select_device, set_lr, set_seed)
 from .data import GPSData, load_gps_data
 from .evaluate import evaluate_arrays, nearest_train_distance, robustness_table
 from .losses import LOSSES, GPSLoss
@@ -54,7 +54,9 @@ COVERAGE_BAND_PCT = (90.0, 98.0)
 AUGMENT_LEVELS = ('none', 'light', 'strong')
 
 _BASE: dict[str, Any] = {
-    'backbone': 'efficientnet_b0',
+    'backbone': 'efficientnet_lite0',
+    'pretrained': True,          # start from the packaged ImageNet weights
+    'backbone_lr_factor': 0.3,   # fine-tuning: the backbone learns at lr x this, the head at lr
     'image_height': 96,
     'image_width': 128,
     'epochs': 30,
@@ -79,18 +81,18 @@ _BASE: dict[str, Any] = {
     'threads': 0,
 }
 
-#: Named presets. ``demo``: CPU-friendly default, <= 10 min on 2 shared cores (see
-#: docs/localizers/gps_regressor.md for the measured numbers and why mobilenet_v3_small at 64x48);
-#: ``tiny``: seconds, for tests; ``full``: the seed's configuration (EfficientNet-B0) on a GPU.
+#: Named presets. ``demo``: CPU-friendly default, <= 10 min on 2 shared cores: the ImageNet-pretrained
+#: EfficientNet-Lite0 fine-tuned at 128x96 (see docs/localizers/gps_regressor.md for the measured
+#: numbers); ``tiny``: seconds, for tests; ``full``: the seed's resolution (224) on a GPU.
 PRESETS: dict[str, dict[str, Any]] = {
     # haversine trains the mean faster than the NLL in a short budget (measured; the covariance head
     # is still trained by the NLL on the detached mean).
     # bins: a place distribution over 10 m cells, better than direct regression at equal CPU time (measured).
-    'demo': {**_BASE, 'backbone': 'mobilenet_v3_small', 'pool': 'spatial', 'image_height': 48, 'image_width': 64,
+    # spatial pooling keeps where things are in the view (which says where the camera is).
+    'demo': {**_BASE, 'pool': 'spatial', 'image_height': 96, 'image_width': 128, 'lr': 1e-3,
              'epochs': 400, 'time_budget_s': 540.0, 'loss': 'haversine', 'head': 'bins'},
-    # resnet18: MobileNets trained from scratch on a few dozen images barely move in a few steps.
-    'tiny': {**_BASE, 'backbone': 'resnet18', 'image_height': 32, 'image_width': 40, 'epochs': 2,
-             'batch_size': 8, 'lr': 1e-3, 'warmup_epochs': 0, 'augment': 'light'},
+    'tiny': {**_BASE, 'image_height': 32, 'image_width': 40, 'epochs': 2,
+             'batch_size': 8, 'lr': 3e-3, 'backbone_lr_factor': 1.0, 'warmup_epochs': 0, 'augment': 'light'},
     'full': {**_BASE, 'image_height': 224, 'image_width': 224, 'epochs': 120, 'batch_size': 32, 'lr': 4e-4,
              'weight_decay': 1e-3, 'warmup_epochs': 3},
 }
@@ -254,7 +256,7 @@ def train(args: TrainArgs) -> Path:
         logger.info('bins head: %d anchors of %.1f m', len(anchors_m), bin_size_m)
     net = GPSRegressorNet(config['backbone'], dropout=float(config['dropout']), correlation=bool(config['correlation']),
                           init_weights=args.init_weights, pool=config['pool'], image_hw=(height, width),
-                          anchors_z_K2=anchors_z, bin_var_z_2=bin_var_z).to(device)
+                          anchors_z_K2=anchors_z, bin_var_z_2=bin_var_z, pretrained=bool(config['pretrained'])).to(device)
     std_dev = std_t.to(device)
     head = MetricHead(net, mean_t, std_t).to(device)
     model: torch.nn.Module = net
@@ -262,7 +264,9 @@ def train(args: TrainArgs) -> Path:
         model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == 'cuda' else None)
     loss_fn = GPSLoss(config['loss'], mean_en_m=mean_t, std_en_m=std_t, origin_lat_deg=frame.origin_lat_deg,
                       origin_lon_deg=frame.origin_lon_deg, nll_beta=float(config['nll_beta']))
-    optimizer = torch.optim.AdamW(net.parameters(), lr=float(config['lr']), weight_decay=float(config['weight_decay']))
+    optimizer = torch.optim.AdamW(discriminative_param_groups(net, net.backbone, float(config['lr']),
+                                                              float(config['backbone_lr_factor'])),
+                                  lr=float(config['lr']), weight_decay=float(config['weight_decay']))
     batch_size = int(config['batch_size'])
     n_train = len(train_images)
     # Each rank takes every world_size-th sample of the epoch's permutation.
@@ -324,8 +328,7 @@ def train(args: TrainArgs) -> Path:
             idx = order[step * batch_size:(step + 1) * batch_size]
             if len(idx) == 0:
                 continue
-            for group in optimizer.param_groups:
-                group['lr'] = lr_at(global_step, elapsed)
+            set_lr(optimizer, lr_at(global_step, elapsed) / float(config['lr']))
             idx_np = np.sort(idx.numpy())
             x = augment_batch(_to_unit(train_images[idx_np], device), config['augment'], generator)
             target = train_z[idx_np].to(device)
@@ -418,6 +421,7 @@ def train(args: TrainArgs) -> Path:
         'alt_std_m': frame.alt_std_m if frame.altitude_known else None,
         'resize': 'stretch',
         'backbone': config['backbone'],
+        'backbone_weights': net.backbone.weights_source,
         'loss': config['loss'],
         'head': config['head'],
         'anchors': ({'count': int(anchors_z.shape[0]), 'bin_size_m': bin_size_m} if anchors_z is not None else None),

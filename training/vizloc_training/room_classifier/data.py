@@ -8,7 +8,7 @@ the classifier could never output it). Images are decoded once and kept as
 uint8 RGB, downscaled so that the shorter side is at most ``max_side_px`` (enough for the
 training resolution plus random crops).
 
-Test trajectory (frames in temporal order) for the smoothing evaluation: ``DIR/eval_bag`` (the
+Test trajectory (frames in temporal order) for the smoothing evaluation: ``DIR/eval_bag`` (or the older ``DIR/eval.bag``; the
 rosbag2 evaluation bag the synthetic worlds write, rooms on ``/ground_truth/room``) when it exists,
 else the test split ordered by file name across rooms (frame names are expected to carry the
 frame index or timestamp, e.g. ``000123.png``), videos frame by frame.
@@ -117,11 +117,22 @@ def train_transform(size: int, *, scale_min: float = 0.35, jitter: float = 0.3, 
 
 
 def eval_transform(size: int, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
-    """Plain resize to ``size x size`` (the plugin's 'stretch' resize), normalise."""
-    from torchvision.transforms import v2
+    """Resize to ``size x size`` exactly as the plugin does at run time ('stretch', OpenCV), normalise.
 
-    return v2.Compose([v2.Resize((size, size), antialias=True), v2.ToDtype(torch.float32, scale=True),
-                       v2.Normalize(mean, std)])
+    Validation and test figures then measure the deployed preprocessing: torchvision's antialiased
+    resize and OpenCV's INTER_AREA differ by enough to flip frames near a decision boundary.
+    """
+    from torchvision.transforms import v2
+    from vizloc_plugins.common import resize_for_model
+
+    normalise = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+
+    def transform(chw: torch.Tensor) -> torch.Tensor:
+        hwc = np.ascontiguousarray(chw.permute(1, 2, 0).numpy())
+        resized, _ = resize_for_model(hwc, size, size, 'stretch')
+        return normalise(torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1))
+
+    return transform
 
 
 class AugmentedRooms(Dataset):
@@ -152,15 +163,14 @@ def temporal_order(split: RoomSplit) -> list[int]:
 def iter_trajectory(data: Path, classes: list[str], split: str = 'test') -> Iterator[tuple[np.ndarray, int, str]]:
     """A split as a trajectory in temporal order: (RGB uint8 image, class index, source).
 
-    For ``test``: from ``data/eval_bag`` (or an older world's ``eval.bag``) when present (frames
-    with a ground-truth room). Otherwise
+    For ``test``: from ``data/eval_bag`` (or ``data/eval.bag``) when present (frames with a ground-truth room). Otherwise
     the split's frames ordered by file name across rooms (clips frame by frame).
     """
     data = Path(data)
     index = {name: i for i, name in enumerate(classes)}
-    from vizloc_ros.bags import evaluation_bag_path
+    from vizloc_ros.bags import EVAL_BAG_NAME, find_evaluation_bag
 
-    bag = evaluation_bag_path(data)
+    bag = find_evaluation_bag(data) or data / EVAL_BAG_NAME
     if split == 'test' and bag.exists():
         from vizloc_ros.bags import read_evaluation_bag
 
@@ -172,7 +182,7 @@ def iter_trajectory(data: Path, classes: list[str], split: str = 'test') -> Iter
             yield sample.rgb_HW3, index[sample.room], f'{bag}@{sample.stamp_ns}'
         return
     if not (data / split).is_dir():
-        raise FileNotFoundError(f'{data}: no {split}/ trajectory' + (' and no eval_bag' if split == 'test' else ''))
+        raise FileNotFoundError(f'{data}: no {split}/ trajectory' + (f' and no {EVAL_BAG_NAME}' if split == 'test' else ''))
     dataset = RoomsDataset(data, split, labels=classes)
     order = sorted(dataset.samples, key=lambda s: (s.path.stem, s.path.name, s.frame_index or 0))
     try:

@@ -76,6 +76,6 @@ class RoomClassifierExport(nn.Module):
 
 
 def build_model(backbone: str, num_classes: int, *, dropout: float = 0.2,
-                init_weights: Path | None = None) -> RoomClassifier:
-    net, _ = make_backbone(backbone, init_weights=init_weights)
+                init_weights: Path | None = None, pretrained: bool = False) -> RoomClassifier:
+    net, _ = make_backbone(backbone, init_weights=init_weights, pretrained=pretrained)
     return RoomClassifier(net, num_classes, dropout=dropout)

@@ -41,7 +41,8 @@ from ..metrics.classification import classification_report
 from ..models.backbones import count_flops, count_params
 from ..train.config import TrainArgs, resolve_preset
 from ..train.export import export_and_bundle, rewrite_bundle_metrics
-from ..train.loop import (CheckpointError, CheckpointManager, ddp_cleanup, ddp_setup, is_main_process, lr_factor,
+from ..train.loop import (CheckpointError, CheckpointManager, ddp_cleanup, ddp_setup, discriminative_param_groups,
+                          is_main_process, lr_factor, set_lr,
                           progress, select_device, set_seed, work_dir)
 from .data import AugmentedRooms, RoomSplit, eval_transform, list_classes, load_split, train_transform
 from .evaluate import calibrate_smoothing, evaluate_trajectory, predict_split
@@ -54,7 +55,9 @@ logger = logging.getLogger(__name__)
 LOCALIZER_TYPE = 'room_classifier'
 
 _COMMON: dict[str, Any] = {
-    'backbone': 'mobilenet_v3_small',
+    'backbone': 'efficientnet_lite0',
+    'pretrained': True,         # start from the packaged ImageNet weights (backbones with them; see docs/training.md)
+    'backbone_lr_factor': 0.2,  # fine-tuning: the backbone learns at lr x this, the new head at lr
     'weight_decay': 0.05,
     'label_smoothing': 0.1,
     'dropout': 0.2,
@@ -143,7 +146,7 @@ def _train(args: TrainArgs, cfg: dict[str, Any], device: torch.device, dist) -> 
                 len(test_split))
 
     model = build_model(cfg['backbone'], len(classes), dropout=float(cfg['dropout']),
-                        init_weights=args.init_weights).to(device)
+                        init_weights=args.init_weights, pretrained=bool(cfg['pretrained'])).to(device)
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.momentum = float(cfg['bn_momentum'])
@@ -162,7 +165,9 @@ def _train(args: TrainArgs, cfg: dict[str, Any], device: torch.device, dist) -> 
     epochs = int(cfg['epochs'])
     steps_per_epoch = max(1, len(loader))
     base_lr = float(cfg['lr'])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=base_lr, weight_decay=float(cfg['weight_decay']))
+    optimizer = torch.optim.AdamW(discriminative_param_groups(model, model.backbone, base_lr,
+                                                              float(cfg['backbone_lr_factor'])),
+                                  lr=base_lr, weight_decay=float(cfg['weight_decay']))
     budget_s = float(cfg['time_budget_s'])
     if budget_s > 0 and dist.enabled:
         logger.warning('time_budget_s is ignored under DDP (ranks must run the same number of steps)')
@@ -222,8 +227,7 @@ def _train(args: TrainArgs, cfg: dict[str, Any], device: torch.device, dist) -> 
                 out_of_time = True
                 logger.info('time budget of %.0f s used up in epoch %d of %d', budget_s, epoch + 1, epochs)
                 break
-            for group in optimizer.param_groups:
-                group['lr'] = base_lr * lr_factor(global_step, elapsed_s, **schedule)
+            set_lr(optimizer, lr_factor(global_step, elapsed_s, **schedule))
             global_step += 1
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             logits = net(images)
@@ -281,7 +285,8 @@ def _train(args: TrainArgs, cfg: dict[str, Any], device: torch.device, dist) -> 
         metrics['test'] = classification_report(probs, test_split.labels, classes, k=3)
     rooms_yaml = Path(args.data) / 'rooms.yaml'
     metadata = {
-        'classes': classes, 'backbone': cfg['backbone'], 'image_size': size, 'resize': 'stretch',
+        'classes': classes, 'backbone': cfg['backbone'], 'backbone_weights': model.backbone.weights_source,
+        'image_size': size, 'resize': 'stretch',
         'tta_flip': bool(cfg['tta_flip']),
         'outputs': {'probs': 'N x C softmax over classes', **({'cam': 'N x C x h x w class-activation maps'}
                                                               if export.with_cam else {})},

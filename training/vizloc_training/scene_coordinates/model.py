@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import pickle
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -229,8 +230,8 @@ def load_encoder(path: Path) -> tuple[Encoder, dict[str, Any]]:
         raise EncoderCheckpointError(f'{path}: no such encoder checkpoint (expected an encoder.pt written by '
                                      f'vizloc-train scene_coordinates)')
     try:
-        payload = torch.load(path, map_location='cpu', weights_only=False)
-    except (OSError, RuntimeError, EOFError) as exc:
+        payload = torch.load(path, map_location='cpu', weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:  # weights_only refuses pickled objects
         raise EncoderCheckpointError(f'{path}: cannot read: {exc}') from exc
     if not isinstance(payload, dict) or payload.get('format') != ENCODER_FORMAT:
         raise EncoderCheckpointError(f'{path}: not a vizloc scene encoder checkpoint (format '

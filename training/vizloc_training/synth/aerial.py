@@ -14,7 +14,7 @@ test), renders every frame with exact ground truth and writes the DSAC*/CrossLoc
     DIR/{train,val,test}/depth/<stem>.npy        float32 z-depth along the optical axis, metres, full resolution
     DIR/{train,val,test}/init/<stem>.npy         float32 scene coordinates 3 x H/8 x W/8 (DSAC* stride 8:
                                                  cell (i, j) is the ray of pixel (u, v) = (8j + 4, 8i + 4))
-    DIR/eval_bag/                      rosbag2 evaluation bag of the test split (vizloc_ros.bags)
+    DIR/eval_bag/                       rosbag2 evaluation bag of the test split (vizloc_ros.bags)
 
 The scene frame is the local frame of ``geo.yaml``: x east, y north, z up, metres, origin at the
 centre of the terrain; ``scene = LV95 (E, N, ellipsoidal h) - offset``.
@@ -49,6 +49,7 @@ import cv2
 import numpy as np
 import transforms3d
 import yaml
+from vizloc_ros.bags import EVAL_BAG_NAME
 from vizloc_ros.bundle import yaml_plain
 from vizloc_ros.geodesy import GeoReference
 
@@ -680,7 +681,7 @@ def generate(out: str | Path, *, seed: int = 0, frames: int | None = None, size:
         'config': yaml_plain(asdict(cfg)),
         'photometric': {'strength': cfg.photometric_strength, 'config': photometric.to_mapping()},
         'splits': splits_meta,
-        'eval_bag': 'eval_bag (test split)' if write_bag else None,
+        'eval_bag': f'{EVAL_BAG_NAME} (test split)' if write_bag else None,
     }
     (out / 'world.yaml').write_text(yaml.safe_dump(yaml_plain(world), sort_keys=False))
     if write_bag:
@@ -714,4 +715,4 @@ def write_eval_bag(root: str | Path, split: str = 'test') -> Path:
                 T_map_camera=s.T_world_camera, room=None,
             )
 
-    return write_evaluation_bag(root / 'eval_bag', samples())
+    return write_evaluation_bag(root / EVAL_BAG_NAME, samples())

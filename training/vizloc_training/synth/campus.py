@@ -15,10 +15,10 @@ Output (``DIR``)::
     DIR/images/<split>_<k>.jpg     JPEG with EXIF GPS (lat, lon, alt)
     DIR/gt.csv                     image,lat,lon,alt,split  (vizloc_training.datasets.gps)
     DIR/poses.csv                  image,x,y,z,qx,qy,qz,qw  (T_map_camera; map = ENU at the origin)
-    DIR/refdb/<uid>/image.jpg + metadata.json
-                                   (image.jpg hard-linked to images/<uid>.jpg) reference database of the train frames (vizloc_training.datasets.reference_db)
+    DIR/refdb/<uid>/image.jpg + metadata.json + depth.png (uint16 mm), DIR/refdb/manifest.json (sha256s, geo)
+                                   (image.jpg hard-linked to images/<uid>.jpg) reference database of the train frames (vizloc_plugins.refdb)
     DIR/world.yaml                 generator, version, seed, origin, buildings, textures, camera
-    DIR/eval_bag/                 rosbag2 evaluation bag of the test split
+    DIR/eval_bag/                  rosbag2 evaluation bag of the test split
 
 Map frame: local ENU at ``origin`` (x east, y north, z up, metres); altitudes are WGS84
 ellipsoidal heights.
@@ -37,6 +37,8 @@ import cv2
 import numpy as np
 import yaml
 
+from vizloc_ros.bags import EVAL_BAG_NAME
+from vizloc_plugins.refdb import update_manifest
 from vizloc_ros.types import CameraIntrinsics
 
 from ..datasets.exif import encode_jpeg_with_gps
@@ -527,10 +529,12 @@ def generate(out: str | Path, *, seed: int = 0, frames: int | None = None, size:
                 write_reference_entry(out / 'refdb', name[:-4], out / 'images' / name, width=camera.width, height=camera.height,
                                       lat=fix[0], lng=fix[1], alt=fix[2],
                                       azn=(90.0 - math.degrees(yaw_enu)) % 360.0, fov=cfg.hfov_deg, K=camera.K,
-                                      E=np.linalg.inv(T))
+                                      E=np.linalg.inv(T), depth_m=res.depth_HW)
             if split == 'test' and write_bag:
                 test_frames.append((decode_image(jpeg), T, fix))  # the bag shows the file
         _LOG.info('campus %s: %d frames', split, counts[split])
+    if cfg.write_refdb:  # manifest (sha256 per file, version 1) + the map frame's geo reference
+        update_manifest(out / 'refdb', geo={'enu_origin': list(cfg.origin)})
     with open(out / 'gt.csv', 'w', newline='') as fh:
         writer = csv.DictWriter(fh, fieldnames=['image', 'lat', 'lon', 'alt', 'split'])
         writer.writeheader()
@@ -553,19 +557,20 @@ def generate(out: str | Path, *, seed: int = 0, frames: int | None = None, size:
             'images': 'images/<split>_<k>.jpg, EXIF GPS = gt.csv row',
             'gt': 'gt.csv: image,lat,lon,alt,split',
             'poses': 'poses.csv: image,x,y,z,qx,qy,qz,qw = T_map_camera (optical frame)',
-            'refdb': ('refdb/<uid>/image.jpg + metadata.json of the train frames; E = T_camera_map (4x4 world-to-camera, '
-                      'map frame); azn = optical-axis azimuth, degrees clockwise from north') if cfg.write_refdb else None,
+            'refdb': ('refdb/<uid>/image.jpg + metadata.json + depth.png (uint16 mm) of the train frames; E = T_camera_map '
+                      '(4x4 world-to-camera, map frame); azn = optical-axis azimuth, degrees clockwise from north; '
+                      'refdb/manifest.json: sha256 per file, version, geo') if cfg.write_refdb else None,
         },
         'config': asdict(cfg),
         'photometric': {'strength': cfg.photometric_strength, 'config': photometric.to_mapping(),
                         'sun': 'per frame: azimuth U(0, 360) deg, elevation U(17, 69) deg'},
         'splits': {k: {'frames': v, 'walks': train_walks if k == 'train' else 1} for k, v in counts.items()},
         'coverage': _coverage(xy_by_split, yaw_by_split),
-        'eval_bag': 'eval_bag (test split)' if write_bag else None,
+        'eval_bag': f'{EVAL_BAG_NAME} (test split)' if write_bag else None,
     }
     (out / 'world.yaml').write_text(yaml.safe_dump(yaml_plain(world), sort_keys=False))
     if write_bag:
-        _write_bag(out / 'eval_bag', test_frames, camera)
+        _write_bag(out / EVAL_BAG_NAME, test_frames, camera)
     _LOG.info('campus world written to %s in %.1f s', out, time.perf_counter() - t_start)
     return out
 

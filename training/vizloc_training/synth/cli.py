@@ -1,6 +1,6 @@
 """``vizloc-synth``: generate a synthetic world (thin shim over ``vizloc_training.synth.<world>.generate``).
 
-    vizloc-synth {aerial,indoor,campus} --out DIR [--seed N] [--frames N] [--size WxH]
+    vizloc-synth {aerial,indoor,campus,multisite} --out DIR [--seed N] [--frames N] [--size WxH]
     vizloc-synth aerial ... [--orthophoto IMG] [--elevation DEM.npy] [--geo-yaml GEO.yaml] [--dem-spacing M]
 
 See docs/synthetic_worlds.md.
@@ -19,7 +19,7 @@ __all__ = ['WORLDS', 'build_parser', 'main', 'parse_size', 'run']
 
 _LOG = logging.getLogger(__name__)
 
-WORLDS = ('aerial', 'indoor', 'campus')
+WORLDS = ('aerial', 'indoor', 'campus', 'multisite')
 
 
 def parse_size(text: str) -> tuple[int, int]:

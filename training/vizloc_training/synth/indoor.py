@@ -14,7 +14,7 @@ Output (``DIR``)::
     DIR/scene/geo.yaml                             {enu_origin: [lat, lon, alt]}: map frame = local ENU
     DIR/rooms.yaml                                 room label -> floor polygon in the map frame
     DIR/world.yaml                                 generator, version, seed, sizes, textures, rooms
-    DIR/eval_bag/                                 rosbag2 evaluation bag of the test split
+    DIR/eval_bag/                                  rosbag2 evaluation bag of the test split
 
 Map frame: x east, y north, z up, metres, floor at z = 0.
 """
@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 import yaml
 
+from vizloc_ros.bags import EVAL_BAG_NAME
 from vizloc_ros.types import CameraIntrinsics
 
 from vizloc_ros.bundle import yaml_plain
@@ -430,11 +431,11 @@ def generate(out: str | Path, *, seed: int = 0, frames: int | None = None, size:
         'config': asdict(cfg),
         'photometric': {'strength': cfg.photometric_strength, 'config': photometric.to_mapping()},
         'splits': splits_meta,
-        'eval_bag': 'eval_bag (test split)' if write_bag else None,
+        'eval_bag': f'{EVAL_BAG_NAME} (test split)' if write_bag else None,
     }
     (out / 'world.yaml').write_text(yaml.safe_dump(yaml_plain(world), sort_keys=False))
     if write_bag:
-        _write_bag(out / 'eval_bag', test_frames, camera, cfg)
+        _write_bag(out / EVAL_BAG_NAME, test_frames, camera, cfg)
     _LOG.info('indoor world written to %s in %.1f s', out, time.perf_counter() - t_start)
     return out
 

@@ -26,6 +26,8 @@ TRAINERS: dict[str, str] = {
     'room_classifier': 'vizloc_training.room_classifier.train',
     'gps_regressor': 'vizloc_training.gps_regressor.train',
     'scene_coordinates': 'vizloc_training.scene_coordinates.train',
+    's2_classifier': 'vizloc_training.s2_classifier.train',
+    'retrieval': 'vizloc_training.retrieval.train',
 }
 
 

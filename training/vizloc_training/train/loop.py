@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import pickle
 import math
 import os
 import random
@@ -137,8 +138,8 @@ class CheckpointManager:
             return None
         path = paths[-1]
         try:
-            payload = torch.load(path, map_location=map_location, weights_only=False)
-        except (OSError, RuntimeError, EOFError) as exc:
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:  # weights_only refuses pickled objects
             raise CheckpointError(f'{path}: cannot read checkpoint: {exc}') from exc
         if not isinstance(payload, dict) or payload.get('format') != CHECKPOINT_FORMAT:
             raise CheckpointError(f'{path}: not a vizloc checkpoint')
@@ -205,6 +206,29 @@ def ddp_setup(device: torch.device | None = None) -> DistributedInfo:
 def ddp_cleanup() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+def discriminative_param_groups(model: torch.nn.Module, backbone: torch.nn.Module, lr: float,
+                                backbone_lr_factor: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups: ``backbone``'s parameters at ``lr * backbone_lr_factor``, the rest at ``lr``.
+
+    Each group keeps its ``base_lr`` so that a schedule scales every group by the same factor
+    (:func:`set_lr`). Fine-tuning a pretrained backbone wants a smaller rate than its new head.
+    """
+    if backbone_lr_factor <= 0:
+        raise ValueError(f'backbone_lr_factor must be > 0, got {backbone_lr_factor}')
+    backbone_ids = {id(p) for p in backbone.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in backbone_ids]
+    groups = [{'params': [p for p in backbone.parameters()], 'lr': lr * backbone_lr_factor,
+               'base_lr': lr * backbone_lr_factor, 'name': 'backbone'},
+              {'params': rest, 'lr': lr, 'base_lr': lr, 'name': 'head'}]
+    return [g for g in groups if g['params']]
+
+
+def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Every group's learning rate = its ``base_lr`` (or the optimizer's default ``lr``) x ``factor``."""
+    for group in optimizer.param_groups:
+        group['lr'] = group.get('base_lr', optimizer.defaults['lr']) * factor
 
 
 def schedule_progress(step: int, total_steps: int, elapsed_s: float, budget_s: float = 0.0) -> float:

@@ -1,0 +1,486 @@
+"""Localizer plugin ``retrieval``: global-descriptor retrieval + local-feature verification + PnP (seed 004).
+
+Per frame:
+
+1. **Retrieval.** The bundle's ONNX model (backbone + GeM + projection, preprocessing baked in; contract in
+   :mod:`.retrieval_contract`) gives an L2-normalised descriptor; the reference database's FAISS index
+   (:class:`vizloc_plugins.refdb.ReferenceIndex`, exact or IVF-PQ) returns the ``top_k`` nearest entries.
+2. **Re-ranking and geometric verification.** The first ``verify_k`` candidates are matched to the
+   frame with OpenCV SIFT (brute-force k=2 + Lowe's ratio test); the fundamental matrix and a
+   homography are fitted with OpenCV's USAC (MAGSAC++); the larger inlier set counts. Candidates with at
+   least ``min_verified_inliers`` inliers are *verified* and re-ranked by inlier count.
+3. **6-DoF pose.** 3D points of the verified references' matched keypoints come from their depth map
+   (``depth.png|npy`` in the entry) and pose ``E``; references without depth give points by
+   triangulation of keypoints that two verified references share through the frame
+   (``cv2.triangulatePoints``, parallax and reprojection checked). The pose is solved with poselib's
+   LO-RANSAC PnP (intrinsics from CameraInfo, undistorted pixels), its covariance with
+   :func:`vizloc_plugins.pnp.pose_covariance_map`, the WGS84 fix with
+   :func:`vizloc_plugins.pnp.geo_estimate_from_pose` and the database's geo reference.
+4. **Fallback.** Without a pose (no CameraInfo, too few points or inliers, a pose farther than
+   ``max_pose_offset_m`` from the best reference), the best reference's position with a wide covariance
+   (``fallback_sigma_m``), flagged by ``diagnostics['fallback'] = 'best_reference'``.
+
+The database (``options.database``) lives outside the bundle and is verified on load (manifest with a
+sha256 per file, docs/bundles.md). No torch here.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from vizloc_ros.hookspecs import hookimpl
+from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext, LocalizerType
+from vizloc_ros.types import CameraIntrinsics, Frame, GeoEstimate, LocalizationResult, PoseEstimate
+
+from .pnp import PnPError, geo_estimate_from_pose, pose_covariance_map, undistort_pixels
+from .refdb import ReferenceDatabase, ReferenceDatabaseError, ReferenceEntry, ReferenceIndex, load_depth_m
+from .retrieval_contract import LOCALIZER_TYPE, ContractError, RetrievalContract, descriptor_model_name
+
+__all__ = ['LOCALIZER_TYPE', 'RetrievalOptions', 'RetrievalPipeline', 'RetrievalOutcome', 'RetrievalLocalizer',
+           'Verification', 'compute_descriptors', 'vizloc_register_localizers']
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetrievalOptions:
+    database: str = field(default='', metadata={'description': 'reference database folder (vizloc-db); required'})
+    top_k: int = field(default=10, metadata={'description': 'candidates retrieved from the FAISS index'})
+    verify_k: int = field(default=10, metadata={'description': 'of those, how many get SIFT geometric verification'})
+    ratio: float = field(default=0.8, metadata={'description': "Lowe's ratio test threshold"})
+    sift_features: int = field(default=2000, metadata={'description': 'SIFT keypoints per image (0 = all)'})
+    min_verified_inliers: int = field(default=20, metadata={
+        'description': 'fundamental/homography inliers for a candidate to count as verified'})
+    pnp_references: int = field(default=3, metadata={'description': 'verified references that give 3D points'})
+    pnp_threshold_px: float = field(default=4.0, metadata={'description': 'PnP RANSAC reprojection threshold'})
+    pnp_min_inliers: int = field(default=15, metadata={'description': 'fewer PnP inliers: fallback'})
+    max_pose_offset_m: float = field(default=50.0, metadata={
+        'description': 'a PnP pose farther than this from the best reference is rejected (fallback)'})
+    fallback_sigma_m: float = field(default=25.0, metadata={
+        'description': 'standard deviation (m) of the fallback fix at the best reference'})
+    verify_database: bool = field(default=True, metadata={'description': 'check every file of the database on load'})
+    feature_cache: int = field(default=512, metadata={'description': 'reference SIFT features kept in memory'})
+    seed: int = field(default=0, metadata={'description': 'RANSAC random seed'})
+    intra_op_num_threads: int = field(default=0, metadata={
+        'description': 'ONNX Runtime CPU threads for backend onnxruntime (0 = library default)'})
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1 or not 1 <= self.verify_k <= self.top_k:
+            raise ValueError(f'need top_k >= 1 and 1 <= verify_k <= top_k, got {self.top_k}, {self.verify_k}')
+        if not 0.0 < self.ratio < 1.0:
+            raise ValueError(f'ratio must be in (0, 1), got {self.ratio}')
+        if self.min_verified_inliers < 8 or self.pnp_min_inliers < 4 or self.pnp_references < 1:
+            raise ValueError('min_verified_inliers must be >= 8, pnp_min_inliers >= 4, pnp_references >= 1')
+        if not (self.pnp_threshold_px > 0 and self.fallback_sigma_m > 0 and self.max_pose_offset_m > 0):
+            raise ValueError('pnp_threshold_px, fallback_sigma_m and max_pose_offset_m must be > 0')
+        if self.sift_features < 0 or self.feature_cache < 0:
+            raise ValueError('sift_features and feature_cache must be >= 0')
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Geometric verification of one candidate: matched keypoint pixels (inliers only)."""
+
+    uid: str
+    inliers: int
+    query_idx: np.ndarray  # query keypoint indices of the inlier matches
+    query_px: np.ndarray  # (n, 2)
+    ref_px: np.ndarray  # (n, 2)
+    ref_idx: np.ndarray  # reference keypoint indices of the inlier matches
+
+
+@dataclass(frozen=True)
+class RetrievalOutcome:
+    """What the pipeline found for one image (also what the trainer's evaluation reads)."""
+
+    candidates: tuple[str, ...]  # retrieval order
+    scores: tuple[float, ...]
+    verified: tuple[Verification, ...]  # re-ranked, most inliers first
+    best_uid: str | None
+    T_map_camera: np.ndarray | None = None
+    cov_6x6: np.ndarray | None = None
+    pnp_inliers: int = 0
+    pnp_points: int = 0
+    reason: str = ''
+
+
+class _Features:
+    """SIFT keypoints/descriptors, with a small LRU cache for reference images."""
+
+    def __init__(self, n_features: int, cache_size: int) -> None:
+        self.sift = cv2.SIFT_create(nfeatures=n_features)
+        self.matcher = cv2.BFMatcher(cv2.NORM_L2)
+        self.cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self.cache_size = cache_size
+
+    def detect(self, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        keypoints, descs = self.sift.detectAndCompute(gray, None)
+        if descs is None or not keypoints:
+            return np.zeros((0, 2)), np.zeros((0, 128), np.float32)
+        return np.array([k.pt for k in keypoints], dtype=np.float64), descs
+
+    def reference(self, entry: ReferenceEntry) -> tuple[np.ndarray, np.ndarray]:
+        hit = self.cache.get(entry.uid)
+        if hit is not None:
+            self.cache.move_to_end(entry.uid)
+            return hit
+        gray = cv2.imread(str(entry.image), cv2.IMREAD_GRAYSCALE)
+        if gray is None:
+            raise ReferenceDatabaseError(f'{entry.image}: cannot decode reference image')
+        features = self.detect(gray)
+        if self.cache_size:
+            self.cache[entry.uid] = features
+            while len(self.cache) > self.cache_size:
+                self.cache.popitem(last=False)
+        return features
+
+    def match(self, query: tuple[np.ndarray, np.ndarray], ref: tuple[np.ndarray, np.ndarray], ratio: float
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """(query indices, reference indices) of ratio-test matches."""
+        if len(query[0]) < 2 or len(ref[0]) < 2:
+            return np.zeros(0, int), np.zeros(0, int)
+        pairs = self.matcher.knnMatch(query[1], ref[1], k=2)
+        good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < ratio * p[1].distance]
+        return (np.array([m.queryIdx for m in good], int), np.array([m.trainIdx for m in good], int))
+
+
+def _verify(qi: np.ndarray, q_px: np.ndarray, r_px: np.ndarray, threshold_px: float = 3.0) -> np.ndarray:
+    """Inlier mask of the larger of the fundamental-matrix and homography USAC (MAGSAC++) fits."""
+    best = np.zeros(len(qi), bool)
+    if len(qi) < 8:
+        return best
+    for fit in (lambda: cv2.findFundamentalMat(q_px, r_px, cv2.USAC_MAGSAC, threshold_px, 0.999, 2000),
+                lambda: cv2.findHomography(q_px, r_px, cv2.USAC_MAGSAC, threshold_px, maxIters=2000, confidence=0.999)):
+        try:
+            model, mask = fit()
+        except cv2.error as exc:
+            logger.debug('geometric verification failed: %s', exc)
+            continue
+        if model is not None and mask is not None and int(mask.sum()) > int(best.sum()):
+            best = mask.reshape(-1).astype(bool)
+    return best
+
+
+def _backproject(entry: ReferenceEntry, depth_HW: np.ndarray, px_N2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Map-frame 3D points of reference pixels with valid depth: (points (M, 3), mask over the N pixels)."""
+    u = np.clip(np.round(px_N2[:, 0]).astype(int), 0, entry.width - 1)
+    v = np.clip(np.round(px_N2[:, 1]).astype(int), 0, entry.height - 1)
+    d = depth_HW[v, u].astype(np.float64)
+    ok = d > 0
+    rays = np.linalg.solve(entry.K, np.stack([px_N2[:, 0], px_N2[:, 1], np.ones(len(px_N2))]))  # (3, N)
+    X_cam = rays * d
+    T = entry.T_map_camera
+    X_map = (T[:3, :3] @ X_cam + T[:3, 3:4]).T
+    return X_map[ok], ok
+
+
+def _triangulate(a: ReferenceEntry, pa_N2: np.ndarray, b: ReferenceEntry, pb_N2: np.ndarray,
+                 max_error_px: float = 4.0, min_parallax_deg: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Triangulate matched pixels of two posed references (``cv2.triangulatePoints``): (mask over the
+    matches, map-frame points of the kept ones). Kept: in front of both cameras, reprojection error below
+    ``max_error_px`` in both, rays at least ``min_parallax_deg`` apart."""
+    Pa = a.K @ a.E[:3]
+    Pb = b.K @ b.E[:3]
+    Xh = cv2.triangulatePoints(Pa, Pb, pa_N2.T.astype(np.float64), pb_N2.T.astype(np.float64))
+    with np.errstate(divide='ignore', invalid='ignore'):
+        X = (Xh[:3] / Xh[3]).T
+        ok = np.all(np.isfinite(X), axis=1)
+        for P, px in ((Pa, pa_N2), (Pb, pb_N2)):
+            proj = (P @ np.vstack([X.T, np.ones(len(X))])).T
+            err = np.linalg.norm(proj[:, :2] / proj[:, 2:3] - px, axis=1)
+            ok &= (proj[:, 2] > 0) & (err < max_error_px)
+        ra, rb = X - a.T_map_camera[:3, 3], X - b.T_map_camera[:3, 3]
+        cos = np.sum(ra * rb, axis=1) / (np.linalg.norm(ra, axis=1) * np.linalg.norm(rb, axis=1))
+    ok &= cos < math.cos(math.radians(min_parallax_deg))
+    return ok, X[ok]
+
+
+class RetrievalPipeline:
+    """Database + index + local features: everything after the global descriptor (no ONNX model here)."""
+
+    def __init__(self, database: str | Path, descriptor_model: str, options: RetrievalOptions) -> None:
+        self.options = options
+        self.db = ReferenceDatabase(database, verify=True if options.verify_database else 'auto')
+        if self.db.manifest is None:
+            raise ReferenceDatabaseError(f'{database}: no manifest.json; run `vizloc-db build {database} --bundle ...`')
+        self.index = ReferenceIndex.load(self.db, descriptor_model)
+        self.geo = None
+        if self.db.manifest.geo:
+            from vizloc_ros.geodesy import GeoReference
+
+            self.geo = GeoReference.from_mapping(self.db.manifest.geo)
+        self.features = _Features(options.sift_features, options.feature_cache)
+        self._depth_cache: OrderedDict[str, np.ndarray | None] = OrderedDict()
+
+    def _depth(self, entry: ReferenceEntry) -> np.ndarray | None:
+        if entry.uid not in self._depth_cache:
+            self._depth_cache[entry.uid] = load_depth_m(entry)
+            while len(self._depth_cache) > max(self.options.feature_cache, 1):
+                self._depth_cache.popitem(last=False)
+        return self._depth_cache[entry.uid]
+
+    def run(self, rgb_HW3: np.ndarray, descriptor_D: np.ndarray, camera: CameraIntrinsics | None) -> RetrievalOutcome:
+        opt = self.options
+        scores, uids = self.index.search(descriptor_D[None], opt.top_k)
+        candidates, cand_scores = tuple(uids[0]), tuple(float(s) for s in scores[0][:len(uids[0])])
+        if not candidates:
+            return RetrievalOutcome(candidates, cand_scores, (), None, reason='empty index')
+        query = self.features.detect(cv2.cvtColor(rgb_HW3, cv2.COLOR_RGB2GRAY))
+        verified = []
+        for uid in candidates[:opt.verify_k]:
+            ref = self.features.reference(self.db[uid])
+            qi, ri = self.features.match(query, ref, opt.ratio)
+            mask = _verify(qi, query[0][qi], ref[0][ri])
+            if mask.sum() >= opt.min_verified_inliers:
+                verified.append(Verification(uid, int(mask.sum()), qi[mask], query[0][qi[mask]], ref[0][ri[mask]],
+                                             ri[mask]))
+        verified.sort(key=lambda v: -v.inliers)
+        best = verified[0].uid if verified else candidates[0]
+        outcome = RetrievalOutcome(candidates, cand_scores, tuple(verified), best)
+        if not verified:
+            return _with(outcome, reason='no candidate passed geometric verification')
+        if camera is None:
+            return _with(outcome, reason='no CameraInfo: no intrinsics for PnP')
+        return self._pose(outcome, camera)
+
+    def _triangulated(self, v: Verification, partners: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(query pixels, map points) for a verified reference without depth: its keypoints matched to
+        posed partner references (SIFT, ratio test, USAC) and triangulated; query matches to those keypoints."""
+        entry = self.db[v.uid]
+        feats = self.features.reference(entry)
+        point_of: dict[int, np.ndarray] = {}
+        for uid in partners:
+            other = self.db[uid]
+            o_feats = self.features.reference(other)
+            ai, bi = self.features.match(feats, o_feats, self.options.ratio)
+            mask = _verify(ai, feats[0][ai], o_feats[0][bi])
+            ai, bi = ai[mask], bi[mask]
+            if len(ai) == 0:
+                continue
+            ok, X = _triangulate(entry, feats[0][ai], other, o_feats[0][bi])
+            for k, x in zip(ai[ok], X):
+                point_of.setdefault(int(k), x)
+        keep = [i for i, k in enumerate(v.ref_idx) if int(k) in point_of]
+        if not keep:
+            return np.zeros((0, 2)), np.zeros((0, 3))
+        return v.query_px[keep], np.stack([point_of[int(v.ref_idx[i])] for i in keep])
+
+    def _pose(self, outcome: RetrievalOutcome, camera: CameraIntrinsics) -> RetrievalOutcome:
+        opt = self.options
+        used = [v for v in outcome.verified if self.db[v.uid].E is not None][:opt.pnp_references]
+        if not used:
+            return _with(outcome, reason='verified references have no pose (E)')
+        pixels, points = [], []
+        no_depth = []
+        for v in used:
+            entry = self.db[v.uid]
+            depth = self._depth(entry)
+            if depth is None:
+                no_depth.append(v)
+                continue
+            X, ok = _backproject(entry, depth, v.ref_px)
+            pixels.append(v.query_px[ok])
+            points.append(X)
+        posed = [u for u in outcome.candidates[:opt.verify_k] if self.db[u].E is not None]
+        for v in no_depth:
+            px, X = self._triangulated(v, [u for u in posed if u != v.uid])
+            pixels.append(px)
+            points.append(X)
+        pixels_N2 = np.concatenate(pixels) if pixels else np.zeros((0, 2))
+        points_N3 = np.concatenate(points) if points else np.zeros((0, 3))
+        n = len(points_N3)
+        if n < opt.pnp_min_inliers:
+            return _with(outcome, pnp_points=n, reason=f'{n} 3D points (< {opt.pnp_min_inliers}) from the references\' '
+                                                      f'depth or triangulation')
+        pixels_N2 = undistort_pixels(pixels_N2, camera.K, camera.D, camera.distortion_model)
+        solution = _solve_pnp(points_N3, pixels_N2, camera, opt)
+        if solution is None:
+            return _with(outcome, pnp_points=n, reason='PnP LO-RANSAC found no pose')
+        T, cov, inliers = solution
+        if inliers < opt.pnp_min_inliers:
+            return _with(outcome, pnp_points=n, pnp_inliers=inliers,
+                         reason=f'{inliers} PnP inliers < {opt.pnp_min_inliers}')
+        ref_position = self.db[outcome.best_uid].T_map_camera
+        if ref_position is not None and np.linalg.norm(T[:3, 3] - ref_position[:3, 3]) > opt.max_pose_offset_m:
+            return _with(outcome, pnp_points=n, pnp_inliers=inliers,
+                         reason=f'PnP pose more than {opt.max_pose_offset_m} m from the best reference')
+        return _with(outcome, T_map_camera=T, cov_6x6=cov, pnp_points=n, pnp_inliers=inliers)
+
+
+def _with(outcome: RetrievalOutcome, **changes: Any) -> RetrievalOutcome:
+    return replace(outcome, **changes)
+
+
+def _solve_pnp(points_N3: np.ndarray, pixels_N2: np.ndarray, camera: CameraIntrinsics, opt: RetrievalOptions
+               ) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """poselib LO-RANSAC PnP + covariance from :func:`pose_covariance_map`: (T_map_camera, cov 6x6, inliers)."""
+    import poselib
+
+    K = camera.K
+    camera_dict = {'model': 'PINHOLE', 'width': int(camera.width), 'height': int(camera.height),
+                   'params': [float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])]}
+    ransac = {'max_reproj_error': float(opt.pnp_threshold_px), 'seed': int(opt.seed), 'max_iterations': 10000}
+    pose, info = poselib.estimate_absolute_pose(np.ascontiguousarray(pixels_N2, np.float64),
+                                                np.ascontiguousarray(points_N3, np.float64), camera_dict, ransac, {})
+    inliers = np.asarray(info.get('inliers', []), bool)
+    if inliers.size != len(points_N3) or inliers.sum() < 4:
+        return None
+    R_camera_map = np.asarray(pose.R)
+    t = np.asarray(pose.t).reshape(3)
+    if not (np.all(np.isfinite(R_camera_map)) and np.all(np.isfinite(t))):
+        return None
+    rvec, _ = cv2.Rodrigues(R_camera_map)
+    try:
+        cov = pose_covariance_map(points_N3[inliers], pixels_N2[inliers], rvec, t, K)
+    except PnPError:
+        return None
+    T = np.eye(4)
+    T[:3, :3] = R_camera_map.T
+    T[:3, 3] = -R_camera_map.T @ t
+    return T, cov, int(inliers.sum())
+
+
+class RetrievalLocalizer:
+    """Runs the retrieval bundle and :class:`RetrievalPipeline` on frames."""
+
+    requires_camera_info = False  # without CameraInfo: the best reference's position (fallback)
+
+    def __init__(self, config: LocalizerConfig, options: RetrievalOptions, context: LocalizerContext) -> None:
+        from .common import BundleModel
+
+        if not options.database:
+            raise ConfigError(f'{config.name}: option "database" (reference database folder) is required')
+        self.name = config.name
+        self.options = options
+        self.model = BundleModel(config.bundle, backend=config.backend, expected_type=LOCALIZER_TYPE,
+                                 cache_dir=context.cache_dir, intra_op_num_threads=options.intra_op_num_threads or None)
+        try:
+            self.contract = RetrievalContract.from_bundle(self.model.bundle)
+            self.descriptor_model = descriptor_model_name(self.model.bundle.model_sha256)
+            self.pipeline = RetrievalPipeline(options.database, self.descriptor_model, options)
+            if self.pipeline.index.dim != self.contract.descriptor_dim:
+                raise ConfigError(f'{options.database}: index dimension {self.pipeline.index.dim} != bundle '
+                                  f'descriptor_dim {self.contract.descriptor_dim}')
+        except (ContractError, ReferenceDatabaseError) as exc:
+            self.model.close()
+            raise ConfigError(f'{self.name}: {exc}') from exc
+        except ConfigError:
+            self.model.close()
+            raise
+        logger.info('%s: database %s (version %d, %d entries, geo %s)', self.name, options.database,
+                    self.pipeline.db.version, len(self.pipeline.db), 'yes' if self.pipeline.geo else 'no')
+
+    @property
+    def backend_name(self) -> str:
+        return self.model.backend_name
+
+    def localize(self, frame: Frame) -> LocalizationResult:
+        started = time.perf_counter()
+        descriptor = self.model.run(frame, ['descriptor'])['descriptor'][0]
+        network_ms = (time.perf_counter() - started) * 1e3
+        camera = None if frame.camera is None else frame.camera.scaled(frame.width, frame.height)
+        outcome = self.pipeline.run(frame.rgb_HW3, descriptor, camera)
+        latency_ms = (time.perf_counter() - started) * 1e3
+        diagnostics = {'network_ms': f'{network_ms:.1f}', 'matching_ms': f'{latency_ms - network_ms:.1f}',
+                       'best_reference': str(outcome.best_uid), 'verified': str(len(outcome.verified)),
+                       'pnp_points': str(outcome.pnp_points), 'pnp_inliers': str(outcome.pnp_inliers),
+                       'database_version': str(self.pipeline.db.version)}
+        common = dict(stamp_ns=frame.stamp_ns, frame_id=frame.frame_id, localizer=self.name, latency_ms=latency_ms)
+        if outcome.T_map_camera is not None:
+            pose = PoseEstimate(T_map_camera=outcome.T_map_camera, cov_6x6=outcome.cov_6x6, localizer=self.name,
+                                latency_ms=latency_ms, inlier_ratio=outcome.pnp_inliers / max(outcome.pnp_points, 1))
+            geo = None
+            if self.pipeline.geo is not None:
+                geo = geo_estimate_from_pose(self.pipeline.geo, outcome.T_map_camera, outcome.cov_6x6, self.name,
+                                             latency_ms)
+            return LocalizationResult(**common, pose=pose, geo=geo, diagnostics=diagnostics)
+        diagnostics['reason'] = outcome.reason
+        geo = self._fallback(outcome.best_uid, latency_ms)
+        if geo is None:
+            return LocalizationResult(**common, status='no_fix', diagnostics=diagnostics)
+        diagnostics['fallback'] = 'best_reference'
+        return LocalizationResult(**common, geo=geo, diagnostics=diagnostics)
+
+    def _fallback(self, uid: str | None, latency_ms: float) -> GeoEstimate | None:
+        """The best reference's position, covariance ``fallback_sigma_m``^2 I (None without a position)."""
+        if uid is None:
+            return None
+        entry = self.pipeline.db[uid]
+        if entry.has_position:
+            lat, lon, alt = entry.lat_deg, entry.lng_deg, entry.alt_m
+        elif entry.E is not None and self.pipeline.geo is not None:
+            la, lo, al = self.pipeline.geo.scene_to_wgs84(entry.T_map_camera[:3, 3][None])
+            lat, lon, alt = float(np.ravel(la)[0]), float(np.ravel(lo)[0]), float(np.ravel(al)[0])
+        else:
+            return None
+        sigma2 = self.options.fallback_sigma_m ** 2
+        return GeoEstimate(lat_deg=lat, lon_deg=lon, alt_m=alt, cov_enu_m2=np.eye(3) * sigma2, localizer=self.name,
+                           latency_ms=latency_ms)
+
+    def reset(self) -> None:
+        """No temporal state."""
+
+    def close(self) -> None:
+        self.model.close()
+
+
+def compute_descriptors(database: str | Path, bundle: str | Path, uids: Any = None, *, recompute: bool = False,
+                        backend: str = 'auto', progress: bool = True) -> tuple[str, list[str]]:
+    """Run the retrieval bundle on entries ``uids`` (all when None) and write ``<model>_descriptor.npy``
+    (skipping entries that have one unless ``recompute``); re-hashes the changed entries in the manifest.
+    Returns (descriptor model name, uids written). The index is built separately (``refdb.build_index``)."""
+    import os
+
+    from vizloc_ros.types import Frame
+
+    from .common import BundleModel
+
+    root = Path(database)
+    db = ReferenceDatabase(root, verify=False)
+    written: list[str] = []
+    with BundleModel(bundle, backend=backend, expected_type=LOCALIZER_TYPE) as model:
+        RetrievalContract.from_bundle(model.bundle)
+        name = descriptor_model_name(model.bundle.model_sha256)
+        todo = [db[u] for u in (db.uids if uids is None else uids)]
+        todo = [e for e in todo if recompute or name not in e.descriptors]
+        show = progress and not os.environ.get('VIZLOC_NO_PROGRESS')
+        try:
+            from tqdm import tqdm
+            iterator = tqdm(todo, desc=f'descriptors {name}', unit='img', disable=not show)
+        except ImportError:  # tqdm is optional at run time
+            iterator = todo
+        for entry in iterator:
+            bgr = cv2.imread(str(entry.image), cv2.IMREAD_COLOR)
+            if bgr is None:
+                raise ReferenceDatabaseError(f'{entry.image}: cannot decode reference image')
+            frame = Frame(rgb_HW3=np.ascontiguousarray(bgr[..., ::-1]), stamp_ns=0, frame_id=entry.uid)
+            descriptor = model.run(frame, ['descriptor'])['descriptor'][0].astype(np.float32)
+            np.save(entry.image.parent / f'{name}_descriptor.npy', descriptor)
+            written.append(entry.uid)
+    from .refdb import MANIFEST_FILE, update_manifest
+
+    has_manifest = (root / MANIFEST_FILE).is_file()
+    if written or not has_manifest:
+        update_manifest(root, written if has_manifest else None)
+    logger.info('%s: %d %s descriptors written', root, len(written), name)
+    return name, written
+
+
+def _factory(config: LocalizerConfig, options: RetrievalOptions, context: LocalizerContext) -> RetrievalLocalizer:
+    return RetrievalLocalizer(config, options, context)
+
+
+@hookimpl
+def vizloc_register_localizers(registry: Any) -> None:
+    registry.register(LocalizerType(
+        name=LOCALIZER_TYPE, factory=_factory, options_type=RetrievalOptions,
+        description='place retrieval against a reference database (FAISS) + SIFT verification + PnP (seed 004); '
+                    'publishes pose and NavSatFix (with CameraInfo), else the best reference flagged as fallback'))
