@@ -15,6 +15,11 @@ Trajectory APE (translation, metres) is computed by ``evo`` (``metrics.APE`` on
 ``coverage_95_pct``: share of position estimates whose horizontal error lies inside the predicted
 95 % ellipse (squared Mahalanobis distance with the published 2x2 horizontal covariance <= the
 chi-square 2-dof 95 % quantile, -2 ln 0.05 = 5.991).
+
+The numbers come from the project's metric functions (``vizloc_training.metrics``: ``geo``,
+``pose``, ``classification``; pure numpy, imported here on use), so vizloc-eval and the trainers'
+evaluations compute the same tables; vizloc-eval therefore needs the ``vizloc_training``
+distribution installed (``pip install ./training``), not torch at import time.
 """
 from __future__ import annotations
 
@@ -28,15 +33,13 @@ import numpy as np
 from ..frames import CameraExtrinsic
 from .run import Estimate, EvalRun, GroundTruthSample
 
-__all__ = ['GroundTruth', 'LocalizerReport', 'score_localizer', 'score_run', 'THRESHOLDS_M', 'CHI2_2DOF_95',
+__all__ = ['GroundTruth', 'LocalizerReport', 'score_localizer', 'score_run', 'THRESHOLDS_M',
            'ALIGNMENTS']
 
 logger = logging.getLogger(__name__)
 
 #: within-X-metres thresholds of the seeds' tables (001: 5/10/50 m; CrossLoc: 1/5/10 m)
 THRESHOLDS_M = (1.0, 5.0, 10.0, 50.0)
-#: chi-square quantile, 2 degrees of freedom, p = 0.95: -2 ln(0.05)
-CHI2_2DOF_95 = -2.0 * math.log(0.05)
 ALIGNMENTS = ('none', 'se3', 'sim3')
 #: A pose whose rotational variances reach this (rad^2, ~57 deg sigma) has no orientation (e.g. the
 #: room classifier's room-centre pose publishes 1e6): its rotation error is not scored.
@@ -97,30 +100,28 @@ def _nearest(ground_truth: GroundTruth, stamps: np.ndarray, stamp_ns: int, max_d
     return ground_truth[int(stamps[best])] if abs(int(stamps[best]) - stamp_ns) <= max_dt_ns else None
 
 
-def _rotation_deg(R_gt: np.ndarray, R_est: np.ndarray) -> float:
-    c = (np.trace(R_gt.T @ R_est) - 1.0) / 2.0
-    return math.degrees(math.acos(max(-1.0, min(1.0, c))))
+def _stats(errors: np.ndarray, frames: int) -> dict[str, float]:
+    """The seed-001 table (``geo_error_stats``), with within-X as a share of *frames*: a localizer
+    that answers fewer frames scores less."""
+    from vizloc_training.metrics.geo import geo_error_stats
 
-
-def _stats(errors: np.ndarray) -> dict[str, float]:
-    return {'mean_error_m': float(np.mean(errors)), 'median_error_m': float(np.median(errors)),
-            'p90_error_m': float(np.percentile(errors, 90)), 'p95_error_m': float(np.percentile(errors, 95)),
-            'max_error_m': float(np.max(errors))}
-
-
-def _within(errors: np.ndarray, frames: int) -> dict[str, float]:
-    """Share of *frames* (not of estimates: a localizer that answers less scores less) within each threshold."""
-    return {f'within_{t:g}m_pct': 100.0 * float(np.sum(errors <= t)) / max(1, frames) for t in THRESHOLDS_M}
+    stats = geo_error_stats(errors, THRESHOLDS_M)
+    out = {'mean_error_m': stats['mean_m'], 'median_error_m': stats['median_m'], 'p90_error_m': stats['p90_m'],
+           'p95_error_m': stats['p95_m'], 'max_error_m': stats['max_m']}
+    share = errors.size / max(1, frames)
+    within = {f'within_{t:g}m_pct': stats[f'within_{t:g}m_pct'] * share for t in THRESHOLDS_M}
+    return {**out, 'within': within}
 
 
 def _coverage(d_N2: np.ndarray, cov_N22: np.ndarray) -> float:
-    ok = []
-    for d, C in zip(d_N2, cov_N22):
-        try:
-            ok.append(float(d @ np.linalg.solve(C, d)) <= CHI2_2DOF_95)
-        except np.linalg.LinAlgError:
-            ok.append(False)
-    return 100.0 * float(np.mean(ok)) if ok else math.nan
+    """``ellipse_coverage`` in percent; NaN when a published covariance is not positive definite."""
+    from vizloc_training.metrics.geo import ellipse_coverage
+
+    try:
+        return 100.0 * ellipse_coverage(d_N2, cov_N22, 0.95)
+    except ValueError as exc:
+        logger.warning('coverage not computed: %s', exc)
+        return math.nan
 
 
 def evo_ape(stamps_ns: Iterable[int], T_est: list[np.ndarray], T_gt: list[np.ndarray], alignment: str = 'none',
@@ -161,6 +162,9 @@ def score_localizer(name: str, estimates: list[Estimate], ground_truth: GroundTr
     ``frames``: images offered (default: one estimate per frame, as offline); live runs pass the
     bag's count, so unanswered frames count against within-X and accuracy.
     """
+    from vizloc_training.metrics.classification import confusion_matrix
+    from vizloc_training.metrics.pose import rotation_error_deg, translation_error_m
+
     from ..geodesy import LocalENU, geodesic_distance_m
 
     frames = len(estimates) if frames is None else max(frames, len(estimates))
@@ -185,11 +189,10 @@ def score_localizer(name: str, estimates: list[Estimate], ground_truth: GroundTr
         rep.position_source = 'pose'
         T_gt = [g.T_map_camera @ T_camera_base for _, g in pose_pairs]  # ground-truth base pose
         T_est = [e.T_map_base for e, _ in pose_pairs]
-        errors = np.array([np.linalg.norm(a[:3, 3] - b[:3, 3]) for a, b in zip(T_est, T_gt)])
-        oriented = [float(np.max(np.diag(e.cov_6x6)[3:])) < ROTATION_UNKNOWN_VAR_RAD2 for e, _ in pose_pairs]
-        rotations = np.array([_rotation_deg(b[:3, :3], a[:3, :3]) if ok else math.nan
-                              for a, b, ok in zip(T_est, T_gt, oriented)])
-        if any(oriented):
+        errors = translation_error_m(np.array(T_est), np.array(T_gt))
+        oriented = np.array([float(np.max(np.diag(e.cov_6x6)[3:])) < ROTATION_UNKNOWN_VAR_RAD2 for e, _ in pose_pairs])
+        rotations = np.where(oriented, rotation_error_deg(np.array(T_est), np.array(T_gt)), math.nan)
+        if oriented.any():
             rep.median_rotation_deg = float(np.nanmedian(rotations))
         d = np.array([a[:2, 3] - b[:2, 3] for a, b in zip(T_est, T_gt)])
         covs = np.array([e.cov_6x6[:2, :2] for e, _ in pose_pairs])
@@ -221,9 +224,10 @@ def score_localizer(name: str, estimates: list[Estimate], ground_truth: GroundTr
                       'gt_x': ge.tolist(), 'gt_y': gn.tolist()}
     if errors.size:
         rep.matched = int(errors.size)
-        for key, value in _stats(errors).items():
+        stats = _stats(np.asarray(errors, dtype=np.float64), frames)
+        rep.within_pct = stats.pop('within')
+        for key, value in stats.items():
             setattr(rep, key, value)
-        rep.within_pct = _within(errors, frames)
 
     room_pairs = [(e.room, g.room) for e, g in pairs if e.room is not None and g.room is not None]
     room_truth_frames = sum(1 for g in ground_truth.values() if g.room) if frames > len(estimates) else sum(
@@ -231,9 +235,7 @@ def score_localizer(name: str, estimates: list[Estimate], ground_truth: GroundTr
     if room_pairs:
         labels = sorted({t for _, t in room_pairs} | {p for p, _ in room_pairs})
         index = {label: i for i, label in enumerate(labels)}
-        confusion = np.zeros((len(labels), len(labels)), dtype=int)
-        for pred, truth in room_pairs:
-            confusion[index[truth], index[pred]] += 1
+        confusion = confusion_matrix([index[p] for p, _ in room_pairs], [index[t] for _, t in room_pairs], len(labels))
         rep.room_labels, rep.confusion = labels, confusion.tolist()
         rep.room_frames = room_truth_frames
         # over every frame with a ground-truth room: an unanswered frame counts as wrong

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..bags import FIX_TOPIC, POSE_TOPIC, ROOM_TOPIC, BagWriter, read_raw_messages, bag_info
-from .metrics import CHI2_2DOF_95, THRESHOLDS_M, LocalizerReport
+from .metrics import THRESHOLDS_M, LocalizerReport
 from .run import EvalRun
 
 __all__ = ['write_report_json', 'write_report_md', 'write_plots', 'write_estimates_bag', 'format_table',
@@ -117,8 +117,10 @@ def write_report_md(path: Path, run: EvalRun, reports: dict[str, LocalizerReport
 def write_plots(out_dir: Path, reports: dict[str, LocalizerReport]) -> list[Path]:
     """The PNG plots of every localizer (see the module docstring)."""
     import matplotlib
+    from vizloc_training.metrics.geo import chi2_2dof_quantile
 
     matplotlib.use('Agg')
+    k95 = math.sqrt(chi2_2dof_quantile(0.95))
     import matplotlib.pyplot as plt
 
     written: list[Path] = []
@@ -168,7 +170,7 @@ def write_plots(out_dir: Path, reports: dict[str, LocalizerReport]) -> list[Path
             fig, ax = plt.subplots(figsize=(5, 5))
             ax.plot(sigma, err, '.', ms=4)
             top = float(max(sigma.max(initial=0.0), 1e-9)) * 1.05
-            ax.plot([0, top], [0, math.sqrt(CHI2_2DOF_95) * top], 'r--', label='95 % (error = 2.45 sigma)')
+            ax.plot([0, top], [0, k95 * top], 'r--', label=f'95 % (error = {k95:.2f} sigma)')
             ax.set_xlabel('predicted horizontal sigma [m]')
             ax.set_ylabel('position error [m]')
             ax.set_title(f'{name}: error vs sigma (coverage {rep.coverage_95_pct:.0f} %)')
