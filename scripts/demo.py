@@ -44,7 +44,7 @@ class Demo:
 #: Fast settings: minutes on a 2-core CPU, not the documented best figures (docs/localizers/*.md).
 DEMOS: dict[str, Demo] = {
     'room_classifier': Demo('room_classifier', 'room', 'indoor', ('--frames', '240', '--size', '160x120', '--seed', '0'),
-                            'tiny', ('image_size=96', 'max_side_px=128', 'epochs=12', 'tta_flip=false',
+                            'tiny', ('image_size=96', 'max_side_px=128', 'epochs=6', 'tta_flip=false',
                                      'eval_trajectory=false')),
     'gps_regressor': Demo('gps_regressor', 'gps', 'campus', ('--frames', '400', '--size', '160x120', '--seed', '0'),
                           'tiny'),
