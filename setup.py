@@ -12,7 +12,7 @@ package_name = 'vizloc_ros'
 setup(
     name=package_name,
     version='0.1.0',
-    packages=[package_name, f'{package_name}.backends'],
+    packages=[package_name, f'{package_name}.backends', f'{package_name}.evaluation'],
     package_data={package_name: ['py.typed']},
     data_files=[
         ('share/ament_index/resource_index/packages', [f'resource/{package_name}']),
@@ -36,6 +36,7 @@ setup(
             'vizloc_node = vizloc_ros.node:main',
             'vizloc-replay = vizloc_ros.replay:main',
             'vizloc-smoke = vizloc_ros.smoke:main',
+            'vizloc-eval = vizloc_ros.evaluation.cli:main',
         ],
     },
 )

@@ -106,10 +106,11 @@ def test_rviz_config_shows_image_poses_markers_and_path() -> None:
     manager = config['Visualization Manager']
     assert manager['Global Options']['Fixed Frame'] == NODE_PARAMETERS['map_frame'].default
     displays = {d['Class']: d for d in manager['Displays']}
+    paths = {d['Topic']['Value'] for d in manager['Displays'] if d['Class'] == 'rviz_default_plugins/Path'}
+    assert paths == {f'/vizloc/{name}/path' for name in _params()['localizers']}, 'one path per localizer'
     assert displays['rviz_default_plugins/Image']['Topic']['Reliability Policy'] == 'Best Effort'
     assert displays['rviz_default_plugins/PoseWithCovariance']['Topic']['Value'].startswith('/vizloc/')
     assert displays['rviz_default_plugins/MarkerArray']['Topic']['Value'] == '/vizloc/markers'
-    assert displays['rviz_default_plugins/Path']['Topic']['Value'] == '/vizloc/path'
 
 
 def test_fastdds_profile_gives_shm_a_16mb_segment() -> None:
@@ -134,3 +135,21 @@ def test_node_executable_prints_usage_without_starting_ros() -> None:
                          timeout=60, check=True)
     assert out.stdout.startswith('usage: vizloc_node')
     assert 'config/localize.yaml' in out.stdout
+
+
+def test_foxglove_layout_names_the_node_topics() -> None:
+    import json
+
+    layout = json.loads((REPO / 'config' / 'foxglove_layout.json').read_text())
+    panels = layout['configById']
+    kinds = {key.split('!')[0] for key in panels}
+    assert {'map', '3D', 'Image', 'Plot'} <= kinds  # NavSatFix map, 3D, image, plots
+    localizers = _params()['localizers']
+    node_topics = {f'/vizloc/{n}/{t}' for n in localizers for t in ('fix', 'pose', 'path')} | {'/vizloc/markers'}
+    gt = {'/ground_truth/fix', '/ground_truth/pose'}
+    assert set(panels['map!vizloc']['topicColors']) <= node_topics | gt
+    assert set(panels['3D!vizloc']['topics']) <= node_topics | gt
+    assert {f'/vizloc/{n}/path' for n in localizers} <= set(panels['3D!vizloc']['topics'])
+    assert panels['Image!vizloc']['imageMode']['imageTopic'] == '/camera/image_raw'
+    for path in panels['Plot!vizloc']['paths']:
+        assert path['value'].split('.')[0] in node_topics | gt

@@ -64,7 +64,7 @@ def active_node(plugin_site: Path, bundle: Path, client: RosClient, tmp_path_fac
     with NodeProcess(DOMAIN_ID, _color_params(bundle), python_paths=(plugin_site,), log_path=log) as node:
         for msg_type, topic in [(NavSatFix, '/vizloc/color/fix'), (PoseWithCovarianceStamped, '/vizloc/color/pose'),
                                 (String, '/vizloc/color/room'), (MarkerArray, '/vizloc/markers'),
-                                (PathMsg, '/vizloc/path'), (DiagnosticArray, '/diagnostics')]:
+                                (PathMsg, '/vizloc/color/path'), (DiagnosticArray, '/diagnostics')]:
             client.record(msg_type, topic)
         client.camera_publishers()
         state = client.wait_for_state('active')
@@ -108,7 +108,7 @@ def test_outputs_carry_the_image_stamps(active_node: NodeProcess, client: RosCli
         assert pose.pose.pose.position.x == pytest.approx((red - 0.5) * 100.0, abs=1.0)
     markers = client.messages('/vizloc/markers')
     assert markers and {m.ns for m in markers[-1].markers} == {'color'}
-    assert client.messages('/vizloc/path')[-1].poses
+    assert client.messages('/vizloc/color/path')[-1].poses
     assert client.wait_for(lambda: 'backend' in diagnostics_values(client.messages('/diagnostics'), 'localizer color'), 5)
     diag = diagnostics_values(client.messages('/diagnostics'), 'localizer color')
     assert diag['backend'].startswith('onnxruntime'), diag

@@ -20,9 +20,9 @@ from typing import Sequence
 import numpy as np
 import transforms3d
 
-from .types import InvalidInputError, PoseEstimate
+from .types import CameraIntrinsics, InvalidInputError, PoseEstimate
 
-__all__ = ['CameraExtrinsic', 'skew', 'base_pose_from_camera_pose', 'OPTICAL_FORWARD_RPY']
+__all__ = ['CameraExtrinsic', 'skew', 'base_pose_from_camera_pose', 'intrinsics_for_input', 'OPTICAL_FORWARD_RPY']
 
 #: rpy of an optical frame looking along base_link's +x (camera mounted forward, upright).
 OPTICAL_FORWARD_RPY = (-math.pi / 2, 0.0, -math.pi / 2)
@@ -73,3 +73,23 @@ def base_pose_from_camera_pose(pose: PoseEstimate, extrinsic: CameraExtrinsic) -
     J[:3, 3:] = -skew(a)
     cov = J @ pose.cov_6x6 @ J.T
     return T_map_base, 0.5 * (cov + cov.T)
+
+
+def intrinsics_for_input(camera: CameraIntrinsics, P_34: Sequence[float] | np.ndarray, *, rectified: bool) -> CameraIntrinsics:
+    """The intrinsics that describe the image as it arrives.
+
+    A rectified image (``rectified`` parameter, or CameraInfo ``D`` all zero) is described by the
+    projection matrix ``P`` (its left 3x3), not by ``K`` + ``D``: after rectification ``K`` is the
+    raw camera's matrix. An all-zero ``P`` falls back to ``K`` when ``D`` is all zero (many
+    drivers fill only ``K``) and is an error when ``rectified`` is set.
+    """
+    P = np.asarray(P_34, dtype=np.float64).reshape(-1)
+    no_distortion = camera.D.size == 0 or not np.any(camera.D)
+    if not (rectified or no_distortion):
+        return camera
+    if P.size != 12 or not np.any(P[:3]) or P[10] == 0.0:
+        if rectified and not no_distortion:
+            raise InvalidInputError('rectified is true but CameraInfo has no projection matrix P')
+        return camera
+    return CameraIntrinsics(K=P.reshape(3, 4)[:, :3].copy(), width=camera.width, height=camera.height,
+                            D=np.zeros(0), distortion_model=camera.distortion_model)

@@ -17,13 +17,14 @@ import numpy as np
 from .conversions import quaternion_xyzw_from_matrix
 from .types import CameraIntrinsics, LocalizationResult
 
-__all__ = ['markers_for_result', 'PathBuffer', 'frustum_points_map', 'ellipsoid_axes', 'PATH_PUBLISH_PERIOD_S']
+__all__ = ['markers_for_result', 'delete_markers', 'PathBuffer', 'LocalizerPaths', 'frustum_points_map', 'ellipsoid_axes',
+           'PATH_PUBLISH_PERIOD_S']
 
 ID_TEXT, ID_ELLIPSOID, ID_FRUSTUM = 0, 1, 2
 #: Scale of the uncertainty ellipsoid: 2 sigma.
 N_SIGMA = 2.0
 FRUSTUM_DEPTH_M = 1.0
-#: Minimum time between two ~/path messages.
+#: Minimum time between two ~/<name>/path messages.
 PATH_PUBLISH_PERIOD_S = 0.5
 
 
@@ -114,6 +115,49 @@ def markers_for_result(result: LocalizationResult, stamp: Any, camera_frame: str
         m.points = [Point(x=float(p[0]), y=float(p[1]), z=float(p[2])) for p in frustum_points_map(pose.T_map_camera, camera)]
         out.markers.append(m)
     return out
+
+
+def delete_markers(localizer: str, stamp: Any, frame: str) -> Any:
+    """MarkerArray that removes a localizer's label, ellipsoid and frustum (published on a NO_FIX, so
+    RViz does not keep showing the last good answer)."""
+    from visualization_msgs.msg import Marker, MarkerArray
+
+    out = MarkerArray()
+    for marker_id in (ID_TEXT, ID_ELLIPSOID, ID_FRUSTUM):
+        m = Marker()
+        m.header.stamp = stamp
+        m.header.frame_id = frame
+        m.ns, m.id, m.action = localizer, marker_id, Marker.DELETE
+        out.markers.append(m)
+    return out
+
+
+class LocalizerPaths:
+    """One :class:`PathBuffer` per localizer (``~/<name>/path``), each published at most every
+    :data:`PATH_PUBLISH_PERIOD_S` (thread-safe)."""
+
+    def __init__(self, map_frame: str, max_length: int) -> None:
+        self.map_frame = map_frame
+        self.max_length = max_length
+        self._buffers: dict[str, PathBuffer] = {}
+        self._published_at: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def add(self, localizer: str, pose_with_cov_stamped: Any, now_s: float, max_length: int | None = None) -> Any | None:
+        """Append a pose; returns the localizer's nav_msgs/Path when it is due for publishing, else None."""
+        with self._lock:
+            buffer = self._buffers.get(localizer)
+            if buffer is None:
+                buffer = self._buffers[localizer] = PathBuffer(self.map_frame, self.max_length)
+            due = now_s - self._published_at.get(localizer, -1e18) >= PATH_PUBLISH_PERIOD_S
+            if due:
+                self._published_at[localizer] = now_s
+        buffer.append(pose_with_cov_stamped)
+        if not due:
+            return None
+        if max_length is not None:
+            buffer.set_max_length(max_length)
+        return buffer.to_msg()
 
 
 class PathBuffer:

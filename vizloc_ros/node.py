@@ -41,10 +41,10 @@ from visualization_msgs.msg import MarkerArray
 from . import params as vparams
 from .conversions import (frame_from_msg, image_msg_from_rgb, intrinsics_from_camera_info, navsatfix_from_result,
                           pose_msg_from_matrix, room_msg_from_estimate, stamp_to_ns)
-from .frames import CameraExtrinsic, base_pose_from_camera_pose
+from .frames import CameraExtrinsic, base_pose_from_camera_pose, intrinsics_for_input
 from .diagnostics import ErrorThrottle, FrameTiming, InputMonitor, LocalizerStats, input_level, timing_status
 from .localizer import ConfigError, Localizer, LocalizerContext
-from .markers import PATH_PUBLISH_PERIOD_S, PathBuffer, markers_for_result
+from .markers import LocalizerPaths, delete_markers, markers_for_result
 from .plugin_manager import load_registry
 from .types import CameraIntrinsics, Frame, InvalidInputError, InvalidOutputError, LocalizationResult, check_result
 
@@ -270,6 +270,8 @@ class _LocalizerWorker:
         fix = navsatfix_from_result(result, stamp, camera_frame)
         if result.status == 'no_fix':
             self.pub_fix.publish(fix)
+            if self.node.runtime['publish_markers']:
+                self.node.publish_no_fix_markers(self.name, stamp)
             return
         pose_msg = None
         if result.pose is not None:
@@ -357,8 +359,7 @@ class VizlocNode(LifecycleNode):
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', OUTPUT_QOS)
         self._diag_timer = self.create_timer(float(self._param_or('diagnostics_period_s', 1.0)), self.publish_diagnostics,
                                              clock=Clock(clock_type=ClockType.STEADY_TIME))
-        self._path: PathBuffer | None = None
-        self._path_published_at = 0.0
+        self._path: LocalizerPaths | None = None  # ~/<name>/path, one per localizer
 
     # -- helpers --------------------------------------------------------------------------------------
     def _param_or(self, name: str, default: Any) -> Any:
@@ -493,10 +494,9 @@ class VizlocNode(LifecycleNode):
                                     f'{list(p.localizers)}); the node runs but publishes nothing but /diagnostics')
         self._node_pubs = {
             'markers': self.create_lifecycle_publisher(MarkerArray, '~/markers', OUTPUT_QOS),
-            'path': self.create_lifecycle_publisher(PathMsg, '~/path', OUTPUT_QOS),
             'timing': self.create_lifecycle_publisher(DiagnosticStatus, '~/timing', QoSProfile(depth=100)),
         }
-        self._path = PathBuffer(p.map_frame, p.path_max_length)
+        self._path = LocalizerPaths(p.map_frame, p.path_max_length)
         self.get_logger().info(f'configured: {len(self.workers)} localizer(s) {sorted(self.workers)}'
                                f'{"; skipped " + str(sorted(self.config_errors)) if self.config_errors else ""}')
         return TransitionCallbackReturn.SUCCESS
@@ -588,7 +588,8 @@ class VizlocNode(LifecycleNode):
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         try:
-            self.converter.camera = intrinsics_from_camera_info(msg)
+            self.converter.camera = intrinsics_for_input(intrinsics_from_camera_info(msg), msg.p,
+                                                         rectified=self.node_params.rectified)
         except InvalidInputError as exc:
             with self._lock:
                 self.camera_info_errors += 1
@@ -604,15 +605,25 @@ class VizlocNode(LifecycleNode):
         if markers.markers:
             pubs['markers'].publish(markers)
         if pose_msg is not None and self._path is not None:
-            self._path.append(pose_msg)
-            now = time.monotonic()
-            with self._lock:
-                due = now - self._path_published_at >= PATH_PUBLISH_PERIOD_S
-                if due:
-                    self._path_published_at = now
-            if due:
-                self._path.set_max_length(self.runtime['path_max_length'])
-                pubs['path'].publish(self._path.to_msg())
+            path = self._path.add(result.localizer, pose_msg, time.monotonic(), self.runtime['path_max_length'])
+            if path is not None:
+                self._path_publisher(result.localizer).publish(path)
+
+    def _path_publisher(self, localizer: str) -> Any:
+        """~/<localizer>/path, created on first use (while active) and destroyed with the other node publishers."""
+        key = f'path:{localizer}'
+        with self._lock:
+            pub = self._node_pubs.get(key)
+            if pub is None:
+                pub = self.create_lifecycle_publisher(PathMsg, f'~/{localizer}/path', OUTPUT_QOS)
+                pub.on_activate(None)
+                self._node_pubs[key] = pub
+        return pub
+
+    def publish_no_fix_markers(self, localizer: str, stamp: Any) -> None:
+        """A NO_FIX removes the localizer's markers (its last answer is no longer valid)."""
+        if self._node_pubs:
+            self._node_pubs['markers'].publish(delete_markers(localizer, stamp, self.node_params.map_frame))
 
     def publish_timing(self, name: str, timing: FrameTiming) -> None:
         if self._node_pubs:
@@ -666,7 +677,7 @@ USAGE = """usage: vizloc_node [--ros-args --params-file config/localize.yaml [-p
 The vizloc_ros localization node (lifecycle node 'vizloc'). It subscribes to 'image' (or
 'image/compressed') and 'camera_info', runs the localizers named by the 'localizers' parameter and
 publishes ~/<name>/fix (NavSatFix), ~/<name>/pose (PoseWithCovarianceStamped), ~/<name>/room (String),
-~/markers, ~/path and /diagnostics. Every parameter is documented in config/localize.yaml and
+~/markers, ~/<name>/path and /diagnostics. Every parameter is documented in config/localize.yaml and
 docs/node.md. Set FASTDDS_DEFAULT_PROFILES_FILE=config/fastdds_shm.xml for 640x480 images across processes.
 Usually started with: ros2 launch vizloc_ros localize.launch.py  (or ros2 run vizloc_ros vizloc_node)."""
 

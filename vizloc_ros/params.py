@@ -86,7 +86,7 @@ NODE_PARAMETERS: dict[str, _Spec] = {
     'input_qos': _Spec('sensor_data', ParameterType.PARAMETER_STRING,
                        "QoS of the image and camera_info subscriptions: 'sensor_data' (best effort, depth 5) or "
                        "'reliable' (depth 5). Outputs are always reliable.", choices=INPUT_QOS),
-    'map_frame': _Spec('map', ParameterType.PARAMETER_STRING, 'frame_id of ~/<name>/pose, ~/path and pose markers.'),
+    'map_frame': _Spec('map', ParameterType.PARAMETER_STRING, 'frame_id of ~/<name>/pose, ~/<name>/path and pose markers.'),
     'base_frame': _Spec('base_link', ParameterType.PARAMETER_STRING,
                         'The robot frame whose pose ~/<name>/pose carries (its child frame; what robot_localization '
                         'calls base_link_frame). The camera is mounted on it by T_base_camera_xyz / _rpy.'),
@@ -96,14 +96,16 @@ NODE_PARAMETERS: dict[str, _Spec] = {
                                'Orientation (roll, pitch, yaw in rad, fixed axes as static_transform_publisher) of the '
                                'camera optical frame in base_frame. All zero (the default): ~/pose is the optical '
                                "frame's pose; a forward-looking camera is [-1.5708, 0.0, -1.5708]."),
+    'rectified': _Spec(False, ParameterType.PARAMETER_BOOL,
+                       'Images are rectified: use CameraInfo P, not K + D (also done when D is all zero).'),
     'cache_dir': _Spec('', ParameterType.PARAMETER_STRING,
                        'Writable cache for TensorRT engines etc.; empty = $VIZLOC_CACHE_DIR or ~/.cache/vizloc_ros.'),
-    'publish_markers': _Spec(True, ParameterType.PARAMETER_BOOL, 'Publish ~/markers (MarkerArray) and ~/path (Path).',
+    'publish_markers': _Spec(True, ParameterType.PARAMETER_BOOL, 'Publish ~/markers (MarkerArray) and ~/<name>/path (Path).',
                              runtime=True),
     'publish_timing': _Spec(False, ParameterType.PARAMETER_BOOL,
                             'Publish per-frame timestamps (callback, model start/end, published) on ~/timing '
                             '(diagnostic_msgs/DiagnosticStatus); used by scripts/bench_node.py.', runtime=True),
-    'path_max_length': _Spec(1000, ParameterType.PARAMETER_INTEGER, 'Poses kept in ~/path (oldest dropped).',
+    'path_max_length': _Spec(1000, ParameterType.PARAMETER_INTEGER, 'Poses kept in each ~/<name>/path (oldest dropped).',
                              int_range=(1, 100000), runtime=True),
     'diagnostics_period_s': _Spec(1.0, ParameterType.PARAMETER_DOUBLE, 'Period of /diagnostics messages in seconds.',
                                   float_range=(0.1, 60.0)),
@@ -162,6 +164,7 @@ class NodeParams:
     base_frame: str = 'base_link'
     T_base_camera_xyz: tuple[float, ...] = (0.0, 0.0, 0.0)
     T_base_camera_rpy: tuple[float, ...] = (0.0, 0.0, 0.0)
+    rectified: bool = False
     cache_dir: str = ''
     publish_markers: bool = True
     publish_timing: bool = False
