@@ -35,7 +35,8 @@ class RetrievalContract:
 
     ``descriptor_dim``: length of ``descriptor``; ``backbone``/``gem_p``: how it was made (information);
     ``positive_radius_m``/``positive_max_angle_deg``: what counted as the same place in training;
-    ``recall_radius_m``: radius of the recall@k metric; ``resize``: always ``stretch``.
+    ``recall_radius_m``: radius of the recall@k metric; ``resize``: always ``stretch``;
+    ``backbone_weights``: where the backbone's initial weights came from (package, version, sha256).
     """
 
     descriptor_dim: int = 256
@@ -45,6 +46,7 @@ class RetrievalContract:
     positive_max_angle_deg: float = 60.0
     recall_radius_m: float = 25.0
     resize: str = 'stretch'
+    backbone_weights: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.descriptor_dim < 1:

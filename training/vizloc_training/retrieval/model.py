@@ -28,9 +28,10 @@ class GeM(nn.Module):
 class RetrievalNet(nn.Module):
     """``forward(x) -> (N, dim)`` L2-normalised global descriptors (the ONNX output ``descriptor``)."""
 
-    def __init__(self, backbone: str, dim: int = 256, gem_p: float = 3.0, init_weights: Path | None = None) -> None:
+    def __init__(self, backbone: str, dim: int = 256, gem_p: float = 3.0, init_weights: Path | None = None,
+                 pretrained: bool = False) -> None:
         super().__init__()
-        self.backbone, feature_dim = make_backbone(backbone, init_weights=init_weights)
+        self.backbone, feature_dim = make_backbone(backbone, init_weights=init_weights, pretrained=pretrained)
         self.pool = GeM(gem_p)
         self.proj = nn.Linear(feature_dim, dim)
         self.dim = dim

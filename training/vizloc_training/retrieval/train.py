@@ -35,7 +35,8 @@ from vizloc_ros.bundle import InputSpec
 from ..gps_regressor.train import _normalise, _set_threads, _to_unit, augment_batch
 from ..train.config import TrainArgs, TrainConfigError, resolve_preset
 from ..train.export import export_and_bundle, rewrite_bundle_metrics
-from ..train.loop import CheckpointManager, lr_factor, select_device, set_seed, work_dir
+from ..train.loop import (CheckpointManager, discriminative_param_groups, lr_factor, select_device, set_lr, set_seed,
+                          work_dir)
 from .data import load_reference_arrays, same_place
 from .model import RetrievalNet
 
@@ -44,7 +45,9 @@ __all__ = ['PRESETS', 'LOCALIZER_TYPE', 'LOSSES', 'train', 'triplet_loss', 'info
 logger = logging.getLogger(__name__)
 
 _BASE: dict[str, Any] = {
-    'backbone': 'resnet18',
+    'backbone': 'efficientnet_lite0',
+    'pretrained': True,          # start from the packaged ImageNet weights (seed 004 starts from pretrained networks)
+    'backbone_lr_factor': 0.3,   # fine-tuning: the backbone learns at lr x this, GeM + projection at lr
     'image_height': 96,
     'image_width': 128,
     'descriptor_dim': 256,
@@ -69,11 +72,11 @@ _BASE: dict[str, Any] = {
 }
 
 #: ``demo``: CPU, about 10 min of training on 2 shared cores; ``tiny``: seconds, for tests; ``full``: GPU.
-#: Backbone: resnet18 (the best small backbone that learns from scratch here); with the pretrained
-#: EfficientNet-Lite0 of make_backbone the default becomes ``efficientnet_lite0``.
+#: Backbone: the ImageNet-pretrained EfficientNet-Lite0 (``--set pretrained=false`` trains from scratch;
+#: ``--set backbone=resnet18 --set pretrained=false`` is the scratch network that learnt best here).
 PRESETS: dict[str, dict[str, Any]] = {
     'demo': {**_BASE, 'image_height': 72, 'image_width': 96, 'epochs': 200, 'time_budget_s': 900.0},
-    'tiny': {**_BASE, 'image_height': 48, 'image_width': 64, 'descriptor_dim': 32, 'epochs': 1, 'batch_size': 8,
+    'tiny': {**_BASE, 'backbone': 'resnet18', 'pretrained': False, 'image_height': 48, 'image_width': 64, 'descriptor_dim': 32, 'epochs': 1, 'batch_size': 8,
              'warmup_steps': 0, 'max_entries': 48, 'eval_queries': 6},
     'full': {**_BASE, 'image_height': 240, 'image_width': 320, 'epochs': 60, 'batch_size': 48, 'lr': 3e-4},
 }
@@ -146,8 +149,10 @@ def train(args: TrainArgs) -> Path:
     logger.info('retrieval: %d reference entries, %d with positives', len(refs.uids), len(anchors))
 
     model = RetrievalNet(config['backbone'], int(config['descriptor_dim']), float(config['gem_p']),
-                         init_weights=args.init_weights).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(config['lr']), weight_decay=float(config['weight_decay']))
+                         init_weights=args.init_weights, pretrained=bool(config['pretrained'])).to(device)
+    optimizer = torch.optim.AdamW(discriminative_param_groups(model, model.backbone, float(config['lr']),
+                                                              float(config['backbone_lr_factor'])),
+                                  weight_decay=float(config['weight_decay']))
     checkpoints = CheckpointManager(work_dir(args.out) / 'checkpoints',
                                     describe={'type': LOCALIZER_TYPE, 'preset': args.preset, 'config': config})
     start_epoch, step = 0, 0
@@ -180,10 +185,9 @@ def train(args: TrainArgs) -> Path:
                 loss = info_nce_loss(desc[:n], desc[n:], desc, mask, float(config['temperature']))
             else:
                 loss = triplet_loss(desc[:n], desc[n:], desc, mask, float(config['margin']))
-            for group in optimizer.param_groups:
-                group['lr'] = float(config['lr']) * lr_factor(step, time.perf_counter() - train_started,
-                                                             warmup_steps=int(config['warmup_steps']),
-                                                             total_steps=total_steps, budget_s=budget)
+            set_lr(optimizer, lr_factor(step, time.perf_counter() - train_started,
+                                        warmup_steps=int(config['warmup_steps']),
+                                        total_steps=total_steps, budget_s=budget))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -192,7 +196,7 @@ def train(args: TrainArgs) -> Path:
             step += 1
             if budget > 0 and time.perf_counter() - train_started >= budget:
                 break
-        logger.info('epoch %d: triplet loss %.4f (%d steps, %.0f s)', epoch + 1, np.mean(losses[-steps_per_epoch:]),
+        logger.info('epoch %d: %s loss %.4f (%d steps, %.0f s)', epoch + 1, config['loss'], np.mean(losses[-steps_per_epoch:]),
                     step, time.perf_counter() - train_started)
         checkpoints.save(epoch + 1, model, optimizer, extra={'step': step})
         if budget > 0 and time.perf_counter() - train_started >= budget:
@@ -203,7 +207,8 @@ def train(args: TrainArgs) -> Path:
                                  gem_p=float(model.pool.p.detach().clamp(min=1.0)),
                                  positive_radius_m=float(config['positive_radius_m']),
                                  positive_max_angle_deg=float(config['positive_max_angle_deg']),
-                                 recall_radius_m=float(config['negative_radius_m']))
+                                 recall_radius_m=float(config['negative_radius_m']),
+                                 backbone_weights=dict(model.backbone.weights_source))
     metrics = {'train_s': time.perf_counter() - train_started, 'epochs_run': epoch + 1 - start_epoch, 'steps': step,
                'final_loss': float(np.mean(losses[-steps_per_epoch:])) if losses else float('nan')}
     bundle = export_and_bundle(model.cpu(), args.out, localizer_type=LOCALIZER_TYPE,
