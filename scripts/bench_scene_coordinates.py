@@ -178,8 +178,9 @@ def arch_speed(bundle_meta: dict, size: tuple[int, int], threads: int, runs: int
     enc = bundle_meta['encoder']
     encoder = Encoder(EncoderConfig(width=enc['width'], blocks=enc['blocks'], feature_dim=enc['feature_dim'],
                                     dilations=tuple(enc['dilations']), norm=enc.get('norm', 'none'),
-                                    context_dim=enc.get('context_dim', 0)))
-    head = Head(enc['feature_dim'], HeadConfig(**bundle_meta['head']))
+                                    context_dim=enc.get('context_dim', 0), kind=enc.get('kind', 'cnn'),
+                                    levels=tuple(enc.get('levels', (8, 16)))))
+    head = Head(encoder.feature_dim, HeadConfig(**bundle_meta['head']))
     net = SceneCoordinateNet(encoder, head).eval()
     w, h = size
     with tempfile.TemporaryDirectory() as tmp:

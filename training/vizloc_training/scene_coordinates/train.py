@@ -39,7 +39,7 @@ from ..train.config import TrainArgs, TrainConfigError, resolve_preset
 from ..train.loop import CheckpointManager, lr_factor, schedule_progress, select_device, set_seed, work_dir
 from .data import PreparedImage, augment_view, open_split, prepare_split, scene_normalisation
 from .losses import ReprojectionLossConfig, coordinate_nll, reprojection_loss
-from .model import (OUTPUT_STRIDE, Encoder, EncoderConfig, Head, HeadConfig, SceneCoordinateNet, load_encoder,
+from .model import (ENCODER_KINDS, OUTPUT_STRIDE, Encoder, EncoderConfig, Head, HeadConfig, SceneCoordinateNet, load_encoder,
                     save_encoder)
 
 __all__ = ['PRESETS', 'train', 'TrainedScene', 'fit']
@@ -53,6 +53,9 @@ STD = (0.229, 0.224, 0.225)
 _BASE: dict[str, Any] = {
     # network input (0 = the dataset's native image size)
     'input_width': 0, 'input_height': 0,
+    # encoder: 'cnn' (trained here end-to-end first) or a frozen ImageNet-pretrained EfficientNet-Lite
+    # ('efficientnet_lite0/1/2': ACE's recipe, mapping only) with its stride-8/16(/32) maps
+    'encoder': 'cnn', 'encoder_levels': [8, 16],
     'encoder_width': 24, 'encoder_blocks': 4, 'feature_dim': 128, 'encoder_norm': 'group', 'context_dim': 0,
     'head_width': 256, 'head_layers': 2,
     # encoder pretraining / end-to-end (epochs over the training images)
@@ -101,6 +104,8 @@ def _check_config(config: dict[str, Any]) -> None:
     if not 0.0 <= float(config['aug_rotation_deg']) <= 180.0 or float(config['aug_scale']) < 1.0:
         raise TrainConfigError(f"aug_rotation_deg must be in [0, 180] and aug_scale >= 1, got "
                                f"{config['aug_rotation_deg']} / {config['aug_scale']}")
+    if config['encoder'] not in ENCODER_KINDS:
+        raise TrainConfigError(f"encoder must be one of {ENCODER_KINDS}, got {config['encoder']!r}")
     if config['encoder_norm'] not in ('none', 'group'):
         raise TrainConfigError(f"encoder_norm must be none or group, got {config['encoder_norm']!r}")
     if not 0 <= int(config['context_dim']) < int(config['feature_dim']):
@@ -369,12 +374,20 @@ def fit(train_images: list[PreparedImage], config: dict[str, Any], *, init_weigh
         encoder, encoder_info = load_encoder(init_weights)
         logger.info('encoder from %s (%s)', encoder_info['path'], encoder_info.get('config'))
     else:
-        encoder = Encoder(EncoderConfig(width=config['encoder_width'], blocks=config['encoder_blocks'],
-                                        feature_dim=config['feature_dim'], norm=config['encoder_norm'],
-                                        context_dim=config['context_dim']))
-        encoder_info = {'path': None, 'config': None}
+        try:
+            encoder_config = EncoderConfig(width=config['encoder_width'], blocks=config['encoder_blocks'],
+                                           feature_dim=config['feature_dim'], norm=config['encoder_norm'],
+                                           context_dim=config['context_dim'], kind=config['encoder'],
+                                           levels=tuple(config['encoder_levels']))
+        except ValueError as exc:
+            raise TrainConfigError(f'bad encoder settings: {exc}') from exc
+        encoder = Encoder(encoder_config, pretrained=encoder_config.kind != 'cnn')
+        encoder_info = {'path': None, 'config': None, 'weights_source': encoder.weights_source}
+        if encoder_config.kind != 'cnn':
+            logger.info('encoder: frozen ImageNet-pretrained %s, stride-%s maps (%d channels)', encoder_config.kind,
+                        '/'.join(map(str, encoder_config.levels)), encoder.feature_dim)
     head_config = HeadConfig(width=config['head_width'], layers=config['head_layers'])
-    net = SceneCoordinateNet(encoder, Head(encoder.config.feature_dim, head_config), tuple(mean), scale).to(device)
+    net = SceneCoordinateNet(encoder, Head(encoder.feature_dim, head_config), tuple(mean), scale).to(device)
     payload = checkpoints.load_latest(map_location=device) if (resume and checkpoints is not None) else None
     stage = (payload or {}).get('extra', {}).get('stage')
     if stage == 'mapped':
@@ -383,7 +396,8 @@ def fit(train_images: list[PreparedImage], config: dict[str, Any], *, init_weigh
         net.eval()
         return TrainedScene(net, (in_w, in_h), supervision, dict(payload['extra'].get('timings_s', {})), encoder_info,
                             int(payload['extra'].get('head_iterations_run', 0)))
-    if init_weights is None or config['finetune_encoder'] or config['pretrain_encoder']:
+    trains_encoder = init_weights is None and encoder.config.kind == 'cnn'
+    if trains_encoder or config['finetune_encoder'] or config['pretrain_encoder']:
         started = time.perf_counter()
         _train_end_to_end(net, train_images, config, supervision, device, seed, checkpoints,
                           payload if stage == 'end_to_end' else None)
@@ -397,7 +411,7 @@ def fit(train_images: list[PreparedImage], config: dict[str, Any], *, init_weigh
         logger.info('feature buffer: %d cells from %d images (%.1f s)', buffer['features'].shape[0],
                     len(train_images), timings['buffer_s'])
         head = net.head if ('encoder_training_s' in timings and config['init_head_from_pretraining']) \
-            else Head(encoder.config.feature_dim, head_config).to(device)
+            else Head(encoder.feature_dim, head_config).to(device)
         started = time.perf_counter()
         _loss_value, iterations_run = _train_head(head, buffer, config, supervision, net.scene_mean_m.view(1, 3),
                                                   scale, device, seed)
@@ -487,8 +501,10 @@ def train(args: TrainArgs) -> Path:
         'scene_scale_m': float(trained.net.scene_scale_m),
         'supervision': trained.supervision,
         'uncertainty': config['uncertainty'],
-        'encoder': {'width': trained.net.encoder.config.width, 'blocks': trained.net.encoder.config.blocks,
-                    'feature_dim': trained.net.encoder.config.feature_dim,
+        'encoder': {'kind': trained.net.encoder.config.kind, 'levels': list(trained.net.encoder.config.levels),
+                    'weights_source': dict(trained.net.encoder.weights_source),
+                    'width': trained.net.encoder.config.width, 'blocks': trained.net.encoder.config.blocks,
+                    'feature_dim': trained.net.encoder.feature_dim,
                     'dilations': list(trained.net.encoder.config.dilations),
                     'norm': trained.net.encoder.config.norm, 'context_dim': trained.net.encoder.config.context_dim,
                     'init_weights': str(args.init_weights) if args.init_weights else None},
