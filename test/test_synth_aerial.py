@@ -158,10 +158,12 @@ def test_eval_bag_matches_test_split(world: Path) -> None:
     assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
 
 
-def test_altitude_tilt_and_rotation_ranges(terrain: aerial.Terrain) -> None:
-    half = CFG.flight_area_fraction * CFG.extent_m / 2
+@pytest.mark.parametrize('train_sampling', aerial.TRAIN_SAMPLINGS)
+def test_altitude_tilt_and_rotation_ranges(terrain: aerial.Terrain, train_sampling: str) -> None:
+    cfg = replace(CFG, train_sampling=train_sampling)
+    half = cfg.flight_area_fraction * cfg.extent_m / 2
     for split, n in (('train', 60), ('val', 20), ('test', 30)):
-        poses = aerial.plan_poses(aerial.flight_plan(split, n, CFG, half, 5), terrain, CFG)
+        poses = aerial.plan_poses(aerial.flight_plan(split, n, cfg, half, 5, terrain), terrain, cfg)
         for T in poses:
             R = T[:3, :3]
             assert np.allclose(R.T @ R, np.eye(3), atol=1e-9) and np.linalg.det(R) > 0
@@ -176,7 +178,8 @@ def test_altitude_tilt_and_rotation_ranges(terrain: aerial.Terrain) -> None:
 
 def test_trajectories_are_smooth_and_train_test_differ(terrain: aerial.Terrain) -> None:
     half = CFG.flight_area_fraction * CFG.extent_m / 2
-    plans = {s: aerial.flight_plan(s, n, CFG, half, 0) for s, n in (('train', 200), ('val', 60), ('test', 100))}
+    lawnmower = replace(CFG, train_sampling='lawnmower')  # smoothness is the flights' property, not the LHS views'
+    plans = {s: aerial.flight_plan(s, n, lawnmower, half, 0) for s, n in (('train', 200), ('val', 60), ('test', 100))}
     for plan in plans.values():
         step = np.linalg.norm(np.diff(plan.xy_m, axis=0), axis=1)
         assert step.max() < 4 * np.median(step), f'{plan.split}: jumpy trajectory'

@@ -1,8 +1,8 @@
 """Synthetic AERIAL world: a textured, geo-referenced terrain seen from a drone (CrossLoc-style data).
 
-``generate(out)`` builds a terrain, flies three different drone trajectories over it (train, val,
-test), renders every frame with exact ground truth and writes the DSAC*/CrossLoc layout that
-:mod:`vizloc_training.datasets.scene_coordinates` reads::
+``generate(out)`` builds a terrain, samples training views over it, flies two different drone
+trajectories (val, test), renders every frame with exact ground truth and writes the
+DSAC*/CrossLoc layout that :mod:`vizloc_training.datasets.scene_coordinates` reads::
 
     DIR/world.yaml                      what generated this, with which seed/sizes/sources
     DIR/geo.yaml                        geo-reference of the scene frame (crs: EPSG:2056 + offset)
@@ -28,10 +28,19 @@ roads, a low-frequency colour modulation (so no two places look alike) and roofs
 ``world.yaml`` records which texture source was used. Users may bring their own orthophoto,
 elevation grid and geo-reference instead (``orthophoto=``, ``elevation=``, ``geo=``).
 
-Trajectories (scene frame, seed-dependent orientation/phases): train = lawnmower passes with
-semicircular turns, val = figure eight (Lissajous 2:1), test = a looping epitrochoid at other altitudes and sun
-directions. Altitude 50-300 m above ground (buildings included), camera tilt 0-45 deg from nadir
+Training views (``AerialWorldConfig.train_sampling``): ``'lhs'`` (default, CrossLoc's LHS-sim) =
+independent views drawn with a Latin hypercube (``scipy.stats.qmc.LatinHypercube``, seeded by the
+world seed) over x, y in the flight area, height above the ground (buildings included) 51-299 m,
+heading 0-360 deg, tilt 0-45 deg, roll +/-3 deg and the sun direction (azimuth 0-360 deg,
+elevation 22-68 deg), so that they cover the poses the val/test flights take; a view whose image
+border leaves the terrain is rejected and replaced by the next fitting view of further Latin
+hypercubes (:func:`lhs_plan`); user terrain gets the same, over its own flight area. ``'lawnmower'``
+= the former training flight: lawnmower passes with semicircular turns. Trajectories (scene frame, seed-dependent orientation/phases): val = figure
+eight (Lissajous 2:1), test = a looping epitrochoid at other altitudes and sun directions.
+Flights: altitude 50-300 m above ground (buildings included), camera tilt 0-45 deg from nadir
 (capped so that the whole view stays on the terrain), smooth yaw oscillations, a little roll.
+``world.yaml`` records each split's plan (``splits.<split>.trajectory``: shape, and for the LHS
+views the sampler, its seed, ranges and rejections) and the altitude/tilt ranges flown.
 
 Everything is deterministic for a seed: same seed -> byte-identical files.
 """
@@ -49,6 +58,7 @@ import cv2
 import numpy as np
 import transforms3d
 import yaml
+from scipy.stats import qmc
 from vizloc_ros.bags import EVAL_BAG_NAME
 from vizloc_ros.bundle import yaml_plain
 from vizloc_ros.geodesy import GeoReference
@@ -62,10 +72,15 @@ __all__ = [
     'DEFAULT_PHOTO_DIR',
     'FlightPlan',
     'GENERATOR_VERSION',
+    'LHS_DIMENSIONS',
+    'TRAIN_SAMPLINGS',
     'build_terrain',
     'build_orthophoto',
     'camera_rotation',
     'flight_plan',
+    'latin_hypercube',
+    'lhs_plan',
+    'lhs_ranges',
     'plan_poses',
     'generate',
 ]
@@ -73,7 +88,7 @@ __all__ = [
 _LOG = logging.getLogger(__name__)
 
 GENERATOR = 'vizloc_training.synth.aerial'
-GENERATOR_VERSION = '1.0.0'
+GENERATOR_VERSION = '1.1.0'  # 1.1: Latin-hypercube training views by default
 #: Where Debian/Ubuntu's ``opencv-doc`` package installs its example images.
 DEFAULT_PHOTO_DIR = Path('/usr/share/doc/opencv-doc/examples/data')
 AERIAL_PHOTOS = ('aero1.jpg', 'aero3.jpg')
@@ -82,6 +97,14 @@ INIT_STRIDE_PX = 8
 _SPLIT_ID = {'train': 0, 'val': 1, 'test': 2}
 _BAG_START_NS = 1_700_000_000_000_000_000
 _BAG_PERIOD_NS = 100_000_000  # 10 Hz
+#: How the training split is made: Latin-hypercube views (default) or the lawnmower flight.
+TRAIN_SAMPLINGS = ('lhs', 'lawnmower')
+#: The Latin hypercube's dimensions, in column order (see :func:`lhs_plan`).
+LHS_DIMENSIONS = ('x_m', 'y_m', 'agl_m', 'heading_rad', 'tilt_rad', 'roll_rad', 'sun_azimuth_rad', 'sun_elevation_rad')
+#: Sun elevation of the LHS views: the flights' 30-60 deg plus their +/-8 deg swing.
+LHS_SUN_ELEVATION_DEG = (22.0, 68.0)
+#: Latin hypercubes of n views drawn at most for n fitting training views before giving up.
+LHS_MAX_ROUNDS = 20
 
 
 class AerialWorldError(ValueError):
@@ -110,6 +133,7 @@ class AerialWorldConfig:
     building_height_m: tuple[float, float] = (6.0, 30.0)
     photometric_strength: float = 1.0
     origin_lv95: tuple[float, float, float] = (2538500.0, 1153500.0, 500.0)  # E, N, h: near Lausanne
+    train_sampling: str = 'lhs'  # 'lhs': Latin-hypercube views (CrossLoc LHS-sim); 'lawnmower': one lawnmower flight
 
     def __post_init__(self) -> None:
         w, h = self.size
@@ -128,6 +152,8 @@ class AerialWorldConfig:
             raise AerialWorldError(f'tilt_max_deg must be in [0, 80), got {self.tilt_max_deg}')
         if not 0 < self.flight_area_fraction < 1:
             raise AerialWorldError(f'flight_area_fraction must be in (0, 1), got {self.flight_area_fraction}')
+        if self.train_sampling not in TRAIN_SAMPLINGS:
+            raise AerialWorldError(f'train_sampling must be one of {TRAIN_SAMPLINGS}, got {self.train_sampling!r}')
 
     @property
     def focal_px(self) -> float:
@@ -423,8 +449,20 @@ def _smooth_heading(xy: np.ndarray) -> np.ndarray:
     return np.convolve(padded, kernel / kernel.sum(), mode='valid')
 
 
-def flight_plan(split: str, n: int, cfg: AerialWorldConfig, half_area_m: float, seed: int) -> FlightPlan:
-    """Smooth, seed-dependent trajectory of ``n`` frames for ``split`` (different shape per split)."""
+def flight_plan(split: str, n: int, cfg: AerialWorldConfig, half_area_m: float, seed: int,
+                terrain: Terrain | None = None) -> FlightPlan:
+    """Seed-dependent plan of ``n`` frames for ``split``.
+
+    val/test (and train with ``cfg.train_sampling == 'lawnmower'``) are smooth trajectories of a
+    different shape per split; train with ``'lhs'`` (the default) is :func:`lhs_plan`, which needs
+    ``terrain`` to check every view.
+    """
+    if split == 'train' and cfg.train_sampling == 'lhs':
+        if terrain is None:
+            raise AerialWorldError("train_sampling='lhs' needs the terrain: every sampled view is checked against it")
+        return lhs_plan(n, cfg, half_area_m, seed, terrain)
+    if split not in _SPLIT_ID:
+        raise AerialWorldError(f'unknown split {split!r}; known: {SPLITS}')
     rng = np.random.default_rng([seed, 1000 + _SPLIT_ID[split]])
     a = half_area_m
     s = np.linspace(0.0, 1.0, n, endpoint=n == 1)
@@ -477,6 +515,107 @@ def flight_plan(split: str, n: int, cfg: AerialWorldConfig, half_area_m: float, 
                       roll_rad=roll, sun_dir=sun, params=params)
 
 
+def latin_hypercube(n: int, d: int, rng: np.random.Generator) -> np.ndarray:
+    """``(n, d)`` Latin-hypercube sample of [0, 1)^d (``scipy.stats.qmc.LatinHypercube``).
+
+    Each of the ``n`` equal bins of every dimension holds exactly one point (at a random place in
+    its bin; bins paired at random across dimensions). Deterministic for the state of ``rng``.
+    """
+    if n < 1 or d < 1:
+        raise AerialWorldError(f'a Latin hypercube needs n >= 1 points in d >= 1 dimensions, got n={n}, d={d}')
+    return qmc.LatinHypercube(d, rng=rng).random(n)
+
+
+def lhs_ranges(cfg: AerialWorldConfig, half_area_m: float) -> dict[str, tuple[float, float]]:
+    """Range of each of :data:`LHS_DIMENSIONS` (metres / radians) for the LHS training views.
+
+    x, y: the whole flight area (the val/test flights stay inside it); height above the ground
+    *including* buildings: ``agl_range_m`` less the 1 m margin every flight keeps (the val/test
+    flights plan heights from 5 m above the highest roofs to 10 m below the top of it, above the
+    hills, so this reaches a little beyond them on both sides: defaults 51-299 m against ~80-290 m);
+    heading: the full circle; tilt from nadir: 0 to ``tilt_max_deg``; roll:
+    +/-``roll_max_deg`` (the flights' limits); sun: any azimuth, :data:`LHS_SUN_ELEVATION_DEG`.
+    """
+    lo, hi = cfg.agl_range_m
+    a = float(half_area_m)
+    roll = math.radians(cfg.roll_max_deg)
+    return {
+        'x_m': (-a, a),
+        'y_m': (-a, a),
+        'agl_m': (lo + 1.0, hi - 1.0),
+        'heading_rad': (0.0, 2 * math.pi),
+        'tilt_rad': (0.0, math.radians(cfg.tilt_max_deg)),
+        'roll_rad': (-roll, roll),
+        'sun_azimuth_rad': (0.0, 2 * math.pi),
+        'sun_elevation_rad': (math.radians(LHS_SUN_ELEVATION_DEG[0]), math.radians(LHS_SUN_ELEVATION_DEG[1])),
+    }
+
+
+def _ranges_in_degrees(ranges: Mapping[str, tuple[float, float]]) -> dict[str, list[float]]:
+    """``{'tilt_rad': (0, pi/4), 'x_m': ...}`` -> ``{'tilt_deg': [0.0, 45.0], 'x_m': ...}`` (for world.yaml)."""
+    out: dict[str, list[float]] = {}
+    for name, (lo, hi) in ranges.items():
+        if name.endswith('_rad'):
+            out[name[:-len('_rad')] + '_deg'] = [round(math.degrees(lo), 6), round(math.degrees(hi), 6)]
+        else:
+            out[name] = [round(float(lo), 6), round(float(hi), 6)]
+    return out
+
+
+def lhs_plan(n: int, cfg: AerialWorldConfig, half_area_m: float, seed: int, terrain: Terrain) -> FlightPlan:
+    """``n`` independent training views sampled with a Latin hypercube (CrossLoc's LHS-sim).
+
+    The unit hypercube of :func:`latin_hypercube` (generator seeded ``[seed, 2000]``) is scaled to
+    :func:`lhs_ranges` over :data:`LHS_DIMENSIONS`. A view whose image border does not land on the
+    terrain (the check :func:`plan_poses` applies) is rejected; the first Latin hypercube of ``n``
+    views is kept minus its rejects, which are replaced by the first fitting views of further
+    Latin hypercubes of ``n`` (at most :data:`LHS_MAX_ROUNDS` in all, else :class:`AerialWorldError`).
+    ``plan_poses`` turns the plan into exactly the checked poses (no tilt capping needed).
+    """
+    if n < 1:
+        raise AerialWorldError(f'lhs_plan needs n >= 1 views, got {n}')
+    ranges = lhs_ranges(cfg, half_area_m)
+    lo_v = np.array([ranges[k][0] for k in LHS_DIMENSIONS])
+    span_v = np.array([ranges[k][1] - ranges[k][0] for k in LHS_DIMENSIONS])
+    rng = np.random.default_rng([seed, 2000 + _SPLIT_ID['train']])
+    rays_cam = _boundary_rays(cfg.K(), *cfg.size)
+    kept: list[np.ndarray] = []  # per view: x, y, agl above the hills, heading, tilt, roll, sun az, sun el
+    drawn = 0
+    for _ in range(LHS_MAX_ROUNDS):
+        for u in latin_hypercube(n, len(LHS_DIMENSIONS), rng):
+            drawn += 1
+            x_m, y_m, agl_m, heading_rad, tilt_rad, roll_rad, az_rad, el_rad = lo_v + u * span_v
+            ground_m = float(terrain.field.height_at(np.array(x_m), np.array(y_m)))
+            agl_hills_m = ground_m + agl_m - float(terrain.hills.height_at(np.array(x_m), np.array(y_m)))
+            C = _camera_centre(terrain, cfg, x_m, y_m, agl_hills_m)
+            if _fits(terrain.field, C, camera_rotation(heading_rad, tilt_rad, roll_rad), rays_cam):
+                kept.append(np.array([x_m, y_m, agl_hills_m, heading_rad, tilt_rad, roll_rad, az_rad, el_rad]))
+                if len(kept) == n:
+                    break
+        if len(kept) == n:
+            break
+    if len(kept) < n:
+        raise AerialWorldError(f'only {len(kept)} of {drawn} Latin-hypercube training views see nothing but terrain, '
+                               f'{n} needed; reduce agl_range_m, tilt_max_deg or flight_area_fraction')
+    v = np.stack(kept)
+    _LOG.debug('LHS training views: %d kept of %d drawn', n, drawn)
+    sun = np.stack([np.cos(v[:, 7]) * np.cos(v[:, 6]), np.cos(v[:, 7]) * np.sin(v[:, 6]), np.sin(v[:, 7])], axis=1)
+    params = {
+        'shape': 'latin hypercube',
+        'method': 'CrossLoc LHS-sim: independent views, scipy.stats.qmc.LatinHypercube over the ranges below',
+        'rng_seed': [int(seed), 2000 + _SPLIT_ID['train']],
+        'ranges': _ranges_in_degrees(ranges),
+        'agl_reference': 'camera height above the ground including buildings',
+        'tilt_reference': 'from nadir towards the heading (the image top, CCW from east)',
+        'candidates': drawn,
+        'rejected': drawn - n,
+        'rejection': f'views whose image border leaves the terrain are dropped; the rest of the first Latin hypercube of '
+                     f'{n} is kept and refilled with the first fitting views of further ones',
+    }
+    return FlightPlan(split='train', kind='latin hypercube', xy_m=v[:, :2].copy(), agl_m=v[:, 2].copy(),
+                      yaw_rad=v[:, 3].copy(), tilt_rad=v[:, 4].copy(), roll_rad=v[:, 5].copy(), sun_dir=sun, params=params)
+
+
 def camera_rotation(yaw_rad: float, tilt_rad: float, roll_rad: float = 0.0) -> np.ndarray:
     """R_world_camera of the optical frame (x right, y down, z forward).
 
@@ -505,17 +644,21 @@ def _fits(field: HeightField, C: np.ndarray, R: np.ndarray, rays_cam: np.ndarray
     return bool(np.all(np.isfinite(field.cast(C, rays_cam @ R.T))))
 
 
+def _camera_centre(terrain: Terrain, cfg: AerialWorldConfig, x_m: float, y_m: float, agl_hills_m: float) -> np.ndarray:
+    """Camera centre ``agl_hills_m`` above the hills, kept 1 m inside ``agl_range_m`` above the ground (buildings included)."""
+    lo, hi = cfg.agl_range_m
+    ground = float(terrain.field.height_at(np.array(x_m), np.array(y_m)))
+    z = float(terrain.hills.height_at(np.array(x_m), np.array(y_m))) + float(agl_hills_m)
+    z = min(max(z, ground + lo + 1.0), ground + hi - 1.0)
+    return np.array([float(x_m), float(y_m), z])
+
+
 def plan_poses(plan: FlightPlan, terrain: Terrain, cfg: AerialWorldConfig) -> list[np.ndarray]:
     """4x4 camera-to-world poses; the tilt is capped so that the image border stays on the terrain."""
     rays_cam = _boundary_rays(cfg.K(), *cfg.size)
-    lo, hi = cfg.agl_range_m
     poses = []
     for k in range(len(plan.xy_m)):
-        x, y = plan.xy_m[k]
-        ground = float(terrain.field.height_at(np.array(x), np.array(y)))
-        z = float(terrain.hills.height_at(np.array(x), np.array(y))) + float(plan.agl_m[k])
-        z = min(max(z, ground + lo + 1.0), ground + hi - 1.0)
-        C = np.array([x, y, z])
+        C = _camera_centre(terrain, cfg, float(plan.xy_m[k, 0]), float(plan.xy_m[k, 1]), float(plan.agl_m[k]))
         tilt = float(plan.tilt_rad[k])
         R = camera_rotation(float(plan.yaw_rad[k]), tilt, float(plan.roll_rad[k]))
         if not _fits(terrain.field, C, R, rays_cam):
@@ -592,14 +735,16 @@ def generate(out: str | Path, *, seed: int = 0, frames: int | None = None, size:
              orthophoto: str | Path | None = None, elevation: str | Path | None = None,
              geo: str | Path | Mapping[str, Any] | None = None, dem_spacing_m: float | None = None,
              config: AerialWorldConfig | None = None, photo_dir: str | Path = DEFAULT_PHOTO_DIR,
-             write_bag: bool = True) -> Path:
+             write_bag: bool = True, train_sampling: str | None = None) -> Path:
     """Generate the aerial world into ``out`` (created; must be empty or absent). Returns ``out``.
 
     ``frames`` overrides the number of training frames (val/test scale with it), ``size`` the
-    image (W, H). ``orthophoto`` (north-up image), ``elevation`` (.npy 2-D float array, metres in
-    the scene frame's z, row 0 = north, spacing ``dem_spacing_m``, centred on the scene origin) and
-    ``geo`` (geo.yaml path or mapping, see ``vizloc_ros.geodesy.GeoReference``) replace the
-    generated ones; the orthophoto is stretched over the elevation grid's extent.
+    image (W, H), ``train_sampling`` how the training views are made (``'lhs'``, the default:
+    Latin-hypercube views; ``'lawnmower'``: one lawnmower flight; see :func:`flight_plan`).
+    ``orthophoto`` (north-up image), ``elevation`` (.npy 2-D float array, metres in the scene
+    frame's z, row 0 = north, spacing ``dem_spacing_m``, centred on the scene origin) and ``geo``
+    (geo.yaml path or mapping, see ``vizloc_ros.geodesy.GeoReference``) replace the generated
+    ones; the orthophoto is stretched over the elevation grid's extent.
     """
     t_start = time.perf_counter()
     cfg = config or AerialWorldConfig()
@@ -609,6 +754,8 @@ def generate(out: str | Path, *, seed: int = 0, frames: int | None = None, size:
         cfg = cfg.with_train_frames(int(frames))
     if dem_spacing_m is not None:
         cfg = replace(cfg, dem_spacing_m=float(dem_spacing_m))
+    if train_sampling is not None:
+        cfg = replace(cfg, train_sampling=str(train_sampling))
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise AerialWorldError(f'{out}: output directory exists and is not empty')
@@ -635,7 +782,7 @@ def generate(out: str | Path, *, seed: int = 0, frames: int | None = None, size:
     photometric = PhotometricConfig()
     splits_meta: dict[str, Any] = {}
     for split in SPLITS:
-        plan = flight_plan(split, counts[split], cfg, half_area, seed)
+        plan = flight_plan(split, counts[split], cfg, half_area, seed, terrain)
         poses = plan_poses(plan, terrain, cfg)
         split_dir = out / split
         for sub in ('rgb', 'poses', 'calibration', 'depth', 'init'):
@@ -656,7 +803,7 @@ def generate(out: str | Path, *, seed: int = 0, frames: int | None = None, size:
             'agl_m': [round(float(min(agl)), 3), round(float(max(agl)), 3)],
             'tilt_deg': [round(float(min(tilts)), 3), round(float(max(tilts)), 3)],
         }
-        _LOG.info('%s: %d frames written', split, counts[split])
+        _LOG.info('%s: %d frames written (%s)', split, counts[split], plan.kind)
 
     world = {
         'generator': GENERATOR,

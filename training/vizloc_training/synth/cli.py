@@ -2,6 +2,7 @@
 
     vizloc-synth {aerial,indoor,campus,multisite} --out DIR [--seed N] [--frames N] [--size WxH]
     vizloc-synth aerial ... [--orthophoto IMG] [--elevation DEM.npy] [--geo-yaml GEO.yaml] [--dem-spacing M]
+                            [--train-sampling {lhs,lawnmower}]
 
 See docs/synthetic_worlds.md.
 """
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help='.npy 2-D elevation grid (metres in the scene frame z, row 0 = north, centred on the scene origin)')
     aerial.add_argument('--geo-yaml', type=Path, default=None, help='geo.yaml geo-referencing the scene frame')
     aerial.add_argument('--dem-spacing', type=float, default=None, help='elevation grid spacing in metres (default 2)')
+    aerial.add_argument('--train-sampling', choices=('lhs', 'lawnmower'), default=None,
+                        help='training views: lhs = Latin-hypercube views over position, altitude, heading, tilt and sun '
+                             '(default), lawnmower = one lawnmower flight; val/test flights are the same either way')
     parser.add_argument('-v', '--verbose', action='store_true', help='debug logging')
     return parser
 
@@ -66,10 +70,10 @@ def run(args: argparse.Namespace) -> Path:
     """Dispatch parsed arguments to the world's ``generate``; returns the output directory."""
     extra: dict[str, Any] = {}
     aerial_only = {'orthophoto': args.orthophoto, 'elevation': args.elevation, 'geo': args.geo_yaml,
-                   'dem_spacing_m': args.dem_spacing}
+                   'dem_spacing_m': args.dem_spacing, 'train_sampling': args.train_sampling}
     given = {k: v for k, v in aerial_only.items() if v is not None}
     if given and args.world != 'aerial':
-        flags = ', '.join('--' + {'geo': 'geo-yaml', 'dem_spacing_m': 'dem-spacing'}.get(k, k) for k in given)
+        flags = ', '.join('--' + {'geo': 'geo-yaml', 'dem_spacing_m': 'dem-spacing', 'train_sampling': 'train-sampling'}.get(k, k) for k in given)
         raise ValueError(f'{flags}: only for the aerial world')
     extra.update(given)
     if args.size is not None:  # otherwise the world's own default size
