@@ -397,3 +397,34 @@ def test_cli_end_to_end(rooms, tmp_path):
     bundle = load_bundle(out, expected_type='room_classifier')
     assert bundle.metadata['args']['seed'] == 1 and bundle.metadata['config']['epochs'] == 1
     assert math.isfinite(bundle.metrics['test']['accuracy'])
+
+
+
+def test_frozen_feature_mode_trains_only_the_head(rooms, tmp_path):
+    """``freeze_backbone``: no step moves the pretrained backbone (weights and BN statistics bit for
+    bit), the head alone learns the rooms from cached features, and the CLI path writes a bundle."""
+    from vizloc_training.room_classifier.train import _train_head_on_cached_features
+    cfg = {**PRESETS['tiny'], 'freeze_backbone': True, 'feature_views': 3, 'epochs': 40, 'lr': 0.01}
+    train_split = load_split(rooms, 'train', sorted(ROOMS), max_side_px=64, video_stride=10)
+    val_split = load_split(rooms, 'val', sorted(ROOMS), max_side_px=64, video_stride=10)
+    set_seed(0)
+    model = build_model('efficientnet_lite0', 3, dropout=0.2, pretrained=True)
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    head_before = model.head.weight.detach().clone()
+    augment = train_transform(48, scale_min=0.5, jitter=0.2, blur_p=0.0, hflip=True)
+    history, wall_s, _, best_state = _train_head_on_cached_features(model, train_split, val_split, augment, cfg,
+                                                                     torch.device('cpu'), seed=0)
+    assert len(history) == 40 and wall_s > 0
+    model.load_state_dict(best_state)
+    after = model.backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not torch.equal(head_before, model.head.weight)
+    # three rooms told apart by wall colour and stripe direction: chance is 1/3
+    assert max(r['val_accuracy'] for r in history) >= 2 / 3
+    out = tmp_path / 'frozen'
+    train(TrainArgs(type='room_classifier', data=rooms, out=out, preset='tiny', epochs=40,
+                    extra={'freeze_backbone': 'true', 'feature_views': '3', 'eval_trajectory': 'false',
+                           'latency_runs': '1', 'lr': '0.01'}))
+    b = load_bundle(out, expected_type='room_classifier')
+    assert b.metadata['config']['freeze_backbone'] is True and len(b.metadata['history']) == 40
+    assert b.metrics['test']['accuracy'] >= 2 / 3

@@ -82,15 +82,24 @@ _COMMON: dict[str, Any] = {
     'p_stay': 0.95,             # HMM stay probability of the uncalibrated 'hmm' trajectory evaluation
     'calibrate_smoothing': True,  # choose HMM p_stay/temperature/switch prior on the val trajectory (bundle metadata)
     'ema_alpha': 0.3,
+    'freeze_backbone': False,   # True: frozen-feature mode: backbone features computed once (feature_views
+                                # augmented copies of every training frame, the first un-augmented), then
+                                # only the linear head trains on the cache (seconds); no BN recalibration
+    'feature_views': 8,
 }
 
 #: Named presets. ``demo``: CPU-friendly default (training loop capped at 7 min wall by ``time_budget_s``;
-#: about 8.5 min for the whole command on the synthetic indoor world with one thread on a shared 2-core machine); ``tiny``: seconds, for tests; ``full``: 224 px, longer schedule (GPU).
+#: about 8.5 min for the whole command on the synthetic indoor world with one thread on a shared 2-core machine);
+#: ``fast``: frozen-feature mode (head only on cached pretrained features); ``tiny``: seconds, for tests;
+#: ``full``: 224 px, longer schedule (GPU).
 PRESETS: dict[str, dict[str, Any]] = {
     'tiny': {**_COMMON, 'image_size': 48, 'max_side_px': 64, 'epochs': 4, 'batch_size': 8, 'lr': 2e-3,
              'warmup_epochs': 0, 'latency_runs': 3, 'video_stride': 10, 'erase_p': 0.0},
     'demo': {**_COMMON, 'image_size': 160, 'max_side_px': 192, 'epochs': 40, 'batch_size': 32, 'lr': 2e-3,
              'tta_flip': True, 'time_budget_s': 420.0},
+    # frozen pretrained features + linear head: about a minute on 2 CPU cores (features dominate)
+    'fast': {**_COMMON, 'image_size': 160, 'max_side_px': 192, 'epochs': 60, 'batch_size': 64, 'lr': 3e-3,
+             'warmup_epochs': 0, 'freeze_backbone': True, 'feature_views': 6, 'latency_runs': 5},
     'full': {**_COMMON, 'image_size': 224, 'max_side_px': 256, 'epochs': 60, 'batch_size': 64, 'lr': 1e-3,
              'warmup_epochs': 2, 'video_stride': 2, 'latency_runs': 50, 'num_threads': 0, 'tta_flip': True},
 }
@@ -207,6 +216,13 @@ def _train(args: TrainArgs, cfg: dict[str, Any], device: torch.device, dist) -> 
             train_cpu_s = float(payload['extra'].get('train_cpu_s', 0.0))
             logger.info('resumed from %s at epoch %d of %d', payload['path'], start_epoch, epochs)
 
+    if cfg['freeze_backbone']:
+        if not cfg['pretrained'] and args.init_weights is None:
+            raise ValueError('freeze_backbone needs pretrained weights (pretrained=true or --init-weights)')
+        history, train_s, train_cpu_s, best_state = _train_head_on_cached_features(
+            model, train_split, val_split, augment, cfg, device, args.seed)
+        start_epoch = epochs  # the fine-tuning loop below does not run
+
     net: nn.Module = model
     if dist.enabled:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
@@ -264,7 +280,7 @@ def _train(args: TrainArgs, cfg: dict[str, Any], device: torch.device, dist) -> 
         return args.out
     if best_state is not None:
         model.load_state_dict(best_state)
-    if int(cfg['bn_recalibrate']):
+    if int(cfg['bn_recalibrate']) and not cfg['freeze_backbone']:  # a frozen backbone keeps its statistics
         recalibrate_batchnorm(model, train_split, size, device, int(cfg['bn_recalibrate']))
     model.eval()
     export = RoomClassifierExport(model.cpu(), tta_flip=bool(cfg['tta_flip']))
@@ -313,6 +329,77 @@ def _train(args: TrainArgs, cfg: dict[str, Any], device: torch.device, dist) -> 
             rewrite_bundle_metrics(bundle_dir, {'trajectory': trajectory})
     logger.info('room classifier bundle written to %s', bundle_dir)
     return bundle_dir
+
+
+@torch.no_grad()
+def _cached_features(backbone: nn.Module, datasets: list[AugmentedRooms], device: torch.device,
+                     batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled backbone features (N x C) and labels of every item of every dataset, backbone in eval mode."""
+    backbone.eval()
+    feats, labels = [], []
+    for v, dataset in enumerate(datasets):
+        for start in progress(range(0, len(dataset), batch_size), desc=f'features {v + 1}/{len(datasets)}',
+                              total=math.ceil(len(dataset) / batch_size)):
+            items = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
+            feats.append(backbone(torch.stack([x for x, _ in items]).to(device)).cpu())
+            labels.append(torch.tensor([int(y) for _, y in items]))
+    return torch.cat(feats), torch.cat(labels)
+
+
+def _train_head_on_cached_features(model: nn.Module, train_split: RoomSplit, val_split: RoomSplit, augment,
+                                   cfg: dict[str, Any], device: torch.device, seed: int
+                                   ) -> tuple[list[dict[str, Any]], float, float, dict[str, Any]]:
+    """Frozen-feature mode: the backbone's pooled features of ``feature_views`` views of every training
+    frame (the first with the evaluation transform, the others augmented) and of the val frames are
+    computed once; the linear head (with its dropout) trains on them for ``epochs`` (cosine LR), the
+    epoch with the best val accuracy is kept. Returns (history, wall s, CPU s, best model state)."""
+    started, started_cpu = time.perf_counter(), time.process_time()
+    size = int(cfg['image_size'])
+    views = max(1, int(cfg['feature_views']))
+    torch.manual_seed(seed)  # the augmentations draw from torch's global generator
+    model.backbone.requires_grad_(False)
+    train_x, train_y = _cached_features(model.backbone, [AugmentedRooms(train_split, eval_transform(size))]
+                                        + [AugmentedRooms(train_split, augment)] * (views - 1), device)
+    val_x, val_y = (_cached_features(model.backbone, [AugmentedRooms(val_split, eval_transform(size))], device)
+                    if len(val_split) else (None, None))
+    features_s = time.perf_counter() - started
+    logger.info('frozen backbone: %d cached training features (%d views), %.1f s', len(train_x), views, features_s)
+    optimizer = torch.optim.AdamW(model.head.parameters(), lr=float(cfg['lr']), weight_decay=float(cfg['weight_decay']))
+    criterion = nn.CrossEntropyLoss(label_smoothing=float(cfg['label_smoothing']))
+    epochs, batch = int(cfg['epochs']), int(cfg['batch_size'])
+    steps = epochs * max(1, math.ceil(len(train_x) / batch))
+    generator = torch.Generator().manual_seed(seed)
+    history: list[dict[str, Any]] = []
+    best_val, best_state, step = -1.0, None, 0
+    train_x, train_y = train_x.to(device), train_y.to(device)
+    for epoch in range(epochs):
+        model.head.train()
+        model.dropout.train()
+        order = torch.randperm(len(train_x), generator=generator).to(device)
+        losses = []
+        for start in range(0, len(order), batch):
+            idx = order[start:start + batch]
+            set_lr(optimizer, lr_factor(step, 0.0, warmup_steps=0, total_steps=steps, budget_s=0.0))
+            loss = criterion(model.head(model.dropout(train_x[idx])), train_y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            step += 1
+        record: dict[str, Any] = {'epoch': epoch + 1, 'loss': float(np.mean(losses))}
+        if val_x is not None:
+            with torch.no_grad():
+                model.head.eval()
+                record['val_accuracy'] = float((model.head(val_x.to(device)).argmax(1).cpu() == val_y).float().mean())
+        score = record.get('val_accuracy', float(epoch))
+        if score >= best_val:
+            best_val, best_state = score, copy.deepcopy(model.state_dict())
+        record['elapsed_s'] = time.perf_counter() - started
+        history.append(record)
+    model.backbone.requires_grad_(True)
+    logger.info('head trained on cached features: %d epochs, best val accuracy %.4f, %.1f s in all (features %.1f s)',
+                epochs, best_val, time.perf_counter() - started, features_s)
+    return history, time.perf_counter() - started, time.process_time() - started_cpu, best_state
 
 
 @torch.no_grad()
