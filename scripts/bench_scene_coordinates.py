@@ -75,16 +75,21 @@ def accuracy(localizer, data: Path, split: str, limit: int) -> dict[str, float]:
     from vizloc_ros.types import CameraIntrinsics, Frame
     from vizloc_training.metrics.pose import (AERIAL_THRESHOLDS, INDOOR_THRESHOLDS, ellipsoid_coverage, pose_errors,
                                               summarize_pose_errors)
-    from vizloc_training.scene_coordinates.data import open_split
+    from vizloc_training.scene_coordinates.data import open_split, prepare_sample
 
     dataset = open_split(data, split)
+    spec = localizer.model.input
     n = len(dataset) if not limit else min(limit, len(dataset))
-    estimates, truths, errors, covs, ratios, latencies = [], [], [], [], [], []
+    estimates, truths, errors, covs, ratios, latencies, cell_errors = [], [], [], [], [], [], []
     for i in range(n):
         sample = dataset[i]
         h, w = sample.rgb_HW3.shape[:2]
         frame = Frame(rgb_HW3=sample.rgb_HW3, stamp_ns=i, frame_id='camera',
                       camera=CameraIntrinsics(K=sample.K, width=w, height=h))
+        target = prepare_sample(sample, spec.width, spec.height)
+        if target.coords_3hw is not None:  # the network's cells against the ground truth (no RANSAC)
+            coords = localizer.model.run(frame, ['coords'])['coords'][0]
+            cell_errors.append(float(np.median(np.linalg.norm(coords - target.coords_3hw, axis=0)[target.valid_hw])))
         result = localizer.localize(frame)
         latencies.append(result.latency_ms)
         truths.append(sample.T_world_camera)
@@ -100,6 +105,8 @@ def accuracy(localizer, data: Path, split: str, limit: int) -> dict[str, float]:
     thresholds = INDOOR_THRESHOLDS if scale < 20.0 else AERIAL_THRESHOLDS
     out = summarize_pose_errors(t_err, r_err, thresholds).as_dict()
     out['mean_inlier_ratio'] = float(np.mean(ratios)) if ratios else 0.0
+    if cell_errors:  # median over frames of each frame's median cell error (m)
+        out['median_cell_error_m'] = float(np.median(cell_errors))
     out['position_95pct_ellipsoid_coverage'] = (ellipsoid_coverage(np.asarray(errors), np.asarray(covs))
                                                 if errors else float('nan'))
     out['latency_p50_ms_native_frames'] = float(np.percentile(latencies, 50))
