@@ -271,15 +271,7 @@ def test_pretrained_encoder_is_frozen_imagenet_features_and_maps_without_encoder
     assert not any(p.requires_grad is False for p in scene.net.head.parameters())
     torch.testing.assert_close(scene.net.encoder.pretrained.stem[0].weight,
                                encoder.pretrained.stem[0].weight)  # the encoder did not move
-    bundle = load_bundle(_bundle(tmp_path, scene), expected_type='scene_coordinates')
-    session = ort.InferenceSession(str(bundle.model_path), providers=['CPUExecutionProvider'])
-    batch = images[0].rgb_HW3[None]
-    coords_onnx, _ = session.run(['coords', 'log_scale'], {'image': batch})
-    xt = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
-    std = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
-    with torch.no_grad():
-        coords_torch, _ = scene.net((xt - mean) / std)
+    (coords_onnx, _), (coords_torch, _) = _onnx_and_torch_outputs(tmp_path, scene, images[0].rgb_HW3[None])
     # float32 through ~10 conv layers: 1e-4 of the 400 m scene
     np.testing.assert_allclose(coords_onnx, coords_torch.numpy(), atol=0.05, rtol=1e-4)
 
@@ -301,17 +293,23 @@ def _bundle(tmp_path: Path, scene) -> Path:
                              output_names=['coords', 'log_scale'], metadata=metadata, measure_latency=False)
 
 
-def test_export_parity_onnx_vs_torch(tmp_path: Path, trained: tuple) -> None:
-    scene, images = trained
+def _onnx_and_torch_outputs(tmp_path: Path, scene, batch_NHW3: np.ndarray) -> tuple:
+    """(coords, log_scale) of the exported bundle through ONNX Runtime and of the torch network."""
     bundle = load_bundle(_bundle(tmp_path, scene), expected_type='scene_coordinates')
     session = ort.InferenceSession(str(bundle.model_path), providers=['CPUExecutionProvider'])
-    batch = np.stack([images[0].rgb_HW3, images[1].rgb_HW3])
-    coords_onnx, log_scale_onnx = session.run(['coords', 'log_scale'], {'image': batch})
-    x = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0
+    onnx_out = session.run(['coords', 'log_scale'], {'image': batch_NHW3})
+    x = torch.from_numpy(batch_NHW3).permute(0, 3, 1, 2).float() / 255.0
     mean = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
     std = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
     with torch.no_grad():
-        coords_torch, log_scale_torch = scene.net((x - mean) / std)
+        torch_out = scene.net((x - mean) / std)
+    return onnx_out, torch_out
+
+
+def test_export_parity_onnx_vs_torch(tmp_path: Path, trained: tuple) -> None:
+    scene, images = trained
+    batch = np.stack([images[0].rgb_HW3, images[1].rgb_HW3])
+    (coords_onnx, log_scale_onnx), (coords_torch, log_scale_torch) = _onnx_and_torch_outputs(tmp_path, scene, batch)
     assert coords_onnx.shape == (2, 3, H // 8, W // 8) and log_scale_onnx.shape == (2, 1, H // 8, W // 8)
     # float32: GroupNorm reductions run in a different order in ORT; 1e-5 relative is 2 cm at 2 km
     np.testing.assert_allclose(coords_onnx, coords_torch.numpy(), atol=1e-4, rtol=1e-5)
