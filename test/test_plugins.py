@@ -181,7 +181,7 @@ def test_example_localizer_reset_close_and_bad_config(example, tmp_path):
     loc.reset()
     assert loc.frames_seen == 0
     loc.close()
-    assert not loc._backend.is_loaded
+    assert not loc._model.is_loaded
     with pytest.raises(ConfigError, match=r"colour: unknown option\(s\) \['room'\]"):
         registry.create(config, {'room': ['red']}, context)
     with pytest.raises(ConfigError, match='rooms must be non-empty colour names'):

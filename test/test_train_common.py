@@ -251,7 +251,7 @@ class MeanColour(nn.Module):
 
 
 def test_bundle_model_runs_frames_of_any_size(tmp_path):
-    from vizloc_plugins.common import BundleModel, resize_for_model
+    from vizloc_ros.runner import BundleModel, resize_for_model
 
     bundle_dir = export_and_bundle(MeanColour(), tmp_path / 'b', localizer_type='room_classifier',
                                    input_spec=InputSpec(height=20, width=30), output_names=['mean'],

@@ -197,11 +197,10 @@ class Frame:
         return int(self.rgb_HW3.shape[0])
 
     def resized(self, width: int, height: int) -> 'Frame':
-        """A resized copy with intrinsics scaled to match."""
-        import cv2  # local: keeps `import vizloc_ros.types` light
+        """The frame resized to ``width`` x ``height`` ('stretch', as the model runner does) with intrinsics scaled to match."""
+        from .runner import resize_for_model  # local: keeps `import vizloc_ros.types` light (no OpenCV)
 
-        interpolation = cv2.INTER_AREA if width < self.width else cv2.INTER_LINEAR
-        image = cv2.resize(self.rgb_HW3, (width, height), interpolation=interpolation)
+        image, _ = resize_for_model(self.rgb_HW3, width, height, 'stretch')
         camera = self.camera.scaled(width, height) if self.camera is not None else None
         return Frame(rgb_HW3=image, stamp_ns=self.stamp_ns, frame_id=self.frame_id, camera=camera)
 

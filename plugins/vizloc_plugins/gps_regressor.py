@@ -14,7 +14,7 @@ means), convert the mean to WGS84 and rotate the covariance into ENU at the esti
 is not regressed: it is the scene frame's height at the estimate (the training centroid's
 altitude), with the training split's altitude spread as variance, or NaN with a large variance
 when the training data had no altitudes. No torch here; inference goes through
-:class:`vizloc_plugins.common.BundleModel`.
+:class:`vizloc_ros.runner.BundleModel`.
 """
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ class _Member:
     def __init__(self, path: str, backend: str, cache_dir: Path | None, options: GPSRegressorOptions) -> None:
         from vizloc_ros.geodesy import GeoReference
 
-        from .common import BundleModel
+        from vizloc_ros.runner import BundleModel
 
         self.model = BundleModel(path, backend=backend, expected_type=LOCALIZER_TYPE, cache_dir=cache_dir)
         meta = self.model.bundle.metadata

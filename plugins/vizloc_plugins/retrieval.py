@@ -354,7 +354,7 @@ class RetrievalLocalizer:
     requires_camera_info = False  # without CameraInfo: the best reference's position (fallback)
 
     def __init__(self, config: LocalizerConfig, options: RetrievalOptions, context: LocalizerContext) -> None:
-        from .common import BundleModel
+        from vizloc_ros.runner import BundleModel
 
         if not options.database:
             raise ConfigError(f'{config.name}: option "database" (reference database folder) is required')
@@ -441,7 +441,7 @@ def compute_descriptors(database: str | Path, bundle: str | Path, uids: Any = No
 
     from vizloc_ros.types import Frame
 
-    from .common import BundleModel
+    from vizloc_ros.runner import BundleModel
 
     root = Path(database)
     db = ReferenceDatabase(root, verify=False)

@@ -3,7 +3,7 @@
 A bundle (written by ``vizloc-train room_classifier``) holds an ONNX model with outputs ``probs``
 (N x C softmax over rooms) and, for GAP + linear heads, ``cam`` (N x C x h x w class-activation
 maps); ``metadata.classes`` names the rooms in output order. Frames of any size are resized to the
-bundle input (see :mod:`vizloc_plugins.common`); no CameraInfo is needed.
+bundle input (see :mod:`vizloc_ros.runner`); no CameraInfo is needed.
 
 Per frame:
 
@@ -43,7 +43,7 @@ from vizloc_ros.hookspecs import hookimpl
 from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext, LocalizerType
 from vizloc_ros.types import Frame, InvalidOutputError, LocalizationResult, PoseEstimate, RoomEstimate
 
-from .common import BundleModel
+from vizloc_ros.runner import BundleModel
 from .smoothing import SMOOTHING_MODES, TRANSITIONS, adjacency_from_polygons, make_filter
 
 __all__ = ['LOCALIZER_TYPE', 'RoomClassifierOptions', 'RoomClassifierLocalizer', 'load_room_map',

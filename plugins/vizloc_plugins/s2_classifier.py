@@ -224,7 +224,7 @@ class S2ClassifierLocalizer:
     requires_camera_info = False
 
     def __init__(self, config: LocalizerConfig, options: S2ClassifierOptions, context: LocalizerContext) -> None:
-        from .common import BundleModel
+        from vizloc_ros.runner import BundleModel
 
         self.name = config.name
         self.model = BundleModel(config.bundle, backend=config.backend, expected_type=LOCALIZER_TYPE,

@@ -113,7 +113,7 @@ class SceneCoordinateLocalizer:
     requires_camera_info = True
 
     def __init__(self, config: LocalizerConfig, options: SceneCoordinatesOptions, context: LocalizerContext) -> None:
-        from .common import BundleModel
+        from vizloc_ros.runner import BundleModel
 
         self.name = config.name
         self.options = options

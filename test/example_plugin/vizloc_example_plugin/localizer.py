@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vizloc_ros.backends import create_backend
-from vizloc_ros.bundle import load_bundle
 from vizloc_ros.geodesy import LocalENU
-from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext
+from vizloc_ros.localizer import LocalizerConfig, LocalizerContext
+from vizloc_ros.runner import BundleModel
 from vizloc_ros.types import Frame, GeoEstimate, LocalizationResult, PoseEstimate, RoomEstimate
 
 __all__ = ['LOCALIZER_TYPE', 'PALETTE', 'ExampleColorOptions', 'ExampleColorLocalizer']
@@ -67,37 +66,28 @@ class ExampleColorLocalizer:
 
     requires_camera_info = False
 
-    def __init__(self, name: str, options: ExampleColorOptions, backend, input_name: str,
-                 input_size_wh: tuple[int, int]) -> None:
+    def __init__(self, name: str, options: ExampleColorOptions, model: BundleModel) -> None:
         self.name = name
         self.options = options
-        self._backend = backend
-        self._input_name = input_name
-        self._input_size_wh = input_size_wh
+        self._model = model
         self._enu = LocalENU(options.origin_lat_deg, options.origin_lon_deg, options.origin_alt_m)
         self._room_rgb = np.array([PALETTE[r] for r in options.rooms])
         self.frames_seen = 0
-        self.backend_name = backend.description
+        self.backend_name = model.backend_name
 
     @classmethod
     def create(cls, config: LocalizerConfig, options: ExampleColorOptions,
                context: LocalizerContext) -> 'ExampleColorLocalizer':
-        """The factory registered with the type: load the bundle, pick and load the backend."""
-        bundle = load_bundle(config.bundle, expected_type=LOCALIZER_TYPE)
-        spec = bundle.input
-        if (spec.layout, spec.dtype, spec.color) != ('NHWC', 'uint8', 'RGB'):
-            raise ConfigError(f'{config.name}: bundle input must be uint8 NHWC RGB, got {spec}')
-        backend = create_backend(config.backend, bundle.model_path, cache_dir=context.cache_dir).load()
-        logger.info('%s: example_color on %s', config.name, backend.description)
-        return cls(config.name, options, backend, spec.name, (spec.width, spec.height))
+        """The factory registered with the type: the model runner verifies the bundle and loads the backend."""
+        model = BundleModel(config.bundle, backend=config.backend, expected_type=LOCALIZER_TYPE,
+                            cache_dir=context.cache_dir)
+        logger.info('%s: example_color on %s', config.name, model.backend_name)
+        return cls(config.name, options, model)
 
     def localize(self, frame: Frame) -> LocalizationResult:
         start = time.perf_counter()
-        width, height = self._input_size_wh
-        if (frame.width, frame.height) != (width, height):
-            frame = frame.resized(width, height)
-        batch = np.ascontiguousarray(frame.rgb_HW3)[None]
-        mean_rgb = self._backend.infer({self._input_name: batch}, ['mean_rgb'])['mean_rgb'][0].astype(np.float64)
+        # the runner resizes the frame to the bundle's input size and converts layout/colour
+        mean_rgb = self._model.run(frame, ['mean_rgb'])['mean_rgb'][0].astype(np.float64)
         self.frames_seen += 1
 
         distance = np.linalg.norm(self._room_rgb - mean_rgb, axis=1)
@@ -129,4 +119,4 @@ class ExampleColorLocalizer:
         self.frames_seen = 0
 
     def close(self) -> None:
-        self._backend.close()
+        self._model.close()

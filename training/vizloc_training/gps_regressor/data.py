@@ -12,7 +12,7 @@ derives (:class:`TargetFrame`):
 Validation and test positions are mapped with the same frame and statistics: no val/test
 statistics leak into training (seed 001's "train-split-only normalisation"). Images are decoded
 and resized once to the model input size with the runtime's own resize
-(:func:`vizloc_plugins.common.resize_for_model`, ``stretch``), so training sees exactly what the
+(:func:`vizloc_ros.runner.resize_for_model`, ``stretch``), so training sees exactly what the
 plugin feeds the ONNX model.
 """
 from __future__ import annotations
@@ -144,7 +144,7 @@ class GPSData:
 
 def load_image(path: Path, width: int, height: int) -> np.ndarray:
     """Decode an image file to RGB uint8 and resize it exactly like the runtime plugin does."""
-    from vizloc_plugins.common import resize_for_model
+    from vizloc_ros.runner import resize_for_model
 
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:

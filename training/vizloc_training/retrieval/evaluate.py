@@ -1,6 +1,6 @@
 """Evaluation of a retrieval bundle against a reference database, exactly as the node runs it.
 
-Each query image goes through :class:`vizloc_plugins.common.BundleModel` (the ONNX descriptor) and
+Each query image goes through :class:`vizloc_ros.runner.BundleModel` (the ONNX descriptor) and
 :class:`vizloc_plugins.retrieval.RetrievalPipeline` (FAISS, SIFT verification, PnP). Metrics:
 
 * ``recall_at_{1,5,10}_pct``: share of queries with a retrieved entry (FAISS order) within
@@ -41,7 +41,7 @@ def evaluate_bundle(bundle: Path, data: Path, *, database: Path | None = None, s
                     max_queries: int = 0, options: Any = None) -> dict[str, float]:
     """Metrics of ``bundle`` on the ``split`` queries of the campus-layout dataset ``data`` (database:
     ``data/refdb`` unless given; its descriptors and index must have been built with this bundle)."""
-    from vizloc_plugins.common import BundleModel
+    from vizloc_ros.runner import BundleModel
     from vizloc_plugins.retrieval import RetrievalOptions, RetrievalPipeline
     from vizloc_plugins.retrieval_contract import LOCALIZER_TYPE, RetrievalContract, descriptor_model_name
     from vizloc_ros.types import CameraIntrinsics, Frame

@@ -123,7 +123,7 @@ def eval_transform(size: int, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.2
     resize and OpenCV's INTER_AREA differ by enough to flip frames near a decision boundary.
     """
     from torchvision.transforms import v2
-    from vizloc_plugins.common import resize_for_model
+    from vizloc_ros.runner import resize_for_model
 
     normalise = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
 

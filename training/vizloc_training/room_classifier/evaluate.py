@@ -1,7 +1,7 @@
 """Evaluating a room classifier: split metrics (torch) and the test trajectory through the bundle.
 
 The trajectory evaluation runs the *deployed* path: the bundle's ONNX model through
-:class:`vizloc_plugins.common.BundleModel` (same resizing as the node), frame by frame in temporal
+:class:`vizloc_ros.runner.BundleModel` (same resizing as the node), frame by frame in temporal
 order, then the plugin's filters (:mod:`vizloc_plugins.smoothing`) over the per-frame
 probabilities. It reports accuracy per smoothing mode and the number of label switches (flicker)
 next to the number of true room changes. ``hmm`` uses the plugin's fixed defaults (``p_stay`` 0.95,
@@ -107,7 +107,7 @@ def evaluate_trajectory(bundle_dir: Path | str, data: Path | str, *, p_stay: flo
     ``hmm_calibrated`` when it carries ``metadata.smoothing``), ``p_stay``, ``ema_alpha``.
     Raises FileNotFoundError when the dataset has no test trajectory.
     """
-    from vizloc_plugins.common import BundleModel
+    from vizloc_ros.runner import BundleModel
     from vizloc_plugins.room_classifier import load_room_map
     from vizloc_plugins.smoothing import adjacency_from_polygons, filter_sequence, make_filter
     from vizloc_ros.types import Frame

@@ -1,19 +1,22 @@
-"""Running a bundle's ONNX model on a :class:`vizloc_ros.types.Frame` (shared by the built-in plugins).
+"""The model runner: a bundle's model run on a :class:`vizloc_ros.types.Frame` of any size.
 
-:class:`BundleModel` loads and verifies a bundle (sha256 of every file, format version, localizer
-type), creates the inference backend through :func:`vizloc_ros.backends.create_backend` and feeds
-it frames of any size:
+Every localizer that runs a bundle uses it (the built-in plugins, third-party plugins, the
+trainers' evaluators), so that a model sees at run time exactly the pixels it saw in training:
 
-* **Resizing.** The frame is resized to the bundle's input size. The bundle's
-  ``metadata['resize']`` chooses how: ``'stretch'`` (default; plain ``cv2.resize`` to
-  ``width x height``, aspect ratio not kept: what the trainers do with their full training images)
-  or ``'letterbox'`` (scale to fit, keep the aspect ratio, pad with grey 114 to the input size,
-  image centred). :class:`Resize` records the mapping so that outputs (e.g. heatmaps) can be
-  mapped back onto the original image.
+* :class:`BundleModel` loads and verifies a bundle (sha256 of every file, format version, localizer
+  type), creates the inference backend through :func:`vizloc_ros.backends.create_backend` and feeds
+  it frames of any size (``run(frame)`` -> output arrays, batch dimension kept).
+* **Resizing** (:func:`resize_for_model`, the one image resizer of vizloc_ros; ``Frame.resized``
+  uses it too). The bundle's ``metadata['resize']`` chooses how: ``'stretch'`` (default; plain
+  ``cv2.resize`` to ``width x height``, aspect ratio not kept: what the trainers do with their
+  full training images) or ``'letterbox'`` (scale to fit, keep the aspect ratio, pad with grey 114
+  to the input size, image centred). :class:`Resize` records the mapping so that outputs (e.g.
+  heatmaps) can be mapped back onto the original image; ``CameraIntrinsics.scaled`` is the matching
+  intrinsics change for ``stretch``.
 * **Layout.** Exported graphs have preprocessing baked in and take ``uint8`` batches of the
-  bundle's layout/colour (``NHWC`` ``RGB`` by default); this module converts accordingly.
+  bundle's layout/colour (``NHWC`` ``RGB`` by default); the runner converts accordingly.
 
-No torch here: plugins run with numpy, OpenCV and the backend only.
+No torch here: the runtime runs with numpy, OpenCV and the backend only. See docs/plugins.md.
 """
 from __future__ import annotations
 
@@ -25,16 +28,22 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from vizloc_ros.bundle import Bundle, load_bundle
-from vizloc_ros.localizer import ConfigError
-from vizloc_ros.types import Frame, InvalidInputError
+from .backends import BackendError, create_backend
+from .bundle import Bundle, BundleError, load_bundle
+from .localizer import ConfigError
+from .types import Frame, InvalidInputError
 
-__all__ = ['BundleModel', 'Resize', 'RESIZE_MODES', 'resize_for_model', 'softmax']
+__all__ = ['BundleConfigError', 'BundleModel', 'Resize', 'RESIZE_MODES', 'resize_for_model']
 
 logger = logging.getLogger(__name__)
 
 RESIZE_MODES = ('stretch', 'letterbox')
 LETTERBOX_FILL = 114
+
+
+class BundleConfigError(BundleError, ConfigError):
+    """A bundle the runner cannot load (missing, malformed, wrong type, hash mismatch): both a
+    :class:`vizloc_ros.bundle.BundleError` and a :class:`vizloc_ros.localizer.ConfigError`."""
 
 
 @dataclass(frozen=True)
@@ -89,14 +98,6 @@ def resize_for_model(rgb_HW3: np.ndarray, width: int, height: int, mode: str = '
     return out, Resize(src_w, src_h, width, height, new_w / src_w, new_h / src_h, pad_x, pad_y)
 
 
-def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Numerically stable softmax in float64."""
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - np.max(z, axis=axis, keepdims=True)
-    e = np.exp(z)
-    return e / np.sum(e, axis=axis, keepdims=True)
-
-
 class BundleModel:
     """A verified bundle with a loaded backend; ``run(frame)`` returns the model outputs for one frame.
 
@@ -104,17 +105,16 @@ class BundleModel:
     ``onnxruntime``, ``tensorrt``, ``torch``). ``intra_op_num_threads`` > 0 limits ONNX Runtime
     CPU threads (used when the backend is ``onnxruntime``; environment variable
     ``VIZLOC_ORT_THREADS`` gives a default). Bundle and backend errors become
-    :class:`vizloc_ros.localizer.ConfigError` (the node reports them at configure time).
+    :class:`vizloc_ros.localizer.ConfigError` (the node reports them at configure time; bundle errors
+    are :class:`BundleConfigError`, also a ``BundleError``).
     """
 
     def __init__(self, bundle_path: str | os.PathLike, backend: str = 'auto', expected_type: str | None = None,
                  cache_dir: Path | None = None, intra_op_num_threads: int | None = None) -> None:
-        from vizloc_ros.bundle import BundleError
-
         try:
             self.bundle: Bundle = load_bundle(bundle_path, expected_type=expected_type)
         except BundleError as exc:
-            raise ConfigError(str(exc)) from exc
+            raise BundleConfigError(str(exc)) from exc
         self.resize_mode = str(self.bundle.metadata.get('resize', 'stretch'))
         if self.resize_mode not in RESIZE_MODES:
             raise ConfigError(f'{self.bundle.path}: metadata.resize must be one of {RESIZE_MODES}, '
@@ -127,8 +127,6 @@ class BundleModel:
         logger.info('loaded %s bundle %s on %s', self.bundle.localizer_type, self.bundle.path, self.backend_name)
 
     def _create_backend(self, kind: str, cache_dir: Path | None, threads: int | None):
-        from vizloc_ros.backends import BackendError, create_backend
-
         try:
             runner = create_backend(kind, self.bundle.model_path, cache_dir=cache_dir,
                                     intra_op_num_threads=threads or None)
@@ -144,6 +142,10 @@ class BundleModel:
     @property
     def backend_name(self) -> str:
         return self._backend.description
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._backend.is_loaded
 
     @property
     def output_names(self) -> list[str]:
