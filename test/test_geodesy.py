@@ -145,6 +145,48 @@ def test_R_enu_scene_is_the_meridian_convergence_for_utm():
     np.testing.assert_allclose(R @ [0.0, 0.0, 1.0], [0.0, 0.0, 1.0], atol=1e-8)
 
 
+def test_scene_to_wgs84_fix_rotates_the_covariance_by_the_meridian_convergence():
+    """Position and ENU covariance of a scene estimate against pyproj: UTM 32N 150 km east of the central
+    meridian, where grid north is ~1.4 deg east of true north (a non-trivial scene -> ENU rotation)."""
+    offset = (500000.0, 5200000.0, 400.0)
+    geo = GeoReference.from_mapping({'crs': 'EPSG:32632', 'offset': list(offset)})
+    point = np.array([150000.0, 2500.0, 12.0])
+    cov_scene = np.array([[100.0, 20.0, 0.0], [20.0, 5.0, 0.5], [0.0, 0.5, 9.0]])  # long along grid east
+    fix = geo.scene_to_wgs84_fix(point, cov_scene)
+    lon, lat = pyproj.Transformer.from_crs('EPSG:32632', 'EPSG:4326', always_xy=True).transform(
+        point[0] + offset[0], point[1] + offset[1])
+    assert (fix.lat_deg, fix.lon_deg) == pytest.approx((lat, lon), abs=1e-9)
+    assert fix.alt_m == pytest.approx(point[2] + offset[2])
+    gamma = math.radians(pyproj.Proj('EPSG:32632').get_factors(lon, lat).meridian_convergence)
+    assert math.degrees(gamma) > 1.0
+    # grid north has azimuth +gamma: scene axes are ENU turned by -gamma about Up
+    R = np.array([[math.cos(gamma), math.sin(gamma), 0.0], [-math.sin(gamma), math.cos(gamma), 0.0], [0.0, 0.0, 1.0]])
+    np.testing.assert_allclose(fix.cov_enu_m2, R @ cov_scene @ R.T, atol=1e-5)
+    np.testing.assert_allclose(fix.cov_enu_m2, fix.cov_enu_m2.T)
+    assert not np.allclose(fix.cov_enu_m2, cov_scene, atol=0.5)  # the rotation matters at this size
+    with pytest.raises(GeodesyError, match='3x3'):
+        geo.scene_to_wgs84_fix(point, np.eye(2))
+    with pytest.raises(GeodesyError, match='one point'):
+        geo.scene_to_wgs84_fix(point[None], cov_scene)
+
+
+def test_scene_to_wgs84_fix_in_a_tangent_plane_frame_matches_local_enu_at_the_fix():
+    """enu_origin frame, 10 km east of the origin: the fix is the tangent-plane point, the covariance turns
+    by the tilt of the local vertical (checked against a LocalENU at the fix, built by PROJ)."""
+    geo = GeoReference.from_mapping({'enu_origin': [47.3769, 8.5417, 408.0]})
+    point = np.array([10000.0, 0.0, 0.0])
+    cov_scene = np.diag([1.0, 1.0, 400.0])  # a poorly known height along the origin's vertical
+    fix = geo.scene_to_wgs84_fix(point, cov_scene)
+    lat, lon, alt = LocalENU(47.3769, 8.5417, 408.0).to_geodetic(*point)
+    assert (fix.lat_deg, fix.lon_deg, fix.alt_m) == pytest.approx((float(lat), float(lon), float(alt)), abs=1e-9)
+    # the origin's Up axis seen in ENU at the fix: from ECEF differences through PROJ, not R_enu_scene
+    local = LocalENU(fix.lat_deg, fix.lon_deg, fix.alt_m)
+    top = np.array(LocalENU(47.3769, 8.5417, 408.0).to_geodetic(*(point + [0.0, 0.0, 1.0])), dtype=float)
+    up_origin = np.array(local.to_enu(*top), dtype=float)
+    np.testing.assert_allclose(fix.cov_enu_m2, 399.0 * np.outer(up_origin, up_origin) + np.eye(3), atol=1e-3)
+    assert fix.cov_enu_m2[0, 2] < -0.5  # the origin's vertical leans west at the fix
+
+
 @pytest.mark.parametrize('mapping, match', [
     ({'crs': 'EPSG:2056', 'offset': [1, 2]}, 'offset must be a list of 3 finite numbers'),
     ({'crs': 'EPSG:2056', 'ofset': [1, 2, 3]}, r"unknown keys \['ofset'\]"),

@@ -8,7 +8,8 @@ metres. See docs/geodesy.md.
 * :class:`LocalENU` -- a local tangent plane at ``(lat0, lon0, alt0)``.
 * :class:`GeoReference` -- the geo-reference of a local scene frame (``geo.yaml`` of a scene
   coordinate dataset or bundle): ``{crs: 'EPSG:<code>', offset: [x, y, z]}`` or
-  ``{enu_origin: [lat, lon, alt]}``.
+  ``{enu_origin: [lat, lon, alt]}``. :meth:`GeoReference.scene_to_wgs84_fix` is *the* scene-frame
+  -> WGS84 conversion of an estimate: position plus covariance rotated into ENU (:class:`WGS84Fix`).
 * :func:`rotate_covariance`, :func:`quaternion_xyzw_from_matrix`, :func:`matrix_from_quaternion_xyzw`
   (ROS order x, y, z, w), :func:`geodetic_to_ecef`, :func:`ecef_to_geodetic`,
   :func:`geodesic_distance_m`.
@@ -18,7 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -31,6 +32,7 @@ __all__ = [
     'GeodesyError',
     'LocalENU',
     'GeoReference',
+    'WGS84Fix',
     'rotate_covariance',
     'quaternion_xyzw_from_matrix',
     'matrix_from_quaternion_xyzw',
@@ -182,6 +184,17 @@ def _triple(value: Any, key: str) -> tuple[float, float, float]:
     return float(value[0]), float(value[1]), float(value[2])
 
 
+@dataclass(frozen=True, eq=False)
+class WGS84Fix:
+    """A WGS84 position (degrees, ellipsoidal height in metres) and its 3x3 covariance in local
+    East-North-Up at that position (m², symmetric): what ``GeoEstimate`` takes."""
+
+    lat_deg: float
+    lon_deg: float
+    alt_m: float
+    cov_enu_m2: np.ndarray = field(repr=False)
+
+
 @dataclass(frozen=True)
 class GeoReference:
     """Geo-reference of a local scene frame (metres), in one of two forms:
@@ -290,6 +303,23 @@ class GeoReference:
         if np.linalg.det(rotation) < 0:
             raise GeodesyError('scene frame is left-handed with respect to ENU; check the geo reference')
         return rotation
+
+    def scene_to_wgs84_fix(self, xyz_3: Any, cov_scene_m2: Any) -> WGS84Fix:
+        """One scene point (3,) in metres with its 3x3 covariance in scene axes -> :class:`WGS84Fix`.
+
+        The position goes through :meth:`scene_to_wgs84`; the covariance is rotated into ENU at the
+        point (``R_enu_scene(xyz) @ cov @ R_enu_scene(xyz).T``) and symmetrised. Every localizer that
+        estimates in a scene frame (pose, regressed position) publishes its fix through this.
+        """
+        point = _as_points(xyz_3, 'xyz_3')
+        if point.shape != (3,):
+            raise GeodesyError(f'scene_to_wgs84_fix takes one point of shape (3,), got {point.shape}')
+        cov = np.asarray(cov_scene_m2, dtype=np.float64)
+        if cov.shape != (3, 3):
+            raise GeodesyError(f'cov_scene_m2 must be 3x3, got {cov.shape}')
+        lat, lon, alt = (float(np.ravel(v)[0]) for v in self.scene_to_wgs84(point))
+        cov_enu = rotate_covariance(cov, self.R_enu_scene(point))
+        return WGS84Fix(lat_deg=lat, lon_deg=lon, alt_m=alt, cov_enu_m2=0.5 * (cov_enu + cov_enu.T))
 
 
 def rotate_covariance(cov: Any, R: Any) -> np.ndarray:

@@ -188,8 +188,6 @@ class GPSRegressorLocalizer:
         return combine_gaussians(np.stack(means), np.stack(covs))
 
     def localize(self, frame: Frame) -> LocalizationResult:
-        from vizloc_ros.geodesy import rotate_covariance
-
         started = time.perf_counter()
         mean, cov = self.estimate(frame)
         ref = self.reference
@@ -198,15 +196,13 @@ class GPSRegressorLocalizer:
             return LocalizationResult(stamp_ns=frame.stamp_ns, frame_id=frame.frame_id, localizer=self.name,
                                       latency_ms=latency_ms, status='no_fix',
                                       diagnostics={'reason': 'model output is not finite'})
-        xyz = np.array([mean[0], mean[1], 0.0])
-        lat, lon, alt = (float(np.asarray(v).reshape(-1)[0]) for v in ref.geo.scene_to_wgs84(xyz[None]))
         cov_scene = np.zeros((3, 3))
         cov_scene[:2, :2] = cov
         cov_scene[2, 2] = ref.altitude_var_m2
-        cov_enu = rotate_covariance(cov_scene, ref.geo.R_enu_scene(xyz))
-        cov_enu = 0.5 * (cov_enu + cov_enu.T)
+        fix = ref.geo.scene_to_wgs84_fix(np.array([mean[0], mean[1], 0.0]), cov_scene)
+        cov_enu = fix.cov_enu_m2
         latency_ms = (time.perf_counter() - started) * 1e3
-        geo = GeoEstimate(lat_deg=lat, lon_deg=lon, alt_m=alt if ref.altitude_known else math.nan,
+        geo = GeoEstimate(lat_deg=fix.lat_deg, lon_deg=fix.lon_deg, alt_m=fix.alt_m if ref.altitude_known else math.nan,
                           cov_enu_m2=cov_enu, localizer=self.name, latency_ms=latency_ms)
         diagnostics = {
             'sigma_east_m': f'{math.sqrt(max(cov_enu[0, 0], 0.0)):.2f}',

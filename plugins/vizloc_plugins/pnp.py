@@ -349,12 +349,10 @@ def undistort_pixels(pixels_N2: np.ndarray, K_3x3: np.ndarray, dist_coeffs: np.n
 
 
 def geo_estimate_from_pose(geo, T_map_camera: np.ndarray, cov_6x6: np.ndarray, localizer: str, latency_ms: float):
-    """WGS84 fix of a map-frame pose (``GeoReference.scene_to_wgs84``), its position covariance rotated to ENU."""
+    """WGS84 fix of a map-frame pose: its position and position covariance through
+    :meth:`vizloc_ros.geodesy.GeoReference.scene_to_wgs84_fix`."""
     from vizloc_ros.types import GeoEstimate
 
-    position = np.asarray(T_map_camera)[:3, 3]
-    lat, lon, alt = geo.scene_to_wgs84(position[None])
-    R = geo.R_enu_scene(position)
-    cov_enu = R @ np.asarray(cov_6x6)[:3, :3] @ R.T
-    return GeoEstimate(lat_deg=float(np.ravel(lat)[0]), lon_deg=float(np.ravel(lon)[0]), alt_m=float(np.ravel(alt)[0]),
-                       cov_enu_m2=0.5 * (cov_enu + cov_enu.T), localizer=localizer, latency_ms=latency_ms)
+    fix = geo.scene_to_wgs84_fix(np.asarray(T_map_camera)[:3, 3], np.asarray(cov_6x6)[:3, :3])
+    return GeoEstimate(lat_deg=fix.lat_deg, lon_deg=fix.lon_deg, alt_m=fix.alt_m, cov_enu_m2=fix.cov_enu_m2,
+                       localizer=localizer, latency_ms=latency_ms)

@@ -15,8 +15,8 @@ pose and its covariance; fewer than ``min_inliers`` inliers gives ``status='no_f
 Outputs: :class:`PoseEstimate` (``T_map_camera`` in the scene frame, 6x6 covariance in
 geometry_msgs order, multiplied by the covariance scale calibrated at training time) and, when the
 bundle carries the dataset's geo-reference (``metadata.geo``, a geo.yaml mapping), a
-:class:`GeoEstimate` (WGS84 through ``GeoReference.scene_to_wgs84``, covariance rotated to ENU with
-``R_enu_scene``). No torch here.
+:class:`GeoEstimate` (``GeoReference.scene_to_wgs84_fix``: WGS84, covariance rotated to ENU at the
+position). No torch here.
 """
 from __future__ import annotations
 
