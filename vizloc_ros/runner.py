@@ -137,6 +137,11 @@ class BundleModel:
             runner.close()
             raise ConfigError(f'{self.bundle.path}: model has inputs {sorted(runner.input_specs)}, bundle.yaml '
                               f'says {self.input.name!r}')
+        missing = sorted(set(self.bundle.outputs) - set(runner.output_specs))
+        if missing:
+            runner.close()
+            raise ConfigError(f'{self.bundle.path}: model lacks outputs {missing} that bundle.yaml lists; it has '
+                              f'{sorted(runner.output_specs)}')
         return runner
 
     @property

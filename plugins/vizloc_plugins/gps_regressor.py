@@ -6,11 +6,13 @@ covariance in metres in the *scene frame* of the bundle: a local East-North-Up f
 training split's centroid, stored as ``metadata.geo = {enu_origin: [lat, lon, alt]}`` (a
 :class:`vizloc_ros.geodesy.GeoReference` mapping). ``metadata.variance_scale`` is the calibration
 factor fitted on the validation split (1.0 = none); the plugin multiplies the covariance by it.
+The bundle metadata is :class:`vizloc_plugins.gps_regressor_contract.GPSRegressorContract`.
 
 Per frame: run every member bundle (``bundle`` plus ``ensemble_bundles``), express each member's
 Gaussian in the first member's scene frame, combine them as an equally weighted mixture
 (:func:`combine_gaussians`: mean of the means; mean of the covariances plus the spread of the
-means), convert the mean to WGS84 and rotate the covariance into ENU at the estimate. The altitude
+means), convert the mean to WGS84 and rotate the covariance into ENU at the estimate
+(``GeoReference.scene_to_wgs84_fix``). The altitude
 is not regressed: it is the scene frame's height at the estimate (the training centroid's
 altitude), with the training split's altitude spread as variance, or NaN with a large variance
 when the training data had no altitudes. No torch here; inference goes through
@@ -31,6 +33,8 @@ from vizloc_ros.hookspecs import hookimpl
 from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext, LocalizerType
 from vizloc_ros.types import Frame, GeoEstimate, InvalidOutputError, LocalizationResult
 
+from .gps_regressor_contract import LOCALIZER_TYPE, OUTPUT_COV, OUTPUT_MEAN, GPSRegressorContract
+
 __all__ = [
     'LOCALIZER_TYPE',
     'GPSRegressorOptions',
@@ -41,13 +45,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-LOCALIZER_TYPE = 'gps_regressor'
 #: Altitude standard deviation published when the training data had no altitudes (metres).
 UNKNOWN_ALTITUDE_SIGMA_M = 100.0
 #: Smallest altitude standard deviation published when altitudes were known (metres).
 MIN_ALTITUDE_SIGMA_M = 1.0
-OUTPUT_MEAN = 'mean_en_m'
-OUTPUT_COV = 'cov_en_m2'
 
 
 @dataclass(frozen=True)
@@ -99,32 +100,18 @@ class _Member:
     """One bundle of the ensemble: its model, scene frame, calibration and altitude prior."""
 
     def __init__(self, path: str, backend: str, cache_dir: Path | None, options: GPSRegressorOptions) -> None:
-        from vizloc_ros.geodesy import GeoReference
-
         from vizloc_ros.runner import BundleModel
 
         self.model = BundleModel(path, backend=backend, expected_type=LOCALIZER_TYPE, cache_dir=cache_dir)
-        meta = self.model.bundle.metadata
         try:
-            outputs = set(self.model.output_names)
-            missing = {OUTPUT_MEAN, OUTPUT_COV} - outputs
-            if missing:
-                raise ConfigError(f'{path}: gps_regressor model lacks output(s) {sorted(missing)}; has {sorted(outputs)}')
-            if 'geo' not in meta:
-                raise ConfigError(f'{path}: bundle metadata has no "geo" (geo-reference of the regression frame)')
-            try:
-                self.geo = GeoReference.from_mapping(meta['geo'])
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ConfigError(f'{path}: bad metadata.geo {meta["geo"]!r}: {exc}') from exc
-            scale = options.variance_scale or float(meta.get('variance_scale', 1.0))
-            if not (math.isfinite(scale) and scale > 0.0):
-                raise ConfigError(f'{path}: variance scale must be positive, got {scale}')
-            self.variance_scale = scale
-            self.altitude_known = bool(meta.get('altitude_known', False))
+            contract = GPSRegressorContract.from_bundle(self.model.bundle)  # outputs checked by contract and runner
+            self.geo = contract.geo
+            self.variance_scale = options.variance_scale or contract.variance_scale
+            self.altitude_known = contract.altitude_known
             if options.altitude_sigma_m > 0.0:
                 sigma = options.altitude_sigma_m
             elif self.altitude_known:
-                sigma = max(MIN_ALTITUDE_SIGMA_M, float(meta.get('alt_std_m', 0.0)))
+                sigma = max(MIN_ALTITUDE_SIGMA_M, contract.alt_std_m or 0.0)
             else:
                 sigma = UNKNOWN_ALTITUDE_SIGMA_M
             self.altitude_var_m2 = sigma * sigma

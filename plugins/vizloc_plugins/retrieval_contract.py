@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import ClassVar, Mapping
+
+from vizloc_ros.contract import BundleContract, ContractError
 
 __all__ = ['LOCALIZER_TYPE', 'OUTPUT_NAMES', 'RetrievalContract', 'ContractError', 'descriptor_model_name']
 
 LOCALIZER_TYPE = 'retrieval'
 OUTPUT_NAMES = ('descriptor',)
-
-
-class ContractError(ValueError):
-    """Bundle metadata that does not follow the retrieval contract."""
 
 
 def descriptor_model_name(model_sha256: str) -> str:
@@ -30,7 +28,7 @@ def descriptor_model_name(model_sha256: str) -> str:
 
 
 @dataclass(frozen=True)
-class RetrievalContract:
+class RetrievalContract(BundleContract):
     """``bundle.yaml`` metadata of a retrieval bundle (all keys with defaults; unknown keys are errors).
 
     ``descriptor_dim``: length of ``descriptor``; ``backbone``/``gem_p``: how it was made (information);
@@ -38,6 +36,10 @@ class RetrievalContract:
     ``recall_radius_m``: radius of the recall@k metric; ``resize``: always ``stretch``;
     ``backbone_weights``: where the backbone's initial weights came from (package, version, sha256).
     """
+
+    TYPE: ClassVar[str] = LOCALIZER_TYPE
+    OUTPUTS: ClassVar[tuple[str, ...]] = OUTPUT_NAMES
+    PROVENANCE_KEYS: ClassVar[frozenset[str]] = frozenset({'train'})
 
     descriptor_dim: int = 256
     backbone: str = ''
@@ -55,29 +57,3 @@ class RetrievalContract:
             raise ContractError(f'retrieval bundles use resize "stretch", got {self.resize!r}')
         if not (self.positive_radius_m > 0 and self.recall_radius_m > 0 and 0 < self.positive_max_angle_deg <= 180):
             raise ContractError('positive_radius_m and recall_radius_m must be > 0, positive_max_angle_deg in (0, 180]')
-
-    def to_metadata(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_metadata(cls, metadata: Mapping[str, Any]) -> 'RetrievalContract':
-        """Parse bundle metadata; keys written by the export itself (localizer_type, mean, std) are ignored."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        ignored = {'localizer_type', 'mean', 'std', 'train'}
-        unknown = sorted(set(metadata) - known - ignored)
-        if unknown:
-            raise ContractError(f'unknown retrieval metadata keys {unknown}; known: {sorted(known)}')
-        try:
-            return cls(**{k: v for k, v in metadata.items() if k in known})
-        except TypeError as exc:
-            raise ContractError(f'bad retrieval metadata: {exc}') from exc
-
-    @classmethod
-    def from_bundle(cls, bundle: Any) -> 'RetrievalContract':
-        """Parse a loaded :class:`vizloc_ros.bundle.Bundle` (type, outputs and metadata checked)."""
-        if bundle.localizer_type != LOCALIZER_TYPE:
-            raise ContractError(f'{bundle.path}: bundle is for {bundle.localizer_type!r}, not {LOCALIZER_TYPE!r}')
-        missing = set(OUTPUT_NAMES) - set(bundle.outputs)
-        if missing:
-            raise ContractError(f'{bundle.path}: bundle lacks outputs {sorted(missing)}; has {list(bundle.outputs)}')
-        return cls.from_metadata(bundle.metadata)

@@ -2,8 +2,9 @@
 
 A bundle (written by ``vizloc-train room_classifier``) holds an ONNX model with outputs ``probs``
 (N x C softmax over rooms) and, for GAP + linear heads, ``cam`` (N x C x h x w class-activation
-maps); ``metadata.classes`` names the rooms in output order. Frames of any size are resized to the
-bundle input (see :mod:`vizloc_ros.runner`); no CameraInfo is needed.
+maps); ``metadata.classes`` names the rooms in output order (the bundle metadata is
+:class:`vizloc_plugins.room_classifier_contract.RoomClassifierContract`). Frames of any size are resized
+to the bundle input (see :mod:`vizloc_ros.runner`); no CameraInfo is needed.
 
 Per frame:
 
@@ -44,6 +45,8 @@ from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext,
 from vizloc_ros.types import Frame, InvalidOutputError, LocalizationResult, PoseEstimate, RoomEstimate
 
 from vizloc_ros.runner import BundleModel
+from .room_classifier_contract import (LOCALIZER_TYPE, OUTPUT_CAM, OUTPUT_PROBS, RoomClassifierContract,
+                                      SmoothingCalibration)
 from .smoothing import SMOOTHING_MODES, TRANSITIONS, adjacency_from_polygons, make_filter
 
 __all__ = ['LOCALIZER_TYPE', 'RoomClassifierOptions', 'RoomClassifierLocalizer', 'load_room_map',
@@ -51,13 +54,10 @@ __all__ = ['LOCALIZER_TYPE', 'RoomClassifierOptions', 'RoomClassifierLocalizer',
 
 logger = logging.getLogger(__name__)
 
-LOCALIZER_TYPE = 'room_classifier'
 #: Rotation variance of the room-centroid pose (orientation unknown), rad².
 UNKNOWN_ROTATION_VARIANCE_RAD2 = 1e6
 #: Variance of the room-centroid pose's height, m².
 Z_VARIANCE_M2 = 1.0
-#: HMM stay probability when neither the option nor the bundle gives one.
-DEFAULT_P_STAY = 0.95
 
 
 @dataclass(frozen=True)
@@ -215,23 +215,19 @@ class RoomClassifierLocalizer:
 
     def _setup(self, config: LocalizerConfig) -> None:
         options, bundle = self.options, self.model.bundle
-        classes = bundle.metadata.get('classes')
-        if not isinstance(classes, list) or len(classes) < 2:
-            raise ConfigError(f'{bundle.path}: metadata.classes must list the rooms, got {classes!r}')
-        self.classes: list[str] = [str(c) for c in classes]
-        if 'probs' not in self.model.output_names:
-            raise ConfigError(f'{bundle.path}: model has no probs output (outputs: {self.model.output_names})')
-        self.has_cam = 'cam' in self.model.output_names
+        self.contract = contract = RoomClassifierContract.from_bundle(bundle)
+        self.classes: list[str] = list(contract.classes)  # the probs output: checked by contract and runner
+        self.has_cam = OUTPUT_CAM in self.model.output_names
         if options.publish_heatmap and not self.has_cam:
             raise ConfigError(f'{config.name}.publish_heatmap: bundle {bundle.path} has no cam output '
-                              f'(backbone {bundle.metadata.get("backbone")!r} has no GAP + linear head)')
+                              f'(backbone {contract.backbone!r} has no GAP + linear head)')
         self.polygons: dict[str, np.ndarray] = {}
         if options.room_map.lower() == 'none':
             pass
         elif options.room_map:
             self.polygons = load_room_map(options.room_map, self.map_frame)
-        elif 'rooms.yaml' in bundle.files:
-            self.polygons = load_room_map(bundle.file('rooms.yaml'), self.map_frame)
+        elif contract.room_map:
+            self.polygons = load_room_map(bundle.file(contract.room_map), self.map_frame)
         self.room_poses: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for label, polygon in self.polygons.items():
             _, centroid, cov = polygon_moments(polygon)
@@ -240,13 +236,10 @@ class RoomClassifierLocalizer:
             missing = sorted(set(self.classes) - set(self.polygons))
             if missing:
                 logger.warning('%s: room map has no polygon for %s: no pose for those rooms', config.name, missing)
-        calibrated = bundle.metadata.get('smoothing') or {}
-        if not isinstance(calibrated, dict):
-            raise ConfigError(f'{bundle.path}: metadata.smoothing must be a mapping, got {calibrated!r}')
-        self.p_stay = options.p_stay or float(calibrated.get('p_stay', DEFAULT_P_STAY))
-        self.temperature = options.temperature or float(calibrated.get('temperature', 1.0))
-        self.transition = (options.transition if options.transition != 'auto'
-                           else str(calibrated.get('transition', 'uniform')))
+        calibrated = contract.smoothing or SmoothingCalibration()  # no calibration: the fixed defaults
+        self.p_stay = options.p_stay or calibrated.p_stay
+        self.temperature = options.temperature or calibrated.temperature
+        self.transition = options.transition if options.transition != 'auto' else calibrated.transition
         adjacency = switch = None
         if options.smoothing == 'hmm' and self.transition == 'adjacency':
             if not self.polygons:
@@ -254,13 +247,10 @@ class RoomClassifierLocalizer:
                                   'rooms.yaml)')
             adjacency = adjacency_from_polygons(self.polygons, self.classes, options.adjacency_tolerance_m)
         elif options.smoothing == 'hmm' and self.transition == 'learned':
-            if 'switch_matrix' not in calibrated:
+            switch = calibrated.switch_CC
+            if switch is None:
                 raise ConfigError(f"{config.name}.transition 'learned' needs a bundle with metadata.smoothing."
                                   f'switch_matrix (trained with calibrate_smoothing); {bundle.path} has none')
-            switch = np.asarray(calibrated['switch_matrix'], dtype=np.float64)
-            if switch.shape != (len(self.classes), len(self.classes)):
-                raise ConfigError(f'{bundle.path}: metadata.smoothing.switch_matrix has shape {switch.shape}, '
-                                  f'expected {len(self.classes)}x{len(self.classes)}')
         try:
             self.filter = make_filter(options.smoothing, len(self.classes), p_stay=self.p_stay,
                                       ema_alpha=options.ema_alpha, adjacency_CC=adjacency, switch_CC=switch,
@@ -269,7 +259,7 @@ class RoomClassifierLocalizer:
             raise ConfigError(f'{config.name}: {exc}') from exc
         logger.info('%s: smoothing %s (p_stay %.3f, temperature %.2f, transition %s)', config.name,
                     options.smoothing, self.p_stay, self.temperature, self.transition)
-        self._outputs = ['probs', 'cam'] if options.publish_heatmap else ['probs']
+        self._outputs = [OUTPUT_PROBS, OUTPUT_CAM] if options.publish_heatmap else [OUTPUT_PROBS]
         self._last_stamp_ns: int | None = None
 
     @property
@@ -299,7 +289,7 @@ class RoomClassifierLocalizer:
     def localize(self, frame: Frame) -> LocalizationResult:
         started = time.perf_counter()
         outputs = self.model.run(frame, self._outputs)
-        raw = np.asarray(outputs['probs'], dtype=np.float64).reshape(-1)
+        raw = np.asarray(outputs[OUTPUT_PROBS], dtype=np.float64).reshape(-1)
         if raw.shape[0] != len(self.classes):
             raise InvalidOutputError(f'{self.name}: model gave {raw.shape[0]} probabilities for {len(self.classes)} rooms')
         last = self._last_stamp_ns
@@ -314,7 +304,7 @@ class RoomClassifierLocalizer:
         raw_best = int(np.argmax(raw))
         images = {}
         if self.options.publish_heatmap:
-            images['heatmap'] = cam_overlay(frame.rgb_HW3, outputs['cam'][0, best], self.model.last_resize,
+            images['heatmap'] = cam_overlay(frame.rgb_HW3, outputs[OUTPUT_CAM][0, best], self.model.last_resize,
                                             self.options.heatmap_alpha)
         latency_ms = (time.perf_counter() - started) * 1e3
         room = RoomEstimate(label=label, confidence=confidence,

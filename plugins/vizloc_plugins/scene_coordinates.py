@@ -10,7 +10,9 @@ Cell (i, j) stands for input pixel ``(8 j + 4, 8 i + 4)`` (DSAC*/ACE convention;
 input size with a plain resize ("stretch"), its CameraInfo intrinsics scaled the same way
 (``CameraIntrinsics.scaled``); distorted cameras get their cell pixels undistorted
 (``cv2.undistortPoints``) before PnP. :func:`vizloc_plugins.pnp.solve_pnp_ransac` then gives the
-pose and its covariance; fewer than ``min_inliers`` inliers gives ``status='no_fix'``.
+pose and its covariance; fewer than ``min_inliers`` inliers gives ``status='no_fix'``. The RANSAC
+settings default to the bundle's (``metadata.ransac``); the bundle metadata is
+:class:`vizloc_plugins.scene_coordinates_contract.SceneCoordinatesContract`.
 
 Outputs: :class:`PoseEstimate` (``T_map_camera`` in the scene frame, 6x6 covariance in
 geometry_msgs order, multiplied by the covariance scale calibrated at training time) and, when the
@@ -23,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -32,19 +34,19 @@ from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext,
 from vizloc_ros.types import Frame, InvalidInputError, LocalizationResult, PoseEstimate
 
 from .pnp import PnPSolution, RansacOptions, geo_estimate_from_pose, solve_pnp_ransac, undistort_pixels
+from .scene_coordinates_contract import (LOCALIZER_TYPE, OUTPUT_COORDS, OUTPUT_LOG_SCALE, OUTPUT_STRIDE,
+                                         SceneCoordinatesContract)
 
 __all__ = ['LOCALIZER_TYPE', 'OUTPUT_STRIDE', 'SceneCoordinatesOptions', 'SceneCoordinateLocalizer',
            'cell_centres_px', 'estimate_pose', 'vizloc_register_localizers']
 
 logger = logging.getLogger(__name__)
 
-LOCALIZER_TYPE = 'scene_coordinates'
-OUTPUT_STRIDE = 8
-
 
 @dataclass(frozen=True)
 class SceneCoordinatesOptions:
-    hypotheses: int = field(default=256, metadata={'description': 'RANSAC pose hypotheses (P3P on 4 cells each)'})
+    hypotheses: int = field(default=0, metadata={
+        'description': 'RANSAC pose hypotheses (P3P on 4 cells each; 0 = bundle default)'})
     inlier_threshold_px: float = field(default=0.0, metadata={
         'description': 'inlier reprojection threshold in pixels of the network input image (0 = bundle default)'})
     min_inliers: int = field(default=0, metadata={
@@ -60,8 +62,8 @@ class SceneCoordinatesOptions:
         'description': 'ONNX Runtime CPU threads for backend onnxruntime (0 = library default)'})
 
     def __post_init__(self) -> None:
-        if self.hypotheses < 1:
-            raise ValueError(f'hypotheses must be >= 1, got {self.hypotheses}')
+        if self.hypotheses < 0:
+            raise ValueError(f'hypotheses must be >= 1 (or 0 = bundle default), got {self.hypotheses}')
         if self.inlier_threshold_px < 0.0 or self.covariance_scale < 0.0:
             raise ValueError('inlier_threshold_px and covariance_scale must be >= 0')
         if not 0.0 <= self.min_inlier_ratio <= 1.0:
@@ -121,38 +123,21 @@ class SceneCoordinateLocalizer:
                                  cache_dir=context.cache_dir,
                                  intra_op_num_threads=options.intra_op_num_threads or None)
         try:
-            self._configure(self.model.bundle.metadata)
+            self._configure(SceneCoordinatesContract.from_bundle(self.model.bundle))
         except ConfigError:
             self.model.close()
             raise
 
-    def _configure(self, metadata: Mapping[str, Any]) -> None:
-        bundle_path = self.model.bundle.path
-        if self.model.resize_mode != 'stretch':
-            raise ConfigError(f'{bundle_path}: scene_coordinates bundles must use resize "stretch", '
-                              f'got {self.model.resize_mode!r}')
-        missing = {'coords', 'log_scale'} - set(self.model.output_names)
-        if missing:
-            raise ConfigError(f'{bundle_path}: model lacks outputs {sorted(missing)}; has {self.model.output_names}')
-        if int(metadata.get('output_stride', OUTPUT_STRIDE)) != OUTPUT_STRIDE:
-            raise ConfigError(f'{bundle_path}: output_stride {metadata.get("output_stride")} is not {OUTPUT_STRIDE}')
-        ransac = dict(metadata.get('ransac') or {})
-        threshold = self.options.inlier_threshold_px or float(ransac.get('inlier_threshold_px', 10.0))
-        min_inliers = self.options.min_inliers or int(ransac.get('min_inliers', 30))
-        min_ratio = self.options.min_inlier_ratio or float(ransac.get('min_inlier_ratio', 0.1))
-        self.ransac = RansacOptions(hypotheses=self.options.hypotheses, inlier_threshold_px=threshold,
-                                    min_inliers=min_inliers, min_inlier_ratio=min_ratio,
-                                    seed=None if self.options.seed < 0 else self.options.seed)
-        self.covariance_scale = self.options.covariance_scale or float(metadata.get('covariance_scale', 1.0))
-        self.geo = None
-        geo_mapping = metadata.get('geo')
-        if geo_mapping:
-            from vizloc_ros.geodesy import GeodesyError, GeoReference
-
-            try:
-                self.geo = GeoReference.from_mapping(geo_mapping)
-            except GeodesyError as exc:
-                raise ConfigError(f'{bundle_path}: bad metadata.geo {geo_mapping!r}: {exc}') from exc
+    def _configure(self, contract: SceneCoordinatesContract) -> None:
+        """RANSAC settings and covariance scale: the option where given (non-zero), else the bundle's."""
+        options, defaults = self.options, contract.ransac
+        self.ransac = RansacOptions(hypotheses=options.hypotheses or defaults.hypotheses,
+                                    inlier_threshold_px=options.inlier_threshold_px or defaults.inlier_threshold_px,
+                                    min_inliers=options.min_inliers or defaults.min_inliers,
+                                    min_inlier_ratio=options.min_inlier_ratio or defaults.min_inlier_ratio,
+                                    seed=None if options.seed < 0 else options.seed)
+        self.covariance_scale = options.covariance_scale or contract.covariance_scale
+        self.geo = contract.geo
 
     @property
     def backend_name(self) -> str:
@@ -162,17 +147,17 @@ class SceneCoordinateLocalizer:
         if frame.camera is None:
             raise InvalidInputError(f'{self.name}: frame {frame.frame_id!r} has no CameraInfo (intrinsics required)')
         started = time.perf_counter()
-        outputs = self.model.run(frame, ['coords', 'log_scale'])
+        outputs = self.model.run(frame, [OUTPUT_COORDS, OUTPUT_LOG_SCALE])
         network_ms = (time.perf_counter() - started) * 1e3
         spec = self.model.input
         camera = frame.camera.scaled(spec.width, spec.height)
-        solution = estimate_pose(outputs['coords'][0], outputs['log_scale'][0], camera.K, self.ransac,
+        solution = estimate_pose(outputs[OUTPUT_COORDS][0], outputs[OUTPUT_LOG_SCALE][0], camera.K, self.ransac,
                                  use_uncertainty=self.options.use_uncertainty,
                                  covariance_scale=self.covariance_scale, dist_coeffs=camera.D,
                                  distortion_model=camera.distortion_model)
         latency_ms = (time.perf_counter() - started) * 1e3
         diagnostics = {'network_ms': f'{network_ms:.1f}', 'ransac_ms': f'{latency_ms - network_ms:.1f}',
-                       'cells': str(int(np.prod(outputs['coords'].shape[2:])))}
+                       'cells': str(int(np.prod(outputs[OUTPUT_COORDS].shape[2:])))}
         if solution is None:
             diagnostics['reason'] = (f'fewer than {self.ransac.min_inliers} RANSAC inliers or an inlier ratio below '
                                      f'{self.ransac.min_inlier_ratio:.2f}')

@@ -16,12 +16,11 @@ from torch import nn
 from ..models.backbones import make_backbone
 from .losses import MAX_ABS_RHO, covariance_from_head
 
-__all__ = ['BACKBONE_CHOICES', 'HEADS', 'POOLING', 'GPSRegressorNet', 'MetricHead', 'OUTPUT_NAMES', 'grid_anchors']
+__all__ = ['BACKBONE_CHOICES', 'HEADS', 'POOLING', 'GPSRegressorNet', 'MetricHead', 'grid_anchors']
 
 #: Backbones the seed compares (EfficientNet-B0 is the default); the lighter MobileNets also work.
 BACKBONE_CHOICES = ('efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2', 'efficientnet_b0', 'resnet18',
                     'convnext_tiny', 'mobilenet_v3_small', 'mobilenet_v3_large')
-OUTPUT_NAMES = ('mean_en_m', 'cov_en_m2')
 #: ``avg``: global average pooling (the seed's heads). ``spatial``: 1x1 conv + flatten of the final
 #: feature map, keeping where things are in the image (needs a fixed input size).
 POOLING = ('avg', 'spatial')

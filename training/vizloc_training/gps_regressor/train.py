@@ -31,7 +31,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vizloc_plugins.gps_regressor_contract import LOCALIZER_TYPE, OUTPUT_COV, OUTPUT_MEAN, GPSRegressorContract
 from vizloc_ros.bundle import InputSpec
+from vizloc_ros.geodesy import GeoReference
 
 from ..metrics import geo as geo_metrics
 from ..train.config import TrainArgs, TrainConfigError, resolve_preset
@@ -41,13 +43,11 @@ from ..train.loop import (CheckpointManager, ddp_cleanup, ddp_setup, discriminat
 from .data import GPSData, load_gps_data
 from .evaluate import evaluate_arrays, nearest_train_distance, robustness_table
 from .losses import LOSSES, GPSLoss
-from .model import BACKBONE_CHOICES, HEADS, OUTPUT_NAMES, POOLING, GPSRegressorNet, MetricHead, grid_anchors
+from .model import BACKBONE_CHOICES, HEADS, POOLING, GPSRegressorNet, MetricHead, grid_anchors
 
 __all__ = ['PRESETS', 'LOCALIZER_TYPE', 'train', 'augment_batch', 'predict']
 
 logger = logging.getLogger(__name__)
-
-LOCALIZER_TYPE = 'gps_regressor'
 CALIBRATION_MODES = ('auto', 'always', 'never')
 #: Target band of the validation 95 %-ellipse coverage for ``calibration: auto``.
 COVERAGE_BAND_PCT = (90.0, 98.0)
@@ -413,32 +413,28 @@ def train(args: TrainArgs) -> Path:
 
         metrics['robustness'] = robustness_table(predict_errors, test.images_NHW3, test_errors, seed=args.seed)
 
-    metadata = {
-        'geo': frame.geo_mapping(),
-        'target_frame': frame.to_mapping(),
-        'variance_scale': variance_scale,
-        'altitude_known': frame.altitude_known,
-        'alt_std_m': frame.alt_std_m if frame.altitude_known else None,
-        'resize': 'stretch',
-        'backbone': config['backbone'],
-        'backbone_weights': net.backbone.weights_source,
-        'loss': config['loss'],
-        'head': config['head'],
-        'anchors': ({'count': int(anchors_z.shape[0]), 'bin_size_m': bin_size_m} if anchors_z is not None else None),
-        'preset': args.preset,
-        'config': config,
-        'train_args': args.to_dict(),
-        'dataset': {'root': str(args.data), 'sizes': {s: len(a) for s, a in data.splits.items()},
-                    'skipped': data.skipped},
-        'outputs': {'mean_en_m': 'predicted east/north (m) in the scene frame metadata.geo',
-                    'cov_en_m2': 'predicted 2x2 covariance (m^2) in the scene frame; multiply by variance_scale'},
-        'history': history,
-    }
+    contract = GPSRegressorContract(
+        geo=GeoReference.from_mapping(frame.geo_mapping()), variance_scale=variance_scale,
+        altitude_known=frame.altitude_known, alt_std_m=frame.alt_std_m if frame.altitude_known else None,
+        resize='stretch', backbone=config['backbone'], backbone_weights=net.backbone.weights_source)
+    metadata = contract.to_metadata(
+        target_frame=frame.to_mapping(),
+        loss=config['loss'],
+        head=config['head'],
+        anchors=({'count': int(anchors_z.shape[0]), 'bin_size_m': bin_size_m} if anchors_z is not None else None),
+        preset=args.preset,
+        config=config,
+        train_args=args.to_dict(),
+        dataset={'root': str(args.data), 'sizes': {s: len(a) for s, a in data.splits.items()},
+                 'skipped': data.skipped},
+        outputs={OUTPUT_MEAN: 'predicted east/north (m) in the scene frame metadata.geo',
+                 OUTPUT_COV: 'predicted 2x2 covariance (m^2) in the scene frame; multiply by variance_scale'},
+        history=history)
     # Outputs are in metres / square metres: float32 rounding scales with the frame's spread.
     parity_tol = 1e-3 + 1e-5 * max(frame.std_en_m) ** 2
 
     bundle = export_and_bundle(head.cpu(), args.out, localizer_type=LOCALIZER_TYPE,
-                               input_spec=InputSpec(height=height, width=width), output_names=list(OUTPUT_NAMES),
+                               input_spec=InputSpec(height=height, width=width), output_names=list(contract.OUTPUTS),
                                metadata=metadata, metrics=metrics, parity_tol=parity_tol)
     logger.info('gps_regressor bundle %s written in %.0f s (test median %.2f m, within 10 m %.1f %%)', bundle,
                 time.perf_counter() - started, test_stats['median_m'], test_stats['within_10m_pct'])

@@ -28,6 +28,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from vizloc_plugins.room_classifier_contract import (LOCALIZER_TYPE, OUTPUT_PROBS, RoomClassifierContract,
+                                                     SmoothingCalibration)
+
 from .data import AugmentedRooms, RoomSplit, eval_transform, iter_trajectory, temporal_order
 
 __all__ = ['predict_split', 'predict_probs', 'calibrate_smoothing', 'evaluate_trajectory', 'main']
@@ -66,31 +69,32 @@ def predict_probs(export: torch.nn.Module, split: RoomSplit, size: int, indices:
 
 
 def calibrate_smoothing(export: torch.nn.Module, train_split: RoomSplit, val_split: RoomSplit, num_classes: int,
-                        size: int) -> dict[str, Any]:
+                        size: int) -> SmoothingCalibration | None:
     """HMM parameters for the bundle (``metadata.smoothing``), chosen on the validation trajectory.
 
     ``switch_matrix``: room changes of the training split in temporal order (file names) with one
     pseudo-count per row; ``train_p_stay``: that trajectory's fraction of frame pairs in the same
     room (for information: it depends on its frame rate). Then ``p_stay``, ``temperature`` and
     ``transition`` (``uniform`` or ``learned``) maximise the filtered accuracy on the validation split
-    in temporal order (ties: mean log belief of the true room). Empty dict without a val split.
+    in temporal order (ties: mean log belief of the true room). None without a val split.
     """
     from vizloc_plugins.smoothing import calibrate_hmm, estimate_switch_matrix
 
     if not len(val_split):
-        return {}
+        return None
     train_labels = np.asarray(train_split.labels)[temporal_order(train_split)]
     switch_CC, train_p_stay = estimate_switch_matrix([train_labels], num_classes)
     order = temporal_order(val_split)
     probs_TC = predict_probs(export, val_split, size, order)
     labels_T = np.asarray(val_split.labels)[order]
     best = calibrate_hmm(probs_TC, labels_T, switch_CC=switch_CC)
-    result = {**best.to_dict(), 'single_frame_accuracy': float(np.mean(probs_TC.argmax(axis=1) == labels_T)),
-              'calibrated_on': 'val split in file-name order', 'switch_matrix': switch_CC.round(6).tolist(),
-              'train_p_stay': train_p_stay}
+    result = SmoothingCalibration(
+        **best.to_dict(), single_frame_accuracy=float(np.mean(probs_TC.argmax(axis=1) == labels_T)),
+        calibrated_on='val split in file-name order', switch_matrix=switch_CC.round(6).tolist(),
+        train_p_stay=train_p_stay)
     logger.info('smoothing calibrated on %d val frames: p_stay=%.3f temperature=%.2f transition=%s -> accuracy %.4f '
                 '(single frame %.4f)', best.frames, best.p_stay, best.temperature, best.transition, best.accuracy,
-                result['single_frame_accuracy'])
+                result.single_frame_accuracy)
     return result
 
 
@@ -112,15 +116,16 @@ def evaluate_trajectory(bundle_dir: Path | str, data: Path | str, *, p_stay: flo
     from vizloc_plugins.smoothing import adjacency_from_polygons, filter_sequence, make_filter
     from vizloc_ros.types import Frame
 
-    model = BundleModel(bundle_dir, backend=backend, expected_type='room_classifier')
-    classes = list(model.bundle.metadata['classes'])
+    model = BundleModel(bundle_dir, backend=backend, expected_type=LOCALIZER_TYPE)
     probs, labels = [], []
     try:
+        contract = RoomClassifierContract.from_bundle(model.bundle)
+        classes = list(contract.classes)
         for i, (rgb, label, _source) in enumerate(iter_trajectory(Path(data), classes)):
             if max_frames and i >= max_frames:
                 break
-            out = model.run(Frame(rgb_HW3=rgb, stamp_ns=i, frame_id='camera'), outputs=['probs'])
-            probs.append(out['probs'][0])
+            out = model.run(Frame(rgb_HW3=rgb, stamp_ns=i, frame_id='camera'), outputs=[OUTPUT_PROBS])
+            probs.append(out[OUTPUT_PROBS][0])
             labels.append(label)
     finally:
         model.close()
@@ -131,15 +136,15 @@ def evaluate_trajectory(bundle_dir: Path | str, data: Path | str, *, p_stay: flo
                               'p_stay': p_stay, 'ema_alpha': ema_alpha}
     filters = {mode: make_filter(mode, len(classes), p_stay=p_stay, ema_alpha=ema_alpha)
                for mode in ('none', 'hmm', 'ema')}
-    if 'rooms.yaml' in model.bundle.files:
-        polygons = load_room_map(model.bundle.file('rooms.yaml'))
+    if contract.room_map:
+        polygons = load_room_map(model.bundle.file(contract.room_map))
         adjacency = adjacency_from_polygons(polygons, classes)
         filters['hmm_adjacency'] = make_filter('hmm', len(classes), p_stay=p_stay, adjacency_CC=adjacency)
-    calibrated = model.bundle.metadata.get('smoothing') or {}
-    if calibrated:
+    calibrated = contract.smoothing
+    if calibrated is not None:
         filters['hmm_calibrated'] = make_filter(
-            'hmm', len(classes), p_stay=float(calibrated['p_stay']), temperature=float(calibrated['temperature']),
-            switch_CC=np.asarray(calibrated['switch_matrix']) if calibrated['transition'] == 'learned' else None)
+            'hmm', len(classes), p_stay=calibrated.p_stay, temperature=calibrated.temperature,
+            switch_CC=calibrated.switch_CC if calibrated.transition == 'learned' else None)
     for mode, filt in filters.items():
         pred = filter_sequence(filt, probs_TC).argmax(axis=1)
         result[f'{mode}_accuracy'] = float(np.mean(pred == labels_T))

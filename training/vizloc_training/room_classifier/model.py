@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vizloc_plugins.room_classifier_contract import OUTPUT_CAM, OUTPUT_PROBS
+
 from ..models.backbones import Backbone, make_backbone
 
 __all__ = ['RoomClassifier', 'RoomClassifierExport', 'build_model']
@@ -57,7 +59,7 @@ class RoomClassifierExport(nn.Module):
 
     @property
     def output_names(self) -> list[str]:
-        return ['probs', 'cam'] if self.with_cam else ['probs']
+        return [OUTPUT_PROBS, OUTPUT_CAM] if self.with_cam else [OUTPUT_PROBS]
 
     def forward(self, x_N3HW: torch.Tensor):
         n = x_N3HW.shape[0]

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from vizloc_plugins.room_classifier_contract import LOCALIZER_TYPE, OUTPUT_CAM, OUTPUT_PROBS, RoomClassifierContract
 from vizloc_ros.bundle import InputSpec
 
 from ..metrics.classification import classification_report
@@ -51,8 +52,6 @@ from .model import RoomClassifierExport, build_model
 __all__ = ['PRESETS', 'LOCALIZER_TYPE', 'train']
 
 logger = logging.getLogger(__name__)
-
-LOCALIZER_TYPE = 'room_classifier'
 
 _COMMON: dict[str, Any] = {
     'backbone': 'efficientnet_lite0',
@@ -285,7 +284,7 @@ def _train(args: TrainArgs, cfg: dict[str, Any], device: torch.device, dist) -> 
     model.eval()
     export = RoomClassifierExport(model.cpu(), tta_flip=bool(cfg['tta_flip']))
     smoothing = (calibrate_smoothing(export, train_split, val_split, len(classes), size)
-                 if cfg['calibrate_smoothing'] else {})
+                 if cfg['calibrate_smoothing'] else None)
     metrics: dict[str, Any] = {
         'train_s': train_s, 'train_cpu_s': train_cpu_s, 'torch_threads': torch.get_num_threads(),
         'epochs_run': len(history),
@@ -300,24 +299,23 @@ def _train(args: TrainArgs, cfg: dict[str, Any], device: torch.device, dist) -> 
         probs = predict_split(model, test_split, size, torch.device('cpu'))
         metrics['test'] = classification_report(probs, test_split.labels, classes, k=3)
     rooms_yaml = Path(args.data) / 'rooms.yaml'
-    metadata = {
-        'classes': classes, 'backbone': cfg['backbone'], 'backbone_weights': model.backbone.weights_source,
-        'image_size': size, 'resize': 'stretch',
-        'tta_flip': bool(cfg['tta_flip']),
-        'outputs': {'probs': 'N x C softmax over classes', **({'cam': 'N x C x h x w class-activation maps'}
-                                                              if export.with_cam else {})},
-        'class_prior': (train_counts / train_counts.sum()).tolist(), 'train_counts': train_counts.tolist(),
-        'preset': args.preset, 'config': cfg, 'args': args.to_dict(), 'history': history,
-        'room_map': 'rooms.yaml' if rooms_yaml.is_file() else '',
-        **({'smoothing': smoothing} if smoothing else {}),
-    }
+    contract = RoomClassifierContract(
+        classes=tuple(classes), resize='stretch', tta_flip=bool(cfg['tta_flip']), backbone=cfg['backbone'],
+        backbone_weights=model.backbone.weights_source, room_map='rooms.yaml' if rooms_yaml.is_file() else '',
+        smoothing=smoothing)
+    metadata = contract.to_metadata(
+        image_size=size,
+        outputs={OUTPUT_PROBS: 'N x C softmax over classes',
+                 **({OUTPUT_CAM: 'N x C x h x w class-activation maps'} if export.with_cam else {})},
+        class_prior=(train_counts / train_counts.sum()).tolist(), train_counts=train_counts.tolist(),
+        preset=args.preset, config=cfg, args=args.to_dict(), history=history)
     check_split = test_split if len(test_split) else train_split
     parity_input = np.stack([cv2.resize(check_split.images[i], (size, size), interpolation=cv2.INTER_AREA)
                              for i in range(min(8, len(check_split)))])
     bundle_dir = export_and_bundle(
         export, args.out, localizer_type=LOCALIZER_TYPE, input_spec=InputSpec(height=size, width=size),
         output_names=export.output_names, metadata=metadata, metrics=metrics, parity_input=parity_input,
-        extra_files={'rooms.yaml': rooms_yaml} if rooms_yaml.is_file() else None,
+        extra_files={contract.room_map: rooms_yaml} if contract.room_map else None,
         latency_runs=int(cfg['latency_runs']))
     if cfg['eval_trajectory']:
         try:

@@ -28,13 +28,14 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from vizloc_plugins.scene_coordinates_contract import OUTPUT_STRIDE
+
 __all__ = ['OUTPUT_STRIDE', 'ENCODER_KINDS', 'EncoderConfig', 'HeadConfig', 'Encoder', 'Head', 'SceneCoordinateNet',
            'EncoderCheckpointError', 'save_encoder', 'load_encoder', 'cell_centres_px', 'LOG_SCALE_MIN',
            'LOG_SCALE_MAX']
 
 logger = logging.getLogger(__name__)
 
-OUTPUT_STRIDE = 8
 #: Encoder kinds: the CNN trained here, or a frozen ImageNet-pretrained EfficientNet-Lite.
 ENCODER_KINDS = ('cnn', 'efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2')
 ENCODER_FORMAT = 'vizloc-scene-encoder'

@@ -33,7 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from vizloc_plugins.scene_coordinates_contract import LOCALIZER_TYPE, SceneCoordinatesContract, SceneRansac
 from vizloc_ros.bundle import InputSpec
+from vizloc_ros.contract import geo_reference
 
 from ..train.config import TrainArgs, TrainConfigError, resolve_preset
 from ..train.loop import CheckpointManager, lr_factor, schedule_progress, select_device, set_seed, work_dir
@@ -46,7 +48,6 @@ __all__ = ['PRESETS', 'train', 'TrainedScene', 'fit']
 
 logger = logging.getLogger(__name__)
 
-LOCALIZER_TYPE = 'scene_coordinates'
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
@@ -492,40 +493,36 @@ def train(args: TrainArgs) -> Path:
     metrics['head_iterations_run'] = trained.head_iterations_run
     metrics['covariance_scale'] = covariance_scale
 
-    metadata = {
-        'localizer_type': LOCALIZER_TYPE,
-        'output_stride': OUTPUT_STRIDE,
-        'cell_centre': '8*j+4 (input pixels; pixel k centred at k; DSAC* convention)',
-        'resize': 'stretch',
-        'scene_mean_m': trained.net.scene_mean_m.view(3).tolist(),
-        'scene_scale_m': float(trained.net.scene_scale_m),
-        'supervision': trained.supervision,
-        'uncertainty': config['uncertainty'],
-        'encoder': {'kind': trained.net.encoder.config.kind, 'levels': list(trained.net.encoder.config.levels),
-                    'weights_source': dict(trained.net.encoder.weights_source),
-                    'width': trained.net.encoder.config.width, 'blocks': trained.net.encoder.config.blocks,
-                    'feature_dim': trained.net.encoder.feature_dim,
-                    'dilations': list(trained.net.encoder.config.dilations),
-                    'norm': trained.net.encoder.config.norm, 'context_dim': trained.net.encoder.config.context_dim,
-                    'init_weights': str(args.init_weights) if args.init_weights else None},
-        'head': {'width': config['head_width'], 'layers': config['head_layers']},
-        'ransac': {'hypotheses': config['hypotheses'], 'inlier_threshold_px': config['inlier_threshold_px'],
-                   'min_inliers': config['min_inliers'], 'min_inlier_ratio': config['min_inlier_ratio']},
-        'covariance_scale': covariance_scale,
-        'geo': geo_mapping,
-        'dataset': str(args.data),
-        'train_images': len(train_images),
-        'args': args.to_dict(),
-        'preset': args.preset,
-        'config': config,
-    }
+    contract = SceneCoordinatesContract(
+        output_stride=OUTPUT_STRIDE, resize='stretch', covariance_scale=covariance_scale, geo=geo_reference(geo_mapping),
+        ransac=SceneRansac(hypotheses=config['hypotheses'], inlier_threshold_px=config['inlier_threshold_px'],
+                           min_inliers=config['min_inliers'], min_inlier_ratio=config['min_inlier_ratio']))
+    metadata = contract.to_metadata(
+        cell_centre='8*j+4 (input pixels; pixel k centred at k; DSAC* convention)',
+        scene_mean_m=trained.net.scene_mean_m.view(3).tolist(),
+        scene_scale_m=float(trained.net.scene_scale_m),
+        supervision=trained.supervision,
+        uncertainty=config['uncertainty'],
+        encoder={'kind': trained.net.encoder.config.kind, 'levels': list(trained.net.encoder.config.levels),
+                 'weights_source': dict(trained.net.encoder.weights_source),
+                 'width': trained.net.encoder.config.width, 'blocks': trained.net.encoder.config.blocks,
+                 'feature_dim': trained.net.encoder.feature_dim,
+                 'dilations': list(trained.net.encoder.config.dilations),
+                 'norm': trained.net.encoder.config.norm, 'context_dim': trained.net.encoder.config.context_dim,
+                 'init_weights': str(args.init_weights) if args.init_weights else None},
+        head={'width': config['head_width'], 'layers': config['head_layers']},
+        dataset=str(args.data),
+        train_images=len(train_images),
+        args=args.to_dict(),
+        preset=args.preset,
+        config=config)
     with tempfile.TemporaryDirectory(prefix='vizloc-scene-') as tmp:
         encoder_path = save_encoder(trained.net.encoder, Path(tmp) / 'encoder.pt',
                                     trained_on={'dataset': str(args.data), 'supervision': trained.supervision,
                                                 'preset': args.preset, 'init_weights': metadata['encoder']['init_weights']})
         bundle = export_and_bundle(
             trained.net, args.out, localizer_type=LOCALIZER_TYPE,
-            input_spec=InputSpec(name='image', height=in_h, width=in_w), output_names=['coords', 'log_scale'],
+            input_spec=InputSpec(name='image', height=in_h, width=in_w), output_names=list(contract.OUTPUTS),
             metadata=metadata, metrics=metrics, extra_files={'encoder.pt': encoder_path}, mean=MEAN, std=STD,
             latency_runs=10)
     logger.info('wrote %s', bundle)
