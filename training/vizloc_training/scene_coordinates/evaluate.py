@@ -23,6 +23,7 @@ from vizloc_plugins.scene_coordinates import estimate_pose
 
 from ..metrics.pose import (AERIAL_THRESHOLDS, INDOOR_THRESHOLDS, ellipsoid_coverage, pose_errors,
                             scene_coordinate_error_m, summarize_pose_errors)
+from ..train.export import IMAGENET_MEAN, IMAGENET_STD
 from .data import PreparedImage
 from .model import SceneCoordinateNet
 
@@ -46,8 +47,6 @@ class EvaluationResult:
 @torch.no_grad()
 def evaluate_images(net: SceneCoordinateNet, images: list[PreparedImage], config: dict[str, Any], *,
                     thresholds: str = 'aerial', covariance_scale: float = 1.0) -> EvaluationResult:
-    from .train import MEAN, STD
-
     net.eval()
     device = next(net.parameters()).device
     options = RansacOptions(hypotheses=config['hypotheses'], inlier_threshold_px=config['inlier_threshold_px'],
@@ -58,8 +57,8 @@ def evaluate_images(net: SceneCoordinateNet, images: list[PreparedImage], config
     coord_errors = []
     inlier_ratios = []
     ransac_ms = []
-    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)  # the normalisation the export bakes in
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     for i, image in enumerate(images):
         x = torch.from_numpy(image.rgb_HW3[None]).to(device).permute(0, 3, 1, 2).float() / 255.0
         coords, log_scale = net((x - mean) / std)

@@ -38,8 +38,10 @@ from vizloc_ros.bundle import InputSpec
 from vizloc_ros.contract import geo_reference
 
 from ..train.config import TrainArgs, TrainConfigError, resolve_preset
+from ..train.export import IMAGENET_MEAN, IMAGENET_STD, export_and_bundle
 from ..train.loop import CheckpointManager, lr_factor, schedule_progress, select_device, set_seed, work_dir
 from .data import PreparedImage, augment_view, open_split, prepare_split, scene_normalisation
+from .evaluate import calibrate_covariance_scale, evaluate_images
 from .losses import ReprojectionLossConfig, coordinate_nll, reprojection_loss
 from .model import (ENCODER_KINDS, OUTPUT_STRIDE, Encoder, EncoderConfig, Head, HeadConfig, SceneCoordinateNet, load_encoder,
                     save_encoder)
@@ -48,8 +50,7 @@ __all__ = ['PRESETS', 'train', 'TrainedScene', 'fit']
 
 logger = logging.getLogger(__name__)
 
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 
 _BASE: dict[str, Any] = {
     # network input (0 = the dataset's native image size)
@@ -448,9 +449,6 @@ def _split_or_none(root: Path, split: str) -> Any:
 
 def train(args: TrainArgs) -> Path:
     """Train (encoder if needed, then mapping), evaluate on the test split, and write the bundle."""
-    from .evaluate import calibrate_covariance_scale, evaluate_images
-    from ..train.export import export_and_bundle
-
     config = resolve_preset(PRESETS, args)
     _check_config(config)
     set_seed(args.seed)
