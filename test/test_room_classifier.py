@@ -21,6 +21,7 @@ from vizloc_training.room_classifier.model import RoomClassifierExport, build_mo
 from vizloc_training.room_classifier.data import load_split, temporal_order, train_transform  # noqa: E402
 from vizloc_training.room_classifier.train import PRESETS, lr_factor, recalibrate_batchnorm, train  # noqa: E402
 from vizloc_training.train.config import TrainArgs  # noqa: E402
+from vizloc_training.train.evaluation_file import evaluation_dir, read_evaluations  # noqa: E402
 from vizloc_training.train.export import export_onnx  # noqa: E402
 from vizloc_training.train.loop import CheckpointError, set_seed, work_dir  # noqa: E402
 
@@ -100,7 +101,9 @@ def test_bundle_is_self_describing_with_metrics(bundle):
     assert set(m['test']['per_class']) == set(ROOMS)
     assert m['params'] > 500_000 and m['flops_224'] > m['flops'] > 0
     assert m['onnx_latency_p50_ms'] > 0 and m['onnx_parity_max_rel_diff'] < 1e-4
-    traj = m['trajectory']
+    # the trajectory evaluation is its own file beside the (unrewritten) bundle
+    assert 'trajectory' not in m and (evaluation_dir(bundle) / 'trajectory.yaml').is_file()
+    traj = read_evaluations(bundle)['trajectory']
     assert traj['frames'] == 12 and traj['true_switches'] == 2
     for mode in ('none', 'hmm', 'ema', 'hmm_adjacency', 'hmm_calibrated'):
         assert 0.0 <= traj[f'{mode}_accuracy'] <= 1.0

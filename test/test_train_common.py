@@ -216,6 +216,25 @@ def test_export_and_bundle_then_rewrite_metrics(tmp_path):
     assert latency['latency_p95_ms'] >= latency['latency_p50_ms'] > 0 and latency['latency_threads'] == 1
 
 
+def test_evaluation_files_beside_the_bundle_follow_its_model(tmp_path):
+    from onnx_models import mean_color_model
+    from vizloc_ros.bundle import write_bundle
+    from vizloc_training.train.evaluation_file import evaluation_dir, read_evaluations, write_evaluation
+
+    out = tmp_path / 'room'
+    write_bundle(out, 'room_classifier', mean_color_model(tmp_path / 'm.onnx', 8, 8), InputSpec(height=8, width=8))
+    before = sorted(p.name for p in out.iterdir()), (out / 'bundle.yaml').read_text()
+    path = write_evaluation(out, 'trajectory', {'frames': np.int64(12), 'hmm_accuracy': np.float32(0.5)})
+    assert path == evaluation_dir(out) / 'trajectory.yaml' == tmp_path / 'room.eval' / 'trajectory.yaml'
+    assert (sorted(p.name for p in out.iterdir()), (out / 'bundle.yaml').read_text()) == before  # bundle untouched
+    assert read_evaluations(out) == {'trajectory': {'frames': 12, 'hmm_accuracy': 0.5}}
+    # a new model written to the same place: the old evaluation no longer counts
+    write_bundle(out, 'room_classifier', mean_color_model(tmp_path / 'm16.onnx', 16, 16), InputSpec(height=16, width=16))
+    assert read_evaluations(out) == {} and path.is_file()
+    with pytest.raises(ValueError, match='evaluation name'):
+        write_evaluation(out, '../x', {})
+
+
 def test_metrics_table():
     rows = flatten_metrics({'accuracy': 0.91234, 'test': {'top3': 1.0, 'cm': [[1]]}, 'n': 12, 'name': 'x'})
     assert rows == {'accuracy': 0.91234, 'test/top3': 1.0, 'n': 12, 'name': 'x'}

@@ -7,13 +7,16 @@ the wall-time budget ``time_budget_s``, whichever ends first), label smoothing a
 average of the weights (``weight_ema``); keep the weights with the best validation accuracy;
 calibrate the HMM smoothing on the val trajectory (``metadata.smoothing``, see
 :func:`.evaluate.calibrate_smoothing`); evaluate on the test split; export ONNX (``probs`` + ``cam``)
-with baked-in preprocessing; write the bundle; then replay the test trajectory through the bundle
-with and without temporal smoothing and store everything in bundle.yaml ``metrics``:
+with baked-in preprocessing; write the bundle with its metrics in bundle.yaml ``metrics``; then replay
+the test trajectory through the written bundle with and without temporal smoothing and write that
+evaluation to its own file, ``OUT.eval/trajectory.yaml`` (:mod:`vizloc_training.train.evaluation_file`;
+the bundle is not rewritten):
 
 * ``test/accuracy``, ``test/top3_accuracy``, ``test/macro_precision``, ``test/macro_recall``,
   ``test/per_class/<room>/{precision,recall,support}``, ``test/confusion_matrix`` (true x predicted);
-* ``trajectory/{none,hmm,ema}_accuracy`` (+ ``hmm_adjacency`` with a room map, ``hmm_calibrated`` with the
-  HMM parameters chosen on the val trajectory, stored in ``metadata.smoothing``), label switches;
+* (``OUT.eval/trajectory.yaml``) ``{none,hmm,ema}_accuracy`` (+ ``hmm_adjacency`` with a room map,
+  ``hmm_calibrated`` with the HMM parameters chosen on the val trajectory, stored in
+  ``metadata.smoothing``), label switches;
 * ``params``, ``flops`` (at the input size and at 224x224), ``onnx_latency_p50_ms`` (1 thread);
 * ``train_s`` (wall time of the training loop), ``train_cpu_s`` (its process CPU time, all threads: on
   a shared machine the honest measure of the work), ``epochs_run``, ``best_val_accuracy``.
@@ -41,7 +44,8 @@ from vizloc_ros.bundle import InputSpec
 from ..metrics.classification import classification_report
 from ..models.backbones import count_flops, count_params
 from ..train.config import TrainArgs, resolve_preset
-from ..train.export import export_and_bundle, rewrite_bundle_metrics
+from ..train.evaluation_file import write_evaluation
+from ..train.export import export_and_bundle
 from ..train.loop import (CheckpointError, CheckpointManager, ddp_cleanup, ddp_setup, discriminative_param_groups,
                           is_main_process, lr_factor, set_lr,
                           progress, select_device, set_seed, work_dir)
@@ -324,7 +328,7 @@ def _train(args: TrainArgs, cfg: dict[str, Any], device: torch.device, dist) -> 
         except FileNotFoundError as exc:
             logger.warning('no test trajectory to evaluate smoothing on: %s', exc)
         else:
-            rewrite_bundle_metrics(bundle_dir, {'trajectory': trajectory})
+            write_evaluation(bundle_dir, 'trajectory', trajectory)  # OUT.eval/trajectory.yaml; the bundle stays as written
     logger.info('room classifier bundle written to %s', bundle_dir)
     return bundle_dir
 

@@ -84,9 +84,10 @@ def _parse(argv: Sequence[str] | None) -> tuple[TrainArgs, argparse.Namespace]:
 
 
 def run(args: TrainArgs) -> Path:
-    """Import the trainer of ``args.type``, train, and print the bundle's metrics."""
+    """Import the trainer of ``args.type``, train, and print the bundle's metrics and its evaluation files."""
     from vizloc_ros.bundle import load_bundle
 
+    from .evaluation_file import read_evaluations
     from .metrics_table import flatten_metrics, format_table
 
     module = importlib.import_module(TRAINERS[args.type])
@@ -95,7 +96,8 @@ def run(args: TrainArgs) -> Path:
 
     if is_main_process():
         bundle = load_bundle(bundle_dir, expected_type=args.type)
-        print(format_table(flatten_metrics(bundle.metrics), title=f'{args.type} bundle {bundle_dir}'))
+        metrics = {**bundle.metrics, **read_evaluations(bundle_dir)}  # OUT.eval/<name>.yaml as <name>/...
+        print(format_table(flatten_metrics(metrics), title=f'{args.type} bundle {bundle_dir}'))
     return bundle_dir
 
 
