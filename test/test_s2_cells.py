@@ -145,3 +145,18 @@ def test_km_metrics_against_hand_computed_distances():
     # The model puts its mass on the wrong cell for the first image: 1.5 deg error; right for the second.
     top1 = top1_errors_m(np.array([[0.1, 0.9], [0.2, 0.8]]), cells, [0.0, 0.0], [0.5, 1.6])
     assert top1 / 1e3 == pytest.approx([1.5 * KM_PER_DEG, 0.4 * KM_PER_DEG], rel=1e-9)
+
+
+def test_contract_reads_the_metadata_bundles_were_written_with():
+    # bundle.yaml metadata as the trainer wrote it before the contract moved onto BundleContract (tiny preset).
+    written = {'localizer_type': 's2_classifier', 'mean': [0.485, 0.456, 0.406], 'std': [0.229, 0.224, 0.225],
+               's2_classifier': {'cells_file': 'cells.csv', 'cell_position': 'train_mean', 'parent_levels_up': 2,
+                                 't_max': 12, 't_min': 2, 'max_level': 20, 'top_k': 3, 'neighbourhood_km': 2.5},
+               'resize': 'stretch', 'backbone': 'resnet18', 'backbone_weights': {'source': 'scratch'},
+               'preset': 'tiny', 'config': {}, 'args': {}, 'history': [], 'outputs': {}}
+    contract = S2ClassifierContract.from_metadata(written)
+    assert (contract.parent_levels_up, contract.t_max, contract.backbone) == (2, 12, 'resnet18')
+    assert contract.to_metadata(preset='tiny', config={}, args={}, history=[], outputs={}) == {
+        k: v for k, v in written.items() if k not in ('localizer_type', 'mean', 'std')}
+    with pytest.raises(ConfigError, match='unknown'):  # a nested key is not accepted at the top level
+        S2ClassifierContract.from_metadata({**written, 'top_k': 3})

@@ -97,19 +97,26 @@ class BundleContract:
     TYPE: ClassVar[str] = ''
     OUTPUTS: ClassVar[tuple[str, ...]] = ()
     PROVENANCE_KEYS: ClassVar[frozenset[str]] = frozenset()
+    #: Fields that are not metadata keys (read from the bundle's files in :meth:`from_bundle`, e.g. a cell partition).
+    FILE_FIELDS: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def metadata_fields(cls) -> frozenset[str]:
+        """Names of the fields that are ``bundle.yaml`` metadata keys (all but :attr:`FILE_FIELDS`)."""
+        return frozenset(f.name for f in dataclasses.fields(cls)) - cls.FILE_FIELDS  # type: ignore[arg-type]
 
     def to_metadata(self, **provenance: Any) -> dict[str, Any]:
         """Plain metadata for ``bundle.yaml``: every field that is not None, plus ``provenance`` (only
         ``PROVENANCE_KEYS``)."""
         check_keys(provenance, self.PROVENANCE_KEYS, f'{self.TYPE} provenance')
         fields = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)  # type: ignore[arg-type]
-                  if getattr(self, f.name) is not None}
+                  if f.name not in self.FILE_FIELDS and getattr(self, f.name) is not None}
         return yaml_plain({**fields, **provenance})
 
     @classmethod
     def from_metadata(cls: type[_C], metadata: Mapping[str, Any]) -> _C:
         """Parse bundle metadata: fields take their defaults when absent; unknown keys are errors."""
-        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        known = cls.metadata_fields()
         check_keys(metadata, known | cls.PROVENANCE_KEYS | EXPORT_KEYS, f'{cls.TYPE} metadata')
         try:
             return cls._from_fields({k: v for k, v in metadata.items() if k in known})

@@ -4,8 +4,9 @@ A bundle (written by ``vizloc-train s2_classifier``) holds an ONNX model with ou
 (N x C softmax over S2 cells) and, with the hierarchical head, ``parent_probs`` (N x P softmax over
 coarser ancestor cells); the cell partition (PlaNet's adaptive partition of the training split,
 :mod:`vizloc_plugins.s2_cells`) is the bundle file ``cells.csv``. What the plugin reads from the
-bundle is described by one typed contract, :class:`S2ClassifierContract` (``metadata.s2_classifier``
-+ the outputs + the cells file), which the trainer builds and this plugin parses.
+bundle is described by one typed contract,
+:class:`vizloc_plugins.s2_classifier_contract.S2ClassifierContract` (``metadata.s2_classifier`` + the
+outputs + the cells file), which the trainer builds and this plugin parses.
 
 Per frame (:func:`estimate_fix`):
 
@@ -32,9 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -43,106 +42,13 @@ from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext,
 from vizloc_ros.types import CovarianceType, Frame, GeoEstimate, InvalidOutputError, LocalizationResult
 
 from .gps_regressor import UNKNOWN_ALTITUDE_SIGMA_M, combine_gaussians
-from .s2_cells import CELL_POSITIONS, EARTH_RADIUS_M, CellPartition, S2CellError, unit_to_latlon
+from .s2_cells import CELL_POSITIONS, EARTH_RADIUS_M, unit_to_latlon
+from .s2_classifier_contract import LOCALIZER_TYPE, OUTPUT_PARENT_PROBS, OUTPUT_PROBS, S2ClassifierContract
 
 __all__ = ['LOCALIZER_TYPE', 'S2ClassifierContract', 'S2ClassifierOptions', 'S2ClassifierLocalizer', 'S2Fix',
            'estimate_fix', 'vizloc_register_localizers']
 
 logger = logging.getLogger(__name__)
-
-LOCALIZER_TYPE = 's2_classifier'
-
-
-@dataclass(frozen=True)
-class S2ClassifierContract:
-    """What an ``s2_classifier`` bundle holds for the plugin (torch-free; built by the trainer).
-
-    Stored as ``metadata.s2_classifier`` (:meth:`to_metadata`) plus the file ``cells_file``; the
-    model outputs are :attr:`output_names`. Unknown keys in ``metadata.s2_classifier`` are errors.
-    """
-
-    TYPE: ClassVar[str] = LOCALIZER_TYPE
-    METADATA_KEY: ClassVar[str] = 's2_classifier'
-    OUTPUT_PROBS: ClassVar[str] = 'probs'
-    OUTPUT_PARENT_PROBS: ClassVar[str] = 'parent_probs'
-
-    cells_file: str = 'cells.csv'
-    #: ``train_mean`` or ``center``: the point that stands for a cell in the fix.
-    cell_position: str = 'train_mean'
-    #: > 0: the model also outputs ``parent_probs`` over the cells' ancestors this many levels up.
-    parent_levels_up: int = 0
-    #: Partition parameters (PlaNet): split above t_max images, drop below t_min, never finer than max_level.
-    t_max: int = 0
-    t_min: int = 0
-    max_level: int = 20
-    #: Defaults of the fix (plugin options override them).
-    top_k: int = 3
-    neighbourhood_km: float = 2.5
-    #: The partition itself (from ``cells_file``; not part of the metadata mapping).
-    partition: CellPartition | None = field(default=None, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.cell_position not in CELL_POSITIONS:
-            raise ConfigError(f's2_classifier: cell_position must be one of {CELL_POSITIONS}, got {self.cell_position!r}')
-        if self.parent_levels_up < 0 or self.top_k < 1 or not self.neighbourhood_km > 0.0:
-            raise ConfigError('s2_classifier: need parent_levels_up >= 0, top_k >= 1 and neighbourhood_km > 0')
-
-    @property
-    def output_names(self) -> list[str]:
-        return [self.OUTPUT_PROBS, *([self.OUTPUT_PARENT_PROBS] if self.parent_levels_up else [])]
-
-    def parents(self) -> tuple[tuple[str, ...], np.ndarray]:
-        """(parent tokens, parent index per cell) of the hierarchical output (empty without it)."""
-        if not self.parent_levels_up or self.partition is None:
-            return (), np.zeros(0, dtype=np.int64)
-        return self.partition.parents(self.parent_levels_up)
-
-    def to_metadata(self) -> dict[str, Any]:
-        """``{'s2_classifier': {...}}`` for the bundle metadata (the partition goes to :meth:`write_files`)."""
-        plain = {f.name: getattr(self, f.name) for f in fields(self) if f.name != 'partition'}
-        return {self.METADATA_KEY: plain}
-
-    def write_files(self, directory: Path) -> dict[str, Path]:
-        """Write the bundle's extra files into ``directory``; returns ``{bundle name: path}``."""
-        if self.partition is None:
-            raise ValueError('contract has no partition to write')
-        path = Path(directory) / self.cells_file
-        path.write_text(self.partition.to_csv())
-        return {self.cells_file: path}
-
-    @classmethod
-    def from_metadata(cls, metadata: Mapping[str, Any], partition: CellPartition | None = None) -> 'S2ClassifierContract':
-        raw = metadata.get(cls.METADATA_KEY)
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f'bundle metadata has no {cls.METADATA_KEY!r} mapping (not an s2_classifier bundle?)')
-        known = {f.name for f in fields(cls)} - {'partition'}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(f'metadata.{cls.METADATA_KEY}: unknown keys {unknown}; known: {sorted(known)}')
-        try:
-            values = {f.name: type(getattr(cls, f.name, f.default))(raw[f.name]) if f.name in raw else f.default
-                      for f in fields(cls) if f.name != 'partition'}
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f'metadata.{cls.METADATA_KEY}: {exc}') from exc
-        return cls(**values, partition=partition)
-
-    @classmethod
-    def from_bundle(cls, bundle) -> 'S2ClassifierContract':
-        """Parse a loaded (verified) :class:`vizloc_ros.bundle.Bundle`: metadata, cells file, outputs."""
-        contract = cls.from_metadata(bundle.metadata)
-        if contract.cells_file not in bundle.files:
-            raise ConfigError(f'{bundle.path}: bundle has no cell partition file {contract.cells_file!r}')
-        try:
-            partition = CellPartition.from_csv(bundle.file(contract.cells_file).read_text(),
-                                               source=str(bundle.path / contract.cells_file))
-        except (OSError, S2CellError) as exc:
-            raise ConfigError(f'{bundle.path}: cannot read the cell partition: {exc}') from exc
-        contract = replace(contract, partition=partition)
-        missing = set(contract.output_names) - set(bundle.outputs)
-        if missing:
-            raise ConfigError(f'{bundle.path}: bundle outputs {list(bundle.outputs)} lack {sorted(missing)}')
-        return contract
-
 
 @dataclass(frozen=True)
 class S2Fix:
@@ -231,9 +137,6 @@ class S2ClassifierLocalizer:
                                  cache_dir=context.cache_dir)
         try:
             self.contract = S2ClassifierContract.from_bundle(self.model.bundle)
-            missing = set(self.contract.output_names) - set(self.model.output_names)
-            if missing:
-                raise ConfigError(f'{config.bundle}: model lacks output(s) {sorted(missing)}')
             partition = self.contract.partition
             if partition is None:  # from_bundle always sets it
                 raise ConfigError(f'{config.bundle}: no cell partition')
@@ -254,13 +157,13 @@ class S2ClassifierLocalizer:
     def localize(self, frame: Frame) -> LocalizationResult:
         started = time.perf_counter()
         out = self.model.run(frame, self.contract.output_names)
-        probs = np.asarray(out[S2ClassifierContract.OUTPUT_PROBS], dtype=np.float64).reshape(-1)
+        probs = np.asarray(out[OUTPUT_PROBS], dtype=np.float64).reshape(-1)
         fix = estimate_fix(probs, self.positions_C3, self.extent_var_m2, top_k=self.top_k,
                            neighbourhood_km=self.neighbourhood_km)
         diagnostics = {'cell': self.tokens[fix.best_cell], 'confidence': f'{fix.best_prob:.3f}',
                        'mass_used': f'{fix.mass_used:.3f}', 'cells_used': str(fix.cells_used)}
         if self.parent_tokens:
-            parent = np.asarray(out[S2ClassifierContract.OUTPUT_PARENT_PROBS], dtype=np.float64).reshape(-1)
+            parent = np.asarray(out[OUTPUT_PARENT_PROBS], dtype=np.float64).reshape(-1)
             if parent.size != len(self.parent_tokens):
                 raise InvalidOutputError(f'parent_probs has {parent.size} values, the bundle has '
                                          f'{len(self.parent_tokens)} parent cells')

@@ -18,7 +18,7 @@ Pipeline (seed 002 / PlaNet):
 4. Evaluate on the test split: % within 1/25/200/750/2500 km of the plugin's fix
    (:func:`vizloc_plugins.s2_classifier.estimate_fix`), of the top-1 cell, and the "best cell" oracle.
 5. Export ONNX (``probs`` [+ ``parent_probs``], preprocessing baked in) and write the bundle with the
-   contract (:class:`vizloc_plugins.s2_classifier.S2ClassifierContract`) and ``cells.csv``.
+   contract (:class:`vizloc_plugins.s2_classifier_contract.S2ClassifierContract`) and ``cells.csv``.
 
 Metrics in bundle.yaml: ``test/fix/*``, ``test/top1_cell/*``, ``test/oracle/*`` (km tables),
 ``test/cell_accuracy``, ``val/*``, ``cells``, ``train_images_used``, ``train_s``, ``params``,
@@ -40,7 +40,8 @@ import torch
 import torch.nn.functional as F
 
 from vizloc_plugins.s2_cells import CELL_POSITIONS, adaptive_partition
-from vizloc_plugins.s2_classifier import LOCALIZER_TYPE, S2ClassifierContract
+from vizloc_plugins.s2_classifier_contract import (LOCALIZER_TYPE, OUTPUT_PARENT_PROBS, OUTPUT_PROBS,
+                                                  S2ClassifierContract)
 from vizloc_ros.bundle import InputSpec
 
 from ..gps_regressor.data import GPSData, load_gps_data
@@ -158,7 +159,7 @@ def _train(args: TrainArgs, cfg: dict[str, Any], device: torch.device, dist) -> 
     contract = S2ClassifierContract(
         cell_position=cfg['cell_position'], parent_levels_up=int(cfg['parent_levels_up']), t_max=int(cfg['t_max']),
         t_min=int(cfg['t_min']), max_level=int(cfg['max_level']), top_k=int(cfg['top_k']),
-        neighbourhood_km=float(cfg['neighbourhood_km']), partition=partition)
+        neighbourhood_km=float(cfg['neighbourhood_km']), backbone=cfg['backbone'], partition=partition)
     parent_tokens, parent_of_cell = contract.parents()
     labels = partition.assign(train_split.lla_N3[:, 0], train_split.lla_N3[:, 1])
     used = np.flatnonzero(labels >= 0)
@@ -311,15 +312,12 @@ def _train(args: TrainArgs, cfg: dict[str, Any], device: torch.device, dist) -> 
         logger.info('test: within 25 km %.1f %%, 200 km %.1f %% (oracle %.1f %% / %.1f %%)',
                     metrics['test']['fix']['within_25km_pct'], metrics['test']['fix']['within_200km_pct'],
                     metrics['test']['oracle']['within_25km_pct'], metrics['test']['oracle']['within_200km_pct'])
-    metadata = {
-        **contract.to_metadata(),
-        'resize': 'stretch', 'backbone': cfg['backbone'],
-        'backbone_weights': net.backbone.weights_source, 'preset': args.preset, 'config': cfg,
-        'args': args.to_dict(), 'history': history,
-        'outputs': {S2ClassifierContract.OUTPUT_PROBS: 'N x C softmax over the cells of cells.csv (file order)',
-                    **({S2ClassifierContract.OUTPUT_PARENT_PROBS: f'N x P softmax over the ancestors '
-                        f'{contract.parent_levels_up} levels up (S2 id order)'} if parent_tokens else {})},
-    }
+    contract = replace(contract, backbone_weights=net.backbone.weights_source)
+    metadata = contract.to_metadata(
+        preset=args.preset, config=cfg, args=args.to_dict(), history=history,
+        outputs={OUTPUT_PROBS: 'N x C softmax over the cells of cells.csv (file order)',
+                 **({OUTPUT_PARENT_PROBS: f'N x P softmax over the ancestors {contract.parent_levels_up} levels up '
+                     '(S2 id order)'} if parent_tokens else {})})
     check = test if len(test) else train_split
     with tempfile.TemporaryDirectory(prefix='vizloc-s2-') as tmp:
         extra_files = contract.write_files(Path(tmp))
