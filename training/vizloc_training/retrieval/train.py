@@ -16,7 +16,9 @@ Pipeline (seed 004, adapted):
    :class:`vizloc_plugins.retrieval_contract.RetrievalContract` metadata.
 4. Compute the database's descriptors with the exported bundle (``vizloc-db build``'s code), build the
    FAISS index, and evaluate the test queries through the runtime pipeline (:mod:`.evaluate`); the metrics
-   go into the bundle.
+   go into their own file beside the (immutable) bundle, ``OUT.eval/<eval_split>.yaml``
+   (:func:`vizloc_training.train.evaluation_file.write_evaluation`; ``vizloc-train`` prints them as
+   ``test/recall_at_1_pct``, ...).
 """
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ from vizloc_ros.bundle import InputSpec
 
 from ..gps_regressor.train import _normalise, _set_threads, _to_unit, augment_batch
 from ..train.config import TrainArgs, TrainConfigError, resolve_preset
-from ..train.export import export_and_bundle, rewrite_bundle_metrics
+from ..train.evaluation_file import write_evaluation
+from ..train.export import export_and_bundle
 from ..train.loop import (CheckpointManager, discriminative_param_groups, lr_factor, select_device, set_lr, set_seed,
                           work_dir)
 from .data import load_reference_arrays, same_place
@@ -221,7 +224,7 @@ def train(args: TrainArgs) -> Path:
 
 
 def _index_and_evaluate(bundle: Path, data: Path, database: Path, config: dict[str, Any]) -> None:
-    """Descriptors + index of the database for this bundle, then the test metrics into the bundle."""
+    """Descriptors + index of the database for this bundle, then the test metrics into ``OUT.eval/<split>.yaml``."""
     from vizloc_plugins.retrieval import compute_descriptors
 
     from .evaluate import evaluate_bundle
@@ -231,6 +234,6 @@ def _index_and_evaluate(bundle: Path, data: Path, database: Path, config: dict[s
     if (data / 'poses.csv').is_file():
         metrics = evaluate_bundle(bundle, data, database=database, split=str(config['eval_split']),
                                   max_queries=int(config['eval_queries']))
-        rewrite_bundle_metrics(bundle, {f'{config["eval_split"]}_{k}': v for k, v in metrics.items()})
+        write_evaluation(bundle, str(config['eval_split']), metrics)  # the bundle stays as written
     else:
         logger.warning('%s: no poses.csv; the bundle is not evaluated (run vizloc_training.retrieval.evaluate)', data)
