@@ -30,6 +30,7 @@ from typing import Sequence
 import numpy as np
 
 from vizloc_ros.hookspecs import hookimpl
+from vizloc_ros.trainers import TrainerRegistrar, TrainerType
 from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext, LocalizerType
 from vizloc_ros.types import Frame, GeoEstimate, InvalidOutputError, LocalizationResult
 
@@ -41,6 +42,7 @@ __all__ = [
     'GPSRegressorLocalizer',
     'combine_gaussians',
     'vizloc_register_localizers',
+    'vizloc_register_trainers',
 ]
 
 logger = logging.getLogger(__name__)
@@ -214,3 +216,9 @@ def vizloc_register_localizers(registry) -> None:
         name=LOCALIZER_TYPE, factory=GPSRegressorLocalizer, options_type=GPSRegressorOptions,
         description='image -> WGS84 position with ENU covariance (CNN regression in a local ENU frame, '
                     'heteroscedastic Gaussian head; optional ensemble of bundles)'))
+
+
+@hookimpl
+def vizloc_register_trainers(registrar: TrainerRegistrar) -> None:
+    # a dotted path: the trainer (torch) is imported by `vizloc-train gps_regressor` only
+    registrar.register(TrainerType.in_module(LOCALIZER_TYPE, 'vizloc_training.gps_regressor.train', 'image -> ENU position + covariance regression over a GPS dataset'))

@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 
 from vizloc_ros.hookspecs import hookimpl
+from vizloc_ros.trainers import TrainerRegistrar, TrainerType
 from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext, LocalizerType
 from vizloc_ros.types import CameraIntrinsics, CovarianceType, Frame, GeoEstimate, LocalizationResult, PoseEstimate
 
@@ -45,7 +46,7 @@ from .refdb import ReferenceDatabase, ReferenceDatabaseError, ReferenceEntry, Re
 from .retrieval_contract import LOCALIZER_TYPE, ContractError, RetrievalContract, descriptor_model_name
 
 __all__ = ['LOCALIZER_TYPE', 'RetrievalOptions', 'RetrievalPipeline', 'RetrievalOutcome', 'RetrievalLocalizer',
-           'Verification', 'compute_descriptors', 'vizloc_register_localizers']
+           'Verification', 'compute_descriptors', 'vizloc_register_localizers', 'vizloc_register_trainers']
 
 logger = logging.getLogger(__name__)
 
@@ -484,3 +485,9 @@ def vizloc_register_localizers(registry: Any) -> None:
         name=LOCALIZER_TYPE, factory=_factory, options_type=RetrievalOptions,
         description='place retrieval against a reference database (FAISS) + SIFT verification + PnP (seed 004); '
                     'publishes pose and NavSatFix (with CameraInfo), else the best reference flagged as fallback'))
+
+
+@hookimpl
+def vizloc_register_trainers(registrar: TrainerRegistrar) -> None:
+    # a dotted path: the trainer (torch) is imported by `vizloc-train retrieval` only
+    registrar.register(TrainerType.in_module(LOCALIZER_TYPE, 'vizloc_training.retrieval.train', 'global descriptor (GeM) trained on posed views; indexes the reference database'))

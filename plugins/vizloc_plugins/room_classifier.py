@@ -41,6 +41,7 @@ import numpy as np
 import yaml
 
 from vizloc_ros.hookspecs import hookimpl
+from vizloc_ros.trainers import TrainerRegistrar, TrainerType
 from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext, LocalizerType
 from vizloc_ros.types import Frame, InvalidOutputError, LocalizationResult, PoseEstimate, RoomEstimate
 
@@ -50,7 +51,7 @@ from .room_classifier_contract import (LOCALIZER_TYPE, OUTPUT_CAM, OUTPUT_PROBS,
 from .smoothing import SMOOTHING_MODES, TRANSITIONS, adjacency_from_polygons, make_filter
 
 __all__ = ['LOCALIZER_TYPE', 'RoomClassifierOptions', 'RoomClassifierLocalizer', 'load_room_map',
-           'polygon_moments', 'cam_overlay', 'vizloc_register_localizers']
+           'polygon_moments', 'cam_overlay', 'vizloc_register_localizers', 'vizloc_register_trainers']
 
 logger = logging.getLogger(__name__)
 
@@ -330,3 +331,9 @@ def vizloc_register_localizers(registry) -> None:
         name=LOCALIZER_TYPE, factory=RoomClassifierLocalizer, options_type=RoomClassifierOptions,
         description='room-level place recognition (image classifier over rooms) with HMM/EMA temporal smoothing, '
                     'optional room-centroid pose from a room map and class-activation heatmap'))
+
+
+@hookimpl
+def vizloc_register_trainers(registrar: TrainerRegistrar) -> None:
+    # a dotted path: the trainer (torch) is imported by `vizloc-train room_classifier` only
+    registrar.register(TrainerType.in_module(LOCALIZER_TYPE, 'vizloc_training.room_classifier.train', 'room classifier over a Rooms dataset (fine-tuned CNN; HMM smoothing calibrated on val)'))

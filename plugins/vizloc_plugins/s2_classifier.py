@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vizloc_ros.hookspecs import hookimpl
+from vizloc_ros.trainers import TrainerRegistrar, TrainerType
 from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext, LocalizerType
 from vizloc_ros.types import CovarianceType, Frame, GeoEstimate, InvalidOutputError, LocalizationResult
 
@@ -46,7 +47,7 @@ from .s2_cells import CELL_POSITIONS, EARTH_RADIUS_M, unit_to_latlon
 from .s2_classifier_contract import LOCALIZER_TYPE, OUTPUT_PARENT_PROBS, OUTPUT_PROBS, S2ClassifierContract
 
 __all__ = ['LOCALIZER_TYPE', 'S2ClassifierContract', 'S2ClassifierOptions', 'S2ClassifierLocalizer', 'S2Fix',
-           'estimate_fix', 'vizloc_register_localizers']
+           'estimate_fix', 'vizloc_register_localizers', 'vizloc_register_trainers']
 
 logger = logging.getLogger(__name__)
 
@@ -197,3 +198,9 @@ def vizloc_register_localizers(registry) -> None:
         name=LOCALIZER_TYPE, factory=S2ClassifierLocalizer, options_type=S2ClassifierOptions,
         description='image -> WGS84 position at world scale by classification over adaptive S2 cells '
                     '(PlaNet); probability-weighted fix over the top cells with ENU covariance'))
+
+
+@hookimpl
+def vizloc_register_trainers(registrar: TrainerRegistrar) -> None:
+    # a dotted path: the trainer (torch) is imported by `vizloc-train s2_classifier` only
+    registrar.register(TrainerType.in_module(LOCALIZER_TYPE, 'vizloc_training.s2_classifier.train', 'classification over an adaptive S2-cell partition of a GPS dataset'))

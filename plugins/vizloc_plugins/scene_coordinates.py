@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from vizloc_ros.hookspecs import hookimpl
+from vizloc_ros.trainers import TrainerRegistrar, TrainerType
 from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext, LocalizerType
 from vizloc_ros.types import Frame, InvalidInputError, LocalizationResult, PoseEstimate
 
@@ -38,7 +39,7 @@ from .scene_coordinates_contract import (LOCALIZER_TYPE, OUTPUT_COORDS, OUTPUT_L
                                          SceneCoordinatesContract)
 
 __all__ = ['LOCALIZER_TYPE', 'OUTPUT_STRIDE', 'SceneCoordinatesOptions', 'SceneCoordinateLocalizer',
-           'cell_centres_px', 'estimate_pose', 'vizloc_register_localizers']
+           'cell_centres_px', 'estimate_pose', 'vizloc_register_localizers', 'vizloc_register_trainers']
 
 logger = logging.getLogger(__name__)
 
@@ -192,3 +193,8 @@ def vizloc_register_localizers(registry: Any) -> None:
         description='6-DoF pose from dense scene-coordinate regression + RANSAC PnP (CrossLoc/DSAC*/ACE); '
                     'needs CameraInfo; publishes pose and, with a geo-referenced bundle, NavSatFix'))
 
+
+@hookimpl
+def vizloc_register_trainers(registrar: TrainerRegistrar) -> None:
+    # a dotted path: the trainer (torch) is imported by `vizloc-train scene_coordinates` only
+    registrar.register(TrainerType.in_module(LOCALIZER_TYPE, 'vizloc_training.scene_coordinates.train', 'dense scene-coordinate regression over a posed RGB-D dataset'))

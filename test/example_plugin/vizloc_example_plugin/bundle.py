@@ -2,7 +2,9 @@
 
 Real localizers export their model from training (``vizloc_training``); this example builds a
 graph by hand so that it needs neither torch nor weights: ``image`` uint8 [1,H,W,3] RGB ->
-``mean_rgb`` float32 [1,3] = per-channel mean / 255.
+``mean_rgb`` float32 [1,3] = per-channel mean / 255. The bundle's ``metadata.palette`` is the colour
+table (name -> RGB in [0, 1]) the localizer compares that mean with: :data:`PALETTE` by default, or the
+one :mod:`.train` measures on a dataset (``vizloc-train example_color``).
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import argparse
 import logging
 import tempfile
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 from vizloc_ros.bundle import FORMAT_VERSION, InputSpec, write_bundle
 
@@ -47,13 +50,20 @@ def build_model(path: Path, height: int, width: int) -> Path:
     return path
 
 
-def make_bundle(out_dir: str | Path, *, height: int = 32, width: int = 32) -> Path:
-    """Write an ``example_color`` bundle to ``out_dir`` (replacing it) and return its path."""
+def make_bundle(out_dir: str | Path, *, height: int = 32, width: int = 32,
+                palette: Mapping[str, Sequence[float]] | None = None, metadata: Mapping[str, Any] | None = None,
+                metrics: Mapping[str, Any] | None = None) -> Path:
+    """Write an ``example_color`` bundle to ``out_dir`` (replacing it) and return its path.
+
+    ``palette``: the colour table (default :data:`PALETTE`); ``metadata``/``metrics``: more of each
+    (how the bundle was made, what was measured).
+    """
+    table = {name: [float(v) for v in rgb] for name, rgb in (palette if palette is not None else PALETTE).items()}
     with tempfile.TemporaryDirectory() as tmp:
         model = build_model(Path(tmp) / 'model.onnx', height, width)
         return write_bundle(
             out_dir, LOCALIZER_TYPE, model, InputSpec(name='image', height=height, width=width),
-            outputs=['mean_rgb'], metadata={'palette': {k: list(v) for k, v in PALETTE.items()}},
+            outputs=['mean_rgb'], metadata={'palette': table, **dict(metadata or {})}, metrics=metrics,
             producer='vizloc-example-plugin 0.1.0')
 
 

@@ -3,7 +3,9 @@
 The bundle's ONNX model computes the mean colour of the image (``mean_rgb`` in [0, 1]); the
 localizer maps it to
 
-* a room: the nearest of the named colours in ``rooms`` (probabilities: softmax of -distance / temperature),
+* a room: the nearest of the named colours in ``rooms`` (probabilities: softmax of -distance / temperature);
+  a colour's RGB is the bundle's ``metadata.palette`` entry (measured on a dataset by
+  ``vizloc-train example_color``, :mod:`.train`), :data:`PALETTE` where the bundle has none,
 * a position in a local ENU frame at ``origin``: ``t_enu_m = (mean_rgb - 0.5) * metres_per_unit``,
   published as a WGS84 fix (``GeoEstimate``, covariance ``position_sigma_m``\u00b2 in ENU) and as a pose
   in the map frame (``T_map_camera`` with that translation and identity rotation, 6x6 covariance).
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vizloc_ros.geodesy import LocalENU
-from vizloc_ros.localizer import LocalizerConfig, LocalizerContext
+from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext
 from vizloc_ros.runner import BundleModel
 from vizloc_ros.types import Frame, GeoEstimate, LocalizationResult, PoseEstimate, RoomEstimate
 
@@ -71,7 +73,11 @@ class ExampleColorLocalizer:
         self.options = options
         self._model = model
         self._enu = LocalENU(options.origin_lat_deg, options.origin_lon_deg, options.origin_alt_m)
-        self._room_rgb = np.array([PALETTE[r] for r in options.rooms])
+        palette = model.bundle.metadata.get('palette') or PALETTE
+        missing = sorted(set(options.rooms) - set(palette))
+        if missing:
+            raise ConfigError(f'{name}: rooms {missing} are not in the bundle\'s palette {sorted(palette)}')
+        self._room_rgb = np.array([palette[r] for r in options.rooms], dtype=np.float64)
         self.frames_seen = 0
         self.backend_name = model.backend_name
 
@@ -82,7 +88,11 @@ class ExampleColorLocalizer:
         model = BundleModel(config.bundle, backend=config.backend, expected_type=LOCALIZER_TYPE,
                             cache_dir=context.cache_dir)
         logger.info('%s: example_color on %s', config.name, model.backend_name)
-        return cls(config.name, options, model)
+        try:
+            return cls(config.name, options, model)
+        except ConfigError:
+            model.close()
+            raise
 
     def localize(self, frame: Frame) -> LocalizationResult:
         start = time.perf_counter()

@@ -3,40 +3,50 @@
     vizloc-train room_classifier --data /tmp/worlds/indoor --out bundles/room --preset demo
     torchrun --nproc_per_node 4 $(which vizloc-train) gps_regressor --data DIR --out BUNDLE --device cuda
 
-Each type's trainer is a module with ``PRESETS`` and ``train(args: TrainArgs) -> Path`` (imported
-lazily, so ``--help`` does not import torch). After training the bundle's metrics are printed as
-a table. See docs/training.md.
+The types are the trainers that plugins register through the ``vizloc_register_trainers`` hook
+(:mod:`vizloc_ros.trainers`), from the entry-point group the node loads its localizers from
+(``vizloc_ros.localizers``): the built-in ones and any installed third-party plugin's. Each is a
+``train(args: TrainArgs) -> Path`` and its ``PRESETS``, registered as dotted paths and imported only
+when that type is trained, so ``--help`` imports no trainer (and no torch). After training the
+bundle's metrics and its evaluation files are printed as a table. See docs/training.md.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from pathlib import Path
 from typing import Sequence
 
+from vizloc_ros.trainers import TrainerError, TrainerRegistry
+
 from .config import TrainArgs, TrainConfigError
 
-__all__ = ['TRAINERS', 'build_parser', 'parse_args', 'run', 'main']
+__all__ = ['trainers', 'build_parser', 'parse_args', 'run', 'main']
 
 logger = logging.getLogger(__name__)
 
-TRAINERS: dict[str, str] = {
-    'room_classifier': 'vizloc_training.room_classifier.train',
-    'gps_regressor': 'vizloc_training.gps_regressor.train',
-    'scene_coordinates': 'vizloc_training.scene_coordinates.train',
-    's2_classifier': 'vizloc_training.s2_classifier.train',
-    'retrieval': 'vizloc_training.retrieval.train',
-}
+
+def trainers() -> TrainerRegistry:
+    """The trainers registered by the installed plugins (entry-point group ``vizloc_ros.localizers``)."""
+    from vizloc_ros.plugin_manager import load_trainer_registry
+
+    report = load_trainer_registry()
+    for plugin, error in report.failed.items():
+        logger.warning('plugin %s registered no trainer: %s', plugin, error)
+    return report.registry
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(registry: TrainerRegistry | None = None) -> argparse.ArgumentParser:
+    registry = registry if registry is not None else trainers()
+    listing = '; '.join(f'{t.name} ({t.plugin})' for t in sorted(registry.types.values(), key=lambda t: t.name))
     parser = argparse.ArgumentParser(
         prog='vizloc-train', description='Train a vizloc_ros localizer and export it as a bundle (ONNX + bundle.yaml).',
-        epilog='Presets: demo (CPU-friendly default), tiny (seconds, for tests), full. Explicit options override '
-               'the preset. Multi-GPU: torchrun --nproc_per_node N $(which vizloc-train) ... --device cuda.')
-    parser.add_argument('type', choices=sorted(TRAINERS), help='localizer type to train')
+        epilog=f'Types (registered by plugins through the vizloc_register_trainers hook): {listing or "none"}. '
+               'Presets of the built-in trainers: demo (CPU-friendly default), tiny (seconds, for tests), full. '
+               'Explicit options override the preset. '
+               'Multi-GPU: torchrun --nproc_per_node N $(which vizloc-train) ... --device cuda.')
+    parser.add_argument('type', choices=sorted(registry.types), help='localizer type to train')
     parser.add_argument('--data', type=Path, required=True, help='dataset directory (format: see docs/datasets.md)')
     parser.add_argument('--out', type=Path, required=True,
                         help='bundle directory to write; checkpoints go to OUT.work/checkpoints (kept for --resume)')
@@ -60,12 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
-    return _parse(argv)[0]
+def parse_args(argv: Sequence[str] | None = None, registry: TrainerRegistry | None = None) -> TrainArgs:
+    return _parse(argv, registry)[0]
 
 
-def _parse(argv: Sequence[str] | None) -> tuple[TrainArgs, argparse.Namespace]:
-    parser = build_parser()
+def _parse(argv: Sequence[str] | None, registry: TrainerRegistry | None) -> tuple[TrainArgs, argparse.Namespace]:
+    parser = build_parser(registry)
     ns = parser.parse_args(argv)
     extra = {}
     for item in ns.extra:
@@ -83,15 +93,16 @@ def _parse(argv: Sequence[str] | None) -> tuple[TrainArgs, argparse.Namespace]:
     return args, ns
 
 
-def run(args: TrainArgs) -> Path:
-    """Import the trainer of ``args.type``, train, and print the bundle's metrics and its evaluation files."""
+def run(args: TrainArgs, registry: TrainerRegistry | None = None) -> Path:
+    """Import the registered trainer of ``args.type``, train, and print the bundle's metrics and its
+    evaluation files."""
     from vizloc_ros.bundle import load_bundle
 
     from .evaluation_file import read_evaluations
     from .metrics_table import flatten_metrics, format_table
 
-    module = importlib.import_module(TRAINERS[args.type])
-    bundle_dir = Path(module.train(args))
+    trainer = (registry if registry is not None else trainers()).get(args.type)
+    bundle_dir = Path(trainer.load_train()(args))
     from .loop import is_main_process
 
     if is_main_process():
@@ -102,12 +113,13 @@ def run(args: TrainArgs) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args, ns = _parse(argv)
+    registry = trainers()
+    args, ns = _parse(argv, registry)
     logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO,
                         format='%(asctime)s %(levelname)s %(name)s: %(message)s')
     try:
-        run(args)
-    except (TrainConfigError, FileNotFoundError, ValueError) as exc:
+        run(args, registry)
+    except (TrainConfigError, TrainerError, FileNotFoundError, ValueError) as exc:
         logger.error('%s', exc)
         return 2
     return 0
