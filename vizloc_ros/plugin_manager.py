@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Generic, Iterable, TypeVar
 
 import pluggy
 
@@ -17,24 +17,25 @@ __all__ = ['PluginLoadReport', 'TrainerLoadReport', 'load_registry', 'load_train
 logger = logging.getLogger(__name__)
 
 
+_R = TypeVar('_R')
+
+
 @dataclass
-class PluginLoadReport:
+class _LoadReport(Generic[_R]):
+    registry: _R
+    loaded: list[str] = field(default_factory=list)
+    blocked: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class PluginLoadReport(_LoadReport[LocalizerRegistry]):
     """What happened at start-up: the registry plus loaded, blocked and failed plugins."""
 
-    registry: LocalizerRegistry
-    loaded: list[str] = field(default_factory=list)
-    blocked: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-
 
 @dataclass
-class TrainerLoadReport:
+class TrainerLoadReport(_LoadReport[TrainerRegistry]):
     """What ``vizloc-train`` found: the trainer registry plus loaded, blocked and failed plugins."""
-
-    registry: TrainerRegistry
-    loaded: list[str] = field(default_factory=list)
-    blocked: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
 
 
 def load_registry(blocked: Iterable[str] = (), extra_plugins: Iterable[object] = ()) -> PluginLoadReport:
