@@ -29,10 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from vizloc_ros.bundle import BUNDLE_FILE, FORMAT_VERSION, InputSpec, load_bundle, write_bundle
+from vizloc_ros.bundle import FORMAT_VERSION, InputSpec, write_bundle
 
 __all__ = ['ExportError', 'PreprocessWrapper', 'export_onnx', 'export_and_bundle', 'measure_onnx_latency',
-           'rewrite_bundle_metrics',
            'OPSET', 'IMAGENET_MEAN', 'IMAGENET_STD']
 
 logger = logging.getLogger(__name__)
@@ -253,26 +252,3 @@ def export_and_bundle(model: nn.Module, bundle_dir: Path | str, *, localizer_typ
             metrics.update({f'onnx_{k}': v for k, v in latency.items()})
         return write_bundle(bundle_dir, localizer_type, onnx_path, input_spec, outputs=list(output_names),
                             metadata=metadata, metrics=metrics, extra_files=extra_files, producer=producer)
-
-
-def rewrite_bundle_metrics(bundle_dir: Path | str, metrics: Mapping[str, Any]) -> Path:
-    """Merge ``metrics`` into an existing bundle's metrics (e.g. an evaluation run after export).
-
-    The bundle is verified, then rewritten atomically with the same files (hashes recomputed).
-    """
-    bundle = load_bundle(bundle_dir)
-    merged = {**dict(bundle.metrics), **dict(metrics)}
-    extra = {name: bundle.path / name for name in bundle.files if name not in (bundle.model_file, BUNDLE_FILE)}
-    with tempfile.TemporaryDirectory(prefix='vizloc-rebundle-') as tmp:
-        # write_bundle replaces bundle_dir: copy the sources out first.
-        model_copy = Path(tmp) / bundle.model_file
-        model_copy.write_bytes(bundle.model_path.read_bytes())
-        extra_copies = {}
-        for name, src in extra.items():
-            dst = Path(tmp) / 'extra' / name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            dst.write_bytes(src.read_bytes())
-            extra_copies[name] = dst
-        return write_bundle(bundle.path, bundle.localizer_type, model_copy, bundle.input, outputs=list(bundle.outputs),
-                            metadata=bundle.metadata, metrics=merged, extra_files=extra_copies or None,
-                            producer=bundle.producer)
