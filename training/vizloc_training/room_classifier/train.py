@@ -224,7 +224,7 @@ def _train(args: TrainArgs, cfg: dict[str, Any], device: torch.device, dist) -> 
     if cfg['freeze_backbone']:
         if not cfg['pretrained'] and args.init_weights is None:
             raise ValueError('freeze_backbone needs pretrained weights (pretrained=true or --init-weights)')
-        history, train_s, train_cpu_s, best_state = _train_head_on_cached_features(
+        history, train_s, train_cpu_s = _train_head_on_cached_features(
             model, train_split, val_split, augment, cfg, device, args.seed)
         start_epoch = epochs  # the fine-tuning loop below does not run
 
@@ -352,11 +352,11 @@ def _cached_features(backbone: nn.Module, datasets: list[AugmentedRooms], device
 
 def _train_head_on_cached_features(model: nn.Module, train_split: RoomSplit, val_split: RoomSplit, augment,
                                    cfg: dict[str, Any], device: torch.device, seed: int
-                                   ) -> tuple[list[dict[str, Any]], float, float, dict[str, Any]]:
+                                   ) -> tuple[list[dict[str, Any]], float, float]:
     """Frozen-feature mode: the backbone's pooled features of ``feature_views`` views of every training
     frame (the first with the evaluation transform, the others augmented) and of the val frames are
     computed once; the linear head (with its dropout) trains on them for ``epochs`` (cosine LR), the
-    epoch with the best val accuracy is kept. Returns (history, wall s, CPU s, best model state)."""
+    epoch with the best val accuracy is kept (loaded into ``model.head``). Returns (history, wall s, CPU s)."""
     started, started_cpu = time.perf_counter(), time.process_time()
     size = int(cfg['image_size'])
     views = max(1, int(cfg['feature_views']))
@@ -374,7 +374,7 @@ def _train_head_on_cached_features(model: nn.Module, train_split: RoomSplit, val
     steps = epochs * max(1, math.ceil(len(train_x) / batch))
     generator = torch.Generator().manual_seed(seed)
     history: list[dict[str, Any]] = []
-    best_val, best_state, step = -1.0, None, 0
+    best_val, best_head, step = -1.0, None, 0
     train_x, train_y = train_x.to(device), train_y.to(device)
     for epoch in range(epochs):
         model.head.train()
@@ -397,13 +397,14 @@ def _train_head_on_cached_features(model: nn.Module, train_split: RoomSplit, val
                 record['val_accuracy'] = float((model.head(val_x.to(device)).argmax(1).cpu() == val_y).float().mean())
         score = record.get('val_accuracy', float(epoch))
         if score >= best_val:
-            best_val, best_state = score, copy.deepcopy(model.state_dict())
+            best_val, best_head = score, copy.deepcopy(model.head.state_dict())
         record['elapsed_s'] = time.perf_counter() - started
         history.append(record)
     model.backbone.requires_grad_(True)
     logger.info('head trained on cached features: %d epochs, best val accuracy %.4f, %.1f s in all (features %.1f s)',
                 epochs, best_val, time.perf_counter() - started, features_s)
-    return history, time.perf_counter() - started, time.process_time() - started_cpu, best_state
+    model.head.load_state_dict(best_head)
+    return history, time.perf_counter() - started, time.process_time() - started_cpu
 
 
 @torch.no_grad()

@@ -148,9 +148,9 @@ class _PretrainedMultiScale(nn.Module):
             for block in blocks:
                 x = block(x)
                 strides.append(64 // x.shape[-1])
-        last = max(levels)
+        # the last block of each wanted stride; the blocks after the last tap are not needed
         keep = [i for i, s_ in enumerate(strides) if s_ in levels and (i + 1 == len(strides) or strides[i + 1] != s_)]
-        self.blocks = nn.ModuleList(blocks[:keep[-1] + 1] if last in strides else blocks)
+        self.blocks = nn.ModuleList(blocks[:keep[-1] + 1])
         self.taps = tuple(keep)
         self.feature_dim = int(sum(blocks[i]._project_conv.out_channels for i in keep))
 
