@@ -221,4 +221,6 @@ def vizloc_register_localizers(registry) -> None:
 @hookimpl
 def vizloc_register_trainers(registrar: TrainerRegistrar) -> None:
     # a dotted path: the trainer (torch) is imported by `vizloc-train gps_regressor` only
-    registrar.register(TrainerType.in_module(LOCALIZER_TYPE, 'vizloc_training.gps_regressor.train', 'image -> ENU position + covariance regression over a GPS dataset'))
+    registrar.register(TrainerType.in_module(
+        LOCALIZER_TYPE, 'vizloc_training.gps_regressor.train',
+        'image -> ENU position + covariance regression over a GPS dataset'))

@@ -490,4 +490,6 @@ def vizloc_register_localizers(registry: Any) -> None:
 @hookimpl
 def vizloc_register_trainers(registrar: TrainerRegistrar) -> None:
     # a dotted path: the trainer (torch) is imported by `vizloc-train retrieval` only
-    registrar.register(TrainerType.in_module(LOCALIZER_TYPE, 'vizloc_training.retrieval.train', 'global descriptor (GeM) trained on posed views; indexes the reference database'))
+    registrar.register(TrainerType.in_module(
+        LOCALIZER_TYPE, 'vizloc_training.retrieval.train',
+        'global descriptor (GeM) trained on posed views; indexes the reference database'))

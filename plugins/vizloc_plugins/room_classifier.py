@@ -336,4 +336,7 @@ def vizloc_register_localizers(registry) -> None:
 @hookimpl
 def vizloc_register_trainers(registrar: TrainerRegistrar) -> None:
     # a dotted path: the trainer (torch) is imported by `vizloc-train room_classifier` only
-    registrar.register(TrainerType.in_module(LOCALIZER_TYPE, 'vizloc_training.room_classifier.train', 'room classifier over a Rooms dataset (fine-tuned CNN; HMM smoothing calibrated on val)'))
+    registrar.register(TrainerType.in_module(
+        LOCALIZER_TYPE, 'vizloc_training.room_classifier.train',
+        'room classifier over a Rooms dataset (pretrained CNN: frozen features or fine-tuned; HMM smoothing '
+        'calibrated on val)'))

@@ -203,4 +203,6 @@ def vizloc_register_localizers(registry) -> None:
 @hookimpl
 def vizloc_register_trainers(registrar: TrainerRegistrar) -> None:
     # a dotted path: the trainer (torch) is imported by `vizloc-train s2_classifier` only
-    registrar.register(TrainerType.in_module(LOCALIZER_TYPE, 'vizloc_training.s2_classifier.train', 'classification over an adaptive S2-cell partition of a GPS dataset'))
+    registrar.register(TrainerType.in_module(
+        LOCALIZER_TYPE, 'vizloc_training.s2_classifier.train',
+        'classification over an adaptive S2-cell partition of a GPS dataset'))

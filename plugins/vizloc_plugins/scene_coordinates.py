@@ -197,4 +197,6 @@ def vizloc_register_localizers(registry: Any) -> None:
 @hookimpl
 def vizloc_register_trainers(registrar: TrainerRegistrar) -> None:
     # a dotted path: the trainer (torch) is imported by `vizloc-train scene_coordinates` only
-    registrar.register(TrainerType.in_module(LOCALIZER_TYPE, 'vizloc_training.scene_coordinates.train', 'dense scene-coordinate regression over a posed RGB-D dataset'))
+    registrar.register(TrainerType.in_module(
+        LOCALIZER_TYPE, 'vizloc_training.scene_coordinates.train',
+        'dense scene-coordinate regression over a posed RGB-D dataset'))
