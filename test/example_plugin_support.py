@@ -1,12 +1,13 @@
-"""Helpers and fixtures around the example third-party plugin (test/example_plugin/) for all tests.
+"""Helpers and fixtures around the example third-party plugin (examples/example_plugin/) for all tests.
 
-* :func:`install_example_plugin` -- ``pip install --no-deps --target DIR test/example_plugin``, the
+* :func:`install_example_plugin` -- ``pip install --no-deps --target DIR examples/example_plugin``, the
   way a user installs a plugin (entry point and all); installed once per test session and copied
   for later calls. Put ``DIR`` on ``PYTHONPATH`` of a subprocess (or a launched node) and
   :func:`vizloc_ros.plugin_manager.load_registry` discovers the ``example_color`` type.
 * :func:`subprocess_env` -- an environment for such a subprocess.
 * :func:`make_example_bundle` -- writes an ``example_color`` model bundle into a directory.
-* :func:`example_plugin_module` -- the plugin module imported from source, for in-process use:
+* :func:`example_plugin_module` -- the plugin module (installed, e.g. by scripts/bootstrap.sh, or
+  else imported from the source tree), for in-process use:
   ``load_registry(extra_plugins=[example_plugin_module()])``.
 * fixtures ``example_plugin_site`` (session: the install dir) and ``example_bundle`` (session: a
   bundle dir). Use them with ``pytest_plugins = ['example_plugin_support']`` in conftest.py.
@@ -28,7 +29,7 @@ import pytest
 __all__ = ['EXAMPLE_PLUGIN_SRC', 'EXAMPLE_PLUGIN_NAME', 'EXAMPLE_TYPE', 'install_example_plugin', 'subprocess_env',
            'make_example_bundle', 'example_plugin_module', 'example_plugin_site', 'example_bundle']
 
-EXAMPLE_PLUGIN_SRC = Path(__file__).resolve().parent / 'example_plugin'
+EXAMPLE_PLUGIN_SRC = Path(__file__).resolve().parents[1] / 'examples' / 'example_plugin'
 #: The entry-point name (= plugin name used for blocking) and the localizer type it registers.
 EXAMPLE_PLUGIN_NAME = 'vizloc_example_plugin'
 EXAMPLE_TYPE = 'example_color'
@@ -38,7 +39,7 @@ _installed: Path | None = None
 
 
 def install_example_plugin(target_dir: str | os.PathLike) -> Path:
-    """Install test/example_plugin into ``target_dir`` (``pip --target``) and return ``target_dir``.
+    """Install examples/example_plugin into ``target_dir`` (``pip --target``) and return ``target_dir``.
 
     The first call per process runs pip (from a copy of the source, so the source tree stays clean);
     later calls copy that installation.
@@ -72,7 +73,12 @@ def subprocess_env(*extra_paths: str | os.PathLike) -> dict[str, str]:
 
 
 def example_plugin_module() -> ModuleType:
-    """``vizloc_example_plugin.plugin`` imported from the source tree (no entry point involved)."""
+    """``vizloc_example_plugin.plugin``: the installed package (``make setup`` installs it in editable
+    mode), or, in an environment without it, imported from the source tree (test-only fallback)."""
+    try:
+        return importlib.import_module('vizloc_example_plugin.plugin')
+    except ImportError:
+        pass
     src = str(EXAMPLE_PLUGIN_SRC)
     if src not in sys.path:
         sys.path.append(src)

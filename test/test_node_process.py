@@ -1,6 +1,6 @@
 """The vizloc node as users run it: the ``vizloc_node`` executable in a subprocess with config/localize.yaml.
 
-The example plugin (test/example_plugin) is pip-installed into a temporary directory that is put
+The example plugin (examples/example_plugin) is pip-installed into a temporary directory that is put
 on the node's PYTHONPATH, exactly as a third-party plugin; the test process publishes Image +
 CameraInfo at 30 Hz and checks what comes back (stamps, frames, covariances), lifecycle services,
 compressed input, plugin blocking, bad input and runtime parameter refusal, and the frame loss

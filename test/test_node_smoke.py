@@ -30,3 +30,12 @@ def test_smoke_prints_one_fix_per_frame_and_the_rooms() -> None:
 def test_smoke_cli_rejects_bad_arguments() -> None:
     with pytest.raises(SystemExit):
         main(['--size', '64by48'])
+
+
+def test_smoke_says_how_to_install_the_example_when_it_is_absent(monkeypatch, capsys) -> None:
+    import importlib.metadata
+
+    monkeypatch.setattr(importlib.metadata, 'entry_points', lambda **kw: [])  # nothing installed
+    assert main(['--frames', '1']) == 2
+    err = capsys.readouterr().err
+    assert 'example plugin is not installed' in err and 'pip install ./examples/example_plugin' in err

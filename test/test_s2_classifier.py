@@ -136,7 +136,8 @@ def test_plugin_options_are_checked(bundle, tmp_path):
         loc.close()
 
 
-def test_s2_classifier_publishes_fix_in_the_running_node_beside_another_localizer(bundle, example_bundle, tmp_path):
+def test_s2_classifier_publishes_fix_in_the_running_node_beside_another_localizer(bundle, example_bundle,
+                                                                                 example_plugin_site, tmp_path):
     client = RosClient(DOMAIN_ID)
     try:
         params = {
@@ -147,7 +148,7 @@ def test_s2_classifier_publishes_fix_in_the_running_node_beside_another_localize
         client.record(NavSatFix, '/vizloc/world/fix')
         client.camera_publishers()
         with NodeProcess(DOMAIN_ID, params, log_path=tmp_path / 'node.log',
-                         python_paths=(Path(__file__).parent / 'example_plugin',)) as node:
+                         python_paths=(example_plugin_site,)) as node:
             assert client.wait_for_state('active') == 'active', node.log()
             assert client.wait_for_image_subscriber(), node.log()
             rng = np.random.default_rng(1)

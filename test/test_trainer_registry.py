@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from example_plugin_support import EXAMPLE_TYPE, example_plugin_module, subprocess_env
+from example_plugin_support import EXAMPLE_PLUGIN_NAME, EXAMPLE_TYPE, example_plugin_module, subprocess_env
 from vizloc_ros.bundle import load_bundle
 from vizloc_ros.localizer import LocalizerConfig, LocalizerContext
 from vizloc_ros.plugin_manager import load_registry, load_trainer_registry
@@ -40,7 +40,8 @@ def test_registry_lists_every_built_in_trainer_without_importing_torch() -> None
 
 
 def test_example_plugin_registers_its_trainer_and_bad_entries_are_refused() -> None:
-    report = load_trainer_registry(extra_plugins=[example_plugin_module()])
+    # the source module registered directly (its installed entry point, if any, blocked)
+    report = load_trainer_registry(blocked=[EXAMPLE_PLUGIN_NAME], extra_plugins=[example_plugin_module()])
     example = report.registry.get(EXAMPLE_TYPE)
     assert example.plugin == 'vizloc_example_plugin.plugin' and example.train == 'vizloc_example_plugin.train:train'
     assert set(example.load_presets()) == {'demo', 'tiny', 'full'}

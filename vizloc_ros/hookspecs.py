@@ -2,7 +2,7 @@
 
 A plugin is a module (or object) exposing hook implementations, advertised through the
 ``vizloc_ros.localizers`` entry-point group. Built-in localizers in ``plugins/`` use exactly the
-same group as third-party packages. Example (see docs/plugins.md and test/example_plugin/)::
+same group as third-party packages. Example (see docs/plugins.md and examples/example_plugin/)::
 
     # pyproject.toml
     [project.entry-points."vizloc_ros.localizers"]

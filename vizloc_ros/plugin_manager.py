@@ -89,7 +89,9 @@ def _plugin_manager(blocked: list[str], extra_plugins: Iterable[object],
         pm.register(plugin, name=ep.name)
     for plugin in extra_plugins:
         name = getattr(plugin, '__name__', None) or type(plugin).__name__
-        if not pm.is_blocked(name):
+        # an extra plugin that is installed as well (the same module, loaded through its entry point)
+        # is registered once, under its entry-point name
+        if not pm.is_blocked(name) and not pm.is_registered(plugin):
             pm.register(plugin, name=name)
     pm.check_pending()
     return pm

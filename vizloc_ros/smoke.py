@@ -5,8 +5,10 @@ directory, starts a :class:`vizloc_ros.node.VizlocNode` with ``config/localize.y
 (one localizer ``color``), publishes coloured frames + CameraInfo on ``image`` / ``camera_info``
 and prints every NavSatFix / pose / room it gets back, then the node's diagnostics.
 
-The example plugin comes from an installed ``vizloc-example-plugin`` distribution (entry point)
-or, in a source checkout, from ``test/example_plugin``.
+The example plugin must be installed (``vizloc-example-plugin``, entry point ``vizloc_example_plugin``
+in the group ``vizloc_ros.localizers``): the node discovers it like any third-party plugin. ``make
+setup`` installs it into ``.venv``; elsewhere ``pip install ./examples/example_plugin`` from a source
+checkout.
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ __all__ = ['SmokeConfig', 'run_smoke', 'main']
 logger = logging.getLogger(__name__)
 
 EXAMPLE_ENTRY_POINT = 'vizloc_example_plugin'
-SOURCE_CHECKOUT_PLUGIN = Path(__file__).resolve().parents[1] / 'test' / 'example_plugin'
+INSTALL_HINT = ('pip install ./examples/example_plugin (from a vizloc_ros source checkout; `make setup` does it '
+                'for .venv)')
 #: Frame colours (RGB) cycled through; the example localizer maps them to rooms of the same name.
 COLOURS = {'red': (230, 20, 20), 'green': (20, 230, 20), 'blue': (20, 20, 230), 'white': (240, 240, 240),
            'black': (10, 10, 10)}
@@ -51,19 +54,20 @@ class SmokeConfig:
     domain_id: int | None = None
 
 
-def _example_plugin() -> tuple[ModuleType, bool]:
-    """(the example package, True if its entry point is installed so the node discovers it itself)."""
-    installed = any(ep.name == EXAMPLE_ENTRY_POINT
-                    for ep in importlib.metadata.entry_points(group='vizloc_ros.localizers'))
+def _example_package() -> ModuleType:
+    """The installed example package, found through its entry point (the node discovers it the same way)."""
+    from .hookspecs import ENTRY_POINT_GROUP
+
+    eps = [ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name == EXAMPLE_ENTRY_POINT]
+    if not eps:
+        raise SmokeError(f'the example plugin is not installed (no entry point {EXAMPLE_ENTRY_POINT!r} in the group '
+                         f'{ENTRY_POINT_GROUP}; it provides the localizer type example_color). Install it: {INSTALL_HINT}')
     try:
-        return importlib.import_module('vizloc_example_plugin'), installed
-    except ImportError:
-        pass
-    if SOURCE_CHECKOUT_PLUGIN.is_dir():
-        sys.path.append(str(SOURCE_CHECKOUT_PLUGIN))
-        return importlib.import_module('vizloc_example_plugin'), False
-    raise SmokeError('the example plugin is not available: `pip install test/example_plugin` from a source checkout '
-                     '(it provides localizer type example_color)')
+        plugin_module = eps[0].load()
+    except Exception as exc:  # a broken installation: say so instead of a traceback
+        raise SmokeError(f'the example plugin is installed but does not import ({eps[0].value}: {exc!r}); '
+                         f'reinstall it: {INSTALL_HINT}') from exc
+    return importlib.import_module(plugin_module.__name__.rpartition('.')[0])
 
 
 def _frame(colour: tuple[int, int, int], width: int, height: int, rng: np.random.Generator) -> np.ndarray:
@@ -85,8 +89,7 @@ def run_smoke(config: SmokeConfig = SmokeConfig(), out: Any = None) -> int:
     from .types import CameraIntrinsics
 
     out = out or sys.stdout
-    package, installed = _example_plugin()
-    plugin_module = importlib.import_module('vizloc_example_plugin.plugin')
+    package = _example_package()
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix='vizloc_smoke_') as tmp:
         bundle = package.make_bundle(Path(tmp) / 'example_color')
@@ -94,7 +97,7 @@ def run_smoke(config: SmokeConfig = SmokeConfig(), out: Any = None) -> int:
         rclpy.init(context=context, domain_id=config.domain_id)
         cli = ['--ros-args', '-p', 'localizers:=[color]', '-p', 'color.type:=example_color',
                '-p', f'color.bundle:={bundle}', '-p', 'color.backend:=onnxruntime']
-        node = VizlocNode(context=context, cli_args=cli, extra_plugins=() if installed else (plugin_module,))
+        node = VizlocNode(context=context, cli_args=cli)
         client = rclpy.create_node('vizloc_smoke_camera', context=context)
         executor = MultiThreadedExecutor(num_threads=2, context=context)
         executor.add_node(node)
