@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 from geometry_msgs.msg import PoseWithCovarianceStamped
+from rcl_interfaces.msg import ParameterType
 from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 from sensor_msgs.msg import Image, NavSatFix, NavSatStatus
@@ -298,5 +299,25 @@ def test_wrong_node_parameter_fails_configure_and_the_node_stays_alive(client: R
         assert node.state_label() == 'unconfigured'
         assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
         assert node.workers == {}
+    finally:
+        node.destroy_node()
+
+
+def test_given_parameters_and_lifecycle_state_come_from_public_rclpy(client: RosClient) -> None:
+    """The node sees the parameters it was given (params file + ``-p``) without rclpy's private
+    members, empty lists included, and tracks its lifecycle state in its transition callbacks."""
+    node = make_node(client, {'localizers': ['rec'], 'rec.type': 'test_record', 'rec.sleep_ms': 1.0})
+    try:
+        given = node.parameter_overrides
+        assert given['rec.type'] == 'test_record' and given['rec.sleep_ms'] == 1.0
+        assert given['localizers'] == ['rec'] and 'blocked_plugins' in given  # `[]` in the params file
+        assert not node.has_parameter('rec.type')  # taken, not declared untyped: declared on configure
+        assert node.describe_parameter('blocked_plugins').type == ParameterType.PARAMETER_STRING_ARRAY
+        states = [node.state_label()]
+        for transition in (node.trigger_configure, node.trigger_activate, node.trigger_deactivate,
+                           node.trigger_cleanup, node.trigger_shutdown):
+            assert transition() == TransitionCallbackReturn.SUCCESS
+            states.append(node.state_label())
+        assert states == ['unconfigured', 'inactive', 'active', 'inactive', 'unconfigured', 'finalized']
     finally:
         node.destroy_node()

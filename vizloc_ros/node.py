@@ -321,7 +321,19 @@ class VizlocNode(LifecycleNode):
     """The localization node. ``extra_plugins`` (in-process use and tests) go to ``load_registry``."""
 
     def __init__(self, node_name: str = 'vizloc', *, extra_plugins: Sequence[object] = (), **kwargs: Any) -> None:
-        super().__init__(node_name, **kwargs)
+        #: The parameters given to this node (params files, ``-p``, ``parameter_overrides``), by name:
+        #: rclpy hands them to :meth:`declare_parameters` during construction when
+        #: ``automatically_declare_parameters_from_overrides`` is set; the node takes them there instead of
+        #: declaring them untyped (each is declared later with its typed descriptor, and the ones no
+        #: parameter takes are reported by name on configure).
+        self.parameter_overrides: dict[str, Any] = {}
+        self._taking_overrides = True
+        super().__init__(node_name, automatically_declare_parameters_from_overrides=True, **kwargs)
+        if self._taking_overrides:
+            raise RuntimeError('rclpy did not declare the parameter overrides through Node.declare_parameters; '
+                               'VizlocNode cannot tell which parameters were given')
+        #: The lifecycle state's label, kept by the transition callbacks below (see :meth:`state_label`).
+        self._lifecycle_state = 'unconfigured'
         self._extra_plugins = tuple(extra_plugins)
         self._log_handler = RclpyLogHandler(self.get_logger())
         self._bridged: list[tuple[logging.Logger, int, bool]] = []  # (logger, level, propagate) to restore
@@ -360,6 +372,16 @@ class VizlocNode(LifecycleNode):
         self._diag_timer = self.create_timer(float(self._param_or('diagnostics_period_s', 1.0)), self.publish_diagnostics,
                                              clock=Clock(clock_type=ClockType.STEADY_TIME))
         self._path: LocalizerPaths | None = None  # ~/<name>/path, one per localizer
+
+    def declare_parameters(self, namespace: str, parameters: Any, ignore_override: bool = False) -> list[Any]:
+        """rclpy's ``Node.declare_parameters``; the first call, made by ``Node.__init__`` with the
+        parameter overrides (``automatically_declare_parameters_from_overrides``), only records them
+        in :attr:`parameter_overrides`."""
+        if getattr(self, '_taking_overrides', False) and not namespace and ignore_override:
+            self._taking_overrides = False
+            self.parameter_overrides = {item[0]: item[1] for item in parameters}
+            return []
+        return super().declare_parameters(namespace, parameters, ignore_override)
 
     # -- helpers --------------------------------------------------------------------------------------
     def _param_or(self, name: str, default: Any) -> Any:
@@ -410,7 +432,19 @@ class VizlocNode(LifecycleNode):
         self.input_monitor.bad()
 
     def state_label(self) -> str:
-        return str(self._state_machine.current_state[1])
+        """The lifecycle state ('unconfigured', 'inactive', 'active', 'finalized', or a transition state
+        such as 'configuring' while its callback runs), as the transition callbacks left it."""
+        return self._lifecycle_state
+
+    def _entered(self, ret: TransitionCallbackReturn, success: str, failure: str) -> TransitionCallbackReturn:
+        """Record the state a transition ends in (ERROR: ``on_error`` runs next and records its own)."""
+        if ret == TransitionCallbackReturn.SUCCESS:
+            self._lifecycle_state = success
+        elif ret == TransitionCallbackReturn.FAILURE:
+            self._lifecycle_state = failure
+        else:
+            self._lifecycle_state = 'errorprocessing'
+        return ret
 
     # -- parameters -----------------------------------------------------------------------------------
     def _on_set_parameters(self, parameters: list[Any]) -> SetParametersResult:
@@ -444,7 +478,38 @@ class VizlocNode(LifecycleNode):
             return False
         return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
 
+    # The transition callbacks record the state they leave the node in (state_label); the work is in
+    # the _configure / _activate / ... methods.
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._lifecycle_state = 'configuring'
+        return self._entered(self._configure(), 'inactive', 'unconfigured')
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._lifecycle_state = 'activating'
+        return self._entered(self._activate(state), 'active', 'inactive')
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._lifecycle_state = 'deactivating'
+        return self._entered(self._deactivate(state), 'inactive', 'active')
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._lifecycle_state = 'cleaningup'
+        self._release()
+        return self._entered(TransitionCallbackReturn.SUCCESS, 'unconfigured', 'inactive')
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._lifecycle_state = 'shuttingdown'
+        self._stop_io()
+        self._release()
+        return self._entered(TransitionCallbackReturn.SUCCESS, 'finalized', 'finalized')
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._lifecycle_state = 'errorprocessing'
+        self._stop_io()
+        self._release()
+        return self._entered(TransitionCallbackReturn.SUCCESS, 'unconfigured', 'finalized')
+
+    def _configure(self) -> TransitionCallbackReturn:
         self.configure_error = ''
         try:
             self.node_params = vparams.read_node_params(self)
@@ -505,7 +570,7 @@ class VizlocNode(LifecycleNode):
         self.config_errors[name] = reason
         self.get_logger().error(f'localizer {name} skipped (misconfigured): {reason}')
 
-    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+    def _activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         p = self.node_params
         qos = qos_profile_sensor_data if p.input_qos == 'sensor_data' else RELIABLE_INPUT_QOS
         if p.image_transport == 'compressed':
@@ -518,7 +583,7 @@ class VizlocNode(LifecycleNode):
         self.get_logger().info(f'active: listening on {self._subs[0].topic_name} ({p.input_qos} QoS)')
         return super().on_activate(state)
 
-    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+    def _deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_io()
         for name, worker in self.workers.items():
             try:
@@ -526,20 +591,6 @@ class VizlocNode(LifecycleNode):
             except Exception as exc:  # noqa: BLE001 - keep deactivating the others
                 self.get_logger().error(f'localizer {name}: reset() raised {exc!r}')
         return super().on_deactivate(state)
-
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_io()
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_io()
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
 
     def _stop_io(self) -> None:
         for sub in self._subs:

@@ -19,7 +19,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, ParameterValue
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
 
 from .localizer import ConfigError, LocalizerConfig, LocalizerRegistry, option_fields
 
@@ -219,14 +219,11 @@ def _declare(node: Any, name: str, spec: _Spec, **kw: Any) -> Any:
         return _value(node, name, spec)
     value: Any = spec.default
     if isinstance(value, list) and not value:
-        # rclpy cannot infer an array type from []: declare the typed value when overridden, else
-        # declare the type only (value None, read back as []).
+        # rclpy cannot infer an array type from []: declare the type only (a value given in a params
+        # file or on the command line still applies; none, or an empty list, is read back as []).
         from rclpy.parameter import Parameter
 
-        if name in getattr(node, '_parameter_overrides', {}):
-            value = ParameterValue(type=spec.ptype)
-        else:
-            value = Parameter.Type(spec.ptype)
+        value = Parameter.Type(spec.ptype)
     try:
         node.declare_parameter(name, value, _descriptor(name, spec, **kw))
         return _value(node, name, spec)
@@ -299,8 +296,11 @@ def declare_localizer_parameters(node: Any, name: str, registry: LocalizerRegist
 
 
 def unknown_localizer_overrides(node: Any, name: str, known: Iterable[str]) -> list[str]:
-    """Parameters given (params file / command line) as ``<name>.<key>`` whose key is not in ``known``."""
-    overrides = getattr(node, '_parameter_overrides', {})  # rclpy keeps the overrides here (no public getter)
+    """Parameters given (params file / command line) as ``<name>.<key>`` whose key is not in ``known``.
+
+    ``node.parameter_overrides`` holds the given parameters by name (:class:`vizloc_ros.node.VizlocNode`).
+    """
+    overrides = node.parameter_overrides
     prefix = f'{name}.'
     known = set(known)
     return sorted(k for k in overrides if k.startswith(prefix) and k[len(prefix):] not in known)
@@ -321,7 +321,7 @@ def unknown_node_overrides(node: Any, localizers: Iterable[str]) -> tuple[list[s
     """
     import difflib
 
-    overrides = getattr(node, '_parameter_overrides', {})  # rclpy keeps the overrides here (no public getter)
+    overrides = node.parameter_overrides  # the parameters given, by name (VizlocNode)
     listed = set(localizers)
     known = sorted(set(NODE_PARAMETERS) | _RCLPY_PARAMETERS | {f'{n}.{k}' for n in listed for k in LOCALIZER_COMMON})
     defined = {k.split('.', 1)[0] for k in overrides if k.endswith('.type') and k.count('.') == 1}

@@ -71,8 +71,8 @@ def _node_settings(params_file: Path, overrides: Sequence[str]) -> tuple[CameraE
     node = VizlocNode('vizloc_eval_params', context=context, cli_args=cli, start_parameter_services=False)
     try:
         p = vparams.read_node_params(node)
-        given = getattr(node, '_parameter_overrides', {})  # as vparams.unknown_localizer_overrides reads them
-        types = {name: str(given[f'{name}.type'].value) for name in p.localizers if f'{name}.type' in given}
+        given = node.parameter_overrides  # the parameters the params file and the overrides set, by name
+        types = {name: str(given[f'{name}.type']) for name in p.localizers if f'{name}.type' in given}
         return CameraExtrinsic(p.T_base_camera_xyz, p.T_base_camera_rpy), p.base_frame, p.map_frame, types
     except ConfigError as exc:
         raise EvalError(f'{params_file}: {exc}') from exc
