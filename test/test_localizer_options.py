@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from vizloc_ros.localizer import (ConfigError, LocalizerConfig, LocalizerContext, LocalizerRegistry, LocalizerType,
-                                  NoOptions, UnknownLocalizerTypeError, build_options, option_fields)
+                                  NoOptions, UnknownLocalizerTypeError, build_options, coerce_text,
+                                  option_fields)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,25 @@ def test_unknown_keys_are_errors_that_list_the_known_ones():
 def test_wrong_types_and_values_are_config_errors(values, match):
     with pytest.raises(ConfigError, match=match):
         build_options(Opts, values, where='loc')
+
+
+@pytest.mark.parametrize('text, tp, want', [
+    ('160', int, 160), ('0.5', float, 0.5), ('3', float, 3.0), ('mean', str, 'mean'), (' Yes', bool, True),
+    ('off', bool, False), ('0', bool, False), ('0.25, 0.75', list[float], [0.25, 0.75]), ('a,,b ', list[str], ['a', 'b']),
+    ('8,16', list[int], [8, 16]), ('', list[int], []),
+])
+def test_coerce_text_parses_command_line_values_by_type(text, tp, want):
+    got = coerce_text(text, tp, 'key')
+    assert got == want and type(got) is type(want)
+
+
+@pytest.mark.parametrize('text, tp, match', [
+    ('big', int, 'key must be an integer'), ('1.5', int, 'key must be an integer'), ('x', float, 'key must be a number'),
+    ('maybe', bool, 'key must be true or false'), ('1,x', list[int], 'key must be an integer'),
+])
+def test_coerce_text_refuses_text_of_another_type(text, tp, match):
+    with pytest.raises(ConfigError, match=match):
+        coerce_text(text, tp, 'key')
 
 
 def test_option_fields_describe_each_field_and_validate_types():

@@ -3,7 +3,9 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -16,7 +18,8 @@ from vizloc_ros.localizer import ConfigError  # noqa: E402
 from vizloc_ros.types import Frame  # noqa: E402
 from vizloc_training.models.backbones import (BACKBONES, InitWeightsError, count_flops, count_params,  # noqa: E402
                                               make_backbone)
-from vizloc_training.train.config import TrainArgs, TrainConfigError, resolve_preset  # noqa: E402
+from vizloc_training.train.config import (TrainArgs, TrainConfig, TrainConfigError, config_dict,  # noqa: E402
+                                          resolve_preset)
 from vizloc_training.train.export import (ExportError, export_and_bundle, export_onnx,  # noqa: E402
                                           measure_onnx_latency)
 from vizloc_training.train.loop import CheckpointError, CheckpointManager, progress, set_seed, work_dir  # noqa: E402
@@ -54,6 +57,39 @@ def test_resolve_preset_errors():
     with pytest.raises(TrainConfigError, match='device'):
         _args(device='tpu')
     assert _args(init_weights='w.pt').to_dict()['init_weights'] == 'w.pt'
+
+
+@dataclass(frozen=True)
+class _Config(TrainConfig):
+    TYPE: ClassVar[str] = 'room_classifier'
+    POSITIVE: ClassVar[tuple[str, ...]] = ('epochs',)
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {'mode': ('a', 'b')}
+
+    backbone: str = 'resnet18'
+    epochs: int = 5
+    lr: float = 1e-3
+    hflip: bool = True
+    scales: list[float] = field(default_factory=lambda: [0.5, 1.0])
+    mode: str = 'a'
+
+
+TYPED = {'demo': _Config(), 'tiny': replace(_Config(), epochs=1)}
+
+
+def test_resolve_preset_on_config_dataclasses():
+    cfg = resolve_preset(TYPED, _args(epochs=9, lr=1, extra={'hflip': 'no', 'scales': '0.25,0.75', 'mode': 'b'}))
+    assert cfg == _Config(epochs=9, lr=1.0, hflip=False, scales=[0.25, 0.75], mode='b') and isinstance(cfg.lr, float)
+    assert config_dict(cfg) == cfg.to_dict() == {'backbone': 'resnet18', 'epochs': 9, 'lr': 1.0, 'hflip': False,
+                                                 'scales': [0.25, 0.75], 'mode': 'b'}
+    assert TYPED['demo'].epochs == 5 and resolve_preset(TYPED, _args(preset='tiny')) == TYPED['tiny']
+    with pytest.raises(TrainConfigError, match="unknown setting 'imagesize'"):
+        resolve_preset(TYPED, _args(extra={'imagesize': '3'}))
+    with pytest.raises(TrainConfigError, match='expected a bool'):
+        resolve_preset(TYPED, _args(extra={'hflip': 1}))  # values that are not text are checked, not parsed
+    with pytest.raises(TrainConfigError, match="mode must be one of \\('a', 'b'\\), got 'c'"):
+        resolve_preset(TYPED, _args(extra={'mode': 'c'}))
+    with pytest.raises(TrainConfigError, match='epochs must be positive'):
+        resolve_preset(TYPED, _args(extra={'epochs': '0'}))
 
 
 # -- checkpoints -------------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ parameters and calls ``localize(frame)`` directly; no hook runs per frame.
 Options dataclasses: every field must have a default and a type among ``bool``, ``int``,
 ``float``, ``str``, ``list[str]``, ``list[float]``, ``list[int]``; ``field(metadata={'description':
 ...})`` documents it. The node declares one ROS parameter ``<localizer name>.<field>`` per field.
-Unknown keys are errors.
+Unknown keys are errors. :func:`coerce` checks a value against such a field type (strict: ``true``
+for an ``int`` or ``"0.5"`` for a ``float`` are refused); :func:`coerce_text` parses a command-line
+string into one (``vizloc-train --set key=value`` goes through it).
 """
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ __all__ = [
     'NoOptions',
     'build_options',
     'option_fields',
+    'coerce',
+    'coerce_text',
 ]
 
 logger = logging.getLogger(__name__)
@@ -153,20 +157,24 @@ def build_options(options_type: type[OptionsT], values: Mapping[str, Any], where
     kwargs = {}
     for key, value in values.items():
         tp, _ = known[key]
-        kwargs[key] = _coerce(value, tp, f'{where}.{key}' if where else key)
+        kwargs[key] = coerce(value, tp, f'{where}.{key}' if where else key)
     try:
         return options_type(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f'{where or options_type.__name__}: {exc}') from exc
 
 
-def _coerce(value: Any, tp: type, where: str) -> Any:
+def coerce(value: Any, tp: type, where: str = '') -> Any:
+    """``value`` checked against option type ``tp`` (one of the option types), strictly: a ``bool`` is
+    not an ``int``, a string is not a number; an integer is accepted for a ``float`` (and converted), a
+    tuple for a list. Raises :class:`ConfigError` naming ``where``."""
+    where = where or 'value'
     origin = typing.get_origin(tp)
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f'{where} must be a list of {item_tp.__name__}, got {value!r}')
-        return [_coerce(v, item_tp, where) for v in value]
+        return [coerce(v, item_tp, where) for v in value]
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f'{where} must be true or false, got {value!r}')
@@ -182,6 +190,35 @@ def _coerce(value: Any, tp: type, where: str) -> Any:
     if not isinstance(value, str):
         raise ConfigError(f'{where} must be a string, got {value!r}')
     return value
+
+
+_TRUE_WORDS = ('1', 'true', 'yes', 'on')
+_FALSE_WORDS = ('0', 'false', 'no', 'off')
+
+
+def coerce_text(text: str, tp: type, where: str = '') -> Any:
+    """Command-line text parsed as option type ``tp``: ``bool`` from ``1/true/yes/on`` or
+    ``0/false/no/off`` (any case), ``int``, ``float``, ``str`` as is, and lists comma-separated
+    (``0.25,0.75``; blanks around items and empty items are dropped). The parsed value then goes
+    through :func:`coerce`. Raises :class:`ConfigError` naming ``where``."""
+    where = where or 'value'
+    if not isinstance(text, str):
+        raise ConfigError(f'{where}: expected text to parse, got {text!r}')
+    if typing.get_origin(tp) is list:
+        (item_tp,) = typing.get_args(tp)
+        return [coerce_text(item, item_tp, where) for item in (v.strip() for v in text.split(',')) if item]
+    value: Any = text
+    if tp is bool:
+        word = text.strip().lower()
+        if word not in _TRUE_WORDS + _FALSE_WORDS:
+            raise ConfigError(f'{where} must be true or false, got {text!r}')
+        value = word in _TRUE_WORDS
+    elif tp in (int, float):
+        try:
+            value = tp(text)
+        except ValueError:
+            raise ConfigError(f'{where} must be {"an integer" if tp is int else "a number"}, got {text!r}') from None
+    return coerce(value, tp, where)
 
 
 @dataclass
