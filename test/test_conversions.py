@@ -261,6 +261,26 @@ def test_parameter_rules() -> None:
         NodeParams(input_qos='fast')
 
 
+def test_parameter_descriptors_come_from_the_dataclass_fields() -> None:
+    import dataclasses
+
+    from vizloc_ros.localizer import LocalizerConfig
+    from vizloc_ros.params import LOCALIZER_PARAMETERS, NODE_PARAMETERS, RUNTIME_PARAMETERS
+
+    defaults = NodeParams()
+    assert list(NODE_PARAMETERS) == [f.name for f in dataclasses.fields(NodeParams)]
+    for f in dataclasses.fields(NodeParams):
+        spec = NODE_PARAMETERS[f.name]
+        value = getattr(defaults, f.name)
+        assert spec.default == (list(value) if isinstance(value, tuple) else value)
+        assert spec.description == f.metadata['description'] and spec.choices == tuple(f.metadata['choices'])
+    assert NODE_PARAMETERS['path_max_length'].int_range == (1, 100000)
+    assert NODE_PARAMETERS['rate_tolerance'].float_range == (0.0, 1.0)
+    assert NODE_PARAMETERS['autostart'].read_only and 'publish_markers' in RUNTIME_PARAMETERS
+    assert list(LOCALIZER_PARAMETERS) == [f.name for f in dataclasses.fields(LocalizerConfig) if f.name != 'name']
+    assert LOCALIZER_PARAMETERS['max_rate_hz'].runtime and LOCALIZER_PARAMETERS['type'].default == ''
+
+
 def test_localizer_stats_and_throttle() -> None:
     stats = LocalizerStats('loc', 'example', backend='onnxruntime:CPUExecutionProvider')
     t0 = 1_000_000_000_000

@@ -87,11 +87,18 @@ class NoOptions:
 class LocalizerConfig:
     """Options common to every localizer instance (ROS parameters ``<name>.type``, ``<name>.bundle``...)."""
 
+    # Each field but ``name`` is the ROS parameter ``<name>.<field>``; the metadata is its descriptor
+    # (vizloc_ros.params.LOCALIZER_PARAMETERS).
     name: str
-    type: str
-    bundle: str = ''
-    backend: str = 'auto'
-    max_rate_hz: float = 0.0
+    type: str = field(metadata={'description': 'Localizer type registered by a plugin (e.g. room_classifier).'})
+    bundle: str = field(default='', metadata={'description': 'Model bundle directory (bundle.yaml + model.onnx).'})
+    backend: str = field(default='auto', metadata={
+        'description': "Inference backend: 'auto' (TensorRT > ONNX Runtime CUDA > CPU), 'onnxruntime', 'tensorrt', "
+                       "'torch'.",
+        'choices': ('auto', 'onnxruntime', 'tensorrt', 'torch')})
+    max_rate_hz: float = field(default=0.0, metadata={
+        'description': 'Maximum localization rate of this localizer in Hz; 0 = every frame it can keep up with.',
+        'range': (0.0, 1000.0), 'runtime': True})
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace('_', '').isalnum() or not self.name[0].isalpha():

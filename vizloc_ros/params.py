@@ -1,22 +1,28 @@
 """ROS parameters of the ``vizloc`` node: declaration (descriptions, ranges), validation, per-localizer options.
 
-Node-level parameters are declared in the constructor (:func:`declare_node_parameters`) and read
-into a frozen :class:`NodeParams` on configure. Per-localizer parameters ``<name>.type``,
-``<name>.bundle``, ``<name>.backend``, ``<name>.max_rate_hz`` and one ``<name>.<option>`` per field
-of the type's options dataclass (:func:`vizloc_ros.localizer.option_fields`) are declared on
-configure, once the plugins are loaded (:func:`declare_localizer_parameters`). A parameter given
-for a localizer that its type does not know is an error (that localizer is skipped).
+Every parameter is a dataclass field: its type and default are the field's, its descriptor
+(description, range, choices, runtime, read-only) the field's metadata. Node-level parameters are
+the fields of :class:`NodeParams` (:data:`NODE_PARAMETERS`), declared in the constructor
+(:func:`declare_node_parameters`) and read into a frozen :class:`NodeParams` on configure.
+Per-localizer parameters are the fields of :class:`vizloc_ros.localizer.LocalizerConfig` but its name
+(:data:`LOCALIZER_PARAMETERS`: ``<name>.type``, ``<name>.bundle``, ``<name>.backend``,
+``<name>.max_rate_hz``) and one ``<name>.<option>`` per field of the type's options dataclass
+(:func:`vizloc_ros.localizer.option_fields`), declared on configure, once the plugins are loaded
+(:func:`declare_localizer_parameters`). A parameter given for a localizer that its type does not know
+is an error (that localizer is skipped).
 
 Runtime changes go through :func:`check_parameter_change`, used by the node's
 on-set-parameters callback: values are validated, and parameters that shape the graph (topics,
-localizers, bundles) can only change while the node is unconfigured.
+localizers, bundles) can only change while the node is unconfigured. The node keeps the runtime
+values in members that the callback updates (``VizlocNode.runtime``, each worker's ``max_rate_hz``);
+nothing reads a parameter per frame.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
@@ -41,10 +47,10 @@ __all__ = [
 
 IMAGE_TRANSPORTS = ('raw', 'compressed')
 INPUT_QOS = ('sensor_data', 'reliable')
-BACKENDS = ('auto', 'onnxruntime', 'tensorrt', 'torch')
-LOCALIZER_COMMON = ('type', 'bundle', 'backend', 'max_rate_hz')
 
 _PTYPE = {
+    tuple[str, ...]: ParameterType.PARAMETER_STRING_ARRAY,
+    tuple[float, ...]: ParameterType.PARAMETER_DOUBLE_ARRAY,
     bool: ParameterType.PARAMETER_BOOL,
     int: ParameterType.PARAMETER_INTEGER,
     float: ParameterType.PARAMETER_DOUBLE,
@@ -63,6 +69,8 @@ _PTYPE_NAME = {
 
 @dataclass(frozen=True)
 class _Spec:
+    """One ROS parameter: what its descriptor is built from (taken from a dataclass field, see _field_spec)."""
+
     default: Any
     ptype: int
     description: str
@@ -71,118 +79,80 @@ class _Spec:
     choices: tuple[str, ...] = ()
     #: True: may change while configured/active (takes effect at once).
     runtime: bool = False
+    read_only: bool = False
 
 
-NODE_PARAMETERS: dict[str, _Spec] = {
-    'autostart': _Spec(True, ParameterType.PARAMETER_BOOL,
-                       'Walk the lifecycle to active at start-up (configure + activate), so `ros2 run` just works.'),
-    'localizers': _Spec([], ParameterType.PARAMETER_STRING_ARRAY,
-                        'Names of the localizer instances to run; each is configured by <name>.* parameters.'),
-    'blocked_plugins': _Spec([], ParameterType.PARAMETER_STRING_ARRAY,
-                             'Plugin (entry point) names of group vizloc_ros.localizers that must not load.'),
-    'image_transport': _Spec('raw', ParameterType.PARAMETER_STRING,
-                             "'raw': subscribe to `image` (sensor_msgs/Image); 'compressed': to `image/compressed`.",
-                             choices=IMAGE_TRANSPORTS),
-    'input_qos': _Spec('sensor_data', ParameterType.PARAMETER_STRING,
-                       "QoS of the image and camera_info subscriptions: 'sensor_data' (best effort, depth 5) or "
-                       "'reliable' (depth 5). Outputs are always reliable.", choices=INPUT_QOS),
-    'map_frame': _Spec('map', ParameterType.PARAMETER_STRING, 'frame_id of ~/<name>/pose, ~/<name>/path and pose markers.'),
-    'base_frame': _Spec('base_link', ParameterType.PARAMETER_STRING,
-                        'The robot frame whose pose ~/<name>/pose carries (its child frame; what robot_localization '
-                        'calls base_link_frame). The camera is mounted on it by T_base_camera_xyz / _rpy.'),
-    'T_base_camera_xyz': _Spec([0.0, 0.0, 0.0], ParameterType.PARAMETER_DOUBLE_ARRAY,
-                               'Position (m) of the camera optical frame in base_frame.'),
-    'T_base_camera_rpy': _Spec([0.0, 0.0, 0.0], ParameterType.PARAMETER_DOUBLE_ARRAY,
-                               'Orientation (roll, pitch, yaw in rad, fixed axes as static_transform_publisher) of the '
-                               'camera optical frame in base_frame. All zero (the default): ~/pose is the optical '
-                               "frame's pose; a forward-looking camera is [-1.5708, 0.0, -1.5708]."),
-    'rectified': _Spec(False, ParameterType.PARAMETER_BOOL,
-                       'Images are rectified: use CameraInfo P, not K + D (also done when D is all zero).'),
-    'cache_dir': _Spec('', ParameterType.PARAMETER_STRING,
-                       'Writable cache for TensorRT engines etc.; empty = $VIZLOC_CACHE_DIR or ~/.cache/vizloc_ros.'),
-    'publish_markers': _Spec(True, ParameterType.PARAMETER_BOOL, 'Publish ~/markers (MarkerArray) and ~/<name>/path (Path).',
-                             runtime=True),
-    'publish_timing': _Spec(False, ParameterType.PARAMETER_BOOL,
-                            'Publish per-frame timestamps (callback, model start/end, published) on ~/timing '
-                            '(diagnostic_msgs/DiagnosticStatus); used by scripts/bench_node.py.', runtime=True),
-    'path_max_length': _Spec(1000, ParameterType.PARAMETER_INTEGER, 'Poses kept in each ~/<name>/path (oldest dropped).',
-                             int_range=(1, 100000), runtime=True),
-    'diagnostics_period_s': _Spec(1.0, ParameterType.PARAMETER_DOUBLE, 'Period of /diagnostics messages in seconds.',
-                                  float_range=(0.1, 60.0)),
-    'diagnostics_window_s': _Spec(10.0, ParameterType.PARAMETER_DOUBLE,
-                                  'Errors and rates are judged over this many recent seconds: an old error no longer '
-                                  'holds a localizer at WARN.', float_range=(1.0, 3600.0)),
-    'input_timeout_s': _Spec(2.0, ParameterType.PARAMETER_DOUBLE,
-                             'While active, the camera input is STALE in /diagnostics after this many seconds '
-                             'without a frame.', float_range=(0.1, 3600.0)),
-    'expected_rate_hz': _Spec(0.0, ParameterType.PARAMETER_DOUBLE,
-                              'Expected camera rate; /diagnostics warns when the measured input rate leaves '
-                              'expected_rate_hz x (1 +- rate_tolerance). 0 = no frequency check.',
-                              float_range=(0.0, 1000.0)),
-    'rate_tolerance': _Spec(0.1, ParameterType.PARAMETER_DOUBLE,
-                            'Relative tolerance of the frequency check (diagnostic_updater default 0.1).',
-                            float_range=(0.0, 1.0)),
-    'max_image_pixels': _Spec(4096 * 4096, ParameterType.PARAMETER_INTEGER,
-                              'Largest image (width x height) accepted; a compressed image is checked from its header '
-                              'before decoding, a raw image from its claimed size. Larger ones are refused and counted.',
-                              int_range=(1, 1 << 31)),
-    'worker_join_timeout_s': _Spec(10.0, ParameterType.PARAMETER_DOUBLE,
-                                   'On deactivate, how long to wait for a localizer busy in localize(). A worker that '
-                                   'outlives it is never duplicated: its late result is discarded and it serves the '
-                                   'next activation.', float_range=(0.01, 600.0)),
-    'error_log_throttle_s': _Spec(5.0, ParameterType.PARAMETER_DOUBLE,
-                                  'At most one log line per error kind and localizer in this many seconds '
-                                  '(every error is still counted in /diagnostics).', float_range=(0.0, 3600.0),
-                                  runtime=True),
-}
-
-LOCALIZER_PARAMETERS: dict[str, _Spec] = {
-    'type': _Spec('', ParameterType.PARAMETER_STRING, 'Localizer type registered by a plugin (e.g. room_classifier).'),
-    'bundle': _Spec('', ParameterType.PARAMETER_STRING, 'Model bundle directory (bundle.yaml + model.onnx).'),
-    'backend': _Spec('auto', ParameterType.PARAMETER_STRING,
-                     "Inference backend: 'auto' (TensorRT > ONNX Runtime CUDA > CPU), 'onnxruntime', 'tensorrt', 'torch'.",
-                     choices=BACKENDS),
-    'max_rate_hz': _Spec(0.0, ParameterType.PARAMETER_DOUBLE,
-                         'Maximum localization rate of this localizer in Hz; 0 = every frame it can keep up with.',
-                         float_range=(0.0, 1000.0), runtime=True),
-}
-
-#: Node-level parameter names that may change while configured or active.
-RUNTIME_PARAMETERS = frozenset(name for name, spec in NODE_PARAMETERS.items() if spec.runtime)
+def _param(default: Any, description: str, *, range: tuple[float, float] | None = None,
+           choices: tuple[str, ...] = (), runtime: bool = False, read_only: bool = False) -> Any:
+    """A :class:`NodeParams` field: its default and what its ROS parameter descriptor says
+    (``range``: inclusive bounds for a number; ``choices``: allowed strings; ``runtime``: may change
+    while configured; ``read_only``: start-up only)."""
+    metadata = {'description': description, 'range': range, 'choices': choices, 'runtime': runtime,
+                'read_only': read_only}
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
 class NodeParams:
-    """Node-level parameters, validated."""
+    """Node-level parameters, validated. Each field is the ROS parameter of the same name; its
+    default, type and descriptor (description, range, choices) are declared from the field
+    (:data:`NODE_PARAMETERS`)."""
 
-    autostart: bool = True
-    localizers: tuple[str, ...] = ()
-    blocked_plugins: tuple[str, ...] = ()
-    image_transport: str = 'raw'
-    input_qos: str = 'sensor_data'
-    map_frame: str = 'map'
-    base_frame: str = 'base_link'
-    T_base_camera_xyz: tuple[float, ...] = (0.0, 0.0, 0.0)
-    T_base_camera_rpy: tuple[float, ...] = (0.0, 0.0, 0.0)
-    rectified: bool = False
-    cache_dir: str = ''
-    publish_markers: bool = True
-    publish_timing: bool = False
-    path_max_length: int = 1000
-    diagnostics_period_s: float = 1.0
-    diagnostics_window_s: float = 10.0
-    input_timeout_s: float = 2.0
-    expected_rate_hz: float = 0.0
-    rate_tolerance: float = 0.1
-    max_image_pixels: int = 4096 * 4096
-    worker_join_timeout_s: float = 10.0
-    error_log_throttle_s: float = 5.0
+    autostart: bool = _param(True, 'Walk the lifecycle to active at start-up (configure + activate), so `ros2 run` '
+                                   'just works.', read_only=True)
+    localizers: tuple[str, ...] = _param((), 'Names of the localizer instances to run; each is configured by '
+                                             '<name>.* parameters.')
+    blocked_plugins: tuple[str, ...] = _param((), 'Plugin (entry point) names of group vizloc_ros.localizers that '
+                                                  'must not load.')
+    image_transport: str = _param('raw', "'raw': subscribe to `image` (sensor_msgs/Image); 'compressed': to "
+                                         "`image/compressed`.", choices=IMAGE_TRANSPORTS)
+    input_qos: str = _param('sensor_data', "QoS of the image and camera_info subscriptions: 'sensor_data' (best "
+                                           "effort, depth 5) or 'reliable' (depth 5). Outputs are always reliable.",
+                            choices=INPUT_QOS)
+    map_frame: str = _param('map', 'frame_id of ~/<name>/pose, ~/<name>/path and pose markers.')
+    base_frame: str = _param('base_link', 'The robot frame whose pose ~/<name>/pose carries (its child frame; what '
+                                          'robot_localization calls base_link_frame). The camera is mounted on it by '
+                                          'T_base_camera_xyz / _rpy.')
+    T_base_camera_xyz: tuple[float, ...] = _param((0.0, 0.0, 0.0), 'Position (m) of the camera optical frame in '
+                                                                   'base_frame.')
+    T_base_camera_rpy: tuple[float, ...] = _param(
+        (0.0, 0.0, 0.0), 'Orientation (roll, pitch, yaw in rad, fixed axes as static_transform_publisher) of the '
+                         'camera optical frame in base_frame. All zero (the default): ~/pose is the optical '
+                         "frame's pose; a forward-looking camera is [-1.5708, 0.0, -1.5708].")
+    rectified: bool = _param(False, 'Images are rectified: use CameraInfo P, not K + D (also done when D is all zero).')
+    cache_dir: str = _param('', 'Writable cache for TensorRT engines etc.; empty = $VIZLOC_CACHE_DIR or '
+                                '~/.cache/vizloc_ros.')
+    publish_markers: bool = _param(True, 'Publish ~/markers (MarkerArray) and ~/<name>/path (Path).', runtime=True)
+    publish_timing: bool = _param(False, 'Publish per-frame timestamps (callback, model start/end, published) on '
+                                         '~/timing (diagnostic_msgs/DiagnosticStatus); used by scripts/bench_node.py.',
+                                  runtime=True)
+    path_max_length: int = _param(1000, 'Poses kept in each ~/<name>/path (oldest dropped).', range=(1, 100000),
+                                  runtime=True)
+    diagnostics_period_s: float = _param(1.0, 'Period of /diagnostics messages in seconds.', range=(0.1, 60.0))
+    diagnostics_window_s: float = _param(10.0, 'Errors and rates are judged over this many recent seconds: an old '
+                                               'error no longer holds a localizer at WARN.', range=(1.0, 3600.0))
+    input_timeout_s: float = _param(2.0, 'While active, the camera input is STALE in /diagnostics after this many '
+                                         'seconds without a frame.', range=(0.1, 3600.0))
+    expected_rate_hz: float = _param(0.0, 'Expected camera rate; /diagnostics warns when the measured input rate '
+                                          'leaves expected_rate_hz x (1 +- rate_tolerance). 0 = no frequency check.',
+                                     range=(0.0, 1000.0))
+    rate_tolerance: float = _param(0.1, 'Relative tolerance of the frequency check (diagnostic_updater default 0.1).',
+                                   range=(0.0, 1.0))
+    max_image_pixels: int = _param(4096 * 4096, 'Largest image (width x height) accepted; a compressed image is '
+                                                'checked from its header before decoding, a raw image from its claimed '
+                                                'size. Larger ones are refused and counted.', range=(1, 1 << 31))
+    worker_join_timeout_s: float = _param(10.0, 'On deactivate, how long to wait for a localizer busy in localize(). '
+                                                'A worker that outlives it is never duplicated: its late result is '
+                                                'discarded and it serves the next activation.', range=(0.01, 600.0))
+    error_log_throttle_s: float = _param(5.0, 'At most one log line per error kind and localizer in this many '
+                                              'seconds (every error is still counted in /diagnostics).',
+                                         range=(0.0, 3600.0), runtime=True)
 
     def __post_init__(self) -> None:
-        if self.image_transport not in IMAGE_TRANSPORTS:
-            raise ConfigError(f'image_transport must be one of {IMAGE_TRANSPORTS}, got {self.image_transport!r}')
-        if self.input_qos not in INPUT_QOS:
-            raise ConfigError(f'input_qos must be one of {INPUT_QOS}, got {self.input_qos!r}')
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get('choices')
+            if choices and getattr(self, f.name) not in choices:
+                raise ConfigError(f'{f.name} must be one of {choices}, got {getattr(self, f.name)!r}')
         if not self.map_frame or not self.base_frame:
             raise ConfigError('map_frame and base_frame must not be empty')
         if len(self.T_base_camera_xyz) != 3 or len(self.T_base_camera_rpy) != 3 or not all(
@@ -193,6 +163,41 @@ class NodeParams:
             raise ConfigError(f'localizers has duplicate names: {list(self.localizers)}')
 
 
+def _field_spec(owner: type, f: dataclasses.Field, description: str = '') -> _Spec:
+    """The parameter of dataclass field ``f`` of ``owner``: type and default from the field, descriptor
+    from its metadata (``description``, ``range``, ``choices``, ``runtime``, ``read_only``)."""
+    tp = typing.get_type_hints(owner)[f.name]
+    if f.default is not dataclasses.MISSING:
+        default = f.default
+    elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        default = f.default_factory()  # type: ignore[misc]
+    elif tp is str:  # a required string (LocalizerConfig.type): the parameter is '' until set
+        default = ''
+    else:
+        raise TypeError(f'{owner.__name__}.{f.name}: a parameter needs a default')
+    md = f.metadata
+    bounds = md.get('range')
+    return _Spec(list(default) if isinstance(default, (tuple, list)) else default, _PTYPE[tp],
+                 str(md.get('description') or description),
+                 float_range=tuple(map(float, bounds)) if bounds is not None and tp is float else None,
+                 int_range=tuple(map(int, bounds)) if bounds is not None and tp is int else None,
+                 choices=tuple(md.get('choices') or ()), runtime=bool(md.get('runtime')),
+                 read_only=bool(md.get('read_only')))
+
+
+#: The node-level parameters, one per field of NodeParams.
+NODE_PARAMETERS: dict[str, _Spec] = {f.name: _field_spec(NodeParams, f) for f in dataclasses.fields(NodeParams)}
+
+#: The parameters every localizer instance has (``<name>.<key>``), one per field of LocalizerConfig but its name.
+LOCALIZER_PARAMETERS: dict[str, _Spec] = {f.name: _field_spec(LocalizerConfig, f)
+                                          for f in dataclasses.fields(LocalizerConfig) if f.name != 'name'}
+LOCALIZER_COMMON = tuple(LOCALIZER_PARAMETERS)
+BACKENDS = LOCALIZER_PARAMETERS['backend'].choices
+
+#: Node-level parameter names that may change while configured or active.
+RUNTIME_PARAMETERS = frozenset(name for name, spec in NODE_PARAMETERS.items() if spec.runtime)
+
+
 @dataclass(frozen=True)
 class LocalizerParams:
     """One localizer instance's parameters: common config plus raw option values."""
@@ -201,8 +206,8 @@ class LocalizerParams:
     options: dict[str, Any]
 
 
-def _descriptor(name: str, spec: _Spec, *, read_only: bool = False) -> ParameterDescriptor:
-    d = ParameterDescriptor(name=name, type=spec.ptype, description=spec.description, read_only=read_only)
+def _descriptor(name: str, spec: _Spec) -> ParameterDescriptor:
+    d = ParameterDescriptor(name=name, type=spec.ptype, description=spec.description, read_only=spec.read_only)
     if spec.choices:
         d.additional_constraints = 'one of: ' + ', '.join(spec.choices)
     if spec.float_range is not None:
@@ -212,7 +217,7 @@ def _descriptor(name: str, spec: _Spec, *, read_only: bool = False) -> Parameter
     return d
 
 
-def _declare(node: Any, name: str, spec: _Spec, **kw: Any) -> Any:
+def _declare(node: Any, name: str, spec: _Spec) -> Any:
     from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 
     if node.has_parameter(name):
@@ -225,7 +230,7 @@ def _declare(node: Any, name: str, spec: _Spec, **kw: Any) -> Any:
 
         value = Parameter.Type(spec.ptype)
     try:
-        node.declare_parameter(name, value, _descriptor(name, spec, **kw))
+        node.declare_parameter(name, value, _descriptor(name, spec))
         return _value(node, name, spec)
     except InvalidParameterTypeException as exc:
         raise ConfigError(f'parameter {name} must be {_PTYPE_NAME.get(spec.ptype, spec.ptype)}: {exc}') from exc
@@ -252,7 +257,7 @@ def declare_node_parameters(node: Any) -> list[str]:
     errors = []
     for name, spec in NODE_PARAMETERS.items():
         try:
-            _declare(node, name, spec, read_only=(name == 'autostart'))
+            _declare(node, name, spec)
         except ConfigError as exc:
             errors.append(str(exc))
     return errors
@@ -264,10 +269,11 @@ def read_node_params(node: Any) -> NodeParams:
     if missing:
         raise ConfigError(f'parameters {missing} could not be declared (see the errors logged at start-up)')
     v = {name: _value(node, name, spec) for name, spec in NODE_PARAMETERS.items()}
-    v['localizers'] = tuple(v['localizers'] or ())
-    v['blocked_plugins'] = tuple(v['blocked_plugins'] or ())
-    v['T_base_camera_xyz'] = tuple(float(x) for x in v['T_base_camera_xyz'] or ())
-    v['T_base_camera_rpy'] = tuple(float(x) for x in v['T_base_camera_rpy'] or ())
+    for name, spec in NODE_PARAMETERS.items():  # arrays are tuples in the frozen NodeParams
+        if spec.ptype == ParameterType.PARAMETER_DOUBLE_ARRAY:
+            v[name] = tuple(float(x) for x in v[name] or ())
+        elif isinstance(spec.default, list):
+            v[name] = tuple(v[name] or ())
     return NodeParams(**v)
 
 
@@ -278,8 +284,7 @@ def declare_localizer_parameters(node: Any, name: str, registry: LocalizerRegist
         raise ConfigError(f'{name}.type is not set; registered types: {sorted(registry.types) or "none"}')
     if values['backend'] not in BACKENDS:
         raise ConfigError(f'{name}.backend must be one of {BACKENDS}, got {values["backend"]!r}')
-    config = LocalizerConfig(name=name, type=values['type'], bundle=values['bundle'], backend=values['backend'],
-                             max_rate_hz=float(values['max_rate_hz']))
+    config = LocalizerConfig(name=name, **values)
     localizer_type = registry.get(config.type)
     options = {}
     for field_name, tp, default, description in option_fields(localizer_type.options_type):
@@ -361,11 +366,12 @@ def check_parameter_change(name: str, value: Any, *, declared: bool, configured:
         return f'{name} must be one of {list(spec.choices)}, got {value!r}'
     if not declared:  # being declared (start-up / configure): only the value is checked
         return None
-    if name == 'autostart':
-        return 'autostart is read-only; it only applies at start-up'
+    if spec is not None and spec.read_only and name in NODE_PARAMETERS:
+        return f'{name} is read-only; it only applies at start-up'
     if not configured:
         return None
-    if name in RUNTIME_PARAMETERS or (key == 'max_rate_hz' and base in set(localizer_names)):
+    if name in RUNTIME_PARAMETERS or (key in LOCALIZER_PARAMETERS and LOCALIZER_PARAMETERS[key].runtime
+                                      and base in set(localizer_names)):
         return None
     if name in NODE_PARAMETERS or key:
         return (f'{name} cannot change while the node is configured; deactivate and clean up the node '
