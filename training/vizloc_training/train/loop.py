@@ -16,6 +16,7 @@ DistributedSampler. Only the main process writes checkpoints, bundles and logs.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import pickle
@@ -34,7 +35,7 @@ import torch
 __all__ = [
     'work_dir', 'set_seed', 'select_device', 'CheckpointManager', 'CheckpointError', 'progress', 'lr_factor',
     'schedule_progress',
-    'DistributedInfo', 'ddp_setup', 'ddp_cleanup', 'is_main_process', 'world_size',
+    'DistributedInfo', 'ddp_setup', 'ddp_cleanup', 'distributed', 'is_main_process', 'world_size',
 ]
 
 logger = logging.getLogger(__name__)
@@ -208,6 +209,16 @@ def ddp_cleanup() -> None:
         torch.distributed.destroy_process_group()
 
 
+@contextlib.contextmanager
+def distributed(device: torch.device | None = None) -> Iterator[DistributedInfo]:
+    """``with distributed(device) as dist:``: :func:`ddp_setup` on entry, :func:`ddp_cleanup` on exit."""
+    info = ddp_setup(device)
+    try:
+        yield info
+    finally:
+        ddp_cleanup()
+
+
 def discriminative_param_groups(model: torch.nn.Module, backbone: torch.nn.Module, lr: float,
                                 backbone_lr_factor: float) -> list[dict[str, Any]]:
     """AdamW parameter groups: ``backbone``'s parameters at ``lr * backbone_lr_factor``, the rest at ``lr``.
@@ -240,9 +251,11 @@ def schedule_progress(step: int, total_steps: int, elapsed_s: float, budget_s: f
     return min(1.0, done)
 
 
-def lr_factor(step: int, elapsed_s: float, *, warmup_steps: int, total_steps: int, budget_s: float = 0.0) -> float:
-    """Linear warm-up, then cosine decay to 0 over the steps or the wall-time budget, whichever runs out first."""
+def lr_factor(step: int, elapsed_s: float, *, warmup_steps: int, total_steps: int, budget_s: float = 0.0,
+              floor: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to ``floor`` (default 0) over the steps or the wall-time budget,
+    whichever runs out first."""
     if warmup_steps and step < warmup_steps:
         return (step + 1) / warmup_steps
     done = schedule_progress(step - warmup_steps, total_steps - warmup_steps, elapsed_s, budget_s)
-    return 0.5 * (1.0 + math.cos(math.pi * done))
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * done))
