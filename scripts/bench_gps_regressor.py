@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from vizloc_ros.bags import find_evaluation_bag
+from vizloc_ros.eval_bag import find_evaluation_bag
 
 TARGETS = {'median_m': 3.0, 'within_10m_pct': 95.0, 'coverage_pct': (90.0, 98.0), 'train_s': 600.0}
 

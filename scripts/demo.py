@@ -123,7 +123,7 @@ def bundle_for(demo: Demo, world: Path, world_key: str, fresh: bool) -> tuple[Pa
 
 def run_demo(names: Sequence[str], out_root: Path, fresh: bool = False) -> int:
     sys.path.insert(0, str(REPO))
-    from vizloc_ros.bags import EVAL_BAG_NAME, find_evaluation_bag
+    from vizloc_ros.eval_bag import EVAL_BAG_NAME, find_evaluation_bag
     from vizloc_ros.evaluation.cli import build_parser, evaluate
     from vizloc_ros.evaluation.report import format_table
 

@@ -1,4 +1,4 @@
-"""rosbag2 I/O (vizloc_ros.bags): round trips through both storages, read back by rosbags and by
+"""rosbag2 I/O (vizloc_ros.bags) and the evaluation-bag contract (vizloc_ros.eval_bag): round trips through both storages, read back by rosbags and by
 the independent ``mcap`` reader, atomic writes and clear errors for damaged bags."""
 from __future__ import annotations
 
@@ -14,24 +14,19 @@ import transforms3d
 import yaml
 from rosbags.rosbag2 import Reader
 
-from vizloc_ros.bags import (
-    EVAL_BAG_NAME,
-    LEGACY_EVAL_BAG_NAME,
-    find_evaluation_bag,
+from vizloc_ros.bags import BagError, BagWriter, TopicQos, bag_info, read_messages, typestore
+from vizloc_ros.eval_bag import (
     CAMERA_INFO_TOPIC,
     COMPRESSED_IMAGE_TOPIC,
+    EVAL_BAG_NAME,
     FIX_TOPIC,
     IMAGE_TOPIC,
+    LEGACY_EVAL_BAG_NAME,
     POSE_TOPIC,
     ROOM_TOPIC,
-    BagError,
-    BagWriter,
     EvalSample,
-    TopicQos,
-    bag_info,
+    find_evaluation_bag,
     read_evaluation_bag,
-    read_messages,
-    typestore,
     write_evaluation_bag,
 )
 from vizloc_ros.types import CameraIntrinsics, InvalidInputError
@@ -352,3 +347,15 @@ def test_anyreader_opens_the_evaluation_bags_the_project_writes(tmp_path: Path, 
     assert find_evaluation_bag(legacy) == legacy / LEGACY_EVAL_BAG_NAME
     assert len(list(read_evaluation_bag(find_evaluation_bag(legacy)))) == N
     assert find_evaluation_bag(tmp_path / 'nothing') is None
+
+
+def test_evaluation_bag_names_stay_importable_from_bags() -> None:
+    """Code written against the one-module layout (training's world generators) keeps working."""
+    import vizloc_ros.bags as bags
+    import vizloc_ros.eval_bag as eval_bag
+
+    for name in ('EVAL_BAG_NAME', 'EvalSample', 'write_evaluation_bag', 'read_evaluation_bag', 'find_evaluation_bag',
+                 'IMAGE_TOPIC', 'ROOM_TOPIC'):
+        assert getattr(bags, name) is getattr(eval_bag, name)
+    with pytest.raises(AttributeError):
+        bags.no_such_name  # noqa: B018

@@ -21,7 +21,8 @@ import pytest
 import transforms3d
 import yaml
 
-from vizloc_ros.bags import EVAL_BAG_NAME, BagWriter, EvalSample, read_evaluation_bag, write_evaluation_bag
+from vizloc_ros.bags import BagWriter
+from vizloc_ros.eval_bag import EVAL_BAG_NAME, EvalSample, read_evaluation_bag, write_evaluation_bag
 from vizloc_ros.evaluation.cli import build_parser, evaluate, main
 from vizloc_ros.evaluation.run import EvalError, run_offline
 from vizloc_ros.geodesy import LocalENU

@@ -25,7 +25,8 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, NavSatFix
 from std_msgs.msg import String
 
-from vizloc_ros.bags import BagWriter, EvalSample, TopicQos, typestore, write_evaluation_bag
+from vizloc_ros.bags import BagWriter, TopicQos, typestore
+from vizloc_ros.eval_bag import EvalSample, write_evaluation_bag
 from vizloc_ros.replay import ReplayError, ReplayOptions, _qos_profile, main, replay
 from vizloc_ros.types import CameraIntrinsics, InvalidInputError
 

@@ -15,7 +15,7 @@ pytest.importorskip('torch')
 from sensor_msgs.msg import NavSatFix, NavSatStatus  # noqa: E402
 
 from test_node_support import NodeProcess, RosClient, domain_id_for  # noqa: E402
-from vizloc_ros.bags import read_evaluation_bag  # noqa: E402
+from vizloc_ros.eval_bag import read_evaluation_bag  # noqa: E402
 from vizloc_ros.bundle import load_bundle  # noqa: E402
 from vizloc_ros.conversions import UNKNOWN_ALTITUDE_VARIANCE_M2, stamp_to_ns  # noqa: E402
 from vizloc_ros.localizer import LocalizerConfig, LocalizerContext  # noqa: E402

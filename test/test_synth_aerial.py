@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from vizloc_ros.bags import read_evaluation_bag
+from vizloc_ros.eval_bag import read_evaluation_bag
 from vizloc_ros.geodesy import GeoReference
 from vizloc_training.datasets.scene_coordinates import SceneCoordinateDataset, coords_pixel_grid
 from vizloc_training.synth import aerial, cli

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from transforms3d.quaternions import quat2mat
 
-from vizloc_ros.bags import read_evaluation_bag
+from vizloc_ros.eval_bag import read_evaluation_bag
 from vizloc_ros.geodesy import LocalENU
 from vizloc_training.datasets.exif import read_gps_exif
 from vizloc_training.datasets.gps import read_gps_dataset

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from vizloc_ros.bags import read_evaluation_bag
+from vizloc_ros.eval_bag import read_evaluation_bag
 from vizloc_ros.geodesy import LocalENU
 from vizloc_ros.types import CameraIntrinsics
 from vizloc_training.datasets.rooms import RoomsDataset

@@ -9,10 +9,14 @@ both libraries use underneath, so that a corrupt buffer gives an :class:`Invalid
 of an assertion or a ``None`` image.
 
 Outputs: :func:`navsatfix_from_result`, :func:`pose_msg_from_estimate`, :func:`room_msg_from_estimate`.
+Quaternions are :mod:`vizloc_ros.geodesy`'s (ROS order x, y, z, w; transforms3d underneath).
 ROS covariance conventions: NavSatFix ``position_covariance`` is East-North-Up in m^2, row-major;
 PoseWithCovariance is (x, y, z, rot_x, rot_y, rot_z) row-major, metres and radians.
 
-Nothing in this module creates nodes; it only needs the message packages.
+Nothing in this module creates nodes; it only needs the message packages. The readers are duck-typed,
+so they take rclpy messages and the rosbags messages of :mod:`vizloc_ros.bags` alike; the helpers
+:func:`ns_to_stamp` (any Time class), :func:`camera_info_matrices`, :func:`encode_jpeg` and
+:func:`matrix_from_pose` are shared with the evaluation bags (:mod:`vizloc_ros.eval_bag`).
 """
 from __future__ import annotations
 
@@ -22,8 +26,8 @@ from typing import Any
 
 import cv2
 import numpy as np
-import transforms3d
 
+from .geodesy import matrix_from_quaternion_xyzw, quaternion_xyzw_from_matrix
 from .types import CameraIntrinsics, CovarianceType, Frame, GeoEstimate, InvalidInputError, LocalizationResult, PoseEstimate, RoomEstimate
 
 __all__ = [
@@ -41,7 +45,10 @@ __all__ = [
     'pose_msg_from_estimate',
     'pose_msg_from_matrix',
     'room_msg_from_estimate',
-    'quaternion_xyzw_from_matrix',
+    'matrix_from_pose',
+    'camera_info_matrices',
+    'encode_jpeg',
+    'JPEG_FORMAT',
     'UNKNOWN_ALTITUDE_VARIANCE_M2',
     'DEFAULT_MAX_IMAGE_PIXELS',
     'compressed_image_size',
@@ -138,11 +145,14 @@ def stamp_to_ns(stamp: Any) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
-def ns_to_stamp(stamp_ns: int) -> Any:
-    from builtin_interfaces.msg import Time
+def ns_to_stamp(stamp_ns: int, time_type: Any = None) -> Any:
+    """Integer nanoseconds -> builtin_interfaces/Time (``time_type``: the Time class to build, e.g. a
+    rosbags type store's; default rclpy's)."""
+    if time_type is None:
+        from builtin_interfaces.msg import Time as time_type
 
     sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
-    return Time(sec=sec, nanosec=nanosec)
+    return time_type(sec=sec, nanosec=nanosec)
 
 
 def _buffer_view(data: Any) -> np.ndarray:
@@ -275,6 +285,14 @@ def intrinsics_from_camera_info(msg: Any) -> CameraIntrinsics:
                             D=D, distortion_model=str(msg.distortion_model or 'plumb_bob'))
 
 
+def camera_info_matrices(camera: CameraIntrinsics) -> dict[str, np.ndarray]:
+    """The CameraInfo arrays of ``camera``, flat float64: ``d``, ``k``, ``r`` (= I) and ``p`` (= [K | 0])."""
+    P = np.zeros((3, 4))
+    P[:, :3] = camera.K
+    return {'d': np.asarray(camera.D, dtype=np.float64).reshape(-1),
+            'k': np.asarray(camera.K, dtype=np.float64).reshape(9), 'r': np.eye(3).reshape(9), 'p': P.reshape(12)}
+
+
 def camera_info_from_intrinsics(camera: CameraIntrinsics, stamp_ns: int, frame_id: str) -> Any:
     """CameraIntrinsics -> sensor_msgs/CameraInfo (P = [K | 0], R = I)."""
     from sensor_msgs.msg import CameraInfo
@@ -284,12 +302,8 @@ def camera_info_from_intrinsics(camera: CameraIntrinsics, stamp_ns: int, frame_i
     msg.header.frame_id = frame_id
     msg.width, msg.height = int(camera.width), int(camera.height)
     msg.distortion_model = camera.distortion_model
-    msg.d = [float(v) for v in camera.D]
-    msg.k = [float(v) for v in camera.K.reshape(-1)]
-    msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
-    P = np.zeros((3, 4))
-    P[:, :3] = camera.K
-    msg.p = [float(v) for v in P.reshape(-1)]
+    arrays = camera_info_matrices(camera)
+    msg.d, msg.k, msg.r, msg.p = (arrays[key].tolist() for key in ('d', 'k', 'r', 'p'))
     return msg
 
 
@@ -309,28 +323,39 @@ def image_msg_from_rgb(rgb_HW3: np.ndarray, stamp_ns: int, frame_id: str) -> Any
     return msg
 
 
-def compressed_msg_from_rgb(rgb_HW3: np.ndarray, stamp_ns: int, frame_id: str, quality: int = 90) -> Any:
-    """RGB uint8 array -> sensor_msgs/CompressedImage (JPEG)."""
-    from sensor_msgs.msg import CompressedImage
+#: CompressedImage ``format`` of a JPEG made by :func:`encode_jpeg` (image_transport's
+#: "<original encoding>; jpeg compressed <jpeg colour>").
+JPEG_FORMAT = 'rgb8; jpeg compressed bgr8'
 
+
+def encode_jpeg(rgb_HW3: np.ndarray, quality: int = 90) -> np.ndarray:
+    """RGB uint8 array -> JPEG bytes (uint8 array) at ``quality``; InvalidInputError if encoding fails."""
     ok, buf = cv2.imencode('.jpg', cv2.cvtColor(np.asarray(rgb_HW3, dtype=np.uint8), cv2.COLOR_RGB2BGR),
                            [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
         raise InvalidInputError('JPEG encoding failed')
+    return buf.reshape(-1)
+
+
+def compressed_msg_from_rgb(rgb_HW3: np.ndarray, stamp_ns: int, frame_id: str, quality: int = 90) -> Any:
+    """RGB uint8 array -> sensor_msgs/CompressedImage (JPEG)."""
+    from sensor_msgs.msg import CompressedImage
+
     msg = CompressedImage()
     msg.header.stamp = ns_to_stamp(stamp_ns)
     msg.header.frame_id = frame_id
-    msg.format = 'rgb8; jpeg compressed bgr8'
-    msg.data = buf.tobytes()
+    msg.format = JPEG_FORMAT
+    msg.data = encode_jpeg(rgb_HW3, quality).tobytes()
     return msg
 
 
-def quaternion_xyzw_from_matrix(R_33: np.ndarray) -> tuple[float, float, float, float]:
-    """Rotation matrix -> ROS quaternion order (x, y, z, w), w >= 0."""
-    w, x, y, z = transforms3d.quaternions.mat2quat(np.asarray(R_33, dtype=np.float64))
-    if w < 0.0:
-        w, x, y, z = -w, -x, -y, -z
-    return float(x), float(y), float(z), float(w)
+def matrix_from_pose(pose: Any) -> np.ndarray:
+    """geometry_msgs/Pose -> 4x4 transform (the quaternion normalised)."""
+    T = np.eye(4)
+    q, p = pose.orientation, pose.position
+    T[:3, :3] = matrix_from_quaternion_xyzw([q.x, q.y, q.z, q.w])
+    T[:3, 3] = [p.x, p.y, p.z]
+    return T
 
 
 def navsatfix_from_result(result: LocalizationResult, stamp: Any, frame_id: str) -> Any | None:
@@ -384,9 +409,8 @@ def pose_msg_from_matrix(T_map_x: np.ndarray, cov_6x6: np.ndarray, stamp: Any, m
     msg.header.frame_id = map_frame
     T = np.asarray(T_map_x, dtype=np.float64)
     msg.pose.pose.position.x, msg.pose.pose.position.y, msg.pose.pose.position.z = (float(v) for v in T[:3, 3])
-    q = quaternion_xyzw_from_matrix(T[:3, :3])
     o = msg.pose.pose.orientation
-    o.x, o.y, o.z, o.w = q
+    o.x, o.y, o.z, o.w = (float(v) for v in quaternion_xyzw_from_matrix(T[:3, :3]))
     msg.pose.covariance = [float(v) for v in np.asarray(cov_6x6, dtype=np.float64).reshape(-1)]
     return msg
 

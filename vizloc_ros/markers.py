@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .conversions import quaternion_xyzw_from_matrix
+from .geodesy import quaternion_xyzw_from_matrix
 from .types import CameraIntrinsics, LocalizationResult
 
 __all__ = ['markers_for_result', 'delete_markers', 'PathBuffer', 'LocalizerPaths', 'frustum_points_map', 'ellipsoid_axes',

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..bags import CAMERA_INFO_TOPIC, IMAGE_TOPIC, BagError
+from ..bags import BagError
+from ..eval_bag import CAMERA_INFO_TOPIC, IMAGE_TOPIC
 from .metrics import ALIGNMENTS, score_run
 from .report import format_table, write_estimates_bag, write_plots, write_report_json, write_report_md
 from .run import EvalError, EvalRun, run_offline

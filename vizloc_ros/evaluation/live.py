@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import transforms3d
 
-from ..bags import CAMERA_INFO_TOPIC, IMAGE_TOPIC, bag_info
+from ..bags import bag_info
+from ..conversions import matrix_from_pose, stamp_to_ns
+from ..eval_bag import CAMERA_INFO_TOPIC, IMAGE_TOPIC
 from ..frames import CameraExtrinsic
 from .run import EvalError, EvalRun, Estimate, check_bag_topics, read_ground_truth
 
@@ -115,7 +116,7 @@ class _Recorder:
             self.executor.spin_once(timeout_sec=0.05)
 
     def _on_image(self, msg: Any) -> None:
-        stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+        stamp = stamp_to_ns(msg.header.stamp)
         with self.lock:
             self.image_arrival_ns.setdefault(stamp, time.monotonic_ns())
 
@@ -170,10 +171,6 @@ class _Recorder:
         rclpy.try_shutdown(context=self.context)
 
 
-def _stamp_ns(header: Any) -> int:
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
-
-
 def _estimates(name: str, outputs: list[tuple[str, str, Any, int]], latency_ms: dict[tuple[str, int], float]) -> list[Estimate]:
     from sensor_msgs.msg import NavSatStatus
 
@@ -181,7 +178,7 @@ def _estimates(name: str, outputs: list[tuple[str, str, Any, int]], latency_ms: 
     for loc, kind, msg, arrival in outputs:
         if loc != name:
             continue
-        stamp = _stamp_ns(msg.header)
+        stamp = stamp_to_ns(msg.header.stamp)
         est = by_stamp.setdefault(stamp, Estimate(localizer=name, stamp_ns=stamp, status='ok',
                                                   latency_ms=latency_ms.get((name, stamp), math.nan)))
         if kind == 'fix':
@@ -191,11 +188,7 @@ def _estimates(name: str, outputs: list[tuple[str, str, Any, int]], latency_ms: 
                 est.fix_lla = (float(msg.latitude), float(msg.longitude), float(msg.altitude))
                 est.cov_enu_m2 = np.asarray(msg.position_covariance, dtype=np.float64).reshape(3, 3)
         elif kind == 'pose':
-            p, q = msg.pose.pose.position, msg.pose.pose.orientation
-            T = np.eye(4)
-            T[:3, :3] = transforms3d.quaternions.quat2mat([q.w, q.x, q.y, q.z])
-            T[:3, 3] = [p.x, p.y, p.z]
-            est.T_map_base = T
+            est.T_map_base = matrix_from_pose(msg.pose.pose)
             est.cov_6x6 = np.asarray(msg.pose.covariance, dtype=np.float64).reshape(6, 6)
         else:  # room from the text marker 'name: label (0.87)'
             est.room = msg.text.split(': ', 1)[1].rsplit(' (', 1)[0]

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from ..bags import FIX_TOPIC, POSE_TOPIC, ROOM_TOPIC, BagWriter, read_raw_messages, bag_info
+from ..bags import BagWriter, bag_info, read_raw_messages
+from ..eval_bag import FIX_TOPIC, POSE_TOPIC, ROOM_TOPIC
 from .metrics import THRESHOLDS_M, LocalizerReport
 from .run import EvalRun
 

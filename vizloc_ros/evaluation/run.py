@@ -20,8 +20,10 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ..bags import (CAMERA_INFO_TOPIC, COMPRESSED_IMAGE_TOPIC, FIX_TOPIC, IMAGE_TOPIC, POSE_TOPIC, ROOM_TOPIC, BagError,
-                    bag_info, read_messages, read_raw_messages)
+from ..bags import BagError, bag_info, read_messages, read_raw_messages
+from ..conversions import matrix_from_pose, stamp_to_ns
+from ..eval_bag import (CAMERA_INFO_TOPIC, COMPRESSED_IMAGE_TOPIC, FIX_TOPIC, GROUND_TRUTH_TOPICS, IMAGE_TOPIC,
+                        POSE_TOPIC, ROOM_TOPIC)
 from ..frames import CameraExtrinsic
 from ..types import InvalidInputError
 
@@ -29,8 +31,6 @@ __all__ = ['EvalError', 'Estimate', 'EvalRun', 'GroundTruthSample', 'read_ground
            'check_bag_topics', 'GROUND_TRUTH_TOPICS']
 
 logger = logging.getLogger(__name__)
-
-GROUND_TRUTH_TOPICS = (FIX_TOPIC, POSE_TOPIC, ROOM_TOPIC)
 
 
 class EvalError(RuntimeError):
@@ -114,17 +114,15 @@ def check_bag_topics(bag: Path, image_topic: str, camera_info_topic: str) -> tup
 def read_ground_truth(bag: Path) -> dict[int, GroundTruthSample]:
     """``/ground_truth/{pose,fix,room}`` by stamp (pose and fix: header stamp; room, which has no
     header: the bag time, which the evaluation bags set to the image stamp)."""
-    from ..bags import _pose_matrix  # the evaluation-bag contract's own pose decoding
-
     present = [t for t in GROUND_TRUTH_TOPICS if t in bag_info(bag)['topics']]
     rows: dict[int, dict[str, Any]] = {}
     for topic, _msgtype, timestamp_ns, msg in read_messages(bag, topics=present):
         if topic == ROOM_TOPIC:
             rows.setdefault(int(timestamp_ns), {})['room'] = str(msg.data)
             continue
-        stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+        stamp = stamp_to_ns(msg.header.stamp)
         if topic == POSE_TOPIC:
-            rows.setdefault(stamp, {})['T_map_camera'] = _pose_matrix(msg)
+            rows.setdefault(stamp, {})['T_map_camera'] = matrix_from_pose(msg.pose)
         elif topic == FIX_TOPIC and math.isfinite(msg.latitude) and math.isfinite(msg.longitude):
             rows.setdefault(stamp, {})['fix_lla'] = (float(msg.latitude), float(msg.longitude), float(msg.altitude))
     return {s: GroundTruthSample(stamp_ns=s, **v) for s, v in sorted(rows.items())}
@@ -171,7 +169,7 @@ def estimate_from_result(node: Any, name: str, result: Any, header: Any, latency
     from ..conversions import navsatfix_from_result, pose_msg_from_matrix, room_msg_from_estimate
     from ..frames import base_pose_from_camera_pose
 
-    est = Estimate(localizer=name, stamp_ns=int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec),
+    est = Estimate(localizer=name, stamp_ns=stamp_to_ns(header.stamp),
                    status='no_fix' if result.status == 'no_fix' else 'ok', latency_ms=latency_ms)
     fix = navsatfix_from_result(result, header.stamp, header.frame_id)
     if fix is not None:
@@ -269,7 +267,7 @@ def run_offline(bag: str | os.PathLike[str], params_file: str | os.PathLike[str]
         for k, (msg, frame) in enumerate(_progress(frames, total, 'vizloc-eval', progress)):
             if max_frames is not None and k >= max_frames:
                 break
-            stamp_ns = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+            stamp_ns = stamp_to_ns(msg.header.stamp)
             stamps.append(stamp_ns)
             for name, worker in workers.items():
                 estimates[name].append(_localize_one(node, name, worker.localizer, msg, frame, stamp_ns))
