@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -19,11 +20,11 @@ from vizloc_ros.plugin_manager import load_registry  # noqa: E402
 from vizloc_ros.types import Frame, RoomEstimate  # noqa: E402
 from vizloc_training.room_classifier.model import RoomClassifierExport, build_model  # noqa: E402
 from vizloc_training.room_classifier.data import load_split, temporal_order, train_transform  # noqa: E402
-from vizloc_training.room_classifier.train import PRESETS, lr_factor, recalibrate_batchnorm, train  # noqa: E402
+from vizloc_training.room_classifier.train import PRESETS, recalibrate_batchnorm, train  # noqa: E402
 from vizloc_training.train.config import TrainArgs  # noqa: E402
 from vizloc_training.train.evaluation_file import evaluation_dir, read_evaluations  # noqa: E402
 from vizloc_training.train.export import export_onnx  # noqa: E402
-from vizloc_training.train.loop import CheckpointError, set_seed, work_dir  # noqa: E402
+from vizloc_training.train.loop import CheckpointError, lr_factor, set_seed, work_dir  # noqa: E402
 
 ROOMS = {'kitchen': (200, 60, 40), 'hall': (40, 170, 60), 'office': (50, 70, 210)}
 POLYGONS = {'kitchen': [[0, 0], [4, 0], [4, 3], [0, 3]], 'hall': [[4, 0], [10, 0], [10, 2], [4, 2]],
@@ -80,7 +81,7 @@ def _localizer(bundle, **options):
 def test_presets_exist():
     assert {'demo', 'tiny', 'full'} <= set(PRESETS)
     # every preset starts from the packaged ImageNet weights (issue: pretrained backbones)
-    assert all(p['backbone'] == 'efficientnet_lite0' and p['pretrained'] for p in PRESETS.values())
+    assert all(p.backbone == 'efficientnet_lite0' and p.pretrained for p in PRESETS.values())
 
 
 def test_bundle_records_where_the_backbone_weights_came_from(bundle):
@@ -344,7 +345,7 @@ def test_time_budget_ends_the_cosine_schedule(rooms, tmp_path):
     history = b.metadata['history']
     assert 1 <= len(history) < 500 and b.metrics['epochs_run'] == len(history)
     assert b.metrics['train_s'] < 1.5 + 3 * history[0]['elapsed_s']
-    assert history[-1]['lr'] < 0.2 * PRESETS['tiny']['lr']
+    assert history[-1]['lr'] < 0.2 * PRESETS['tiny'].lr
 
 
 def test_weight_ema_ramps_up_its_decay():
@@ -407,7 +408,7 @@ def test_frozen_feature_mode_trains_only_the_head(rooms, tmp_path):
     """``freeze_backbone``: no step moves the pretrained backbone (weights and BN statistics bit for
     bit), the head alone learns the rooms from cached features, and the CLI path writes a bundle."""
     from vizloc_training.room_classifier.train import _train_head_on_cached_features
-    cfg = {**PRESETS['tiny'], 'freeze_backbone': True, 'feature_views': 3, 'epochs': 40, 'lr': 0.01}
+    cfg = replace(PRESETS['tiny'], freeze_backbone=True, feature_views=3, epochs=40, lr=0.01)
     train_split = load_split(rooms, 'train', sorted(ROOMS), max_side_px=64, video_stride=10)
     val_split = load_split(rooms, 'val', sorted(ROOMS), max_side_px=64, video_stride=10)
     set_seed(0)

@@ -21,6 +21,9 @@ the bundle is not rewritten):
 * ``train_s`` (wall time of the training loop), ``train_cpu_s`` (its process CPU time, all threads: on
   a shared machine the honest measure of the work), ``epochs_run``, ``best_val_accuracy``.
 
+The epochs run in the training skeleton (:func:`vizloc_training.train.skeleton.fit`: schedule, time budget,
+best state, checkpoints, resume, DDP); this module supplies the steps and validation (:class:`_FineTuneTask`, and
+:class:`_CachedHeadTask` for the frozen-feature mode) and the typed configuration :class:`RoomConfig`.
 Checkpoints (every epoch) go to ``OUT.work/checkpoints``; ``--resume`` continues from the latest.
 """
 from __future__ import annotations
@@ -29,8 +32,9 @@ import copy
 import logging
 import math
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Mapping
 
 import cv2
 import numpy as np
@@ -43,53 +47,73 @@ from vizloc_ros.bundle import InputSpec
 
 from ..metrics.classification import classification_report
 from ..models.backbones import count_flops, count_params
-from ..train.config import TrainArgs, resolve_preset
+from ..train.config import TrainArgs, TrainConfig, TrainConfigError, resolve_preset
 from ..train.evaluation_file import write_evaluation
 from ..train.export import export_and_bundle
-from ..train.loop import (CheckpointError, CheckpointManager, ddp_cleanup, ddp_setup, discriminative_param_groups,
-                          is_main_process, lr_factor, set_lr,
+from ..train.loop import (CheckpointError, CheckpointManager, discriminative_param_groups, distributed, is_main_process,
                           progress, select_device, set_seed, work_dir)
+from ..train.skeleton import FitResult, Schedule, StepInfo, TrainingTask, Validation, ddp_wrap, fit
 from .data import AugmentedRooms, RoomSplit, eval_transform, list_classes, load_split, train_transform
 from .evaluate import calibrate_smoothing, evaluate_trajectory, predict_split
 from .model import RoomClassifierExport, build_model
 
-__all__ = ['PRESETS', 'LOCALIZER_TYPE', 'train']
+__all__ = ['PRESETS', 'BASE', 'RoomConfig', 'LOCALIZER_TYPE', 'train']
 
 logger = logging.getLogger(__name__)
 
-_COMMON: dict[str, Any] = {
-    'backbone': 'efficientnet_lite0',
-    'pretrained': True,         # start from the packaged ImageNet weights (backbones with them; see docs/training.md)
-    'backbone_lr_factor': 0.2,  # fine-tuning: the backbone learns at lr x this, the new head at lr
-    'weight_decay': 0.05,
-    'label_smoothing': 0.1,
-    'dropout': 0.2,
-    'warmup_epochs': 1,
-    'scale_min': 0.5,           # RandomResizedCrop area range [scale_min, 1]
-    'jitter': 0.2,              # ColorJitter brightness/contrast/saturation (hue jitter/8)
-    'blur_p': 0.3,              # probability of a Gaussian blur
-    'hflip': True,
-    'erase_p': 0.25,            # probability of random erasing (2-25 % of the crop)
-    'time_budget_s': 0.0,       # > 0: the cosine schedule ends at whichever comes first, epochs or this wall time
-    'weight_ema': 0.0,          # > 0: keep an exponential moving average of the weights (decay per step); it is
-                                # what gets validated, selected and exported
-    'bn_momentum': 0.1,         # BatchNorm running-stat momentum (torchvision mobilenets use 0.01)
-    'bn_recalibrate': 200,      # after training: recompute BN statistics on up to this many train frames
-    'video_stride': 5,          # every n-th frame of training/val/test video clips
-    'limit_per_class': 0,       # 0 = all frames
-    'num_threads': 1,           # torch intra-op threads (0 = torch default; >1 thrashes on a shared CPU)
-    'tta_flip': False,          # bake mirror test-time augmentation into the exported graph (2x compute)
-    'train_on_val': False,      # also train on the val split (then the last epoch is exported, no selection)
-    'latency_runs': 20,         # ONNX Runtime latency measurement (1 thread)
-    'eval_trajectory': True,    # replay the test trajectory through the bundle with/without smoothing
-    'p_stay': 0.95,             # HMM stay probability of the uncalibrated 'hmm' trajectory evaluation
-    'calibrate_smoothing': True,  # choose HMM p_stay/temperature/switch prior on the val trajectory (bundle metadata)
-    'ema_alpha': 0.3,
-    'freeze_backbone': False,   # True: frozen-feature mode: backbone features computed once (feature_views
-                                # augmented copies of every training frame, the first un-augmented), then
-                                # only the linear head trains on the cache (seconds); no BN recalibration
-    'feature_views': 8,
-}
+@dataclass(frozen=True)
+class RoomConfig(TrainConfig):
+    """Settings of a room classifier run (``--set key=value`` for any field); the presets are
+    ``replace(BASE, ...)``. Bundles record them as ``metadata.config``."""
+
+    TYPE: ClassVar[str] = LOCALIZER_TYPE
+    POSITIVE: ClassVar[tuple[str, ...]] = ('image_size', 'max_side_px', 'epochs', 'batch_size', 'lr', 'video_stride',
+                                           'feature_views')
+
+    backbone: str = 'efficientnet_lite0'
+    pretrained: bool = True         # start from the packaged ImageNet weights (backbones with them; see docs/training.md)
+    backbone_lr_factor: float = 0.2  # fine-tuning: the backbone learns at lr x this, the new head at lr
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    dropout: float = 0.2
+    warmup_epochs: int = 1
+    scale_min: float = 0.5          # RandomResizedCrop area range [scale_min, 1]
+    jitter: float = 0.2             # ColorJitter brightness/contrast/saturation (hue jitter/8)
+    blur_p: float = 0.3             # probability of a Gaussian blur
+    hflip: bool = True
+    erase_p: float = 0.25           # probability of random erasing (2-25 % of the crop)
+    time_budget_s: float = 0.0      # > 0: the cosine schedule ends at whichever comes first, epochs or this wall time
+    weight_ema: float = 0.0         # > 0: keep an exponential moving average of the weights (decay per step); it is
+                                    # what gets validated, selected and exported
+    bn_momentum: float = 0.1        # BatchNorm running-stat momentum (torchvision mobilenets use 0.01)
+    bn_recalibrate: int = 200       # after training: recompute BN statistics on up to this many train frames
+    video_stride: int = 5           # every n-th frame of training/val/test video clips
+    limit_per_class: int = 0        # 0 = all frames
+    num_threads: int = 1            # torch intra-op threads (0 = torch default; >1 thrashes on a shared CPU)
+    tta_flip: bool = False          # bake mirror test-time augmentation into the exported graph (2x compute)
+    train_on_val: bool = False      # also train on the val split (then the last epoch is exported, no selection)
+    latency_runs: int = 20          # ONNX Runtime latency measurement (1 thread)
+    eval_trajectory: bool = True    # replay the test trajectory through the bundle with/without smoothing
+    p_stay: float = 0.95            # HMM stay probability of the uncalibrated 'hmm' trajectory evaluation
+    calibrate_smoothing: bool = True  # choose HMM p_stay/temperature/switch prior on the val trajectory (bundle metadata)
+    ema_alpha: float = 0.3
+    freeze_backbone: bool = False   # True: frozen-feature mode: backbone features computed once (feature_views
+                                    # augmented copies of every training frame, the first un-augmented), then
+                                    # only the linear head trains on the cache (seconds); no BN recalibration
+    feature_views: int = 8
+    image_size: int = 160           # network input (px, square)
+    max_side_px: int = 192          # frames are decoded with their longer side at most this
+    epochs: int = 60
+    batch_size: int = 64
+    lr: float = 3e-3                # AdamW, warm-up + cosine
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.weight_ema < 1.0:
+            raise TrainConfigError(f'{self.TYPE}: weight_ema must be in [0, 1), got {self.weight_ema}')
+
+
+BASE = RoomConfig()
 
 #: Named presets. ``demo`` (the default): frozen-feature mode: the pretrained backbone's features of
 #: 6 views of every training frame cached once, the linear head trained on them (measured on the
@@ -98,15 +122,15 @@ _COMMON: dict[str, Any] = {
 #: passes at 160 px), not a time budget, so a slow machine gets the same model later, not a worse one.
 #: ``finetune``: the backbone fine-tuned with discriminative LRs, training loop capped at 7 min wall by
 #: ``time_budget_s``; ``tiny``: seconds, for tests; ``full``: 224 px, longer fine-tuning (GPU).
-PRESETS: dict[str, dict[str, Any]] = {
-    'tiny': {**_COMMON, 'image_size': 48, 'max_side_px': 64, 'epochs': 4, 'batch_size': 8, 'lr': 2e-3,
-             'warmup_epochs': 0, 'latency_runs': 3, 'video_stride': 10, 'erase_p': 0.0},
-    'demo': {**_COMMON, 'image_size': 160, 'max_side_px': 192, 'epochs': 60, 'batch_size': 64, 'lr': 3e-3,
-             'warmup_epochs': 0, 'freeze_backbone': True, 'feature_views': 6},
-    'finetune': {**_COMMON, 'image_size': 160, 'max_side_px': 192, 'epochs': 40, 'batch_size': 32, 'lr': 2e-3,
-                 'tta_flip': True, 'time_budget_s': 420.0},
-    'full': {**_COMMON, 'image_size': 224, 'max_side_px': 256, 'epochs': 60, 'batch_size': 64, 'lr': 1e-3,
-             'warmup_epochs': 2, 'video_stride': 2, 'latency_runs': 50, 'num_threads': 0, 'tta_flip': True},
+PRESETS: dict[str, RoomConfig] = {
+    'tiny': replace(BASE, image_size=48, max_side_px=64, epochs=4, batch_size=8, lr=2e-3, warmup_epochs=0,
+                    latency_runs=3, video_stride=10, erase_p=0.0),
+    'demo': replace(BASE, image_size=160, max_side_px=192, epochs=60, batch_size=64, lr=3e-3, warmup_epochs=0,
+                    freeze_backbone=True, feature_views=6),
+    'finetune': replace(BASE, image_size=160, max_side_px=192, epochs=40, batch_size=32, lr=2e-3, tta_flip=True,
+                        time_budget_s=420.0),
+    'full': replace(BASE, image_size=224, max_side_px=256, epochs=60, batch_size=64, lr=1e-3, warmup_epochs=2,
+                    video_stride=2, latency_runs=50, num_threads=0, tta_flip=True),
 }
 
 
@@ -128,28 +152,102 @@ def _ema_with_warmup(decay: float):
 def train(args: TrainArgs) -> Path:
     """Train, export and bundle a room classifier; returns the bundle directory ``args.out``."""
     cfg = resolve_preset(PRESETS, args)
-    if cfg['num_threads']:
-        torch.set_num_threads(int(cfg['num_threads']))
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
     set_seed(args.seed)
     device = select_device(args.device)
-    dist = ddp_setup(device)
-    try:
+    with distributed(device) as dist:
         return _train(args, cfg, device, dist)
-    finally:
-        ddp_cleanup()
 
 
-def _train(args: TrainArgs, cfg: dict[str, Any], device: torch.device, dist) -> Path:
-    size = int(cfg['image_size'])
+class _FineTuneTask(TrainingTask):
+    """Fine-tuning steps (backbone + head, optionally a weight EMA) and validation accuracy on the val split."""
+
+    def __init__(self, model: nn.Module, cfg: RoomConfig, classes: list[str], train_split: RoomSplit,
+                 val_split: RoomSplit, augment, device: torch.device, dist, seed: int) -> None:
+        self.model, self.classes, self.val_split, self.device = model, classes, val_split, device
+        self.backbone_name, self.size = cfg.backbone, cfg.image_size
+        self.net = ddp_wrap(model, device, dist)
+        train_ds = AugmentedRooms(train_split, augment)
+        self.sampler = None
+        if dist.enabled:
+            from torch.utils.data.distributed import DistributedSampler
+
+            self.sampler = DistributedSampler(train_ds, seed=seed, drop_last=True)
+        self.loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=self.sampler is None, sampler=self.sampler,
+                                 drop_last=len(train_ds) > cfg.batch_size, generator=torch.Generator().manual_seed(seed),
+                                 num_workers=0)
+        self.steps_per_epoch = max(1, len(self.loader))
+        self.optimizer = torch.optim.AdamW(discriminative_param_groups(model, model.backbone, cfg.lr,
+                                                                       cfg.backbone_lr_factor),
+                                           lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.averaged = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=_ema_with_warmup(cfg.weight_ema),
+                                                             use_buffers=True) if cfg.weight_ema else None)
+        self.correct = self.seen = 0
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """What is validated, selected and exported: the weight EMA when there is one."""
+        return self.model if self.averaged is None else self.averaged.module
+
+    def begin_epoch(self, epoch: int) -> None:
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        self.net.train()
+        self.correct = self.seen = 0
+
+    def batches(self, epoch: int) -> DataLoader:
+        return self.loader
+
+    def step(self, batch: tuple[torch.Tensor, torch.Tensor], at: StepInfo) -> float:
+        images, labels = (t.to(self.device, non_blocking=True) for t in batch)
+        logits = self.net(images)
+        loss = self.criterion(logits, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.averaged is not None:
+            self.averaged.update_parameters(self.model)
+        self.correct += int((logits.detach().argmax(1) == labels).sum())
+        self.seen += int(labels.numel())
+        return float(loss.detach())
+
+    def train_record(self) -> dict[str, float]:
+        return {'train_accuracy': self.correct / max(1, self.seen)}
+
+    def validate(self) -> Validation | None:
+        if not len(self.val_split):
+            return None  # the last epoch is kept (the cosine schedule ends at its lowest lr)
+        probs = predict_split(self.evaluated, self.val_split, self.size, self.device)
+        accuracy = float(np.mean(probs.argmax(1) == np.asarray(self.val_split.labels)))
+        return Validation({'val_accuracy': accuracy}, accuracy)
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        return copy.deepcopy(self.evaluated.state_dict())
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {'ema_state': None if self.averaged is None else self.averaged.state_dict()}
+
+    def resume(self, payload: Mapping[str, Any]) -> None:
+        if payload.get('classes') != self.classes or payload['config'].get('backbone') != self.backbone_name:
+            raise CheckpointError(
+                f'{payload["path"]}: checkpoint has rooms {payload.get("classes")} / backbone '
+                f'{payload["config"].get("backbone")}, this run {self.classes} / {self.backbone_name}')
+        if self.averaged is not None and payload['extra'].get('ema_state') is not None:
+            self.averaged.load_state_dict(payload['extra']['ema_state'])
+
+
+def _train(args: TrainArgs, cfg: RoomConfig, device: torch.device, dist) -> Path:
+    size = cfg.image_size
     classes = list_classes(args.data)
-    load_kw = {'max_side_px': int(cfg['max_side_px']), 'video_stride': int(cfg['video_stride']),
-               'limit_per_class': int(cfg['limit_per_class'])}
+    load_kw = {'max_side_px': cfg.max_side_px, 'video_stride': cfg.video_stride, 'limit_per_class': cfg.limit_per_class}
     train_split = load_split(args.data, 'train', classes, **load_kw)
     val_split = load_split(args.data, 'val', classes, **load_kw)
     test_split = load_split(args.data, 'test', classes, **load_kw)
     if not len(train_split):
         raise ValueError(f'{args.data}/train has no frames')
-    if cfg['train_on_val'] and len(val_split):
+    if cfg.train_on_val and len(val_split):
         # More viewpoints for the final model; the test split stays held out. No model selection then.
         train_split = RoomSplit(images=train_split.images + val_split.images,
                                 labels=train_split.labels + val_split.labels,
@@ -159,138 +257,36 @@ def _train(args: TrainArgs, cfg: dict[str, Any], device: torch.device, dist) -> 
     logger.info('rooms %s; frames train/val/test = %d/%d/%d', classes, len(train_split), len(val_split),
                 len(test_split))
 
-    model = build_model(cfg['backbone'], len(classes), dropout=float(cfg['dropout']),
-                        init_weights=args.init_weights, pretrained=bool(cfg['pretrained'])).to(device)
+    model = build_model(cfg.backbone, len(classes), dropout=cfg.dropout, init_weights=args.init_weights,
+                        pretrained=cfg.pretrained).to(device)
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.momentum = float(cfg['bn_momentum'])
-    augment = train_transform(size, scale_min=float(cfg['scale_min']), jitter=float(cfg['jitter']),
-                              blur_p=float(cfg['blur_p']), hflip=bool(cfg['hflip']), erase_p=float(cfg['erase_p']))
-    train_ds = AugmentedRooms(train_split, augment)
-    sampler = None
-    if dist.enabled:
-        from torch.utils.data.distributed import DistributedSampler
-
-        sampler = DistributedSampler(train_ds, seed=args.seed, drop_last=True)
-    generator = torch.Generator().manual_seed(args.seed)
-    batch_size = int(cfg['batch_size'])
-    loader = DataLoader(train_ds, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
-                        drop_last=len(train_ds) > batch_size, generator=generator, num_workers=0)
-    epochs = int(cfg['epochs'])
-    steps_per_epoch = max(1, len(loader))
-    base_lr = float(cfg['lr'])
-    optimizer = torch.optim.AdamW(discriminative_param_groups(model, model.backbone, base_lr,
-                                                              float(cfg['backbone_lr_factor'])),
-                                  lr=base_lr, weight_decay=float(cfg['weight_decay']))
-    budget_s = float(cfg['time_budget_s'])
-    if budget_s > 0 and dist.enabled:
-        logger.warning('time_budget_s is ignored under DDP (ranks must run the same number of steps)')
-        budget_s = 0.0
-    schedule = {'warmup_steps': int(cfg['warmup_epochs']) * steps_per_epoch, 'total_steps': epochs * steps_per_epoch,
-                'budget_s': budget_s}
-    criterion = nn.CrossEntropyLoss(label_smoothing=float(cfg['label_smoothing']))
-
-    checkpoints = CheckpointManager(work_dir(args.out) / 'checkpoints', describe={
-        'type': LOCALIZER_TYPE, 'preset': args.preset, 'args': args.to_dict(), 'config': cfg, 'classes': classes})
-    start_epoch, best_val, best_state, history, global_step = 0, -1.0, None, [], 0
-    ema_decay = float(cfg['weight_ema'])
-    if not 0.0 <= ema_decay < 1.0:
-        raise ValueError(f'weight_ema must be in [0, 1), got {ema_decay}')
-    averaged = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=_ema_with_warmup(ema_decay), use_buffers=True)
-                if ema_decay else None)
-    train_s = train_cpu_s = 0.0
-    if args.resume:
-        payload = checkpoints.load_latest()
-        if payload is None:
-            logger.warning('--resume: no checkpoint in %s; starting from scratch', checkpoints.directory)
-        else:
-            if payload.get('classes') != classes or payload['config'].get('backbone') != cfg['backbone']:
-                raise CheckpointError(
-                    f'{payload["path"]}: checkpoint has rooms {payload.get("classes")} / backbone '
-                    f'{payload["config"].get("backbone")}, this run {classes} / {cfg["backbone"]}')
-            model.load_state_dict(payload['model'])
-            optimizer.load_state_dict(payload['optimizer'])
-            global_step = int(payload['extra'].get('global_step', int(payload['epoch']) * steps_per_epoch))
-            start_epoch = int(payload['epoch'])
-            best_val = float(payload['extra']['best_val'])
-            best_state = payload['extra']['best_state']
-            if averaged is not None and payload['extra'].get('ema_state') is not None:
-                averaged.load_state_dict(payload['extra']['ema_state'])
-            history = list(payload['extra']['history'])
-            train_s = float(payload['extra']['train_s'])
-            train_cpu_s = float(payload['extra'].get('train_cpu_s', 0.0))
-            logger.info('resumed from %s at epoch %d of %d', payload['path'], start_epoch, epochs)
-
-    if cfg['freeze_backbone']:
-        if not cfg['pretrained'] and args.init_weights is None:
+            module.momentum = cfg.bn_momentum
+    augment = train_transform(size, scale_min=cfg.scale_min, jitter=cfg.jitter, blur_p=cfg.blur_p, hflip=cfg.hflip,
+                              erase_p=cfg.erase_p)
+    if cfg.freeze_backbone:
+        if not cfg.pretrained and args.init_weights is None:
             raise ValueError('freeze_backbone needs pretrained weights (pretrained=true or --init-weights)')
         history, train_s, train_cpu_s = _train_head_on_cached_features(
             model, train_split, val_split, augment, cfg, device, args.seed)
-        start_epoch = epochs  # the fine-tuning loop below does not run
-
-    net: nn.Module = model
-    if dist.enabled:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
-
-    out_of_time = False
-    first_step = global_step
-    for epoch in range(start_epoch, epochs):
-        if out_of_time or (budget_s > 0 and train_s >= budget_s and global_step > first_step):
-            break
-        started, started_cpu = time.perf_counter(), time.process_time()
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        net.train()
-        losses, correct, seen = [], 0, 0
-        for images, labels in progress(loader, desc=f'epoch {epoch + 1}/{epochs}', total=len(loader)):
-            elapsed_s = train_s + time.perf_counter() - started
-            if budget_s > 0 and elapsed_s >= budget_s and global_step > first_step:
-                out_of_time = True
-                logger.info('time budget of %.0f s used up in epoch %d of %d', budget_s, epoch + 1, epochs)
-                break
-            set_lr(optimizer, lr_factor(global_step, elapsed_s, **schedule))
-            global_step += 1
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            logits = net(images)
-            loss = criterion(logits, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if averaged is not None:
-                averaged.update_parameters(model)
-            losses.append(float(loss.detach()))
-            correct += int((logits.detach().argmax(1) == labels).sum())
-            seen += int(labels.numel())
-        record = {'epoch': epoch + 1, 'loss': float(np.mean(losses)) if losses else math.nan,
-                  'train_accuracy': correct / max(1, seen), 'lr': optimizer.param_groups[0]['lr']}
-        if len(val_split):
-            probs = predict_split(model if averaged is None else averaged.module, val_split, size, device)
-            record['val_accuracy'] = float(np.mean(probs.argmax(1) == np.asarray(val_split.labels)))
-        # without a val split the last epoch is kept (the cosine schedule ends at its lowest lr)
-        score = record['val_accuracy'] if 'val_accuracy' in record else float(epoch)
-        if score >= best_val:
-            best_val, best_state = score, copy.deepcopy((model if averaged is None else averaged.module).state_dict())
-        train_s += time.perf_counter() - started
-        train_cpu_s += time.process_time() - started_cpu
-        record['elapsed_s'] = train_s
-        history.append(record)
-        logger.info('epoch %d/%d: %s', epoch + 1, epochs,
-                    ', '.join(f'{k}={v:.4g}' for k, v in record.items() if k != 'epoch'))
-        checkpoints.save(epoch + 1, model, optimizer, extra={
-            'global_step': global_step, 'best_val': best_val, 'best_state': best_state,
-            'ema_state': None if averaged is None else averaged.state_dict(),
-            'history': history, 'train_s': train_s, 'train_cpu_s': train_cpu_s})
+    else:
+        task = _FineTuneTask(model, cfg, classes, train_split, val_split, augment, device, dist, args.seed)
+        checkpoints = CheckpointManager(work_dir(args.out) / 'checkpoints', describe={
+            'type': LOCALIZER_TYPE, 'preset': args.preset, 'args': args.to_dict(), 'config': cfg.to_dict(),
+            'classes': classes})
+        result = fit(task, epochs=cfg.epochs, schedule=Schedule.over_epochs(
+            cfg.epochs, task.steps_per_epoch, warmup_epochs=cfg.warmup_epochs, budget_s=cfg.time_budget_s),
+            checkpoints=checkpoints, resume=args.resume, dist=dist)  # the best (EMA) weights are loaded into model
+        history, train_s, train_cpu_s = result.history, result.train_s, result.train_cpu_s
 
     if not is_main_process():
         return args.out
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    if int(cfg['bn_recalibrate']) and not cfg['freeze_backbone']:  # a frozen backbone keeps its statistics
-        recalibrate_batchnorm(model, train_split, size, device, int(cfg['bn_recalibrate']))
+    if cfg.bn_recalibrate and not cfg.freeze_backbone:  # a frozen backbone keeps its statistics
+        recalibrate_batchnorm(model, train_split, size, device, cfg.bn_recalibrate)
     model.eval()
-    export = RoomClassifierExport(model.cpu(), tta_flip=bool(cfg['tta_flip']))
+    export = RoomClassifierExport(model.cpu(), tta_flip=cfg.tta_flip)
     smoothing = (calibrate_smoothing(export, train_split, val_split, len(classes), size)
-                 if cfg['calibrate_smoothing'] else None)
+                 if cfg.calibrate_smoothing else None)
     metrics: dict[str, Any] = {
         'train_s': train_s, 'train_cpu_s': train_cpu_s, 'torch_threads': torch.get_num_threads(),
         'epochs_run': len(history),
@@ -306,7 +302,7 @@ def _train(args: TrainArgs, cfg: dict[str, Any], device: torch.device, dist) -> 
         metrics['test'] = classification_report(probs, test_split.labels, classes, k=3)
     rooms_yaml = Path(args.data) / 'rooms.yaml'
     contract = RoomClassifierContract(
-        classes=tuple(classes), resize='stretch', tta_flip=bool(cfg['tta_flip']), backbone=cfg['backbone'],
+        classes=tuple(classes), resize='stretch', tta_flip=cfg.tta_flip, backbone=cfg.backbone,
         backbone_weights=model.backbone.weights_source, room_map='rooms.yaml' if rooms_yaml.is_file() else '',
         smoothing=smoothing)
     metadata = contract.to_metadata(
@@ -314,7 +310,7 @@ def _train(args: TrainArgs, cfg: dict[str, Any], device: torch.device, dist) -> 
         outputs={OUTPUT_PROBS: 'N x C softmax over classes',
                  **({OUTPUT_CAM: 'N x C x h x w class-activation maps'} if export.with_cam else {})},
         class_prior=(train_counts / train_counts.sum()).tolist(), train_counts=train_counts.tolist(),
-        preset=args.preset, config=cfg, args=args.to_dict(), history=history)
+        preset=args.preset, config=cfg.to_dict(), args=args.to_dict(), history=history)
     check_split = test_split if len(test_split) else train_split
     parity_input = np.stack([cv2.resize(check_split.images[i], (size, size), interpolation=cv2.INTER_AREA)
                              for i in range(min(8, len(check_split)))])
@@ -322,11 +318,10 @@ def _train(args: TrainArgs, cfg: dict[str, Any], device: torch.device, dist) -> 
         export, args.out, localizer_type=LOCALIZER_TYPE, input_spec=InputSpec(height=size, width=size),
         output_names=export.output_names, metadata=metadata, metrics=metrics, parity_input=parity_input,
         extra_files={contract.room_map: rooms_yaml} if contract.room_map else None,
-        latency_runs=int(cfg['latency_runs']))
-    if cfg['eval_trajectory']:
+        latency_runs=cfg.latency_runs)
+    if cfg.eval_trajectory:
         try:
-            trajectory = evaluate_trajectory(bundle_dir, args.data, p_stay=float(cfg['p_stay']),
-                                             ema_alpha=float(cfg['ema_alpha']))
+            trajectory = evaluate_trajectory(bundle_dir, args.data, p_stay=cfg.p_stay, ema_alpha=cfg.ema_alpha)
         except FileNotFoundError as exc:
             logger.warning('no test trajectory to evaluate smoothing on: %s', exc)
         else:
@@ -350,16 +345,62 @@ def _cached_features(backbone: nn.Module, datasets: list[AugmentedRooms], device
     return torch.cat(feats), torch.cat(labels)
 
 
+class _CachedHeadTask(TrainingTask):
+    """Frozen-feature mode: steps of the linear head (with its dropout) on cached features; validation
+    accuracy on the cached val features; the best state is the head's alone."""
+
+    def __init__(self, model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor | None,
+                 val_y: torch.Tensor | None, cfg: RoomConfig, device: torch.device, seed: int) -> None:
+        self.model, self.device = model, device
+        self.train_x, self.train_y, self.val_x, self.val_y = train_x.to(device), train_y.to(device), val_x, val_y
+        self.batch_size = cfg.batch_size
+        self.steps_per_epoch = max(1, math.ceil(len(train_x) / cfg.batch_size))
+        self.optimizer = torch.optim.AdamW(model.head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.model.head.train()
+        self.model.dropout.train()
+
+    def batches(self, epoch: int):
+        order = torch.randperm(len(self.train_x), generator=self.generator).to(self.device)
+        for start in range(0, len(order), self.batch_size):
+            yield order[start:start + self.batch_size]
+
+    def step(self, idx: torch.Tensor, at: StepInfo) -> float:
+        loss = self.criterion(self.model.head(self.model.dropout(self.train_x[idx])), self.train_y[idx])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def validate(self) -> Validation | None:
+        if self.val_x is None:
+            return None
+        self.model.head.eval()
+        accuracy = float((self.model.head(self.val_x.to(self.device)).argmax(1).cpu() == self.val_y).float().mean())
+        return Validation({'val_accuracy': accuracy}, accuracy)
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        return copy.deepcopy(self.model.head.state_dict())
+
+    def restore(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.head.load_state_dict(state)
+
+
 def _train_head_on_cached_features(model: nn.Module, train_split: RoomSplit, val_split: RoomSplit, augment,
-                                   cfg: dict[str, Any], device: torch.device, seed: int
+                                   cfg: RoomConfig, device: torch.device, seed: int
                                    ) -> tuple[list[dict[str, Any]], float, float]:
     """Frozen-feature mode: the backbone's pooled features of ``feature_views`` views of every training
     frame (the first with the evaluation transform, the others augmented) and of the val frames are
     computed once; the linear head (with its dropout) trains on them for ``epochs`` (cosine LR), the
-    epoch with the best val accuracy is kept (loaded into ``model.head``). Returns (history, wall s, CPU s)."""
+    epoch with the best val accuracy is kept (loaded into ``model.head``). Returns (history, wall s, CPU s)
+    of features and head together."""
     started, started_cpu = time.perf_counter(), time.process_time()
-    size = int(cfg['image_size'])
-    views = max(1, int(cfg['feature_views']))
+    size = cfg.image_size
+    views = max(1, cfg.feature_views)
     torch.manual_seed(seed)  # the augmentations draw from torch's global generator
     model.backbone.requires_grad_(False)
     train_x, train_y = _cached_features(model.backbone, [AugmentedRooms(train_split, eval_transform(size))]
@@ -368,43 +409,13 @@ def _train_head_on_cached_features(model: nn.Module, train_split: RoomSplit, val
                     if len(val_split) else (None, None))
     features_s = time.perf_counter() - started
     logger.info('frozen backbone: %d cached training features (%d views), %.1f s', len(train_x), views, features_s)
-    optimizer = torch.optim.AdamW(model.head.parameters(), lr=float(cfg['lr']), weight_decay=float(cfg['weight_decay']))
-    criterion = nn.CrossEntropyLoss(label_smoothing=float(cfg['label_smoothing']))
-    epochs, batch = int(cfg['epochs']), int(cfg['batch_size'])
-    steps = epochs * max(1, math.ceil(len(train_x) / batch))
-    generator = torch.Generator().manual_seed(seed)
-    history: list[dict[str, Any]] = []
-    best_val, best_head, step = -1.0, None, 0
-    train_x, train_y = train_x.to(device), train_y.to(device)
-    for epoch in range(epochs):
-        model.head.train()
-        model.dropout.train()
-        order = torch.randperm(len(train_x), generator=generator).to(device)
-        losses = []
-        for start in range(0, len(order), batch):
-            idx = order[start:start + batch]
-            set_lr(optimizer, lr_factor(step, 0.0, warmup_steps=0, total_steps=steps, budget_s=0.0))
-            loss = criterion(model.head(model.dropout(train_x[idx])), train_y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-            step += 1
-        record: dict[str, Any] = {'epoch': epoch + 1, 'loss': float(np.mean(losses))}
-        if val_x is not None:
-            with torch.no_grad():
-                model.head.eval()
-                record['val_accuracy'] = float((model.head(val_x.to(device)).argmax(1).cpu() == val_y).float().mean())
-        score = record.get('val_accuracy', float(epoch))
-        if score >= best_val:
-            best_val, best_head = score, copy.deepcopy(model.head.state_dict())
-        record['elapsed_s'] = time.perf_counter() - started
-        history.append(record)
+    task = _CachedHeadTask(model, train_x, train_y, val_x, val_y, cfg, device, seed)
+    result: FitResult = fit(task, epochs=cfg.epochs, schedule=Schedule.over_epochs(cfg.epochs, task.steps_per_epoch),
+                            name='head epoch')  # the best head is loaded into model.head
     model.backbone.requires_grad_(True)
     logger.info('head trained on cached features: %d epochs, best val accuracy %.4f, %.1f s in all (features %.1f s)',
-                epochs, best_val, time.perf_counter() - started, features_s)
-    model.head.load_state_dict(best_head)
-    return history, time.perf_counter() - started, time.process_time() - started_cpu
+                cfg.epochs, result.best_score, time.perf_counter() - started, features_s)
+    return result.history, time.perf_counter() - started, time.process_time() - started_cpu
 
 
 @torch.no_grad()
