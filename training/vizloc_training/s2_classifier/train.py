@@ -15,6 +15,8 @@ Pipeline (seed 002 / PlaNet):
    (:func:`vizloc_training.train.loop.lr_factor`), the GPS regressor's augmentation plus horizontal
    flips (``hflip``: a mirrored street is still in the same city).
    Every epoch: validation km table; the best epoch (within 25 km, then cell accuracy) is kept.
+   The epochs run in the training skeleton (:func:`vizloc_training.train.skeleton.fit`); this module
+   supplies the steps and validation (:class:`_S2Task`) and the typed configuration :class:`S2Config`.
 4. Evaluate on the test split: % within 1/25/200/750/2500 km of the plugin's fix
    (:func:`vizloc_plugins.s2_classifier.estimate_fix`), of the top-1 cell, and the "best cell" oracle.
 5. Export ONNX (``probs`` [+ ``parent_probs``], preprocessing baked in) and write the bundle with the
@@ -26,14 +28,11 @@ Metrics in bundle.yaml: ``test/fix/*``, ``test/top1_cell/*``, ``test/oracle/*`` 
 """
 from __future__ import annotations
 
-import copy
 import logging
-import math
 import tempfile
-import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 import torch
@@ -47,71 +46,77 @@ from vizloc_ros.bundle import InputSpec
 from ..gps_regressor.data import GPSData, load_gps_data
 from ..gps_regressor.train import AUGMENT_LEVELS, augment_batch
 from ..models.backbones import count_flops, count_params
-from ..train.config import TrainArgs, TrainConfigError, resolve_preset
+from ..train.config import TrainArgs, TrainConfig, TrainConfigError, resolve_preset
 from ..train.export import PreprocessWrapper, export_and_bundle
-from ..train.loop import (CheckpointManager, ddp_cleanup, ddp_setup, discriminative_param_groups, is_main_process,
-                          lr_factor, progress, select_device, set_lr, set_seed, work_dir)
+from ..train.loop import (CheckpointManager, discriminative_param_groups, distributed, is_main_process, select_device,
+                          set_seed, work_dir)
+from ..train.skeleton import Schedule, StepInfo, TrainingTask, Validation, ddp_wrap, fit, shard, sharded_steps
 from .evaluate import fix_errors_m, km_table, oracle_errors_m, top1_errors_m
 from .model import S2ClassifierExport, S2ClassifierNet
 
-__all__ = ['PRESETS', 'LOCALIZER_TYPE', 'train', 'predict_probs']
+__all__ = ['PRESETS', 'BASE', 'S2Config', 'LOCALIZER_TYPE', 'train', 'predict_probs']
 
 logger = logging.getLogger(__name__)
 
-_BASE: dict[str, Any] = {
-    'backbone': 'efficientnet_lite0',
-    'pretrained': True,          # start from the packaged ImageNet weights (seed 002 starts from ImageNet)
-    'backbone_lr_factor': 0.3,   # fine-tuning: the backbone learns at lr x this, the heads at lr
-    'image_height': 72,
-    'image_width': 96,
-    'epochs': 60,
-    'batch_size': 32,
-    'lr': 2e-3,
-    'weight_decay': 0.05,
-    'warmup_epochs': 1,
-    'label_smoothing': 0.1,
-    'dropout': 0.2,
-    'bn_momentum': 0.1,          # BatchNorm running-stat momentum (torchvision's MobileNets use 0.01: too slow
-                                 # for short runs, the evaluation statistics would lag the weights)
-    'augment': 'light',
-    'hflip': True,               # mirror half the training images: a mirrored street is still in the same city
-    't_max': 60,                 # PlaNet: split cells holding more training images than this
-    't_min': 8,                  # PlaNet: drop cells holding fewer
-    'max_level': 20,
-    'parent_levels_up': 0,       # > 0: also classify the ancestors this many levels up (hierarchical output)
-    'parent_weight': 0.5,
-    'cell_position': 'train_mean',
-    'top_k': 3,
-    'neighbourhood_km': 2.5,     # average only over cells of the best cell's district (finer than the 25 km scale)
-    'time_budget_s': 0.0,        # > 0: the cosine schedule ends at whichever comes first, epochs or this wall time
-    'threads': 1,                # torch intra-op threads (0 = torch default; >1 thrashes on a shared CPU)
-    'max_per_split': 0,
-    'latency_runs': 20,
-}
+@dataclass(frozen=True)
+class S2Config(TrainConfig):
+    """Settings of an s2_classifier run (``--set key=value`` for any field); the presets are
+    ``replace(BASE, ...)``. Bundles record them as ``metadata.config``."""
+
+    TYPE: ClassVar[str] = LOCALIZER_TYPE
+    POSITIVE: ClassVar[tuple[str, ...]] = ('image_height', 'image_width', 'epochs', 'batch_size', 't_max', 't_min',
+                                           'top_k')
+    CHOICES: ClassVar[Mapping[str, tuple[str, ...]]] = {'augment': AUGMENT_LEVELS, 'cell_position': CELL_POSITIONS}
+
+    backbone: str = 'efficientnet_lite0'
+    pretrained: bool = True          # start from the packaged ImageNet weights (seed 002 starts from ImageNet)
+    backbone_lr_factor: float = 0.3  # fine-tuning: the backbone learns at lr x this, the heads at lr
+    image_height: int = 72
+    image_width: int = 96
+    epochs: int = 60
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: int = 1
+    label_smoothing: float = 0.1
+    dropout: float = 0.2
+    bn_momentum: float = 0.1         # BatchNorm running-stat momentum (torchvision's MobileNets use 0.01: too slow
+                                     # for short runs, the evaluation statistics would lag the weights)
+    augment: str = 'light'
+    hflip: bool = True               # mirror half the training images: a mirrored street is still in the same city
+    t_max: int = 60                  # PlaNet: split cells holding more training images than this
+    t_min: int = 8                   # PlaNet: drop cells holding fewer
+    max_level: int = 20
+    parent_levels_up: int = 0        # > 0: also classify the ancestors this many levels up (hierarchical output)
+    parent_weight: float = 0.5
+    cell_position: str = 'train_mean'
+    top_k: int = 3
+    neighbourhood_km: float = 2.5    # average only over cells of the best cell's district (finer than the 25 km scale)
+    time_budget_s: float = 0.0       # > 0: the cosine schedule ends at whichever comes first, epochs or this wall time
+                                     # (the clock counts the training steps, not the validation)
+    threads: int = 1                 # torch intra-op threads (0 = torch default; >1 thrashes on a shared CPU)
+    max_per_split: int = 0
+    latency_runs: int = 20
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.t_min > self.t_max:
+            raise TrainConfigError(f'{self.TYPE}: t_min ({self.t_min}) must not exceed t_max ({self.t_max})')
+        if self.parent_levels_up < 0 or self.parent_weight < 0:
+            raise TrainConfigError(f'{self.TYPE}: parent_levels_up and parent_weight must be >= 0')
+
+
+BASE = S2Config()
 
 #: ``demo``: CPU-friendly default (<= 9 min of training on a shared 2-core machine, see
 #: docs/localizers/s2_classifier.md); ``tiny``: seconds, for tests; ``full``: 224 px, longer, GPU.
-PRESETS: dict[str, dict[str, Any]] = {
-    'demo': {**_BASE, 'time_budget_s': 540.0},
-    'tiny': {**_BASE, 'backbone': 'resnet18', 'pretrained': False, 'image_height': 32, 'image_width': 40, 'epochs': 2, 'batch_size': 8,
-             'warmup_epochs': 0, 't_max': 12, 't_min': 2, 'parent_levels_up': 2, 'latency_runs': 2},
-    'full': {**_BASE, 'image_height': 224, 'image_width': 224, 'epochs': 40, 'batch_size': 64, 'lr': 1e-3,
-             'augment': 'strong', 'threads': 0, 'latency_runs': 50},
+PRESETS: dict[str, S2Config] = {
+    'demo': replace(BASE, time_budget_s=540.0),
+    'tiny': replace(BASE, backbone='resnet18', pretrained=False, image_height=32, image_width=40, epochs=2, batch_size=8,
+                    warmup_epochs=0, t_max=12, t_min=2, parent_levels_up=2, latency_runs=2),
+    'full': replace(BASE, image_height=224, image_width=224, epochs=40, batch_size=64, lr=1e-3, augment='strong',
+                    threads=0, latency_runs=50),
 }
-
-
-def _check_config(cfg: dict[str, Any]) -> None:
-    for key in ('image_height', 'image_width', 'epochs', 'batch_size', 't_max', 't_min', 'top_k'):
-        if int(cfg[key]) <= 0:
-            raise TrainConfigError(f's2_classifier: {key} must be positive, got {cfg[key]}')
-    if int(cfg['t_min']) > int(cfg['t_max']):
-        raise TrainConfigError(f's2_classifier: t_min ({cfg["t_min"]}) must not exceed t_max ({cfg["t_max"]})')
-    if cfg['augment'] not in AUGMENT_LEVELS:
-        raise TrainConfigError(f's2_classifier: augment must be one of {AUGMENT_LEVELS}, got {cfg["augment"]!r}')
-    if cfg['cell_position'] not in CELL_POSITIONS:
-        raise TrainConfigError(f's2_classifier: cell_position must be one of {CELL_POSITIONS}')
-    if int(cfg['parent_levels_up']) < 0 or float(cfg['parent_weight']) < 0:
-        raise TrainConfigError('s2_classifier: parent_levels_up and parent_weight must be >= 0')
 
 
 def _scaled(images_NHW3: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -138,83 +143,100 @@ def predict_probs(graph: PreprocessWrapper, images_NHW3: np.ndarray, batch_size:
 def train(args: TrainArgs) -> Path:
     """Partition, train, evaluate, export; returns the bundle directory ``args.out``."""
     cfg = resolve_preset(PRESETS, args)
-    _check_config(cfg)
     set_seed(args.seed)
-    if int(cfg['threads']):
-        torch.set_num_threads(int(cfg['threads']))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     device = select_device(args.device)
-    dist = ddp_setup(device)
-    try:
+    with distributed(device) as dist:
         return _train(args, cfg, device, dist)
-    finally:
-        ddp_cleanup()
 
 
-def _train(args: TrainArgs, cfg: dict[str, Any], device: torch.device, dist) -> Path:
-    height, width = int(cfg['image_height']), int(cfg['image_width'])
-    data: GPSData = load_gps_data(args.data, width=width, height=height, max_per_split=int(cfg['max_per_split']) or None)
+class _S2Task(TrainingTask):
+    """Steps of backbone + cell head(s) (cross-entropy with label smoothing, the GPS regressor's augmentation
+    plus mirroring) on this rank's shard of the kept training images; validation km table of the plugin's fix."""
+
+    def __init__(self, net: S2ClassifierNet, cfg: S2Config, images_NHW3: np.ndarray, used: np.ndarray,
+                 labels: np.ndarray, parent_of_cell: np.ndarray | None, cells: list[str], val_record,
+                 device: torch.device, dist, seed: int) -> None:
+        self.model, self.cfg, self.images_NHW3, self.used, self.device, self.dist = net, cfg, images_NHW3, used, device, dist
+        self.cells = cells
+        self.labels_t = torch.from_numpy(labels)
+        self.parent_labels_t = (torch.from_numpy(parent_of_cell[np.clip(labels, 0, None)])
+                                if parent_of_cell is not None else None)
+        input_spec = InputSpec(height=cfg.image_height, width=cfg.image_width)
+        # float 0..255 NCHW in
+        self.forward = ddp_wrap(PreprocessWrapper(net, replace(input_spec, layout='NCHW')).to(device), device, dist)
+        self.optimizer = torch.optim.AdamW(discriminative_param_groups(net, net.backbone, cfg.lr, cfg.backbone_lr_factor),
+                                           lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.steps_per_epoch = sharded_steps(used.size, cfg.batch_size, dist)
+        self.generator = torch.Generator().manual_seed(seed + 1)
+        self.val_record = val_record
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.forward.train()
+
+    def batches(self, epoch: int):
+        order = shard(self.used[torch.randperm(self.used.size, generator=self.generator).numpy()], self.dist)
+        batch = self.cfg.batch_size
+        for step in range(self.steps_per_epoch):
+            idx = np.sort(order[step * batch:(step + 1) * batch])
+            if idx.size:
+                yield idx
+
+    def step(self, idx: np.ndarray, at: StepInfo) -> float:
+        cfg, device = self.cfg, self.device
+        x = augment_batch(_scaled(self.images_NHW3[idx], device), cfg.augment, self.generator) * 255.0
+        if cfg.hflip:
+            mirror = (torch.rand(len(idx), generator=self.generator) < 0.5).to(device)
+            x = torch.where(mirror.view(-1, 1, 1, 1), x.flip(3), x)
+        logits, parent_logits = self.forward(x)
+        loss = F.cross_entropy(logits, self.labels_t[idx].to(device), label_smoothing=cfg.label_smoothing)
+        if parent_logits is not None and self.parent_labels_t is not None:
+            loss = loss + cfg.parent_weight * F.cross_entropy(
+                parent_logits, self.parent_labels_t[idx].to(device), label_smoothing=cfg.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def validate(self) -> Validation | None:
+        record = self.val_record()
+        if not record:
+            return None  # the last epoch is kept
+        return Validation(record, (record['val_within_25km_pct'], record['val_cell_accuracy']))
+
+    def resume(self, payload: Mapping[str, Any]) -> None:
+        if payload.get('cells') != self.cells:
+            raise TrainConfigError(f'{payload["path"]}: checkpoint was trained on another cell partition')
+
+
+def _train(args: TrainArgs, cfg: S2Config, device: torch.device, dist) -> Path:
+    height, width = cfg.image_height, cfg.image_width
+    data: GPSData = load_gps_data(args.data, width=width, height=height, max_per_split=cfg.max_per_split or None)
     train_split = data.splits['train']
-    partition = adaptive_partition(train_split.lla_N3[:, 0], train_split.lla_N3[:, 1], t_max=int(cfg['t_max']),
-                                   t_min=int(cfg['t_min']), max_level=int(cfg['max_level']))
+    partition = adaptive_partition(train_split.lla_N3[:, 0], train_split.lla_N3[:, 1], t_max=cfg.t_max,
+                                   t_min=cfg.t_min, max_level=cfg.max_level)
     contract = S2ClassifierContract(
-        cell_position=cfg['cell_position'], parent_levels_up=int(cfg['parent_levels_up']), t_max=int(cfg['t_max']),
-        t_min=int(cfg['t_min']), max_level=int(cfg['max_level']), top_k=int(cfg['top_k']),
-        neighbourhood_km=float(cfg['neighbourhood_km']), backbone=cfg['backbone'], partition=partition)
+        cell_position=cfg.cell_position, parent_levels_up=cfg.parent_levels_up, t_max=cfg.t_max, t_min=cfg.t_min,
+        max_level=cfg.max_level, top_k=cfg.top_k, neighbourhood_km=cfg.neighbourhood_km, backbone=cfg.backbone,
+        partition=partition)
     parent_tokens, parent_of_cell = contract.parents()
     labels = partition.assign(train_split.lla_N3[:, 0], train_split.lla_N3[:, 1])
     used = np.flatnonzero(labels >= 0)
     if used.size == 0:
-        raise ValueError(f'{args.data}: no training image lies in a kept cell (t_min={cfg["t_min"]})')
-    labels_t = torch.from_numpy(labels)
-    parent_labels_t = torch.from_numpy(parent_of_cell[np.clip(labels, 0, None)]) if parent_tokens else None
+        raise ValueError(f'{args.data}: no training image lies in a kept cell (t_min={cfg.t_min})')
     positions = partition.positions_N3(contract.cell_position)
     extent_var = partition.extent_var_m2()
     logger.info('s2_classifier: %d cells%s, %d of %d training images in kept cells', len(partition),
                 f' ({len(parent_tokens)} parents)' if parent_tokens else '', used.size, len(train_split))
 
-    net = S2ClassifierNet(cfg['backbone'], len(partition), len(parent_tokens), dropout=float(cfg['dropout']),
-                          init_weights=args.init_weights, pretrained=bool(cfg['pretrained'])).to(device)
+    net = S2ClassifierNet(cfg.backbone, len(partition), len(parent_tokens), dropout=cfg.dropout,
+                          init_weights=args.init_weights, pretrained=cfg.pretrained).to(device)
     for module in net.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.momentum = float(cfg['bn_momentum'])
+            module.momentum = cfg.bn_momentum
     input_spec = InputSpec(height=height, width=width)
     graph = PreprocessWrapper(S2ClassifierExport(net), input_spec).to(device)
-    train_graph = PreprocessWrapper(net, replace(input_spec, layout='NCHW')).to(device)  # float 0..255 NCHW in
-    model: torch.nn.Module = train_graph
-    if dist.enabled:
-        model = torch.nn.parallel.DistributedDataParallel(
-            train_graph, device_ids=[device.index] if device.type == 'cuda' else None)
-    optimizer = torch.optim.AdamW(discriminative_param_groups(net, net.backbone, float(cfg['lr']),
-                                                              float(cfg['backbone_lr_factor'])),
-                                  lr=float(cfg['lr']), weight_decay=float(cfg['weight_decay']))
-    batch_size = int(cfg['batch_size'])
-    steps_per_epoch = max(1, math.ceil(math.ceil(used.size / dist.world_size) / batch_size))
-    epochs = int(cfg['epochs'])
-    budget_s = float(cfg['time_budget_s'])
-    if budget_s > 0 and dist.enabled:
-        logger.warning('time_budget_s is ignored under DDP (ranks must run the same number of steps)')
-        budget_s = 0.0
-    schedule = {'warmup_steps': int(cfg['warmup_epochs']) * steps_per_epoch, 'total_steps': epochs * steps_per_epoch,
-                'budget_s': budget_s}
-    smoothing = float(cfg['label_smoothing'])
-
-    checkpoints = CheckpointManager(work_dir(args.out) / 'checkpoints', describe={
-        'type': LOCALIZER_TYPE, 'preset': args.preset, 'args': args.to_dict(), 'config': cfg,
-        'cells': list(partition.tokens)})
-    start_epoch, best_score, best_state, history, global_step, train_s = 0, (-1.0, -1.0), None, [], 0, 0.0
-    if args.resume:
-        payload = checkpoints.load_latest(map_location=device)
-        if payload is not None:
-            if payload.get('cells') != list(partition.tokens):
-                raise TrainConfigError(f'{payload["path"]}: checkpoint was trained on another cell partition')
-            net.load_state_dict(payload['model'])
-            optimizer.load_state_dict(payload['optimizer'])
-            extra = payload['extra']
-            start_epoch, global_step = int(payload['epoch']), int(extra['global_step'])
-            best_score, best_state = tuple(extra['best_score']), extra['best_state']
-            history, train_s = list(extra['history']), float(extra['train_s'])
-            logger.info('resumed from %s at epoch %d of %d', payload['path'], start_epoch, epochs)
-
     val = data.splits['val']
 
     def val_record() -> dict[str, float]:
@@ -228,65 +250,22 @@ def _train(args: TrainArgs, cfg: dict[str, Any], device: torch.device, dist) -> 
         return {'val_within_25km_pct': table['within_25km_pct'], 'val_median_km': table['median_km'],
                 'val_cell_accuracy': float(np.mean(np.argmax(probs, axis=1) == truth))}
 
-    generator = torch.Generator().manual_seed(args.seed + 1)
+    task = _S2Task(net, cfg, train_split.images_NHW3, used, labels, parent_of_cell if parent_tokens else None,
+                   list(partition.tokens), val_record, device, dist, args.seed)
+    checkpoints = CheckpointManager(work_dir(args.out) / 'checkpoints', describe={
+        'type': LOCALIZER_TYPE, 'preset': args.preset, 'args': args.to_dict(), 'config': cfg.to_dict(),
+        'cells': task.cells})
     logger.info('s2_classifier: %s at %dx%d, %d epochs x %d steps, batch %d, time budget %s, device %s',
-                cfg['backbone'], width, height, epochs, steps_per_epoch, batch_size,
-                f'{budget_s:.0f} s' if budget_s > 0 else 'none', device)
-    out_of_time = False
-    first_step = global_step
-    for epoch in range(start_epoch, epochs):
-        if out_of_time:
-            break
-        started = time.perf_counter()
-        model.train()
-        order = used[torch.randperm(used.size, generator=generator).numpy()][dist.rank::dist.world_size]
-        loss_sum, loss_count = 0.0, 0
-        for step in progress(range(steps_per_epoch), desc=f'epoch {epoch + 1}/{epochs}'):
-            elapsed = train_s + time.perf_counter() - started
-            if budget_s > 0 and elapsed >= budget_s and global_step > first_step:
-                out_of_time = True
-                logger.info('time budget of %.0f s used up in epoch %d of %d', budget_s, epoch + 1, epochs)
-                break
-            idx = np.sort(order[step * batch_size:(step + 1) * batch_size])
-            if idx.size == 0:
-                continue
-            set_lr(optimizer, lr_factor(global_step, elapsed, **schedule))
-            global_step += 1
-            x = augment_batch(_scaled(train_split.images_NHW3[idx], device), cfg['augment'], generator) * 255.0
-            if cfg['hflip']:
-                mirror = (torch.rand(len(idx), generator=generator) < 0.5).to(device)
-                x = torch.where(mirror.view(-1, 1, 1, 1), x.flip(3), x)
-            logits, parent_logits = model(x)
-            loss = F.cross_entropy(logits, labels_t[idx].to(device), label_smoothing=smoothing)
-            if parent_logits is not None and parent_labels_t is not None:
-                loss = loss + float(cfg['parent_weight']) * F.cross_entropy(
-                    parent_logits, parent_labels_t[idx].to(device), label_smoothing=smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += float(loss.detach())
-            loss_count += 1
-        train_s += time.perf_counter() - started
-        record: dict[str, float] = {'epoch': epoch + 1, 'loss': loss_sum / max(1, loss_count),
-                                    'lr': optimizer.param_groups[0]['lr'], 'elapsed_s': train_s}
-        if is_main_process():
-            record.update(val_record())
-        # without a val split the last epoch is kept
-        score = (record.get('val_within_25km_pct', float(epoch)), record.get('val_cell_accuracy', 0.0))
-        if score >= best_score:
-            best_score, best_state = score, copy.deepcopy(net.state_dict())
-        history.append(record)
-        logger.info('epoch %d/%d: %s', epoch + 1, epochs,
-                    ', '.join(f'{k}={v:.4g}' for k, v in record.items() if k != 'epoch'))
-        checkpoints.save(epoch + 1, net, optimizer, extra={
-            'global_step': global_step, 'best_score': list(best_score), 'best_state': best_state,
-            'history': history, 'train_s': train_s})
+                cfg.backbone, width, height, cfg.epochs, task.steps_per_epoch, cfg.batch_size,
+                f'{cfg.time_budget_s:.0f} s' if cfg.time_budget_s > 0 and not dist.enabled else 'none', device)
+    result = fit(task, epochs=cfg.epochs, schedule=Schedule.over_epochs(
+        cfg.epochs, task.steps_per_epoch, warmup_epochs=cfg.warmup_epochs, budget_s=cfg.time_budget_s),
+        checkpoints=checkpoints, resume=args.resume, dist=dist, count_validation=False, map_location=device)
+    history, train_s = result.history, result.train_s
 
     if not is_main_process():
         return args.out
-    if best_state is not None:
-        net.load_state_dict(best_state)
-    net.cpu().eval()
+    net.cpu().eval()  # the best epoch's weights (fit loaded them)
     graph.cpu().eval()
     metrics: dict[str, Any] = {
         'cells': len(partition), 'parent_cells': len(parent_tokens),
@@ -314,7 +293,7 @@ def _train(args: TrainArgs, cfg: dict[str, Any], device: torch.device, dist) -> 
                     metrics['test']['oracle']['within_25km_pct'], metrics['test']['oracle']['within_200km_pct'])
     contract = replace(contract, backbone_weights=net.backbone.weights_source)
     metadata = contract.to_metadata(
-        preset=args.preset, config=cfg, args=args.to_dict(), history=history,
+        preset=args.preset, config=cfg.to_dict(), args=args.to_dict(), history=history,
         outputs={OUTPUT_PROBS: 'N x C softmax over the cells of cells.csv (file order)',
                  **({OUTPUT_PARENT_PROBS: f'N x P softmax over the ancestors {contract.parent_levels_up} levels up '
                      '(S2 id order)'} if parent_tokens else {})})
@@ -324,6 +303,6 @@ def _train(args: TrainArgs, cfg: dict[str, Any], device: torch.device, dist) -> 
         bundle_dir = export_and_bundle(
             S2ClassifierExport(net), args.out, localizer_type=LOCALIZER_TYPE, input_spec=input_spec,
             output_names=contract.output_names, metadata=metadata, metrics=metrics,
-            parity_input=check.images_NHW3[:8], extra_files=extra_files, latency_runs=int(cfg['latency_runs']))
+            parity_input=check.images_NHW3[:8], extra_files=extra_files, latency_runs=cfg.latency_runs)
     logger.info('s2_classifier bundle written to %s', bundle_dir)
     return bundle_dir
