@@ -7,6 +7,7 @@ a real homography (``cv2.warpPerspective``); exact scene coordinates from ray/pl
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -96,8 +97,8 @@ def _write_dsac(root: Path, splits: dict[str, list[SimpleNamespace]]) -> Path:
     return root
 
 
-FIT_CONFIG = {**PRESETS['tiny'], 'encoder_width': 16, 'feature_dim': 32, 'head_width': 64, 'epochs': 150,
-              'lr': 3e-3, 'head_iterations': 200, 'buffer_size': 20000, 'min_inliers': 12, 'hypotheses': 64}
+FIT_CONFIG = replace(PRESETS['tiny'], encoder_width=16, feature_dim=32, head_width=64, epochs=150,
+                     lr=3e-3, head_iterations=200, buffer_size=20000, min_inliers=12, hypotheses=64)
 
 
 @pytest.fixture(scope='module')
@@ -208,13 +209,13 @@ def test_training_steps_reduce_the_loss(supervision: str, augmented: bool) -> No
     images = prepare_split(_planar_samples(4, seed=1), 64, 48)
     if supervision == 'reprojection':  # no 3D ground truth: ACE's reprojection curriculum
         images = [im.__class__(im.name, im.rgb_HW3, im.K, im.T_world_camera, None, None) for im in images]
-    config = {**PRESETS['tiny'], 'epochs': 1, 'supervision': 'auto'}
+    config = replace(PRESETS['tiny'], epochs=1, supervision='auto')
     if augmented:  # rotated/scaled views with re-sampled targets, in the end-to-end stage and the buffer
-        config.update(aug_rotation_deg=30.0, aug_scale=1.3)
+        config = replace(config, aug_rotation_deg=30.0, aug_scale=1.3)
     first = fit(images, config, seed=0)
     assert first.supervision == supervision
     net = first.net
-    losses = [_train_end_to_end(net, images, {**config, 'epochs': 1}, supervision, torch.device('cpu'), seed=s)
+    losses = [_train_end_to_end(net, images, replace(config, epochs=1), supervision, torch.device('cpu'), seed=s)
               for s in range(12)]
     assert all(math.isfinite(v) for v in losses)
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
@@ -265,7 +266,7 @@ def test_pretrained_encoder_is_frozen_imagenet_features_and_maps_without_encoder
         EncoderConfig(kind='efficientnet_lite0', levels=(16, 32))
     # mapping only: a tiny head on the frozen features of a planar scene
     images = prepare_split(_planar_samples(6, seed=0), W, H)
-    config = {**PRESETS['tiny'], 'encoder': 'efficientnet_lite0', 'head_iterations': 30}
+    config = replace(PRESETS['tiny'], encoder='efficientnet_lite0', head_iterations=30)
     scene = fit(images, config, seed=0)
     assert 'encoder_training_s' not in scene.timings_s and scene.timings_s['head_training_s'] > 0
     assert not any(p.requires_grad is False for p in scene.net.head.parameters())
@@ -278,7 +279,7 @@ def test_pretrained_encoder_is_frozen_imagenet_features_and_maps_without_encoder
 
 def test_mapping_reaches_metre_level_on_its_images(trained: tuple) -> None:
     scene, images = trained
-    result = evaluate_images(scene.net, images[:6], FIT_CONFIG)
+    result = evaluate_images(scene.net, images[:6], FIT_CONFIG.ransac)
     assert result.metrics['no_fix'] == 0
     assert result.metrics['median_translation_m'] < 15.0  # 100 m altitude, 400 m scene, 16x12 cells
     assert result.metrics['median_rotation_deg'] < 10.0
@@ -341,7 +342,7 @@ def test_plugin_through_the_registry_gives_pose_and_fix(tmp_path: Path, trained:
         assert result.geo.lon_deg == pytest.approx(float(np.ravel(lon)[0]), abs=1e-9)
         assert result.geo.alt_m == pytest.approx(float(np.ravel(alt)[0]), abs=1e-6)
         assert np.all(np.linalg.eigvalsh(result.geo.cov_enu_m2) > 0)
-        assert result.stamp_ns == 42 and result.latency_ms > 0
+        assert float(result.diagnostics['network_ms']) > 0 and float(result.diagnostics['ransac_ms']) > 0
         # an unrelated image (uniform grey) has no consistent geometry: no fix instead of a wrong pose
         grey = Frame(rgb_HW3=np.full((H, W, 3), 127, np.uint8), stamp_ns=43, frame_id='camera',
                      camera=CameraIntrinsics(K=sample.K, width=W, height=H))
@@ -407,12 +408,12 @@ def test_head_training_stops_at_its_time_budget_with_the_schedule_finished() -> 
     n = 4096
     feats = torch.randn(n, 32)
     buffer = {'features': feats.half(), 'coords': feats[:, :3] * 10.0 + 100.0, 'valid': torch.ones(n, dtype=torch.bool)}
-    config = {**PRESETS['tiny'], 'head_iterations': 1_000_000, 'head_batch_size': 256, 'head_time_budget_s': 0.5}
+    config = replace(PRESETS['tiny'], head_iterations=1_000_000, head_batch_size=256, head_time_budget_s=0.5)
     head = Head(32, HeadConfig(width=32, layers=1))
     loss, run = _train_head(head, buffer, config, 'coords', torch.full((1, 3), 100.0), 10.0, torch.device('cpu'), 0)
     assert 1 <= run < 1_000_000 and math.isfinite(loss)
     # Without a budget it runs exactly its iterations.
-    config = {**config, 'head_iterations': 7, 'head_time_budget_s': 0.0}
+    config = replace(config, head_iterations=7, head_time_budget_s=0.0)
     assert _train_head(head, buffer, config, 'coords', torch.full((1, 3), 100.0), 10.0, torch.device('cpu'), 0)[1] == 7
 
 
@@ -421,7 +422,7 @@ def test_end_to_end_stops_at_its_time_budget_and_resume_goes_on_to_mapping(tmp_p
 
     torch.manual_seed(0)
     images = prepare_split(_planar_samples(4, seed=2), 64, 48)
-    config = {**PRESETS['tiny'], 'epochs': 100_000, 'encoder_time_budget_s': 1.0}
+    config = replace(PRESETS['tiny'], epochs=100_000, encoder_time_budget_s=1.0)
     scene = fit(images, config, seed=0)
     net = scene.net
     checkpoints = CheckpointManager(tmp_path / 'ckpt', describe={'test': True})

@@ -13,13 +13,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 
 from vizloc_plugins.pnp import RansacOptions
 from vizloc_plugins.scene_coordinates import estimate_pose
+from vizloc_plugins.scene_coordinates_contract import SceneRansac
 
 from ..metrics.pose import (AERIAL_THRESHOLDS, INDOOR_THRESHOLDS, ellipsoid_coverage, pose_errors,
                             scene_coordinate_error_m, summarize_pose_errors)
@@ -45,12 +45,13 @@ class EvaluationResult:
 
 
 @torch.no_grad()
-def evaluate_images(net: SceneCoordinateNet, images: list[PreparedImage], config: dict[str, Any], *,
+def evaluate_images(net: SceneCoordinateNet, images: list[PreparedImage], ransac: SceneRansac, *,
                     thresholds: str = 'aerial', covariance_scale: float = 1.0) -> EvaluationResult:
+    """Pose of every image through the runtime solver with the ``ransac`` settings (seed 0), and the metrics."""
     net.eval()
     device = next(net.parameters()).device
-    options = RansacOptions(hypotheses=config['hypotheses'], inlier_threshold_px=config['inlier_threshold_px'],
-                            min_inliers=config['min_inliers'], min_inlier_ratio=config['min_inlier_ratio'], seed=0)
+    options = RansacOptions(hypotheses=ransac.hypotheses, inlier_threshold_px=ransac.inlier_threshold_px,
+                            min_inliers=ransac.min_inliers, min_inlier_ratio=ransac.min_inlier_ratio, seed=0)
     estimates: list[np.ndarray | None] = []
     errors = np.full((len(images), 3), np.nan)
     covs = np.tile(np.eye(3), (len(images), 1, 1))

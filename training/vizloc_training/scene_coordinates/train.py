@@ -20,6 +20,15 @@ Stages (``train(args)``):
 
 Supervision is chosen automatically (``supervision=auto``): scene coordinates (``init/``) or depth
 when every training image has them (CrossLoc MLE loss), the ACE reprojection loss otherwise.
+
+Both training phases run in the training skeleton (:func:`vizloc_training.train.skeleton.fit`): the
+end-to-end stage as epochs over the training images (:class:`_EndToEndTask`: checkpoints, resume, its
+own time budget ``encoder_time_budget_s``), and the head's mapping as one "epoch" of ``head_iterations``
+steps over the reshuffled feature buffer (:class:`_HeadTask`: budget ``head_time_budget_s``; no
+checkpoints inside it, the mapped network is saved after it). Neither selects a best state (there is no
+validation during training; the val split calibrates the covariance afterwards). Filling the buffer is
+feature extraction, not a training loop, and stays its own loop (:func:`_build_buffer`). The settings are
+the typed :class:`SceneConfig`; its RANSAC defaults are the bundle contract's (:class:`SceneRansac`).
 """
 from __future__ import annotations
 
@@ -27,8 +36,9 @@ import logging
 import math
 import tempfile
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 import torch
@@ -37,86 +47,125 @@ from vizloc_plugins.scene_coordinates_contract import LOCALIZER_TYPE, SceneCoord
 from vizloc_ros.bundle import InputSpec
 from vizloc_ros.contract import geo_reference
 
-from ..train.config import TrainArgs, TrainConfigError, resolve_preset
+from ..train import skeleton
+from ..train.config import TrainArgs, TrainConfig, TrainConfigError, resolve_preset
 from ..train.export import IMAGENET_MEAN, IMAGENET_STD, export_and_bundle
-from ..train.loop import CheckpointManager, lr_factor, schedule_progress, select_device, set_seed, work_dir
+from ..train.loop import CheckpointManager, select_device, set_seed, work_dir
 from .data import PreparedImage, augment_view, open_split, prepare_split, scene_normalisation
 from .evaluate import calibrate_covariance_scale, evaluate_images
 from .losses import ReprojectionLossConfig, coordinate_nll, reprojection_loss
 from .model import (ENCODER_KINDS, OUTPUT_STRIDE, Encoder, EncoderConfig, Head, HeadConfig, SceneCoordinateNet, load_encoder,
                     save_encoder)
 
-__all__ = ['PRESETS', 'train', 'TrainedScene', 'fit']
+__all__ = ['PRESETS', 'BASE', 'SceneConfig', 'train', 'TrainedScene', 'fit']
 
 logger = logging.getLogger(__name__)
 
 MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 
-_BASE: dict[str, Any] = {
+_RANSAC = SceneRansac()  # the contract owns the RANSAC defaults
+
+
+@dataclass(frozen=True)
+class SceneConfig(TrainConfig):
+    """Settings of a scene_coordinates run (``--set key=value`` for any field); the presets are
+    ``replace(BASE, ...)``. Bundles record them as ``metadata.config``; the RANSAC fields become the
+    bundle's ``metadata.ransac`` (:attr:`ransac`)."""
+
+    TYPE: ClassVar[str] = LOCALIZER_TYPE
+    POSITIVE: ClassVar[tuple[str, ...]] = ('epochs', 'batch_size', 'buffer_size', 'head_iterations', 'head_batch_size')
+    CHOICES: ClassVar[Mapping[str, tuple[str, ...]]] = {
+        'supervision': ('auto', 'coords', 'reprojection'), 'uncertainty': ('laplace', 'gaussian', 'none'),
+        'encoder': ENCODER_KINDS, 'encoder_norm': ('none', 'group'), 'thresholds': ('auto', 'aerial', 'indoor')}
+
     # network input (0 = the dataset's native image size)
-    'input_width': 0, 'input_height': 0,
+    input_width: int = 0
+    input_height: int = 0
     # encoder: 'cnn' (trained here end-to-end first) or a frozen ImageNet-pretrained EfficientNet-Lite
     # ('efficientnet_lite0/1/2': ACE's recipe, mapping only) with its stride-8/16(/32) maps
-    'encoder': 'cnn', 'encoder_levels': [8, 16],
-    'encoder_width': 24, 'encoder_blocks': 4, 'feature_dim': 128, 'encoder_norm': 'group', 'context_dim': 0,
-    'head_width': 256, 'head_layers': 2,
+    encoder: str = 'cnn'
+    encoder_levels: list[int] = field(default_factory=lambda: [8, 16])
+    encoder_width: int = 24
+    encoder_blocks: int = 4
+    feature_dim: int = 128
+    encoder_norm: str = 'group'
+    context_dim: int = 0
+    head_width: int = 256
+    head_layers: int = 2
     # encoder pretraining / end-to-end (epochs over the training images)
-    'epochs': 10, 'batch_size': 4, 'lr': 1e-3,
-    'pretrain_encoder': False, 'finetune_encoder': False,
+    epochs: int = 10
+    batch_size: int = 4
+    lr: float = 1e-3
+    pretrain_encoder: bool = False
+    finetune_encoder: bool = False
     # > 0: the end-to-end (encoder) stage stops after this many seconds; its schedule runs over
     # whichever ends first, epochs or time
-    'encoder_time_budget_s': 0.0,
+    encoder_time_budget_s: float = 0.0
     # geometric augmentation (coords supervision only; exact: roll about the principal point + focal
     # change, targets re-sampled, see data.augment_view): uniform angle in +-aug_rotation_deg, scale
     # log-uniform in [1/aug_scale, aug_scale]; 0 / 1 = off
-    'aug_rotation_deg': 0.0, 'aug_scale': 1.0,
+    aug_rotation_deg: float = 0.0
+    aug_scale: float = 1.0
     # mapping (head from the feature buffer)
-    'buffer_size': 300_000, 'head_iterations': 3000, 'head_batch_size': 4096, 'head_lr': 3e-3,
+    buffer_size: int = 300_000
+    head_iterations: int = 3000
+    head_batch_size: int = 4096
+    head_lr: float = 3e-3
     # > 0: head training stops after this many seconds (the cosine schedule runs over whichever ends
     # first, iterations or time), so mapping keeps its time on a slow or shared machine
-    'head_time_budget_s': 0.0,
-    'init_head_from_pretraining': True,
+    head_time_budget_s: float = 0.0
+    init_head_from_pretraining: bool = True
     # losses
-    'supervision': 'auto', 'uncertainty': 'laplace',
-    'tau_max_px': 50.0, 'tau_min_px': 1.0, 'target_depth_m': 10.0,
-    # evaluation / runtime defaults
-    'hypotheses': 256, 'inlier_threshold_px': 10.0, 'min_inliers': 30, 'min_inlier_ratio': 0.1, 'eval_limit': 0,
-    'thresholds': 'auto',
-}
+    supervision: str = 'auto'
+    uncertainty: str = 'laplace'
+    tau_max_px: float = 50.0
+    tau_min_px: float = 1.0
+    target_depth_m: float = 10.0
+    # evaluation / runtime defaults (RANSAC: the contract's defaults)
+    hypotheses: int = _RANSAC.hypotheses
+    inlier_threshold_px: float = _RANSAC.inlier_threshold_px
+    min_inliers: int = _RANSAC.min_inliers
+    min_inlier_ratio: float = _RANSAC.min_inlier_ratio
+    eval_limit: int = 0
+    thresholds: str = 'auto'
 
-PRESETS: dict[str, dict[str, Any]] = {
-    'tiny': {**_BASE, 'encoder_width': 8, 'encoder_blocks': 1, 'feature_dim': 16, 'head_width': 32,
-             'head_layers': 1, 'epochs': 2, 'batch_size': 2, 'buffer_size': 4000, 'head_iterations': 20,
-             'head_batch_size': 512, 'hypotheses': 32, 'min_inliers': 8, 'eval_limit': 3},
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.aug_rotation_deg <= 180.0 or self.aug_scale < 1.0:
+            raise TrainConfigError(f'{self.TYPE}: aug_rotation_deg must be in [0, 180] and aug_scale >= 1, got '
+                                   f'{self.aug_rotation_deg} / {self.aug_scale}')
+        if not 0 <= self.context_dim < self.feature_dim:
+            raise TrainConfigError(f'{self.TYPE}: context_dim must be in [0, feature_dim), got {self.context_dim}')
+        for name in ('input_width', 'input_height'):
+            if getattr(self, name) % OUTPUT_STRIDE:
+                raise TrainConfigError(f'{self.TYPE}: {name} must be a multiple of {OUTPUT_STRIDE}, '
+                                       f'got {getattr(self, name)}')
+        try:
+            self.ransac
+        except ValueError as exc:  # ContractError
+            raise TrainConfigError(f'{self.TYPE}: {exc}') from exc
+
+    @property
+    def ransac(self) -> SceneRansac:
+        """The RANSAC PnP settings: evaluated with here, and the bundle's defaults."""
+        return SceneRansac(hypotheses=self.hypotheses, inlier_threshold_px=self.inlier_threshold_px,
+                           min_inliers=self.min_inliers, min_inlier_ratio=self.min_inlier_ratio)
+
+
+BASE = SceneConfig()
+
+PRESETS: dict[str, SceneConfig] = {
+    'tiny': replace(BASE, encoder_width=8, encoder_blocks=1, feature_dim=16, head_width=32, head_layers=1, epochs=2,
+                    batch_size=2, buffer_size=4000, head_iterations=20, head_batch_size=512, hypotheses=32,
+                    min_inliers=8, eval_limit=3),
     # The encoder trains for 15 min or 200 epochs, whichever ends first (poses improve with every
     # encoder step: indoor 41 % -> 75 % frames with a pose from 10 to 40 epochs, measured); mapping
     # (buffer + head) within 10 min on 2 CPU cores: the head gets at most 8 min.
-    'demo': {**_BASE, 'epochs': 200, 'encoder_time_budget_s': 900.0, 'head_time_budget_s': 480.0},
-    'full': {**_BASE, 'encoder_width': 32, 'encoder_blocks': 6, 'feature_dim': 256, 'head_width': 512,
-             'head_layers': 3, 'epochs': 60, 'batch_size': 8, 'buffer_size': 2_000_000,
-             'head_iterations': 20000, 'head_batch_size': 5120, 'aug_rotation_deg': 15.0, 'aug_scale': 1.5},
+    'demo': replace(BASE, epochs=200, encoder_time_budget_s=900.0, head_time_budget_s=480.0),
+    'full': replace(BASE, encoder_width=32, encoder_blocks=6, feature_dim=256, head_width=512, head_layers=3, epochs=60,
+                    batch_size=8, buffer_size=2_000_000, head_iterations=20000, head_batch_size=5120,
+                    aug_rotation_deg=15.0, aug_scale=1.5),
 }
-
-
-def _check_config(config: dict[str, Any]) -> None:
-    if config['supervision'] not in ('auto', 'coords', 'reprojection'):
-        raise TrainConfigError(f"supervision must be auto, coords or reprojection, got {config['supervision']!r}")
-    if config['uncertainty'] not in ('laplace', 'gaussian', 'none'):
-        raise TrainConfigError(f"uncertainty must be laplace, gaussian or none, got {config['uncertainty']!r}")
-    if not 0.0 <= float(config['aug_rotation_deg']) <= 180.0 or float(config['aug_scale']) < 1.0:
-        raise TrainConfigError(f"aug_rotation_deg must be in [0, 180] and aug_scale >= 1, got "
-                               f"{config['aug_rotation_deg']} / {config['aug_scale']}")
-    if config['encoder'] not in ENCODER_KINDS:
-        raise TrainConfigError(f"encoder must be one of {ENCODER_KINDS}, got {config['encoder']!r}")
-    if config['encoder_norm'] not in ('none', 'group'):
-        raise TrainConfigError(f"encoder_norm must be none or group, got {config['encoder_norm']!r}")
-    if not 0 <= int(config['context_dim']) < int(config['feature_dim']):
-        raise TrainConfigError(f"context_dim must be in [0, feature_dim), got {config['context_dim']}")
-    if config['thresholds'] not in ('auto', 'aerial', 'indoor'):
-        raise TrainConfigError(f"thresholds must be auto, aerial or indoor, got {config['thresholds']!r}")
-    for key in ('input_width', 'input_height'):
-        if config[key] and config[key] % OUTPUT_STRIDE:
-            raise TrainConfigError(f'{key} must be a multiple of {OUTPUT_STRIDE}, got {config[key]}')
 
 
 class TrainedScene:
@@ -147,11 +196,11 @@ def _normalise_batch(images: list[PreparedImage], device: torch.device, jitter: 
     return (x - mean) / std
 
 
-def _augment(images: list[PreparedImage], config: dict[str, Any], supervision: str,
+def _augment(images: list[PreparedImage], config: SceneConfig, supervision: str,
              rng: np.random.Generator) -> list[PreparedImage]:
     """Random exact roll/scale views (see :func:`.data.augment_view`) when enabled and supervised by coords."""
-    rotation = math.radians(float(config['aug_rotation_deg']))
-    log_scale = math.log(max(float(config['aug_scale']), 1.0))
+    rotation = math.radians(config.aug_rotation_deg)
+    log_scale = math.log(max(config.aug_scale, 1.0))
     if supervision != 'coords' or (rotation == 0.0 and log_scale == 0.0):
         return images
     return [augment_view(im, float(rng.uniform(-rotation, rotation)), math.exp(float(rng.uniform(-log_scale, log_scale))))
@@ -177,17 +226,17 @@ def _cell_tensors(images: list[PreparedImage], h: int, w: int, device: torch.dev
 
 
 def _loss(coords_n_B3: torch.Tensor, log_scale_B: torch.Tensor, cells: dict[str, torch.Tensor], supervision: str,
-          mean_m: torch.Tensor, scale_m: float, progress: float, config: dict[str, Any]
+          mean_m: torch.Tensor, scale_m: float, progress: float, config: SceneConfig
           ) -> tuple[torch.Tensor, dict[str, float]]:
     if supervision == 'coords':
         valid = cells['valid']
         if not valid.any():
             return coords_n_B3.sum() * 0.0, {'valid_ratio': 0.0}
         gt_n = (cells['coords'][valid] - mean_m) / scale_m
-        nll = coordinate_nll(coords_n_B3[valid], gt_n, log_scale_B[valid], config['uncertainty'])
+        nll = coordinate_nll(coords_n_B3[valid], gt_n, log_scale_B[valid], config.uncertainty)
         return nll.mean(), {'valid_ratio': float(valid.float().mean())}
-    rep = ReprojectionLossConfig(tau_max_px=config['tau_max_px'], tau_min_px=config['tau_min_px'],
-                                 target_depth_m=config['target_depth_m'], uncertainty=config['uncertainty'])
+    rep = ReprojectionLossConfig(tau_max_px=config.tau_max_px, tau_min_px=config.tau_min_px,
+                                 target_depth_m=config.target_depth_m, uncertainty=config.uncertainty)
     coords_m = coords_n_B3 * scale_m + mean_m
     return reprojection_loss(coords_m, log_scale_B, cells['pixels'], cells['T_camera_world'], cells['K'], progress,
                              scale_m, rep)
@@ -195,93 +244,82 @@ def _loss(coords_n_B3: torch.Tensor, log_scale_B: torch.Tensor, cells: dict[str,
 
 # -- stages ------------------------------------------------------------------------------------------
 
-def _train_end_to_end(net: SceneCoordinateNet, images: list[PreparedImage], config: dict[str, Any], supervision: str,
+class _EndToEndTask(skeleton.TrainingTask):
+    """Encoder + head end-to-end: batches of the epoch's shuffled training images (exact roll/scale views,
+    photometric jitter), the coordinate or reprojection loss (its curriculum follows the schedule's
+    progress), gradient clipping at norm 5. Separate random streams for shuffling (replayed on resume, so a
+    resumed run shuffles as an uninterrupted one), views and jitter."""
+
+    def __init__(self, net: SceneCoordinateNet, images: list[PreparedImage], config: SceneConfig, supervision: str,
+                 device: torch.device, seed: int) -> None:
+        self.model, self.images, self.config, self.supervision, self.device = net, images, config, supervision, device
+        self.optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=1e-4)
+        self.steps_per_epoch = max(1, math.ceil(len(images) / config.batch_size))
+        self.rng = np.random.default_rng(seed)
+        self.aug_rng = np.random.default_rng(seed + 3)  # separate stream: the resumed shuffling replay stays exact
+        self.generator = torch.Generator().manual_seed(seed)
+        self.mean_m = net.scene_mean_m.view(1, 3)
+        self.scale_m = float(net.scene_scale_m)
+
+    def batches(self, epoch: int):
+        order = self.rng.permutation(len(self.images))
+        batch = self.config.batch_size
+        for start in range(0, len(self.images), batch):
+            yield [self.images[i] for i in order[start:start + batch]]
+
+    def step(self, chunk: list[PreparedImage], at: skeleton.StepInfo) -> float:
+        chunk = _augment(chunk, self.config, self.supervision, self.aug_rng)
+        x = _normalise_batch(chunk, self.device, jitter=True, generator=self.generator)
+        coords_n, log_scale_n = self.model.forward_normalised(x)
+        h, w = coords_n.shape[2:]
+        cells = _cell_tensors(chunk, h, w, self.device)
+        loss, _ = _loss(coords_n.permute(0, 2, 3, 1).reshape(-1, 3), log_scale_n.reshape(-1), cells, self.supervision,
+                        self.mean_m, self.scale_m, at.progress, self.config)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
+        self.optimizer.step()
+        return loss.item()
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {'stage': 'end_to_end'}
+
+    def resume(self, payload: Mapping[str, Any]) -> None:
+        for _ in range(int(payload['epoch'])):  # same shuffling as an uninterrupted run
+            self.rng.permutation(len(self.images))
+
+
+def _train_end_to_end(net: SceneCoordinateNet, images: list[PreparedImage], config: SceneConfig, supervision: str,
                       device: torch.device, seed: int, checkpoints: CheckpointManager | None = None,
-                      resume: dict[str, Any] | None = None) -> float:
-    """Encoder + head end-to-end; checkpoint after every epoch, resumable.
+                      resume: Mapping[str, Any] | None = None) -> float:
+    """Encoder + head end-to-end (:class:`_EndToEndTask` in the skeleton); checkpoint after every epoch,
+    resumable. Returns the mean loss of the last epoch run (nan if none ran: a resumed run whose
+    budget was used up goes on to mapping).
 
     Runs ``epochs`` epochs or until ``encoder_time_budget_s`` (> 0) is used up, whichever comes
-    first. The learning rate (:func:`..train.loop.lr_factor`: warm-up over the first 10 % of the
-    steps, then cosine) and the reprojection curriculum (:func:`..train.loop.schedule_progress`)
-    follow steps or time, whichever is further, so a run cut by the budget still ends with a
-    decayed learning rate and the final threshold.
+    first. The learning rate (warm-up over the first 10 % of the steps, then cosine) and the
+    reprojection curriculum (the schedule's progress) follow steps or time, whichever is further, so a
+    run cut by the budget still ends with a decayed learning rate and the final threshold.
     """
-    net.train()
-    base_lr = float(config['lr'])
-    optimizer = torch.optim.AdamW(net.parameters(), lr=base_lr, weight_decay=1e-4)
-    batch = config['batch_size']
-    steps_per_epoch = max(1, math.ceil(len(images) / batch))
-    total = config['epochs'] * steps_per_epoch
-    budget_s = float(config['encoder_time_budget_s'])
-    warmup = max(1, int(round(0.1 * total)))
-    rng = np.random.default_rng(seed)
-    aug_rng = np.random.default_rng(seed + 3)  # separate stream: the resumed shuffling replay stays exact
-    generator = torch.Generator().manual_seed(seed)
-    start_epoch, elapsed_before = 0, 0.0
-    if resume is not None:
-        net.load_state_dict(resume['model'])
-        optimizer.load_state_dict(resume['optimizer'])
-        start_epoch = int(resume['epoch'])
-        elapsed_before = float(resume['extra'].get('train_s', 0.0))
-        if resume['extra'].get('budget_used'):
-            logger.info('end-to-end training had used its time budget: going on to mapping')
-            return math.nan
-        for _ in range(start_epoch):  # same shuffling as an uninterrupted run
-            rng.permutation(len(images))
-        logger.info('resuming end-to-end training after epoch %d', start_epoch)
-    mean_m = net.scene_mean_m.view(1, 3)
-    scale_m = float(net.scene_scale_m)
-    step = start_epoch * steps_per_epoch
-    first_step = step
-    started = time.perf_counter() - elapsed_before
-    last = math.nan
-    out_of_time = False
-    for epoch in range(start_epoch, config['epochs']):
-        order = rng.permutation(len(images))
-        running = []
-        for start in range(0, len(images), batch):
-            elapsed = time.perf_counter() - started
-            if budget_s > 0 and elapsed >= budget_s and step > first_step:
-                out_of_time = True
-                break
-            progress = schedule_progress(step, total, elapsed, budget_s)
-            for group in optimizer.param_groups:
-                group['lr'] = base_lr * lr_factor(step, elapsed, warmup_steps=warmup, total_steps=total,
-                                                  budget_s=budget_s)
-            chunk = _augment([images[i] for i in order[start:start + batch]], config, supervision, aug_rng)
-            x = _normalise_batch(chunk, device, jitter=True, generator=generator)
-            coords_n, log_scale_n = net.forward_normalised(x)
-            h, w = coords_n.shape[2:]
-            cells = _cell_tensors(chunk, h, w, device)
-            loss, _ = _loss(coords_n.permute(0, 2, 3, 1).reshape(-1, 3), log_scale_n.reshape(-1), cells, supervision,
-                            mean_m, scale_m, progress, config)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-            optimizer.step()
-            step += 1
-            running.append(loss.item())
-        if running:
-            last = float(np.mean(running))
-        logger.info('end-to-end epoch %d/%d: loss %.4f', epoch + 1, config['epochs'], last)
-        if checkpoints is not None:
-            checkpoints.save(epoch + 1, net, optimizer, extra={'stage': 'end_to_end', 'budget_used': out_of_time,
-                                                               'train_s': time.perf_counter() - started})
-        if out_of_time:
-            logger.info('encoder time budget of %.0f s used up after %d step(s) (%d epoch(s))', budget_s, step,
-                        epoch + 1)
-            break
-    return last
+    task = _EndToEndTask(net, images, config, supervision, device, seed)
+    total = config.epochs * task.steps_per_epoch
+    schedule = skeleton.Schedule(warmup_steps=max(1, int(round(0.1 * total))), total_steps=total,
+                                 budget_s=config.encoder_time_budget_s)
+    result = skeleton.fit(task, epochs=config.epochs, schedule=schedule, checkpoints=checkpoints, resume=resume,
+                          select_best=False, name='end-to-end epoch')
+    if resume is not None and not result.epochs_run:
+        logger.info('end-to-end training had used its time budget: going on to mapping')
+    return result.last_loss
 
 
 @torch.no_grad()
-def _build_buffer(encoder: Encoder, images: list[PreparedImage], config: dict[str, Any], supervision: str,
+def _build_buffer(encoder: Encoder, images: list[PreparedImage], config: SceneConfig, supervision: str,
                   device: torch.device, seed: int) -> dict[str, torch.Tensor]:
     """ACE's training buffer: encoder features of randomly chosen (valid) cells with their targets."""
     encoder.eval()
     rng = np.random.default_rng(seed + 1)
     generator = torch.Generator().manual_seed(seed + 1)
-    per_image = max(1, config['buffer_size'] // max(len(images), 1))
+    per_image = max(1, config.buffer_size // max(len(images), 1))
     parts: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(images), 8):
         chunk = _augment(images[start:start + 8], config, supervision, rng)
@@ -306,56 +344,64 @@ def _build_buffer(encoder: Encoder, images: list[PreparedImage], config: dict[st
     return {key: torch.cat(value) for key, value in parts.items()}
 
 
-def _train_head(head: Head, buffer: dict[str, torch.Tensor], config: dict[str, Any], supervision: str,
+class _HeadTask(skeleton.TrainingTask):
+    """ACE's head training: batches of the shuffled feature buffer (reshuffled when it runs out), the
+    loss's curriculum over the iterations."""
+
+    def __init__(self, head: Head, buffer: dict[str, torch.Tensor], config: SceneConfig, supervision: str,
+                 mean_m: torch.Tensor, scale_m: float, device: torch.device, seed: int) -> None:
+        self.model, self.buffer, self.config, self.supervision, self.device = head, buffer, config, supervision, device
+        self.mean_m, self.scale_m = mean_m.to(device), scale_m
+        self.optimizer = torch.optim.AdamW(head.parameters(), lr=config.head_lr, weight_decay=1e-4)
+        self.iterations = self.steps_per_epoch = config.head_iterations
+        self.size = buffer['features'].shape[0]
+        self.batch = min(config.head_batch_size, self.size)
+        self.generator = torch.Generator().manual_seed(seed + 2)
+        self.losses: list[float] = []
+
+    def batches(self, epoch: int):
+        order = torch.randperm(self.size, generator=self.generator)
+        cursor = 0
+        for _ in range(self.iterations):
+            if cursor + self.batch > self.size:
+                order = torch.randperm(self.size, generator=self.generator)
+                cursor = 0
+            yield order[cursor:cursor + self.batch]
+            cursor += self.batch
+
+    def step(self, idx: torch.Tensor, at: skeleton.StepInfo) -> float:
+        feats = self.buffer['features'][idx].to(self.device).float()[:, :, None, None]
+        cells = {key: value[idx].to(self.device) for key, value in self.buffer.items() if key != 'features'}
+        coords_n, log_scale_n = self.model(feats)
+        loss, _ = _loss(coords_n.reshape(-1, 3), log_scale_n.reshape(-1), cells, self.supervision, self.mean_m,
+                        self.scale_m, at.step / max(self.iterations - 1, 1), self.config)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.losses.append(loss.item())
+        run = at.step + 1
+        if run % max(1, self.iterations // 10) == 0:
+            logger.info('head iteration %d/%d: loss %.4f', run, self.iterations, float(np.mean(self.losses[-50:])))
+        return self.losses[-1]
+
+
+def _train_head(head: Head, buffer: dict[str, torch.Tensor], config: SceneConfig, supervision: str,
                 mean_m: torch.Tensor, scale_m: float, device: torch.device, seed: int) -> tuple[float, int]:
-    """ACE's head training on buffer batches; returns the final loss and the iterations run.
+    """ACE's head training on buffer batches (:class:`_HeadTask`, one skeleton epoch of ``head_iterations``
+    steps); returns the final loss (mean of the last 50) and the iterations run.
 
     Warm-up over 5 % of the iterations, then cosine decay over ``head_iterations`` or
     ``head_time_budget_s`` (> 0), whichever runs out first; training stops when either does.
     """
-    head.train()
-    base_lr = float(config['head_lr'])
-    optimizer = torch.optim.AdamW(head.parameters(), lr=base_lr, weight_decay=1e-4)
-    iterations = int(config['head_iterations'])
-    budget_s = float(config['head_time_budget_s'])
-    warmup = max(1, int(round(0.05 * iterations)))
-    started = time.perf_counter()
-    size = buffer['features'].shape[0]
-    batch = min(config['head_batch_size'], size)
-    generator = torch.Generator().manual_seed(seed + 2)
-    order = torch.randperm(size, generator=generator)
-    cursor = 0
-    losses = []
-    run = 0
-    for it in range(iterations):
-        elapsed = time.perf_counter() - started
-        if budget_s > 0 and it > 0 and elapsed >= budget_s:
-            logger.info('head time budget of %.0f s used up after %d/%d iterations', budget_s, it, iterations)
-            break
-        for group in optimizer.param_groups:
-            group['lr'] = base_lr * lr_factor(it, elapsed, warmup_steps=warmup, total_steps=iterations,
-                                              budget_s=budget_s)
-        if cursor + batch > size:
-            order = torch.randperm(size, generator=generator)
-            cursor = 0
-        idx = order[cursor:cursor + batch]
-        cursor += batch
-        feats = buffer['features'][idx].to(device).float()[:, :, None, None]
-        cells = {key: value[idx].to(device) for key, value in buffer.items() if key != 'features'}
-        coords_n, log_scale_n = head(feats)
-        loss, _ = _loss(coords_n.reshape(-1, 3), log_scale_n.reshape(-1), cells, supervision, mean_m.to(device),
-                        scale_m, it / max(iterations - 1, 1), config)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        run = it + 1
-        if run % max(1, iterations // 10) == 0:
-            logger.info('head iteration %d/%d: loss %.4f', run, iterations, float(np.mean(losses[-50:])))
-    return (float(np.mean(losses[-50:])) if losses else math.nan), run
+    task = _HeadTask(head, buffer, config, supervision, mean_m, scale_m, device, seed)
+    iterations = config.head_iterations
+    schedule = skeleton.Schedule(warmup_steps=max(1, int(round(0.05 * iterations))), total_steps=iterations,
+                                 budget_s=config.head_time_budget_s)
+    result = skeleton.fit(task, epochs=1, schedule=schedule, select_best=False, name='head')
+    return (float(np.mean(task.losses[-50:])) if task.losses else math.nan), result.global_step
 
 
-def fit(train_images: list[PreparedImage], config: dict[str, Any], *, init_weights: Path | None = None,
+def fit(train_images: list[PreparedImage], config: SceneConfig, *, init_weights: Path | None = None,
         device: torch.device = torch.device('cpu'), seed: int = 0, checkpoints: CheckpointManager | None = None,
         resume: bool = False) -> TrainedScene:
     """Encoder (load or train end-to-end) + ACE mapping on prepared images.
@@ -367,8 +413,8 @@ def fit(train_images: list[PreparedImage], config: dict[str, Any], *, init_weigh
         raise TrainConfigError('no training images')
     in_h, in_w = train_images[0].rgb_HW3.shape[:2]
     timings: dict[str, float] = {}
-    mean, scale, auto_supervision = scene_normalisation(train_images, config['target_depth_m'])
-    supervision = auto_supervision if config['supervision'] == 'auto' else config['supervision']
+    mean, scale, auto_supervision = scene_normalisation(train_images, config.target_depth_m)
+    supervision = auto_supervision if config.supervision == 'auto' else config.supervision
     if supervision == 'coords' and auto_supervision != 'coords':
         raise TrainConfigError('supervision=coords needs scene coordinates (init/) or depth for every training image')
     logger.info('scene normalisation: mean %s m, scale %.3f m; supervision %s', np.round(mean, 3), scale, supervision)
@@ -377,10 +423,10 @@ def fit(train_images: list[PreparedImage], config: dict[str, Any], *, init_weigh
         logger.info('encoder from %s (%s)', encoder_info['path'], encoder_info.get('config'))
     else:
         try:
-            encoder_config = EncoderConfig(width=config['encoder_width'], blocks=config['encoder_blocks'],
-                                           feature_dim=config['feature_dim'], norm=config['encoder_norm'],
-                                           context_dim=config['context_dim'], kind=config['encoder'],
-                                           levels=tuple(config['encoder_levels']))
+            encoder_config = EncoderConfig(width=config.encoder_width, blocks=config.encoder_blocks,
+                                           feature_dim=config.feature_dim, norm=config.encoder_norm,
+                                           context_dim=config.context_dim, kind=config.encoder,
+                                           levels=tuple(config.encoder_levels))
         except ValueError as exc:
             raise TrainConfigError(f'bad encoder settings: {exc}') from exc
         encoder = Encoder(encoder_config, pretrained=encoder_config.kind != 'cnn')
@@ -388,7 +434,7 @@ def fit(train_images: list[PreparedImage], config: dict[str, Any], *, init_weigh
         if encoder_config.kind != 'cnn':
             logger.info('encoder: frozen ImageNet-pretrained %s, stride-%s maps (%d channels)', encoder_config.kind,
                         '/'.join(map(str, encoder_config.levels)), encoder.feature_dim)
-    head_config = HeadConfig(width=config['head_width'], layers=config['head_layers'])
+    head_config = HeadConfig(width=config.head_width, layers=config.head_layers)
     net = SceneCoordinateNet(encoder, Head(encoder.feature_dim, head_config), tuple(mean), scale).to(device)
     payload = checkpoints.load_latest(map_location=device) if (resume and checkpoints is not None) else None
     stage = (payload or {}).get('extra', {}).get('stage')
@@ -399,20 +445,20 @@ def fit(train_images: list[PreparedImage], config: dict[str, Any], *, init_weigh
         return TrainedScene(net, (in_w, in_h), supervision, dict(payload['extra'].get('timings_s', {})), encoder_info,
                             int(payload['extra'].get('head_iterations_run', 0)))
     trains_encoder = init_weights is None and encoder.config.kind == 'cnn'
-    if trains_encoder or config['finetune_encoder'] or config['pretrain_encoder']:
+    if trains_encoder or config.finetune_encoder or config.pretrain_encoder:
         started = time.perf_counter()
         _train_end_to_end(net, train_images, config, supervision, device, seed, checkpoints,
                           payload if stage == 'end_to_end' else None)
         timings['encoder_training_s'] = time.perf_counter() - started
     iterations_run = 0
-    if not config['pretrain_encoder']:
+    if not config.pretrain_encoder:
         started = time.perf_counter()
         encoder.requires_grad_(False)
         buffer = _build_buffer(encoder, train_images, config, supervision, device, seed)
         timings['buffer_s'] = time.perf_counter() - started
         logger.info('feature buffer: %d cells from %d images (%.1f s)', buffer['features'].shape[0],
                     len(train_images), timings['buffer_s'])
-        head = net.head if ('encoder_training_s' in timings and config['init_head_from_pretraining']) \
+        head = net.head if ('encoder_training_s' in timings and config.init_head_from_pretraining) \
             else Head(encoder.feature_dim, head_config).to(device)
         started = time.perf_counter()
         _loss_value, iterations_run = _train_head(head, buffer, config, supervision, net.scene_mean_m.view(1, 3),
@@ -422,7 +468,7 @@ def fit(train_images: list[PreparedImage], config: dict[str, Any], *, init_weigh
         encoder.requires_grad_(True)
     timings['mapping_s'] = timings.get('buffer_s', 0.0) + timings.get('head_training_s', 0.0)
     if checkpoints is not None:
-        checkpoints.save(config['epochs'] + 1, net, None, extra={'stage': 'mapped', 'timings_s': timings,
+        checkpoints.save(config.epochs + 1, net, None, extra={'stage': 'mapped', 'timings_s': timings,
                                                                   'head_iterations_run': iterations_run})
     net.eval()
     return TrainedScene(net, (in_w, in_h), supervision, timings, encoder_info, iterations_run)
@@ -430,9 +476,9 @@ def fit(train_images: list[PreparedImage], config: dict[str, Any], *, init_weigh
 
 # -- entry point -------------------------------------------------------------------------------------
 
-def _input_size(dataset: Any, config: dict[str, Any]) -> tuple[int, int]:
-    if config['input_width'] and config['input_height']:
-        return int(config['input_width']), int(config['input_height'])
+def _input_size(dataset: Any, config: SceneConfig) -> tuple[int, int]:
+    if config.input_width and config.input_height:
+        return config.input_width, config.input_height
     first = next(iter(dataset))
     h, w = np.asarray(first.rgb_HW3).shape[:2]
     w8, h8 = (w // OUTPUT_STRIDE) * OUTPUT_STRIDE, (h // OUTPUT_STRIDE) * OUTPUT_STRIDE
@@ -450,7 +496,6 @@ def _split_or_none(root: Path, split: str) -> Any:
 def train(args: TrainArgs) -> Path:
     """Train (encoder if needed, then mapping), evaluate on the test split, and write the bundle."""
     config = resolve_preset(PRESETS, args)
-    _check_config(config)
     set_seed(args.seed)
     device = select_device(args.device)
     train_split = open_split(args.data, 'train')
@@ -460,7 +505,7 @@ def train(args: TrainArgs) -> Path:
     load_s = time.perf_counter() - started
     logger.info('%d training images at %dx%d (%.1f s to load)', len(train_images), in_w, in_h, load_s)
     checkpoints = CheckpointManager(work_dir(args.out) / 'checkpoints', describe={
-        'type': LOCALIZER_TYPE, 'preset': args.preset, 'args': args.to_dict(), 'config': config})
+        'type': LOCALIZER_TYPE, 'preset': args.preset, 'args': args.to_dict(), 'config': config.to_dict()})
     trained = fit(train_images, config, init_weights=args.init_weights, device=device, seed=args.seed,
                   checkpoints=checkpoints, resume=args.resume)
 
@@ -468,23 +513,23 @@ def train(args: TrainArgs) -> Path:
     geo = getattr(train_split, 'geo', None)
     if geo is not None:
         geo_mapping = geo.to_mapping() if hasattr(geo, 'to_mapping') else dict(geo)
-    thresholds = config['thresholds']
+    thresholds = config.thresholds
     if thresholds == 'auto':
         thresholds = 'indoor' if float(trained.net.scene_scale_m) < 20.0 else 'aerial'
-    limit = config['eval_limit'] or None
+    limit = config.eval_limit or None
     metrics: dict[str, Any] = {}
     covariance_scale = 1.0
     val_split = _split_or_none(args.data, 'val')
     if val_split is not None:
         val_images = prepare_split(val_split, in_w, in_h, limit)
         if val_images:
-            val_eval = evaluate_images(trained.net, val_images, config, thresholds=thresholds)
+            val_eval = evaluate_images(trained.net, val_images, config.ransac, thresholds=thresholds)
             covariance_scale = calibrate_covariance_scale(val_eval)
     test_split = _split_or_none(args.data, 'test')
     if test_split is not None:
         test_images = prepare_split(test_split, in_w, in_h, limit)
         if test_images:
-            result = evaluate_images(trained.net, test_images, config, thresholds=thresholds,
+            result = evaluate_images(trained.net, test_images, config.ransac, thresholds=thresholds,
                                      covariance_scale=covariance_scale)
             metrics.update({f'test_{k}': v for k, v in result.metrics.items()})
     metrics.update({f'{k}': float(v) for k, v in trained.timings_s.items()})
@@ -493,14 +538,13 @@ def train(args: TrainArgs) -> Path:
 
     contract = SceneCoordinatesContract(
         output_stride=OUTPUT_STRIDE, resize='stretch', covariance_scale=covariance_scale, geo=geo_reference(geo_mapping),
-        ransac=SceneRansac(hypotheses=config['hypotheses'], inlier_threshold_px=config['inlier_threshold_px'],
-                           min_inliers=config['min_inliers'], min_inlier_ratio=config['min_inlier_ratio']))
+        ransac=config.ransac)
     metadata = contract.to_metadata(
         cell_centre='8*j+4 (input pixels; pixel k centred at k; DSAC* convention)',
         scene_mean_m=trained.net.scene_mean_m.view(3).tolist(),
         scene_scale_m=float(trained.net.scene_scale_m),
         supervision=trained.supervision,
-        uncertainty=config['uncertainty'],
+        uncertainty=config.uncertainty,
         encoder={'kind': trained.net.encoder.config.kind, 'levels': list(trained.net.encoder.config.levels),
                  'weights_source': dict(trained.net.encoder.weights_source),
                  'width': trained.net.encoder.config.width, 'blocks': trained.net.encoder.config.blocks,
@@ -508,12 +552,12 @@ def train(args: TrainArgs) -> Path:
                  'dilations': list(trained.net.encoder.config.dilations),
                  'norm': trained.net.encoder.config.norm, 'context_dim': trained.net.encoder.config.context_dim,
                  'init_weights': str(args.init_weights) if args.init_weights else None},
-        head={'width': config['head_width'], 'layers': config['head_layers']},
+        head={'width': config.head_width, 'layers': config.head_layers},
         dataset=str(args.data),
         train_images=len(train_images),
         args=args.to_dict(),
         preset=args.preset,
-        config=config)
+        config=config.to_dict())
     with tempfile.TemporaryDirectory(prefix='vizloc-scene-') as tmp:
         encoder_path = save_encoder(trained.net.encoder, Path(tmp) / 'encoder.pt',
                                     trained_on={'dataset': str(args.data), 'supervision': trained.supervision,
