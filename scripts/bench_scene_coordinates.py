@@ -72,7 +72,8 @@ def _make_localizer(bundle: Path, threads: int, hypotheses: int, cache_dir: Path
 
 
 def accuracy(localizer, data: Path, split: str, limit: int) -> dict[str, float]:
-    from vizloc_ros.types import CameraIntrinsics, Frame
+    from vizloc_ros.localizer import run_localizer
+    from vizloc_ros.types import CameraIntrinsics, Frame, ResultStatus
     from vizloc_training.metrics.pose import (AERIAL_THRESHOLDS, INDOOR_THRESHOLDS, ellipsoid_coverage, pose_errors,
                                               summarize_pose_errors)
     from vizloc_training.scene_coordinates.data import open_split, prepare_sample
@@ -90,10 +91,10 @@ def accuracy(localizer, data: Path, split: str, limit: int) -> dict[str, float]:
         if target.coords_3hw is not None:  # the network's cells against the ground truth (no RANSAC)
             coords = localizer.model.run(frame, ['coords'])['coords'][0]
             cell_errors.append(float(np.median(np.linalg.norm(coords - target.coords_3hw, axis=0)[target.valid_hw])))
-        result = localizer.localize(frame)
+        result, _, _ = run_localizer(localizer, frame, 'scene')  # timed and stamped as the node does
         latencies.append(result.latency_ms)
         truths.append(sample.T_world_camera)
-        if result.status != 'ok':
+        if result.status != ResultStatus.OK:
             estimates.append(None)
             continue
         estimates.append(result.pose.T_map_camera)

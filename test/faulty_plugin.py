@@ -37,7 +37,7 @@ class FaultOptions:
 
 
 def _geo(lat: float = 46.5, cov: Any = None) -> GeoEstimate:
-    return GeoEstimate(lat, 6.6, 400.0, np.eye(3) if cov is None else cov, 'faulty', 0.0)
+    return GeoEstimate(lat, 6.6, 400.0, np.eye(3) if cov is None else cov)
 
 
 class FaultyLocalizer:
@@ -77,17 +77,16 @@ class FaultyLocalizer:
         elif fault == 'bad_rotation':
             T = np.eye(4)
             T[:3, :3] = 0.0
-            pose = PoseEstimate(T, np.eye(6), self.name, 0.0)
+            pose = PoseEstimate(T, np.eye(6))
         elif fault == 'latitude_123':
             geo = _geo(lat=123.0)
         elif fault == 'forced_latitude_123':
             geo = _geo()
             object.__setattr__(geo, 'lat_deg', 123.0)
         elif fault == 'forced_bad_rotation':
-            pose = PoseEstimate(np.eye(4), np.eye(6), self.name, 0.0)
+            pose = PoseEstimate(np.eye(4), np.eye(6))
             object.__setattr__(pose, 'T_map_camera', np.zeros((4, 4)))
-        return LocalizationResult(stamp_ns=frame.stamp_ns, frame_id=frame.frame_id, localizer=self.name,
-                                  latency_ms=0.0, geo=geo, pose=pose)
+        return LocalizationResult(geo=geo, pose=pose)
 
     def reset(self) -> None:
         pass

@@ -184,9 +184,9 @@ def _result(status: str = 'ok', approximated: bool = False) -> LocalizationResul
     cov6 = np.diag([0.04, 0.09, 0.16, 0.01, 0.01, 0.02])
     return LocalizationResult(
         stamp_ns=7, frame_id='cam', localizer='loc', latency_ms=1.0, status=status,
-        room=RoomEstimate('kitchen', 0.7, {'kitchen': 0.7, 'hall': 0.3}, 'loc', 1.0),
-        geo=GeoEstimate(47.0, 8.0, math.nan, np.diag([1.0, 4.0, 400.0]), 'loc', 1.0),
-        pose=PoseEstimate(T, cov6, 'loc', 1.0),
+        room=RoomEstimate('kitchen', 0.7, {'kitchen': 0.7, 'hall': 0.3}),
+        geo=GeoEstimate(47.0, 8.0, math.nan, np.diag([1.0, 4.0, 400.0])),
+        pose=PoseEstimate(T, cov6),
         covariance_type='approximated' if approximated else 'known')
 
 
@@ -199,7 +199,7 @@ def test_navsatfix_pose_and_room_messages() -> None:
     assert (fix.latitude, fix.longitude, fix.altitude) == (47.0, 8.0, 0.0)
     assert list(fix.position_covariance) == [1.0, 0, 0, 0, 4.0, 0, 0, 0, conv.UNKNOWN_ALTITUDE_VARIANCE_M2]
     known = LocalizationResult(stamp_ns=7, frame_id='cam', localizer='loc', latency_ms=1.0,
-                               geo=GeoEstimate(47.0, 8.0, 412.5, np.diag([1.0, 4.0, 9.0]), 'loc', 1.0))
+                               geo=GeoEstimate(47.0, 8.0, 412.5, np.diag([1.0, 4.0, 9.0])))
     known_fix = conv.navsatfix_from_result(known, stamp, 'cam')
     assert known_fix.altitude == 412.5 and list(known_fix.position_covariance)[8] == 9.0
     assert fix.position_covariance_type == NavSatFix.COVARIANCE_TYPE_KNOWN

@@ -28,7 +28,7 @@ from vizloc_ros.evaluation.run import EvalError, run_offline
 from vizloc_ros.geodesy import LocalENU
 from vizloc_ros.hookspecs import hookimpl
 from vizloc_ros.localizer import LocalizerType
-from vizloc_ros.types import CameraIntrinsics, Frame, GeoEstimate, LocalizationResult, PoseEstimate, RoomEstimate
+from vizloc_ros.types import CameraIntrinsics, Frame, GeoEstimate, LocalizationResult, PoseEstimate, ResultStatus, RoomEstimate
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -64,9 +64,8 @@ class NoisyOracle:
         k = (frame.stamp_ns - T0_NS) // DT_NS
         if k == FAIL_FRAME:
             raise RuntimeError('simulated failure')
-        common = dict(stamp_ns=frame.stamp_ns, frame_id=frame.frame_id, localizer=self.name, latency_ms=1.0)
         if k == NO_FIX_FRAME:
-            return LocalizationResult(status='no_fix', **common)
+            return LocalizationResult(status=ResultStatus.NO_FIX)
         gt = self.truth[frame.stamp_ns]
         T = gt.T_map_camera.copy()
         T[:3, :3] = transforms3d.axangles.axangle2mat([0, 0, 1], ANGLES_RAD[k]) @ T[:3, :3]
@@ -75,9 +74,9 @@ class NoisyOracle:
         room = gt.room if k % 4 else 'cellar'
         lat, lon, _ = ENU.to_geodetic(*T[:3, 3])
         return LocalizationResult(
-            pose=PoseEstimate(T, cov, self.name, 1.0),
-            geo=GeoEstimate(float(lat), float(lon), math.nan, np.diag([SIGMAS_M[k] ** 2] * 2 + [100.0]), self.name, 1.0),
-            room=RoomEstimate(room, 0.9, {room: 0.9}, self.name, 1.0), **common)
+            pose=PoseEstimate(T, cov),
+            geo=GeoEstimate(float(lat), float(lon), math.nan, np.diag([SIGMAS_M[k] ** 2] * 2 + [100.0])),
+            room=RoomEstimate(room, 0.9, {room: 0.9}))
 
     def reset(self) -> None:
         pass

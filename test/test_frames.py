@@ -48,7 +48,7 @@ def test_covariance_through_the_lever_arm() -> None:
     extrinsic = CameraExtrinsic(tuple(CAMERA_XYZ), OPTICAL_FORWARD_RPY)
     T_map_camera = _T(transforms3d.euler.euler2mat(0.3, -0.2, 1.0), np.array([5.0, 2.0, 1.0]))
     cov = np.diag([0.0, 0.0, 0.0, 1e-2, 1e-2, 1e-2])
-    T_map_base, cov_base = base_pose_from_camera_pose(PoseEstimate(T_map_camera, cov, 'x', 0.0), extrinsic)
+    T_map_base, cov_base = base_pose_from_camera_pose(PoseEstimate(T_map_camera, cov), extrinsic)
     a = T_map_base[:3, 3] - T_map_camera[:3, 3]
     assert np.linalg.norm(a) == pytest.approx(np.linalg.norm(CAMERA_XYZ))
     np.testing.assert_allclose(cov_base[:3, :3], 1e-2 * skew(a) @ skew(a).T, atol=1e-12)
@@ -71,10 +71,9 @@ class TruthLocalizer:
         self.name = config.name
 
     def localize(self, frame: Frame) -> LocalizationResult:
-        pose = PoseEstimate(TRUTH[frame.stamp_ns], CAMERA_COV, self.name, 0.0)
-        geo = GeoEstimate(46.52, 6.57, math.nan, np.diag([4.0, 4.0, 1e4]), self.name, 0.0)  # altitude unknown
-        return LocalizationResult(stamp_ns=frame.stamp_ns, frame_id=frame.frame_id, localizer=self.name,
-                                  latency_ms=0.0, pose=pose, geo=geo)
+        pose = PoseEstimate(TRUTH[frame.stamp_ns], CAMERA_COV)
+        geo = GeoEstimate(46.52, 6.57, math.nan, np.diag([4.0, 4.0, 1e4]))  # altitude unknown
+        return LocalizationResult(pose=pose, geo=geo)
 
     def reset(self) -> None:
         pass

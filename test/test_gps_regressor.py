@@ -240,7 +240,7 @@ def test_plugin_from_registry_produces_geo_estimate(bundle, dataset, tmp_path):
         result = localizer.localize(Frame(rgb_HW3=image, stamp_ns=123, frame_id='camera'))
     finally:
         localizer.close()
-    assert result.status == 'ok' and result.stamp_ns == 123 and result.geo is not None
+    assert result.status == 'ok' and result.geo is not None
     geo = result.geo
     cov = geo.cov_enu_m2
     assert cov.shape == (3, 3)

@@ -67,11 +67,10 @@ class RecordLocalizer:
         T = np.eye(4)
         T[:3, 3] = frame.rgb_HW3.reshape(-1, 3).mean(axis=0) / 255.0
         return LocalizationResult(
-            stamp_ns=frame.stamp_ns, frame_id=frame.frame_id, localizer=self.name, latency_ms=self.options.sleep_ms,
             status=status,
-            room=RoomEstimate('lab', 0.8, {'lab': 0.8, 'hall': 0.2}, self.name, 0.0),
-            geo=GeoEstimate(46.5, 6.6, 400.0, np.diag([4.0, 4.0, 100.0]), self.name, 0.0),
-            pose=PoseEstimate(T, np.eye(6) * 0.01, self.name, 0.0),
+            room=RoomEstimate('lab', 0.8, {'lab': 0.8, 'hall': 0.2}),
+            geo=GeoEstimate(46.5, 6.6, 400.0, np.diag([4.0, 4.0, 100.0])),
+            pose=PoseEstimate(T, np.eye(6) * 0.01),
             covariance_type=CovarianceType.APPROXIMATED,
             images={'heatmap': np.ascontiguousarray(frame.rgb_HW3[::2, ::2, ::-1])} if self.options.with_image else {})
 

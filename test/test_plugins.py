@@ -19,7 +19,7 @@ from vizloc_ros.bundle import BundleError
 from vizloc_ros.geodesy import LocalENU
 from vizloc_ros.hookspecs import ENTRY_POINT_GROUP, hookimpl
 from vizloc_ros.localizer import (ConfigError, Localizer, LocalizerConfig, LocalizerContext, LocalizerRegistry,
-                                  LocalizerType, option_fields)
+                                  LocalizerType, option_fields, run_localizer)
 from vizloc_ros.plugin_manager import load_registry
 from vizloc_ros.types import Frame
 
@@ -149,7 +149,7 @@ def test_example_localizer_maps_colour_to_room_geo_and_pose(example):
         image = np.zeros((48, 64, 3), np.uint8)  # not the model's 32x32: the localizer resizes
         image[:, :32] = (255, 0, 0)
         image[:, 32:] = (255, 128, 0)
-        result = loc.localize(Frame(image, stamp_ns=123, frame_id='cam'))
+        result, _, _ = run_localizer(loc, Frame(image, stamp_ns=123, frame_id='cam'), 'colour')  # as the node calls it
     finally:
         loc.close()
     mean = np.array([1.0, 64.0 / 255.0, 0.0])

@@ -145,7 +145,7 @@ def test_plugin_from_registry_localizes_frames_of_any_size(bundle, rooms):
                 assert result.room.confidence == max(result.room.probabilities.values())
                 assert result.diagnostics['top3'].startswith(result.room.label)
                 assert float(result.diagnostics['confidence']) == pytest.approx(result.room.confidence, abs=1e-3)
-                assert result.latency_ms > 0 and result.images == {}
+                assert result.images == {}
                 correct += result.room.label == room
                 total += 1
         assert correct / total >= 0.75

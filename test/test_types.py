@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from vizloc_ros.types import (CameraIntrinsics, Frame, GeoEstimate, InvalidInputError, InvalidOutputError,
-                              LocalizationResult, check_covariance, check_result,
+                              LocalizationResult, check_covariance, check_result, fault_kind,
                               PoseEstimate, RoomEstimate)
 
 
@@ -56,18 +56,18 @@ def test_frame_validates_image_and_rescales_camera():
 def test_estimates_validate_shapes_and_ranges():
     # Unusable estimates are the localizer's fault, not the input's: InvalidOutputError (node: invalid_output).
     with pytest.raises(InvalidOutputError, match='impossible'):
-        GeoEstimate(lat_deg=91.0, lon_deg=0.0, alt_m=0.0, cov_enu_m2=np.eye(3), localizer='x', latency_ms=1.0)
+        GeoEstimate(lat_deg=91.0, lon_deg=0.0, alt_m=0.0, cov_enu_m2=np.eye(3))
     with pytest.raises(InvalidOutputError, match='cov_enu_m2'):
-        GeoEstimate(lat_deg=1.0, lon_deg=0.0, alt_m=math.nan, cov_enu_m2=np.eye(2), localizer='x', latency_ms=1.0)
+        GeoEstimate(lat_deg=1.0, lon_deg=0.0, alt_m=math.nan, cov_enu_m2=np.eye(2))
     with pytest.raises(InvalidOutputError, match='non-finite'):
-        PoseEstimate(T_map_camera=np.full((4, 4), np.nan), cov_6x6=np.eye(6), localizer='x', latency_ms=1.0)
+        PoseEstimate(T_map_camera=np.full((4, 4), np.nan), cov_6x6=np.eye(6))
     with pytest.raises(InvalidOutputError, match='status'):
-        LocalizationResult(stamp_ns=0, frame_id='c', localizer='x', latency_ms=0.0, status='maybe')
+        LocalizationResult(status='maybe')
     assert not issubclass(InvalidOutputError, InvalidInputError)
 
 
 def _geo(cov) -> GeoEstimate:
-    return GeoEstimate(lat_deg=1.0, lon_deg=2.0, alt_m=0.0, cov_enu_m2=cov, localizer='x', latency_ms=1.0)
+    return GeoEstimate(lat_deg=1.0, lon_deg=2.0, alt_m=0.0, cov_enu_m2=cov)
 
 
 @pytest.mark.parametrize('cov, match', [
@@ -100,12 +100,12 @@ def test_poses_whose_rotation_is_not_a_rotation_are_refused(R):
     T = np.eye(4)
     T[:3, :3] = R
     with pytest.raises(InvalidOutputError, match='not a rotation'):
-        PoseEstimate(T_map_camera=T, cov_6x6=np.eye(6), localizer='x', latency_ms=1.0)
+        PoseEstimate(T_map_camera=T, cov_6x6=np.eye(6))
 
 
 def test_check_result_repeats_the_checks_on_an_estimate_altered_after_construction():
     geo = _geo(np.eye(3))
-    result = LocalizationResult(stamp_ns=1, frame_id='c', localizer='x', latency_ms=1.0, geo=geo)
+    result = LocalizationResult(geo=geo)
     check_result(result)
     object.__setattr__(geo, 'lat_deg', 123.0)  # what a careless plugin can still do to a frozen dataclass
     with pytest.raises(InvalidOutputError, match='impossible'):
@@ -114,6 +114,38 @@ def test_check_result_repeats_the_checks_on_an_estimate_altered_after_constructi
         check_result('ok')
 
 
-    room = RoomEstimate(label='b', confidence=0.5, probabilities={'a': 0.2, 'b': 0.5, 'c': 0.3}, localizer='x',
-                        latency_ms=1.0)
+    room = RoomEstimate(label='b', confidence=0.5, probabilities={'a': 0.2, 'b': 0.5, 'c': 0.3})
     assert room.top_k(2) == [('b', 0.5), ('c', 0.3)]
+
+
+def test_the_host_stamps_the_result_and_names_each_fault_once():
+    """A localizer returns only its estimates; run_localizer (node workers, vizloc-eval) times the call,
+    checks and stamps the result, and turns each fault into one /diagnostics heading."""
+    from vizloc_ros.localizer import LocalizeFault, run_localizer
+
+    frame = Frame(rgb_HW3=np.zeros((4, 4, 3), np.uint8), stamp_ns=42, frame_id='cam')
+
+    class Stub:
+        def __init__(self, outcome):
+            self.outcome = outcome
+
+        def localize(self, frame):
+            if isinstance(self.outcome, BaseException):
+                raise self.outcome
+            return self.outcome
+
+    bare = LocalizationResult(geo=_geo(np.eye(3)))
+    assert (bare.stamp_ns, bare.frame_id, bare.localizer) == (0, '', '') and math.isnan(bare.latency_ms)
+    result, start_ns, end_ns = run_localizer(Stub(bare), frame, 'gps')
+    assert (result.stamp_ns, result.frame_id, result.localizer, result.geo) == (42, 'cam', 'gps', bare.geo)
+    assert result.latency_ms >= 0.0 and end_ns >= start_ns
+    assert result.stamped(frame, 'other', 2.5).latency_ms == 2.5
+    for outcome, kind in ((InvalidInputError('dark'), 'bad_input'), (InvalidOutputError('nan'), 'invalid_output'),
+                          (RuntimeError('bug'), 'plugin_error'), (ValueError('bug'), 'plugin_error'),
+                          (SystemExit(3), 'plugin_error'), ('not a result', 'invalid_output')):
+        with pytest.raises(LocalizeFault) as info:
+            run_localizer(Stub(outcome), frame, 'x')
+        assert info.value.kind == kind, outcome
+        assert fault_kind(info.value.cause) == kind
+    with pytest.raises(KeyboardInterrupt):  # still stops the host
+        run_localizer(Stub(KeyboardInterrupt()), frame, 'x')

@@ -28,7 +28,8 @@ import cv2
 import numpy as np
 
 from .geodesy import matrix_from_quaternion_xyzw, quaternion_xyzw_from_matrix
-from .types import CameraIntrinsics, CovarianceType, Frame, GeoEstimate, InvalidInputError, LocalizationResult, PoseEstimate, RoomEstimate
+from .types import (CameraIntrinsics, CovarianceType, Frame, GeoEstimate, InvalidInputError, LocalizationResult, PoseEstimate,
+                    ResultStatus, RoomEstimate)
 
 __all__ = [
     'IMAGE_CONVERTER',
@@ -365,13 +366,13 @@ def navsatfix_from_result(result: LocalizationResult, stamp: Any, frame_id: str)
     """
     from sensor_msgs.msg import NavSatFix, NavSatStatus
 
-    if result.status != 'no_fix' and result.geo is None:
+    if result.status != ResultStatus.NO_FIX and result.geo is None:
         return None
     msg = NavSatFix()
     msg.header.stamp = stamp
     msg.header.frame_id = frame_id
     msg.status.service = 0  # not a GNSS receiver
-    if result.status == 'no_fix' or result.geo is None:
+    if result.status == ResultStatus.NO_FIX or result.geo is None:
         msg.status.status = NavSatStatus.STATUS_NO_FIX
         msg.latitude = msg.longitude = msg.altitude = math.nan
         msg.position_covariance_type = NavSatFix.COVARIANCE_TYPE_UNKNOWN

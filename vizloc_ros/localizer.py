@@ -3,7 +3,8 @@
 A plugin registers :class:`LocalizerType` objects (a factory plus a typed options dataclass) into
 a :class:`LocalizerRegistry` once, at start-up, through the ``vizloc_register_localizers`` hook
 (see :mod:`vizloc_ros.hookspecs`). The node then builds :class:`Localizer` objects from ROS
-parameters and calls ``localize(frame)`` directly; no hook runs per frame.
+parameters and calls ``localize(frame)`` directly, through :func:`run_localizer` (which times the
+call, checks and stamps the result); no hook runs per frame.
 
 Options dataclasses: every field must have a default and a type among ``bool``, ``int``,
 ``float``, ``str``, ``list[str]``, ``list[float]``, ``list[int]``; ``field(metadata={'description':
@@ -16,15 +17,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import time
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generic, Mapping, Protocol, TypeVar, runtime_checkable
 
-from .types import Frame, LocalizationResult
+from .types import Frame, InvalidOutputError, LocalizationResult, check_result, fault_kind
 
 __all__ = [
     'Localizer',
+    'LocalizeFault',
+    'run_localizer',
     'LocalizerConfig',
     'LocalizerContext',
     'LocalizerType',
@@ -56,9 +61,11 @@ class UnknownLocalizerTypeError(ConfigError):
 class Localizer(Protocol):
     """A configured localizer instance. Created in the node's ``on_configure``, closed in ``on_cleanup``.
 
-    ``localize`` is called from one worker thread at a time and may take as long as the model needs;
-    it raises :class:`vizloc_ros.types.InvalidInputError` for frames it cannot use (counted and
-    logged by the node, which keeps running).
+    ``localize`` is called from one worker thread at a time and may take as long as the model needs.
+    It returns the estimates only: stamp, frame id, localizer name and latency are filled by the host
+    (:func:`run_localizer`). It raises :class:`vizloc_ros.types.InvalidInputError` for frames it cannot
+    use and :class:`vizloc_ros.types.InvalidOutputError` for model outputs it cannot use (both counted
+    and logged by the node, which keeps running).
     """
 
     #: Backend actually in use (``onnxruntime:CPUExecutionProvider``, ``tensorrt``, ``python``...).
@@ -76,6 +83,47 @@ class Localizer(Protocol):
     def close(self) -> None:
         """Free models and sessions."""
         ...
+
+
+class LocalizeFault(Exception):
+    """One frame that a localizer could not turn into a usable result (:func:`run_localizer`).
+
+    ``kind`` is the ``/diagnostics`` heading (:func:`vizloc_ros.types.fault_kind`: ``bad_input``,
+    ``invalid_output`` or ``plugin_error``), ``cause`` the exception raised.
+    """
+
+    def __init__(self, kind: str, message: str, cause: BaseException, latency_ms: float = math.nan) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.cause = cause
+        #: How long localize() ran when it returned an unusable result (NaN when it raised).
+        self.latency_ms = latency_ms
+
+
+def run_localizer(localizer: Localizer, frame: Frame, name: str) -> tuple[LocalizationResult, int, int]:
+    """The host side of one ``localize(frame)`` call, shared by the node's workers and ``vizloc-eval``.
+
+    Times the call, checks the result as the node does before publishing
+    (:func:`vizloc_ros.types.check_result`) and stamps it with the frame, ``name`` and the latency
+    (:meth:`LocalizationResult.stamped`). Returns ``(result, start_ns, end_ns)`` (``time.time_ns``
+    around the call; the latency is measured on the monotonic clock). Whatever goes wrong raises :class:`LocalizeFault`, a plugin's ``SystemExit``
+    included (the caller's thread survives it); a ``KeyboardInterrupt`` still stops the host.
+    """
+    start_ns, started = time.time_ns(), time.perf_counter_ns()
+    try:
+        result = localizer.localize(frame)
+    except (Exception, SystemExit) as exc:  # a plugin that raises (even SystemExit) must not take the host down
+        kind = fault_kind(exc)
+        text = f'{type(exc).__name__}: {exc}' if kind == 'plugin_error' else str(exc)
+        raise LocalizeFault(kind, text, exc) from exc
+    latency_ms = (time.perf_counter_ns() - started) / 1e6  # monotonic; start_ns / end_ns are wall clock
+    end_ns = time.time_ns()
+    try:
+        check_result(result)
+    except InvalidOutputError as exc:
+        raise LocalizeFault('invalid_output', str(exc), exc, latency_ms) from exc
+    return result.stamped(frame, name, latency_ms), start_ns, end_ns
 
 
 @dataclass(frozen=True)

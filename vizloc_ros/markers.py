@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .geodesy import quaternion_xyzw_from_matrix
-from .types import CameraIntrinsics, LocalizationResult
+from .types import CameraIntrinsics, LocalizationResult, ResultStatus
 
 __all__ = ['markers_for_result', 'delete_markers', 'PathBuffer', 'LocalizerPaths', 'frustum_points_map', 'ellipsoid_axes',
            'PATH_PUBLISH_PERIOD_S']
@@ -77,7 +77,7 @@ def markers_for_result(result: LocalizationResult, stamp: Any, camera_frame: str
 
     out = MarkerArray()
     ns = result.localizer
-    pose = result.pose if result.status == 'ok' else None
+    pose = result.pose if result.status == ResultStatus.OK else None
 
     def marker(kind: int, marker_id: int, frame: str) -> Any:
         m = Marker()

@@ -43,10 +43,10 @@ from .conversions import (frame_from_msg, image_msg_from_rgb, intrinsics_from_ca
                           pose_msg_from_matrix, room_msg_from_estimate, stamp_to_ns)
 from .frames import CameraExtrinsic, base_pose_from_camera_pose, intrinsics_for_input
 from .diagnostics import ErrorThrottle, FrameTiming, InputMonitor, LocalizerStats, input_level, timing_status
-from .localizer import ConfigError, Localizer, LocalizerContext
+from .localizer import ConfigError, LocalizeFault, Localizer, LocalizerContext, run_localizer
 from .markers import LocalizerPaths, delete_markers, markers_for_result
 from .plugin_manager import load_registry
-from .types import CameraIntrinsics, Frame, InvalidInputError, InvalidOutputError, LocalizationResult, check_result
+from .types import CameraIntrinsics, Frame, InvalidInputError, InvalidOutputError, LocalizationResult, ResultStatus
 
 __all__ = ['VizlocNode', 'main', 'BRIDGED_LOGGERS']
 
@@ -63,7 +63,7 @@ RESERVED_OUTPUTS = frozenset({'fix', 'pose', 'room'})
 
 def _checked_rgb(rgb: Any, image_name: str) -> np.ndarray:
     if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise InvalidInputError(f'result image {image_name!r} must be uint8 HxWx3 RGB, got '
+        raise InvalidOutputError(f'result image {image_name!r} must be uint8 HxWx3 RGB, got '
                                 f'{getattr(rgb, "dtype", type(rgb).__name__)} {getattr(rgb, "shape", None)}')
     return rgb
 
@@ -232,35 +232,26 @@ class _LocalizerWorker:
             node.log_throttled(f'{self.name}:camera_info', 'warning',
                                f'localizer {self.name} needs camera intrinsics: waiting for camera_info')
             return
-        model_start_ns = time.time_ns()
-        try:
-            result = self.localizer.localize(frame)
-        except InvalidInputError as exc:
-            self._error('bad_input', f'{self.name} refused the frame: {exc}')
+        try:  # localize(), timed, checked and stamped (stamp, frame id, name, latency) by the host
+            result, model_start_ns, model_end_ns = run_localizer(self.localizer, frame, self.name)
+        except LocalizeFault as fault:
+            self._error(fault.kind, f'{self.name}: {fault.message}',
+                        exc_info=fault.cause if fault.kind == 'plugin_error' else None)
             return
-        except InvalidOutputError as exc:
-            self._error('invalid_output', f'{self.name} built an unusable estimate: {exc}')
-            return
-        except BaseException as exc:  # noqa: BLE001 - a plugin that raises (even SystemExit) must not take the node down
-            self._error('plugin_error', f'{type(exc).__name__}: {exc}', exc_info=exc)
-            return
-        model_end_ns = time.time_ns()
         if not self._current(generation):  # deactivated (and maybe re-activated) while the model ran
             self.stats.error('stale_result', 'result of an earlier activation discarded')
             return
         try:
-            check_result(result)
-        except InvalidOutputError as exc:
+            self._publish(msg, frame, result)
+        except InvalidOutputError as exc:  # e.g. a result image that is not RGB
             self._error('invalid_output', str(exc))
             return
-        try:
-            self._publish(msg, frame, result)
-        except (InvalidInputError, ValueError, TypeError) as exc:  # e.g. a NaN quaternion from a broken pose
+        except (ValueError, TypeError) as exc:  # a message that cannot be built, e.g. a NaN quaternion
             self._error('publish_error', f'{type(exc).__name__}: {exc}')
             return
         timing = FrameTiming(stamp_ns=frame.stamp_ns, received_ns=received_ns, model_start_ns=model_start_ns,
                              model_end_ns=model_end_ns, published_ns=time.time_ns())
-        self.stats.processed(timing, no_fix=result.status == 'no_fix')
+        self.stats.processed(timing, no_fix=result.status == ResultStatus.NO_FIX)
         if node.runtime['publish_timing']:
             node.publish_timing(self.name, timing)
 
@@ -268,7 +259,7 @@ class _LocalizerWorker:
         stamp = msg.header.stamp  # every output carries the source image's stamp
         camera_frame = msg.header.frame_id
         fix = navsatfix_from_result(result, stamp, camera_frame)
-        if result.status == 'no_fix':
+        if result.status == ResultStatus.NO_FIX:
             self.pub_fix.publish(fix)
             if self.node.runtime['publish_markers']:
                 self.node.publish_no_fix_markers(self.name, stamp)
@@ -295,7 +286,7 @@ class _LocalizerWorker:
     def _publish_image(self, image_name: str, rgb: Any, stamp: Any, camera_frame: str) -> None:
         """A visualisation of the result (e.g. 'heatmap') on ~/<name>/<image_name> as rgb8 sensor_msgs/Image."""
         if image_name in RESERVED_OUTPUTS or not image_name.replace('_', '').isalnum() or not image_name[:1].isalpha():
-            raise InvalidInputError(f'result image name {image_name!r} is not usable as a topic name '
+            raise InvalidOutputError(f'result image name {image_name!r} is not usable as a topic name '
                                     f'(letters, digits, _; not one of {sorted(RESERVED_OUTPUTS)})')
         image_msg = image_msg_from_rgb(_checked_rgb(rgb, image_name), 0, camera_frame)
         image_msg.header.stamp = stamp

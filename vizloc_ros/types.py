@@ -4,6 +4,16 @@ Frames and units are part of the names: ``T_map_camera`` maps camera coordinates
 coordinates (4x4, metres); ``cov_enu_m2`` is a 3x3 covariance in a local East-North-Up frame in
 square metres; ``latency_ms`` is milliseconds; ``stamp_ns`` is nanoseconds since the ROS epoch.
 
+A localizer returns only its estimates (room / geo / pose, status, covariance type, diagnostics);
+the host that calls it (the node's workers, ``vizloc-eval``: :func:`vizloc_ros.localizer.run_localizer`)
+times the call and stamps the result with the frame's stamp and frame id, the localizer's name and
+that latency (:meth:`LocalizationResult.stamped`).
+
+Faults: :class:`InvalidInputError` (the frame cannot be used) and :class:`InvalidOutputError` (the
+model's output or the estimate cannot be used) are the two faults a localizer reports; each has one
+``/diagnostics`` heading (:data:`FAULT_KINDS`, :func:`fault_kind`); anything else it raises is a
+``plugin_error``.
+
 Nothing here imports rclpy, so these types are usable in training and offline evaluation.
 """
 from __future__ import annotations
@@ -24,6 +34,8 @@ __all__ = [
     'LocalizationResult',
     'InvalidInputError',
     'InvalidOutputError',
+    'FAULT_KINDS',
+    'fault_kind',
     'ResultStatus',
     'CovarianceType',
     'check_covariance',
@@ -55,11 +67,28 @@ class CovarianceType(str, Enum):
 
 
 class InvalidOutputError(ValueError):
-    """An estimate that must not be published (non-PSD covariance, not a rotation, impossible position).
+    """A model output or an estimate that must not be used (a model output of the wrong size or not
+    finite, a non-PSD covariance, not a rotation, an impossible position, an unusable result image).
 
-    Raised when a localizer builds such an estimate and by :func:`check_result`; the node counts it
-    as ``invalid_output`` (a fault of the localizer, not of the input).
+    Raised by localizers for their model's outputs, by the estimate constructors and by
+    :func:`check_result`; the node counts it as ``invalid_output`` (a fault of the localizer, not of
+    the input).
     """
+
+
+#: The ``/diagnostics`` heading (``errors.<kind>``) of each fault a localizer reports: one per type.
+FAULT_KINDS: tuple[tuple[type[Exception], str], ...] = (
+    (InvalidInputError, 'bad_input'),
+    (InvalidOutputError, 'invalid_output'),
+)
+
+
+def fault_kind(exc: BaseException, other: str = 'plugin_error') -> str:
+    """The heading of ``exc`` in :data:`FAULT_KINDS`, else ``other`` (anything else a plugin raises)."""
+    for exc_type, kind in FAULT_KINDS:
+        if isinstance(exc, exc_type):
+            return kind
+    return other
 
 
 #: Relative tolerances of the estimate checks (float64 estimates built from float32 networks).
@@ -212,8 +241,6 @@ class RoomEstimate:
     label: str
     confidence: float
     probabilities: Mapping[str, float]
-    localizer: str
-    latency_ms: float
 
     def __post_init__(self) -> None:
         # float32 softmax outputs: allow rounding of 1e-6 around [0, 1]
@@ -238,8 +265,6 @@ class GeoEstimate:
     lon_deg: float
     alt_m: float
     cov_enu_m2: np.ndarray
-    localizer: str
-    latency_ms: float
 
     def __post_init__(self) -> None:
         if not (-90.0 <= self.lat_deg <= 90.0) or not (-180.0 <= self.lon_deg <= 180.0):
@@ -260,8 +285,6 @@ class PoseEstimate:
 
     T_map_camera: np.ndarray
     cov_6x6: np.ndarray
-    localizer: str
-    latency_ms: float
     inlier_ratio: float = math.nan
 
     def __post_init__(self) -> None:
@@ -282,12 +305,11 @@ class LocalizationResult:
     STATUS_NO_FIX and no pose. ``diagnostics`` holds extra key/values for /diagnostics and markers.
     ``images`` holds optional visualisations by name (RGB uint8 HxWx3, e.g. ``'heatmap'``: a
     class-activation overlay), published by the node as ``~/<localizer>/<name>`` sensor_msgs/Image.
+
+    ``stamp_ns``, ``frame_id``, ``localizer`` and ``latency_ms`` are the host's: it fills them
+    (:meth:`stamped`) around the ``localize()`` call; a localizer leaves them at their defaults.
     """
 
-    stamp_ns: int
-    frame_id: str
-    localizer: str
-    latency_ms: float
     room: RoomEstimate | None = None
     geo: GeoEstimate | None = None
     pose: PoseEstimate | None = None
@@ -295,6 +317,11 @@ class LocalizationResult:
     diagnostics: Mapping[str, str] = field(default_factory=dict)
     images: Mapping[str, np.ndarray] = field(default_factory=dict)
     covariance_type: CovarianceType = CovarianceType.KNOWN
+    # -- filled by the host (stamped) --
+    stamp_ns: int = 0
+    frame_id: str = ''
+    localizer: str = ''
+    latency_ms: float = math.nan
 
     def __post_init__(self) -> None:
         try:
@@ -303,6 +330,12 @@ class LocalizationResult:
         except ValueError as exc:
             raise InvalidOutputError(f"status must be 'ok' or 'no_fix' and covariance_type 'known' or "
                                      f"'approximated': {exc}") from exc
+
+    def stamped(self, frame: Frame, localizer: str, latency_ms: float) -> 'LocalizationResult':
+        """This result as the host publishes it: ``frame``'s stamp and frame id, the localizer's name
+        and the time its ``localize()`` took."""
+        return replace(self, stamp_ns=int(frame.stamp_ns), frame_id=str(frame.frame_id), localizer=localizer,
+                       latency_ms=float(latency_ms))
 
 
 def check_result(result: LocalizationResult) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -177,29 +176,23 @@ class GPSRegressorLocalizer:
         return combine_gaussians(np.stack(means), np.stack(covs))
 
     def localize(self, frame: Frame) -> LocalizationResult:
-        started = time.perf_counter()
         mean, cov = self.estimate(frame)
         ref = self.reference
         if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(cov))):
-            latency_ms = (time.perf_counter() - started) * 1e3
-            return LocalizationResult(stamp_ns=frame.stamp_ns, frame_id=frame.frame_id, localizer=self.name,
-                                      latency_ms=latency_ms, status='no_fix',
-                                      diagnostics={'reason': 'model output is not finite'})
+            raise InvalidOutputError('model output is not finite')
         cov_scene = np.zeros((3, 3))
         cov_scene[:2, :2] = cov
         cov_scene[2, 2] = ref.altitude_var_m2
         fix = ref.geo.scene_to_wgs84_fix(np.array([mean[0], mean[1], 0.0]), cov_scene)
         cov_enu = fix.cov_enu_m2
-        latency_ms = (time.perf_counter() - started) * 1e3
         geo = GeoEstimate(lat_deg=fix.lat_deg, lon_deg=fix.lon_deg, alt_m=fix.alt_m if ref.altitude_known else math.nan,
-                          cov_enu_m2=cov_enu, localizer=self.name, latency_ms=latency_ms)
+                          cov_enu_m2=cov_enu)
         diagnostics = {
             'sigma_east_m': f'{math.sqrt(max(cov_enu[0, 0], 0.0)):.2f}',
             'sigma_north_m': f'{math.sqrt(max(cov_enu[1, 1], 0.0)):.2f}',
             'ensemble_size': str(len(self.members)),
         }
-        return LocalizationResult(stamp_ns=frame.stamp_ns, frame_id=frame.frame_id, localizer=self.name,
-                                  latency_ms=latency_ms, geo=geo, diagnostics=diagnostics)
+        return LocalizationResult(geo=geo, diagnostics=diagnostics)
 
     def reset(self) -> None:
         """Single-frame localizer: no temporal state."""

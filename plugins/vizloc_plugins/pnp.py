@@ -348,11 +348,10 @@ def undistort_pixels(pixels_N2: np.ndarray, K_3x3: np.ndarray, dist_coeffs: np.n
     return cv2.undistortPoints(pixels.reshape(-1, 1, 2), K_3x3, D, P=K_3x3).reshape(-1, 2)
 
 
-def geo_estimate_from_pose(geo, T_map_camera: np.ndarray, cov_6x6: np.ndarray, localizer: str, latency_ms: float):
+def geo_estimate_from_pose(geo, T_map_camera: np.ndarray, cov_6x6: np.ndarray):
     """WGS84 fix of a map-frame pose: its position and position covariance through
     :meth:`vizloc_ros.geodesy.GeoReference.scene_to_wgs84_fix`."""
     from vizloc_ros.types import GeoEstimate
 
     fix = geo.scene_to_wgs84_fix(np.asarray(T_map_camera)[:3, 3], np.asarray(cov_6x6)[:3, :3])
-    return GeoEstimate(lat_deg=fix.lat_deg, lon_deg=fix.lon_deg, alt_m=fix.alt_m, cov_enu_m2=fix.cov_enu_m2,
-                       localizer=localizer, latency_ms=latency_ms)
+    return GeoEstimate(lat_deg=fix.lat_deg, lon_deg=fix.lon_deg, alt_m=fix.alt_m, cov_enu_m2=fix.cov_enu_m2)

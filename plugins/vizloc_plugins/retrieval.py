@@ -39,7 +39,8 @@ import numpy as np
 from vizloc_ros.hookspecs import hookimpl
 from vizloc_ros.trainers import TrainerRegistrar, TrainerType
 from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext, LocalizerType
-from vizloc_ros.types import CameraIntrinsics, CovarianceType, Frame, GeoEstimate, LocalizationResult, PoseEstimate
+from vizloc_ros.types import (CameraIntrinsics, CovarianceType, Frame, GeoEstimate, InvalidOutputError, LocalizationResult,
+                              PoseEstimate, ResultStatus)
 
 from .pnp import PnPError, geo_estimate_from_pose, pose_covariance_map, undistort_pixels
 from .refdb import ReferenceDatabase, ReferenceDatabaseError, ReferenceEntry, ReferenceIndex, load_depth_m
@@ -387,30 +388,31 @@ class RetrievalLocalizer:
         started = time.perf_counter()
         descriptor = self.model.run(frame, ['descriptor'])['descriptor'][0]
         network_ms = (time.perf_counter() - started) * 1e3
+        if descriptor.shape != (self.pipeline.index.dim,) or not np.all(np.isfinite(descriptor)):
+            raise InvalidOutputError(f'descriptor of shape {descriptor.shape} for an index of dimension '
+                                     f'{self.pipeline.index.dim}, or not finite')
         camera = None if frame.camera is None else frame.camera.scaled(frame.width, frame.height)
         outcome = self.pipeline.run(frame.rgb_HW3, descriptor, camera)
-        latency_ms = (time.perf_counter() - started) * 1e3
-        diagnostics = {'network_ms': f'{network_ms:.1f}', 'matching_ms': f'{latency_ms - network_ms:.1f}',
+        matching_ms = (time.perf_counter() - started) * 1e3 - network_ms
+        diagnostics = {'network_ms': f'{network_ms:.1f}', 'matching_ms': f'{matching_ms:.1f}',
                        'best_reference': str(outcome.best_uid), 'verified': str(len(outcome.verified)),
                        'pnp_points': str(outcome.pnp_points), 'pnp_inliers': str(outcome.pnp_inliers),
                        'database_version': str(self.pipeline.db.version)}
-        common = dict(stamp_ns=frame.stamp_ns, frame_id=frame.frame_id, localizer=self.name, latency_ms=latency_ms)
         if outcome.T_map_camera is not None:
-            pose = PoseEstimate(T_map_camera=outcome.T_map_camera, cov_6x6=outcome.cov_6x6, localizer=self.name,
-                                latency_ms=latency_ms, inlier_ratio=outcome.pnp_inliers / max(outcome.pnp_points, 1))
+            pose = PoseEstimate(T_map_camera=outcome.T_map_camera, cov_6x6=outcome.cov_6x6,
+                                inlier_ratio=outcome.pnp_inliers / max(outcome.pnp_points, 1))
             geo = None
             if self.pipeline.geo is not None:
-                geo = geo_estimate_from_pose(self.pipeline.geo, outcome.T_map_camera, outcome.cov_6x6, self.name,
-                                             latency_ms)
-            return LocalizationResult(**common, pose=pose, geo=geo, diagnostics=diagnostics)
+                geo = geo_estimate_from_pose(self.pipeline.geo, outcome.T_map_camera, outcome.cov_6x6)
+            return LocalizationResult(pose=pose, geo=geo, diagnostics=diagnostics)
         diagnostics['reason'] = outcome.reason
-        geo = self._fallback(outcome.best_uid, latency_ms)
+        geo = self._fallback(outcome.best_uid)
         if geo is None:
-            return LocalizationResult(**common, status='no_fix', diagnostics=diagnostics)
+            return LocalizationResult(status=ResultStatus.NO_FIX, diagnostics=diagnostics)
         diagnostics['fallback'] = 'best_reference'
-        return LocalizationResult(**common, geo=geo, diagnostics=diagnostics, covariance_type=CovarianceType.APPROXIMATED)
+        return LocalizationResult(geo=geo, diagnostics=diagnostics, covariance_type=CovarianceType.APPROXIMATED)
 
-    def _fallback(self, uid: str | None, latency_ms: float) -> GeoEstimate | None:
+    def _fallback(self, uid: str | None) -> GeoEstimate | None:
         """The best reference's position, covariance ``fallback_sigma_m``^2 I (None without a position)."""
         if uid is None:
             return None
@@ -423,8 +425,7 @@ class RetrievalLocalizer:
         else:
             return None
         sigma2 = self.options.fallback_sigma_m ** 2
-        return GeoEstimate(lat_deg=lat, lon_deg=lon, alt_m=alt, cov_enu_m2=np.eye(3) * sigma2, localizer=self.name,
-                           latency_ms=latency_ms)
+        return GeoEstimate(lat_deg=lat, lon_deg=lon, alt_m=alt, cov_enu_m2=np.eye(3) * sigma2)
 
     def reset(self) -> None:
         """No temporal state."""

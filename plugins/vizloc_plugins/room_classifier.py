@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +42,7 @@ import yaml
 from vizloc_ros.hookspecs import hookimpl
 from vizloc_ros.trainers import TrainerRegistrar, TrainerType
 from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext, LocalizerType
-from vizloc_ros.types import Frame, InvalidOutputError, LocalizationResult, PoseEstimate, RoomEstimate
+from vizloc_ros.types import Frame, InvalidOutputError, LocalizationResult, PoseEstimate, ResultStatus, RoomEstimate
 
 from vizloc_ros.runner import BundleModel
 from .room_classifier_contract import (LOCALIZER_TYPE, OUTPUT_CAM, OUTPUT_PROBS, RoomClassifierContract,
@@ -274,7 +273,7 @@ class RoomClassifierLocalizer:
     def close(self) -> None:
         self.model.close()
 
-    def _pose(self, label: str, latency_ms: float) -> PoseEstimate | None:
+    def _pose(self, label: str) -> PoseEstimate | None:
         if label not in self.room_poses:
             return None
         centroid, cov_xy = self.room_poses[label]
@@ -285,10 +284,9 @@ class RoomClassifierLocalizer:
         cov[:2, :2] = cov_xy
         cov[2, 2] = Z_VARIANCE_M2
         cov[3:, 3:] = np.eye(3) * UNKNOWN_ROTATION_VARIANCE_RAD2
-        return PoseEstimate(T_map_camera=T, cov_6x6=cov, localizer=self.name, latency_ms=latency_ms)
+        return PoseEstimate(T_map_camera=T, cov_6x6=cov)
 
     def localize(self, frame: Frame) -> LocalizationResult:
-        started = time.perf_counter()
         outputs = self.model.run(frame, self._outputs)
         raw = np.asarray(outputs[OUTPUT_PROBS], dtype=np.float64).reshape(-1)
         if raw.shape[0] != len(self.classes):
@@ -307,10 +305,8 @@ class RoomClassifierLocalizer:
         if self.options.publish_heatmap:
             images['heatmap'] = cam_overlay(frame.rgb_HW3, outputs[OUTPUT_CAM][0, best], self.model.last_resize,
                                             self.options.heatmap_alpha)
-        latency_ms = (time.perf_counter() - started) * 1e3
         room = RoomEstimate(label=label, confidence=confidence,
-                            probabilities={c: float(p) for c, p in zip(self.classes, belief)},
-                            localizer=self.name, latency_ms=latency_ms)
+                            probabilities={c: float(p) for c, p in zip(self.classes, belief)})
         ok = confidence >= self.options.min_confidence
         diagnostics = {
             'room': label,
@@ -320,9 +316,9 @@ class RoomClassifierLocalizer:
             'single_frame_confidence': f'{raw[raw_best]:.3f}',
             'smoothing': self.options.smoothing,
         }
-        return LocalizationResult(stamp_ns=frame.stamp_ns, frame_id=frame.frame_id, localizer=self.name,
-                                  latency_ms=latency_ms, room=room, pose=self._pose(label, latency_ms) if ok else None,
-                                  status='ok' if ok else 'no_fix', diagnostics=diagnostics, images=images)
+        return LocalizationResult(room=room, pose=self._pose(label) if ok else None,
+                                  status=ResultStatus.OK if ok else ResultStatus.NO_FIX, diagnostics=diagnostics,
+                                  images=images)
 
 
 @hookimpl

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,7 +39,7 @@ import numpy as np
 from vizloc_ros.hookspecs import hookimpl
 from vizloc_ros.trainers import TrainerRegistrar, TrainerType
 from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext, LocalizerType
-from vizloc_ros.types import CovarianceType, Frame, GeoEstimate, InvalidOutputError, LocalizationResult
+from vizloc_ros.types import CovarianceType, Frame, GeoEstimate, InvalidOutputError, LocalizationResult, ResultStatus
 
 from .gps_regressor import UNKNOWN_ALTITUDE_SIGMA_M, combine_gaussians
 from .s2_cells import CELL_POSITIONS, EARTH_RADIUS_M, unit_to_latlon
@@ -156,7 +155,6 @@ class S2ClassifierLocalizer:
                     len(self.tokens), self.top_k, self.neighbourhood_km, self.backend_name)
 
     def localize(self, frame: Frame) -> LocalizationResult:
-        started = time.perf_counter()
         out = self.model.run(frame, self.contract.output_names)
         probs = np.asarray(out[OUTPUT_PROBS], dtype=np.float64).reshape(-1)
         fix = estimate_fix(probs, self.positions_C3, self.extent_var_m2, top_k=self.top_k,
@@ -173,16 +171,12 @@ class S2ClassifierLocalizer:
         cov_enu = np.zeros((3, 3))
         cov_enu[:2, :2] = fix.cov_en_m2
         cov_enu[2, 2] = UNKNOWN_ALTITUDE_SIGMA_M ** 2
-        latency_ms = (time.perf_counter() - started) * 1e3
         diagnostics['sigma_m'] = f'{math.sqrt(max(0.5 * np.trace(fix.cov_en_m2), 0.0)):.0f}'
         if fix.mass_used < self.min_confidence:
-            return LocalizationResult(stamp_ns=frame.stamp_ns, frame_id=frame.frame_id, localizer=self.name,
-                                      latency_ms=latency_ms, status='no_fix',
+            return LocalizationResult(status=ResultStatus.NO_FIX,
                                       diagnostics={**diagnostics, 'reason': 'below min_confidence'})
-        geo = GeoEstimate(lat_deg=fix.lat_deg, lon_deg=fix.lon_deg, alt_m=math.nan, cov_enu_m2=cov_enu,
-                          localizer=self.name, latency_ms=latency_ms)
-        return LocalizationResult(stamp_ns=frame.stamp_ns, frame_id=frame.frame_id, localizer=self.name,
-                                  latency_ms=latency_ms, geo=geo, diagnostics=diagnostics,
+        geo = GeoEstimate(lat_deg=fix.lat_deg, lon_deg=fix.lon_deg, alt_m=math.nan, cov_enu_m2=cov_enu)
+        return LocalizationResult(geo=geo, diagnostics=diagnostics,
                                   covariance_type=CovarianceType.APPROXIMATED)  # from cell extents and spread
 
     def reset(self) -> None:

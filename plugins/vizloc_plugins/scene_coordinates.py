@@ -32,7 +32,7 @@ import numpy as np
 from vizloc_ros.hookspecs import hookimpl
 from vizloc_ros.trainers import TrainerRegistrar, TrainerType
 from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext, LocalizerType
-from vizloc_ros.types import Frame, InvalidInputError, LocalizationResult, PoseEstimate
+from vizloc_ros.types import Frame, InvalidInputError, InvalidOutputError, LocalizationResult, PoseEstimate, ResultStatus
 
 from .pnp import PnPSolution, RansacOptions, geo_estimate_from_pose, solve_pnp_ransac, undistort_pixels
 from .scene_coordinates_contract import (LOCALIZER_TYPE, OUTPUT_COORDS, OUTPUT_LOG_SCALE, OUTPUT_STRIDE,
@@ -90,7 +90,7 @@ def estimate_pose(coords_3hw: np.ndarray, log_scale_1hw: np.ndarray | None, K_in
     """
     coords = np.asarray(coords_3hw, dtype=np.float64)
     if coords.ndim != 3 or coords.shape[0] != 3:
-        raise InvalidInputError(f'coords must be (3, h, w), got {coords.shape}')
+        raise InvalidOutputError(f'coords must be (3, h, w), got {coords.shape}')
     h, w = coords.shape[1:]
     uu, vv = cell_centres_px(h, w)
     pixels = np.stack([uu.reshape(-1), vv.reshape(-1)], axis=1)
@@ -156,23 +156,21 @@ class SceneCoordinateLocalizer:
                                  use_uncertainty=self.options.use_uncertainty,
                                  covariance_scale=self.covariance_scale, dist_coeffs=camera.D,
                                  distortion_model=camera.distortion_model)
-        latency_ms = (time.perf_counter() - started) * 1e3
-        diagnostics = {'network_ms': f'{network_ms:.1f}', 'ransac_ms': f'{latency_ms - network_ms:.1f}',
+        ransac_ms = (time.perf_counter() - started) * 1e3 - network_ms
+        diagnostics = {'network_ms': f'{network_ms:.1f}', 'ransac_ms': f'{ransac_ms:.1f}',
                        'cells': str(int(np.prod(outputs[OUTPUT_COORDS].shape[2:])))}
         if solution is None:
             diagnostics['reason'] = (f'fewer than {self.ransac.min_inliers} RANSAC inliers or an inlier ratio below '
                                      f'{self.ransac.min_inlier_ratio:.2f}')
-            return LocalizationResult(stamp_ns=frame.stamp_ns, frame_id=frame.frame_id, localizer=self.name,
-                                      latency_ms=latency_ms, status='no_fix', diagnostics=diagnostics)
+            return LocalizationResult(status=ResultStatus.NO_FIX, diagnostics=diagnostics)
         diagnostics.update({'inliers': str(solution.num_inliers), 'inlier_ratio': f'{solution.inlier_ratio:.3f}',
                             'reprojection_rmse_px': f'{solution.reprojection_rmse_px:.2f}'})
-        pose = PoseEstimate(T_map_camera=solution.T_map_camera, cov_6x6=solution.cov_6x6, localizer=self.name,
-                            latency_ms=latency_ms, inlier_ratio=solution.inlier_ratio)
+        pose = PoseEstimate(T_map_camera=solution.T_map_camera, cov_6x6=solution.cov_6x6,
+                            inlier_ratio=solution.inlier_ratio)
         geo = None
         if self.geo is not None:
-            geo = geo_estimate_from_pose(self.geo, solution.T_map_camera, solution.cov_6x6, self.name, latency_ms)
-        return LocalizationResult(stamp_ns=frame.stamp_ns, frame_id=frame.frame_id, localizer=self.name,
-                                  latency_ms=latency_ms, pose=pose, geo=geo, diagnostics=diagnostics)
+            geo = geo_estimate_from_pose(self.geo, solution.T_map_camera, solution.cov_6x6)
+        return LocalizationResult(pose=pose, geo=geo, diagnostics=diagnostics)
 
     def reset(self) -> None:
         """No temporal state."""

@@ -46,6 +46,8 @@ from typing import Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from vizloc_ros.types import InvalidOutputError
+
 __all__ = ['SMOOTHING_MODES', 'TRANSITIONS', 'ProbabilityFilter', 'NoFilter', 'EMAFilter', 'HMMFilter',
            'HMMCalibration', 'transition_matrix', 'adjacency_from_polygons', 'estimate_switch_matrix',
            'calibrate_hmm', 'make_filter', 'filter_sequence']
@@ -57,14 +59,16 @@ TRANSITIONS = ('uniform', 'adjacency', 'learned')
 
 
 def _check_probs(probs_C: np.ndarray, num_classes: int) -> np.ndarray:
+    """The classifier's probabilities, normalised; a model output that cannot be used is an
+    InvalidOutputError (a ValueError), as everywhere in the localizers."""
     p = np.asarray(probs_C, dtype=np.float64).reshape(-1)
     if p.shape[0] != num_classes:
-        raise ValueError(f'expected {num_classes} class probabilities, got {p.shape[0]}')
+        raise InvalidOutputError(f'expected {num_classes} class probabilities, got {p.shape[0]}')
     if not np.all(np.isfinite(p)) or np.any(p < 0.0):
-        raise ValueError('class probabilities must be finite and non-negative')
+        raise InvalidOutputError('class probabilities must be finite and non-negative')
     total = p.sum()
     if total <= 0.0:
-        raise ValueError('class probabilities sum to zero')
+        raise InvalidOutputError('class probabilities sum to zero')
     return p / total
 
 

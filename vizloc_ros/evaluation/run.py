@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -25,7 +24,7 @@ from ..conversions import matrix_from_pose, stamp_to_ns
 from ..eval_bag import (CAMERA_INFO_TOPIC, COMPRESSED_IMAGE_TOPIC, FIX_TOPIC, GROUND_TRUTH_TOPICS, IMAGE_TOPIC,
                         POSE_TOPIC, ROOM_TOPIC)
 from ..frames import CameraExtrinsic
-from ..types import InvalidInputError
+from ..types import InvalidInputError, ResultStatus
 
 __all__ = ['EvalError', 'Estimate', 'EvalRun', 'GroundTruthSample', 'read_ground_truth', 'run_offline',
            'check_bag_topics', 'GROUND_TRUTH_TOPICS']
@@ -170,7 +169,7 @@ def estimate_from_result(node: Any, name: str, result: Any, header: Any, latency
     from ..frames import base_pose_from_camera_pose
 
     est = Estimate(localizer=name, stamp_ns=stamp_to_ns(header.stamp),
-                   status='no_fix' if result.status == 'no_fix' else 'ok', latency_ms=latency_ms)
+                   status=ResultStatus(result.status).value, latency_ms=latency_ms)
     fix = navsatfix_from_result(result, header.stamp, header.frame_id)
     if fix is not None:
         est.messages.append(('fix', fix))
@@ -288,26 +287,21 @@ def _localize_one(node: Any, name: str, localizer: Any, msg: Any, frame: Any, st
         return Estimate(localizer=name, stamp_ns=stamp_ns, status='error', error=f'bad_input: {frame}')
     if localizer.requires_camera_info and frame.camera is None:
         return Estimate(localizer=name, stamp_ns=stamp_ns, status='waiting_camera_info')
-    from ..types import InvalidOutputError, check_result
+    from ..localizer import LocalizeFault, run_localizer
+    from ..types import InvalidOutputError
 
-    start = time.perf_counter()
+    try:  # as the node's workers: timed, checked and stamped by the host; one error heading per fault
+        result, _, _ = run_localizer(localizer, frame, name)
+    except LocalizeFault as fault:
+        if fault.kind == 'plugin_error':
+            logger.error('localizer %s raised on frame %d: %s', name, stamp_ns, fault.message)
+        return Estimate(localizer=name, stamp_ns=stamp_ns, status='error', latency_ms=fault.latency_ms,
+                        error=f'{fault.kind}: {fault.message}')
     try:
-        result = localizer.localize(frame)
-    except InvalidInputError as exc:
-        return Estimate(localizer=name, stamp_ns=stamp_ns, status='error', error=f'bad_input: {exc}')
+        return estimate_from_result(node, name, result, msg.header, result.latency_ms)
     except InvalidOutputError as exc:
-        return Estimate(localizer=name, stamp_ns=stamp_ns, status='error', error=f'invalid_output: {exc}')
-    except Exception as exc:  # noqa: BLE001 - as in the node: a plugin that raises is counted, the run goes on
-        logger.error('localizer %s raised on frame %d: %s: %s', name, stamp_ns, type(exc).__name__, exc)
-        return Estimate(localizer=name, stamp_ns=stamp_ns, status='error', error=f'plugin_error: {type(exc).__name__}: {exc}')
-    latency_ms = (time.perf_counter() - start) * 1e3
-    try:
-        check_result(result)  # the node's own check before publishing
-    except InvalidOutputError as exc:
-        return Estimate(localizer=name, stamp_ns=stamp_ns, status='error', latency_ms=latency_ms,
+        return Estimate(localizer=name, stamp_ns=stamp_ns, status='error', latency_ms=result.latency_ms,
                         error=f'invalid_output: {exc}')
-    try:
-        return estimate_from_result(node, name, result, msg.header, latency_ms)
-    except (InvalidInputError, ValueError, TypeError) as exc:
-        return Estimate(localizer=name, stamp_ns=stamp_ns, status='error', latency_ms=latency_ms,
+    except (ValueError, TypeError) as exc:
+        return Estimate(localizer=name, stamp_ns=stamp_ns, status='error', latency_ms=result.latency_ms,
                         error=f'publish_error: {type(exc).__name__}: {exc}')
