@@ -9,7 +9,7 @@ import pytest
 
 from vizloc_ros.geodesy import (GeodesyError, GeoReference, LocalENU, ecef_to_geodetic, geodesic_distance_m,
                                 geodetic_to_ecef, matrix_from_quaternion_xyzw, project, quaternion_xyzw_from_matrix,
-                                rotate_covariance, unproject)
+                                rotate_covariance, unproject, WGS84Fix)
 
 
 def dms(d: float, m: float, s: float) -> float:
@@ -185,6 +185,27 @@ def test_scene_to_wgs84_fix_in_a_tangent_plane_frame_matches_local_enu_at_the_fi
     up_origin = np.array(local.to_enu(*top), dtype=float)
     np.testing.assert_allclose(fix.cov_enu_m2, 399.0 * np.outer(up_origin, up_origin) + np.eye(3), atol=1e-3)
     assert fix.cov_enu_m2[0, 2] < -0.5  # the origin's vertical leans west at the fix
+
+
+def test_wgs84_fix_to_scene_inverts_scene_to_wgs84_fix_and_moves_estimates_between_frames():
+    """The inverse conversion round-trips, and chaining one reference's scene_to_wgs84_fix with another's
+    wgs84_fix_to_scene moves an estimate between scene frames (UTM scene -> tangent-plane scene): the
+    covariance turns by the meridian convergence, checked against pyproj."""
+    utm = GeoReference.from_mapping({'crs': 'EPSG:32632', 'offset': [500000.0, 5200000.0, 400.0]})
+    point = np.array([150000.0, 2500.0, 12.0])
+    cov_scene = np.array([[100.0, 20.0, 0.0], [20.0, 5.0, 0.5], [0.0, 0.5, 9.0]])
+    back, cov_back = utm.wgs84_fix_to_scene(utm.scene_to_wgs84_fix(point, cov_scene))
+    np.testing.assert_allclose(back, point, atol=1e-6)
+    np.testing.assert_allclose(cov_back, cov_scene, atol=1e-6)
+    fix = utm.scene_to_wgs84_fix(point, cov_scene)
+    enu = GeoReference.from_mapping({'enu_origin': [fix.lat_deg, fix.lon_deg, fix.alt_m]})
+    xyz, cov_enu_frame = enu.wgs84_fix_to_scene(fix)
+    np.testing.assert_allclose(xyz, 0.0, atol=1e-6)  # the fix is that frame's origin, where scene = ENU
+    gamma = math.radians(pyproj.Proj('EPSG:32632').get_factors(fix.lon_deg, fix.lat_deg).meridian_convergence)
+    R = np.array([[math.cos(gamma), math.sin(gamma), 0.0], [-math.sin(gamma), math.cos(gamma), 0.0], [0.0, 0.0, 1.0]])
+    np.testing.assert_allclose(cov_enu_frame, R @ cov_scene @ R.T, atol=1e-5)
+    with pytest.raises(GeodesyError, match='finite altitude'):
+        utm.wgs84_fix_to_scene(WGS84Fix(fix.lat_deg, fix.lon_deg, math.nan, fix.cov_enu_m2))
 
 
 @pytest.mark.parametrize('mapping, match', [

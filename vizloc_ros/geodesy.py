@@ -9,7 +9,8 @@ metres. See docs/geodesy.md.
 * :class:`GeoReference` -- the geo-reference of a local scene frame (``geo.yaml`` of a scene
   coordinate dataset or bundle): ``{crs: 'EPSG:<code>', offset: [x, y, z]}`` or
   ``{enu_origin: [lat, lon, alt]}``. :meth:`GeoReference.scene_to_wgs84_fix` is *the* scene-frame
-  -> WGS84 conversion of an estimate: position plus covariance rotated into ENU (:class:`WGS84Fix`).
+  -> WGS84 conversion of an estimate: position plus covariance rotated into ENU (:class:`WGS84Fix`);
+  :meth:`GeoReference.wgs84_fix_to_scene` its inverse.
 * :func:`rotate_covariance`, :func:`quaternion_xyzw_from_matrix`, :func:`matrix_from_quaternion_xyzw`
   (ROS order x, y, z, w), :func:`geodetic_to_ecef`, :func:`ecef_to_geodetic`,
   :func:`geodesic_distance_m`.
@@ -320,6 +321,21 @@ class GeoReference:
         lat, lon, alt = (float(np.ravel(v)[0]) for v in self.scene_to_wgs84(point))
         cov_enu = rotate_covariance(cov, self.R_enu_scene(point))
         return WGS84Fix(lat_deg=lat, lon_deg=lon, alt_m=alt, cov_enu_m2=0.5 * (cov_enu + cov_enu.T))
+
+    def wgs84_fix_to_scene(self, fix: WGS84Fix) -> tuple[np.ndarray, np.ndarray]:
+        """The inverse of :meth:`scene_to_wgs84_fix`: a :class:`WGS84Fix` -> (scene point (3,) in
+        metres, its 3x3 covariance in scene axes). The position goes through :meth:`wgs84_to_scene`,
+        the ENU covariance is rotated into scene axes at the point (``R_enu_scene(xyz).T``). Chained
+        with another reference's :meth:`scene_to_wgs84_fix`, it moves an estimate between scene frames.
+        """
+        if not np.isfinite(fix.alt_m):
+            raise GeodesyError('wgs84_fix_to_scene needs a finite altitude')
+        point = np.asarray(self.wgs84_to_scene(fix.lat_deg, fix.lon_deg, fix.alt_m), dtype=np.float64).reshape(3)
+        cov = np.asarray(fix.cov_enu_m2, dtype=np.float64)
+        if cov.shape != (3, 3):
+            raise GeodesyError(f'cov_enu_m2 must be 3x3, got {cov.shape}')
+        cov_scene = rotate_covariance(cov, self.R_enu_scene(point).T)
+        return point, 0.5 * (cov_scene + cov_scene.T)
 
 
 def rotate_covariance(cov: Any, R: Any) -> np.ndarray:

@@ -164,13 +164,13 @@ class GPSRegressorLocalizer:
         for member in self.members:
             mean, cov = member.predict(frame)
             if member is not ref:
-                xyz = np.array([mean[0], mean[1], 0.0])
-                lat, lon, alt = member.geo.scene_to_wgs84(xyz[None])
-                xyz_ref = np.asarray(ref.geo.wgs84_to_scene(lat, lon, alt), dtype=np.float64).reshape(3)
-                # member scene axes -> local ENU at the point -> reference scene axes
-                R = ref.geo.R_enu_scene(xyz_ref).T @ member.geo.R_enu_scene(xyz)
-                mean = xyz_ref[:2]
-                cov = R[:2, :2] @ cov @ R[:2, :2].T
+                # member scene frame -> WGS84 (covariance in ENU at the point) -> reference scene frame,
+                # through core geodesy's one conversion and its inverse
+                cov_scene = np.zeros((3, 3))
+                cov_scene[:2, :2] = cov
+                fix = member.geo.scene_to_wgs84_fix(np.array([mean[0], mean[1], 0.0]), cov_scene)
+                xyz_ref, cov_ref = ref.geo.wgs84_fix_to_scene(fix)
+                mean, cov = xyz_ref[:2], cov_ref[:2, :2]
             means.append(mean)
             covs.append(cov)
         return combine_gaussians(np.stack(means), np.stack(covs))
