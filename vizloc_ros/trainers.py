@@ -11,7 +11,9 @@ A plugin ships a localizer *and* its training in one package by implementing the
 Entries are dotted paths (``module:attribute``), imported only when that type is trained, so the
 runtime and the plugin modules stay torch-free and ``vizloc-train --help`` imports no trainer.
 ``train(args: vizloc_training.train.config.TrainArgs) -> Path`` writes the bundle and returns its
-directory; ``PRESETS`` maps preset names to settings (``vizloc_training.train.config.resolve_preset``).
+directory; ``PRESETS`` maps preset names to settings: instances of the trainer's typed config dataclass
+(``dataclasses.replace(BASE, ...)``; plain dicts are accepted too), resolved against the command line by
+``vizloc_training.train.config.resolve_preset``.
 :func:`vizloc_ros.plugin_manager.load_trainer_registry` fills the registry from the same entry points
 the node loads its localizers from.
 """
@@ -75,8 +77,8 @@ class TrainerType:
         """The training function (imports the trainer module, and with it torch)."""
         return import_dotted(self.train)
 
-    def load_presets(self) -> Mapping[str, Mapping[str, Any]]:
-        """The trainer's named presets."""
+    def load_presets(self) -> Mapping[str, Any]:
+        """The trainer's named presets (config dataclass instances, or dicts)."""
         return import_dotted(self.presets)
 
 

@@ -8,27 +8,46 @@ room's colour is the mean over its training images of the per-image mean RGB tha
 model computes (same resize to ``image_size``), so the localizer compares like with like. The bundle
 (:func:`.make_bundle`) carries that table as ``metadata.palette``; the nearest-colour accuracy on the
 ``val`` (and ``test``) split, where present, goes into the bundle's metrics.
+
+Its settings are a typed, frozen config dataclass (:class:`ExampleColorConfig`, a
+``vizloc_training.train.config.TrainConfig``) and the presets ``dataclasses.replace(BASE, ...)``, as in
+the built-in trainers; there is no training loop (nothing is optimised), so it does not use the
+training skeleton (``vizloc_training.train.skeleton.fit``) that they run their epochs in.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
+
+from vizloc_training.train.config import TrainConfig, TrainConfigError, resolve_preset
 
 from .bundle import make_bundle
 from .localizer import PALETTE
 
-__all__ = ['PRESETS', 'train']
+__all__ = ['PRESETS', 'BASE', 'ExampleColorConfig', 'train']
 
 logger = logging.getLogger(__name__)
 
-#: ``image_size``: the model's square input (pixels); ``max_images_per_room``: 0 = all.
-PRESETS: dict[str, dict[str, Any]] = {
-    'demo': {'image_size': 32, 'max_images_per_room': 0},
-    'tiny': {'image_size': 16, 'max_images_per_room': 8},
-    'full': {'image_size': 64, 'max_images_per_room': 0},
+@dataclass(frozen=True)
+class ExampleColorConfig(TrainConfig):
+    """``vizloc-train example_color`` settings (``--set key=value`` for any field)."""
+
+    TYPE: ClassVar[str] = 'example_color'
+    POSITIVE: ClassVar[tuple[str, ...]] = ('image_size',)
+
+    image_size: int = 32          # the model's square input (pixels)
+    max_images_per_room: int = 0  # 0 = all
+
+
+BASE = ExampleColorConfig()
+PRESETS: dict[str, ExampleColorConfig] = {
+    'demo': BASE,
+    'tiny': replace(BASE, image_size=16, max_images_per_room=8),
+    'full': replace(BASE, image_size=64),
 }
 
 
@@ -62,10 +81,8 @@ def train(args: Any) -> Path:
 
     ``args`` is a :class:`vizloc_training.train.config.TrainArgs` (``vizloc-train``'s arguments).
     """
-    from vizloc_training.train.config import TrainConfigError, resolve_preset
-
     config = resolve_preset(PRESETS, args)
-    size_px, max_per_room = int(config['image_size']), int(config['max_images_per_room'])
+    size_px, max_per_room = config.image_size, config.max_images_per_room
     labels, means_N3, label_N = _mean_rgb_per_image(args.data, 'train', None, size_px, max_per_room)
     unknown = sorted(set(labels) - set(PALETTE))
     if unknown:
@@ -83,4 +100,4 @@ def train(args: Any) -> Path:
             metrics[f'{split}_images'] = int(len(split_labels))
     logger.info('example_color: colour table of %d rooms from %d images; %s', len(palette), len(label_N), metrics)
     return make_bundle(args.out, height=size_px, width=size_px, palette=palette, metrics=metrics,
-                       metadata={'preset': args.preset, 'config': config})
+                       metadata={'preset': args.preset, 'config': config.to_dict()})

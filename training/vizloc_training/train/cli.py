@@ -65,7 +65,8 @@ def build_parser(registry: TrainerRegistry | None = None) -> argparse.ArgumentPa
     parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda[:N]' (default: cpu)")
     parser.add_argument('--resume', action='store_true', help='continue from the latest checkpoint of this run')
     parser.add_argument('--set', dest='extra', action='append', default=[], metavar='KEY=VALUE',
-                        help='override any other preset key (repeatable), e.g. --set image_size=160')
+                        help='override any other preset key (repeatable), e.g. --set image_size=160; the value is '
+                             'parsed as the key\'s type (true/false, numbers, comma-separated lists)')
     parser.add_argument('-v', '--verbose', action='store_true', help='debug logging')
     return parser
 
