@@ -321,7 +321,7 @@ def test_ensemble_of_bundles_combines_members(bundle, dataset, tmp_path):
 # -- presets and CLI ---------------------------------------------------------------------------------------
 def test_presets_and_config_errors(dataset, tmp_path):
     assert {'demo', 'tiny', 'full'} <= set(PRESETS)
-    assert all(p['backbone'] == 'efficientnet_lite0' and p['pretrained'] for p in PRESETS.values())
+    assert all(p.backbone == 'efficientnet_lite0' and p.pretrained for p in PRESETS.values())
     with pytest.raises(TrainConfigError, match='unknown setting'):
         train(TrainArgs(type='gps_regressor', data=dataset, out=tmp_path / 'x', preset='tiny', extra={'lossy': 1}))
     with pytest.raises(TrainConfigError, match='loss must be one of'):
@@ -417,3 +417,54 @@ def test_bins_head_trains_exports_and_runs_in_the_plugin(dataset, tmp_path):
     with pytest.raises(TrainConfigError, match='head'):
         train(TrainArgs(type='gps_regressor', data=dataset, out=tmp_path / 'x', preset='tiny',
                         extra={'head': 'mixture'}))
+
+
+def test_frozen_feature_mode_trains_only_pooling_and_head(dataset, tmp_path, monkeypatch):
+    """``freeze_backbone``: the pretrained backbone's maps are cached once (float16, the un-augmented view
+    equal to the backbone's own maps), no step moves the backbone (weights and BN statistics bit for
+    bit), the spatial pooling and the bins head learn, and the bundle runs in the plugin."""
+    import vizloc_training.gps_regressor.train as gps_train
+    from vizloc_ros.bundle import load_bundle
+
+    made = []
+
+    class Recording(gps_train.GPSRegressorNet):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.initial = {k: v.detach().clone() for k, v in self.state_dict().items()}
+            made.append(self)
+
+    monkeypatch.setattr(gps_train, 'GPSRegressorNet', Recording)
+    out = train(TrainArgs(type='gps_regressor', data=dataset, out=tmp_path / 'frozen', preset='tiny', epochs=30,
+                          seed=0, extra={'freeze_backbone': 'true', 'feature_views': '2', 'pool': 'spatial',
+                                         'head': 'bins', 'bin_size_m': '20', 'lr': '0.01', 'robustness': 'false'}))
+    (net,) = made
+    after = net.state_dict()
+    backbone_keys = [k for k in after if k.startswith('backbone.')]
+    assert backbone_keys and all(torch.equal(net.initial[k], after[k]) for k in backbone_keys)
+    assert not torch.equal(net.initial['head.0.weight'], after['head.0.weight'])
+    assert not torch.equal(net.initial['reduce.0.weight'], after['reduce.0.weight'])
+    b = load_bundle(out, expected_type='gps_regressor')
+    assert b.metadata['config']['freeze_backbone'] is True and len(b.metadata['history']) == 30
+    assert b.metrics['features_s'] > 0
+    truth = np.array([[float(r['lat']), float(r['lon'])] for r in csv.DictReader(open(dataset / 'gt.csv'))
+                      if r['split'] == 'test'])
+    centroid = np.array(b.metadata['geo']['enu_origin'][:2])
+    assert b.metrics['test']['mean_m'] < geo_metrics.haversine_m(truth[:, 0], truth[:, 1], *centroid).mean()
+    localizer = _localizer([out], tmp_path)
+    row = next(r for r in csv.DictReader(open(dataset / 'gt.csv')) if r['split'] == 'test')
+    result = localizer.localize(Frame(rgb_HW3=read_image(dataset, row['image']), stamp_ns=1, frame_id='camera'))
+    assert result.geo is not None and np.all(np.linalg.eigvalsh(result.geo.cov_enu_m2) > 0)
+    localizer.close()
+    # The cache: float16 copies of the backbone's own maps for the un-augmented view.
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 40, 3), dtype=np.uint8)
+    maps = gps_train.cached_feature_maps(net.backbone, images, torch.device('cpu'), augment='none',
+                                         generator=torch.Generator().manual_seed(0))
+    net.backbone.eval()
+    with torch.no_grad():
+        reference = net.backbone.forward_features(gps_train._normalise(gps_train._to_unit(images, torch.device('cpu'))))
+    assert maps.dtype == torch.float16 and maps.shape == reference.shape
+    torch.testing.assert_close(maps.float(), reference, rtol=2e-3, atol=2e-3 * float(reference.abs().max()))
+    with pytest.raises(TrainConfigError, match='freeze_backbone'):
+        train(TrainArgs(type='gps_regressor', data=dataset, out=tmp_path / 'x', preset='tiny',
+                        extra={'freeze_backbone': 'true', 'pretrained': 'false'}))

@@ -122,9 +122,14 @@ class GPSRegressorNet(nn.Module):
         nn.init.normal_(out.weight, std=1e-3)
 
     def features(self, x_N3HW: torch.Tensor) -> torch.Tensor:
+        return self.pooled(self.backbone.forward_features(x_N3HW))
+
+    def pooled(self, maps_NChw: torch.Tensor) -> torch.Tensor:
+        """The head's input from the backbone's feature maps: the 1x1-reduced, flattened map
+        (``spatial``) or the global average (``avg``, the backbone's own pooling)."""
         if self.reduce is None:
-            return self.backbone(x_N3HW)
-        return torch.flatten(self.reduce(self.backbone.forward_features(x_N3HW)), 1)
+            return self.backbone.pool(maps_NChw)
+        return torch.flatten(self.reduce(maps_NChw), 1)
 
     def forward(self, x_N3HW: torch.Tensor, return_logits: bool = False):
         """``(mu_N2, log_var_N2, rho_N)``, plus the anchor logits (N, K) with ``return_logits`` (``bins`` only).
@@ -134,7 +139,11 @@ class GPSRegressorNet(nn.Module):
         quantisation variance, i.e. the moment-matched Gaussian of the mixture over anchors, returned
         as log-variances and a correlation like the ``gaussian`` head.
         """
-        raw = self.head(self.features(x_N3HW))
+        return self.from_maps(self.backbone.forward_features(x_N3HW), return_logits)
+
+    def from_maps(self, maps_NChw: torch.Tensor, return_logits: bool = False):
+        """:meth:`forward` from the backbone's feature maps (the frozen-feature mode trains on cached maps)."""
+        raw = self.head(self.pooled(maps_NChw))
         if self.head_kind == 'bins':
             logits = raw[:, :-1]
             p = torch.softmax(logits, dim=1)
@@ -177,7 +186,13 @@ class MetricHead(nn.Module):
         self.register_buffer('std_en_m', std_en_m.detach().clone().float().reshape(1, 2))
 
     def forward(self, x_N3HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, log_var, rho = self.net(x_N3HW)
+        return self._metric(*self.net(x_N3HW))
+
+    def from_maps(self, maps_NChw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` from the backbone's feature maps (validation of a head trained on cached maps)."""
+        return self._metric(*self.net.from_maps(maps_NChw))
+
+    def _metric(self, mu: torch.Tensor, log_var: torch.Tensor, rho: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean_en_m = mu * self.std_en_m + self.mean_en_m
         cov = covariance_from_head(log_var, rho)
         scale = self.std_en_m.reshape(1, 2, 1) * self.std_en_m.reshape(1, 1, 2)

@@ -24,8 +24,9 @@ import logging
 import math
 import os
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 import torch
@@ -36,16 +37,18 @@ from vizloc_ros.bundle import InputSpec
 from vizloc_ros.geodesy import GeoReference
 
 from ..metrics import geo as geo_metrics
-from ..train.config import TrainArgs, TrainConfigError, resolve_preset
+from ..train.config import TrainArgs, TrainConfig, TrainConfigError, resolve_preset
 from ..train.export import IMAGENET_MEAN, IMAGENET_STD, export_and_bundle
-from ..train.loop import (CheckpointManager, ddp_cleanup, ddp_setup, discriminative_param_groups, is_main_process,
-                          progress, select_device, set_lr, set_seed)
+from ..train.loop import (CheckpointManager, discriminative_param_groups, distributed, is_main_process, progress,
+                          select_device, set_seed)
+from ..train.skeleton import Schedule, StepInfo, TrainingTask, Validation, ddp_wrap, fit, shard, sharded_steps
 from .data import GPSData, load_gps_data
 from .evaluate import evaluate_arrays, nearest_train_distance, robustness_table
 from .losses import LOSSES, GPSLoss
 from .model import BACKBONE_CHOICES, HEADS, POOLING, GPSRegressorNet, MetricHead, grid_anchors
 
-__all__ = ['PRESETS', 'LOCALIZER_TYPE', 'train', 'augment_batch', 'predict']
+__all__ = ['PRESETS', 'BASE', 'GPSConfig', 'LOCALIZER_TYPE', 'train', 'augment_batch', 'predict',
+           'cached_feature_maps']
 
 logger = logging.getLogger(__name__)
 CALIBRATION_MODES = ('auto', 'always', 'never')
@@ -53,69 +56,78 @@ CALIBRATION_MODES = ('auto', 'always', 'never')
 COVERAGE_BAND_PCT = (90.0, 98.0)
 AUGMENT_LEVELS = ('none', 'light', 'strong')
 
-_BASE: dict[str, Any] = {
-    'backbone': 'efficientnet_lite0',
-    'pretrained': True,          # start from the packaged ImageNet weights
-    'backbone_lr_factor': 0.3,   # fine-tuning: the backbone learns at lr x this, the head at lr
-    'image_height': 96,
-    'image_width': 128,
-    'epochs': 30,
-    'batch_size': 32,
-    'lr': 2e-3,
-    'weight_decay': 1e-4,
-    'warmup_epochs': 1,
-    'loss': 'gaussian_nll',
-    'nll_beta': 0.5,
-    'correlation': True,
-    'pool': 'avg',
-    'head': 'gaussian',
-    'bin_size_m': 10.0,
-    'bin_ce_weight': 1.0,
-    'dropout': 0.1,
-    'augment': 'strong',
-    'calibration': 'auto',
-    'robustness': True,
-    'max_per_split': 0,
-    'eval_every': 1,
-    'time_budget_s': 0.0,
-    'threads': 0,
-}
+@dataclass(frozen=True)
+class GPSConfig(TrainConfig):
+    """Settings of a GPS regressor run (``--set key=value`` for any field); the presets are
+    ``replace(BASE, ...)``. Bundles record them as ``metadata.config``."""
 
-#: Named presets. ``demo``: CPU-friendly default, <= 10 min on 2 shared cores: the ImageNet-pretrained
-#: EfficientNet-Lite0 fine-tuned at 128x96 (see docs/localizers/gps_regressor.md for the measured
-#: numbers); ``tiny``: seconds, for tests; ``full``: the seed's resolution (224) on a GPU.
-PRESETS: dict[str, dict[str, Any]] = {
+    TYPE: ClassVar[str] = LOCALIZER_TYPE
+    POSITIVE: ClassVar[tuple[str, ...]] = ('image_height', 'image_width', 'epochs', 'batch_size', 'lr', 'eval_every',
+                                           'bin_size_m', 'feature_views', 'spatial_channels')
+    CHOICES: ClassVar[Mapping[str, tuple[str, ...]]] = {
+        'backbone': BACKBONE_CHOICES, 'loss': LOSSES, 'calibration': CALIBRATION_MODES, 'pool': POOLING,
+        'head': HEADS, 'augment': AUGMENT_LEVELS}
+
+    backbone: str = 'efficientnet_lite0'
+    pretrained: bool = True          # start from the packaged ImageNet weights
+    backbone_lr_factor: float = 0.3  # fine-tuning: the backbone learns at lr x this, the head at lr
+    image_height: int = 96
+    image_width: int = 128
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 1
+    loss: str = 'gaussian_nll'
+    nll_beta: float = 0.5
+    correlation: bool = True
+    pool: str = 'avg'                # avg: global average; spatial: 1x1 conv to spatial_channels + flatten
+    spatial_channels: int = 32
+    head: str = 'gaussian'           # gaussian: direct regression; bins: place distribution over grid anchors
+    bin_size_m: float = 10.0
+    bin_ce_weight: float = 1.0
+    dropout: float = 0.1
+    augment: str = 'strong'
+    freeze_backbone: bool = False    # True: frozen-feature mode: the backbone's feature maps of feature_views
+                                     # copies of every training image (the first un-augmented) computed once,
+                                     # then only pooling + head train on the cache
+    feature_views: int = 3
+    calibration: str = 'auto'
+    robustness: bool = True
+    max_per_split: int = 0
+    eval_every: int = 1
+    time_budget_s: float = 0.0
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.bin_ce_weight < 0.0:
+            raise TrainConfigError(f'{self.TYPE}: bin_ce_weight must be non-negative, got {self.bin_ce_weight}')
+
+
+BASE = GPSConfig()
+
+#: Named presets. ``demo`` (the default): frozen-feature mode: the ImageNet-pretrained
+#: EfficientNet-Lite0's stride-32 maps of 3 views of every training image at 224x168 cached once, a
+#: spatial place-distribution head (bins) trained on them (measured against fine-tuning at the same
+#: budget in docs/localizers/gps_regressor.md); its cost is the features, not a time budget.
+#: ``finetune``: the whole network fine-tuned at 128x96 with discriminative LRs, capped at 540 s;
+#: ``tiny``: seconds, for tests; ``full``: the seed's resolution (224) fine-tuned on a GPU.
+PRESETS: dict[str, GPSConfig] = {
+    'demo': replace(BASE, pool='spatial', head='bins', loss='haversine', image_height=168, image_width=224,
+                    freeze_backbone=True, feature_views=3, spatial_channels=32, epochs=20, batch_size=64, lr=3e-3,
+                    warmup_epochs=0),
     # haversine trains the mean faster than the NLL in a short budget (measured; the covariance head
-    # is still trained by the NLL on the detached mean).
-    # bins: a place distribution over 10 m cells, better than direct regression at equal CPU time (measured).
-    # spatial pooling keeps where things are in the view (which says where the camera is).
-    'demo': {**_BASE, 'pool': 'spatial', 'image_height': 96, 'image_width': 128, 'lr': 1e-3,
-             'epochs': 400, 'time_budget_s': 540.0, 'loss': 'haversine', 'head': 'bins'},
-    'tiny': {**_BASE, 'image_height': 32, 'image_width': 40, 'epochs': 2,
-             'batch_size': 8, 'lr': 3e-3, 'backbone_lr_factor': 1.0, 'warmup_epochs': 0, 'augment': 'light'},
-    'full': {**_BASE, 'image_height': 224, 'image_width': 224, 'epochs': 120, 'batch_size': 32, 'lr': 4e-4,
-             'weight_decay': 1e-3, 'warmup_epochs': 3},
+    # is still trained by the NLL on the detached mean). bins: a place distribution over 10 m cells,
+    # better than direct regression at equal CPU time (measured). spatial pooling keeps where things
+    # are in the view (which says where the camera is).
+    'finetune': replace(BASE, pool='spatial', head='bins', loss='haversine', lr=1e-3, epochs=400,
+                        time_budget_s=540.0),
+    'tiny': replace(BASE, image_height=32, image_width=40, epochs=2, batch_size=8, lr=3e-3, backbone_lr_factor=1.0,
+                    warmup_epochs=0, augment='light'),
+    'full': replace(BASE, image_height=224, image_width=224, epochs=120, batch_size=32, lr=4e-4, weight_decay=1e-3,
+                    warmup_epochs=3),
 }
-
-
-def _check_config(config: dict[str, Any]) -> None:
-    if config['backbone'] not in BACKBONE_CHOICES:
-        raise TrainConfigError(f'gps_regressor: backbone must be one of {BACKBONE_CHOICES}, got {config["backbone"]!r}')
-    if config['loss'] not in LOSSES:
-        raise TrainConfigError(f'gps_regressor: loss must be one of {LOSSES}, got {config["loss"]!r}')
-    if config['calibration'] not in CALIBRATION_MODES:
-        raise TrainConfigError(f'gps_regressor: calibration must be one of {CALIBRATION_MODES}')
-    if config['pool'] not in POOLING:
-        raise TrainConfigError(f'gps_regressor: pool must be one of {POOLING}')
-    if config['head'] not in HEADS:
-        raise TrainConfigError(f'gps_regressor: head must be one of {HEADS}, got {config["head"]!r}')
-    if float(config['bin_size_m']) <= 0.0 or float(config['bin_ce_weight']) < 0.0:
-        raise TrainConfigError('gps_regressor: bin_size_m must be positive and bin_ce_weight non-negative')
-    if config['augment'] not in AUGMENT_LEVELS:
-        raise TrainConfigError(f'gps_regressor: augment must be one of {AUGMENT_LEVELS}')
-    for key in ('image_height', 'image_width', 'epochs', 'batch_size', 'eval_every'):
-        if int(config[key]) <= 0:
-            raise TrainConfigError(f'gps_regressor: {key} must be positive, got {config[key]}')
 
 
 def _set_threads(threads: int) -> None:
@@ -225,169 +237,249 @@ def _split_metrics(head: MetricHead, data: GPSData, split: str, device: torch.de
 
 
 # -- training ------------------------------------------------------------------------------------------
+class _Problem:
+    """What both training modes share: the net, its export wrapper, the loss and the normalised targets."""
+
+    def __init__(self, net: GPSRegressorNet, head: MetricHead, loss_fn: GPSLoss, train_z: torch.Tensor,
+                 std_en_m: torch.Tensor, bin_size_m: float, cfg: GPSConfig, device: torch.device) -> None:
+        self.net, self.head, self.loss_fn, self.train_z, self.cfg, self.device = net, head, loss_fn, train_z, cfg, device
+        self.std_dev = std_en_m.to(device)
+        self.bin_size_m = bin_size_m
+
+    def loss(self, outputs: tuple[torch.Tensor, ...], target_z: torch.Tensor) -> torch.Tensor:
+        """The configured loss on the mean (+ covariance), plus the soft-label cross-entropy of the bins head."""
+        mu, log_var, rho = outputs[:3]
+        total = self.loss_fn(mu, log_var, rho, target_z).total
+        if self.net.head_kind == 'bins':
+            soft = self.net.soft_labels(target_z, self.std_dev, self.bin_size_m)
+            total = total + self.cfg.bin_ce_weight * -(soft * torch.log_softmax(outputs[3], dim=1)).sum(dim=1).mean()
+        return total
+
+
+def _optimise(optimizer: torch.optim.Optimizer, parameters, total: torch.Tensor, where: StepInfo) -> float | None:
+    """Backward + clipped step (max norm 1); a non-finite loss skips the batch (None)."""
+    optimizer.zero_grad(set_to_none=True)
+    if not torch.isfinite(total):
+        logger.warning('epoch %d step %d: non-finite loss, batch skipped', where.epoch + 1, where.step)
+        return None
+    total.backward()
+    torch.nn.utils.clip_grad_norm_(parameters, max_norm=1.0)
+    optimizer.step()
+    return float(total.detach())
+
+
+class _FineTuneTask(TrainingTask):
+    """Fine-tuning: augmented image batches through backbone and head (discriminative LRs); validation
+    mean error in metres (the best epoch is kept)."""
+
+    def __init__(self, problem: _Problem, images_NHW3: np.ndarray, validate_m: Callable[[], dict[str, float]],
+                 dist, seed: int) -> None:
+        cfg, net = problem.cfg, problem.net
+        self.problem, self.images_NHW3, self.validate_m, self.dist = problem, images_NHW3, validate_m, dist
+        self.model = net
+        self.forward = ddp_wrap(net, problem.device, dist)
+        self.optimizer = torch.optim.AdamW(discriminative_param_groups(net, net.backbone, cfg.lr, cfg.backbone_lr_factor),
+                                           lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.steps_per_epoch = sharded_steps(len(images_NHW3), cfg.batch_size, dist)
+        self.generator = torch.Generator().manual_seed(seed + 1)
+
+    def batches(self, epoch: int):
+        order = shard(torch.randperm(len(self.images_NHW3), generator=self.generator), self.dist)
+        batch = self.problem.cfg.batch_size
+        for step in range(self.steps_per_epoch):
+            idx = order[step * batch:(step + 1) * batch]
+            if len(idx):
+                yield np.sort(idx.numpy())
+
+    def step(self, idx: np.ndarray, at: StepInfo) -> float | None:
+        p = self.problem
+        x = augment_batch(_to_unit(self.images_NHW3[idx], p.device), p.cfg.augment, self.generator)
+        bins = p.net.head_kind == 'bins'
+        outputs = self.forward(_normalise(x), return_logits=True) if bins else self.forward(_normalise(x))
+        return _optimise(self.optimizer, p.net.parameters(), p.loss(outputs, p.train_z[idx].to(p.device)), at)
+
+    def validate(self) -> Validation:
+        record = self.validate_m()
+        return Validation(record, -record['val_mean_m'])
+
+
+@torch.no_grad()
+def cached_feature_maps(backbone: torch.nn.Module, images_NHW3: np.ndarray, device: torch.device, *, augment: str,
+                        generator: torch.Generator, batch_size: int = 64, desc: str = 'features') -> torch.Tensor:
+    """The frozen backbone's feature maps (N, C, h, w) of uint8 images, as float16 on the CPU (eval mode;
+    ``augment`` as in fine-tuning, drawn from ``generator``; 'none' for the un-augmented view)."""
+    was_training = backbone.training
+    backbone.eval()
+    maps = []
+    try:
+        for start in progress(range(0, len(images_NHW3), batch_size), desc=desc,
+                              total=math.ceil(len(images_NHW3) / batch_size)):
+            x = augment_batch(_to_unit(images_NHW3[start:start + batch_size], device), augment, generator)
+            maps.append(backbone.forward_features(_normalise(x)).to('cpu', torch.float16))
+    finally:
+        backbone.train(was_training)
+    return torch.cat(maps)
+
+
+class _CachedHeadTask(TrainingTask):
+    """Frozen-feature mode: steps of pooling + head on cached feature maps (``views`` copies of the
+    training split); validation mean error on the cached val maps; the best state is pooling + head."""
+
+    def __init__(self, problem: _Problem, maps_NChw: torch.Tensor, views: int, val_maps: torch.Tensor,
+                 val_score_m: Callable[[np.ndarray, np.ndarray], dict[str, float]], seed: int) -> None:
+        cfg, net = problem.cfg, problem.net
+        self.problem, self.maps, self.val_maps, self.val_score_m = problem, maps_NChw, val_maps, val_score_m
+        self.targets_z = problem.train_z.repeat(views, 1)
+        self.model = net
+        self.trained = torch.nn.ModuleList([m for m in (net.reduce, net.head) if m is not None])
+        self.optimizer = torch.optim.AdamW(self.trained.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.steps_per_epoch = max(1, math.ceil(len(maps_NChw) / cfg.batch_size))
+        self.generator = torch.Generator().manual_seed(seed + 2)
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.model.eval()  # the backbone's BatchNorm statistics stay as they are
+        self.trained.train()
+
+    def batches(self, epoch: int):
+        order = torch.randperm(len(self.maps), generator=self.generator)
+        batch = self.problem.cfg.batch_size
+        for start in range(0, len(order), batch):
+            yield order[start:start + batch]
+
+    def step(self, idx: torch.Tensor, at: StepInfo) -> float | None:
+        p = self.problem
+        outputs = p.net.from_maps(self.maps[idx].to(p.device, torch.float32), return_logits=p.net.head_kind == 'bins')
+        return _optimise(self.optimizer, self.trained.parameters(), p.loss(outputs, self.targets_z[idx].to(p.device)), at)
+
+    @torch.no_grad()
+    def validate(self) -> Validation:
+        self.trained.eval()
+        means, covs = [], []
+        for start in range(0, len(self.val_maps), 256):
+            mean, cov = self.problem.head.from_maps(self.val_maps[start:start + 256].to(self.problem.device,
+                                                                                     torch.float32))
+            means.append(mean.double().cpu().numpy())
+            covs.append(cov.double().cpu().numpy())
+        record = self.val_score_m(np.concatenate(means), np.concatenate(covs))
+        return Validation(record, -record['val_mean_m'])
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        return copy.deepcopy(self.trained.state_dict())
+
+    def restore(self, state: dict[str, torch.Tensor]) -> None:
+        self.trained.load_state_dict(state)
+
+
 def train(args: TrainArgs) -> Path:
     """Train, calibrate, evaluate, export; returns the bundle directory ``args.out``."""
-    config = resolve_preset(PRESETS, args)
-    _check_config(config)
+    cfg = resolve_preset(PRESETS, args)
+    if cfg.freeze_backbone and not (cfg.pretrained or args.init_weights):
+        raise TrainConfigError('gps_regressor: freeze_backbone needs pretrained weights (pretrained=true or '
+                               '--init-weights)')
     set_seed(args.seed)
-    _set_threads(int(config['threads']))
+    _set_threads(cfg.threads)
     device = select_device(args.device)
-    dist = ddp_setup(device)
-    started = time.perf_counter()
+    with distributed(device) as dist:
+        if cfg.freeze_backbone and dist.enabled:
+            raise TrainConfigError('gps_regressor: freeze_backbone trains a small head on one process; run it '
+                                   'without torchrun')
+        return _train(args, cfg, device, dist)
 
-    height, width = int(config['image_height']), int(config['image_width'])
-    data = load_gps_data(args.data, width=width, height=height,
-                         max_per_split=int(config['max_per_split']) or None)
+
+def _train(args: TrainArgs, cfg: GPSConfig, device: torch.device, dist) -> Path:
+    started = time.perf_counter()
+    height, width = cfg.image_height, cfg.image_width
+    data = load_gps_data(args.data, width=width, height=height, max_per_split=cfg.max_per_split or None)
     for split in ('val', 'test'):
         if len(data.splits[split]) == 0:
             raise ValueError(f'{args.data}: the {split} split is empty; gps_regressor needs train, val and test')
     frame = data.frame
     train_images = data.splits['train'].images_NHW3
-    train_z = torch.from_numpy(data.targets_z('train'))
-
     mean_t = torch.tensor(frame.mean_en_m, dtype=torch.float32)
     std_t = torch.tensor(frame.std_en_m, dtype=torch.float32)
     anchors_z = bin_var_z = None
-    bin_size_m = float(config['bin_size_m'])
-    if config['head'] == 'bins':
+    bin_size_m = cfg.bin_size_m
+    if cfg.head == 'bins':
         anchors_m, bin_size_m = grid_anchors(frame.to_en_m(data.splits['train'].lla_N3), bin_size_m)
         anchors_z = (torch.from_numpy(anchors_m).float() - mean_t) / std_t
         bin_var_z = (bin_size_m ** 2 / 12.0) / std_t ** 2
         logger.info('bins head: %d anchors of %.1f m', len(anchors_m), bin_size_m)
-    net = GPSRegressorNet(config['backbone'], dropout=float(config['dropout']), correlation=bool(config['correlation']),
-                          init_weights=args.init_weights, pool=config['pool'], image_hw=(height, width),
-                          anchors_z_K2=anchors_z, bin_var_z_2=bin_var_z, pretrained=bool(config['pretrained'])).to(device)
-    std_dev = std_t.to(device)
+    net = GPSRegressorNet(cfg.backbone, dropout=cfg.dropout, correlation=cfg.correlation,
+                          init_weights=args.init_weights, pool=cfg.pool, image_hw=(height, width),
+                          spatial_channels=cfg.spatial_channels, anchors_z_K2=anchors_z, bin_var_z_2=bin_var_z,
+                          pretrained=cfg.pretrained).to(device)
     head = MetricHead(net, mean_t, std_t).to(device)
-    model: torch.nn.Module = net
-    if dist.enabled:
-        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == 'cuda' else None)
-    loss_fn = GPSLoss(config['loss'], mean_en_m=mean_t, std_en_m=std_t, origin_lat_deg=frame.origin_lat_deg,
-                      origin_lon_deg=frame.origin_lon_deg, nll_beta=float(config['nll_beta']))
-    optimizer = torch.optim.AdamW(discriminative_param_groups(net, net.backbone, float(config['lr']),
-                                                              float(config['backbone_lr_factor'])),
-                                  lr=float(config['lr']), weight_decay=float(config['weight_decay']))
-    batch_size = int(config['batch_size'])
-    n_train = len(train_images)
-    # Each rank takes every world_size-th sample of the epoch's permutation.
-    steps_per_epoch = max(1, math.ceil(math.ceil(n_train / dist.world_size) / batch_size))
-    epochs = int(config['epochs'])
-    total_steps = epochs * steps_per_epoch
-    warmup_steps = int(config['warmup_epochs']) * steps_per_epoch
+    loss_fn = GPSLoss(cfg.loss, mean_en_m=mean_t, std_en_m=std_t, origin_lat_deg=frame.origin_lat_deg,
+                      origin_lon_deg=frame.origin_lon_deg, nll_beta=cfg.nll_beta)
+    problem = _Problem(net, head, loss_fn, torch.from_numpy(data.targets_z('train')), std_t, bin_size_m, cfg, device)
+    val = data.splits['val']
+    val_en_m = frame.to_en_m(val.lla_N3)
 
-    budget_s = float(config['time_budget_s'])
-    if budget_s > 0 and dist.enabled:
-        logger.warning('time_budget_s is ignored under DDP (ranks must run the same number of steps)')
-        budget_s = 0.0
-
-    def lr_at(step: int, elapsed_s: float) -> float:
-        """Linear warm-up, then cosine to 2 % over the steps or the time budget, whichever runs out first."""
-        base = float(config['lr'])
-        if step < warmup_steps:
-            return base * (step + 1) / warmup_steps
-        done = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        if budget_s > 0:
-            done = max(done, elapsed_s / budget_s)
-        return base * (0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, done))))
+    def val_score_m(mean: np.ndarray, cov: np.ndarray) -> dict[str, float]:
+        stats, _ = evaluate_arrays(mean, cov, val.lla_N3, frame.to_lat_lon, val_en_m)
+        return {'val_mean_m': stats['mean_m'], 'val_median_m': stats['median_m']}
 
     work_dir = args.out.parent / f'{args.out.name}.work'
     checkpoints = CheckpointManager(work_dir / 'checkpoints', describe={
-        'type': LOCALIZER_TYPE, 'preset': args.preset, 'args': args.to_dict(), 'config': config})
-    start_epoch, best_val, best_state, history, global_step, elapsed_before = 0, math.inf, None, [], 0, 0.0
-    if args.resume:
-        payload = checkpoints.load_latest(map_location=device)
-        if payload is not None:
-            net.load_state_dict(payload['model'])
-            if payload.get('optimizer'):
-                optimizer.load_state_dict(payload['optimizer'])
-            extra = payload.get('extra', {})
-            start_epoch = int(payload['epoch'])
-            global_step = int(extra.get('global_step', start_epoch * steps_per_epoch))
-            elapsed_before = float(extra.get('train_s', 0.0))
-            best_val = float(extra.get('best_val', math.inf))
-            best_state = extra.get('best_state')
-            history = list(extra.get('history', []))
-            logger.info('resuming gps_regressor training after epoch %d', start_epoch)
+        'type': LOCALIZER_TYPE, 'preset': args.preset, 'args': args.to_dict(), 'config': cfg.to_dict()})
+    features_s = 0.0
+    if cfg.freeze_backbone:
+        features_started = time.perf_counter()
+        net.backbone.requires_grad_(False)
+        generator = torch.Generator().manual_seed(args.seed + 1)
+        views = [cached_feature_maps(net.backbone, train_images, device, generator=generator,
+                                     augment='none' if v == 0 else cfg.augment,
+                                     desc=f'features {v + 1}/{cfg.feature_views}')
+                 for v in range(cfg.feature_views)]
+        maps = torch.cat(views)
+        del views
+        val_maps = cached_feature_maps(net.backbone, val.images_NHW3, device, augment='none', generator=generator,
+                                       desc='features val')
+        features_s = time.perf_counter() - features_started
+        logger.info('frozen backbone: %d cached feature maps %s (%d views, %.0f MB), %.0f s', len(maps),
+                    tuple(maps.shape[1:]), cfg.feature_views, maps.numel() * 2 / 1e6, features_s)
+        task: TrainingTask = _CachedHeadTask(problem, maps, cfg.feature_views, val_maps, val_score_m, args.seed)
+        warmup_epochs = cfg.warmup_epochs
+    else:
+        def validate_m() -> dict[str, float]:
+            return val_score_m(*predict(head, val.images_NHW3, device))
 
-    generator = torch.Generator().manual_seed(args.seed + 1)
-    logger.info('gps_regressor: %s/%s pooling %dx%d, loss %s, %d train images, %d epochs x %d steps, batch %d, '
-                'time budget %s, device %s', config['backbone'], config['pool'], width, height, config['loss'],
-                n_train, epochs, steps_per_epoch, batch_size, f'{budget_s:.0f} s' if budget_s > 0 else 'none', device)
-    train_started = time.perf_counter() - elapsed_before
-    out_of_time = False
-    first_step = global_step
-    for epoch in range(start_epoch, epochs):
-        model.train()
-        order = torch.randperm(n_train, generator=generator)[dist.rank::dist.world_size]
-        loss_sum, loss_count = 0.0, 0
-        for step in progress(range(steps_per_epoch), desc=f'epoch {epoch + 1}/{epochs}'):
-            elapsed = time.perf_counter() - train_started
-            if budget_s > 0 and elapsed >= budget_s and global_step > first_step:
-                out_of_time = True
-                break
-            idx = order[step * batch_size:(step + 1) * batch_size]
-            if len(idx) == 0:
-                continue
-            set_lr(optimizer, lr_at(global_step, elapsed) / float(config['lr']))
-            idx_np = np.sort(idx.numpy())
-            x = augment_batch(_to_unit(train_images[idx_np], device), config['augment'], generator)
-            target = train_z[idx_np].to(device)
-            if net.head_kind == 'bins':
-                mu, log_var, rho, logits = model(_normalise(x), return_logits=True)
-                soft = net.soft_labels(target, std_dev, bin_size_m)
-                ce = -(soft * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
-            else:
-                mu, log_var, rho = model(_normalise(x))
-                ce = None
-            terms = loss_fn(mu, log_var, rho, target)
-            total = terms.total if ce is None else terms.total + float(config['bin_ce_weight']) * ce
-            optimizer.zero_grad(set_to_none=True)
-            global_step += 1
-            if not torch.isfinite(total):
-                logger.warning('epoch %d step %d: non-finite loss, batch skipped', epoch + 1, step)
-                continue
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), max_norm=1.0)
-            optimizer.step()
-            loss_sum += float(total.detach())
-            loss_count += 1
-        record: dict[str, float] = {'epoch': epoch + 1, 'loss': loss_sum / max(1, loss_count),
-                                    'lr': optimizer.param_groups[0]['lr'], 'time_s': time.perf_counter() - train_started}
-        last = epoch + 1 == epochs or out_of_time
-        if is_main_process() and ((epoch + 1) % int(config['eval_every']) == 0 or last):
-            val_stats, _ = _split_metrics(head, data, 'val', device)
-            record.update({'val_mean_m': val_stats['mean_m'], 'val_median_m': val_stats['median_m']})
-            if val_stats['mean_m'] < best_val:
-                best_val = val_stats['mean_m']
-                best_state = copy.deepcopy(net.state_dict())
-        history.append(record)
-        logger.info('epoch %d/%d: %s', epoch + 1, epochs,
-                    ', '.join(f'{k} {v:.4g}' for k, v in record.items() if k != 'epoch'))
-        checkpoints.save(epoch + 1, net, optimizer, extra={
-            'global_step': global_step, 'train_s': time.perf_counter() - train_started, 'best_val': best_val,
-            'best_state': best_state, 'history': history})
-        if out_of_time:
-            logger.info('time budget of %.0f s used up after %d epoch(s)', budget_s, epoch + 1)
-            break
-    train_s = time.perf_counter() - train_started
-    if dist.enabled:
-        ddp_cleanup()
+        task = _FineTuneTask(problem, train_images, validate_m, dist, args.seed)
+        warmup_epochs = cfg.warmup_epochs
+    schedule = Schedule.over_epochs(cfg.epochs, task.steps_per_epoch, warmup_epochs=warmup_epochs,
+                                    budget_s=cfg.time_budget_s, floor=0.02)
+    logger.info('gps_regressor: %s/%s pooling %dx%d, head %s, loss %s, %s, %d train images, %d epochs x %d steps, '
+                'batch %d, time budget %s, device %s', cfg.backbone, cfg.pool, width, height, cfg.head, cfg.loss,
+                'frozen backbone' if cfg.freeze_backbone else 'fine-tuning', len(train_images), cfg.epochs,
+                task.steps_per_epoch, cfg.batch_size, f'{cfg.time_budget_s:.0f} s' if cfg.time_budget_s > 0 else 'none',
+                device)
+    result = fit(task, epochs=cfg.epochs, schedule=schedule, checkpoints=checkpoints, resume=args.resume, dist=dist,
+                 validate_every=cfg.eval_every, map_location=device)
+    if cfg.freeze_backbone:
+        net.backbone.requires_grad_(True)
+        del task
     if not is_main_process():
         return args.out
-    if best_state is not None:
-        net.load_state_dict(best_state)
     net.eval()
+    train_s = result.train_s + features_s
+    return _evaluate_and_export(args, cfg, data, net, head, problem, anchors_z, bin_size_m, started, train_s,
+                                len(result.history), result.history, features_s)
 
-    # Calibration on the validation split.
+
+def _evaluate_and_export(args: TrainArgs, cfg: GPSConfig, data: GPSData, net: GPSRegressorNet, head: MetricHead,
+                         problem: _Problem, anchors_z: torch.Tensor | None, bin_size_m: float, started: float,
+                         train_s: float, epochs_run: int, history: list[dict[str, Any]], features_s: float) -> Path:
+    """Calibration on val, test metrics (+ robustness), ONNX export and the bundle."""
+    frame, device = data.frame, problem.device
     val_stats, _ = _split_metrics(head, data, 'val', device)
     val_mean, val_cov = predict(head, data.splits['val'].images_NHW3, device)
     val_err = val_mean - frame.to_en_m(data.splits['val'].lla_N3)
     coverage_raw = val_stats['ellipse95_coverage_pct']
-    mode = config['calibration']
-    fit = mode == 'always' or (mode == 'auto' and not COVERAGE_BAND_PCT[0] <= coverage_raw <= COVERAGE_BAND_PCT[1])
-    variance_scale = geo_metrics.fit_variance_scale(val_err, val_cov, 0.95) if fit else 1.0
+    mode = cfg.calibration
+    fit_scale = mode == 'always' or (mode == 'auto' and not COVERAGE_BAND_PCT[0] <= coverage_raw <= COVERAGE_BAND_PCT[1])
+    variance_scale = geo_metrics.fit_variance_scale(val_err, val_cov, 0.95) if fit_scale else 1.0
     logger.info('validation 95%% ellipse coverage %.1f %%; variance scale %.3g (%s)', coverage_raw, variance_scale,
-                'fitted' if fit else 'not needed')
+                'fitted' if fit_scale else 'not needed')
 
     test_stats, test_errors = _split_metrics(head, data, 'test', device, variance_scale=variance_scale)
     val_stats_cal, _ = _split_metrics(head, data, 'val', device, variance_scale=variance_scale)
@@ -400,10 +492,11 @@ def train(args: TrainArgs) -> Path:
                                                         frame.to_en_m(data.splits['train'].lla_N3)),
         'variance_scale': variance_scale,
         'train_s': train_s,
-        'epochs_run': len(history),
+        'features_s': features_s,
+        'epochs_run': epochs_run,
         'threads': torch.get_num_threads(),
     }
-    if config['robustness']:
+    if cfg.robustness:
         test = data.splits['test']
 
         def predict_errors(images: np.ndarray) -> np.ndarray:
@@ -416,14 +509,14 @@ def train(args: TrainArgs) -> Path:
     contract = GPSRegressorContract(
         geo=GeoReference.from_mapping(frame.geo_mapping()), variance_scale=variance_scale,
         altitude_known=frame.altitude_known, alt_std_m=frame.alt_std_m if frame.altitude_known else None,
-        resize='stretch', backbone=config['backbone'], backbone_weights=net.backbone.weights_source)
+        resize='stretch', backbone=cfg.backbone, backbone_weights=net.backbone.weights_source)
     metadata = contract.to_metadata(
         target_frame=frame.to_mapping(),
-        loss=config['loss'],
-        head=config['head'],
+        loss=cfg.loss,
+        head=cfg.head,
         anchors=({'count': int(anchors_z.shape[0]), 'bin_size_m': bin_size_m} if anchors_z is not None else None),
         preset=args.preset,
-        config=config,
+        config=cfg.to_dict(),
         train_args=args.to_dict(),
         dataset={'root': str(args.data), 'sizes': {s: len(a) for s, a in data.splits.items()},
                  'skipped': data.skipped},
@@ -432,7 +525,7 @@ def train(args: TrainArgs) -> Path:
         history=history)
     # Outputs are in metres / square metres: float32 rounding scales with the frame's spread.
     parity_tol = 1e-3 + 1e-5 * max(frame.std_en_m) ** 2
-
+    height, width = cfg.image_height, cfg.image_width
     bundle = export_and_bundle(head.cpu(), args.out, localizer_type=LOCALIZER_TYPE,
                                input_spec=InputSpec(height=height, width=width), output_names=list(contract.OUTPUTS),
                                metadata=metadata, metrics=metrics, parity_tol=parity_tol)

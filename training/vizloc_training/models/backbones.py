@@ -67,9 +67,11 @@ class Backbone(nn.Module):
         return self.features(x_N3HW)
 
     def forward(self, x_N3HW: torch.Tensor) -> torch.Tensor:
-        maps = self.forward_features(x_N3HW)
-        pooled = maps.mean(dim=(2, 3), keepdim=True)
-        return torch.flatten(self.post_norm(pooled), 1)
+        return self.pool(self.forward_features(x_N3HW))
+
+    def pool(self, maps_NChw: torch.Tensor) -> torch.Tensor:
+        """(N, C) features of :meth:`forward_features` maps: global average (and the post-norm)."""
+        return torch.flatten(self.post_norm(maps_NChw.mean(dim=(2, 3), keepdim=True)), 1)
 
 
 def _mobilenet_v3_small() -> tuple[Backbone, dict[str, str]]:
