@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from vizloc_plugins.smoothing import (EMAFilter, HMMFilter, NoFilter, adjacency_from_polygons, calibrate_hmm,
-                                      estimate_switch_matrix, filter_sequence, make_filter, transition_matrix)
+from vizloc_plugins.smoothing import (EMAFilter, HMMFilter, NoFilter, SmoothingCalibration, adjacency_from_polygons,
+                                      calibrate_hmm, estimate_switch_matrix, filter_sequence, make_filter,
+                                      transition_matrix)
 
 A, B, C = [0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]
 
@@ -162,3 +163,22 @@ def test_calibration_chooses_parameters_that_fix_the_validation_sequence():
     assert weak.accuracy == pytest.approx(single) and weak.transition == 'uniform'
     with pytest.raises(ValueError, match='T x C'):
         calibrate_hmm(probs, labels[:-1])
+
+
+def test_calibration_is_what_the_bundle_stores():
+    """One class for the HMM parameters: calibrate_hmm returns the contract's SmoothingCalibration, which
+    the room contract parses from metadata.smoothing (the learned switch matrix travels with it)."""
+    from vizloc_plugins.room_classifier_contract import RoomClassifierContract, SmoothingCalibration as FromContract
+
+    soft = {0: [0.6, 0.25, 0.15], 1: [0.15, 0.6, 0.25], 2: [0.25, 0.15, 0.6]}  # as above: 'learned' wins
+    labels = np.repeat([0, 1, 2], 12)
+    probs = np.array([soft[k] for k in labels])
+    probs[5] = [0.1, 0.1, 0.8]
+    switch, _ = estimate_switch_matrix([[0, 1, 2, 1, 0]], 3)
+    best = calibrate_hmm(probs, labels, switch_CC=switch)
+    assert isinstance(best, SmoothingCalibration) and SmoothingCalibration is FromContract
+    assert best.transition == 'learned'
+    np.testing.assert_allclose(best.switch_CC, switch)
+    contract = RoomClassifierContract(classes=('a', 'b', 'c'), smoothing=best)
+    parsed = RoomClassifierContract.from_metadata(contract.to_metadata())
+    assert parsed.smoothing == best

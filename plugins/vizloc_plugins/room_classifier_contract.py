@@ -5,12 +5,12 @@ A room_classifier bundle's ONNX model maps a uint8 RGB image (the bundle's input
 (N x C softmax over :attr:`RoomClassifierContract.classes`, in that order) and, for GAP + linear heads,
 ``cam`` (N x C x h x w class-activation maps). The bundle may carry a room map (``room_map``, a
 file of the bundle: room label -> polygon in the map frame) and the HMM smoothing parameters chosen on
-the validation trajectory (``smoothing``, :class:`SmoothingCalibration`).
+the validation trajectory (``smoothing``, :class:`vizloc_plugins.smoothing.SmoothingCalibration`, parsed
+here as a nested contract field: the one reader of ``metadata.smoothing``; importable from here too).
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
@@ -19,51 +19,13 @@ import numpy as np
 from vizloc_ros.contract import BundleContract, ContractError, nested
 from vizloc_ros.runner import RESIZE_MODES
 
-from .smoothing import TRANSITIONS
+from .smoothing import SmoothingCalibration
 
 __all__ = ['LOCALIZER_TYPE', 'OUTPUT_PROBS', 'OUTPUT_CAM', 'RoomClassifierContract', 'SmoothingCalibration']
 
 LOCALIZER_TYPE = 'room_classifier'
 OUTPUT_PROBS = 'probs'
 OUTPUT_CAM = 'cam'
-
-
-@dataclass(frozen=True)
-class SmoothingCalibration:
-    """HMM smoothing parameters of a bundle (``metadata.smoothing``); the defaults are the plugin's fallback.
-
-    ``p_stay``, ``temperature``, ``transition`` (``uniform`` or ``learned``) and ``switch_matrix`` (C x C
-    room changes of the training trajectory, rows sum to 1; what ``learned`` uses) configure the filter.
-    The rest records how they were chosen: filtered ``accuracy`` and ``mean_log_prob`` of the true room
-    on ``frames`` frames of the trajectory named by ``calibrated_on``, ``single_frame_accuracy`` there,
-    and ``train_p_stay`` (share of training frame pairs in the same room).
-    """
-
-    p_stay: float = 0.95
-    temperature: float = 1.0
-    transition: str = 'uniform'
-    switch_matrix: tuple[tuple[float, ...], ...] = ()
-    accuracy: float = math.nan
-    mean_log_prob: float = math.nan
-    frames: int = 0
-    single_frame_accuracy: float = math.nan
-    calibrated_on: str = ''
-    train_p_stay: float = math.nan
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, 'switch_matrix', tuple(tuple(float(v) for v in row) for row in self.switch_matrix))
-        if not 0.0 < self.p_stay < 1.0 or not (math.isfinite(self.temperature) and self.temperature > 0.0):
-            raise ContractError(f'smoothing: need p_stay in (0, 1) and temperature > 0, got {self.p_stay}, '
-                                f'{self.temperature}')
-        if self.transition not in TRANSITIONS:
-            raise ContractError(f'smoothing: transition must be one of {TRANSITIONS}, got {self.transition!r}')
-        if self.transition == 'learned' and not self.switch_matrix:
-            raise ContractError("smoothing: transition 'learned' needs a switch_matrix")
-
-    @property
-    def switch_CC(self) -> np.ndarray | None:
-        """``switch_matrix`` as an array, None when the bundle has none."""
-        return np.asarray(self.switch_matrix, dtype=np.float64) if self.switch_matrix else None
 
 
 @dataclass(frozen=True)

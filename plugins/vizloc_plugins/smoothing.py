@@ -41,15 +41,17 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from vizloc_ros.contract import ContractError
 from vizloc_ros.types import InvalidOutputError
 
 __all__ = ['SMOOTHING_MODES', 'TRANSITIONS', 'ProbabilityFilter', 'NoFilter', 'EMAFilter', 'HMMFilter',
-           'HMMCalibration', 'transition_matrix', 'adjacency_from_polygons', 'estimate_switch_matrix',
+           'SmoothingCalibration', 'transition_matrix', 'adjacency_from_polygons', 'estimate_switch_matrix',
            'calibrate_hmm', 'make_filter', 'filter_sequence']
 
 logger = logging.getLogger(__name__)
@@ -272,17 +274,46 @@ def estimate_switch_matrix(label_sequences: Iterable[Sequence[int]], num_classes
 
 
 @dataclass(frozen=True)
-class HMMCalibration:
-    """HMM parameters chosen on an ordered validation trajectory, with their scores there."""
+class SmoothingCalibration:
+    """HMM smoothing parameters (a bundle's ``metadata.smoothing``; what :func:`calibrate_hmm` chooses); the
+    defaults are the plugin's fallback.
 
-    p_stay: float
-    temperature: float
-    transition: str          # 'uniform' or 'learned'
-    accuracy: float          # filtered accuracy on the calibration trajectory
-    mean_log_prob: float     # mean log belief of the true room (tie-break; higher is better)
-    frames: int
+    ``p_stay``, ``temperature``, ``transition`` (``uniform`` or ``learned``) and ``switch_matrix`` (C x C
+    room changes of the training trajectory, rows sum to 1; what ``learned`` uses) configure the filter.
+    The rest records how they were chosen: filtered ``accuracy`` and ``mean_log_prob`` of the true room
+    on ``frames`` frames of the trajectory named by ``calibrated_on``, ``single_frame_accuracy`` there,
+    and ``train_p_stay`` (share of training frame pairs in the same room).
+    """
+
+    p_stay: float = 0.95
+    temperature: float = 1.0
+    transition: str = 'uniform'
+    switch_matrix: tuple[tuple[float, ...], ...] = ()
+    accuracy: float = math.nan
+    mean_log_prob: float = math.nan
+    frames: int = 0
+    single_frame_accuracy: float = math.nan
+    calibrated_on: str = ''
+    train_p_stay: float = math.nan
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, 'switch_matrix', tuple(tuple(float(v) for v in row) for row in self.switch_matrix))
+        if not 0.0 < self.p_stay < 1.0 or not (math.isfinite(self.temperature) and self.temperature > 0.0):
+            raise ContractError(f'smoothing: need p_stay in (0, 1) and temperature > 0, got {self.p_stay}, '
+                                f'{self.temperature}')
+        if self.transition not in TRANSITIONS:
+            raise ContractError(f'smoothing: transition must be one of {TRANSITIONS}, got {self.transition!r}')
+        if self.transition == 'learned' and not self.switch_matrix:
+            raise ContractError("smoothing: transition 'learned' needs a switch_matrix")
+
+    @property
+    def switch_CC(self) -> np.ndarray | None:
+        """``switch_matrix`` as an array, None when the bundle has none."""
+        return np.asarray(self.switch_matrix, dtype=np.float64) if self.switch_matrix else None
 
     def to_dict(self) -> dict[str, float | str | int]:
+        """What :func:`calibrate_hmm` decided and its scores: ``p_stay``, ``temperature``, ``transition``,
+        ``accuracy``, ``mean_log_prob``, ``frames``."""
         return {'p_stay': self.p_stay, 'temperature': self.temperature, 'transition': self.transition,
                 'accuracy': self.accuracy, 'mean_log_prob': self.mean_log_prob, 'frames': self.frames}
 
@@ -290,7 +321,7 @@ class HMMCalibration:
 def calibrate_hmm(probs_TC: np.ndarray, labels_T: np.ndarray, *, switch_CC: np.ndarray | None = None,
                   class_prior_C: np.ndarray | None = None,
                   p_stays: Sequence[float] = (0.9, 0.95, 0.97, 0.99),
-                  temperatures: Sequence[float] = (0.25, 0.5, 1.0, 2.0)) -> HMMCalibration:
+                  temperatures: Sequence[float] = (0.25, 0.5, 1.0, 2.0)) -> SmoothingCalibration:
     """Grid search of ``p_stay`` x ``temperature`` x switch prior (uniform, and ``switch_CC`` when given).
 
     The default ``p_stays`` start at 0.9: on a short validation walk a weak stay prior can score as
@@ -298,7 +329,9 @@ def calibrate_hmm(probs_TC: np.ndarray, labels_T: np.ndarray, *, switch_CC: np.n
     val gave 14 label switches on the test walk against 6 true ones), so the grid only holds values
     that actually smooth. Maximises the filtered accuracy on the ordered sequence ``probs_TC``
     (classifier outputs) with truth ``labels_T``; ties go to the higher mean log belief of the true room. Use a validation
-    trajectory, never the test one.
+    trajectory, never the test one. Returns the choice as the bundle stores it (:class:`SmoothingCalibration`,
+    ``switch_matrix`` = ``switch_CC`` when ``learned`` won) with its scores (``accuracy``, ``mean_log_prob``,
+    ``frames``).
     """
     probs = np.asarray(probs_TC, dtype=np.float64)
     labels = np.asarray(labels_T, dtype=np.int64).reshape(-1)
@@ -317,8 +350,10 @@ def calibrate_hmm(probs_TC: np.ndarray, labels_T: np.ndarray, *, switch_CC: np.n
         belief = filter_sequence(filt, probs)
         accuracy = float(np.mean(belief.argmax(axis=1) == labels))
         log_prob = float(np.mean(np.log(np.maximum(belief[np.arange(labels.size), labels], 1e-12))))
-        candidates.append(HMMCalibration(p_stay=float(p_stay), temperature=float(temperature), transition=name,
-                                         accuracy=accuracy, mean_log_prob=log_prob, frames=int(labels.size)))
+        candidates.append(SmoothingCalibration(
+            p_stay=float(p_stay), temperature=float(temperature), transition=name,
+            switch_matrix=np.asarray(switch).tolist() if switch is not None else (), accuracy=accuracy,
+            mean_log_prob=log_prob, frames=int(labels.size)))
     # first best in grid order (uniform before learned, grid order) wins exact ties
     return max(candidates, key=lambda c: (c.accuracy, c.mean_log_prob))
 
