@@ -1,6 +1,6 @@
 """``vizloc-smoke``: run the vizloc node with the example plugin on generated frames and print what it publishes.
 
-The README's demo (``make demo``). It builds a tiny ``example_color`` model bundle in a temporary
+The README's plumbing check (``make demo-smoke``). It builds a tiny ``example_color`` model bundle in a temporary
 directory, starts a :class:`vizloc_ros.node.VizlocNode` with ``config/localize.yaml`` semantics
 (one localizer ``color``), publishes coloured frames + CameraInfo on ``image`` / ``camera_info``
 and prints every NavSatFix / pose / room it gets back, then the node's diagnostics.
