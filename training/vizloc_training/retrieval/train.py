@@ -83,7 +83,7 @@ LOSSES = ('infonce', 'triplet')
 
 @dataclass(frozen=True)
 class RetrievalConfig(TrainConfig):
-    """Settings of a retrieval run (``--set key=value`` for any field); the presets are ``replace(BASE, ...)``."""
+    """Retrieval settings (a :class:`TrainConfig`)."""
 
     TYPE: ClassVar[str] = LOCALIZER_TYPE
     POSITIVE: ClassVar[tuple[str, ...]] = ('image_height', 'image_width', 'descriptor_dim', 'epochs', 'batch_size',
@@ -170,11 +170,7 @@ class _RetrievalTask(TrainingTask):
             loss = info_nce_loss(desc[:n], desc[n:], desc, mask, config.temperature)
         else:
             loss = triplet_loss(desc[:n], desc[n:], desc, mask, config.margin)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.optimizer.step()
-        self.losses.append(float(loss.detach()))
+        self.losses.append(self.update(loss, clip_norm=1.0))
         return self.losses[-1]
 
 

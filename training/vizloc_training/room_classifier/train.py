@@ -63,8 +63,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RoomConfig(TrainConfig):
-    """Settings of a room classifier run (``--set key=value`` for any field); the presets are
-    ``replace(BASE, ...)``. Bundles record them as ``metadata.config``."""
+    """Room classifier settings (a :class:`TrainConfig`)."""
 
     TYPE: ClassVar[str] = LOCALIZER_TYPE
     POSITIVE: ClassVar[tuple[str, ...]] = ('image_size', 'max_side_px', 'epochs', 'batch_size', 'lr', 'video_stride',
@@ -203,15 +202,12 @@ class _FineTuneTask(TrainingTask):
     def step(self, batch: tuple[torch.Tensor, torch.Tensor], at: StepInfo) -> float:
         images, labels = (t.to(self.device, non_blocking=True) for t in batch)
         logits = self.net(images)
-        loss = self.criterion(logits, labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        loss = self.update(self.criterion(logits, labels))
         if self.averaged is not None:
             self.averaged.update_parameters(self.model)
         self.correct += int((logits.detach().argmax(1) == labels).sum())
         self.seen += int(labels.numel())
-        return float(loss.detach())
+        return loss
 
     def train_record(self) -> dict[str, float]:
         return {'train_accuracy': self.correct / max(1, self.seen)}
@@ -369,11 +365,7 @@ class _CachedHeadTask(TrainingTask):
             yield order[start:start + self.batch_size]
 
     def step(self, idx: torch.Tensor, at: StepInfo) -> float:
-        loss = self.criterion(self.model.head(self.model.dropout(self.train_x[idx])), self.train_y[idx])
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return float(loss.detach())
+        return self.update(self.criterion(self.model.head(self.model.dropout(self.train_x[idx])), self.train_y[idx]))
 
     @torch.no_grad()
     def validate(self) -> Validation | None:

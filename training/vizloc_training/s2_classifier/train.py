@@ -60,8 +60,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class S2Config(TrainConfig):
-    """Settings of an s2_classifier run (``--set key=value`` for any field); the presets are
-    ``replace(BASE, ...)``. Bundles record them as ``metadata.config``."""
+    """S2 classifier settings (a :class:`TrainConfig`)."""
 
     TYPE: ClassVar[str] = LOCALIZER_TYPE
     POSITIVE: ClassVar[tuple[str, ...]] = ('image_height', 'image_width', 'epochs', 'batch_size', 't_max', 't_min',
@@ -194,10 +193,7 @@ class _S2Task(TrainingTask):
         if parent_logits is not None and self.parent_labels_t is not None:
             loss = loss + cfg.parent_weight * F.cross_entropy(
                 parent_logits, self.parent_labels_t[idx].to(device), label_smoothing=cfg.label_smoothing)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return float(loss.detach())
+        return self.update(loss)
 
     def validate(self) -> Validation | None:
         record = self.val_record()

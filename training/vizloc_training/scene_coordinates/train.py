@@ -68,9 +68,8 @@ _RANSAC = SceneRansac()  # the contract owns the RANSAC defaults
 
 @dataclass(frozen=True)
 class SceneConfig(TrainConfig):
-    """Settings of a scene_coordinates run (``--set key=value`` for any field); the presets are
-    ``replace(BASE, ...)``. Bundles record them as ``metadata.config``; the RANSAC fields become the
-    bundle's ``metadata.ransac`` (:attr:`ransac`)."""
+    """Scene-coordinate settings (a :class:`TrainConfig`); the RANSAC fields become the bundle's
+    ``metadata.ransac`` (:attr:`ransac`)."""
 
     TYPE: ClassVar[str] = LOCALIZER_TYPE
     POSITIVE: ClassVar[tuple[str, ...]] = ('epochs', 'batch_size', 'buffer_size', 'head_iterations', 'head_batch_size')
@@ -275,11 +274,7 @@ class _EndToEndTask(skeleton.TrainingTask):
         cells = _cell_tensors(chunk, h, w, self.device)
         loss, _ = _loss(coords_n.permute(0, 2, 3, 1).reshape(-1, 3), log_scale_n.reshape(-1), cells, self.supervision,
                         self.mean_m, self.scale_m, at.progress, self.config)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
-        self.optimizer.step()
-        return loss.item()
+        return self.update(loss, clip_norm=5.0)
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return {'stage': 'end_to_end'}
@@ -375,10 +370,7 @@ class _HeadTask(skeleton.TrainingTask):
         coords_n, log_scale_n = self.model(feats)
         loss, _ = _loss(coords_n.reshape(-1, 3), log_scale_n.reshape(-1), cells, self.supervision, self.mean_m,
                         self.scale_m, at.step / max(self.iterations - 1, 1), self.config)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.losses.append(loss.item())
+        self.losses.append(self.update(loss))
         run = at.step + 1
         if run % max(1, self.iterations // 10) == 0:
             logger.info('head iteration %d/%d: loss %.4f', run, self.iterations, float(np.mean(self.losses[-50:])))

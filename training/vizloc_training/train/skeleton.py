@@ -131,9 +131,20 @@ class TrainingTask:
         raise NotImplementedError
 
     def step(self, batch: Any, at: StepInfo) -> float | None:
-        """One optimisation step on ``batch`` (the learning rate is already set); returns its loss, or
-        None for a batch that was skipped (it still counts as a step)."""
+        """One optimisation step on ``batch`` (the learning rate is already set; usually the loss, then
+        ``return self.update(loss)``); returns its loss, or None for a batch that was skipped (it still
+        counts as a step)."""
         raise NotImplementedError
+
+    def update(self, loss: torch.Tensor, clip_norm: float = 0.0) -> float:
+        """Zero the gradients, back-propagate ``loss``, clip the gradient norm of ``model``'s parameters
+        to ``clip_norm`` (> 0), step the optimizer; returns the loss as a float."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip_norm)
+        self.optimizer.step()
+        return float(loss.detach())
 
     def train_record(self) -> dict[str, float]:
         """Training metrics of the epoch that just ended, besides the mean loss (e.g. accuracy)."""
