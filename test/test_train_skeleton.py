@@ -156,5 +156,13 @@ def test_validate_every_and_ddp_helpers():
     task = Regression(scores=[0.1, 0.2, 0.3, 0.4, 0.5])
     result = fit(task, epochs=5, validate_every=2)
     assert ['val_score' in r for r in result.history] == [False, True, False, True, True]  # and the last one
+
+    class StepBudget(Schedule):  # "out of time" once 8 steps ran: the budget ends the run after epoch 2
+        def out_of_time(self, elapsed_s, step):
+            return step >= 8
+
+    task = Regression(scores=[0.1, 0.2, 0.3])
+    result = fit(task, epochs=9, schedule=StepBudget(), validate_every=3)
+    assert result.out_of_time and ['val_score' in r for r in result.history] == [False, True]  # the last is validated
     assert shard(list(range(10)), DistributedInfo(world_size=3, rank=1)) == [1, 4, 7]
     assert sharded_steps(10, 2, DistributedInfo(world_size=3)) == 2 and sharded_steps(10, 4, DistributedInfo()) == 3

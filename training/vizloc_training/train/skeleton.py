@@ -242,23 +242,20 @@ def fit(task: TrainingTask, *, epochs: int, schedule: Schedule = Schedule(), che
             record['lr'] = task.optimizer.param_groups[0]['lr']
         if not count_validation:
             result.train_s += time.perf_counter() - started
-        if main and ((epoch + 1) % validate_every == 0 or epoch + 1 == epochs or result.out_of_time):
-            validation = task.validate()
-            if validation is not None:
-                record.update(validation.metrics)
-            if select_best:
-                score = validation.score if validation is not None else float(epoch)
-                if result.best_score is None or score >= result.best_score:
-                    result.best_score, best_state = score, task.snapshot()
+        validated = main and ((epoch + 1) % validate_every == 0 or epoch + 1 == epochs or result.out_of_time)
+        if validated:
+            best_state = _validate(task, epoch, record, result, select_best, best_state)
         if count_validation:
             result.train_s += time.perf_counter() - started
         result.train_cpu_s += time.process_time() - started_cpu
+        result.out_of_time = result.out_of_time or schedule.out_of_time(result.train_s, result.global_step)
+        if main and result.out_of_time and not validated:  # the budget ends the run after this epoch: the last one
+            best_state = _validate(task, epoch, record, result, select_best, best_state)
         record['elapsed_s'] = result.train_s
         result.history.append(record)
         result.last_loss = record['loss']
         logger.info('%s %d/%d: %s', name, epoch + 1, epochs, ', '.join(
             f'{k}={v:.4g}' for k, v in record.items() if k != 'epoch' and isinstance(v, (int, float))))
-        result.out_of_time = result.out_of_time or schedule.out_of_time(result.train_s, result.global_step)
         if checkpoints is not None:
             checkpoints.save(epoch + 1, task.model, task.optimizer, extra={
                 'global_step': result.global_step, 'train_s': result.train_s, 'train_cpu_s': result.train_cpu_s,
@@ -271,6 +268,21 @@ def fit(task: TrainingTask, *, epochs: int, schedule: Schedule = Schedule(), che
     if main and best_state is not None:
         task.restore(best_state)
     return result
+
+
+def _validate(task: TrainingTask, epoch: int, record: dict[str, Any], result: FitResult, select_best: bool,
+              best_state: Any) -> Any:
+    """Validate into ``record``; with ``select_best`` a snapshot when the score improves (no validation data:
+    the epoch number is the score). Returns the best state so far."""
+    validation = task.validate()
+    if validation is not None:
+        record.update(validation.metrics)
+    if select_best:
+        score = validation.score if validation is not None else float(epoch)
+        if result.best_score is None or score >= result.best_score:
+            result.best_score = score
+            return task.snapshot()
+    return best_state
 
 
 def _resume_payload(checkpoints: CheckpointManager | None, resume: bool | Mapping[str, Any] | None,
