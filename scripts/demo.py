@@ -94,7 +94,7 @@ def _cached(kind: str, key: str, build, fresh: bool) -> tuple[Path, bool]:
 
 def world_for(demo: Demo, fresh: bool) -> tuple[Path, str, bool]:
     key = f'{demo.world}-' + _key(demo.world, *demo.synth_args, code_hash(REPO / 'training' / 'vizloc_training' / 'synth',
-                                                                          REPO / 'vizloc_ros' / 'bags.py',
+                                                                          REPO / 'vizloc_ros' / 'bags.py', REPO / 'vizloc_ros' / 'eval_bag.py',
                                                                           REPO / 'vizloc_ros' / 'geodesy.py'))
 
     def build(tmp: Path) -> None:

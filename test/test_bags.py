@@ -347,15 +347,3 @@ def test_anyreader_opens_the_evaluation_bags_the_project_writes(tmp_path: Path, 
     assert find_evaluation_bag(legacy) == legacy / LEGACY_EVAL_BAG_NAME
     assert len(list(read_evaluation_bag(find_evaluation_bag(legacy)))) == N
     assert find_evaluation_bag(tmp_path / 'nothing') is None
-
-
-def test_evaluation_bag_names_stay_importable_from_bags() -> None:
-    """Code written against the one-module layout (training's world generators) keeps working."""
-    import vizloc_ros.bags as bags
-    import vizloc_ros.eval_bag as eval_bag
-
-    for name in ('EVAL_BAG_NAME', 'EvalSample', 'write_evaluation_bag', 'read_evaluation_bag', 'find_evaluation_bag',
-                 'IMAGE_TOPIC', 'ROOM_TOPIC'):
-        assert getattr(bags, name) is getattr(eval_bag, name)
-    with pytest.raises(AttributeError):
-        bags.no_such_name  # noqa: B018

@@ -1,5 +1,6 @@
 """Trainers are registered by plugins (``vizloc_register_trainers``) from the entry points the node uses:
-the built-in ones, and the example third-party plugin's, trained through ``vizloc-train`` in a subprocess."""
+the built-in ones, and the example third-party plugin's, trained through ``vizloc-train`` in a subprocess
+and its bundle run by the ``vizloc_node`` executable (the plugin on the node's PYTHONPATH, as installed)."""
 from __future__ import annotations
 
 import subprocess
@@ -70,7 +71,7 @@ def _colour_rooms_dataset(root: Path, per_room: int = 4, seed: int = 0) -> Path:
     return root
 
 
-def test_example_trainer_runs_through_vizloc_train_and_its_bundle_loads(example_plugin_site, tmp_path) -> None:
+def test_example_trainer_runs_through_vizloc_train_and_its_bundle_runs_in_the_node(example_plugin_site, tmp_path) -> None:
     pytest.importorskip('cv2')
     example_plugin_module()
     data = _colour_rooms_dataset(tmp_path / 'rooms')
@@ -94,3 +95,28 @@ def test_example_trainer_runs_through_vizloc_train_and_its_bundle_loads(example_
     finally:
         loc.close()
     assert result.room.label == 'blue'
+
+    # The same bundle in the node as users run it: frames of the dataset's colours come back as their rooms.
+    from std_msgs.msg import String
+
+    from test_node_support import NodeProcess, RosClient, domain_id_for
+
+    domain = domain_id_for(__name__)
+    colours = {'blue': (30, 30, 230), 'red': (230, 30, 30)}
+    client = RosClient(domain)
+    try:
+        client.record(String, '/vizloc/colour/room')
+        client.camera_publishers()
+        params = {'localizers': ['colour'], 'colour.type': EXAMPLE_TYPE, 'colour.bundle': str(out),
+                  'colour.backend': 'onnxruntime'}
+        with NodeProcess(domain, params, python_paths=(example_plugin_site,), log_path=tmp_path / 'node.log') as node:
+            assert client.wait_for_state('active') == 'active', node.log()
+            assert client.wait_for_image_subscriber(), node.log()
+            for name, rgb in colours.items():
+                client.clear()
+                client.publish_stream(10, rate_hz=20.0, make=lambda i, rgb=rgb: np.full((48, 64, 3), rgb, np.uint8))
+                assert client.wait_for(lambda: len(client.messages('/vizloc/colour/room')) >= 5, 10.0), node.log()
+                labels = {m.data for m in client.messages('/vizloc/colour/room')}
+                assert labels == {name}, (name, labels)
+    finally:
+        client.close()

@@ -51,23 +51,6 @@ __all__ = [
     'typestore',
 ]
 
-#: Names of vizloc_ros.eval_bag that existing code imports from this module (see __getattr__).
-_EVAL_BAG_NAMES = frozenset({
-    'EVAL_BAG_NAME', 'LEGACY_EVAL_BAG_NAME', 'EvalSample', 'find_evaluation_bag', 'IMAGE_TOPIC',
-    'COMPRESSED_IMAGE_TOPIC', 'CAMERA_INFO_TOPIC', 'FIX_TOPIC', 'POSE_TOPIC', 'ROOM_TOPIC',
-    'read_evaluation_bag', 'write_evaluation_bag'})
-
-
-def __getattr__(name: str) -> Any:
-    """``from vizloc_ros.bags import write_evaluation_bag`` (and the other evaluation-bag names)
-    keeps working: they are :mod:`vizloc_ros.eval_bag`'s, imported on first use (eval_bag builds on
-    this module, so it cannot be imported at the top)."""
-    if name in _EVAL_BAG_NAMES:
-        from . import eval_bag
-
-        return getattr(eval_bag, name)
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-
 logger = logging.getLogger(__name__)
 
 STORAGES: tuple[str, ...] = ('sqlite3', 'mcap')

@@ -103,8 +103,8 @@ def evaluate_localizer_on_bag(bundles: Sequence[Path], bag: Path, *, max_frames:
     ``{'test': table, 'robustness': table, 'latency_ms_median': ..., 'frames': N}``; coverage uses
     the published 3x3 ENU covariance's horizontal block and the ENU error at the ground truth.
     """
-    from vizloc_ros.bags import read_evaluation_bag
-    from vizloc_ros.localizer import LocalizerConfig, LocalizerContext
+    from vizloc_ros.eval_bag import read_evaluation_bag
+    from vizloc_ros.localizer import LocalizerConfig, LocalizerContext, run_localizer
     from vizloc_ros.plugin_manager import load_registry
     from vizloc_ros.types import Frame
 
@@ -121,7 +121,7 @@ def evaluate_localizer_on_bag(bundles: Sequence[Path], bag: Path, *, max_frames:
             if sample.fix_lla is None:
                 continue
             frame = Frame(rgb_HW3=sample.rgb_HW3, stamp_ns=sample.stamp_ns, frame_id=sample.frame_id)
-            result = localizer.localize(frame)
+            result, _, _ = run_localizer(localizer, frame, 'gps')  # timed and checked as the node does
             if result.geo is None:
                 raise RuntimeError(f'gps_regressor returned no estimate for frame {i} ({result.status})')
             images.append(sample.rgb_HW3)

@@ -168,11 +168,11 @@ def iter_trajectory(data: Path, classes: list[str], split: str = 'test') -> Iter
     """
     data = Path(data)
     index = {name: i for i, name in enumerate(classes)}
-    from vizloc_ros.bags import EVAL_BAG_NAME, find_evaluation_bag
+    from vizloc_ros.eval_bag import EVAL_BAG_NAME, find_evaluation_bag
 
     bag = find_evaluation_bag(data) or data / EVAL_BAG_NAME
     if split == 'test' and bag.exists():
-        from vizloc_ros.bags import read_evaluation_bag
+        from vizloc_ros.eval_bag import read_evaluation_bag
 
         for sample in read_evaluation_bag(bag):
             if sample.room is None:

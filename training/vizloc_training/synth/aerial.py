@@ -59,7 +59,7 @@ import numpy as np
 import transforms3d
 import yaml
 from scipy.stats import qmc
-from vizloc_ros.bags import EVAL_BAG_NAME
+from vizloc_ros.eval_bag import EVAL_BAG_NAME
 from vizloc_ros.bundle import yaml_plain
 from vizloc_ros.geodesy import GeoReference
 
@@ -839,7 +839,7 @@ def generate(out: str | Path, *, seed: int = 0, frames: int | None = None, size:
 
 def write_eval_bag(root: str | Path, split: str = 'test') -> Path:
     """Write ``root/eval_bag`` from a written split (fix from geo.yaml, pose ground truth, no room)."""
-    from vizloc_ros.bags import EvalSample, write_evaluation_bag
+    from vizloc_ros.eval_bag import EvalSample, write_evaluation_bag
     from vizloc_ros.types import CameraIntrinsics
 
     from vizloc_training.datasets.scene_coordinates import SceneCoordinateDataset

@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 import yaml
 
-from vizloc_ros.bags import EVAL_BAG_NAME
+from vizloc_ros.eval_bag import EVAL_BAG_NAME
 from vizloc_plugins.refdb import update_manifest
 from vizloc_ros.types import CameraIntrinsics
 
@@ -595,7 +595,7 @@ def _coverage(xy_by_split: dict[str, np.ndarray], yaw_by_split: dict[str, np.nda
 
 def _write_bag(path: Path, frames: Sequence[tuple[np.ndarray, np.ndarray, tuple[float, float, float]]],
                camera: CameraIntrinsics) -> Path:
-    from vizloc_ros.bags import EvalSample, write_evaluation_bag
+    from vizloc_ros.eval_bag import EvalSample, write_evaluation_bag
 
     def samples() -> Iterator[EvalSample]:
         for k, (rgb, T, fix) in enumerate(frames):

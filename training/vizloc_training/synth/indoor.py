@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 import yaml
 
-from vizloc_ros.bags import EVAL_BAG_NAME
+from vizloc_ros.eval_bag import EVAL_BAG_NAME
 from vizloc_ros.types import CameraIntrinsics
 
 from vizloc_ros.bundle import yaml_plain
@@ -442,7 +442,7 @@ def generate(out: str | Path, *, seed: int = 0, frames: int | None = None, size:
 
 def _write_bag(path: Path, frames: Sequence[tuple[np.ndarray, np.ndarray, str]], camera: CameraIntrinsics,
                cfg: IndoorWorldConfig) -> Path:
-    from vizloc_ros.bags import EvalSample, write_evaluation_bag
+    from vizloc_ros.eval_bag import EvalSample, write_evaluation_bag
     from vizloc_ros.geodesy import LocalENU
 
     enu = LocalENU(*cfg.enu_origin)

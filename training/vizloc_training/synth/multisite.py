@@ -38,7 +38,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import yaml
 
-from vizloc_ros.bags import EVAL_BAG_NAME
+from vizloc_ros.eval_bag import EVAL_BAG_NAME
 from vizloc_ros.bundle import yaml_plain
 
 from ..datasets.exif import encode_jpeg_with_gps
@@ -316,7 +316,7 @@ def generate(out: str | Path, *, seed: int = 0, frames: int | None = None, size:
 
 def _write_bag(path: Path, frames: Sequence[tuple[np.ndarray, tuple[float, float, float]]], camera) -> Path:
     """The test split as an evaluation bag: no common map frame across continents, so fix ground truth only."""
-    from vizloc_ros.bags import EvalSample, write_evaluation_bag
+    from vizloc_ros.eval_bag import EvalSample, write_evaluation_bag
 
     def samples() -> Iterator[EvalSample]:
         for k, (rgb, fix) in enumerate(frames):
