@@ -1,5 +1,6 @@
 """Shared training infrastructure: presets, checkpoints, backbones, ONNX export, bundles, CLI, BundleModel."""
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -143,9 +144,23 @@ def test_checkpoints_and_init_weights_holding_pickled_objects_are_refused(tmp_pa
         load_encoder(tmp_path / 'evil.pt')
 
 
-def test_progress_is_plain_iteration_without_tty(monkeypatch):
+def test_progress_is_plain_iteration_with_vizloc_no_progress(monkeypatch, caplog):
     monkeypatch.setenv('VIZLOC_NO_PROGRESS', '1')
-    assert list(progress(range(3), desc='x')) == [0, 1, 2]
+    with caplog.at_level(logging.INFO, logger='vizloc_training.train.loop'):
+        assert list(progress(range(3), desc='x', log_every_s=0.0)) == [0, 1, 2]
+    assert not caplog.records
+
+
+def test_progress_logs_counts_and_eta_without_a_tty(monkeypatch, caplog):
+    """Off a terminal (a log file, CI) long work still reports: an INFO line at most every log_every_s."""
+    monkeypatch.delenv('VIZLOC_NO_PROGRESS', raising=False)
+    monkeypatch.setattr(sys.stderr, 'isatty', lambda: False)
+    with caplog.at_level(logging.INFO, logger='vizloc_training.train.loop'):
+        assert list(progress(range(4), desc='features', log_every_s=0.0)) == [0, 1, 2, 3]
+        assert list(progress(range(1000), desc='quiet', log_every_s=3600.0)) == list(range(1000))
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(',')[0] for line in lines] == [f'features: {i}/4 ({25 * i} %)' for i in range(1, 5)]
+    assert all('ETA' in line for line in lines)
 
 
 # -- backbones -----------------------------------------------------------------------------------------

@@ -43,7 +43,9 @@ def build_parser(registry: TrainerRegistry | None = None) -> argparse.ArgumentPa
     parser = argparse.ArgumentParser(
         prog='vizloc-train', description='Train a vizloc_ros localizer and export it as a bundle (ONNX + bundle.yaml).',
         epilog=f'Types (registered by plugins through the vizloc_register_trainers hook): {listing or "none"}. '
-               'Presets of the built-in trainers: demo (CPU-friendly default), tiny (seconds, for tests), full. '
+               'Presets of the built-in trainers: demo (CPU-friendly default; frozen pretrained backbone for '
+               'room_classifier and gps_regressor), finetune (room_classifier, gps_regressor: the whole network), '
+               'tiny (seconds, for tests), full (GPU). '
                'Explicit options override the preset. '
                'Multi-GPU: torchrun --nproc_per_node N $(which vizloc-train) ... --device cuda.')
     parser.add_argument('type', choices=sorted(registry.types), help='localizer type to train')

@@ -25,6 +25,7 @@ import os
 import random
 import re
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, TypeVar
@@ -152,15 +153,38 @@ class CheckpointManager:
         return payload
 
 
-def progress(iterable: Iterable[T], desc: str = '', total: int | None = None) -> Iterator[T]:
-    """tqdm progress bar on a TTY of the main process; plain iteration otherwise or with VIZLOC_NO_PROGRESS=1."""
-    disable = (os.environ.get('VIZLOC_NO_PROGRESS', '') == '1' or not sys.stderr.isatty()
-               or not is_main_process())
-    if disable:
+def progress(iterable: Iterable[T], desc: str = '', total: int | None = None,
+             log_every_s: float = 30.0) -> Iterator[T]:
+    """tqdm progress bar on a TTY of the main process. Elsewhere (a log file, CI, a subprocess) an INFO
+    line ``desc: i/total (pct), elapsed, ETA`` at most every ``log_every_s`` seconds, so long work still
+    shows progress; nothing with VIZLOC_NO_PROGRESS=1 or on other ranks."""
+    if os.environ.get('VIZLOC_NO_PROGRESS', '') == '1' or not is_main_process():
         return iter(iterable)
-    from tqdm import tqdm
+    if sys.stderr.isatty():
+        from tqdm import tqdm
 
-    return iter(tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True))
+        return iter(tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True))
+    return _logged_progress(iterable, desc, total, log_every_s)
+
+
+def _logged_progress(iterable: Iterable[T], desc: str, total: int | None, log_every_s: float) -> Iterator[T]:
+    if total is None and hasattr(iterable, '__len__'):
+        total = len(iterable)  # type: ignore[arg-type]
+    started = last = time.monotonic()
+    done = 0
+    for item in iterable:
+        yield item
+        done += 1
+        now = time.monotonic()
+        if now - last >= log_every_s:
+            last = now
+            elapsed = now - started
+            if total:
+                eta = elapsed / done * (total - done)
+                logger.info('%s: %d/%d (%.0f %%), %.0f s, ETA %.0f s', desc or 'progress', done, total,
+                            100.0 * done / total, elapsed, eta)
+            else:
+                logger.info('%s: %d, %.0f s', desc or 'progress', done, elapsed)
 
 
 @dataclass(frozen=True)
