@@ -4,6 +4,7 @@ plugin in a running ``vizloc_node`` subprocess publishes a 6-DoF pose + fix for 
 the references' depth) and a flagged wide-covariance fallback fix for a frame without features."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from sensor_msgs.msg import NavSatFix, NavSatStatus  # noqa: E402
 from test_node_support import NodeProcess, RosClient, domain_id_for  # noqa: E402
 from vizloc_plugins.refdb import ReferenceDatabase, read_manifest  # noqa: E402
 from vizloc_ros.conversions import camera_info_from_intrinsics, image_msg_from_rgb, stamp_to_ns  # noqa: E402
+from vizloc_ros.localizer import ConfigError  # noqa: E402
 from vizloc_ros.types import CameraIntrinsics  # noqa: E402
 
 DOMAIN_ID = domain_id_for(__name__)
@@ -50,6 +52,21 @@ def test_trainer_indexes_the_database_and_reports_metrics(trained) -> None:
     db = ReferenceDatabase(world / 'refdb', verify=True)
     (model,) = db.manifest.indexes
     assert db.manifest.indexes[model]['count'] == 70 and model.startswith('retrieval-')
+
+
+def test_evaluate_cli_takes_localizer_options_and_refuses_unknown_ones(trained, capsys) -> None:
+    from vizloc_training.retrieval.evaluate import main
+
+    world, bundle = trained
+    argv = ['--bundle', str(bundle), '--data', str(world), '--max-queries', '4']
+    assert main(argv + ['--option', 'verify_k=1', '--option', 'top_k=3']) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics['queries'] == 4 and 0.0 <= metrics['recall_at_1_pct'] <= 100.0
+    with pytest.raises(SystemExit):  # argparse's error: an unknown option name
+        main(argv + ['--option', 'no_such_option=1'])
+    assert 'no_such_option' in capsys.readouterr().err
+    with pytest.raises(ConfigError, match='verify_k'):  # the options dataclass's own check: verify_k <= top_k
+        main(argv + ['--option', 'verify_k=5', '--option', 'top_k=3'])
 
 
 def test_database_grows_without_retraining(trained, tmp_path) -> None:

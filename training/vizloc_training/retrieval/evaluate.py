@@ -12,13 +12,19 @@ Each query image goes through :class:`vizloc_ros.runner.BundleModel` (the ONNX d
   (PnP, or the best reference for fallbacks), and ``pnp_pct`` (share of queries with a PnP pose).
 
     python -m vizloc_training.retrieval.evaluate --bundle BUNDLE --data CAMPUS [--split test] [--max-queries N]
+        [--option KEY=VALUE ...]   # a localizer option, as the node's <name>.KEY parameter
+
+The queries that get no PnP pose are tallied by the reason the pipeline gives (logged).
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import logging
+import re
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -61,7 +67,7 @@ def evaluate_bundle(bundle: Path, data: Path, *, database: Path | None = None, s
         estimates: list[np.ndarray | None] = []
         position_err = np.zeros(len(queries.images))
         latency_ms = []
-        import time
+        reasons: collections.Counter[str] = collections.Counter()
 
         for i, path in enumerate(progress(queries.images, desc=f'evaluate {split}')):
             rgb = read_rgb(path)
@@ -78,6 +84,8 @@ def evaluate_bundle(bundle: Path, data: Path, *, database: Path | None = None, s
             if outcome.best_uid is not None:
                 reranked_hit[i] = np.linalg.norm(ref_position[outcome.best_uid][:2] - truth[:2]) <= contract.recall_radius_m
             estimates.append(outcome.T_map_camera)
+            if outcome.T_map_camera is None:
+                reasons[re.sub(r'\d+(\.\d+)?', 'N', outcome.reason or 'unknown')] += 1
             published = (outcome.T_map_camera[:3, 3] if outcome.T_map_camera is not None
                          else ref_position.get(outcome.best_uid, np.full(3, np.nan)))
             position_err[i] = float(np.linalg.norm(published[:2] - truth[:2]))
@@ -93,6 +101,8 @@ def evaluate_bundle(bundle: Path, data: Path, *, database: Path | None = None, s
     finite = np.where(np.isfinite(position_err), position_err, 1e9)
     metrics.update({f'position_{k}': v for k, v in geo_error_stats(finite, POSITION_THRESHOLDS_M).items()})
     metrics['latency_p50_ms'] = float(np.percentile(latency_ms, 50))
+    for reason, count in reasons.most_common():
+        logger.info('no PnP pose for %d of %d queries: %s', count, len(queries.images), reason)
     return metrics
 
 
@@ -103,9 +113,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--database', type=Path, default=None, help='default: DATA/refdb')
     parser.add_argument('--split', default='test')
     parser.add_argument('--max-queries', type=int, default=0)
+    parser.add_argument('--option', action='append', default=[], metavar='KEY=VALUE',
+                        help="a retrieval localizer option (the node's ROS parameter <name>.KEY), repeatable; "
+                             'e.g. --option verify_k=20')
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
-    metrics = evaluate_bundle(ns.bundle, ns.data, database=ns.database, split=ns.split, max_queries=ns.max_queries)
+    from vizloc_plugins.retrieval import RetrievalOptions
+    from vizloc_ros.localizer import build_options, coerce_text, option_fields
+
+    types = {name: tp for name, tp, _, _ in option_fields(RetrievalOptions)}
+    values: dict[str, Any] = {'database': str(ns.database or ns.data / 'refdb')}
+    for item in ns.option:
+        key, sep, text = item.partition('=')
+        if not sep or key not in types:
+            parser.error(f'--option {item!r}: expected KEY=VALUE with KEY one of {sorted(types)}')
+        values[key] = coerce_text(text, types[key], f'--option {key}')
+    options = build_options(RetrievalOptions, values, where='--option')
+    metrics = evaluate_bundle(ns.bundle, ns.data, database=ns.database, split=ns.split, max_queries=ns.max_queries,
+                              options=options)
     print(json.dumps(metrics, indent=1))
     return 0
 
