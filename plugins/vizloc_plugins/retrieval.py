@@ -59,11 +59,11 @@ class RetrievalOptions:
     verify_k: int = field(default=10, metadata={'description': 'of those, how many get SIFT geometric verification'})
     ratio: float = field(default=0.8, metadata={'description': "Lowe's ratio test threshold"})
     sift_features: int = field(default=2000, metadata={'description': 'SIFT keypoints per image (0 = all)'})
-    min_verified_inliers: int = field(default=20, metadata={
+    min_verified_inliers: int = field(default=12, metadata={
         'description': 'fundamental/homography inliers for a candidate to count as verified'})
     pnp_references: int = field(default=3, metadata={'description': 'verified references that give 3D points'})
     pnp_threshold_px: float = field(default=4.0, metadata={'description': 'PnP RANSAC reprojection threshold'})
-    pnp_min_inliers: int = field(default=15, metadata={'description': 'fewer PnP inliers: fallback'})
+    pnp_min_inliers: int = field(default=10, metadata={'description': 'fewer PnP inliers: fallback'})
     max_pose_offset_m: float = field(default=50.0, metadata={
         'description': 'a PnP pose farther than this from the best reference is rejected (fallback)'})
     fallback_sigma_m: float = field(default=25.0, metadata={
