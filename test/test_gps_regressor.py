@@ -29,6 +29,9 @@ from vizloc_plugins.gps_regressor import combine_gaussians
 
 ORIGIN = (31.2620, 34.8041, 280.0)
 SIZE = (40, 32)  # width, height
+#: Epochs of the module's tiny training run: enough steps (EPOCHS x 4 batches of 8) for the colour -> position
+#: map to be learnt with margin on any CPU (8 epochs left it within 0.3 % of the centroid baseline on one).
+EPOCHS = 30
 
 
 def make_gps_dataset(root: Path, *, n: int = 48, seed: int = 0, eval_shift_e_m: float = 0.0,
@@ -185,7 +188,7 @@ def dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope='module')
 def bundle(dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp('gps_bundle') / 'bundle'
-    args = TrainArgs(type='gps_regressor', data=dataset, out=out, preset='tiny', epochs=8, seed=0)
+    args = TrainArgs(type='gps_regressor', data=dataset, out=out, preset='tiny', epochs=EPOCHS, seed=0)
     return train(args)
 
 
@@ -214,16 +217,18 @@ def test_tiny_training_writes_a_self_describing_bundle(bundle, dataset):
     assert meta['variance_scale'] > 0 and meta['altitude_known'] is True and meta['resize'] == 'stretch'
     assert meta['dataset']['sizes'] == {'train': 32, 'val': 8, 'test': 8}
     history = meta['history']
-    assert [h['epoch'] for h in history] == list(range(1, 9))
+    assert [h['epoch'] for h in history] == list(range(1, EPOCHS + 1))
     assert all(math.isfinite(h['loss']) for h in history)
-    # Learned something: better than always predicting the training centroid (~38 m mean error here).
+    # Learned something: clearly better than always predicting the training centroid (~38 m mean error
+    # here). The position is a linear function of the colour, so a network that learnt it at all beats
+    # the centroid by far more than the 20 % asked; one that learnt nothing lands at ~1.0x.
     truth = np.array([[float(r['lat']), float(r['lon'])] for r in csv.DictReader(open(dataset / 'gt.csv'))
                       if r['split'] == 'test'])
     centroid = np.array(meta['geo']['enu_origin'][:2])
     baseline = geo_metrics.haversine_m(truth[:, 0], truth[:, 1], centroid[0], centroid[1]).mean()
-    assert test['mean_m'] < baseline
+    assert test['mean_m'] < 0.8 * baseline, (test['mean_m'], baseline)
     # Checkpoints for --resume next to the bundle.
-    assert sorted(p.name for p in (bundle.parent / 'bundle.work' / 'checkpoints').glob('*.pt'))[-1] == 'epoch_0008.pt'
+    assert sorted(p.name for p in (bundle.parent / 'bundle.work' / 'checkpoints').glob('*.pt'))[-1] == f'epoch_{EPOCHS:04d}.pt'
 
 
 def test_plugin_from_registry_produces_geo_estimate(bundle, dataset, tmp_path):
