@@ -7,7 +7,7 @@ import pytest
 
 from vizloc_ros.localizer import (ConfigError, LocalizerConfig, LocalizerContext, LocalizerRegistry, LocalizerType,
                                   NoOptions, UnknownLocalizerTypeError, build_options, coerce_text,
-                                  option_fields)
+                                  option_fields, options_from_text, parse_key_values)
 
 
 @dataclass(frozen=True)
@@ -115,3 +115,19 @@ def test_localizer_config_validation_and_registry_create(tmp_path):
         registry.create(LocalizerConfig(name='room', type='t'), {'x': 1}, LocalizerContext(cache_dir=tmp_path))
     with pytest.raises(UnknownLocalizerTypeError, match="no plugin registered localizer type 'nope'"):
         registry.create(LocalizerConfig(name='room', type='nope'), {}, LocalizerContext(cache_dir=tmp_path))
+
+
+def test_command_line_key_values_become_typed_options():
+    texts = parse_key_values(['threshold=0.75', ' labels =x, y', 'smooth=off', 'weights='], '--option')
+    assert texts == {'threshold': '0.75', 'labels': 'x, y', 'smooth': 'off', 'weights': ''}
+    assert parse_key_values(['max-side=3'], '--set') == {'max_side': '3'}
+    assert options_from_text(Opts, texts) == Opts(threshold=0.75, labels=['x', 'y'], smooth=False, weights=[])
+    for bad in (['threshold'], ['=1']):
+        with pytest.raises(ConfigError, match='KEY=VALUE'):
+            parse_key_values(bad, '--option')
+    with pytest.raises(ConfigError, match='unknown option'):
+        options_from_text(Opts, {'no_such': '1'})
+    with pytest.raises(ConfigError, match='window'):  # the value parses; the dataclass refuses it
+        options_from_text(Opts, {'window': '0'})
+    with pytest.raises(ConfigError, match='integer'):
+        options_from_text(Opts, {'window': 'five'})

@@ -19,7 +19,6 @@ from sensor_msgs.msg import NavSatFix, NavSatStatus  # noqa: E402
 from test_node_support import NodeProcess, RosClient, domain_id_for  # noqa: E402
 from vizloc_plugins.refdb import ReferenceDatabase, read_manifest  # noqa: E402
 from vizloc_ros.conversions import camera_info_from_intrinsics, image_msg_from_rgb, stamp_to_ns  # noqa: E402
-from vizloc_ros.localizer import ConfigError  # noqa: E402
 from vizloc_ros.types import CameraIntrinsics  # noqa: E402
 
 DOMAIN_ID = domain_id_for(__name__)
@@ -62,11 +61,17 @@ def test_evaluate_cli_takes_localizer_options_and_refuses_unknown_ones(trained, 
     assert main(argv + ['--option', 'verify_k=1', '--option', 'top_k=3']) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics['queries'] == 4 and 0.0 <= metrics['recall_at_1_pct'] <= 100.0
+    from vizloc_plugins.retrieval import FAILURES
+
+    no_pose = {k[len('no_pose_'):-len('_pct')]: v for k, v in metrics.items() if k.startswith('no_pose_')}
+    assert set(no_pose) <= set(FAILURES), no_pose  # counted by stable kind, never by free text
+    assert sum(no_pose.values()) == pytest.approx(100.0 - metrics['pnp_pct'])
     with pytest.raises(SystemExit):  # argparse's error: an unknown option name
         main(argv + ['--option', 'no_such_option=1'])
     assert 'no_such_option' in capsys.readouterr().err
-    with pytest.raises(ConfigError, match='verify_k'):  # the options dataclass's own check: verify_k <= top_k
+    with pytest.raises(SystemExit):  # the options dataclass's own check: verify_k <= top_k
         main(argv + ['--option', 'verify_k=5', '--option', 'top_k=3'])
+    assert 'verify_k' in capsys.readouterr().err
 
 
 def test_database_grows_without_retraining(trained, tmp_path) -> None:

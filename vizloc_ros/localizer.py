@@ -22,7 +22,7 @@ import time
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Generic, Mapping, Protocol, TypeVar, runtime_checkable
+from typing import Any, Callable, Generic, Mapping, Protocol, Sequence, TypeVar, runtime_checkable
 
 from .types import Frame, InvalidOutputError, LocalizationResult, check_result, fault_kind
 
@@ -42,6 +42,8 @@ __all__ = [
     'option_fields',
     'coerce',
     'coerce_text',
+    'parse_key_values',
+    'options_from_text',
 ]
 
 logger = logging.getLogger(__name__)
@@ -274,6 +276,29 @@ def coerce_text(text: str, tp: type, where: str = '') -> Any:
         except ValueError:
             raise ConfigError(f'{where} must be {"an integer" if tp is int else "a number"}, got {text!r}') from None
     return coerce(value, tp, where)
+
+
+def parse_key_values(items: Sequence[str], flag: str) -> dict[str, str]:
+    """``KEY=VALUE`` command-line items (a repeatable ``flag`` such as ``--set``) -> ``{key: text}``; keys
+    stripped, ``-`` read as ``_``. Raises :class:`ConfigError` for an item without ``=`` or key."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, text = item.partition('=')
+        if not sep or not key.strip():
+            raise ConfigError(f'{flag} expects KEY=VALUE, got {item!r}')
+        out[key.strip().replace('-', '_')] = text
+    return out
+
+
+def options_from_text(options_type: type[OptionsT], texts: Mapping[str, str], where: str = '') -> OptionsT:
+    """An options dataclass from command-line text: each value parsed as its field's type
+    (:func:`coerce_text`), then :func:`build_options`. Unknown keys raise :class:`ConfigError`."""
+    types = {name: tp for name, tp, _, _ in option_fields(options_type)}
+    unknown = sorted(set(texts) - set(types))
+    if unknown:
+        raise ConfigError(f'{where or options_type.__name__}: unknown option(s) {unknown}; known: {sorted(types)}')
+    return build_options(options_type, {k: coerce_text(v, types[k], f'{where}.{k}' if where else k)
+                                        for k, v in texts.items()}, where)
 
 
 @dataclass

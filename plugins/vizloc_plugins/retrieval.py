@@ -47,7 +47,7 @@ from .refdb import ReferenceDatabase, ReferenceDatabaseError, ReferenceEntry, Re
 from .retrieval_contract import LOCALIZER_TYPE, ContractError, RetrievalContract, descriptor_model_name
 
 __all__ = ['LOCALIZER_TYPE', 'RetrievalOptions', 'RetrievalPipeline', 'RetrievalOutcome', 'RetrievalLocalizer',
-           'Verification', 'compute_descriptors', 'vizloc_register_localizers', 'vizloc_register_trainers']
+           'Verification', 'FAILURES', 'compute_descriptors', 'vizloc_register_localizers', 'vizloc_register_trainers']
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,11 @@ class Verification:
     ref_idx: np.ndarray  # reference keypoint indices of the inlier matches
 
 
+#: Stable kinds of :attr:`RetrievalOutcome.failure` (why a frame got no PnP pose).
+FAILURES: tuple[str, ...] = ('empty_index', 'not_verified', 'no_camera_info', 'no_reference_pose', 'too_few_points',
+                             'pnp_failed', 'too_few_pnp_inliers', 'pose_too_far')
+
+
 @dataclass(frozen=True)
 class RetrievalOutcome:
     """What the pipeline found for one image (also what the trainer's evaluation reads)."""
@@ -111,7 +116,8 @@ class RetrievalOutcome:
     cov_6x6: np.ndarray | None = None
     pnp_inliers: int = 0
     pnp_points: int = 0
-    reason: str = ''
+    reason: str = ''   # why there is no PnP pose, for people (diagnostics)
+    failure: str = ''  # the same as a stable kind (see FAILURES), for counting
 
 
 class _Features:
@@ -234,7 +240,7 @@ class RetrievalPipeline:
         scores, uids = self.index.search(descriptor_D[None], opt.top_k)
         candidates, cand_scores = tuple(uids[0]), tuple(float(s) for s in scores[0][:len(uids[0])])
         if not candidates:
-            return RetrievalOutcome(candidates, cand_scores, (), None, reason='empty index')
+            return RetrievalOutcome(candidates, cand_scores, (), None, failure='empty_index', reason='empty index')
         query = self.features.detect(cv2.cvtColor(rgb_HW3, cv2.COLOR_RGB2GRAY))
         verified = []
         for uid in candidates[:opt.verify_k]:
@@ -248,9 +254,9 @@ class RetrievalPipeline:
         best = verified[0].uid if verified else candidates[0]
         outcome = RetrievalOutcome(candidates, cand_scores, tuple(verified), best)
         if not verified:
-            return _with(outcome, reason='no candidate passed geometric verification')
+            return _with(outcome, failure='not_verified', reason='no candidate passed geometric verification')
         if camera is None:
-            return _with(outcome, reason='no CameraInfo: no intrinsics for PnP')
+            return _with(outcome, failure='no_camera_info', reason='no CameraInfo: no intrinsics for PnP')
         return self._pose(outcome, camera)
 
     def _triangulated(self, v: Verification, partners: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -279,7 +285,7 @@ class RetrievalPipeline:
         opt = self.options
         used = [v for v in outcome.verified if self.db[v.uid].E is not None][:opt.pnp_references]
         if not used:
-            return _with(outcome, reason='verified references have no pose (E)')
+            return _with(outcome, failure='no_reference_pose', reason='verified references have no pose (E)')
         pixels, points = [], []
         no_depth = []
         for v in used:
@@ -300,20 +306,20 @@ class RetrievalPipeline:
         points_N3 = np.concatenate(points) if points else np.zeros((0, 3))
         n = len(points_N3)
         if n < opt.pnp_min_inliers:
-            return _with(outcome, pnp_points=n, reason=f'{n} 3D points (< {opt.pnp_min_inliers}) from the references\' '
+            return _with(outcome, pnp_points=n, failure='too_few_points', reason=f'{n} 3D points (< {opt.pnp_min_inliers}) from the references\' '
                                                       f'depth or triangulation')
         pixels_N2 = undistort_pixels(pixels_N2, camera.K, camera.D, camera.distortion_model)
         solution = _solve_pnp(points_N3, pixels_N2, camera, opt)
         if solution is None:
-            return _with(outcome, pnp_points=n, reason='PnP LO-RANSAC found no pose')
+            return _with(outcome, pnp_points=n, failure='pnp_failed', reason='PnP LO-RANSAC found no pose')
         T, cov, inliers = solution
         if inliers < opt.pnp_min_inliers:
             return _with(outcome, pnp_points=n, pnp_inliers=inliers,
-                         reason=f'{inliers} PnP inliers < {opt.pnp_min_inliers}')
+                         failure='too_few_pnp_inliers', reason=f'{inliers} PnP inliers < {opt.pnp_min_inliers}')
         ref_position = self.db[outcome.best_uid].T_map_camera
         if ref_position is not None and np.linalg.norm(T[:3, 3] - ref_position[:3, 3]) > opt.max_pose_offset_m:
             return _with(outcome, pnp_points=n, pnp_inliers=inliers,
-                         reason=f'PnP pose more than {opt.max_pose_offset_m} m from the best reference')
+                         failure='pose_too_far', reason=f'PnP pose more than {opt.max_pose_offset_m} m from the best reference')
         return _with(outcome, T_map_camera=T, cov_6x6=cov, pnp_points=n, pnp_inliers=inliers)
 
 

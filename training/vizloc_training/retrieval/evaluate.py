@@ -14,7 +14,8 @@ Each query image goes through :class:`vizloc_ros.runner.BundleModel` (the ONNX d
     python -m vizloc_training.retrieval.evaluate --bundle BUNDLE --data CAMPUS [--split test] [--max-queries N]
         [--option KEY=VALUE ...]   # a localizer option, as the node's <name>.KEY parameter
 
-The queries that get no PnP pose are tallied by the reason the pipeline gives (logged).
+The queries that get no PnP pose are counted by the pipeline's failure kind (``no_pose_<kind>_pct``,
+:data:`vizloc_plugins.retrieval.FAILURES`).
 """
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ import argparse
 import collections
 import json
 import logging
-import re
 import sys
 import time
 from pathlib import Path
@@ -67,7 +67,8 @@ def evaluate_bundle(bundle: Path, data: Path, *, database: Path | None = None, s
         estimates: list[np.ndarray | None] = []
         position_err = np.zeros(len(queries.images))
         latency_ms = []
-        reasons: collections.Counter[str] = collections.Counter()
+        failures: collections.Counter[str] = collections.Counter()
+        example: dict[str, str] = {}
 
         for i, path in enumerate(progress(queries.images, desc=f'evaluate {split}')):
             rgb = read_rgb(path)
@@ -85,7 +86,8 @@ def evaluate_bundle(bundle: Path, data: Path, *, database: Path | None = None, s
                 reranked_hit[i] = np.linalg.norm(ref_position[outcome.best_uid][:2] - truth[:2]) <= contract.recall_radius_m
             estimates.append(outcome.T_map_camera)
             if outcome.T_map_camera is None:
-                reasons[re.sub(r'\d+(\.\d+)?', 'N', outcome.reason or 'unknown')] += 1
+                failures[outcome.failure] += 1
+                example.setdefault(outcome.failure, outcome.reason)
             published = (outcome.T_map_camera[:3, 3] if outcome.T_map_camera is not None
                          else ref_position.get(outcome.best_uid, np.full(3, np.nan)))
             position_err[i] = float(np.linalg.norm(published[:2] - truth[:2]))
@@ -101,8 +103,10 @@ def evaluate_bundle(bundle: Path, data: Path, *, database: Path | None = None, s
     finite = np.where(np.isfinite(position_err), position_err, 1e9)
     metrics.update({f'position_{k}': v for k, v in geo_error_stats(finite, POSITION_THRESHOLDS_M).items()})
     metrics['latency_p50_ms'] = float(np.percentile(latency_ms, 50))
-    for reason, count in reasons.most_common():
-        logger.info('no PnP pose for %d of %d queries: %s', count, len(queries.images), reason)
+    for failure, count in failures.most_common():
+        metrics[f'no_pose_{failure}_pct'] = float(100.0 * count / len(queries.images))
+        logger.info('no PnP pose for %d of %d queries: %s (e.g. %s)', count, len(queries.images), failure,
+                    example[failure])
     return metrics
 
 
@@ -119,16 +123,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
     from vizloc_plugins.retrieval import RetrievalOptions
-    from vizloc_ros.localizer import build_options, coerce_text, option_fields
+    from vizloc_ros.localizer import ConfigError, options_from_text, parse_key_values
 
-    types = {name: tp for name, tp, _, _ in option_fields(RetrievalOptions)}
-    values: dict[str, Any] = {'database': str(ns.database or ns.data / 'refdb')}
-    for item in ns.option:
-        key, sep, text = item.partition('=')
-        if not sep or key not in types:
-            parser.error(f'--option {item!r}: expected KEY=VALUE with KEY one of {sorted(types)}')
-        values[key] = coerce_text(text, types[key], f'--option {key}')
-    options = build_options(RetrievalOptions, values, where='--option')
+    try:  # a malformed item, an unknown key, a bad value or RetrievalOptions' own checks: a usage error
+        texts = {'database': str(ns.database or ns.data / 'refdb'), **parse_key_values(ns.option, '--option')}
+        options = options_from_text(RetrievalOptions, texts, where='--option')
+    except ConfigError as exc:
+        parser.error(str(exc))
     metrics = evaluate_bundle(ns.bundle, ns.data, database=ns.database, split=ns.split, max_queries=ns.max_queries,
                               options=options)
     print(json.dumps(metrics, indent=1))

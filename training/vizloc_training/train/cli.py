@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from vizloc_ros.localizer import ConfigError, parse_key_values
 from vizloc_ros.trainers import TrainerError, TrainerRegistry
 
 from .config import TrainArgs, TrainConfigError
@@ -80,12 +81,10 @@ def parse_args(argv: Sequence[str] | None = None, registry: TrainerRegistry | No
 def _parse(argv: Sequence[str] | None, registry: TrainerRegistry | None) -> tuple[TrainArgs, argparse.Namespace]:
     parser = build_parser(registry)
     ns = parser.parse_args(argv)
-    extra = {}
-    for item in ns.extra:
-        key, sep, value = item.partition('=')
-        if not sep or not key:
-            parser.error(f'--set expects KEY=VALUE, got {item!r}')
-        extra[key.strip().replace('-', '_')] = value
+    try:
+        extra = parse_key_values(ns.extra, '--set')
+    except ConfigError as exc:
+        parser.error(str(exc))
     try:
         args = TrainArgs(type=ns.type, data=ns.data, out=ns.out, preset=ns.preset, backbone=ns.backbone,
                          epochs=ns.epochs, batch_size=ns.batch_size, lr=ns.lr, seed=ns.seed,
