@@ -23,7 +23,8 @@ from vizloc_training.train.config import (TrainArgs, TrainConfig, TrainConfigErr
                                           resolve_preset)
 from vizloc_training.train.export import (ExportError, export_and_bundle, export_onnx,  # noqa: E402
                                           measure_onnx_latency)
-from vizloc_training.train.loop import CheckpointError, CheckpointManager, progress, set_seed, work_dir  # noqa: E402
+from vizloc_training.train.loop import (CheckpointError, CheckpointManager, progress, set_seed, set_threads,  # noqa: E402
+                                        work_dir)
 from vizloc_training.train.metrics_table import flatten_metrics, format_table  # noqa: E402
 
 PRESETS = {'demo': {'backbone': 'resnet18', 'epochs': 5, 'batch_size': 8, 'lr': 1e-3, 'image_size': 128,
@@ -161,6 +162,29 @@ def test_progress_logs_counts_and_eta_without_a_tty(monkeypatch, caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert [line.split(',')[0] for line in lines] == [f'features: {i}/4 ({25 * i} %)' for i in range(1, 5)]
     assert all('ETA' in line for line in lines)
+
+
+def test_set_threads_explicit_count_or_auto_with_one_thread_under_load(monkeypatch):
+    """threads > 0 is taken as given; 0 keeps torch's default unless the load average already fills
+    the CPUs, then one thread (spin-waiting OpenMP threads on busy cores are many times slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(os, 'cpu_count', lambda: 2)
+        set_threads(1)
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        monkeypatch.setattr(os, 'getloadavg', lambda: (0.3, 0.3, 0.3))
+        set_threads(0)
+        assert torch.get_num_threads() == 2  # idle: torch's default is left alone
+        monkeypatch.setattr(os, 'getloadavg', lambda: (2.5, 2.0, 1.0))
+        set_threads(0)
+        assert torch.get_num_threads() == 1  # oversubscribed: one thread
+        set_threads(2)
+        assert torch.get_num_threads() == 2  # an explicit count wins over the load
+    finally:
+        torch.set_num_threads(before)
 
 
 # -- backbones -----------------------------------------------------------------------------------------

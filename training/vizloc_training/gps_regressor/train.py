@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -40,7 +39,7 @@ from ..metrics import geo as geo_metrics
 from ..train.config import TrainArgs, TrainConfig, TrainConfigError, resolve_preset
 from ..train.export import IMAGENET_MEAN, IMAGENET_STD, export_and_bundle
 from ..train.loop import (CheckpointManager, discriminative_param_groups, distributed, is_main_process, progress,
-                          select_device, set_seed)
+                          select_device, set_seed, set_threads)
 from ..train.skeleton import Schedule, StepInfo, TrainingTask, Validation, ddp_wrap, fit, shard, sharded_steps
 from .data import GPSData, load_gps_data
 from .evaluate import evaluate_arrays, nearest_train_distance, robustness_table
@@ -128,21 +127,6 @@ PRESETS: dict[str, GPSConfig] = {
     'full': replace(BASE, image_height=224, image_width=224, epochs=120, batch_size=32, lr=4e-4, weight_decay=1e-3,
                     warmup_epochs=3),
 }
-
-
-def _set_threads(threads: int) -> None:
-    """``threads`` > 0: that many intra-op threads. 0 (auto): torch's default, but 1 when the machine is
-    oversubscribed (1-minute load average >= CPU count): OpenMP threads that spin-wait for each other
-    on busy cores make a 2-thread step many times slower than a 1-thread step (measured: 4.6 vs
-    75 images/s for mobilenet_v3_small at 64x48 on a 2-core machine with load 7.5)."""
-    if threads > 0:
-        torch.set_num_threads(threads)
-        return
-    cpus = os.cpu_count() or 1
-    load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else 0.0
-    if cpus > 1 and load >= cpus:
-        logger.info('load average %.1f >= %d CPUs: training with 1 thread (set threads=N to override)', load, cpus)
-        torch.set_num_threads(1)
 
 
 # -- augmentation ------------------------------------------------------------------------------------
@@ -377,7 +361,7 @@ def train(args: TrainArgs) -> Path:
         raise TrainConfigError('gps_regressor: freeze_backbone needs pretrained weights (pretrained=true or '
                                '--init-weights)')
     set_seed(args.seed)
-    _set_threads(cfg.threads)
+    set_threads(cfg.threads)
     device = select_device(args.device)
     with distributed(device) as dist:
         if cfg.freeze_backbone and dist.enabled:

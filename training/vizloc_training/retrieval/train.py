@@ -37,11 +37,12 @@ from vizloc_plugins.refdb import ReferenceDatabase, build_index
 from vizloc_plugins.retrieval_contract import LOCALIZER_TYPE, OUTPUT_NAMES, RetrievalContract
 from vizloc_ros.bundle import InputSpec
 
-from ..gps_regressor.train import AUGMENT_LEVELS, _normalise, _set_threads, _to_unit, augment_batch
+from ..gps_regressor.train import AUGMENT_LEVELS, _normalise, _to_unit, augment_batch
 from ..train.config import TrainArgs, TrainConfig, TrainConfigError, resolve_preset
 from ..train.evaluation_file import write_evaluation
 from ..train.export import export_and_bundle
-from ..train.loop import CheckpointManager, discriminative_param_groups, select_device, set_seed, work_dir
+from ..train.loop import (CheckpointManager, discriminative_param_groups, select_device, set_seed, set_threads,
+                          work_dir)
 from ..train.skeleton import Schedule, StepInfo, TrainingTask, fit
 from .data import load_reference_arrays, same_place
 from .model import RetrievalNet
@@ -178,7 +179,7 @@ def train(args: TrainArgs) -> Path:
     """Train, export, index the database, evaluate; returns the bundle directory ``args.out``."""
     config = resolve_preset(PRESETS, args)
     set_seed(args.seed)
-    _set_threads(config.threads)
+    set_threads(config.threads)
     device = select_device(args.device)
     started = time.perf_counter()
     database = args.data / 'refdb'

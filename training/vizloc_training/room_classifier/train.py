@@ -51,7 +51,7 @@ from ..train.config import TrainArgs, TrainConfig, TrainConfigError, resolve_pre
 from ..train.evaluation_file import write_evaluation
 from ..train.export import export_and_bundle
 from ..train.loop import (CheckpointError, CheckpointManager, discriminative_param_groups, distributed, is_main_process,
-                          progress, select_device, set_seed, work_dir)
+                          progress, select_device, set_seed, set_threads, work_dir)
 from ..train.skeleton import FitResult, Schedule, StepInfo, TrainingTask, Validation, ddp_wrap, fit
 from .data import AugmentedRooms, RoomSplit, eval_transform, list_classes, load_split, train_transform
 from .evaluate import calibrate_smoothing, evaluate_trajectory, predict_split
@@ -88,7 +88,7 @@ class RoomConfig(TrainConfig):
     bn_recalibrate: int = 200       # after training: recompute BN statistics on up to this many train frames
     video_stride: int = 5           # every n-th frame of training/val/test video clips
     limit_per_class: int = 0        # 0 = all frames
-    num_threads: int = 1            # torch intra-op threads (0 = torch default; >1 thrashes on a shared CPU)
+    num_threads: int = 1            # torch intra-op threads (0 = auto: torch's default, 1 on an oversubscribed machine)
     tta_flip: bool = False          # bake mirror test-time augmentation into the exported graph (2x compute)
     train_on_val: bool = False      # also train on the val split (then the last epoch is exported, no selection)
     latency_runs: int = 20          # ONNX Runtime latency measurement (1 thread)
@@ -151,8 +151,7 @@ def _ema_with_warmup(decay: float):
 def train(args: TrainArgs) -> Path:
     """Train, export and bundle a room classifier; returns the bundle directory ``args.out``."""
     cfg = resolve_preset(PRESETS, args)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    set_threads(cfg.num_threads)
     set_seed(args.seed)
     device = select_device(args.device)
     with distributed(device) as dist:

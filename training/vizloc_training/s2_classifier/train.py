@@ -49,7 +49,7 @@ from ..models.backbones import count_flops, count_params
 from ..train.config import TrainArgs, TrainConfig, TrainConfigError, resolve_preset
 from ..train.export import PreprocessWrapper, export_and_bundle
 from ..train.loop import (CheckpointManager, discriminative_param_groups, distributed, is_main_process, select_device,
-                          set_seed, work_dir)
+                          set_seed, set_threads, work_dir)
 from ..train.skeleton import Schedule, StepInfo, TrainingTask, Validation, ddp_wrap, fit, shard, sharded_steps
 from .evaluate import fix_errors_m, km_table, oracle_errors_m, top1_errors_m
 from .model import S2ClassifierExport, S2ClassifierNet
@@ -70,8 +70,8 @@ class S2Config(TrainConfig):
     backbone: str = 'efficientnet_lite0'
     pretrained: bool = True          # start from the packaged ImageNet weights (seed 002 starts from ImageNet)
     backbone_lr_factor: float = 0.3  # fine-tuning: the backbone learns at lr x this, the heads at lr
-    image_height: int = 72
-    image_width: int = 96
+    image_height: int = 96
+    image_width: int = 128
     epochs: int = 60
     batch_size: int = 32
     lr: float = 2e-3
@@ -93,7 +93,7 @@ class S2Config(TrainConfig):
     neighbourhood_km: float = 2.5    # average only over cells of the best cell's district (finer than the 25 km scale)
     time_budget_s: float = 0.0       # > 0: the cosine schedule ends at whichever comes first, epochs or this wall time
                                      # (the clock counts the training steps, not the validation)
-    threads: int = 1                 # torch intra-op threads (0 = torch default; >1 thrashes on a shared CPU)
+    threads: int = 0                 # torch intra-op threads (0 = auto: torch's default, 1 on an oversubscribed machine)
     max_per_split: int = 0
     latency_runs: int = 20
 
@@ -143,8 +143,7 @@ def train(args: TrainArgs) -> Path:
     """Partition, train, evaluate, export; returns the bundle directory ``args.out``."""
     cfg = resolve_preset(PRESETS, args)
     set_seed(args.seed)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
     device = select_device(args.device)
     with distributed(device) as dist:
         return _train(args, cfg, device, dist)
