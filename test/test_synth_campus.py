@@ -214,3 +214,21 @@ def test_cli_dispatches_to_campus(tmp_path: Path) -> None:
     assert cli.main(['campus', '--out', str(out), '--frames', '2', '--size', '32x24', '--seed', '1']) == 0
     assert len(_rows(out / 'gt.csv')) == 2 + 2 + 2
     assert cli.main(['campus', '--out', str(out), '--frames', '2']) == 2  # not empty: refused
+
+
+
+def test_ground_tiles_are_copies_of_the_texture_but_do_not_repeat() -> None:
+    """Grass and paving are laid tile by tile (~6 m each); a ground that repeats exactly every tile makes
+    local-feature matches ambiguous by one tile, so every tile is rolled and turned on its own."""
+    tile = np.random.default_rng(0).uniform(0, 255, size=(16, 16, 3)).astype(np.float32)
+    ground = campus.lay_tiles(tile, 100, np.random.default_rng(1))
+    assert ground.shape == (100, 100, 3) and ground.dtype == np.float32
+    blocks = [ground[i:i + 16, j:j + 16] for i in range(0, 96, 16) for j in range(0, 96, 16)]
+    for block in blocks:  # each tile is the texture's own pixels, only moved
+        np.testing.assert_array_equal(np.sort(block, axis=None), np.sort(tile, axis=None))
+    neighbours = [(ground[i:i + 16, j:j + 16], ground[i:i + 16, j + 16:j + 32]) for i in range(0, 80, 16)
+                  for j in range(0, 64, 16)]
+    same = sum(np.array_equal(a, b) for a, b in neighbours)
+    assert same <= 2  # 20 pairs; 1 in 16 x 16 x 8 orientations/offsets would repeat by chance
+    with pytest.raises(ValueError, match='square'):
+        campus.lay_tiles(tile[:, :8], 32, np.random.default_rng(0))

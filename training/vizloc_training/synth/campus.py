@@ -222,6 +222,25 @@ def build_campus(cfg: CampusWorldConfig, rng: np.random.Generator, source: Textu
     return Campus(BoxWorld(boxes, textures, ground=ground), tuple(footprints), free, safe, half)
 
 
+def lay_tiles(tile: np.ndarray, size_px: int, rng: np.random.Generator) -> np.ndarray:
+    """A ``size_px`` square (float32) laid with copies of the square ``tile``, each rolled by its own offset
+    and turned to one of the square's eight orientations. Not periodic: a ground that repeats exactly
+    every tile makes local features ambiguous by one tile (measured: most bad retrieval PnP poses on the
+    campus sat exactly one 6 m tile off); real lawns and paving do not repeat like that."""
+    n = tile.shape[0]
+    if tile.shape[1] != n:
+        raise ValueError(f'tile must be square, got {tile.shape[:2]}')
+    reps = size_px // n + 1
+    out = np.empty((reps * n, reps * n) + tile.shape[2:], np.float32)
+    for i in range(reps):
+        for j in range(reps):
+            dy, dx = rng.integers(0, n, size=2)
+            k, flip = rng.integers(0, 4), rng.integers(0, 2)
+            t = np.rot90(np.roll(tile, (int(dy), int(dx)), axis=(0, 1)), k=int(k))
+            out[i * n:(i + 1) * n, j * n:(j + 1) * n] = t[:, ::-1] if flip else t
+    return out[:size_px, :size_px]
+
+
 def _ground_texture(cfg: CampusWorldConfig, rng: np.random.Generator, source: TextureSource,
                     footprints: Sequence[tuple[float, ...]], add: Any) -> np.ndarray:
     """One ground image for the whole area (row 0 = north): grass patches, paved paths, plazas."""
@@ -231,11 +250,10 @@ def _ground_texture(cfg: CampusWorldConfig, rng: np.random.Generator, source: Te
     grass = [source.make(rng, 'grass') for _ in range(2)]
     paving = source.make(rng, 'path')
     tile_px = max(8, int(round(6.0 * px_per_m)))  # one grass texture covers ~6 m
-    reps = S // tile_px + 1
+    tile_rng = np.random.default_rng(int(rng.integers(2**32)))
 
     def tiled(tex: np.ndarray) -> np.ndarray:
-        small = cv2.resize(tex, (tile_px, tile_px), interpolation=cv2.INTER_AREA)
-        return np.tile(small, (reps, reps, 1))[:S, :S].astype(np.float32)
+        return lay_tiles(cv2.resize(tex, (tile_px, tile_px), interpolation=cv2.INTER_AREA), S, tile_rng)
 
     g0, g1 = tiled(grass[0]), tiled(grass[1])
     blend = cv2.resize(rng.uniform(0, 1, size=(12, 12)).astype(np.float32), (S, S), interpolation=cv2.INTER_CUBIC)
