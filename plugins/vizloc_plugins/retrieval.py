@@ -61,7 +61,7 @@ class RetrievalOptions:
     sift_features: int = field(default=2000, metadata={'description': 'SIFT keypoints per image (0 = all)'})
     min_verified_inliers: int = field(default=12, metadata={
         'description': 'fundamental/homography inliers for a candidate to count as verified'})
-    pnp_references: int = field(default=3, metadata={'description': 'verified references that give 3D points'})
+    pnp_references: int = field(default=10, metadata={'description': 'verified references that give 3D points'})
     pnp_threshold_px: float = field(default=4.0, metadata={'description': 'PnP RANSAC reprojection threshold'})
     pnp_min_inliers: int = field(default=10, metadata={'description': 'fewer PnP inliers: fallback'})
     max_pose_offset_m: float = field(default=50.0, metadata={
