@@ -90,6 +90,21 @@ def test_floor_of_the_cosine():
     assert Schedule(total_steps=100, budget_s=10.0).progress(10, 5.0) == pytest.approx(0.5)
 
 
+
+def test_a_time_budget_shorter_than_the_warm_up_still_warms_up_and_decays():
+    """200 epochs x 300 steps with 10 % warm-up, cut by a 900 s budget after ~3600 steps: the warm-up is
+    the first 10 % of the run's progress (90 s), then the cosine runs over the rest of the budget."""
+    schedule = Schedule(warmup_steps=6000, total_steps=60000, budget_s=900.0)
+    assert schedule.factor(0, 0.0) == pytest.approx(1 / 6000)
+    assert schedule.factor(180, 45.0) == pytest.approx(0.5)       # half the warm-up time: half the rate
+    assert schedule.factor(360, 90.0) == pytest.approx(1.0)       # warm-up done by time
+    assert schedule.factor(1980, 495.0) == pytest.approx(0.5)     # half way through the decay
+    assert schedule.factor(3599, 900.0) == pytest.approx(0.0)     # the budget's end: decayed
+    # without a budget nothing changes: warm-up over the steps, cosine over the rest
+    plain = Schedule(warmup_steps=4, total_steps=20)
+    assert [plain.factor(k, 0.0) for k in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert plain.factor(12, 0.0) == pytest.approx(0.5)
+
 def test_time_budget_stops_training_after_at_least_one_step(caplog):
     task = Regression(sleep_s=0.02)
     result = fit(task, epochs=1000, schedule=Schedule.over_epochs(1000, 4, budget_s=0.15), select_best=False)

@@ -292,7 +292,7 @@ def _train_end_to_end(net: SceneCoordinateNet, images: list[PreparedImage], conf
     budget was used up goes on to mapping).
 
     Runs ``epochs`` epochs or until ``encoder_time_budget_s`` (> 0) is used up, whichever comes
-    first. The learning rate (warm-up over the first 10 % of the steps, then cosine) and the
+    first. The learning rate (warm-up over the first 10 % of the run, then cosine) and the
     reprojection curriculum (the schedule's progress) follow steps or time, whichever is further, so a
     run cut by the budget still ends with a decayed learning rate and the final threshold.
     """

@@ -292,9 +292,14 @@ def schedule_progress(step: int, total_steps: int, elapsed_s: float, budget_s: f
 
 def lr_factor(step: int, elapsed_s: float, *, warmup_steps: int, total_steps: int, budget_s: float = 0.0,
               floor: float = 0.0) -> float:
-    """Linear warm-up, then cosine decay to ``floor`` (default 0) over the steps or the wall-time budget,
-    whichever runs out first."""
-    if warmup_steps and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    done = schedule_progress(step - warmup_steps, total_steps - warmup_steps, elapsed_s, budget_s)
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * done))
+    """Linear warm-up over the first ``warmup_steps / total_steps`` of the run, then cosine decay to
+    ``floor`` (default 0) over the rest. The run's progress is its steps or its share of the wall-time
+    ``budget_s``, whichever is further, for the warm-up too: a budget that allows fewer steps than the
+    warm-up (e.g. 3600 steps of a 200-epoch schedule with 6000 warm-up steps) still reaches the full
+    rate and decays, instead of ending while the rate is still rising."""
+    done = schedule_progress(step, total_steps, elapsed_s, budget_s)
+    warmup = min(1.0, warmup_steps / max(1, total_steps)) if warmup_steps > 0 else 0.0
+    if done < warmup:
+        return min(1.0, max((step + 1) / warmup_steps, done / warmup))
+    decay = (done - warmup) / (1.0 - warmup) if warmup < 1.0 else 1.0
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * decay))

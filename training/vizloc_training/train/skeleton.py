@@ -62,9 +62,10 @@ Score = float | tuple[float, ...]
 
 @dataclass(frozen=True)
 class Schedule:
-    """Learning-rate schedule and time budget of one :func:`fit`: linear warm-up over ``warmup_steps``,
-    then cosine decay to ``floor`` (a fraction of the base rate) over ``total_steps`` or ``budget_s``
-    seconds (> 0), whichever runs out first; training stops when the budget is used up."""
+    """Learning-rate schedule and time budget of one :func:`fit`: linear warm-up over ``warmup_steps``
+    (or the same share of ``budget_s``), then cosine decay to ``floor`` (a fraction of the base rate)
+    over ``total_steps`` or ``budget_s`` seconds (> 0), whichever runs out first (:func:`lr_factor`);
+    training stops when the budget is used up."""
 
     warmup_steps: int = 0
     total_steps: int = 1
