@@ -2,11 +2,13 @@
 
 Stages (``train(args)``):
 
-1. **Encoder.** With ``--init-weights ENCODER`` (an ``encoder.pt`` or a bundle directory holding
-   one) the encoder is loaded and frozen (``finetune_encoder=true`` fine-tunes it end-to-end on this
-   scene first: synthetic-to-real). Without it, encoder + head are trained end-to-end on the
-   training split for ``epochs`` (this is the encoder pretraining; ``--set pretrain_encoder=true``
-   stops after it, which is how a scene-agnostic encoder is pretrained on synthetic data).
+1. **Encoder.** By default the ImageNet-pretrained EfficientNet-Lite0 (``encoder``), fine-tuned
+   end-to-end with a head on the training split for ``epochs`` or ``encoder_time_budget_s``
+   (``finetune_encoder=true``; ``false`` maps with it frozen, ACE's recipe). With ``--init-weights
+   ENCODER`` (an ``encoder.pt`` or a bundle directory holding one) that encoder is loaded instead and
+   fine-tuned the same way (synthetic-to-real) or used frozen. ``encoder=cnn`` trains a small CNN
+   from scratch end-to-end (the encoder pretraining; ``--set pretrain_encoder=true`` stops after it,
+   which is how a scene-agnostic encoder is pretrained on synthetic data).
 2. **Mapping** (ACE): the frozen encoder's features of all training images fill a buffer of
    ``buffer_size`` cells (with their targets); a fresh head is trained on shuffled buffer batches
    for ``head_iterations`` (one-cycle LR). Minutes on a CPU.
@@ -80,9 +82,10 @@ class SceneConfig(TrainConfig):
     # network input (0 = the dataset's native image size)
     input_width: int = 0
     input_height: int = 0
-    # encoder: 'cnn' (trained here end-to-end first) or a frozen ImageNet-pretrained EfficientNet-Lite
-    # ('efficientnet_lite0/1/2': ACE's recipe, mapping only) with its stride-8/16(/32) maps
-    encoder: str = 'cnn'
+    # encoder: an ImageNet-pretrained EfficientNet-Lite ('efficientnet_lite0/1/2') with its
+    # stride-8/16(/32) maps, fine-tuned end-to-end on the scene first (finetune_encoder) or frozen
+    # (ACE's recipe, mapping only); or 'cnn', trained here from scratch end-to-end first
+    encoder: str = 'efficientnet_lite0'
     encoder_levels: list[int] = field(default_factory=lambda: [8, 16])
     encoder_width: int = 24
     encoder_blocks: int = 4
@@ -96,7 +99,7 @@ class SceneConfig(TrainConfig):
     batch_size: int = 4
     lr: float = 1e-3
     pretrain_encoder: bool = False
-    finetune_encoder: bool = False
+    finetune_encoder: bool = True    # a pretrained or --init-weights encoder: end-to-end on the scene first
     # > 0: the end-to-end (encoder) stage stops after this many seconds; its schedule runs over
     # whichever ends first, epochs or time
     encoder_time_budget_s: float = 0.0
@@ -154,13 +157,14 @@ class SceneConfig(TrainConfig):
 BASE = SceneConfig()
 
 PRESETS: dict[str, SceneConfig] = {
-    'tiny': replace(BASE, encoder_width=8, encoder_blocks=1, feature_dim=16, head_width=32, head_layers=1, epochs=2,
-                    batch_size=2, buffer_size=4000, head_iterations=20, head_batch_size=512, hypotheses=32,
-                    min_inliers=8, eval_limit=3),
-    # The encoder trains for 15 min or 200 epochs, whichever ends first (poses improve with every
-    # encoder step: indoor 41 % -> 75 % frames with a pose from 10 to 40 epochs, measured); mapping
-    # (buffer + head) within 10 min on 2 CPU cores: the head gets at most 8 min.
-    'demo': replace(BASE, epochs=200, encoder_time_budget_s=900.0, head_time_budget_s=480.0),
+    'tiny': replace(BASE, encoder='cnn', finetune_encoder=False, encoder_width=8, encoder_blocks=1, feature_dim=16,
+                    head_width=32, head_layers=1, epochs=2, batch_size=2, buffer_size=4000, head_iterations=20,
+                    head_batch_size=512, hypotheses=32, min_inliers=8, eval_limit=3),
+    # The pretrained Lite0 is fine-tuned on the scene for 15 min or 200 epochs, whichever ends first
+    # (indoor: 95 % of the test frames posed against 28 % with the frozen encoder and 70 % with the
+    # CNN trained from scratch in the same time, docs/localizers/scene_coordinates.md); mapping
+    # (buffer + head) within 5 min on 2 CPU cores: the head gets at most 270 s.
+    'demo': replace(BASE, epochs=200, encoder_time_budget_s=900.0, head_time_budget_s=270.0),
     'full': replace(BASE, encoder_width=32, encoder_blocks=6, feature_dim=256, head_width=512, head_layers=3, epochs=60,
                     batch_size=8, buffer_size=2_000_000, head_iterations=20000, head_batch_size=5120,
                     aug_rotation_deg=15.0, aug_scale=1.5),
@@ -424,8 +428,9 @@ def fit(train_images: list[PreparedImage], config: SceneConfig, *, init_weights:
         encoder = Encoder(encoder_config, pretrained=encoder_config.kind != 'cnn')
         encoder_info = {'path': None, 'config': None, 'weights_source': encoder.weights_source}
         if encoder_config.kind != 'cnn':
-            logger.info('encoder: frozen ImageNet-pretrained %s, stride-%s maps (%d channels)', encoder_config.kind,
-                        '/'.join(map(str, encoder_config.levels)), encoder.feature_dim)
+            logger.info('encoder: ImageNet-pretrained %s, stride-%s maps (%d channels), %s', encoder_config.kind,
+                        '/'.join(map(str, encoder_config.levels)), encoder.feature_dim,
+                        'fine-tuned on the scene first' if config.finetune_encoder else 'frozen (mapping only)')
     head_config = HeadConfig(width=config.head_width, layers=config.head_layers)
     net = SceneCoordinateNet(encoder, Head(encoder.feature_dim, head_config), tuple(mean), scale).to(device)
     payload = checkpoints.load_latest(map_location=device) if (resume and checkpoints is not None) else None
