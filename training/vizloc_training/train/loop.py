@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 __all__ = [
-    'work_dir', 'set_seed', 'set_threads', 'select_device', 'CheckpointManager', 'CheckpointError', 'progress', 'lr_factor',
-    'schedule_progress',
+    'work_dir', 'set_seed', 'set_threads', 'select_device', 'CheckpointManager', 'CheckpointError', 'progress',
+    'lr_factor', 'schedule_progress',
     'DistributedInfo', 'ddp_setup', 'ddp_cleanup', 'distributed', 'is_main_process', 'world_size',
 ]
 
