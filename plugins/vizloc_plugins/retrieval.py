@@ -240,7 +240,7 @@ class RetrievalPipeline:
         scores, uids = self.index.search(descriptor_D[None], opt.top_k)
         candidates, cand_scores = tuple(uids[0]), tuple(float(s) for s in scores[0][:len(uids[0])])
         if not candidates:
-            return RetrievalOutcome(candidates, cand_scores, (), None, failure='empty_index', reason='empty index')
+            return _no_pose(RetrievalOutcome(candidates, cand_scores, (), None), 'empty_index', 'empty index')
         query = self.features.detect(cv2.cvtColor(rgb_HW3, cv2.COLOR_RGB2GRAY))
         verified = []
         for uid in candidates[:opt.verify_k]:
@@ -254,9 +254,9 @@ class RetrievalPipeline:
         best = verified[0].uid if verified else candidates[0]
         outcome = RetrievalOutcome(candidates, cand_scores, tuple(verified), best)
         if not verified:
-            return _with(outcome, failure='not_verified', reason='no candidate passed geometric verification')
+            return _no_pose(outcome, 'not_verified', 'no candidate passed geometric verification')
         if camera is None:
-            return _with(outcome, failure='no_camera_info', reason='no CameraInfo: no intrinsics for PnP')
+            return _no_pose(outcome, 'no_camera_info', 'no CameraInfo: no intrinsics for PnP')
         return self._pose(outcome, camera)
 
     def _triangulated(self, v: Verification, partners: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -285,7 +285,7 @@ class RetrievalPipeline:
         opt = self.options
         used = [v for v in outcome.verified if self.db[v.uid].E is not None][:opt.pnp_references]
         if not used:
-            return _with(outcome, failure='no_reference_pose', reason='verified references have no pose (E)')
+            return _no_pose(outcome, 'no_reference_pose', 'verified references have no pose (E)')
         pixels, points = [], []
         no_depth = []
         for v in used:
@@ -306,25 +306,28 @@ class RetrievalPipeline:
         points_N3 = np.concatenate(points) if points else np.zeros((0, 3))
         n = len(points_N3)
         if n < opt.pnp_min_inliers:
-            return _with(outcome, pnp_points=n, failure='too_few_points', reason=f'{n} 3D points (< {opt.pnp_min_inliers}) from the references\' '
-                                                      f'depth or triangulation')
+            return _no_pose(outcome, 'too_few_points', f"{n} 3D points (< {opt.pnp_min_inliers}) from the references' "
+                            'depth or triangulation', pnp_points=n)
         pixels_N2 = undistort_pixels(pixels_N2, camera.K, camera.D, camera.distortion_model)
         solution = _solve_pnp(points_N3, pixels_N2, camera, opt)
         if solution is None:
-            return _with(outcome, pnp_points=n, failure='pnp_failed', reason='PnP LO-RANSAC found no pose')
+            return _no_pose(outcome, 'pnp_failed', 'PnP LO-RANSAC found no pose', pnp_points=n)
         T, cov, inliers = solution
         if inliers < opt.pnp_min_inliers:
-            return _with(outcome, pnp_points=n, pnp_inliers=inliers,
-                         failure='too_few_pnp_inliers', reason=f'{inliers} PnP inliers < {opt.pnp_min_inliers}')
+            return _no_pose(outcome, 'too_few_pnp_inliers', f'{inliers} PnP inliers < {opt.pnp_min_inliers}',
+                            pnp_points=n, pnp_inliers=inliers)
         ref_position = self.db[outcome.best_uid].T_map_camera
         if ref_position is not None and np.linalg.norm(T[:3, 3] - ref_position[:3, 3]) > opt.max_pose_offset_m:
-            return _with(outcome, pnp_points=n, pnp_inliers=inliers,
-                         failure='pose_too_far', reason=f'PnP pose more than {opt.max_pose_offset_m} m from the best reference')
-        return _with(outcome, T_map_camera=T, cov_6x6=cov, pnp_points=n, pnp_inliers=inliers)
+            return _no_pose(outcome, 'pose_too_far', f'PnP pose more than {opt.max_pose_offset_m} m from the best '
+                            'reference', pnp_points=n, pnp_inliers=inliers)
+        return replace(outcome, T_map_camera=T, cov_6x6=cov, pnp_points=n, pnp_inliers=inliers)
 
 
-def _with(outcome: RetrievalOutcome, **changes: Any) -> RetrievalOutcome:
-    return replace(outcome, **changes)
+def _no_pose(outcome: RetrievalOutcome, failure: str, reason: str, **changes: Any) -> RetrievalOutcome:
+    """``outcome`` without a PnP pose: ``failure`` one of :data:`FAILURES` (for counting), ``reason`` for people."""
+    if failure not in FAILURES:
+        raise ValueError(f'unknown retrieval failure kind {failure!r}; known: {FAILURES}')
+    return replace(outcome, failure=failure, reason=reason, **changes)
 
 
 def _solve_pnp(points_N3: np.ndarray, pixels_N2: np.ndarray, camera: CameraIntrinsics, opt: RetrievalOptions
