@@ -55,10 +55,14 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class RetrievalOptions:
     database: str = field(default='', metadata={'description': 'reference database folder (vizloc-db); required'})
-    top_k: int = field(default=10, metadata={'description': 'candidates retrieved from the FAISS index'})
-    verify_k: int = field(default=10, metadata={'description': 'of those, how many get SIFT geometric verification'})
+    top_k: int = field(default=20, metadata={'description': 'candidates retrieved from the FAISS index'})
+    verify_k: int = field(default=20, metadata={'description': 'of those, how many get SIFT geometric verification'})
     ratio: float = field(default=0.8, metadata={'description': "Lowe's ratio test threshold"})
     sift_features: int = field(default=2000, metadata={'description': 'SIFT keypoints per image (0 = all)'})
+    sift_contrast_threshold: float = field(default=0.01, metadata={
+        'description': "SIFT's contrastThreshold (OpenCV's default 0.04 finds few keypoints in small or blurred frames)"})
+    root_sift: bool = field(default=True, metadata={
+        'description': 'RootSIFT descriptors (L1-normalised, square-rooted: Hellinger distance) for matching'})
     min_verified_inliers: int = field(default=12, metadata={
         'description': 'fundamental/homography inliers for a candidate to count as verified'})
     pnp_references: int = field(default=10, metadata={'description': 'verified references that give 3D points'})
@@ -85,6 +89,8 @@ class RetrievalOptions:
             raise ValueError('pnp_threshold_px, fallback_sigma_m and max_pose_offset_m must be > 0')
         if self.sift_features < 0 or self.feature_cache < 0:
             raise ValueError('sift_features and feature_cache must be >= 0')
+        if not self.sift_contrast_threshold > 0:
+            raise ValueError(f'sift_contrast_threshold must be > 0, got {self.sift_contrast_threshold}')
 
 
 @dataclass(frozen=True)
@@ -121,10 +127,11 @@ class RetrievalOutcome:
 
 
 class _Features:
-    """SIFT keypoints/descriptors, with a small LRU cache for reference images."""
+    """SIFT (or RootSIFT) keypoints/descriptors, with a small LRU cache for reference images."""
 
-    def __init__(self, n_features: int, cache_size: int) -> None:
-        self.sift = cv2.SIFT_create(nfeatures=n_features)
+    def __init__(self, n_features: int, cache_size: int, contrast_threshold: float = 0.04, root: bool = False) -> None:
+        self.sift = cv2.SIFT_create(nfeatures=n_features, contrastThreshold=contrast_threshold)
+        self.root = root
         self.matcher = cv2.BFMatcher(cv2.NORM_L2)
         self.cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self.cache_size = cache_size
@@ -133,6 +140,8 @@ class _Features:
         keypoints, descs = self.sift.detectAndCompute(gray, None)
         if descs is None or not keypoints:
             return np.zeros((0, 2)), np.zeros((0, 128), np.float32)
+        if self.root:  # RootSIFT (Arandjelovic & Zisserman 2012): L2 between these = Hellinger between the SIFTs
+            descs = np.sqrt(descs / np.maximum(descs.sum(axis=1, keepdims=True), 1e-7)).astype(np.float32)
         return np.array([k.pt for k in keypoints], dtype=np.float64), descs
 
     def reference(self, entry: ReferenceEntry) -> tuple[np.ndarray, np.ndarray]:
@@ -225,7 +234,8 @@ class RetrievalPipeline:
             from vizloc_ros.geodesy import GeoReference
 
             self.geo = GeoReference.from_mapping(self.db.manifest.geo)
-        self.features = _Features(options.sift_features, options.feature_cache)
+        self.features = _Features(options.sift_features, options.feature_cache, options.sift_contrast_threshold,
+                                  options.root_sift)
         self._depth_cache: OrderedDict[str, np.ndarray | None] = OrderedDict()
 
     def _depth(self, entry: ReferenceEntry) -> np.ndarray | None:
