@@ -22,7 +22,8 @@ from vizloc_ros.types import Frame
 from vizloc_training.gps_regressor import losses
 from vizloc_training.gps_regressor.data import TargetFrame, load_gps_data
 from vizloc_training.gps_regressor.robustness import VARIANTS, corrupt_batch
-from vizloc_training.gps_regressor.train import PRESETS, augment_batch, train
+from vizloc_training.gps_regressor.train import PRESETS, train
+from vizloc_training.train.images import augment_batch, imagenet_normalise, to_unit
 from vizloc_training.metrics import geo as geo_metrics
 from vizloc_training.train.config import TrainArgs, TrainConfigError
 from vizloc_plugins.gps_regressor import combine_gaussians
@@ -467,7 +468,7 @@ def test_frozen_feature_mode_trains_only_pooling_and_head(dataset, tmp_path, mon
                                          generator=torch.Generator().manual_seed(0))
     net.backbone.eval()
     with torch.no_grad():
-        reference = net.backbone.forward_features(gps_train._normalise(gps_train._to_unit(images, torch.device('cpu'))))
+        reference = net.backbone.forward_features(imagenet_normalise(to_unit(images, torch.device('cpu'))))
     assert maps.dtype == torch.float16 and maps.shape == reference.shape
     torch.testing.assert_close(maps.float(), reference, rtol=2e-3, atol=2e-3 * float(reference.abs().max()))
     with pytest.raises(TrainConfigError, match='freeze_backbone'):

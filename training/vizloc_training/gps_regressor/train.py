@@ -29,7 +29,6 @@ from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from vizloc_plugins.gps_regressor_contract import LOCALIZER_TYPE, OUTPUT_COV, OUTPUT_MEAN, GPSRegressorContract
 from vizloc_ros.bundle import InputSpec
@@ -37,7 +36,8 @@ from vizloc_ros.geodesy import GeoReference
 
 from ..metrics import geo as geo_metrics
 from ..train.config import TrainArgs, TrainConfig, TrainConfigError, resolve_preset
-from ..train.export import IMAGENET_MEAN, IMAGENET_STD, export_and_bundle
+from ..train.export import export_and_bundle
+from ..train.images import AUGMENT_LEVELS, augment_batch, imagenet_normalise, to_unit
 from ..train.loop import (CheckpointManager, discriminative_param_groups, distributed, is_main_process, progress,
                           select_device, set_seed, set_threads)
 from ..train.skeleton import Schedule, StepInfo, TrainingTask, Validation, ddp_wrap, fit, shard, sharded_steps
@@ -46,14 +46,13 @@ from .evaluate import evaluate_arrays, nearest_train_distance, robustness_table
 from .losses import LOSSES, GPSLoss
 from .model import BACKBONE_CHOICES, HEADS, POOLING, GPSRegressorNet, MetricHead, grid_anchors
 
-__all__ = ['PRESETS', 'BASE', 'GPSConfig', 'LOCALIZER_TYPE', 'train', 'augment_batch', 'predict',
+__all__ = ['PRESETS', 'BASE', 'GPSConfig', 'LOCALIZER_TYPE', 'train', 'predict',
            'cached_feature_maps']
 
 logger = logging.getLogger(__name__)
 CALIBRATION_MODES = ('auto', 'always', 'never')
 #: Target band of the validation 95 %-ellipse coverage for ``calibration: auto``.
 COVERAGE_BAND_PCT = (90.0, 98.0)
-AUGMENT_LEVELS = ('none', 'light', 'strong')
 
 @dataclass(frozen=True)
 class GPSConfig(TrainConfig):
@@ -129,69 +128,6 @@ PRESETS: dict[str, GPSConfig] = {
 }
 
 
-# -- augmentation ------------------------------------------------------------------------------------
-def augment_batch(x_N3HW: torch.Tensor, level: str, generator: torch.Generator) -> torch.Tensor:
-    """Random augmentation of a float batch in [0, 1] (per-sample parameters; same size out).
-
-    ``light``: brightness/contrast/saturation jitter. ``strong``: also a small affine jitter
-    (scale 0.9-1.1, rotation +-3 deg, shift +-4 %, reflection padding), Gaussian blur (p 0.2),
-    Gaussian noise (sigma <= 0.04) and a grey occluding rectangle (p 0.3, 5-25 % of the area).
-    No flips: mirroring a view changes where it was taken.
-    """
-    if level == 'none':
-        return x_N3HW
-    n, _, h, w = x_N3HW.shape
-    dev = x_N3HW.device
-
-    def u(lo: float, hi: float, *shape: int) -> torch.Tensor:
-        return (torch.rand(shape or (n,), generator=generator) * (hi - lo) + lo).to(dev)
-
-    x = x_N3HW * u(0.6, 1.4).view(n, 1, 1, 1)
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = (x - mean) * u(0.7, 1.3).view(n, 1, 1, 1) + mean
-    gray = x.mean(dim=1, keepdim=True)
-    x = (x - gray) * u(0.6, 1.4).view(n, 1, 1, 1) + gray
-    if level == 'strong':
-        angle = torch.deg2rad(u(-3.0, 3.0))
-        scale = u(0.9, 1.1)
-        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-        theta = torch.stack([torch.stack([cos, -sin, u(-0.08, 0.08)], 1),
-                             torch.stack([sin, cos, u(-0.08, 0.08)], 1)], 1)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        x = F.grid_sample(x, grid, mode='bilinear', padding_mode='reflection', align_corners=False)
-        blur = (torch.rand(n, generator=generator) < 0.2).to(dev)
-        if bool(blur.any()):
-            k = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], device=dev)
-            k = (k[:, None] * k[None, :]) / 256.0
-            blurred = F.conv2d(F.pad(x, (2, 2, 2, 2), mode='replicate'), k.expand(3, 1, 5, 5).contiguous(), groups=3)
-            x = torch.where(blur.view(n, 1, 1, 1), blurred, x)
-        x = x + torch.randn(x.shape, generator=generator).to(dev) * u(0.0, 0.04).view(n, 1, 1, 1)
-        occlude = (torch.rand(n, generator=generator) < 0.3).tolist()
-        area = u(0.05, 0.25).tolist()
-        aspect = u(0.5, 2.0).tolist()
-        fx, fy = torch.rand(n, generator=generator).tolist(), torch.rand(n, generator=generator).tolist()
-        for i in range(n):
-            if not occlude[i]:
-                continue
-            oh = max(1, min(h, int(round(math.sqrt(area[i] * h * w / aspect[i])))))
-            ow = max(1, min(w, int(round(math.sqrt(area[i] * h * w * aspect[i])))))
-            y0, x0 = int(fy[i] * (h - oh + 1)), int(fx[i] * (w - ow + 1))
-            x[i, :, y0:y0 + oh, x0:x0 + ow] = 0.5
-    return x.clamp(0.0, 1.0)
-
-
-_MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-_STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-
-
-def _to_unit(images_NHW3: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(images_NHW3).to(device).permute(0, 3, 1, 2).float().div_(255.0)
-
-
-def _normalise(x_N3HW: torch.Tensor) -> torch.Tensor:
-    return (x_N3HW - _MEAN.to(x_N3HW.device)) / _STD.to(x_N3HW.device)
-
-
 @torch.no_grad()
 def predict(head: MetricHead, images_NHW3: np.ndarray, device: torch.device,
             batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -201,7 +137,7 @@ def predict(head: MetricHead, images_NHW3: np.ndarray, device: torch.device,
     means, covs = [], []
     try:
         for start in range(0, len(images_NHW3), batch_size):
-            x = _normalise(_to_unit(images_NHW3[start:start + batch_size], device))
+            x = imagenet_normalise(to_unit(images_NHW3[start:start + batch_size], device))
             mean, cov = head(x)
             means.append(mean.double().cpu().numpy())
             covs.append(cov.double().cpu().numpy())
@@ -277,9 +213,9 @@ class _FineTuneTask(TrainingTask):
 
     def step(self, idx: np.ndarray, at: StepInfo) -> float | None:
         p = self.problem
-        x = augment_batch(_to_unit(self.images_NHW3[idx], p.device), p.cfg.augment, self.generator)
+        x = augment_batch(to_unit(self.images_NHW3[idx], p.device), p.cfg.augment, self.generator)
         bins = p.net.head_kind == 'bins'
-        outputs = self.forward(_normalise(x), return_logits=True) if bins else self.forward(_normalise(x))
+        outputs = self.forward(imagenet_normalise(x), return_logits=True) if bins else self.forward(imagenet_normalise(x))
         return _optimise(self.optimizer, p.net.parameters(), p.loss(outputs, p.train_z[idx].to(p.device)), at)
 
     def validate(self) -> Validation:
@@ -298,8 +234,8 @@ def cached_feature_maps(backbone: torch.nn.Module, images_NHW3: np.ndarray, devi
     try:
         for start in progress(range(0, len(images_NHW3), batch_size), desc=desc,
                               total=math.ceil(len(images_NHW3) / batch_size)):
-            x = augment_batch(_to_unit(images_NHW3[start:start + batch_size], device), augment, generator)
-            maps.append(backbone.forward_features(_normalise(x)).to('cpu', torch.float16))
+            x = augment_batch(to_unit(images_NHW3[start:start + batch_size], device), augment, generator)
+            maps.append(backbone.forward_features(imagenet_normalise(x)).to('cpu', torch.float16))
     finally:
         backbone.train(was_training)
     return torch.cat(maps)

@@ -37,7 +37,7 @@ from vizloc_plugins.refdb import ReferenceDatabase, build_index
 from vizloc_plugins.retrieval_contract import LOCALIZER_TYPE, OUTPUT_NAMES, RetrievalContract
 from vizloc_ros.bundle import InputSpec
 
-from ..gps_regressor.train import AUGMENT_LEVELS, _normalise, _to_unit, augment_batch
+from ..train.images import AUGMENT_LEVELS, augment_batch, imagenet_normalise, to_unit
 from ..train.config import TrainArgs, TrainConfig, TrainConfigError, resolve_preset
 from ..train.evaluation_file import write_evaluation
 from ..train.export import export_and_bundle
@@ -163,8 +163,8 @@ class _RetrievalTask(TrainingTask):
         a_idx, p_idx = batch
         config, device = self.config, self.device
         idx = np.concatenate([a_idx, p_idx])
-        x = augment_batch(_to_unit(self.images_NHW3[idx], device), config.augment, self.generator)
-        desc = self.model(_normalise(x))
+        x = augment_batch(to_unit(self.images_NHW3[idx], device), config.augment, self.generator)
+        desc = self.model(imagenet_normalise(x))
         n = len(a_idx)
         mask = torch.from_numpy(self.negatives[np.ix_(a_idx, idx)]).to(device)
         if config.loss == 'infonce':

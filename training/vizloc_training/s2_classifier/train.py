@@ -44,7 +44,7 @@ from vizloc_plugins.s2_classifier_contract import (LOCALIZER_TYPE, OUTPUT_PARENT
 from vizloc_ros.bundle import InputSpec
 
 from ..gps_regressor.data import GPSData, load_gps_data
-from ..gps_regressor.train import AUGMENT_LEVELS, augment_batch
+from ..train.images import AUGMENT_LEVELS, augment_batch, to_unit
 from ..models.backbones import count_flops, count_params
 from ..train.config import TrainArgs, TrainConfig, TrainConfigError, resolve_preset
 from ..train.export import PreprocessWrapper, export_and_bundle
@@ -118,11 +118,6 @@ PRESETS: dict[str, S2Config] = {
 }
 
 
-def _scaled(images_NHW3: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 NHWC -> float NCHW in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images_NHW3)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
-
-
 @torch.no_grad()
 def predict_probs(graph: PreprocessWrapper, images_NHW3: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Cell probabilities (N, C) of uint8 RGB images through the export graph (the same preprocessing as ONNX)."""
@@ -183,7 +178,7 @@ class _S2Task(TrainingTask):
 
     def step(self, idx: np.ndarray, at: StepInfo) -> float:
         cfg, device = self.cfg, self.device
-        x = augment_batch(_scaled(self.images_NHW3[idx], device), cfg.augment, self.generator) * 255.0
+        x = augment_batch(to_unit(self.images_NHW3[idx], device), cfg.augment, self.generator) * 255.0
         if cfg.hflip:
             mirror = (torch.rand(len(idx), generator=self.generator) < 0.5).to(device)
             x = torch.where(mirror.view(-1, 1, 1, 1), x.flip(3), x)
