@@ -95,8 +95,8 @@ def test_ivfpq_index_finds_the_exact_vector_first() -> None:
 
 def test_root_sift_is_unit_hellinger_and_a_lower_contrast_threshold_finds_more_keypoints() -> None:
     """RootSIFT: L1-normalise, square-root; so every descriptor has unit L2 norm and the dot product of
-    two is the Bhattacharyya coefficient of the SIFT histograms (computed here by hand). The default
-    contrast threshold (0.01) keeps at least OpenCV's 0.04 keypoints (a superset of candidates)."""
+    two is the Bhattacharyya coefficient of the SIFT histograms (computed here by hand). The options'
+    contrast threshold (0.01) finds at least as many keypoints as OpenCV's default 0.04."""
     import cv2
     from vizloc_plugins.retrieval import _Features
 
@@ -104,7 +104,7 @@ def test_root_sift_is_unit_hellinger_and_a_lower_contrast_threshold_finds_more_k
     # a textured image at the campus views' size: blurred noise blobs, drawn from a seeded generator
     gray = cv2.GaussianBlur((rng.random((240, 320)) * 255).astype(np.uint8), (0, 0), 2.0)
     gray = cv2.normalize(gray, None, 0, 255, cv2.NORM_MINMAX)
-    plain = _Features(0, 0, contrast_threshold=0.04)
+    plain = _Features(0, 0, contrast_threshold=0.04, root=False)
     root = _Features(0, 0, contrast_threshold=0.04, root=True)
     px, d = plain.detect(gray)
     px_root, d_root = root.detect(gray)
@@ -113,7 +113,7 @@ def test_root_sift_is_unit_hellinger_and_a_lower_contrast_threshold_finds_more_k
     h = d.astype(np.float64) / d.astype(np.float64).sum(axis=1, keepdims=True)
     bc = np.sqrt(h[0] * h[1]).sum()
     assert float(d_root[0] @ d_root[1]) == pytest.approx(bc, abs=1e-5)
-    low = _Features(0, 0, contrast_threshold=0.01).detect(gray)[0]
+    low = _Features(0, 0, contrast_threshold=0.01, root=False).detect(gray)[0]
     assert len(low) >= len(px)
     with pytest.raises(ValueError, match='sift_contrast_threshold'):
         RetrievalOptions(database='x', sift_contrast_threshold=0.0)

@@ -129,7 +129,7 @@ class RetrievalOutcome:
 class _Features:
     """SIFT (or RootSIFT) keypoints/descriptors, with a small LRU cache for reference images."""
 
-    def __init__(self, n_features: int, cache_size: int, contrast_threshold: float = 0.04, root: bool = False) -> None:
+    def __init__(self, n_features: int, cache_size: int, contrast_threshold: float, root: bool) -> None:
         self.sift = cv2.SIFT_create(nfeatures=n_features, contrastThreshold=contrast_threshold)
         self.root = root
         self.matcher = cv2.BFMatcher(cv2.NORM_L2)
