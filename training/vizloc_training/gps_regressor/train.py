@@ -106,14 +106,14 @@ class GPSConfig(TrainConfig):
 BASE = GPSConfig()
 
 #: Named presets. ``demo`` (the default): frozen-feature mode: the ImageNet-pretrained
-#: EfficientNet-Lite0's stride-32 maps of 3 views of every training image at 224x168 cached once, a
+#: EfficientNet-Lite0's stride-32 maps of 6 views of every training image at 224x168 cached once, a
 #: spatial place-distribution head (bins) trained on them (measured against fine-tuning at the same
 #: budget in docs/localizers/gps_regressor.md); its cost is the features, not a time budget.
 #: ``finetune``: the whole network fine-tuned at 128x96 with discriminative LRs, capped at 540 s;
 #: ``tiny``: seconds, for tests; ``full``: the seed's resolution (224) fine-tuned on a GPU.
 PRESETS: dict[str, GPSConfig] = {
     'demo': replace(BASE, pool='spatial', head='bins', loss='haversine', image_height=168, image_width=224,
-                    freeze_backbone=True, feature_views=3, spatial_channels=32, epochs=20, batch_size=64, lr=3e-3,
+                    freeze_backbone=True, feature_views=6, spatial_channels=32, epochs=20, batch_size=64, lr=3e-3,
                     warmup_epochs=0),
     # haversine trains the mean faster than the NLL in a short budget (measured; the covariance head
     # is still trained by the NLL on the detached mean). bins: a place distribution over 10 m cells,
