@@ -146,7 +146,7 @@ def train(args: TrainArgs) -> Path:
 
 
 class _S2Task(TrainingTask):
-    """Steps of backbone + cell head(s) (cross-entropy with label smoothing, the GPS regressor's augmentation
+    """Steps of backbone + cell head(s) (cross-entropy with label smoothing, the shared augmentation
     plus mirroring) on this rank's shard of the kept training images; validation km table of the plugin's fix."""
 
     def __init__(self, net: S2ClassifierNet, cfg: S2Config, images_NHW3: np.ndarray, used: np.ndarray,
