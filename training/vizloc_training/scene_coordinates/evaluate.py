@@ -23,7 +23,7 @@ from vizloc_plugins.scene_coordinates_contract import SceneRansac
 
 from ..metrics.pose import (AERIAL_THRESHOLDS, INDOOR_THRESHOLDS, ellipsoid_coverage, pose_errors,
                             scene_coordinate_error_m, summarize_pose_errors)
-from ..train.export import IMAGENET_MEAN, IMAGENET_STD
+from ..train.images import imagenet_normalise, to_unit
 from .data import PreparedImage
 from .model import SceneCoordinateNet
 
@@ -58,11 +58,8 @@ def evaluate_images(net: SceneCoordinateNet, images: list[PreparedImage], ransac
     coord_errors = []
     inlier_ratios = []
     ransac_ms = []
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)  # the normalisation the export bakes in
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     for i, image in enumerate(images):
-        x = torch.from_numpy(image.rgb_HW3[None]).to(device).permute(0, 3, 1, 2).float() / 255.0
-        coords, log_scale = net((x - mean) / std)
+        coords, log_scale = net(imagenet_normalise(to_unit(image.rgb_HW3[None], device)))  # as the export bakes in
         coords_np = coords[0].cpu().numpy()
         log_scale_np = log_scale[0].cpu().numpy()
         if image.coords_3hw is not None:

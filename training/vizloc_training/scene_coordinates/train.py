@@ -51,7 +51,8 @@ from vizloc_ros.contract import geo_reference
 
 from ..train import skeleton
 from ..train.config import TrainArgs, TrainConfig, TrainConfigError, resolve_preset
-from ..train.export import IMAGENET_MEAN, IMAGENET_STD, export_and_bundle
+from ..train.export import export_and_bundle
+from ..train.images import imagenet_normalise, to_unit
 from ..train.loop import CheckpointManager, select_device, set_seed, work_dir
 from .data import PreparedImage, augment_view, open_split, prepare_split, scene_normalisation
 from .evaluate import calibrate_covariance_scale, evaluate_images
@@ -62,8 +63,6 @@ from .model import (ENCODER_KINDS, OUTPUT_STRIDE, Encoder, EncoderConfig, Head, 
 __all__ = ['PRESETS', 'BASE', 'SceneConfig', 'train', 'TrainedScene', 'fit']
 
 logger = logging.getLogger(__name__)
-
-MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 
 _RANSAC = SceneRansac()  # the contract owns the RANSAC defaults
 
@@ -188,15 +187,13 @@ class TrainedScene:
 
 def _normalise_batch(images: list[PreparedImage], device: torch.device, jitter: bool,
                      generator: torch.Generator | None = None) -> torch.Tensor:
-    x = torch.from_numpy(np.stack([im.rgb_HW3 for im in images])).to(device).permute(0, 3, 1, 2).float() / 255.0
+    x = to_unit(np.stack([im.rgb_HW3 for im in images]), device)
     if jitter:  # photometric augmentation: brightness / contrast per image
         n = x.shape[0]
         gain = 1.0 + 0.2 * (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1).to(device)
         bias = 0.08 * (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1).to(device)
         x = (x * gain + bias).clamp(0.0, 1.0)
-    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return imagenet_normalise(x)
 
 
 def _augment(images: list[PreparedImage], config: SceneConfig, supervision: str,
@@ -562,7 +559,7 @@ def train(args: TrainArgs) -> Path:
         bundle = export_and_bundle(
             trained.net, args.out, localizer_type=LOCALIZER_TYPE,
             input_spec=InputSpec(name='image', height=in_h, width=in_w), output_names=list(contract.OUTPUTS),
-            metadata=metadata, metrics=metrics, extra_files={'encoder.pt': encoder_path}, mean=MEAN, std=STD,
+            metadata=metadata, metrics=metrics, extra_files={'encoder.pt': encoder_path},
             latency_runs=10)
     logger.info('wrote %s', bundle)
     return bundle

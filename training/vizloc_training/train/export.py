@@ -31,14 +31,14 @@ from torch import nn
 
 from vizloc_ros.bundle import FORMAT_VERSION, InputSpec, write_bundle
 
+from ..models.backbones import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = ['ExportError', 'PreprocessWrapper', 'export_onnx', 'export_and_bundle', 'measure_onnx_latency',
-           'OPSET', 'IMAGENET_MEAN', 'IMAGENET_STD']
+           'OPSET']
 
 logger = logging.getLogger(__name__)
 
 OPSET = 17
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ExportError(RuntimeError):
