@@ -60,7 +60,8 @@ class RetrievalOptions:
     ratio: float = field(default=0.8, metadata={'description': "Lowe's ratio test threshold"})
     sift_features: int = field(default=2000, metadata={'description': 'SIFT keypoints per image (0 = all)'})
     sift_contrast_threshold: float = field(default=0.01, metadata={
-        'description': "SIFT's contrastThreshold (OpenCV's default 0.04 finds few keypoints in small or blurred frames)"})
+        'description': "SIFT's contrastThreshold (OpenCV's default 0.04 finds few keypoints in small or blurred "
+                       'frames)'})
     root_sift: bool = field(default=True, metadata={
         'description': 'RootSIFT descriptors (L1-normalised, square-rooted: Hellinger distance) for matching'})
     min_verified_inliers: int = field(default=12, metadata={

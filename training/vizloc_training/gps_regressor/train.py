@@ -213,9 +213,9 @@ class _FineTuneTask(TrainingTask):
 
     def step(self, idx: np.ndarray, at: StepInfo) -> float | None:
         p = self.problem
-        x = augment_batch(to_unit(self.images_NHW3[idx], p.device), p.cfg.augment, self.generator)
+        x = imagenet_normalise(augment_batch(to_unit(self.images_NHW3[idx], p.device), p.cfg.augment, self.generator))
         bins = p.net.head_kind == 'bins'
-        outputs = self.forward(imagenet_normalise(x), return_logits=True) if bins else self.forward(imagenet_normalise(x))
+        outputs = self.forward(x, return_logits=True) if bins else self.forward(x)
         return _optimise(self.optimizer, p.net.parameters(), p.loss(outputs, p.train_z[idx].to(p.device)), at)
 
     def validate(self) -> Validation:
