@@ -128,6 +128,28 @@ def test_fix_is_the_weighted_mean_on_the_sphere_with_mixture_covariance():
     assert fix.lon_deg == pytest.approx(1.0) and fix.cells_used == 1
 
 
+def test_region_rule_picks_the_circle_with_the_most_mass_then_its_best_cell():
+    # Sydney alone holds 0.4; two cells 2 deg apart on the equator (222 km) hold 0.3 each.
+    positions = latlon_to_unit([0.0, 0.0, SYDNEY[0]], [-1.0, 1.0, SYDNEY[1]])
+    extent = np.array([4e6, 4e6, 4e6])
+    probs = np.array([0.3, 0.3, 0.4])
+    # Without the rule, or with circles too small to join the two: Sydney, the most probable cell.
+    for region_km in (0.0, 100.0):
+        fix = estimate_fix(probs, positions, extent, top_k=1, neighbourhood_km=1.0, region_km=region_km)
+        assert fix.best_cell == 2 and fix.lat_deg == pytest.approx(SYDNEY[0])
+    assert fix.region_mass == pytest.approx(0.4)
+    # A 250 km circle around either equator cell holds 0.6 > 0.4: the fix is in that region, at its
+    # best cell (the first on ties), and the weighted mean of both when the neighbourhood takes both.
+    fix = estimate_fix(probs, positions, extent, top_k=1, neighbourhood_km=1.0, region_km=250.0)
+    assert fix.best_cell == 0 and fix.lon_deg == pytest.approx(-1.0) and fix.region_mass == pytest.approx(0.6)
+    fix = estimate_fix(probs, positions, extent, top_k=3, neighbourhood_km=500.0, region_km=250.0)
+    assert abs(fix.lat_deg) < 1e-9 and abs(fix.lon_deg) < 1e-9
+    assert fix.cells_used == 2 and fix.mass_used == pytest.approx(0.6)
+    # top_k counts cells inside the region only: Sydney is never averaged in, whatever the neighbourhood.
+    fix = estimate_fix(probs, positions, extent, top_k=3, neighbourhood_km=20000.0, region_km=250.0)
+    assert fix.cells_used == 2 and abs(fix.lon_deg) < 1e-9
+
+
 def test_km_metrics_against_hand_computed_distances():
     pytest.importorskip('torch')
     from vizloc_training.s2_classifier.evaluate import km_table, oracle_errors_m, top1_errors_m
@@ -156,7 +178,11 @@ def test_contract_reads_the_metadata_bundles_were_written_with():
                'preset': 'tiny', 'config': {}, 'args': {}, 'history': [], 'outputs': {}}
     contract = S2ClassifierContract.from_metadata(written)
     assert (contract.parent_levels_up, contract.t_max, contract.backbone) == (2, 12, 'resnet18')
-    assert contract.to_metadata(preset='tiny', config={}, args={}, history=[], outputs={}) == {
-        k: v for k, v in written.items() if k not in ('localizer_type', 'mean', 'std')}
+    # Written before the region rule: region_km takes its default 0 (the best cell decides, as then).
+    assert contract.region_km == 0.0
+    rewritten = {k: v for k, v in written.items() if k not in ('localizer_type', 'mean', 'std')}
+    rewritten['tta_flip'] = False
+    rewritten['s2_classifier'] = {**written['s2_classifier'], 'region_km': 0.0}
+    assert contract.to_metadata(preset='tiny', config={}, args={}, history=[], outputs={}) == rewritten
     with pytest.raises(ConfigError, match='unknown'):  # a nested key is not accepted at the top level
         S2ClassifierContract.from_metadata({**written, 'top_k': 3})

@@ -92,6 +92,16 @@ def test_tiny_training_writes_a_bundle_with_its_contract_and_partition(bundle, w
         table = b.metrics['test'][key]
         assert set(table) >= {f'within_{t}km_pct' for t in (1, 25, 200, 750, 2500)}
         assert table['count'] == 12
+    assert contract.region_km == 25.0 and contract.tta_flip  # the trainer's defaults, written into the bundle
+    # The graph averages the image and its mirror image (tta_flip): mirrored input, same output.
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(b.model_path), providers=['CPUExecutionProvider'])
+    image = np.random.default_rng(0).integers(0, 256, (2, b.input.height, b.input.width, 3), dtype=np.uint8)
+    probs, parents = session.run(['probs', 'parent_probs'], {b.input.name: image})
+    mirrored = session.run(['probs', 'parent_probs'], {b.input.name: np.ascontiguousarray(image[:, :, ::-1])})
+    assert probs.shape == (2, len(contract.partition)) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert np.allclose(mirrored[0], probs, atol=1e-6) and np.allclose(mirrored[1], parents, atol=1e-6)
     # The oracle is an upper bound for the cell-based answer at every scale.
     for t in (25, 200, 750, 2500):
         assert b.metrics['test']['oracle'][f'within_{t}km_pct'] >= b.metrics['test']['top1_cell'][f'within_{t}km_pct']
@@ -127,6 +137,8 @@ def test_plugin_options_are_checked(bundle, tmp_path):
 
     with pytest.raises(ConfigError, match='cell_position'):
         _localizer(bundle, tmp_path, cell_position='degrees')
+    with pytest.raises(ConfigError, match='region_km'):
+        _localizer(bundle, tmp_path, region_km=-1.0)
     loc = _localizer(bundle, tmp_path, top_k=1, min_confidence=1.0)  # one cell never holds all the mass here
     try:
         rgb = np.random.default_rng(0).integers(0, 255, (36, 48, 3), dtype=np.uint8)

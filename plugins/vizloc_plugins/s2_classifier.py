@@ -11,21 +11,26 @@ outputs + the cells file), which the trainer builds and this plugin parses.
 Per frame (:func:`estimate_fix`):
 
 1. run the model -> cell probabilities;
-2. take the ``top_k`` most probable cells that lie within ``neighbourhood_km`` of the most probable
+2. with ``region_km`` > 0, first decide the region: the circle of that radius around one of the
+   most probable cells that holds the most probability mass (the marginal over regions: a city whose
+   probability is spread over many small cells beats one stray cell elsewhere that is the single
+   most probable); cells outside it are left out of the steps below (``region_km`` 0: PlaNet's rule,
+   the most probable cell decides);
+3. take the ``top_k`` most probable cells that lie within ``neighbourhood_km`` of the most probable
    one (cells in other districts or on other continents must not pull the estimate into the space
    between them; the bundle's defaults are 3 cells within 2.5 km);
-3. the position is their probability-weighted mean **on the unit sphere** (weighted sum of the cells'
+4. the position is their probability-weighted mean **on the unit sphere** (weighted sum of the cells'
    unit vectors, normalised), each cell standing for its training centroid (``cell_position:
    train_mean``) or its geometric centre;
-4. the horizontal covariance in ENU at the estimate is the mixture covariance: the weighted mean of
+5. the horizontal covariance in ENU at the estimate is the mixture covariance: the weighted mean of
    the cells' extent variances (uniform over the cell: area / 12 per axis) plus the weighted spread
    of the cell positions around the estimate (law of total variance,
    :func:`vizloc_plugins.gps_regressor.combine_gaussians`);
-5. altitude unknown (NaN, variance ``UNKNOWN_ALTITUDE_SIGMA_M``²). The node publishes the
+6. altitude unknown (NaN, variance ``UNKNOWN_ALTITUDE_SIGMA_M``²). The node publishes the
    :class:`GeoEstimate` as NavSatFix on ``~/<name>/fix``. Below ``min_confidence`` (probability
    mass of the cells used) the result is ``no_fix``.
 
-Diagnostics: ``cell`` (token of the best cell), ``confidence``, ``mass_used``, ``cells_used``, and with
+Diagnostics: ``cell`` (token of the best cell), ``confidence``, ``mass_used``, ``cells_used``, ``region_mass``, and with
 a hierarchical bundle ``parent_cell`` / ``parent_confidence``. No torch here.
 """
 from __future__ import annotations
@@ -61,10 +66,28 @@ class S2Fix:
     best_prob: float
     mass_used: float
     cells_used: int
+    region_mass: float  # probability mass of the chosen region (1.0 without a region rule)
+
+
+#: The region rule considers circles around this many of the most probable cells only (the mass of a
+#: circle around an improbable cell is never the largest in practice, and this bounds the work to
+#: REGION_CANDIDATES x C dot products for partitions of any size).
+REGION_CANDIDATES = 32
+
+
+def _region(candidates: np.ndarray, probs: np.ndarray, positions: np.ndarray,
+            region_km: float) -> tuple[np.ndarray, float]:
+    """(mask of the cells in the region holding the most mass, that mass): the circle of ``region_km``
+    around one of ``candidates`` (cell indices, most probable first); ties go to the more probable centre."""
+    cos_limit = math.cos(min(math.pi, region_km * 1e3 / EARTH_RADIUS_M))
+    within = positions[candidates] @ positions.T >= cos_limit  # (M, C)
+    mass = within @ probs
+    j = int(np.argmax(mass))
+    return within[j], float(mass[j])
 
 
 def estimate_fix(probs_C: np.ndarray, positions_C3: np.ndarray, extent_var_m2_C: np.ndarray, *, top_k: int = 3,
-                 neighbourhood_km: float = 2.5) -> S2Fix:
+                 neighbourhood_km: float = 2.5, region_km: float = 0.0) -> S2Fix:
     """Probability-weighted position over the top cells on the unit sphere (see the module docstring)."""
     from vizloc_ros.geodesy import LocalENU
 
@@ -75,8 +98,12 @@ def estimate_fix(probs_C: np.ndarray, positions_C3: np.ndarray, extent_var_m2_C:
                                  f'{positions.shape[0]} cells')
     if not np.all(np.isfinite(probs)):
         raise InvalidOutputError('cell probabilities are not finite')
-    k = min(int(top_k), probs.size)
-    top = np.argsort(-probs, kind='stable')[:k]
+    order = np.argsort(-probs, kind='stable')
+    region_mass = 1.0
+    if region_km > 0.0:
+        in_region, region_mass = _region(order[:REGION_CANDIDATES], probs, positions, region_km)
+        order = order[in_region[order]]  # never empty: the region's centre is in it
+    top = order[:max(int(top_k), 1)]
     best = int(top[0])
     cos_limit = math.cos(min(math.pi, neighbourhood_km * 1e3 / EARTH_RADIUS_M))
     near = top[positions[top] @ positions[best] >= cos_limit]
@@ -95,7 +122,7 @@ def estimate_fix(probs_C: np.ndarray, positions_C3: np.ndarray, extent_var_m2_C:
     covs = extent[:, None, None] * np.eye(2)[None]
     _, cov = combine_gaussians(means_en, covs, weights)
     return S2Fix(lat_deg=lat, lon_deg=lon, cov_en_m2=cov, best_cell=best, best_prob=float(probs[best]),
-                 mass_used=float(probs[near].sum()), cells_used=int(near.size))
+                 mass_used=float(probs[near].sum()), cells_used=int(near.size), region_mass=region_mass)
 
 
 @dataclass(frozen=True)
@@ -107,6 +134,10 @@ class S2ClassifierOptions:
     neighbourhood_km: float = field(default=0.0, metadata={
         'description': "only cells within this great-circle distance (km) of the best cell join the average; "
                        "0 = the bundle's default"})
+    region_km: float = field(default=0.0, metadata={
+        'description': "first choose the circle of this radius (km) around a probable cell that holds the most "
+                       "probability, then the best cell inside it; 0 = the bundle's default (bundles without "
+                       "one: the most probable cell decides)"})
     cell_position: str = field(default='', metadata={
         'description': "point standing for a cell: 'train_mean' (centroid of its training images), 'center' "
                        "(geometric cell centre) or '' (the bundle's choice)"})
@@ -116,8 +147,10 @@ class S2ClassifierOptions:
     def __post_init__(self) -> None:
         if self.top_k < 0:
             raise ConfigError(f'top_k must be >= 0 (0 = from the bundle), got {self.top_k}')
-        if not (math.isfinite(self.neighbourhood_km) and self.neighbourhood_km >= 0.0):
-            raise ConfigError(f'neighbourhood_km must be >= 0 (0 = from the bundle), got {self.neighbourhood_km}')
+        for name in ('neighbourhood_km', 'region_km'):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0.0):
+                raise ConfigError(f'{name} must be >= 0 (0 = from the bundle), got {value}')
         if self.cell_position not in ('', *CELL_POSITIONS):
             raise ConfigError(f"cell_position must be one of {['', *CELL_POSITIONS]}, got {self.cell_position!r}")
         if not 0.0 <= self.min_confidence <= 1.0:
@@ -142,6 +175,7 @@ class S2ClassifierLocalizer:
                 raise ConfigError(f'{config.bundle}: no cell partition')
             self.top_k = options.top_k or self.contract.top_k
             self.neighbourhood_km = options.neighbourhood_km or self.contract.neighbourhood_km
+            self.region_km = options.region_km or self.contract.region_km
             self.positions_C3 = partition.positions_N3(options.cell_position or self.contract.cell_position)
             self.extent_var_m2 = partition.extent_var_m2()
             self.tokens = partition.tokens
@@ -151,16 +185,17 @@ class S2ClassifierLocalizer:
             self.model.close()
             raise
         self.backend_name = self.model.backend_name
-        logger.info('%s: s2_classifier over %d cells (top_k %d, neighbourhood %.0f km) on %s', self.name,
-                    len(self.tokens), self.top_k, self.neighbourhood_km, self.backend_name)
+        logger.info('%s: s2_classifier over %d cells (top_k %d, neighbourhood %.1f km, region %.0f km) on %s',
+                    self.name, len(self.tokens), self.top_k, self.neighbourhood_km, self.region_km, self.backend_name)
 
     def localize(self, frame: Frame) -> LocalizationResult:
         out = self.model.run(frame, self.contract.output_names)
         probs = np.asarray(out[OUTPUT_PROBS], dtype=np.float64).reshape(-1)
         fix = estimate_fix(probs, self.positions_C3, self.extent_var_m2, top_k=self.top_k,
-                           neighbourhood_km=self.neighbourhood_km)
+                           neighbourhood_km=self.neighbourhood_km, region_km=self.region_km)
         diagnostics = {'cell': self.tokens[fix.best_cell], 'confidence': f'{fix.best_prob:.3f}',
-                       'mass_used': f'{fix.mass_used:.3f}', 'cells_used': str(fix.cells_used)}
+                       'mass_used': f'{fix.mass_used:.3f}', 'cells_used': str(fix.cells_used),
+                       'region_mass': f'{fix.region_mass:.3f}'}
         if self.parent_tokens:
             parent = np.asarray(out[OUTPUT_PARENT_PROBS], dtype=np.float64).reshape(-1)
             if parent.size != len(self.parent_tokens):

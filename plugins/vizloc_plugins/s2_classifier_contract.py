@@ -32,9 +32,10 @@ class S2ClassifierContract(BundleContract):
     """``bundle.yaml`` metadata of an s2_classifier bundle plus its cell partition (see the module docstring).
 
     The fields in :attr:`NESTED_FIELDS` are stored as the mapping ``metadata.s2_classifier``; ``resize``
-    (always ``stretch``), ``backbone`` and ``backbone_weights`` (how the network was initialised,
-    information) are top-level keys. ``partition`` is read from ``cells_file`` by :meth:`from_bundle` and
-    written by :meth:`write_files`. Unknown keys, at either level, are errors.
+    (always ``stretch``), ``tta_flip``, ``backbone`` and ``backbone_weights`` (how the network was
+    initialised; the last three information) are top-level keys. ``partition`` is read from
+    ``cells_file`` by :meth:`from_bundle` and written by :meth:`write_files`. Unknown keys, at either
+    level, are errors.
     """
 
     TYPE: ClassVar[str] = LOCALIZER_TYPE
@@ -43,7 +44,7 @@ class S2ClassifierContract(BundleContract):
     FILE_FIELDS: ClassVar[frozenset[str]] = frozenset({'partition'})
     METADATA_KEY: ClassVar[str] = LOCALIZER_TYPE
     NESTED_FIELDS: ClassVar[tuple[str, ...]] = ('cells_file', 'cell_position', 'parent_levels_up', 't_max', 't_min',
-                                                 'max_level', 'top_k', 'neighbourhood_km')
+                                                 'max_level', 'top_k', 'neighbourhood_km', 'region_km')
     OUTPUT_PROBS: ClassVar[str] = OUTPUT_PROBS
     OUTPUT_PARENT_PROBS: ClassVar[str] = OUTPUT_PARENT_PROBS
 
@@ -59,7 +60,11 @@ class S2ClassifierContract(BundleContract):
     #: Defaults of the fix (plugin options override them).
     top_k: int = 3
     neighbourhood_km: float = 2.5
+    #: > 0: the region rule of the fix (radius, km); 0, as in bundles written before it: the best cell decides.
+    region_km: float = 0.0
     resize: str = 'stretch'
+    #: The graph averages the probabilities of the image and its mirror image (information).
+    tta_flip: bool = False
     backbone: str = ''
     backbone_weights: Mapping[str, str] = dataclasses.field(default_factory=dict)
     #: The partition itself (from ``cells_file``; not a metadata key).
@@ -68,8 +73,10 @@ class S2ClassifierContract(BundleContract):
     def __post_init__(self) -> None:
         if self.cell_position not in CELL_POSITIONS:
             raise ContractError(f's2_classifier: cell_position must be one of {CELL_POSITIONS}, got {self.cell_position!r}')
-        if self.parent_levels_up < 0 or self.top_k < 1 or not self.neighbourhood_km > 0.0:
-            raise ContractError('s2_classifier: need parent_levels_up >= 0, top_k >= 1 and neighbourhood_km > 0')
+        if (self.parent_levels_up < 0 or self.top_k < 1 or not self.neighbourhood_km > 0.0
+                or not self.region_km >= 0.0):
+            raise ContractError('s2_classifier: need parent_levels_up >= 0, top_k >= 1, neighbourhood_km > 0 and '
+                                'region_km >= 0')
         if self.resize != 'stretch':
             raise ContractError(f's2_classifier bundles use resize "stretch", got {self.resize!r}')
 

@@ -31,11 +31,12 @@ def km_table(errors_m: Sequence[float] | np.ndarray, thresholds_km: Sequence[flo
 
 
 def fix_errors_m(probs_NC: np.ndarray, positions_C3: np.ndarray, extent_var_m2_C: np.ndarray, true_lat_deg,
-                 true_lon_deg, *, top_k: int, neighbourhood_km: float) -> np.ndarray:
+                 true_lon_deg, *, top_k: int, neighbourhood_km: float, region_km: float = 0.0) -> np.ndarray:
     """Great-circle error (m) of the plugin's probability-weighted fix for every row of ``probs_NC``."""
     from vizloc_plugins.s2_classifier import estimate_fix
 
-    fixes = [estimate_fix(p, positions_C3, extent_var_m2_C, top_k=top_k, neighbourhood_km=neighbourhood_km)
+    fixes = [estimate_fix(p, positions_C3, extent_var_m2_C, top_k=top_k, neighbourhood_km=neighbourhood_km,
+                          region_km=region_km)
              for p in np.asarray(probs_NC)]
     lat = np.array([f.lat_deg for f in fixes])
     lon = np.array([f.lon_deg for f in fixes])

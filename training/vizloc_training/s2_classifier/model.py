@@ -2,7 +2,8 @@
 and, for the hierarchical variant, a linear head over the cells' ancestor (parent) cells.
 
 :class:`S2ClassifierExport` is the inference graph: softmax ``probs`` over cells (+ ``parent_probs``),
-in the order of :attr:`vizloc_plugins.s2_classifier.S2ClassifierContract.output_names`.
+in the order of :attr:`vizloc_plugins.s2_classifier.S2ClassifierContract.output_names`, optionally
+averaged over the image and its mirror image.
 """
 from __future__ import annotations
 
@@ -35,14 +36,21 @@ class S2ClassifierNet(nn.Module):
 
 
 class S2ClassifierExport(nn.Module):
-    """Inference graph: ``probs`` (N x C) and, with a parent head, ``parent_probs`` (N x P)."""
+    """Inference graph: ``probs`` (N x C) and, with a parent head, ``parent_probs`` (N x P).
 
-    def __init__(self, net: S2ClassifierNet) -> None:
+    ``tta_flip``: each output is the mean of the softmax of the image and of its mirror image (one
+    forward pass over a batch of 2N; training mirrors half its images, so both are in distribution)."""
+
+    def __init__(self, net: S2ClassifierNet, *, tta_flip: bool = False) -> None:
         super().__init__()
         self.net = net
+        self.tta_flip = tta_flip
 
     def forward(self, x_N3HW: torch.Tensor):
-        logits, parent_logits = self.net(x_N3HW)
-        if parent_logits is None:
-            return (torch.softmax(logits, dim=1),)
-        return torch.softmax(logits, dim=1), torch.softmax(parent_logits, dim=1)
+        n = x_N3HW.shape[0]
+        if self.tta_flip:
+            x_N3HW = torch.cat([x_N3HW, x_N3HW.flip(3)], dim=0)
+        outputs = [torch.softmax(logits, dim=1) for logits in self.net(x_N3HW) if logits is not None]
+        if self.tta_flip:
+            outputs = [0.5 * (p[:n] + p[n:]) for p in outputs]
+        return tuple(outputs)

@@ -18,8 +18,10 @@ Pipeline (seed 002 / PlaNet):
    The epochs run in the training skeleton (:func:`vizloc_training.train.skeleton.fit`); this module
    supplies the steps and validation (:class:`_S2Task`) and the typed configuration :class:`S2Config`.
 4. Evaluate on the test split: % within 1/25/200/750/2500 km of the plugin's fix
-   (:func:`vizloc_plugins.s2_classifier.estimate_fix`), of the top-1 cell, and the "best cell" oracle.
-5. Export ONNX (``probs`` [+ ``parent_probs``], preprocessing baked in) and write the bundle with the
+   (:func:`vizloc_plugins.s2_classifier.estimate_fix`, with the bundle's defaults: the region rule of
+   ``region_km``), of the top-1 cell, and the "best cell" oracle.
+5. Export ONNX (``probs`` [+ ``parent_probs``], preprocessing baked in; with ``tta_flip`` the mean of
+   the probabilities of the image and its mirror image) and write the bundle with the
    contract (:class:`vizloc_plugins.s2_classifier_contract.S2ClassifierContract`) and ``cells.csv``.
 
 Metrics in bundle.yaml: ``test/fix/*``, ``test/top1_cell/*``, ``test/oracle/*`` (km tables),
@@ -91,6 +93,8 @@ class S2Config(TrainConfig):
     cell_position: str = 'train_mean'
     top_k: int = 3
     neighbourhood_km: float = 2.5    # average only over cells of the best cell's district (finer than the 25 km scale)
+    region_km: float = 25.0          # the fix first picks the 25 km circle holding the most probability (0: best cell)
+    tta_flip: bool = True            # the exported graph averages the probabilities of the image and its mirror image
     time_budget_s: float = 0.0       # > 0: the cosine schedule ends at whichever comes first, epochs or this wall time
                                      # (the clock counts the training steps, not the validation)
     threads: int = 0                 # torch intra-op threads (0 = auto: torch's default, 1 on an oversubscribed machine)
@@ -209,7 +213,8 @@ def _train(args: TrainArgs, cfg: S2Config, device: torch.device, dist) -> Path:
                                    t_min=cfg.t_min, max_level=cfg.max_level)
     contract = S2ClassifierContract(
         cell_position=cfg.cell_position, parent_levels_up=cfg.parent_levels_up, t_max=cfg.t_max, t_min=cfg.t_min,
-        max_level=cfg.max_level, top_k=cfg.top_k, neighbourhood_km=cfg.neighbourhood_km, backbone=cfg.backbone,
+        max_level=cfg.max_level, top_k=cfg.top_k, neighbourhood_km=cfg.neighbourhood_km, region_km=cfg.region_km,
+        tta_flip=cfg.tta_flip, backbone=cfg.backbone,
         partition=partition)
     parent_tokens, parent_of_cell = contract.parents()
     labels = partition.assign(train_split.lla_N3[:, 0], train_split.lla_N3[:, 1])
@@ -227,7 +232,8 @@ def _train(args: TrainArgs, cfg: S2Config, device: torch.device, dist) -> Path:
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.momentum = cfg.bn_momentum
     input_spec = InputSpec(height=height, width=width)
-    graph = PreprocessWrapper(S2ClassifierExport(net), input_spec).to(device)
+    export_graph = S2ClassifierExport(net, tta_flip=cfg.tta_flip)
+    graph = PreprocessWrapper(export_graph, input_spec).to(device)
     val = data.splits['val']
 
     def val_record() -> dict[str, float]:
@@ -235,7 +241,8 @@ def _train(args: TrainArgs, cfg: S2Config, device: torch.device, dist) -> Path:
             return {}
         probs = predict_probs(graph, val.images_NHW3)
         errors = fix_errors_m(probs, positions, extent_var, val.lla_N3[:, 0], val.lla_N3[:, 1],
-                              top_k=contract.top_k, neighbourhood_km=contract.neighbourhood_km)
+                              top_k=contract.top_k, neighbourhood_km=contract.neighbourhood_km,
+                              region_km=contract.region_km)
         truth = partition.assign(val.lla_N3[:, 0], val.lla_N3[:, 1])
         table = km_table(errors)
         return {'val_within_25km_pct': table['within_25km_pct'], 'val_median_km': table['median_km'],
@@ -264,7 +271,7 @@ def _train(args: TrainArgs, cfg: S2Config, device: torch.device, dist) -> Path:
         'train_images_used': int(used.size), 'train_images': len(train_split),
         'train_s': train_s, 'epochs_run': len(history), 'torch_threads': torch.get_num_threads(),
         'params': count_params(net),
-        'flops': count_flops(S2ClassifierExport(net), (1, 3, height, width)),
+        'flops': count_flops(export_graph, (1, 3, height, width)),
         'val': {k.removeprefix('val_'): v for k, v in val_record().items()},
     }
     test = data.splits['test']
@@ -273,7 +280,7 @@ def _train(args: TrainArgs, cfg: S2Config, device: torch.device, dist) -> Path:
         lat, lon = test.lla_N3[:, 0], test.lla_N3[:, 1]
         metrics['test'] = {
             'fix': km_table(fix_errors_m(probs, positions, extent_var, lat, lon, top_k=contract.top_k,
-                                         neighbourhood_km=contract.neighbourhood_km)),
+                                         neighbourhood_km=contract.neighbourhood_km, region_km=contract.region_km)),
             'top1_cell': km_table(top1_errors_m(probs, positions, lat, lon)),
             'oracle': km_table(oracle_errors_m(positions, lat, lon)),
             'cell_accuracy': float(np.mean(np.argmax(probs, axis=1) == partition.assign(lat, lon))),
@@ -292,7 +299,7 @@ def _train(args: TrainArgs, cfg: S2Config, device: torch.device, dist) -> Path:
     with tempfile.TemporaryDirectory(prefix='vizloc-s2-') as tmp:
         extra_files = contract.write_files(Path(tmp))
         bundle_dir = export_and_bundle(
-            S2ClassifierExport(net), args.out, localizer_type=LOCALIZER_TYPE, input_spec=input_spec,
+            export_graph, args.out, localizer_type=LOCALIZER_TYPE, input_spec=input_spec,
             output_names=contract.output_names, metadata=metadata, metrics=metrics,
             parity_input=check.images_NHW3[:8], extra_files=extra_files, latency_runs=cfg.latency_runs)
     logger.info('s2_classifier bundle written to %s', bundle_dir)
