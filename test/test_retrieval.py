@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from vizloc_plugins.refdb import (ReferenceDatabase, ReferenceDatabaseError, ReferenceIndex, build_faiss_index,
-                                  build_index, load_depth_m, read_manifest, update_manifest, verify_database,
-                                  write_reference_entry)
+                                  build_index, index_kind, load_depth_m, read_manifest, update_manifest,
+                                  verify_database, write_reference_entry)
 from vizloc_plugins.retrieval import RetrievalOptions, RetrievalPipeline
 from vizloc_ros.types import CameraIntrinsics
 
@@ -41,7 +41,8 @@ def test_manifest_versions_and_detects_tampering(tmp_path: Path) -> None:
     assert set(db.manifest.entries['e0']) == {'image.jpg', 'metadata.json', 'depth.png', 'toy_descriptor.npy'}
     np.testing.assert_allclose(load_depth_m(db['e1']), 6.0)  # uint16 millimetres round trip
     record = build_index(root, 'toy')
-    assert record['kind'] == 'flat' and record['count'] == 3 and read_manifest(root).version == 2
+    assert record['kind'] == 'flat' and not record['whitened'] and record['count'] == 3
+    assert read_manifest(root).version == 2
     # growing: a new entry is refused until it is in the manifest, then the version goes up
     write_reference_entry(root, 'e3', np.zeros((48, 64, 3), np.uint8), width=64, height=48, lat=None, lng=None,
                           fov=60.0)
@@ -79,16 +80,51 @@ def test_flat_index_equals_brute_force(tmp_path: Path) -> None:
         index.search(np.ones(5), 3)
 
 
+def test_whitened_index_is_cosine_search_in_the_pca_whitened_space() -> None:
+    """500 >= 4 x 32 descriptors: ``whiten='auto'`` whitens. The index must rank and score like a hand-made PCA
+    whitening of the L2-normalised descriptors (centre on their mean, rotate onto the covariance's
+    eigenvectors, divide by the square root of the eigenvalues, L2-normalise), queries included."""
+    rng = np.random.default_rng(3)
+    # Anisotropic descriptors: a few directions with large variance, as in real descriptors.
+    descs = (rng.standard_normal((500, 32)) * np.geomspace(10.0, 0.5, 32)).astype(np.float32)
+    queries = (rng.standard_normal((20, 32)) * np.geomspace(10.0, 0.5, 32)).astype(np.float32)
+    built = build_faiss_index(descs, 'auto', whiten='auto')
+    assert index_kind(built) == ('flat', True)
+    assert index_kind(build_faiss_index(descs[:100], 'auto', whiten='auto')) == ('flat', False)  # 100 < 4 x 32
+    assert index_kind(build_faiss_index(descs, 'auto')) == ('flat', False)  # the default: never
+    index = ReferenceIndex(built, tuple(f'u{i}' for i in range(500)))
+    scores, uids = index.search(queries, 7)
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    x = unit(descs.astype(np.float64))
+    mean = x.mean(axis=0)
+    eigenvalues, eigenvectors = np.linalg.eigh(np.cov((x - mean).T))
+
+    def whiten(v):
+        return unit((unit(v.astype(np.float64)) - mean) @ eigenvectors / np.sqrt(eigenvalues))
+    similarity = whiten(queries) @ whiten(descs).T
+    brute = np.argsort(-similarity, axis=1)[:, :7]
+    assert [[int(u[1:]) for u in row] for row in uids] == brute.tolist()
+    np.testing.assert_allclose(scores, np.take_along_axis(similarity, brute, axis=1), atol=1e-4)
+    with pytest.raises(ReferenceDatabaseError, match='more than 32'):
+        build_faiss_index(descs[:20], 'flat', whiten='always')
+    with pytest.raises(ReferenceDatabaseError, match='whiten must be'):
+        build_faiss_index(descs, 'flat', whiten='yes')
+
+
 def test_ivfpq_index_finds_the_exact_vector_first() -> None:
     """IVF-PQ with exact re-ranking: a stored vector used as the query lies in the first list probed and
     re-ranks to cosine 1, so it must come back first; other neighbours are approximate."""
     rng = np.random.default_rng(2)
     descs = rng.standard_normal((3000, 64)).astype(np.float32)
-    index = build_faiss_index(descs, 'ivfpq')
-    assert type(index).__name__ == 'IndexRefineFlat'
     picks = rng.choice(3000, 50, replace=False)
-    _, rows = ReferenceIndex(index, tuple(str(i) for i in range(3000))).search(descs[picks], 5)
-    assert [int(r[0]) for r in rows] == picks.tolist()
+    for whiten in ('never', 'auto'):  # 3000 >= 4 x 64: auto whitens
+        index = build_faiss_index(descs, 'ivfpq', whiten=whiten)
+        assert index_kind(index) == ('ivfpq', whiten == 'auto')
+        _, rows = ReferenceIndex(index, tuple(str(i) for i in range(3000))).search(descs[picks], 5)
+        assert [int(r[0]) for r in rows] == picks.tolist()
     with pytest.raises(ReferenceDatabaseError, match='at least 1000'):
         build_faiss_index(descs[:100], 'ivfpq')
 

@@ -50,7 +50,7 @@ import numpy as np
 __all__ = ['ReferenceDatabaseError', 'ReferenceEntry', 'ReferenceDatabase', 'read_reference_entry',
            'write_reference_entry', 'METADATA_KEYS', 'MANIFEST_FILE', 'Manifest', 'read_manifest', 'update_manifest',
            'verify_database', 'load_depth_m', 'build_faiss_index', 'build_index', 'ReferenceIndex',
-           'FLAT_MAX_ENTRIES', 'INDEX_KINDS']
+           'FLAT_MAX_ENTRIES', 'INDEX_KINDS', 'WHITEN_MODES', 'WHITEN_MIN_ENTRIES_PER_DIM', 'index_kind']
 
 _LOG = logging.getLogger(__name__)
 
@@ -64,6 +64,12 @@ MANIFEST_FORMAT_VERSION = 1
 #: Up to this many entries ``build_index(kind='auto')`` builds an exact ``IndexFlatIP``; above it IVF-PQ.
 FLAT_MAX_ENTRIES = 20_000
 INDEX_KINDS = ('auto', 'flat', 'ivfpq')
+#: PCA whitening of the descriptors, learnt from the database's own descriptors when the index is built
+#: (Jegou & Chum 2012): ``auto`` whitens databases of at least WHITEN_MIN_ENTRIES_PER_DIM x D entries
+#: (fewer cannot estimate the D x D covariance well). Off by default: on the campus it raised recall@10
+#: but lowered what the localizer publishes (measured in docs/localizers/retrieval.md).
+WHITEN_MODES = ('auto', 'always', 'never')
+WHITEN_MIN_ENTRIES_PER_DIM = 4
 #: Keys of metadata.json defined by the format (others are kept as ``extra``).
 METADATA_KEYS = ('w', 'h', 'lat', 'lng', 'alt', 'azn', 'fov', 'K', 'E')
 _DESCRIPTOR_RE = re.compile(r'^(?P<model>.+)_descriptor\.(npy|npz)$')
@@ -347,7 +353,7 @@ def _sha256(path: Path) -> str:
 @dataclass(frozen=True)
 class Manifest:
     """``manifest.json``: ``version`` (incremented by every change), ``entries`` (uid -> file name ->
-    sha256), ``indexes`` (model -> {file, sha256, uids_file, uids_sha256, kind, count, dim}) and the
+    sha256), ``indexes`` (model -> {file, sha256, uids_file, uids_sha256, kind, whitened, count, dim}) and the
     optional ``geo`` reference of the map frame that ``E`` is given in (a geo.yaml mapping)."""
 
     version: int
@@ -477,7 +483,8 @@ def _normalised(descs_ND: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x / np.maximum(norms, 1e-12))
 
 
-def build_faiss_index(descs_ND: np.ndarray, kind: str = 'auto', *, nprobe: int = 64, k_factor: int = 32) -> Any:
+def build_faiss_index(descs_ND: np.ndarray, kind: str = 'auto', *, whiten: str = 'never', nprobe: int = 64,
+                      k_factor: int = 32) -> Any:
     """An inner-product FAISS index over L2-normalised descriptors (cosine similarity).
 
     ``flat``: exact ``IndexFlatIP``. ``ivfpq``: ``IVF{nlist},PQ{m}x4fs,RFlat``: an inverted file of nlist =
@@ -485,16 +492,28 @@ def build_faiss_index(descs_ND: np.ndarray, kind: str = 'auto', *, nprobe: int =
     (rounded down to an even divisor of D), searching ``nprobe`` lists and re-ranking ``k_factor`` x k
     candidates with the exact vectors; trained on the descriptors themselves (FAISS k-means has a fixed
     seed). ``auto``: flat up to :data:`FLAT_MAX_ENTRIES` entries. Measured in scripts/bench_refdb.py.
+
+    ``whiten`` (:data:`WHITEN_MODES`): with whitening, FAISS's ``PCAW{D},L2norm`` pre-transform (PCA
+    learnt from these descriptors, each component scaled to unit variance, then L2-normalised) comes
+    before either index, for the stored vectors and the queries alike: directions that every place
+    shares stop dominating the similarity. ``auto``: when there are at least
+    :data:`WHITEN_MIN_ENTRIES_PER_DIM` x D descriptors.
     """
     faiss = _faiss()
     x = _normalised(descs_ND)
     n, d = x.shape
     if kind not in INDEX_KINDS:
         raise ReferenceDatabaseError(f'index kind must be one of {INDEX_KINDS}, got {kind!r}')
+    if whiten not in WHITEN_MODES:
+        raise ReferenceDatabaseError(f'whiten must be one of {WHITEN_MODES}, got {whiten!r}')
+    whitened = whiten == 'always' or (whiten == 'auto' and n >= WHITEN_MIN_ENTRIES_PER_DIM * d)
+    if whitened and n <= d:
+        raise ReferenceDatabaseError(f'whitening {d}-D descriptors needs more than {d} of them, got {n}')
+    prefix = f'PCAW{d},L2norm,' if whitened else ''
     if kind == 'auto':
         kind = 'flat' if n <= FLAT_MAX_ENTRIES else 'ivfpq'
     if kind == 'flat':
-        index = faiss.IndexFlatIP(d)
+        index = faiss.index_factory(d, prefix + 'Flat', faiss.METRIC_INNER_PRODUCT)
     else:
         if n < 1000:
             raise ReferenceDatabaseError(f'IVF-PQ needs at least 1000 descriptors to train, got {n}; use flat')
@@ -505,14 +524,27 @@ def build_faiss_index(descs_ND: np.ndarray, kind: str = 'auto', *, nprobe: int =
         if d % m:
             raise ReferenceDatabaseError(f'IVF-PQ needs an even descriptor dimension, got {d}; use flat')
         index = faiss.index_factory(d, f'IVF{nlist},PQ{m}x4fs,RFlat', faiss.METRIC_INNER_PRODUCT)
-        index.train(x)
         faiss.extract_index_ivf(index).nprobe = min(nprobe, nlist)
         index.k_factor = float(k_factor)
+        if whitened:  # the factory would put the exact re-ranking outside the whitening: wrap by hand
+            index = faiss.IndexPreTransform(index)
+            index.prepend_transform(faiss.NormalizationTransform(d, 2.0))
+            index.prepend_transform(faiss.PCAMatrix(d, d, -0.5))
+    if not index.is_trained:
+        index.train(x)
     index.add(x)
     return index
 
 
-def build_index(root: str | Path, model: str, kind: str = 'auto') -> Mapping[str, Any]:
+def index_kind(index: Any) -> tuple[str, bool]:
+    """(``flat`` or ``ivfpq``, whitened) of an index made by :func:`build_faiss_index`."""
+    faiss = _faiss()
+    whitened = isinstance(index, faiss.IndexPreTransform)
+    inner = faiss.downcast_index(index.index) if whitened else index
+    return ('flat' if isinstance(inner, faiss.IndexFlat) else 'ivfpq'), whitened
+
+
+def build_index(root: str | Path, model: str, kind: str = 'auto', whiten: str = 'never') -> Mapping[str, Any]:
     """Build ``DB/index/<model>.faiss`` from the entries' ``<model>`` descriptors, record it in the
     manifest (version + 1) and return its manifest record. Entries without the descriptor are left out
     (logged)."""
@@ -523,7 +555,8 @@ def build_index(root: str | Path, model: str, kind: str = 'auto') -> Mapping[str
     if len(uids) < len(db):
         _LOG.warning('%s: %d of %d entries have no %r descriptor; left out of the index', root,
                      len(db) - len(uids), len(db), model)
-    index = build_faiss_index(descs, kind)
+    index = build_faiss_index(descs, kind, whiten=whiten)
+    built_kind, whitened = index_kind(index)
     (root / INDEX_DIR).mkdir(exist_ok=True)
     index_path = root / INDEX_DIR / f'{model}.faiss'
     uids_path = root / INDEX_DIR / f'{model}.uids.txt'
@@ -531,13 +564,13 @@ def build_index(root: str | Path, model: str, kind: str = 'auto') -> Mapping[str
     uids_path.write_text('\n'.join(uids) + '\n')
     record = {'file': f'{INDEX_DIR}/{index_path.name}', 'sha256': _sha256(index_path),
               'uids_file': f'{INDEX_DIR}/{uids_path.name}', 'uids_sha256': _sha256(uids_path),
-              'kind': 'flat' if isinstance(index, faiss.IndexFlat) else 'ivfpq', 'count': len(uids),
-              'dim': int(descs.shape[1])}
+              'kind': built_kind, 'whitened': whitened, 'count': len(uids), 'dim': int(descs.shape[1])}
     old = read_manifest(root) if (root / MANIFEST_FILE).is_file() else None
     indexes = dict(old.indexes) if old else {}
     indexes[model] = record
     update_manifest(root, [] if old else None, indexes=indexes)
-    _LOG.info('%s: %s index of %d %r descriptors (dim %d)', root, record['kind'], len(uids), model, record['dim'])
+    _LOG.info('%s: %s index%s of %d %r descriptors (dim %d)', root, record['kind'],
+              ', whitened' if whitened else '', len(uids), model, record['dim'])
     return record
 
 

@@ -2,7 +2,7 @@
 
     vizloc-db add DB --poses poses.csv --images DIR --geo geo.yaml --fov 70 [--bundle BUNDLE]
     vizloc-db add DB --gps DATASET [--split train] --fov 70 [--bundle BUNDLE]
-    vizloc-db build DB --bundle BUNDLE [--kind auto|flat|ivfpq] [--recompute]
+    vizloc-db build DB --bundle BUNDLE [--kind auto|flat|ivfpq] [--whiten auto|always|never] [--recompute]
     vizloc-db info DB
     vizloc-db verify DB
 
@@ -26,9 +26,9 @@ from typing import Iterator, Sequence
 import cv2
 import numpy as np
 
-from vizloc_plugins.refdb import (FLAT_MAX_ENTRIES, INDEX_KINDS, ReferenceDatabase, ReferenceDatabaseError,
-                                  build_index, read_manifest, update_manifest, verify_database,
-                                  write_reference_entry)
+from vizloc_plugins.refdb import (FLAT_MAX_ENTRIES, INDEX_KINDS, WHITEN_MIN_ENTRIES_PER_DIM, WHITEN_MODES,
+                                  ReferenceDatabase, ReferenceDatabaseError, build_index, read_manifest,
+                                  update_manifest, verify_database, write_reference_entry)
 
 __all__ = ['NewEntry', 'entries_from_poses', 'entries_from_gps', 'add_entries', 'build_database', 'database_info',
            'build_parser', 'main']
@@ -112,7 +112,8 @@ def _read_depth(path: Path) -> np.ndarray:
 
 
 def add_entries(database: Path, entries: Iterator[NewEntry] | Sequence[NewEntry], *, geo: dict | None = None,
-                bundle: Path | None = None, kind: str = 'auto', progress: bool = True) -> list[str]:
+                bundle: Path | None = None, kind: str = 'auto', whiten: str = 'never',
+                progress: bool = True) -> list[str]:
     """Write the entries (replacing same-uid ones), hash them into the manifest (version + 1); with ``bundle``
     also compute their descriptors and rebuild that model's index. Returns the uids added."""
     import os
@@ -132,12 +133,12 @@ def add_entries(database: Path, entries: Iterator[NewEntry] | Sequence[NewEntry]
     has_manifest = (database / 'manifest.json').is_file()
     update_manifest(database, uids if has_manifest else None, geo=geo)
     if bundle is not None:
-        build_database(database, bundle, kind=kind, uids=uids)
+        build_database(database, bundle, kind=kind, whiten=whiten, uids=uids)
     return uids
 
 
-def build_database(database: Path, bundle: Path | None, *, kind: str = 'auto', recompute: bool = False,
-                   uids: Sequence[str] | None = None) -> dict:
+def build_database(database: Path, bundle: Path | None, *, kind: str = 'auto', whiten: str = 'never',
+                   recompute: bool = False, uids: Sequence[str] | None = None) -> dict:
     """Descriptors (missing ones, or all with ``recompute``) + FAISS index for ``bundle``; without a bundle
     re-hash every entry. Returns the index record (or {})."""
     if bundle is None:
@@ -146,7 +147,7 @@ def build_database(database: Path, bundle: Path | None, *, kind: str = 'auto', r
     from vizloc_plugins.retrieval import compute_descriptors
 
     model, _ = compute_descriptors(database, bundle, uids, recompute=recompute)
-    return dict(build_index(database, model, kind))
+    return dict(build_index(database, model, kind, whiten))
 
 
 def database_info(database: Path) -> dict:
@@ -171,7 +172,9 @@ def _K(values: Sequence[float] | None) -> np.ndarray | None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='vizloc-db', description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=f'Index kind auto: exact IndexFlatIP up to {FLAT_MAX_ENTRIES} entries, IVF-PQ above.')
+                                     epilog=f'Index kind auto: exact IndexFlatIP up to {FLAT_MAX_ENTRIES} entries, '
+                                            f'IVF-PQ above. --whiten auto: PCA whitening learnt from the database '
+                                            f'when it holds at least {WHITEN_MIN_ENTRIES_PER_DIM} x D entries.')
     parser.add_argument('-v', '--verbose', action='store_true')
     sub = parser.add_subparsers(dest='command', required=True)
     add = sub.add_parser('add', help='add entries (images + poses, or a GPS-format dataset)')
@@ -188,10 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     camera.add_argument('--K', type=float, nargs=4, metavar=('FX', 'FY', 'CX', 'CY'), help='intrinsics in pixels')
     add.add_argument('--bundle', type=Path, help='retrieval bundle: also compute descriptors and rebuild the index')
     add.add_argument('--kind', choices=INDEX_KINDS, default='auto')
+    add.add_argument('--whiten', choices=WHITEN_MODES, default='never',
+                     help='PCA-whiten the index, learnt from the database (default: never; measured in the docs)')
     build = sub.add_parser('build', help='(re)build descriptor files and the FAISS index with a retrieval bundle')
     build.add_argument('database', type=Path)
     build.add_argument('--bundle', type=Path, help='retrieval bundle (without: only re-hash entries into the manifest)')
     build.add_argument('--kind', choices=INDEX_KINDS, default='auto')
+    build.add_argument('--whiten', choices=WHITEN_MODES, default='never',
+                     help='PCA-whiten the index, learnt from the database (default: never; measured in the docs)')
     build.add_argument('--recompute', action='store_true', help='recompute descriptors that exist')
     for name, text in (('info', 'print a JSON summary'), ('verify', 'check every file against the manifest')):
         sub.add_parser(name, help=text).add_argument('database', type=Path)
@@ -215,10 +222,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 entries = entries_from_gps(ns.gps, split=ns.split, fov_deg=ns.fov, K=_K(ns.K))
                 geo = None
-            uids = add_entries(ns.database, entries, geo=geo, bundle=ns.bundle, kind=ns.kind)
+            uids = add_entries(ns.database, entries, geo=geo, bundle=ns.bundle, kind=ns.kind, whiten=ns.whiten)
             print(f'added {len(uids)} entries; version {read_manifest(ns.database).version}')
         elif ns.command == 'build':
-            record = build_database(ns.database, ns.bundle, kind=ns.kind, recompute=ns.recompute)
+            record = build_database(ns.database, ns.bundle, kind=ns.kind, whiten=ns.whiten, recompute=ns.recompute)
             print(json.dumps({'version': read_manifest(ns.database).version, 'index': record}, indent=1))
         elif ns.command == 'info':
             print(json.dumps(database_info(ns.database), indent=1))
