@@ -263,3 +263,31 @@ def test_contrastive_and_triplet_losses_against_hand_computed_values() -> None:
     assert float(info_nce_loss(a, p, candidates, negatives, t)) == pytest.approx(want, rel=1e-6)
     # triplet: relu(0.1 - 1 + 0) = 0 and relu(0.1 - 0 + 0) = 0.1
     assert float(triplet_loss(a, p, candidates, negatives, 0.1)) == pytest.approx(0.05, rel=1e-6)
+
+
+def test_hard_negatives_are_the_most_similar_negatives_and_fill_the_batch() -> None:
+    pytest.importorskip('torch')
+    from vizloc_training.retrieval.train import fill_with_hard_negatives, mine_hard_negatives
+
+    # Entries 0..4 on a line 30 m apart: negatives are > 25 m apart, i.e. every other entry. Descriptors on
+    # the unit circle: entry 0 at 0 deg, 1 at 10, 2 at 20, 3 at 90, 4 at 180 (entry 1 is 0's twin, but not
+    # a negative of 0 here: marked same place); anchors are entries 0, 2, 3, 4.
+    angles = np.radians([0.0, 10.0, 20.0, 90.0, 180.0])
+    desc = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    negatives = ~np.eye(5, dtype=bool)
+    negatives[0, 1] = negatives[1, 0] = False
+    anchors = np.array([0, 2, 3, 4])
+    hard = mine_hard_negatives(desc, anchors, negatives, pool=2)
+    # 0: most similar negatives 2 (20 deg away) then 3 (90); 2: 0 (20) then 3 (70); 4: 3 (90) then 2 (160).
+    assert [list(h) for h in hard] == [[2, 3], [0, 3], [2, 0], [3, 2]]
+    negatives[0, 3] = negatives[3, 0] = False  # fewer negatives than the pool: only real negatives come back
+    negatives[0, 4] = negatives[4, 0] = False
+    assert list(mine_hard_negatives(desc, anchors, negatives, pool=3)[0]) == [2]
+    # Filling: seeds first, then one fresh hard negative per seed in turn, never a duplicate, up to the size.
+    rng = np.random.default_rng(0)
+    pools = {10: [11], 20: [11, 21], 30: [31]}  # 20's 11 is taken by then: 21
+    assert list(fill_with_hard_negatives(np.array([10, 20, 30]), pools.__getitem__, 6, rng)) == [10, 20, 30, 11, 21, 31]
+    assert list(fill_with_hard_negatives(np.array([10, 20, 30]), pools.__getitem__, 5, rng)) == [10, 20, 30, 11, 21]
+    batch = fill_with_hard_negatives(np.array([10]), {10: [11, 12, 13]}.__getitem__, 4, rng)
+    assert list(batch[:1]) == [10] and len(batch) == 2 and batch[1] in (11, 12, 13)  # one per seed
+    assert list(fill_with_hard_negatives(np.array([10, 20]), pools.__getitem__, 2, rng)) == [10, 20]
