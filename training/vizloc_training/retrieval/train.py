@@ -33,7 +33,7 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import ClassVar, Mapping
+from typing import ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -86,26 +86,27 @@ def info_nce_loss(desc_a: torch.Tensor, desc_p: torch.Tensor, candidates: torch.
 
 
 def mine_hard_negatives(desc_ND: np.ndarray, anchors: np.ndarray, negatives_NN: np.ndarray,
-                        pool: int) -> list[np.ndarray]:
-    """For each anchor, up to ``pool`` entry indices: the other anchors that are its negatives
-    (``negatives_NN``) with the most similar descriptors (dot product of ``desc_ND`` rows), most similar first."""
+                        pool: int) -> dict[int, np.ndarray]:
+    """Anchor -> up to ``pool`` entry indices: the other anchors that are its negatives (``negatives_NN``)
+    with the most similar descriptors (dot product of ``desc_ND`` rows), most similar first."""
     d = np.asarray(desc_ND, dtype=np.float32)[anchors]
     similarity = d @ d.T
     allowed = negatives_NN[np.ix_(anchors, anchors)]
     similarity[~allowed] = -np.inf
     order = np.argsort(-similarity, axis=1, kind='stable')[:, :pool]
-    return [anchors[row[allowed[i, row]]] for i, row in enumerate(order)]
+    return {int(a): anchors[row[allowed[i, row]]] for i, (a, row) in enumerate(zip(anchors, order))}
 
 
-def fill_with_hard_negatives(seeds: np.ndarray, hard_of, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+def fill_with_hard_negatives(seeds: np.ndarray, hard: Mapping[int, Sequence[int]], batch_size: int,
+                             rng: np.random.Generator) -> np.ndarray:
     """The batch's anchors: ``seeds``, then for each seed in turn one random not-yet-chosen entry of
-    ``hard_of(seed)`` (its mined hard negatives) until ``batch_size`` anchors are chosen."""
+    ``hard[seed]`` (its mined hard negatives) until ``batch_size`` anchors are chosen."""
     chosen = [int(a) for a in seeds]
     taken = set(chosen)
     for a in list(chosen):
         if len(chosen) >= batch_size:
             break
-        fresh = [int(n) for n in hard_of(a) if int(n) not in taken]
+        fresh = [int(n) for n in hard[a] if int(n) not in taken]
         if fresh:
             chosen.append(fresh[int(rng.integers(len(fresh)))])
             taken.add(chosen[-1])
@@ -189,14 +190,14 @@ class _RetrievalTask(TrainingTask):
         self.rng = np.random.default_rng(seed)
         self.generator = torch.Generator().manual_seed(seed)
         self.losses: list[float] = []
-        self.hard: list[np.ndarray] | None = None  # per anchor, mined at each epoch's start
+        self.hard: dict[int, np.ndarray] | None = None  # anchor -> its hard negatives, mined at each epoch's start
 
     def begin_epoch(self, epoch: int) -> None:
         self.hard = self._mine_hard_negatives() if self.config.hard_negative_share > 0 else None
         self.model.train()
 
     @torch.no_grad()
-    def _mine_hard_negatives(self) -> np.ndarray:
+    def _mine_hard_negatives(self) -> dict[int, np.ndarray]:
         """:func:`mine_hard_negatives` with the current weights' descriptors of every entry."""
         self.model.eval()
         chunks = []
@@ -212,11 +213,10 @@ class _RetrievalTask(TrainingTask):
         order = self.rng.permutation(self.anchors)
         batch = self.config.batch_size
         seeds = batch if self.hard is None else max(1, round(batch * (1.0 - self.config.hard_negative_share)))
-        row = {int(a): i for i, a in enumerate(self.anchors)}
         for b in range(self.steps_per_epoch):
             a_idx = order[b * seeds:(b + 1) * seeds]
             if self.hard is not None:
-                a_idx = fill_with_hard_negatives(a_idx, lambda a: self.hard[row[int(a)]], batch, self.rng)
+                a_idx = fill_with_hard_negatives(a_idx, self.hard, batch, self.rng)
             p_idx = np.array([self.rng.choice(np.flatnonzero(self.positives[a])) for a in a_idx])
             yield a_idx, p_idx
 
