@@ -101,7 +101,9 @@ def test_tiny_training_writes_a_bundle_with_its_contract_and_partition(bundle, w
     probs, parents = session.run(['probs', 'parent_probs'], {b.input.name: image})
     mirrored = session.run(['probs', 'parent_probs'], {b.input.name: np.ascontiguousarray(image[:, :, ::-1])})
     assert probs.shape == (2, len(contract.partition)) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
-    assert np.allclose(mirrored[0], probs, atol=1e-6) and np.allclose(mirrored[1], parents, atol=1e-6)
+    # Without the averaging this scratch network's outputs for an image and its mirror differ by 0.07-0.1
+    # (measured, tiny preset); 1e-4 leaves room for other CPUs' float32 kernels and still catches that.
+    assert np.allclose(mirrored[0], probs, atol=1e-4) and np.allclose(mirrored[1], parents, atol=1e-4)
     # The oracle is an upper bound for the cell-based answer at every scale.
     for t in (25, 200, 750, 2500):
         assert b.metrics['test']['oracle'][f'within_{t}km_pct'] >= b.metrics['test']['top1_cell'][f'within_{t}km_pct']
