@@ -105,9 +105,13 @@ def test_whitened_index_is_cosine_search_in_the_pca_whitened_space() -> None:
     def whiten(v):
         return unit((unit(v.astype(np.float64)) - mean) @ eigenvectors / np.sqrt(eigenvalues))
     similarity = whiten(queries) @ whiten(descs).T
-    brute = np.argsort(-similarity, axis=1)[:, :7]
-    assert [[int(u[1:]) for u in row] for row in uids] == brute.tolist()
-    np.testing.assert_allclose(scores, np.take_along_axis(similarity, brute, axis=1), atol=1e-4)
+    # FAISS learns the PCA in float32, the reference is float64: scores agree to ~1e-5, while neighbours
+    # here can be as close as 8e-5. So compare, per rank, the reference similarity of what FAISS returned
+    # with the reference top 7 (a swapped near-tie passes, a wrong neighbour does not), and the scores.
+    returned = np.array([[int(u[1:]) for u in row] for row in uids])
+    top7 = -np.sort(-similarity, axis=1)[:, :7]
+    np.testing.assert_allclose(np.take_along_axis(similarity, returned, axis=1), top7, atol=1e-4)
+    np.testing.assert_allclose(scores, top7, atol=1e-4)
     with pytest.raises(ReferenceDatabaseError, match='more than 32'):
         build_faiss_index(descs[:20], 'flat', whiten='always')
     with pytest.raises(ReferenceDatabaseError, match='whiten must be'):
