@@ -137,7 +137,7 @@ class S2ClassifierOptions:
     region_km: float = field(default=0.0, metadata={
         'description': "first choose the circle of this radius (km) around a probable cell that holds the most "
                        "probability, then the best cell inside it; 0 = the bundle's default (bundles without "
-                       "one: the most probable cell decides)"})
+                       "one: the most probable cell decides); a radius below the cell size (0.001) switches it off"})
     cell_position: str = field(default='', metadata={
         'description': "point standing for a cell: 'train_mean' (centroid of its training images), 'center' "
                        "(geometric cell centre) or '' (the bundle's choice)"})
