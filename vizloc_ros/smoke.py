@@ -147,7 +147,15 @@ def run_smoke(config: SmokeConfig = SmokeConfig(), out: Any = None) -> int:
                                                      stamp_ns, 'camera'))
                 sent.append((stamp_ns, name))
                 time.sleep(1.0 / config.rate_hz)
-            time.sleep(0.5)
+            # Wait for the answers (a fix, a pose and a room per frame), not for a fixed time: on a loaded
+            # machine the last frames are still being localized half a second later. A frame lost on the
+            # best-effort camera topic never gets one; the deadline bounds that wait.
+            end = time.monotonic() + config.timeout_s
+            while time.monotonic() < end:
+                with lock:
+                    if len(rooms) >= len(sent) and all(len(outputs.get(stamp, {})) == 2 for stamp, _ in sent):
+                        break
+                time.sleep(0.05)
             with lock:
                 got = dict(outputs)
             print(f'published {len(sent)} frames {config.width_px}x{config.height_px} at {config.rate_hz:g} Hz '
