@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -225,6 +226,52 @@ def test_pnp_on_retrieved_references_matches_ground_truth(campus_world: Path, tm
     assert error_m < limit_m, (error_m, outcome.pnp_inliers, outcome.pnp_points)
     assert math.degrees(math.acos(np.clip(cos, -1, 1))) < (5.0 if keep_depth else 10.0)
     assert np.all(np.linalg.eigvalsh(outcome.cov_6x6) > 0)
+
+
+def test_pnp_runs_place_by_place_so_a_wrong_place_cannot_spoil_the_right_one(campus_world: Path, tmp_path: Path
+                                                                              ) -> None:
+    """A 'verified' reference of another place with the most inliers (a repeated facade elsewhere, simulated
+    by giving a far entry the matches of a right one in shuffled order): its place is tried first and fails,
+    and the right place gives the pose and the best reference. With one place for all (the behaviour before
+    places), the same points give no pose: the offset check runs against the wrong reference."""
+    from vizloc_training.retrieval.data import read_rgb
+    from vizloc_plugins.retrieval import Verification
+
+    db_root, uid, T_true = _leave_one_out(campus_world, tmp_path, keep_depth=True)
+    world = __import__('yaml').safe_load((campus_world / 'world.yaml').read_text())
+    camera = CameraIntrinsics(K=np.asarray(world['camera']['K']), width=320, height=240)
+    # the small world spans ~50 m: a 20 m offset check keeps its far end a wrong place
+    options = RetrievalOptions(database=str(db_root), max_pose_offset_m=20.0)
+    pipeline = RetrievalPipeline(db_root, 'oracle', options)
+    outcome = pipeline.run(read_rgb(campus_world / 'images' / f'{uid}.jpg'), _oracle(T_true[None])[0], camera)
+    assert outcome.T_map_camera is not None, outcome.reason
+    right = outcome.verified[0]
+    far = max((e for e in pipeline.db if e.depth is not None),
+              key=lambda e: np.linalg.norm(e.T_map_camera[:3, 3] - T_true[:3, 3]))
+    far_m = float(np.linalg.norm(far.T_map_camera[:3, 3] - T_true[:3, 3]))
+    assert far_m > 2 * max(options.max_pose_offset_m, options.place_radius_m)
+    shuffled = np.random.default_rng(0).permutation(right.inliers)
+    wrong = Verification(far.uid, right.inliers + 100, right.query_idx, right.query_px,
+                         right.ref_px[shuffled], right.ref_idx[shuffled])
+    spoiled = replace(outcome, verified=(wrong,) + outcome.verified, best_uid=far.uid, T_map_camera=None, cov_6x6=None)
+
+    places = pipeline._places(spoiled.verified)
+    assert [v.uid for v in places[0]] == [far.uid]
+    assert {v.uid for place in places[1:] for v in place} == {v.uid for v in outcome.verified}
+    posed = pipeline._pose(spoiled, camera)
+    assert posed.T_map_camera is not None, posed.reason
+    assert posed.best_uid == right.uid
+    # the same tolerance as the depth case of the test above: the right place's points alone
+    assert np.linalg.norm(posed.T_map_camera[:3, 3] - T_true[:3, 3]) < 0.5
+
+    one_place = RetrievalPipeline(db_root, 'oracle', replace(options, place_radius_m=1e6))
+    assert len(one_place._places(spoiled.verified)) == 1
+    mixed = one_place._pose(spoiled, camera)
+    assert mixed.T_map_camera is None and mixed.failure in ('pose_too_far', 'too_few_pnp_inliers', 'pnp_failed')
+    with pytest.raises(ValueError):
+        RetrievalOptions(database='x', place_radius_m=0.0)
+    with pytest.raises(ValueError):
+        RetrievalOptions(database='x', pnp_places=0)
 
 
 def test_vizloc_db_cli_add_gps_and_poses_info_verify(campus_world: Path, tmp_path: Path, capsys, caplog) -> None:

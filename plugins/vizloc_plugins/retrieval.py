@@ -9,7 +9,10 @@ Per frame:
    frame with OpenCV SIFT (brute-force k=2 + Lowe's ratio test); the fundamental matrix and a
    homography are fitted with OpenCV's USAC (MAGSAC++); the larger inlier set counts. Candidates with at
    least ``min_verified_inliers`` inliers are *verified* and re-ranked by inlier count.
-3. **6-DoF pose.** 3D points of the verified references' matched keypoints come from their depth map
+3. **6-DoF pose, place by place.** Verified references are grouped by place (within ``place_radius_m`` of
+   the group's best reference); PnP runs on one place at a time, best place first, and the first pose
+   that passes wins, so points of a repeated facade elsewhere never enter the PnP of the right place.
+   3D points of a place's verified references' matched keypoints come from their depth map
    (``depth.png|npy`` in the entry) and pose ``E``; references without depth give points by
    triangulation of keypoints that two verified references share through the frame
    (``cv2.triangulatePoints``, parallax and reprojection checked). The pose is solved with poselib's
@@ -66,11 +69,19 @@ class RetrievalOptions:
         'description': 'RootSIFT descriptors (L1-normalised, square-rooted: Hellinger distance) for matching'})
     min_verified_inliers: int = field(default=12, metadata={
         'description': 'fundamental/homography inliers for a candidate to count as verified'})
-    pnp_references: int = field(default=10, metadata={'description': 'verified references that give 3D points'})
+    pnp_references: int = field(default=10, metadata={
+        'description': 'verified references of one place that give 3D points'})
+    place_radius_m: float = field(default=20.0, metadata={
+        'description': 'verified references within this distance of a place\'s best reference form one place; '
+                       'PnP runs per place'})
+    pnp_places: int = field(default=3, metadata={
+        'description': "places tried by PnP in turn (ordered by their best reference's inliers); the first pose "
+                       'that passes wins'})
     pnp_threshold_px: float = field(default=4.0, metadata={'description': 'PnP RANSAC reprojection threshold'})
-    pnp_min_inliers: int = field(default=10, metadata={'description': 'fewer PnP inliers: fallback'})
+    pnp_min_inliers: int = field(default=15, metadata={
+        'description': 'fewer PnP inliers: the next place, else fallback'})
     max_pose_offset_m: float = field(default=50.0, metadata={
-        'description': 'a PnP pose farther than this from the best reference is rejected (fallback)'})
+        'description': "a PnP pose farther than this from its place's best reference is rejected"})
     fallback_sigma_m: float = field(default=25.0, metadata={
         'description': 'standard deviation (m) of the fallback fix at the best reference'})
     verify_database: bool = field(default=True, metadata={'description': 'check every file of the database on load'})
@@ -84,10 +95,12 @@ class RetrievalOptions:
             raise ValueError(f'need top_k >= 1 and 1 <= verify_k <= top_k, got {self.top_k}, {self.verify_k}')
         if not 0.0 < self.ratio < 1.0:
             raise ValueError(f'ratio must be in (0, 1), got {self.ratio}')
-        if self.min_verified_inliers < 8 or self.pnp_min_inliers < 4 or self.pnp_references < 1:
-            raise ValueError('min_verified_inliers must be >= 8, pnp_min_inliers >= 4, pnp_references >= 1')
-        if not (self.pnp_threshold_px > 0 and self.fallback_sigma_m > 0 and self.max_pose_offset_m > 0):
-            raise ValueError('pnp_threshold_px, fallback_sigma_m and max_pose_offset_m must be > 0')
+        if self.min_verified_inliers < 8 or self.pnp_min_inliers < 4 or self.pnp_references < 1 or self.pnp_places < 1:
+            raise ValueError('min_verified_inliers must be >= 8, pnp_min_inliers >= 4, pnp_references >= 1, '
+                             'pnp_places >= 1')
+        if not (self.pnp_threshold_px > 0 and self.fallback_sigma_m > 0 and self.max_pose_offset_m > 0
+                and self.place_radius_m > 0):
+            raise ValueError('pnp_threshold_px, fallback_sigma_m, max_pose_offset_m and place_radius_m must be > 0')
         if self.sift_features < 0 or self.feature_cache < 0:
             raise ValueError('sift_features and feature_cache must be >= 0')
         if not self.sift_contrast_threshold > 0:
@@ -292,11 +305,42 @@ class RetrievalPipeline:
             return np.zeros((0, 2)), np.zeros((0, 3))
         return v.query_px[keep], np.stack([point_of[int(v.ref_idx[i])] for i in keep])
 
+    def _places(self, verified: tuple[Verification, ...]) -> list[list[Verification]]:
+        """Verified references with a pose grouped by place: each (most inliers first) joins the first group
+        whose first reference is within ``place_radius_m``, else starts one. Groups keep the order of their
+        first references (summed inliers would favour a repeated facade seen by many references elsewhere)."""
+        places: list[list[Verification]] = []
+        for v in verified:  # most inliers first
+            T = self.db[v.uid].T_map_camera
+            if T is None:
+                continue
+            for place in places:
+                if np.linalg.norm(self.db[place[0].uid].T_map_camera[:3, 3] - T[:3, 3]) <= self.options.place_radius_m:
+                    place.append(v)
+                    break
+            else:
+                places.append([v])
+        return places
+
     def _pose(self, outcome: RetrievalOutcome, camera: CameraIntrinsics) -> RetrievalOutcome:
-        opt = self.options
-        used = [v for v in outcome.verified if self.db[v.uid].E is not None][:opt.pnp_references]
-        if not used:
+        """PnP per place (:meth:`_places`, the first ``pnp_places`` in turn): points of different places never
+        meet in one PnP. The first place whose pose passes becomes the outcome (its first reference is
+        ``best_uid``); when none does, the first place's failure."""
+        places = self._places(outcome.verified)[:self.options.pnp_places]
+        if not places:
             return _no_pose(outcome, 'no_reference_pose', 'verified references have no pose (E)')
+        failed = []
+        for place in places:
+            tried = self._place_pose(replace(outcome, best_uid=place[0].uid), place, camera)
+            if tried.T_map_camera is not None:
+                return tried
+            failed.append(tried)
+        return failed[0]
+
+    def _place_pose(self, outcome: RetrievalOutcome, place: list[Verification], camera: CameraIntrinsics
+                    ) -> RetrievalOutcome:
+        opt = self.options
+        used = place[:opt.pnp_references]
         pixels, points = [], []
         no_depth = []
         for v in used:
@@ -328,7 +372,7 @@ class RetrievalPipeline:
             return _no_pose(outcome, 'too_few_pnp_inliers', f'{inliers} PnP inliers < {opt.pnp_min_inliers}',
                             pnp_points=n, pnp_inliers=inliers)
         ref_position = self.db[outcome.best_uid].T_map_camera
-        if ref_position is not None and np.linalg.norm(T[:3, 3] - ref_position[:3, 3]) > opt.max_pose_offset_m:
+        if np.linalg.norm(T[:3, 3] - ref_position[:3, 3]) > opt.max_pose_offset_m:
             return _no_pose(outcome, 'pose_too_far', f'PnP pose more than {opt.max_pose_offset_m} m from the best '
                             'reference', pnp_points=n, pnp_inliers=inliers)
         return replace(outcome, T_map_camera=T, cov_6x6=cov, pnp_points=n, pnp_inliers=inliers)
