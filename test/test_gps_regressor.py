@@ -23,6 +23,7 @@ from vizloc_training.gps_regressor import losses
 from vizloc_training.gps_regressor.data import TargetFrame, load_gps_data
 from vizloc_training.gps_regressor.robustness import VARIANTS, corrupt_batch
 from vizloc_training.gps_regressor.train import PRESETS, train
+from vizloc_training.models.frozen import FrozenFeatures
 from vizloc_training.train.images import augment_batch, imagenet_normalise, to_unit
 from vizloc_training.metrics import geo as geo_metrics
 from vizloc_training.train.config import TrainArgs, TrainConfigError
@@ -462,10 +463,11 @@ def test_frozen_feature_mode_trains_only_pooling_and_head(dataset, tmp_path, mon
     result = localizer.localize(Frame(rgb_HW3=read_image(dataset, row['image']), stamp_ns=1, frame_id='camera'))
     assert result.geo is not None and np.all(np.linalg.eigvalsh(result.geo.cov_enu_m2) > 0)
     localizer.close()
-    # The cache: float16 copies of the backbone's own maps for the un-augmented view.
+    # The cache: float16 copies of the backbone's own maps for the un-augmented view (through ONNX Runtime).
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 40, 3), dtype=np.uint8)
-    maps = gps_train.cached_feature_maps(net.backbone, images, torch.device('cpu'), augment='none',
-                                         generator=torch.Generator().manual_seed(0))
+    with FrozenFeatures(net.backbone, torch.device('cpu')) as frozen:
+        maps = gps_train.cached_feature_maps(frozen, images, torch.device('cpu'), augment='none',
+                                             generator=torch.Generator().manual_seed(0))
     net.backbone.eval()
     with torch.no_grad():
         reference = net.backbone.forward_features(imagenet_normalise(to_unit(images, torch.device('cpu'))))

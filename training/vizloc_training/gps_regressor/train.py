@@ -35,6 +35,7 @@ from vizloc_ros.bundle import InputSpec
 from vizloc_ros.geodesy import GeoReference
 
 from ..metrics import geo as geo_metrics
+from ..models.frozen import FrozenFeatures
 from ..train.config import TrainArgs, TrainConfig, TrainConfigError, resolve_preset
 from ..train.export import export_and_bundle
 from ..train.images import AUGMENT_LEVELS, augment_batch, imagenet_normalise, to_unit
@@ -224,20 +225,16 @@ class _FineTuneTask(TrainingTask):
 
 
 @torch.no_grad()
-def cached_feature_maps(backbone: torch.nn.Module, images_NHW3: np.ndarray, device: torch.device, *, augment: str,
+def cached_feature_maps(frozen: FrozenFeatures, images_NHW3: np.ndarray, device: torch.device, *, augment: str,
                         generator: torch.Generator, batch_size: int = 64, desc: str = 'features') -> torch.Tensor:
-    """The frozen backbone's feature maps (N, C, h, w) of uint8 images, as float16 on the CPU (eval mode;
-    ``augment`` as in fine-tuning, drawn from ``generator``; 'none' for the un-augmented view)."""
-    was_training = backbone.training
-    backbone.eval()
+    """The frozen backbone's feature maps (N, C, h, w) of uint8 images, as float16 on the CPU (``frozen``:
+    :class:`vizloc_training.models.frozen.FrozenFeatures`, ONNX Runtime on CPU; ``augment`` as in
+    fine-tuning, drawn from ``generator``; 'none' for the un-augmented view)."""
     maps = []
-    try:
-        for start in progress(range(0, len(images_NHW3), batch_size), desc=desc,
-                              total=math.ceil(len(images_NHW3) / batch_size)):
-            x = augment_batch(to_unit(images_NHW3[start:start + batch_size], device), augment, generator)
-            maps.append(backbone.forward_features(imagenet_normalise(x)).to('cpu', torch.float16))
-    finally:
-        backbone.train(was_training)
+    for start in progress(range(0, len(images_NHW3), batch_size), desc=desc,
+                          total=math.ceil(len(images_NHW3) / batch_size)):
+        x = augment_batch(to_unit(images_NHW3[start:start + batch_size], device), augment, generator)
+        maps.append(frozen(imagenet_normalise(x)).to('cpu', torch.float16))
     return torch.cat(maps)
 
 
@@ -347,14 +344,15 @@ def _train(args: TrainArgs, cfg: GPSConfig, device: torch.device, dist) -> Path:
         features_started = time.perf_counter()
         net.backbone.requires_grad_(False)
         generator = torch.Generator().manual_seed(args.seed + 1)
-        views = [cached_feature_maps(net.backbone, train_images, device, generator=generator,
-                                     augment='none' if v == 0 else cfg.augment,
-                                     desc=f'features {v + 1}/{cfg.feature_views}')
-                 for v in range(cfg.feature_views)]
-        maps = torch.cat(views)
-        del views
-        val_maps = cached_feature_maps(net.backbone, val.images_NHW3, device, augment='none', generator=generator,
-                                       desc='features val')
+        with FrozenFeatures(net.backbone, device) as frozen:
+            views = [cached_feature_maps(frozen, train_images, device, generator=generator,
+                                         augment='none' if v == 0 else cfg.augment,
+                                         desc=f'features {v + 1}/{cfg.feature_views}')
+                     for v in range(cfg.feature_views)]
+            maps = torch.cat(views)
+            del views
+            val_maps = cached_feature_maps(frozen, val.images_NHW3, device, augment='none', generator=generator,
+                                           desc='features val')
         features_s = time.perf_counter() - features_started
         logger.info('frozen backbone: %d cached feature maps %s (%d views, %.0f MB), %.0f s', len(maps),
                     tuple(maps.shape[1:]), cfg.feature_views, maps.numel() * 2 / 1e6, features_s)

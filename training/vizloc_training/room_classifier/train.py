@@ -47,6 +47,7 @@ from vizloc_ros.bundle import InputSpec
 
 from ..metrics.classification import classification_report
 from ..models.backbones import count_flops, count_params
+from ..models.frozen import FrozenFeatures
 from ..train.config import TrainArgs, TrainConfig, TrainConfigError, resolve_preset
 from ..train.evaluation_file import write_evaluation
 from ..train.export import export_and_bundle
@@ -326,16 +327,17 @@ def _train(args: TrainArgs, cfg: RoomConfig, device: torch.device, dist) -> Path
 
 
 @torch.no_grad()
-def _cached_features(backbone: nn.Module, datasets: list[AugmentedRooms], device: torch.device,
-                     batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled backbone features (N x C) and labels of every item of every dataset, backbone in eval mode."""
-    backbone.eval()
+def _cached_features(frozen: FrozenFeatures, datasets: list[AugmentedRooms], batch_size: int = 64
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled frozen-backbone features (N x C) and labels of every item of every dataset (``frozen``:
+    :class:`vizloc_training.models.frozen.FrozenFeatures`, ONNX Runtime on CPU; pooled by the backbone)."""
     feats, labels = [], []
     for v, dataset in enumerate(datasets):
         for start in progress(range(0, len(dataset), batch_size), desc=f'features {v + 1}/{len(datasets)}',
                               total=math.ceil(len(dataset) / batch_size)):
             items = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
-            feats.append(backbone(torch.stack([x for x, _ in items]).to(device)).cpu())
+            maps = frozen(torch.stack([x for x, _ in items]))
+            feats.append(frozen.backbone.pool(maps.to(frozen.device)).cpu())
             labels.append(torch.tensor([int(y) for _, y in items]))
     return torch.cat(feats), torch.cat(labels)
 
@@ -394,10 +396,11 @@ def _train_head_on_cached_features(model: nn.Module, train_split: RoomSplit, val
     views = max(1, cfg.feature_views)
     torch.manual_seed(seed)  # the augmentations draw from torch's global generator
     model.backbone.requires_grad_(False)
-    train_x, train_y = _cached_features(model.backbone, [AugmentedRooms(train_split, eval_transform(size))]
-                                        + [AugmentedRooms(train_split, augment)] * (views - 1), device)
-    val_x, val_y = (_cached_features(model.backbone, [AugmentedRooms(val_split, eval_transform(size))], device)
-                    if len(val_split) else (None, None))
+    with FrozenFeatures(model.backbone, device) as frozen:
+        train_x, train_y = _cached_features(frozen, [AugmentedRooms(train_split, eval_transform(size))]
+                                            + [AugmentedRooms(train_split, augment)] * (views - 1))
+        val_x, val_y = (_cached_features(frozen, [AugmentedRooms(val_split, eval_transform(size))])
+                        if len(val_split) else (None, None))
     features_s = time.perf_counter() - started
     logger.info('frozen backbone: %d cached training features (%d views), %.1f s', len(train_x), views, features_s)
     task = _CachedHeadTask(model, train_x, train_y, val_x, val_y, cfg, device, seed)
