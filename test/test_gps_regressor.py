@@ -400,6 +400,36 @@ def test_bins_head_is_the_moment_matched_mixture():
         GPSRegressorNet('resnet18', image_hw=(32, 40))(x, return_logits=True)
 
 
+def test_bins_head_publishes_the_main_mode_with_the_covariance_about_it():
+    """publish_mode: the mean of the anchors within the radius (metres, through each axis' std) of the most
+    probable one; the covariance is the second moment of the whole distribution about that point."""
+    from vizloc_training.gps_regressor.model import GPSRegressorNet
+
+    # two places 100 m apart (std 10 m per axis: 10 z units), the first a pair of cells 10 m apart
+    anchors = torch.tensor([[0.0, 0.0], [1.0, 0.0], [10.0, 0.0]])
+    net = GPSRegressorNet('resnet18', image_hw=(32, 40), anchors_z_K2=anchors).eval()
+    last = net.head[-1]
+    with torch.no_grad():  # constant logits: p = (0.5, 0.2, 0.3) whatever the image
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([math.log(0.5), math.log(0.2), math.log(0.3), -20.0]))
+    x = torch.randn(2, 3, 32, 40)
+    with torch.no_grad():
+        mixture_mu, mixture_log_var, _ = net(x)
+        net.publish_mode(15.0, [10.0, 10.0])
+        mode_mu, mode_log_var, _ = net(x)
+        net.publish_mode(0.0, [10.0, 10.0])
+        back_mu, _, _ = net(x)
+    p = torch.tensor([0.5, 0.2, 0.3])
+    assert torch.allclose(mixture_mu[0], p @ anchors, atol=1e-5)  # (3.2, 0): between the places, near neither
+    assert torch.allclose(mode_mu[0], torch.tensor([0.2 / 0.7, 0.0]), atol=1e-5)  # the first place's two cells
+    second_moment_x = float((p * (anchors[:, 0] - mode_mu[0, 0]) ** 2).sum())
+    assert float(torch.exp(mode_log_var[0, 0])) == pytest.approx(second_moment_x, rel=1e-4)
+    assert float(mode_log_var[0, 0]) > float(mixture_log_var[0, 0])  # about the mode, not the mean: wider
+    assert torch.allclose(back_mu, mixture_mu)
+    with pytest.raises(ValueError, match='bins head'):
+        GPSRegressorNet('resnet18', image_hw=(32, 40)).publish_mode(30.0, [10.0, 10.0])
+
+
 def test_bins_head_trains_exports_and_runs_in_the_plugin(dataset, tmp_path):
     from vizloc_ros.bundle import load_bundle
 
@@ -412,6 +442,9 @@ def test_bins_head_trains_exports_and_runs_in_the_plugin(dataset, tmp_path):
     b = load_bundle(out, expected_type='gps_regressor')
     assert b.metadata['head'] == 'bins' and b.metadata['config']['bin_size_m'] == 20.0
     assert b.metadata['anchors']['count'] >= 16 and b.metadata['anchors']['bin_size_m'] <= 20.0
+    # the default publishes the main mode within 3 cells; the metadata says so
+    assert b.metadata['anchors']['published'] == 'main_mode'
+    assert b.metadata['anchors']['mode_radius_m'] == pytest.approx(3 * b.metadata['anchors']['bin_size_m'])
     truth = np.array([[float(r['lat']), float(r['lon'])] for r in csv.DictReader(open(dataset / 'gt.csv'))
                       if r['split'] == 'test'])
     centroid = np.array(b.metadata['geo']['enu_origin'][:2])

@@ -8,6 +8,7 @@ wraps it for export: de-normalises to metres in the training split's ENU frame a
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -120,6 +121,21 @@ class GPSRegressorNet(nn.Module):
         out: nn.Linear = self.head[-1]  # type: ignore[assignment]
         nn.init.zeros_(out.bias)
         nn.init.normal_(out.weight, std=1e-3)
+        #: ``bins``: None -> the published mean is the mixture's mean; a (2,) radius in normalised units per
+        #: axis -> the mean of the anchors within that radius of the most probable one (:meth:`publish_mode`).
+        self.mode_radius_z: torch.Tensor | None = None
+
+    def publish_mode(self, radius_m: float, std_en_m: np.ndarray | Sequence[float]) -> None:
+        """Publish the place distribution's main mode instead of its mean (``bins`` head; after training):
+        the probability-weighted mean of the anchors within ``radius_m`` of the most probable anchor. The
+        covariance stays the second moment of the whole distribution, now about that point, so views that
+        could be in two places keep their wide ellipses. ``radius_m`` 0: the mixture mean (as trained)."""
+        if self.head_kind != 'bins':
+            raise ValueError('publish_mode needs the bins head')
+        if radius_m < 0:
+            raise ValueError(f'mode radius must be >= 0 m, got {radius_m}')
+        std = torch.as_tensor(np.asarray(std_en_m, np.float64), dtype=torch.float32).reshape(2)
+        self.mode_radius_z = None if radius_m == 0 else (radius_m / std).to(self.anchors_z.device)
 
     def features(self, x_N3HW: torch.Tensor) -> torch.Tensor:
         return self.pooled(self.backbone.forward_features(x_N3HW))
@@ -137,7 +153,8 @@ class GPSRegressorNet(nn.Module):
         ``bins``: ``p = softmax(logits)``; the mean is ``sum_k p_k a_k`` and the covariance
         ``sum_k p_k (a_k - mu)(a_k - mu)^T`` plus a learned residual variance and the cell's
         quantisation variance, i.e. the moment-matched Gaussian of the mixture over anchors, returned
-        as log-variances and a correlation like the ``gaussian`` head.
+        as log-variances and a correlation like the ``gaussian`` head. After :meth:`publish_mode` the mean
+        is the main mode's instead (the covariance is then about it).
         """
         return self.from_maps(self.backbone.forward_features(x_N3HW), return_logits)
 
@@ -147,7 +164,14 @@ class GPSRegressorNet(nn.Module):
         if self.head_kind == 'bins':
             logits = raw[:, :-1]
             p = torch.softmax(logits, dim=1)
-            mu = p @ self.anchors_z
+            if self.mode_radius_z is None:
+                mu = p @ self.anchors_z
+            else:  # the main mode: anchors within the radius (an ellipse in z, a circle in metres) of the argmax
+                top = self.anchors_z[logits.argmax(dim=1)]
+                near = ((((self.anchors_z.unsqueeze(0) - top.unsqueeze(1)) / self.mode_radius_z) ** 2).sum(dim=2)
+                        <= 1.0).to(p.dtype)
+                w = p * near
+                mu = (w @ self.anchors_z) / w.sum(dim=1, keepdim=True)
             d = self.anchors_z.unsqueeze(0) - mu.unsqueeze(1)
             cov = torch.einsum('nk,nki,nkj->nij', p, d, d)
             floor = torch.exp(raw[:, -1:].clamp(LOG_VAR_MIN, LOG_VAR_MAX)) + self.bin_var_z

@@ -85,6 +85,8 @@ class GPSConfig(TrainConfig):
     head: str = 'gaussian'           # gaussian: direct regression; bins: place distribution over grid anchors
     bin_size_m: float = 10.0
     bin_ce_weight: float = 1.0
+    mode_radius_bins: float = 3.0    # bins: publish the mean of the anchors within this many cells of the most
+                                     # probable one (the main mode), not the mixture mean; 0 = mixture mean
     dropout: float = 0.1
     augment: str = 'strong'
     freeze_backbone: bool = False    # True: frozen-feature mode: the backbone's feature maps of feature_views
@@ -102,6 +104,8 @@ class GPSConfig(TrainConfig):
         super().__post_init__()
         if self.bin_ce_weight < 0.0:
             raise TrainConfigError(f'{self.TYPE}: bin_ce_weight must be non-negative, got {self.bin_ce_weight}')
+        if self.mode_radius_bins < 0.0:
+            raise TrainConfigError(f'{self.TYPE}: mode_radius_bins must be non-negative, got {self.mode_radius_bins}')
 
 
 BASE = GPSConfig()
@@ -379,6 +383,10 @@ def _train(args: TrainArgs, cfg: GPSConfig, device: torch.device, dist) -> Path:
     if not is_main_process():
         return args.out
     net.eval()
+    if net.head_kind == 'bins' and cfg.mode_radius_bins > 0:
+        net.publish_mode(cfg.mode_radius_bins * bin_size_m, frame.std_en_m)
+        logger.info('bins head: publishing the main mode (anchors within %.1f m of the most probable one)',
+                    cfg.mode_radius_bins * bin_size_m)
     train_s = result.train_s + features_s
     return _evaluate_and_export(args, cfg, data, net, head, problem, anchors_z, bin_size_m, started, train_s,
                                 len(result.history), result.history, features_s)
@@ -432,7 +440,10 @@ def _evaluate_and_export(args: TrainArgs, cfg: GPSConfig, data: GPSData, net: GP
         target_frame=frame.to_mapping(),
         loss=cfg.loss,
         head=cfg.head,
-        anchors=({'count': int(anchors_z.shape[0]), 'bin_size_m': bin_size_m} if anchors_z is not None else None),
+        anchors=({'count': int(anchors_z.shape[0]), 'bin_size_m': bin_size_m,
+                  'published': 'mixture_mean' if net.mode_radius_z is None else 'main_mode',
+                  'mode_radius_m': cfg.mode_radius_bins * bin_size_m if net.mode_radius_z is not None else 0.0}
+                 if anchors_z is not None else None),
         preset=args.preset,
         config=cfg.to_dict(),
         train_args=args.to_dict(),
