@@ -263,13 +263,15 @@ def test_qos_adaptation_follows_ros2_bag_play() -> None:
 
 
 def test_cli_errors(tmp_path: Path, eval_bag: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # the handlers main() found are back afterwards (a function, or SIG_IGN in a background job)
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     assert main([str(tmp_path / 'missing.bag')]) == 1
     assert 'missing.bag: no such bag' in capsys.readouterr().err
     assert main([str(eval_bag), '--remap', '/not/in/bag:=/x']) == 1
     assert 'remap sources' in capsys.readouterr().err
     assert main([str(eval_bag), '--rate', '0']) == 2
     assert 'rate must be > 0' in capsys.readouterr().err
-    assert signal.getsignal(signal.SIGINT) is not None and signal.getsignal(signal.SIGINT).__name__ != 'on_signal'
+    assert {sig: signal.getsignal(sig) for sig in before} == before
     with pytest.raises(ReplayError, match='not in the bag'):
         replay(eval_bag, ReplayOptions(topics=('/nope',)))
     with pytest.raises(InvalidInputError, match='absolute'):
