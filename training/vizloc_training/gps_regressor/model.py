@@ -123,7 +123,8 @@ class GPSRegressorNet(nn.Module):
         nn.init.normal_(out.weight, std=1e-3)
         #: ``bins``: None -> the published mean is the mixture's mean; a (2,) radius in normalised units per
         #: axis -> the mean of the anchors within that radius of the most probable one (:meth:`publish_mode`).
-        self.mode_radius_z: torch.Tensor | None = None
+        #: A non-persistent buffer: it moves with the module and stays out of checkpoints.
+        self.register_buffer('mode_radius_z', None, persistent=False)
 
     def publish_mode(self, radius_m: float, std_en_m: np.ndarray | Sequence[float]) -> None:
         """Publish the place distribution's main mode instead of its mean (``bins`` head; after training):
