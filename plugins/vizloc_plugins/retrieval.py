@@ -309,18 +309,18 @@ class RetrievalPipeline:
         """Verified references with a pose grouped by place: each (most inliers first) joins the first group
         whose first reference is within ``place_radius_m``, else starts one. Groups keep the order of their
         first references (summed inliers would favour a repeated facade seen by many references elsewhere)."""
-        places: list[list[Verification]] = []
+        places: list[tuple[np.ndarray, list[Verification]]] = []  # (first reference's position, members)
         for v in verified:  # most inliers first
             T = self.db[v.uid].T_map_camera
             if T is None:
                 continue
-            for place in places:
-                if np.linalg.norm(self.db[place[0].uid].T_map_camera[:3, 3] - T[:3, 3]) <= self.options.place_radius_m:
-                    place.append(v)
+            for centre_m, members in places:
+                if np.linalg.norm(centre_m - T[:3, 3]) <= self.options.place_radius_m:
+                    members.append(v)
                     break
             else:
-                places.append([v])
-        return places
+                places.append((T[:3, 3], [v]))
+        return [members for _, members in places]
 
     def _pose(self, outcome: RetrievalOutcome, camera: CameraIntrinsics) -> RetrievalOutcome:
         """PnP per place (:meth:`_places`, the first ``pnp_places`` in turn): points of different places never
@@ -329,16 +329,19 @@ class RetrievalPipeline:
         places = self._places(outcome.verified)[:self.options.pnp_places]
         if not places:
             return _no_pose(outcome, 'no_reference_pose', 'verified references have no pose (E)')
+        posed = [u for u in outcome.candidates[:self.options.verify_k] if self.db[u].E is not None]
         failed = []
         for place in places:
-            tried = self._place_pose(replace(outcome, best_uid=place[0].uid), place, camera)
+            tried = self._place_pose(replace(outcome, best_uid=place[0].uid), place, posed, camera)
             if tried.T_map_camera is not None:
                 return tried
             failed.append(tried)
         return failed[0]
 
-    def _place_pose(self, outcome: RetrievalOutcome, place: list[Verification], camera: CameraIntrinsics
-                    ) -> RetrievalOutcome:
+    def _place_pose(self, outcome: RetrievalOutcome, place: list[Verification], posed: list[str],
+                    camera: CameraIntrinsics) -> RetrievalOutcome:
+        """PnP from one place's verified references (``posed``: the candidates with a pose, triangulation
+        partners for references without depth)."""
         opt = self.options
         used = place[:opt.pnp_references]
         pixels, points = [], []
@@ -352,7 +355,6 @@ class RetrievalPipeline:
             X, ok = _backproject(entry, depth, v.ref_px)
             pixels.append(v.query_px[ok])
             points.append(X)
-        posed = [u for u in outcome.candidates[:opt.verify_k] if self.db[u].E is not None]
         for v in no_depth:
             px, X = self._triangulated(v, [u for u in posed if u != v.uid])
             pixels.append(px)
