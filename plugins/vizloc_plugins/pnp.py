@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ['RansacOptions', 'PnPSolution', 'PnPError', 'solve_pnp_ransac', 'pose_covariance_map',
+__all__ = ['RansacOptions', 'PnPSolution', 'PnPError', 'solve_pnp_ransac', 'solve_pnp_lo_ransac', 'count_inliers', 'Evidence', 'pose_covariance_map',
            'project_points', 'undistort_pixels', 'geo_estimate_from_pose']
 
 logger = logging.getLogger(__name__)
@@ -261,6 +261,78 @@ def solve_pnp_ransac(points_map_N3: np.ndarray, pixels_N2: np.ndarray, K_3x3: np
         T_map_camera=T_map_camera, cov_6x6=cov, rvec=rvec.reshape(3), tvec=tvec.reshape(3),
         inlier_mask=inliers, num_inliers=num_inliers, inlier_ratio=num_inliers / n,
         soft_score=float(scores[best]), reprojection_rmse_px=rmse, hypotheses_valid=int(rvecs.shape[0]))
+
+
+def count_inliers(points_map_N3: np.ndarray, pixels_N2: np.ndarray, T_map_camera: np.ndarray, K_3x3: np.ndarray,
+                  threshold_px: float, min_depth_m: float = 0.01) -> int:
+    """How many correspondences the pose ``T_map_camera`` reprojects within ``threshold_px`` (in front of it)."""
+    points, pixels, K = _check_inputs(points_map_N3, pixels_N2, K_3x3)
+    R_camera_map = np.asarray(T_map_camera, dtype=np.float64)[:3, :3].T
+    rvec, _ = cv2.Rodrigues(R_camera_map)
+    tvec = -R_camera_map @ np.asarray(T_map_camera, dtype=np.float64)[:3, 3]
+    errors = _reprojection_errors(points, pixels, rvec.reshape(1, 3), tvec.reshape(1, 3), K, min_depth_m)[0]
+    return int(np.sum(errors < threshold_px))
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One source's 2D-3D correspondences (scene points, undistorted pixels of the image whose intrinsics
+    are ``K_3x3``) and the reprojection threshold they are judged with."""
+
+    points_N3: np.ndarray
+    pixels_N2: np.ndarray
+    K_3x3: np.ndarray
+    threshold_px: float
+
+    def share(self, T_map_camera: np.ndarray) -> float:
+        """Share of the correspondences that the pose reprojects within the threshold (0 when there are none)."""
+        if len(self.points_N3) == 0:
+            return 0.0
+        return count_inliers(self.points_N3, self.pixels_N2, T_map_camera, self.K_3x3,
+                             self.threshold_px) / len(self.points_N3)
+
+
+def solve_pnp_lo_ransac(points_map_N3: np.ndarray, pixels_N2: np.ndarray, K_3x3: np.ndarray, width: int, height: int,
+                        *, threshold_px: float = 4.0, seed: int = 0, max_iterations: int = 10000) -> PnPSolution | None:
+    """poselib's LO-RANSAC PnP for sparse matches (local features), with :func:`pose_covariance_map`.
+
+    For correspondences with a low inlier ratio, where the fixed hypothesis budget of
+    :func:`solve_pnp_ransac` (dense network cells) is too small: poselib samples until its confidence is
+    reached and refines locally. ``None`` when it finds no pose with at least 4 inliers.
+    ``soft_score`` is the inlier count; ``hypotheses_valid`` poselib's iterations.
+    """
+    import poselib
+
+    points, pixels, K = _check_inputs(points_map_N3, pixels_N2, K_3x3)
+    if len(points) < _MIN_CORRESPONDENCES:
+        return None
+    camera = {'model': 'PINHOLE', 'width': int(width), 'height': int(height),
+              'params': [float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])]}
+    ransac = {'max_reproj_error': float(threshold_px), 'seed': int(seed), 'max_iterations': int(max_iterations)}
+    pose, info = poselib.estimate_absolute_pose(np.ascontiguousarray(pixels), np.ascontiguousarray(points), camera,
+                                                ransac, {})
+    inliers = np.asarray(info.get('inliers', []), bool)
+    if inliers.size != len(points) or inliers.sum() < _MIN_CORRESPONDENCES:
+        return None
+    R_camera_map = np.asarray(pose.R)
+    tvec = np.asarray(pose.t, dtype=np.float64).reshape(3)
+    if not (np.all(np.isfinite(R_camera_map)) and np.all(np.isfinite(tvec))):
+        return None
+    rvec, _ = cv2.Rodrigues(R_camera_map)
+    try:
+        cov = pose_covariance_map(points[inliers], pixels[inliers], rvec, tvec, K)
+    except PnPError:
+        return None
+    residuals = _residuals(points[inliers], pixels[inliers], rvec, tvec.reshape(3, 1), K)
+    T_map_camera = np.eye(4)
+    T_map_camera[:3, :3] = R_camera_map.T
+    T_map_camera[:3, 3] = -R_camera_map.T @ tvec
+    num_inliers = int(inliers.sum())
+    return PnPSolution(
+        T_map_camera=T_map_camera, cov_6x6=cov, rvec=rvec.reshape(3), tvec=tvec, inlier_mask=inliers,
+        num_inliers=num_inliers, inlier_ratio=num_inliers / len(points), soft_score=float(num_inliers),
+        reprojection_rmse_px=float(np.sqrt(np.mean(residuals ** 2) * 2.0)),
+        hypotheses_valid=int(info.get('iterations', 0)))
 
 
 def _residuals(points: np.ndarray, pixels: np.ndarray, rvec: np.ndarray, tvec: np.ndarray, K: np.ndarray) -> np.ndarray:

@@ -45,7 +45,7 @@ from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext,
 from vizloc_ros.types import (CameraIntrinsics, CovarianceType, Frame, GeoEstimate, InvalidOutputError, LocalizationResult,
                               PoseEstimate, ResultStatus)
 
-from .pnp import PnPError, geo_estimate_from_pose, pose_covariance_map, undistort_pixels
+from .pnp import geo_estimate_from_pose, solve_pnp_lo_ransac, undistort_pixels
 from .refdb import ReferenceDatabase, ReferenceDatabaseError, ReferenceEntry, ReferenceIndex, load_depth_m
 from .retrieval_contract import LOCALIZER_TYPE, ContractError, RetrievalContract, descriptor_model_name
 
@@ -366,10 +366,11 @@ class RetrievalPipeline:
             return _no_pose(outcome, 'too_few_points', f"{n} 3D points (< {opt.pnp_min_inliers}) from the references' "
                             'depth or triangulation', pnp_points=n)
         pixels_N2 = undistort_pixels(pixels_N2, camera.K, camera.D, camera.distortion_model)
-        solution = _solve_pnp(points_N3, pixels_N2, camera, opt)
+        solution = solve_pnp_lo_ransac(points_N3, pixels_N2, camera.K, camera.width, camera.height,
+                                       threshold_px=opt.pnp_threshold_px, seed=opt.seed)
         if solution is None:
             return _no_pose(outcome, 'pnp_failed', 'PnP LO-RANSAC found no pose', pnp_points=n)
-        T, cov, inliers = solution
+        T, cov, inliers = solution.T_map_camera, solution.cov_6x6, solution.num_inliers
         if inliers < opt.pnp_min_inliers:
             return _no_pose(outcome, 'too_few_pnp_inliers', f'{inliers} PnP inliers < {opt.pnp_min_inliers}',
                             pnp_points=n, pnp_inliers=inliers)
@@ -385,35 +386,6 @@ def _no_pose(outcome: RetrievalOutcome, failure: str, reason: str, **changes: An
     if failure not in FAILURES:
         raise ValueError(f'unknown retrieval failure kind {failure!r}; known: {FAILURES}')
     return replace(outcome, failure=failure, reason=reason, **changes)
-
-
-def _solve_pnp(points_N3: np.ndarray, pixels_N2: np.ndarray, camera: CameraIntrinsics, opt: RetrievalOptions
-               ) -> tuple[np.ndarray, np.ndarray, int] | None:
-    """poselib LO-RANSAC PnP + covariance from :func:`pose_covariance_map`: (T_map_camera, cov 6x6, inliers)."""
-    import poselib
-
-    K = camera.K
-    camera_dict = {'model': 'PINHOLE', 'width': int(camera.width), 'height': int(camera.height),
-                   'params': [float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])]}
-    ransac = {'max_reproj_error': float(opt.pnp_threshold_px), 'seed': int(opt.seed), 'max_iterations': 10000}
-    pose, info = poselib.estimate_absolute_pose(np.ascontiguousarray(pixels_N2, np.float64),
-                                                np.ascontiguousarray(points_N3, np.float64), camera_dict, ransac, {})
-    inliers = np.asarray(info.get('inliers', []), bool)
-    if inliers.size != len(points_N3) or inliers.sum() < 4:
-        return None
-    R_camera_map = np.asarray(pose.R)
-    t = np.asarray(pose.t).reshape(3)
-    if not (np.all(np.isfinite(R_camera_map)) and np.all(np.isfinite(t))):
-        return None
-    rvec, _ = cv2.Rodrigues(R_camera_map)
-    try:
-        cov = pose_covariance_map(points_N3[inliers], pixels_N2[inliers], rvec, t, K)
-    except PnPError:
-        return None
-    T = np.eye(4)
-    T[:3, :3] = R_camera_map.T
-    T[:3, 3] = -R_camera_map.T @ t
-    return T, cov, int(inliers.sum())
 
 
 class RetrievalLocalizer:
