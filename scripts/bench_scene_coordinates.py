@@ -58,17 +58,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              'this Gaussian noise (m) per axis and --oracle-outliers gross outliers: the pose accuracy '
                              'the solver reaches for a given network accuracy')
     parser.add_argument('--oracle-outliers', type=float, default=0.4)
+    parser.add_argument('--no-keyframes', action='store_true',
+                        help="network cells only: ignore the bundle's keyframe map (plugin option keyframes=false)")
     return parser.parse_args(argv)
 
 
-def _make_localizer(bundle: Path, threads: int, hypotheses: int, cache_dir: Path):
+def _make_localizer(bundle: Path, threads: int, hypotheses: int, cache_dir: Path, keyframes: bool = True):
     from vizloc_ros.localizer import LocalizerConfig, LocalizerContext
     from vizloc_ros.plugin_manager import load_registry
 
     registry = load_registry().registry
     return registry.create(
         LocalizerConfig(name='scene', type='scene_coordinates', bundle=str(bundle), backend='onnxruntime'),
-        {'intra_op_num_threads': threads, 'hypotheses': hypotheses}, LocalizerContext(cache_dir=cache_dir))
+        {'intra_op_num_threads': threads, 'hypotheses': hypotheses, 'keyframes': keyframes},
+        LocalizerContext(cache_dir=cache_dir))
 
 
 def accuracy(localizer, data: Path, split: str, limit: int) -> dict[str, float]:
@@ -82,6 +85,7 @@ def accuracy(localizer, data: Path, split: str, limit: int) -> dict[str, float]:
     spec = localizer.model.input
     n = len(dataset) if not limit else min(limit, len(dataset))
     estimates, truths, errors, covs, ratios, latencies, cell_errors = [], [], [], [], [], [], []
+    sources: list[str] = []
     for i in range(n):
         sample = dataset[i]
         h, w = sample.rgb_HW3.shape[:2]
@@ -93,6 +97,7 @@ def accuracy(localizer, data: Path, split: str, limit: int) -> dict[str, float]:
             cell_errors.append(float(np.median(np.linalg.norm(coords - target.coords_3hw, axis=0)[target.valid_hw])))
         result, _, _ = run_localizer(localizer, frame, 'scene')  # timed and stamped as the node does
         latencies.append(result.latency_ms)
+        sources.append(result.diagnostics.get('source', ''))
         truths.append(sample.T_world_camera)
         if result.status != ResultStatus.OK:
             estimates.append(None)
@@ -111,6 +116,7 @@ def accuracy(localizer, data: Path, split: str, limit: int) -> dict[str, float]:
     out['position_95pct_ellipsoid_coverage'] = (ellipsoid_coverage(np.asarray(errors), np.asarray(covs))
                                                 if errors else float('nan'))
     out['latency_p50_ms_native_frames'] = float(np.percentile(latencies, 50))
+    out['keyframe_share'] = float(np.mean([s == 'keyframes' for s in sources]))  # poses from the keyframe map
     return out
 
 
@@ -214,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f'host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} (shared machine: timings include '
           f'contention)')
     with tempfile.TemporaryDirectory() as cache:
-        localizer = _make_localizer(args.bundle, args.threads, args.hypotheses, Path(cache))
+        localizer = _make_localizer(args.bundle, args.threads, args.hypotheses, Path(cache), not args.no_keyframes)
         try:
             bundle = localizer.model.bundle
             print(f'bundle {bundle.path}: input {bundle.input.width}x{bundle.input.height}, backend '

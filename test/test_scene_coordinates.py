@@ -50,34 +50,36 @@ def _texture(size: int = 512, seed: int = 0) -> np.ndarray:
     return image
 
 
-def _render(texture: np.ndarray, K: np.ndarray, T_world_camera: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _render(texture: np.ndarray, K: np.ndarray, T_world_camera: np.ndarray, width: int = W, height: int = H
+            ) -> tuple[np.ndarray, np.ndarray]:
     """Image of the textured plane z = 0 (x, y in [0, EXTENT_M]) and per-pixel scene coordinates."""
     metres_per_px = EXTENT_M / texture.shape[0]
     A = np.diag([metres_per_px, metres_per_px, 1.0])
     R_cw = T_world_camera[:3, :3].T
     t_cw = -R_cw @ T_world_camera[:3, 3]
     homography = K @ np.column_stack([R_cw[:, 0], R_cw[:, 1], t_cw]) @ A
-    image = cv2.warpPerspective(texture, homography, (W, H), flags=cv2.INTER_LINEAR)
-    uu, vv = np.meshgrid(np.arange(W, dtype=float), np.arange(H, dtype=float))
-    rays = T_world_camera[:3, :3] @ np.linalg.solve(K, np.stack([uu.ravel(), vv.ravel(), np.ones(W * H)]))
+    image = cv2.warpPerspective(texture, homography, (width, height), flags=cv2.INTER_LINEAR)
+    uu, vv = np.meshgrid(np.arange(width, dtype=float), np.arange(height, dtype=float))
+    rays = T_world_camera[:3, :3] @ np.linalg.solve(K, np.stack([uu.ravel(), vv.ravel(), np.ones(width * height)]))
     c = T_world_camera[:3, 3]
     lam = -c[2] / rays[2]
     X = c[:, None] + rays * lam
     inside = (X[0] >= 0) & (X[0] <= EXTENT_M) & (X[1] >= 0) & (X[1] <= EXTENT_M) & (lam > 0)
-    return image, np.where(inside, X, 0.0).reshape(3, H, W).astype(np.float32)
+    return image, np.where(inside, X, 0.0).reshape(3, height, width).astype(np.float32)
 
 
-def _planar_samples(n: int, seed: int) -> list[SimpleNamespace]:
+def _planar_samples(n: int, seed: int, width: int = W, height: int = H, texture: np.ndarray | None = None
+                    ) -> list[SimpleNamespace]:
     rng = np.random.default_rng(seed)
-    texture = _texture(seed=0)
-    K = np.array([[0.8 * W, 0.0, W / 2], [0.0, 0.8 * W, H / 2], [0.0, 0.0, 1.0]])
+    texture = _texture(seed=0) if texture is None else texture
+    K = np.array([[0.8 * width, 0.0, width / 2], [0.0, 0.8 * width, height / 2], [0.0, 0.0, 1.0]])
     samples = []
     for i in range(n):
         T = np.eye(4)
         T[:3, :3] = transforms3d.euler.euler2mat(math.pi + rng.uniform(-0.15, 0.15), rng.uniform(-0.15, 0.15),
                                                  rng.uniform(-math.pi, math.pi), 'sxyz')
         T[:3, 3] = [EXTENT_M / 2 + rng.uniform(-60, 60), EXTENT_M / 2 + rng.uniform(-60, 60), 100 + rng.uniform(-10, 10)]
-        image, coords = _render(texture, K, T)
+        image, coords = _render(texture, K, T, width, height)
         samples.append(SimpleNamespace(rgb_HW3=image, T_world_camera=T, K=K, depth_HW=None, coords_3HW=coords,
                                        coords_stride_px=1, name=f'frame_{i:03d}'))
     return samples
@@ -364,6 +366,11 @@ def test_train_on_dsac_layout_then_map_with_pretrained_encoder(tmp_path: Path) -
     assert {'test_median_translation_m', 'test_pct_within_5m_5deg', 'test_mean_scene_coordinate_error_m',
             'test_mean_inlier_ratio', 'mapping_s', 'covariance_scale'} <= set(bundle.metrics)
     assert 'encoder.pt' in bundle.files
+    # the keyframe map of the 6 training views (keypoints lifted by their 1/8-resolution init coordinates),
+    # with the network-only figures beside what the node publishes
+    assert {'keyframes.npz', 'keyframes.faiss'} <= set(bundle.files) and bundle.metadata['keyframes']['frames'] == 6
+    assert bundle.metadata['keyframes']['points'] > 6 * 10
+    assert {'test_keyframe_share', 'test_network_median_translation_m', 'keyframe_map_s'} <= set(bundle.metrics)
     # mapping a scene with the frozen encoder of the first run (--init-weights): head only
     second = train(TrainArgs(type='scene_coordinates', data=data, out=tmp_path / 'b2', preset='tiny',
                              init_weights=bundle.file('encoder.pt')))

@@ -10,7 +10,11 @@ Cell (i, j) stands for input pixel ``(8 j + 4, 8 i + 4)`` (DSAC*/ACE convention;
 input size with a plain resize ("stretch"), its CameraInfo intrinsics scaled the same way
 (``CameraIntrinsics.scaled``); distorted cameras get their cell pixels undistorted
 (``cv2.undistortPoints``) before PnP. :func:`vizloc_plugins.pnp.solve_pnp_ransac` then gives the
-pose and its covariance; fewer than ``min_inliers`` inliers gives ``status='no_fix'``. The RANSAC
+pose and its covariance; fewer than ``min_inliers`` inliers gives ``status='no_fix'``. A bundle with
+a keyframe map (``metadata.keyframes``, :mod:`vizloc_plugins.keyframes`) also matches the frame, at
+its own resolution, against the mapping frames' SIFT keypoints and their 3D points (LO-RANSAC PnP);
+:func:`select_pose` publishes the pose that explains more of both sources (option ``keyframes``
+turns the map off). The RANSAC
 settings default to the bundle's (``metadata.ransac``); the bundle metadata is
 :class:`vizloc_plugins.scene_coordinates_contract.SceneCoordinatesContract`.
 
@@ -32,14 +36,17 @@ import numpy as np
 from vizloc_ros.hookspecs import hookimpl
 from vizloc_ros.trainers import TrainerRegistrar, TrainerType
 from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext, LocalizerType
-from vizloc_ros.types import Frame, InvalidInputError, InvalidOutputError, LocalizationResult, PoseEstimate, ResultStatus
+from vizloc_ros.bundle import BundleError
+from vizloc_ros.types import CameraIntrinsics, Frame, InvalidInputError, InvalidOutputError, LocalizationResult, PoseEstimate, ResultStatus
 
-from .pnp import PnPSolution, RansacOptions, geo_estimate_from_pose, solve_pnp_ransac, undistort_pixels
+from .keyframes import KEYFRAMES_INDEX, KEYFRAMES_NPZ, KeyframeError, KeyframeMap
+from .pnp import Evidence, PnPSolution, RansacOptions, geo_estimate_from_pose, solve_pnp_ransac, undistort_pixels
 from .scene_coordinates_contract import (LOCALIZER_TYPE, OUTPUT_COORDS, OUTPUT_LOG_SCALE, OUTPUT_STRIDE,
-                                         SceneCoordinatesContract)
+                                         SceneCoordinatesContract, SceneKeyframes)
 
 __all__ = ['LOCALIZER_TYPE', 'OUTPUT_STRIDE', 'SceneCoordinatesOptions', 'SceneCoordinateLocalizer',
-           'cell_centres_px', 'estimate_pose', 'vizloc_register_localizers', 'vizloc_register_trainers']
+           'cell_centres_px', 'cell_correspondences', 'estimate_pose', 'select_pose', 'vizloc_register_localizers',
+           'vizloc_register_trainers']
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +65,8 @@ class SceneCoordinatesOptions:
         'description': 'weight RANSAC inlier votes by the predicted confidence'})
     covariance_scale: float = field(default=0.0, metadata={
         'description': 'factor on the PnP covariance (0 = the calibrated factor stored in the bundle)'})
+    keyframes: bool = field(default=True, metadata={
+        'description': "match frames against the bundle's keyframe map (SIFT + LO-RANSAC PnP) when it has one"})
     seed: int = field(default=0, metadata={'description': 'RANSAC random seed (-1 = random each frame)'})
     intra_op_num_threads: int = field(default=0, metadata={
         'description': 'ONNX Runtime CPU threads for backend onnxruntime (0 = library default)'})
@@ -80,12 +89,13 @@ def cell_centres_px(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return np.meshgrid(u, v)
 
 
-def estimate_pose(coords_3hw: np.ndarray, log_scale_1hw: np.ndarray | None, K_input: np.ndarray,
-                  options: RansacOptions, *, use_uncertainty: bool = True, covariance_scale: float = 1.0,
-                  dist_coeffs: np.ndarray | None = None, distortion_model: str = 'plumb_bob') -> PnPSolution | None:
-    """Pose from one image's network outputs (no batch axis) and the input-size intrinsics.
+def cell_correspondences(coords_3hw: np.ndarray, log_scale_1hw: np.ndarray | None, K_input: np.ndarray, *,
+                         use_uncertainty: bool = True, dist_coeffs: np.ndarray | None = None,
+                         distortion_model: str = 'plumb_bob') -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The network's 2D-3D correspondences of one image (no batch axis): (scene points (N, 3), undistorted
+    input-image pixels (N, 2), confidence weights (N,) or None), finite cells only.
 
-    ``dist_coeffs``/``distortion_model`` (CameraInfo) undistort the cell pixels first
+    ``dist_coeffs``/``distortion_model`` (CameraInfo) undistort the cell pixels
     (``cv2.undistortPoints``; ``cv2.fisheye.undistortPoints`` for ``equidistant``).
     """
     coords = np.asarray(coords_3hw, dtype=np.float64)
@@ -103,11 +113,42 @@ def estimate_pose(coords_3hw: np.ndarray, log_scale_1hw: np.ndarray | None, K_in
         reference = np.median(scale[finite]) if finite.any() else 1.0
         weights = np.clip(reference / np.maximum(scale, 1e-12), 0.0, 1.0)[finite]
     points, pixels = points[finite], pixels[finite]
-    pixels = undistort_pixels(pixels, K_input, dist_coeffs, distortion_model)
+    return points, undistort_pixels(pixels, K_input, dist_coeffs, distortion_model), weights
+
+
+def estimate_pose(coords_3hw: np.ndarray, log_scale_1hw: np.ndarray | None, K_input: np.ndarray,
+                  options: RansacOptions, *, use_uncertainty: bool = True, covariance_scale: float = 1.0,
+                  dist_coeffs: np.ndarray | None = None, distortion_model: str = 'plumb_bob') -> PnPSolution | None:
+    """Pose from one image's network outputs (no batch axis) and the input-size intrinsics
+    (:func:`cell_correspondences`, then :func:`vizloc_plugins.pnp.solve_pnp_ransac`)."""
+    points, pixels, weights = cell_correspondences(coords_3hw, log_scale_1hw, K_input, use_uncertainty=use_uncertainty,
+                                                   dist_coeffs=dist_coeffs, distortion_model=distortion_model)
     solution = solve_pnp_ransac(points, pixels, K_input, options, weights_N=weights)
     if solution is None or covariance_scale == 1.0:
         return solution
     return replace(solution, cov_6x6=solution.cov_6x6 * covariance_scale)
+
+
+def select_pose(network: PnPSolution | None, keyframe: PnPSolution | None, cells: Evidence,
+                matches: Evidence | None) -> tuple[PnPSolution | None, str, dict[str, float]]:
+    """The pose to publish from the network's and the keyframe map's: (solution, source, scores), source
+    ``keyframes``, ``network`` or ``none``.
+
+    With both poses, each is scored by the share of the network's ``cells`` plus the share of the
+    keyframe ``matches`` it explains; the keyframe pose wins unless the network pose scores higher. A
+    right keyframe pose explains its matches and the cells the network got right; a keyframe pose at
+    a repeated texture elsewhere explains its matches but few cells, and a network pose that RANSAC
+    fitted to noise explains few cells and no matches.
+    """
+    if keyframe is None:
+        return network, ('network' if network is not None else 'none'), {}
+    if network is None or matches is None:
+        return keyframe, 'keyframes', {}
+    scores = {'keyframe_score': cells.share(keyframe.T_map_camera) + matches.share(keyframe.T_map_camera),
+              'network_score': cells.share(network.T_map_camera) + matches.share(network.T_map_camera)}
+    if scores['network_score'] > scores['keyframe_score']:
+        return network, 'network', scores
+    return keyframe, 'keyframes', scores
 
 
 class SceneCoordinateLocalizer:
@@ -139,6 +180,18 @@ class SceneCoordinateLocalizer:
                                     seed=None if options.seed < 0 else options.seed)
         self.covariance_scale = options.covariance_scale or contract.covariance_scale
         self.geo = contract.geo
+        self.keyframe_settings = contract.keyframes if options.keyframes else None
+        self.keyframes: KeyframeMap | None = None
+        if self.keyframe_settings is not None:
+            k = self.keyframe_settings
+            try:
+                bundle = self.model.bundle
+                self.keyframes = KeyframeMap(bundle.file(KEYFRAMES_NPZ), bundle.file(KEYFRAMES_INDEX),
+                                             n_features=k.n_features, candidates=k.candidates,
+                                             neighbours=k.neighbours, ratio=k.ratio, threshold_px=k.threshold_px,
+                                             min_inliers=k.min_inliers, seed=max(options.seed, 0))
+            except (KeyframeError, BundleError) as exc:
+                raise ConfigError(f'{self.name}: {exc}') from exc
 
     @property
     def backend_name(self) -> str:
@@ -152,16 +205,29 @@ class SceneCoordinateLocalizer:
         network_ms = (time.perf_counter() - started) * 1e3
         spec = self.model.input
         camera = frame.camera.scaled(spec.width, spec.height)
-        solution = estimate_pose(outputs[OUTPUT_COORDS][0], outputs[OUTPUT_LOG_SCALE][0], camera.K, self.ransac,
-                                 use_uncertainty=self.options.use_uncertainty,
-                                 covariance_scale=self.covariance_scale, dist_coeffs=camera.D,
-                                 distortion_model=camera.distortion_model)
+        coords, log_scale = outputs[OUTPUT_COORDS][0], outputs[OUTPUT_LOG_SCALE][0]
+        points, pixels, weights = cell_correspondences(
+            coords, log_scale, camera.K, use_uncertainty=self.options.use_uncertainty, dist_coeffs=camera.D,
+            distortion_model=camera.distortion_model)
+        network = solve_pnp_ransac(points, pixels, camera.K, self.ransac, weights_N=weights)
+        if network is not None:
+            network = replace(network, cov_6x6=network.cov_6x6 * self.covariance_scale)
         ransac_ms = (time.perf_counter() - started) * 1e3 - network_ms
         diagnostics = {'network_ms': f'{network_ms:.1f}', 'ransac_ms': f'{ransac_ms:.1f}',
-                       'cells': str(int(np.prod(outputs[OUTPUT_COORDS].shape[2:])))}
+                       'cells': str(int(np.prod(outputs[OUTPUT_COORDS].shape[2:]))),
+                       'network_inliers': str(network.num_inliers if network is not None else 0)}
+        solution, source = network, 'network' if network is not None else 'none'
+        if self.keyframes is not None and self.keyframe_settings is not None:
+            cells = Evidence(points, pixels, camera.K, self.ransac.inlier_threshold_px)
+            solution, source = self._with_keyframes(self.keyframes, self.keyframe_settings, frame.rgb_HW3, frame.camera,
+                                                    network, cells, diagnostics)
+        diagnostics['source'] = source
         if solution is None:
             diagnostics['reason'] = (f'fewer than {self.ransac.min_inliers} RANSAC inliers or an inlier ratio below '
                                      f'{self.ransac.min_inlier_ratio:.2f}')
+            if self.keyframes is not None:
+                diagnostics['reason'] += (f' (network), fewer than {self.keyframes.min_inliers} PnP inliers '
+                                          '(keyframes)')
             return LocalizationResult(status=ResultStatus.NO_FIX, diagnostics=diagnostics)
         diagnostics.update({'inliers': str(solution.num_inliers), 'inlier_ratio': f'{solution.inlier_ratio:.3f}',
                             'reprojection_rmse_px': f'{solution.reprojection_rmse_px:.2f}'})
@@ -171,6 +237,26 @@ class SceneCoordinateLocalizer:
         if self.geo is not None:
             geo = geo_estimate_from_pose(self.geo, solution.T_map_camera, solution.cov_6x6)
         return LocalizationResult(pose=pose, geo=geo, diagnostics=diagnostics)
+
+    def _with_keyframes(self, keyframes: KeyframeMap, settings: SceneKeyframes, rgb_HW3: np.ndarray,
+                        camera: CameraIntrinsics, network: PnPSolution | None, cells: Evidence,
+                        diagnostics: dict[str, str]) -> tuple[PnPSolution | None, str]:
+        """Keyframe pose of the frame (its own resolution and CameraInfo) and :func:`select_pose`."""
+        import cv2
+
+        started = time.perf_counter()
+        gray = cv2.cvtColor(np.ascontiguousarray(rgb_HW3), cv2.COLOR_RGB2GRAY)
+        match = keyframes.match(gray, camera.K, dist_coeffs=camera.D, distortion_model=camera.distortion_model)
+        keyframe = match.solution
+        if keyframe is not None:
+            keyframe = replace(keyframe, cov_6x6=keyframe.cov_6x6 * settings.covariance_scale)
+        solution, source, scores = select_pose(network, keyframe, cells, match.evidence)
+        diagnostics.update({'keyframe_ms': f'{(time.perf_counter() - started) * 1e3:.1f}',
+                            'keyframe_matches': str(match.matches),
+                            'keyframe_inliers': str(keyframe.num_inliers if keyframe is not None else 0),
+                            'keyframes': ','.join(match.keyframes[:3])})
+        diagnostics.update({k: f'{v:.3f}' for k, v in scores.items()})
+        return solution, source
 
     def reset(self) -> None:
         """No temporal state."""

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from vizloc_ros.contract import BundleContract, ContractError, geo_reference, nested
 from vizloc_ros.geodesy import GeoReference
 
-__all__ = ['LOCALIZER_TYPE', 'OUTPUT_COORDS', 'OUTPUT_LOG_SCALE', 'OUTPUT_STRIDE', 'SceneRansac',
+__all__ = ['LOCALIZER_TYPE', 'OUTPUT_COORDS', 'OUTPUT_LOG_SCALE', 'OUTPUT_STRIDE', 'SceneRansac', 'SceneKeyframes',
            'SceneCoordinatesContract']
 
 LOCALIZER_TYPE = 'scene_coordinates'
@@ -50,12 +50,45 @@ class SceneRansac:
 
 
 @dataclass(frozen=True)
+class SceneKeyframes:
+    """The bundle's keyframe map (``metadata.keyframes``, files ``keyframes.npz`` + ``keyframes.faiss``,
+    see :mod:`vizloc_plugins.keyframes`) and how the localizer uses it.
+
+    Matching: ``n_features`` SIFT keypoints per image, the ``candidates`` keyframes with most votes of
+    each query descriptor's ``neighbours`` nearest map descriptors, Lowe's ``ratio``; pose: LO-RANSAC
+    PnP with ``threshold_px`` (pixels of the camera image), at least ``min_inliers`` inliers. With a
+    network pose too, the pose that explains more of both sources' correspondences is published
+    (:func:`vizloc_plugins.scene_coordinates.select_pose`). ``covariance_scale``: factor on its PnP covariance, calibrated on the validation split.
+    ``frames``/``points``: size of the map (provenance).
+    """
+
+    n_features: int = 500
+    candidates: int = 5
+    neighbours: int = 3
+    ratio: float = 0.8
+    threshold_px: float = 4.0
+    min_inliers: int = 30
+    covariance_scale: float = 1.0
+    frames: int = 0
+    points: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.n_features, self.candidates, self.neighbours) < 1 or self.min_inliers < 4:
+            raise ContractError('keyframes: need n_features, candidates, neighbours >= 1 and min_inliers >= 4')
+        if not 0.0 < self.ratio < 1.0:
+            raise ContractError(f'keyframes: ratio must be in (0, 1), got {self.ratio}')
+        if not (self.threshold_px > 0.0 and math.isfinite(self.covariance_scale) and self.covariance_scale > 0.0):
+            raise ContractError('keyframes: threshold_px and covariance_scale must be > 0')
+
+
+@dataclass(frozen=True)
 class SceneCoordinatesContract(BundleContract):
     """``bundle.yaml`` metadata of a scene_coordinates bundle (see the module docstring).
 
     ``output_stride``: always :data:`OUTPUT_STRIDE`; ``resize``: always ``stretch`` (the intrinsics are
     scaled the same way); ``ransac``: :class:`SceneRansac`; ``covariance_scale``: factor on the PnP
-    covariance; ``geo``: the scene frame on Earth (None = a local map, no NavSatFix).
+    covariance; ``geo``: the scene frame on Earth (None = a local map, no NavSatFix); ``keyframes``:
+    :class:`SceneKeyframes` when the bundle carries a keyframe map (None = network cells only).
     """
 
     TYPE: ClassVar[str] = LOCALIZER_TYPE
@@ -69,6 +102,7 @@ class SceneCoordinatesContract(BundleContract):
     ransac: SceneRansac = dataclasses.field(default_factory=SceneRansac)
     covariance_scale: float = 1.0
     geo: GeoReference | None = None
+    keyframes: SceneKeyframes | None = None
 
     def __post_init__(self) -> None:
         if self.output_stride != OUTPUT_STRIDE:
@@ -81,4 +115,6 @@ class SceneCoordinatesContract(BundleContract):
     @classmethod
     def _from_fields(cls, values: dict[str, Any]) -> 'SceneCoordinatesContract':
         ransac, geo = values.pop('ransac', None), geo_reference(values.pop('geo', None))
-        return cls(**values, ransac=nested(SceneRansac, ransac, 'ransac') if ransac else SceneRansac(), geo=geo)
+        keyframes = values.pop('keyframes', None)
+        return cls(**values, ransac=nested(SceneRansac, ransac, 'ransac') if ransac else SceneRansac(), geo=geo,
+                   keyframes=nested(SceneKeyframes, keyframes, 'keyframes') if keyframes else None)

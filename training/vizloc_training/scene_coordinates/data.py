@@ -9,7 +9,8 @@ dataset has them, ground-truth scene coordinates for every output cell:
 * from ``init/*.npy`` scene coordinates (full or 1/8 resolution; zeros = invalid), the coordinate
   cell nearest to each output cell (exact when the input size is the dataset's size), or
 * from ``depth`` (metres): the cell centre's pixel is back-projected with the original K and
-  pose (nearest depth pixel).
+  pose (:func:`vizloc_plugins.keyframes.lift_pixels`: bilinear depth where smooth, else the
+  nearest depth pixel).
 
 Samples without either are supervised by the reprojection loss (see :mod:`.losses`).
 """
@@ -24,6 +25,7 @@ from typing import Any, Iterable
 import cv2
 import numpy as np
 
+from vizloc_plugins.keyframes import lift_pixels
 from vizloc_ros.types import CameraIntrinsics
 
 from .model import OUTPUT_STRIDE, output_size
@@ -113,27 +115,20 @@ def prepare_sample(sample: Any, in_w: int, in_h: int) -> PreparedImage:
         coords = init[:, rows, cols]
         valid = np.all(np.isfinite(coords), axis=0) & np.any(coords != 0.0, axis=0)
     elif depth is not None:
-        depth = np.asarray(depth, dtype=np.float32)
-        dh, dw = depth.shape
-        # depth at the exact cell-centre pixel: bilinear where the 2x2 neighbourhood is valid and smooth
-        # (within 5 %), else the nearest depth pixel (no blending across depth edges / holes)
-        map_x = ((uu + 0.5) * dw / src_w - 0.5).astype(np.float32)
-        map_y = ((vv + 0.5) * dh / src_h - 0.5).astype(np.float32)
-        d_near = cv2.remap(depth, map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
-        d_lin = cv2.remap(depth, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        lo = -cv2.dilate(-depth, np.ones((2, 2), np.uint8), anchor=(0, 0))  # min over the 2x2 block
-        hi = cv2.dilate(depth, np.ones((2, 2), np.uint8), anchor=(0, 0))
-        x0 = np.clip(np.floor(map_x), 0, dw - 1).astype(int)
-        y0 = np.clip(np.floor(map_y), 0, dh - 1).astype(int)
-        smooth = (lo[y0, x0] > 0.0) & (hi[y0, x0] <= 1.05 * lo[y0, x0])
-        d = np.where(smooth, d_lin, d_near).astype(np.float64)
-        valid = np.isfinite(d) & (d > 0.0)
-        # back-project the cell centre (z-depth along the optical axis)
-        pix = np.stack([uu, vv, np.ones_like(uu)], axis=0).reshape(3, -1)
-        rays = np.linalg.solve(K_src, pix)
-        X_cam = rays * np.where(valid, d, 0.0).reshape(1, -1)
-        X_world = T[:3, :3] @ X_cam + T[:3, 3:4]
-        coords = X_world.reshape(3, h, w).astype(np.float32)
+        # depth at the exact cell-centre pixel (bilinear where the 2x2 block is valid and smooth, else the
+        # nearest depth pixel), back-projected with the pose; a depth map of another resolution than the
+        # image gets the pixels and K of its own grid (the same rays)
+        dh, dw = np.asarray(depth).shape
+        px = np.stack([uu.reshape(-1), vv.reshape(-1)], axis=1)
+        K_depth = K_src
+        if (dw, dh) != (src_w, src_h):
+            px = (px + 0.5) * [dw / src_w, dh / src_h] - 0.5
+            K_depth = CameraIntrinsics(K=K_src, width=src_w, height=src_h).scaled(dw, dh).K
+        X, valid_flat = lift_pixels(px, K_depth, T, depth_HW=depth)
+        flat = np.zeros((h * w, 3), np.float32)
+        flat[valid_flat] = X
+        coords = flat.T.reshape(3, h, w)
+        valid = valid_flat.reshape(h, w)
     if coords is not None:
         coords = np.where(valid[None], coords, 0.0).astype(np.float32)
     return PreparedImage(name=str(getattr(sample, 'name', '')), rgb_HW3=np.ascontiguousarray(image),

@@ -45,7 +45,9 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 import torch
 
-from vizloc_plugins.scene_coordinates_contract import LOCALIZER_TYPE, SceneCoordinatesContract, SceneRansac
+from vizloc_plugins.keyframes import KEYFRAMES_INDEX, KEYFRAMES_NPZ, KeyframeError, KeyframeMap, build_keyframe_map
+from vizloc_plugins.scene_coordinates_contract import (LOCALIZER_TYPE, SceneCoordinatesContract,
+                                                      SceneKeyframes, SceneRansac)
 from vizloc_ros.bundle import InputSpec
 from vizloc_ros.contract import geo_reference
 
@@ -53,7 +55,7 @@ from ..train import skeleton
 from ..train.config import TrainArgs, TrainConfig, TrainConfigError, resolve_preset
 from ..train.export import export_and_bundle
 from ..train.images import imagenet_normalise, to_unit
-from ..train.loop import CheckpointManager, select_device, set_seed, work_dir
+from ..train.loop import CheckpointManager, progress, select_device, set_seed, work_dir
 from .data import PreparedImage, augment_view, open_split, prepare_split, scene_normalisation
 from .evaluate import calibrate_covariance_scale, evaluate_images
 from .losses import ReprojectionLossConfig, coordinate_nll, reprojection_loss
@@ -64,7 +66,8 @@ __all__ = ['PRESETS', 'BASE', 'SceneConfig', 'train', 'TrainedScene', 'fit']
 
 logger = logging.getLogger(__name__)
 
-_RANSAC = SceneRansac()  # the contract owns the RANSAC defaults
+_RANSAC = SceneRansac()  # the contract owns the RANSAC and keyframe defaults
+_KEYFRAMES = SceneKeyframes()
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,11 @@ class SceneConfig(TrainConfig):
     min_inlier_ratio: float = _RANSAC.min_inlier_ratio
     eval_limit: int = 0
     thresholds: str = 'auto'
+    # keyframe map (vizloc_plugins.keyframes): the training frames' SIFT keypoints lifted to 3D by their
+    # depth/scene coordinates, matched at run time beside the network (SceneKeyframes in the bundle)
+    keyframes: bool = True
+    keyframe_features: int = _KEYFRAMES.n_features
+    keyframe_min_inliers: int = _KEYFRAMES.min_inliers
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -143,6 +151,7 @@ class SceneConfig(TrainConfig):
                                        f'got {getattr(self, name)}')
         try:
             self.ransac
+            self.keyframe_settings()
         except ValueError as exc:  # ContractError
             raise TrainConfigError(f'{self.TYPE}: {exc}') from exc
 
@@ -151,6 +160,11 @@ class SceneConfig(TrainConfig):
         """The RANSAC PnP settings: evaluated with here, and the bundle's defaults."""
         return SceneRansac(hypotheses=self.hypotheses, inlier_threshold_px=self.inlier_threshold_px,
                            min_inliers=self.min_inliers, min_inlier_ratio=self.min_inlier_ratio)
+
+
+    def keyframe_settings(self, **measured: Any) -> SceneKeyframes:
+        """The bundle's keyframe settings (``measured``: covariance_scale, frames, points)."""
+        return SceneKeyframes(n_features=self.keyframe_features, min_inliers=self.keyframe_min_inliers, **measured)
 
 
 BASE = SceneConfig()
@@ -162,8 +176,9 @@ PRESETS: dict[str, SceneConfig] = {
     # The pretrained Lite0 is fine-tuned on the scene for 15 min or 200 epochs, whichever ends first
     # (indoor: 95 % of the test frames posed against 28 % with the frozen encoder and 70 % with the
     # CNN trained from scratch in the same time, docs/localizers/scene_coordinates.md); mapping
-    # (buffer + head) within 5 min on 2 CPU cores: the head gets at most 270 s.
-    'demo': replace(BASE, epochs=200, encoder_time_budget_s=900.0, head_time_budget_s=270.0),
+    # (buffer + head + keyframe map) within 5 min on 2 CPU cores: the head gets at most 220 s (the
+    # keyframe map of 1200 indoor frames takes ~45 s).
+    'demo': replace(BASE, epochs=200, encoder_time_budget_s=900.0, head_time_budget_s=220.0),
     'full': replace(BASE, encoder_width=32, encoder_blocks=6, feature_dim=256, head_width=512, head_layers=3, epochs=60,
                     batch_size=8, buffer_size=2_000_000, head_iterations=20000, head_batch_size=5120,
                     aug_rotation_deg=15.0, aug_scale=1.5),
@@ -487,6 +502,29 @@ def _split_or_none(root: Path, split: str) -> Any:
         return None
 
 
+def _keyframe_map(data: Path, out_dir: Path, config: SceneConfig, metrics: dict[str, Any]
+                  ) -> tuple[KeyframeMap | None, SceneKeyframes | None, dict[str, Path]]:
+    """Build the keyframe map of the training split into ``out_dir`` (``config.keyframes``): the loaded map,
+    its settings and the bundle files; (None, None, {}) when disabled or the split has no depth or scene
+    coordinates to lift keypoints with (logged)."""
+    if not config.keyframes:
+        return None, None, {}
+    split = open_split(data, 'train')
+    started = time.perf_counter()
+    try:
+        built = build_keyframe_map(progress(split, 'keyframe map', total=len(split)), out_dir,
+                                   n_features=config.keyframe_features)
+    except KeyframeError as exc:
+        logger.warning('no keyframe map: %s', exc)
+        return None, None, {}
+    metrics['keyframe_map_s'] = time.perf_counter() - started
+    settings = config.keyframe_settings(frames=built['frames'], points=built['points'])
+    keyframes = KeyframeMap(out_dir / KEYFRAMES_NPZ, out_dir / KEYFRAMES_INDEX, n_features=settings.n_features,
+                            candidates=settings.candidates, neighbours=settings.neighbours, ratio=settings.ratio,
+                            threshold_px=settings.threshold_px, min_inliers=settings.min_inliers)
+    return keyframes, settings, {KEYFRAMES_NPZ: out_dir / KEYFRAMES_NPZ, KEYFRAMES_INDEX: out_dir / KEYFRAMES_INDEX}
+
+
 def train(args: TrainArgs) -> Path:
     """Train (encoder if needed, then mapping), evaluate on the test split, and write the bundle."""
     config = resolve_preset(PRESETS, args)
@@ -513,26 +551,41 @@ def train(args: TrainArgs) -> Path:
     limit = config.eval_limit or None
     metrics: dict[str, Any] = {}
     covariance_scale = 1.0
+    tmp_dir = tempfile.TemporaryDirectory(prefix='vizloc-scene-')
+    tmp = Path(tmp_dir.name)
+    keyframes, keyframe_settings, extra_files = _keyframe_map(args.data, tmp, config, metrics)
     val_split = _split_or_none(args.data, 'val')
     if val_split is not None:
         val_images = prepare_split(val_split, in_w, in_h, limit)
         if val_images:
             val_eval = evaluate_images(trained.net, val_images, config.ransac, thresholds=thresholds)
             covariance_scale = calibrate_covariance_scale(val_eval)
+            if keyframes is not None and keyframe_settings is not None:
+                val_eval = evaluate_images(trained.net, val_images, config.ransac, thresholds=thresholds,
+                                           covariance_scale=covariance_scale, keyframes=(keyframes, keyframe_settings))
+                keyframe_settings = replace(keyframe_settings, covariance_scale=calibrate_covariance_scale(
+                    val_eval, source='keyframes'))
     test_split = _split_or_none(args.data, 'test')
     if test_split is not None:
         test_images = prepare_split(test_split, in_w, in_h, limit)
         if test_images:
             result = evaluate_images(trained.net, test_images, config.ransac, thresholds=thresholds,
                                      covariance_scale=covariance_scale)
+            if keyframes is not None and keyframe_settings is not None:
+                # the network alone (A/B), then what the node publishes
+                metrics.update({f'test_network_{k}': v for k, v in result.metrics.items()})
+                result = evaluate_images(trained.net, test_images, config.ransac, thresholds=thresholds,
+                                         covariance_scale=covariance_scale, keyframes=(keyframes, keyframe_settings))
             metrics.update({f'test_{k}': v for k, v in result.metrics.items()})
     metrics.update({f'{k}': float(v) for k, v in trained.timings_s.items()})
+    if 'keyframe_map_s' in metrics and 'mapping_s' in metrics:  # what mapping a scene costs in all
+        metrics['mapping_with_keyframes_s'] = metrics['mapping_s'] + metrics['keyframe_map_s']
     metrics['head_iterations_run'] = trained.head_iterations_run
     metrics['covariance_scale'] = covariance_scale
 
     contract = SceneCoordinatesContract(
         output_stride=OUTPUT_STRIDE, resize='stretch', covariance_scale=covariance_scale, geo=geo_reference(geo_mapping),
-        ransac=config.ransac)
+        ransac=config.ransac, keyframes=keyframe_settings)
     metadata = contract.to_metadata(
         cell_centre='8*j+4 (input pixels; pixel k centred at k; DSAC* convention)',
         scene_mean_m=trained.net.scene_mean_m.view(3).tolist(),
@@ -552,14 +605,14 @@ def train(args: TrainArgs) -> Path:
         args=args.to_dict(),
         preset=args.preset,
         config=config.to_dict())
-    with tempfile.TemporaryDirectory(prefix='vizloc-scene-') as tmp:
-        encoder_path = save_encoder(trained.net.encoder, Path(tmp) / 'encoder.pt',
+    with tmp_dir:
+        encoder_path = save_encoder(trained.net.encoder, tmp / 'encoder.pt',
                                     trained_on={'dataset': str(args.data), 'supervision': trained.supervision,
                                                 'preset': args.preset, 'init_weights': metadata['encoder']['init_weights']})
         bundle = export_and_bundle(
             trained.net, args.out, localizer_type=LOCALIZER_TYPE,
             input_spec=InputSpec(name='image', height=in_h, width=in_w), output_names=list(contract.OUTPUTS),
-            metadata=metadata, metrics=metrics, extra_files={'encoder.pt': encoder_path},
+            metadata=metadata, metrics=metrics, extra_files={'encoder.pt': encoder_path, **extra_files},
             latency_runs=10)
     logger.info('wrote %s', bundle)
     return bundle

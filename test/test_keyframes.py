@@ -1,0 +1,269 @@
+"""Keyframe maps of scene-coordinate bundles (vizloc_plugins.keyframes): lifting keypoints to 3D, building
+and reading the map, matching a new view to a pose, the choice between the keyframe and the network pose,
+and a bundle with a keyframe map through the registry.
+
+Test data: the textured ground plane of test_scene_coordinates (a real homography render; exact scene
+coordinates by ray/plane intersection), here at 320x240 so that SIFT finds enough keypoints.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+import transforms3d
+
+from vizloc_plugins.keyframes import (KEYFRAMES_INDEX, KEYFRAMES_NPZ, KeyframeError, KeyframeMap, build_keyframe_map,
+                                      lift_pixels)
+from vizloc_plugins.pnp import Evidence, PnPSolution
+from vizloc_plugins.scene_coordinates import select_pose
+
+from test_scene_coordinates import _planar_samples
+
+KW, KH = 320, 240
+
+
+def _depth(sample: SimpleNamespace) -> np.ndarray:
+    """z-depth (m) of every pixel from the sample's exact scene coordinates (0 outside the plane)."""
+    X = sample.coords_3HW.reshape(3, -1)
+    T = sample.T_world_camera
+    z = (T[:3, :3].T @ (X - T[:3, 3:4]))[2]
+    return np.where(np.any(X != 0, axis=0), z, 0.0).reshape(sample.coords_3HW.shape[1:]).astype(np.float32)
+
+
+def _plane_points(sample: SimpleNamespace, px: np.ndarray) -> np.ndarray:
+    """Exact intersection of the pixels' rays with the plane z = 0."""
+    T = sample.T_world_camera
+    rays = T[:3, :3] @ np.linalg.solve(sample.K, np.stack([px[:, 0], px[:, 1], np.ones(len(px))]))
+    lam = -T[2, 3] / rays[2]
+    return (T[:3, 3:4] + rays * lam).T
+
+
+def _detailed_texture(size: int = 1024, seed: int = 3) -> np.ndarray:
+    """Ground texture with detail at the ground resolution of the views (~0.4 m/px = 1 texture px):
+    multi-scale noise and 4000 discs/squares of random colour."""
+    rng = np.random.default_rng(seed)
+    image = np.zeros((size, size, 3), np.float32)
+    for cells in (8, 32, 128):
+        image += cv2.resize(rng.uniform(0, 85, (cells, cells, 3)).astype(np.float32), (size, size),
+                            interpolation=cv2.INTER_CUBIC)
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    for _ in range(4000):
+        colour = tuple(int(x) for x in rng.integers(0, 256, 3))
+        x, y = (int(v) for v in rng.integers(0, size, 2))
+        r = int(rng.integers(2, 9))
+        if rng.random() < 0.5:
+            cv2.circle(image, (x, y), r, colour, -1)
+        else:
+            cv2.rectangle(image, (x - r, y - r), (x + r, y + r), colour, -1)
+    return image
+
+
+@pytest.fixture(scope='module')
+def views() -> tuple[list[SimpleNamespace], list[SimpleNamespace]]:
+    """16 mapping views and 4 new ones (other positions and headings) of the plane, 320x240, ~100 m up."""
+    texture = _detailed_texture()
+    return (_planar_samples(16, seed=0, width=KW, height=KH, texture=texture),
+            _planar_samples(4, seed=5, width=KW, height=KH, texture=texture))
+
+
+@pytest.fixture(scope='module')
+def keyframe_dir(tmp_path_factory: pytest.TempPathFactory, views: tuple) -> Path:
+    out = tmp_path_factory.mktemp('keyframes')
+    mapping, _ = views
+    # half of the views lift their keypoints by depth, half by scene coordinates (as datasets have either)
+    frames = [SimpleNamespace(rgb_HW3=s.rgb_HW3, K=s.K, T_world_camera=s.T_world_camera, name=s.name,
+                              depth_HW=_depth(s) if i % 2 else None, coords_3HW=None if i % 2 else s.coords_3HW,
+                              coords_stride_px=1) for i, s in enumerate(mapping)]
+    described = build_keyframe_map(frames, out, n_features=500)
+    assert described['frames'] == 16 and described['points'] > 16 * 200 and described['index'] == 'flat'
+    return out
+
+
+def test_lifted_keypoints_lie_on_the_plane_by_depth_and_by_scene_coordinates(views: tuple) -> None:
+    sample = views[0][3]
+    px = np.random.default_rng(0).uniform([20, 20], [KW - 20, KH - 20], (200, 2))  # sub-pixel positions
+    exact = _plane_points(sample, px)
+    by_depth, ok_d = lift_pixels(px, sample.K, sample.T_world_camera, depth_HW=_depth(sample))
+    by_coords, ok_c = lift_pixels(px, sample.K, sample.T_world_camera, coords_3HW=sample.coords_3HW)
+    assert ok_d.all() and ok_c.all()
+    # bilinear interpolation of a plane's depth / coordinates over one pixel (~0.4 m on the ground at
+    # 100 m with f = 256 px): the interpolation error is a small fraction of that
+    assert np.max(np.linalg.norm(by_depth - exact, axis=1)) < 0.05
+    assert np.max(np.linalg.norm(by_coords - exact, axis=1)) < 0.05
+    # 1/8-resolution scene coordinates (the DSAC* init layout): cell k at pixel 8 k + 4
+    coarse = np.ascontiguousarray(sample.coords_3HW[:, 4::8, 4::8])
+    inner = px[(px[:, 0] > 8) & (px[:, 0] < KW - 12) & (px[:, 1] > 8) & (px[:, 1] < KH - 12)]
+    by_cells, ok = lift_pixels(inner, sample.K, sample.T_world_camera, coords_3HW=coarse, coords_stride_px=8)
+    # (a plane's coordinates are linear in the pixel up to perspective: an interpolation off by half a
+    # pixel would be ~0.2 m off)
+    assert ok.all() and np.max(np.linalg.norm(by_cells - _plane_points(sample, inner), axis=1)) < 0.1
+    # pixels without depth are dropped, not placed at the camera
+    holes = _depth(sample)
+    holes[:, : KW // 2] = 0.0
+    _, ok_h = lift_pixels(px, sample.K, sample.T_world_camera, depth_HW=holes)
+    assert not ok_h[px[:, 0] < KW // 2 - 1].any() and ok_h[px[:, 0] > KW // 2 + 1].all()
+
+
+def test_new_views_are_posed_from_the_keyframe_map(keyframe_dir: Path, views: tuple) -> None:
+    keyframes = KeyframeMap(keyframe_dir / KEYFRAMES_NPZ, keyframe_dir / KEYFRAMES_INDEX, n_features=500)
+    assert len(keyframes) > 16 * 200 and len(keyframes.names) == 16
+    for sample in views[1]:
+        match = keyframes.match(cv2.cvtColor(sample.rgb_HW3, cv2.COLOR_RGB2GRAY), sample.K)
+        assert match.solution is not None, match
+        T = match.solution.T_map_camera
+        # exact map points, hundreds of matches with sub-pixel keypoint noise: within 2.5 ground pixels
+        # (0.4 m each at 100 m with f = 256 px; a plane seen nearly nadir couples tilt and lateral
+        # shift: 0.5 deg of tilt moves the camera 0.9 m) of the truth
+        assert np.linalg.norm(T[:3, 3] - sample.T_world_camera[:3, 3]) < 1.0
+        R = T[:3, :3].T @ sample.T_world_camera[:3, :3]
+        assert math.degrees(math.acos(np.clip((np.trace(R) - 1) / 2, -1, 1))) < 0.5
+        assert match.solution.num_inliers >= 100 and len(match.keyframes) == 5
+        assert np.all(np.linalg.eigvalsh(match.solution.cov_6x6) > 0)
+    # an image of something else: no pose rather than a wrong one
+    noise = np.random.default_rng(1).integers(0, 256, (KH, KW), dtype=np.uint8)
+    assert keyframes.match(noise, views[1][0].K).solution is None
+    assert keyframes.match(np.full((KH, KW), 90, np.uint8), views[1][0].K).solution is None
+
+
+def test_unreadable_or_inconsistent_maps_are_errors(tmp_path: Path, keyframe_dir: Path) -> None:
+    with pytest.raises(KeyframeError, match='cannot read'):
+        KeyframeMap(tmp_path / KEYFRAMES_NPZ, keyframe_dir / KEYFRAMES_INDEX, n_features=500)
+    with np.load(keyframe_dir / KEYFRAMES_NPZ) as data:
+        arrays = dict(data)
+    arrays['frame_N'] = arrays['frame_N'][:-1]
+    np.savez(tmp_path / KEYFRAMES_NPZ, **arrays)
+    with pytest.raises(KeyframeError, match='disagree'):
+        KeyframeMap(tmp_path / KEYFRAMES_NPZ, keyframe_dir / KEYFRAMES_INDEX, n_features=500)
+    with pytest.raises(KeyframeError, match='no frame with depth'):
+        build_keyframe_map([SimpleNamespace(rgb_HW3=np.zeros((KH, KW, 3), np.uint8), K=np.eye(3),
+                                            T_world_camera=np.eye(4), depth_HW=None, coords_3HW=None)], tmp_path / 'x')
+
+
+def _solution(T_map_camera: np.ndarray, inliers: int) -> PnPSolution:
+    R_cm = T_map_camera[:3, :3].T
+    rvec, _ = cv2.Rodrigues(R_cm)
+    return PnPSolution(T_map_camera=T_map_camera, cov_6x6=np.eye(6), rvec=rvec.reshape(3),
+                       tvec=-R_cm @ T_map_camera[:3, 3], inlier_mask=np.ones(inliers, bool), num_inliers=inliers,
+                       inlier_ratio=1.0, soft_score=float(inliers), reprojection_rmse_px=1.0, hypotheses_valid=1)
+
+
+def test_select_pose_publishes_the_pose_that_explains_more_of_both_sources() -> None:
+    K = np.array([[200.0, 0.0, 160.0], [0.0, 200.0, 120.0], [0.0, 0.0, 1.0]])
+    T = np.eye(4)
+    T[:3, :3] = transforms3d.euler.euler2mat(math.pi, 0.05, 0.3, 'sxyz')
+    T[:3, 3] = [10.0, -5.0, 100.0]
+    rng = np.random.default_rng(0)
+
+    def seen(n: int, T_seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """n pixels and the ground points (z = 0) a camera at T_seen sees there."""
+        pixels = rng.uniform([0, 0], [320, 240], (n, 2))
+        rays = T_seen[:3, :3] @ np.linalg.solve(K, np.stack([pixels[:, 0], pixels[:, 1], np.ones(n)]))
+        return (T_seen[:3, 3:4] + rays * (-T_seen[2, 3] / rays[2])).T, pixels
+
+    points, pixels = seen(600, T)
+    points[:200] += rng.normal(0.0, 30.0, (200, 3))  # a network with a third of its cells wrong
+    cells = Evidence(points, pixels, K, 10.0)
+    near = T.copy()
+    near[:3, 3] += [0.05, -0.05, 0.02]  # a keyframe pose centimetres from the truth
+    far = T.copy()
+    far[:3, 3] += [40.0, 0.0, 0.0]  # a keyframe pose at a look-alike place 40 m away
+    network = _solution(T, 400)
+    right = Evidence(*seen(300, T), K, 4.0)  # keyframe matches of the right place
+    # matches of a look-alike place: a third agree with it (its repeated texture), the rest are scattered
+    # (as measured indoors, where wrong keyframe poses explained 7-42 % of their matches)
+    like_points, like_pixels = seen(300, far)
+    like_points[100:] += rng.normal(0.0, 30.0, (200, 3))
+    lookalike = Evidence(like_points, like_pixels, K, 4.0)
+
+    chosen, source, scores = select_pose(network, _solution(near, 300), cells, right)
+    assert source == 'keyframes' and np.allclose(chosen.T_map_camera, near)
+    assert scores['keyframe_score'] == pytest.approx(scores['network_score'], abs=0.05)  # both right: keyframes
+    chosen, source, scores = select_pose(network, _solution(far, 300), cells, lookalike)
+    assert source == 'network' and np.allclose(chosen.T_map_camera, T)
+    assert scores['network_score'] == pytest.approx(400 / 600, abs=0.05)  # its cells; none of the matches
+    assert scores['keyframe_score'] == pytest.approx(100 / 300, abs=0.05)  # a third of the matches; no cells
+    # a network pose fitted to noise (its cells are all wrong) loses against a right keyframe pose
+    noise = Evidence(rng.uniform(-500, 500, (600, 3)), pixels, K, 10.0)
+    wrong_network = _solution(far, 30)
+    assert select_pose(wrong_network, _solution(T, 300), noise, right)[1] == 'keyframes'
+    # one source alone
+    assert select_pose(None, _solution(far, 300), cells, lookalike)[1] == 'keyframes'
+    assert select_pose(network, None, cells, right)[1] == 'network'
+    assert select_pose(None, None, cells, None) == (None, 'none', {})
+
+
+@pytest.fixture(scope='module')
+def keyframe_bundle(tmp_path_factory: pytest.TempPathFactory, views: tuple, keyframe_dir: Path) -> Path:
+    """A scene_coordinates bundle of the plane (network input 128x96, mapped from the 16 views) with the
+    keyframe map of the same views (matched at the camera's 320x240)."""
+    import torch
+
+    from vizloc_ros.bundle import InputSpec
+    from vizloc_training.scene_coordinates.data import prepare_split
+    from vizloc_training.scene_coordinates.train import fit
+    from vizloc_training.train.export import export_and_bundle
+
+    from test_scene_coordinates import FIT_CONFIG, GEO, H, W
+
+    torch.manual_seed(0)
+    scene = fit(prepare_split(views[0], W, H), FIT_CONFIG, seed=0)
+    described = np.load(keyframe_dir / KEYFRAMES_NPZ)
+    metadata = {'output_stride': 8, 'resize': 'stretch', 'geo': GEO, 'covariance_scale': 1.0,
+                'ransac': {'hypotheses': 64, 'inlier_threshold_px': 10.0, 'min_inliers': 12, 'min_inlier_ratio': 0.1},
+                'keyframes': {'n_features': 500, 'min_inliers': 30, 'covariance_scale': 2.0,
+                              'frames': 16, 'points': int(len(described['frame_N']))}}
+    return export_and_bundle(scene.net, tmp_path_factory.mktemp('kb') / 'bundle', localizer_type='scene_coordinates',
+                             input_spec=InputSpec(name='image', height=H, width=W), output_names=['coords', 'log_scale'],
+                             metadata=metadata, measure_latency=False,
+                             extra_files={KEYFRAMES_NPZ: keyframe_dir / KEYFRAMES_NPZ,
+                                          KEYFRAMES_INDEX: keyframe_dir / KEYFRAMES_INDEX})
+
+
+def test_plugin_poses_new_views_from_the_keyframe_map_and_can_turn_it_off(tmp_path: Path, keyframe_bundle: Path,
+                                                                          views: tuple) -> None:
+    from vizloc_ros.localizer import LocalizerConfig, LocalizerContext
+    from vizloc_ros.plugin_manager import load_registry
+    from vizloc_ros.types import CameraIntrinsics, Frame
+
+    registry = load_registry().registry
+    config = LocalizerConfig(name='aerial', type='scene_coordinates', bundle=str(keyframe_bundle), backend='onnxruntime')
+    localizer = registry.create(config, {}, LocalizerContext(cache_dir=tmp_path / 'cache'))
+    network_only = registry.create(config, {'keyframes': False}, LocalizerContext(cache_dir=tmp_path / 'cache'))
+    try:
+        for i, sample in enumerate(views[1]):
+            frame = Frame(rgb_HW3=sample.rgb_HW3, stamp_ns=i, frame_id='camera',
+                          camera=CameraIntrinsics(K=sample.K, width=KW, height=KH))
+            result = localizer.localize(frame)
+            assert result.status == 'ok' and result.diagnostics['source'] == 'keyframes', result.diagnostics
+            assert np.linalg.norm(result.pose.T_map_camera[:3, 3] - sample.T_world_camera[:3, 3]) < 1.0
+            assert int(result.diagnostics['keyframe_inliers']) >= 100 and result.geo is not None
+            plain = network_only.localize(frame)
+            assert 'keyframe_inliers' not in plain.diagnostics and plain.diagnostics['source'] in ('network', 'none')
+    finally:
+        localizer.close()
+        network_only.close()
+
+
+def test_large_maps_use_an_inverted_file_that_keeps_the_descriptors_exact(tmp_path: Path, views: tuple,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import vizloc_plugins.keyframes as keyframes_module
+
+    mapping, new = views
+    frames = [SimpleNamespace(rgb_HW3=s.rgb_HW3, K=s.K, T_world_camera=s.T_world_camera, name=s.name,
+                              depth_HW=_depth(s), coords_3HW=None) for s in mapping]
+    monkeypatch.setattr(keyframes_module, 'FLAT_MAX_POINTS', 1000)  # as a map of > 50 000 points would
+    assert build_keyframe_map(frames, tmp_path, n_features=500)['index'] == 'ivf'
+    keyframes = KeyframeMap(tmp_path / KEYFRAMES_NPZ, tmp_path / KEYFRAMES_INDEX, n_features=500)
+    # the index codes the uint8 SIFT values themselves: what it gives back is what was detected
+    px, descs = keyframes_module.sift_features(cv2.cvtColor(mapping[0].rgb_HW3, cv2.COLOR_RGB2GRAY), 500)
+    _, kept = lift_pixels(px, mapping[0].K, mapping[0].T_world_camera, depth_HW=_depth(mapping[0]))
+    rows = keyframes._frame_points(0)
+    np.testing.assert_array_equal(keyframes.index.reconstruct_batch(rows), descs[kept].astype(np.float32))
+    sample = new[0]
+    match = keyframes.match(cv2.cvtColor(sample.rgb_HW3, cv2.COLOR_RGB2GRAY), sample.K)
+    assert match.solution is not None
+    assert np.linalg.norm(match.solution.T_map_camera[:3, 3] - sample.T_world_camera[:3, 3]) < 1.0
