@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ['RansacOptions', 'PnPSolution', 'PnPError', 'solve_pnp_ransac', 'solve_pnp_lo_ransac', 'count_inliers', 'Evidence', 'pose_covariance_map',
+__all__ = ['RansacOptions', 'PnPSolution', 'PnPError', 'solve_pnp_ransac', 'solve_pnp_lo_ransac', 'count_inliers',
+           'Evidence', 'pose_covariance_map',
            'project_points', 'undistort_pixels', 'geo_estimate_from_pose']
 
 logger = logging.getLogger(__name__)

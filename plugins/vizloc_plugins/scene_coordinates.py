@@ -35,9 +35,10 @@ import numpy as np
 
 from vizloc_ros.hookspecs import hookimpl
 from vizloc_ros.trainers import TrainerRegistrar, TrainerType
-from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext, LocalizerType
 from vizloc_ros.bundle import BundleError
-from vizloc_ros.types import CameraIntrinsics, Frame, InvalidInputError, InvalidOutputError, LocalizationResult, PoseEstimate, ResultStatus
+from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext, LocalizerType
+from vizloc_ros.types import (CameraIntrinsics, Frame, InvalidInputError, InvalidOutputError, LocalizationResult,
+                              PoseEstimate, ResultStatus)
 
 from .keyframes import KEYFRAMES_INDEX, KEYFRAMES_NPZ, KeyframeError, KeyframeMap
 from .pnp import Evidence, PnPSolution, RansacOptions, geo_estimate_from_pose, solve_pnp_ransac, undistort_pixels
@@ -263,6 +264,7 @@ class SceneCoordinateLocalizer:
 
     def close(self) -> None:
         self.model.close()
+        self.keyframes = None  # the map's arrays and FAISS index go with it
 
 
 def _factory(config: LocalizerConfig, options: SceneCoordinatesOptions, context: LocalizerContext
