@@ -177,7 +177,7 @@ PRESETS: dict[str, SceneConfig] = {
     # (indoor: 95 % of the test frames posed against 28 % with the frozen encoder and 70 % with the
     # CNN trained from scratch in the same time, docs/localizers/scene_coordinates.md); mapping
     # (buffer + head + keyframe map) within 5 min on 2 CPU cores: the head gets at most 220 s (the
-    # keyframe map of 1200 indoor frames takes ~45 s).
+    # keyframe map of 1200 indoor frames takes ~35 s).
     'demo': replace(BASE, epochs=200, encoder_time_budget_s=900.0, head_time_budget_s=220.0),
     'full': replace(BASE, encoder_width=32, encoder_blocks=6, feature_dim=256, head_width=512, head_layers=3, epochs=60,
                     batch_size=8, buffer_size=2_000_000, head_iterations=20000, head_batch_size=5120,
