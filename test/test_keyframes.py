@@ -196,10 +196,9 @@ def test_select_pose_publishes_the_pose_that_explains_more_of_both_sources() -> 
     assert select_pose(None, None, cells, None) == (None, 'none', {})
 
 
-@pytest.fixture(scope='module')
-def keyframe_bundle(tmp_path_factory: pytest.TempPathFactory, views: tuple, keyframe_dir: Path) -> Path:
-    """A scene_coordinates bundle of the plane (network input 128x96, mapped from the 16 views) with the
-    keyframe map of the same views (matched at the camera's 320x240)."""
+def build_keyframe_bundle(out_dir: Path, mapping: list[SimpleNamespace]) -> Path:
+    """A scene_coordinates bundle of the plane (network input 128x96, mapped from ``mapping``) with the
+    keyframe map of the same views (matched at the camera's resolution), in ``out_dir/bundle``."""
     import torch
 
     from vizloc_ros.bundle import InputSpec
@@ -209,22 +208,29 @@ def keyframe_bundle(tmp_path_factory: pytest.TempPathFactory, views: tuple, keyf
 
     from test_scene_coordinates import FIT_CONFIG, GEO, H, W
 
+    frames = [SimpleNamespace(rgb_HW3=s.rgb_HW3, K=s.K, T_world_camera=s.T_world_camera, name=s.name,
+                              depth_HW=_depth(s), coords_3HW=None) for s in mapping]
+    described = build_keyframe_map(frames, out_dir / 'keyframes', n_features=500)
     torch.manual_seed(0)
-    scene = fit(prepare_split(views[0], W, H), FIT_CONFIG, seed=0)
-    described = np.load(keyframe_dir / KEYFRAMES_NPZ)
+    scene = fit(prepare_split(mapping, W, H), FIT_CONFIG, seed=0)
     metadata = {'output_stride': 8, 'resize': 'stretch', 'geo': GEO, 'covariance_scale': 1.0,
                 'ransac': {'hypotheses': 64, 'inlier_threshold_px': 10.0, 'min_inliers': 12, 'min_inlier_ratio': 0.1},
                 'keyframes': {'n_features': 500, 'min_inliers': 30, 'covariance_scale': 2.0,
-                              'frames': 16, 'points': int(len(described['frame_N']))}}
-    return export_and_bundle(scene.net, tmp_path_factory.mktemp('kb') / 'bundle', localizer_type='scene_coordinates',
+                              'frames': described['frames'], 'points': described['points']}}
+    return export_and_bundle(scene.net, out_dir / 'bundle', localizer_type='scene_coordinates',
                              input_spec=InputSpec(name='image', height=H, width=W), output_names=['coords', 'log_scale'],
                              metadata=metadata, measure_latency=False,
-                             extra_files={KEYFRAMES_NPZ: keyframe_dir / KEYFRAMES_NPZ,
-                                          KEYFRAMES_INDEX: keyframe_dir / KEYFRAMES_INDEX})
+                             extra_files={name: out_dir / 'keyframes' / name for name in (KEYFRAMES_NPZ, KEYFRAMES_INDEX)})
+
+
+@pytest.fixture(scope='module')
+def keyframe_bundle(tmp_path_factory: pytest.TempPathFactory, views: tuple) -> Path:
+    return build_keyframe_bundle(tmp_path_factory.mktemp('kb'), views[0])
 
 
 def test_plugin_poses_new_views_from_the_keyframe_map_and_can_turn_it_off(tmp_path: Path, keyframe_bundle: Path,
                                                                           views: tuple) -> None:
+    """Through the registry as the node creates it (the running node: test_trained_localizers_node)."""
     from vizloc_ros.localizer import LocalizerConfig, LocalizerContext
     from vizloc_ros.plugin_manager import load_registry
     from vizloc_ros.types import CameraIntrinsics, Frame

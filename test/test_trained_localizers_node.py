@@ -169,3 +169,42 @@ def test_scene_coordinate_bundle_publishes_pose_and_fix_and_no_fix(client, tmp_p
     assert float(np.median(errors_m)) < 2 * cell_footprint_m, errors_m
     blank = next(s for s, T in truth.items() if T is None)
     assert fixes[blank].status.status == NavSatStatus.STATUS_NO_FIX
+
+
+def test_scene_coordinate_bundle_with_a_keyframe_map_poses_new_views_in_the_node(client, tmp_path):
+    """A bundle whose network was mapped from 16 views of the plane and which carries their keyframe map;
+    the node gets 4 other views (other positions and headings) at the camera's 320x240 and publishes
+    poses from the keyframe map: within 1 m, where the network's own cells are ~8 m wide."""
+    from test_keyframes import KH, KW, _detailed_texture, build_keyframe_bundle
+    from test_scene_coordinates import _planar_samples
+    from vizloc_ros.conversions import camera_info_from_intrinsics, image_msg_from_rgb
+    from vizloc_ros.types import CameraIntrinsics
+
+    texture = _detailed_texture()
+    bundle = build_keyframe_bundle(tmp_path, _planar_samples(16, seed=0, width=KW, height=KH, texture=texture))
+    new = _planar_samples(4, seed=5, width=KW, height=KH, texture=texture)
+    params = {'localizers': ['aerial'], 'aerial.type': 'scene_coordinates', 'aerial.bundle': str(bundle),
+              'aerial.backend': 'onnxruntime'}
+    client.record(PoseWithCovarianceStamped, '/vizloc/aerial/pose')
+    client.camera_publishers()
+    client.clear()
+    truth = {}
+    with NodeProcess(DOMAIN_ID, params, log_path=tmp_path / 'node.log') as node:
+        assert client.wait_for_state('active') == 'active', node.log()
+        assert client.wait_for_image_subscriber(), node.log()
+        for sample in new:
+            stamp_ns = time.time_ns()
+            truth[stamp_ns] = sample.T_world_camera
+            client.pub_info.publish(camera_info_from_intrinsics(CameraIntrinsics(K=sample.K, width=KW, height=KH),
+                                                                stamp_ns, 'camera'))
+            time.sleep(0.05)
+            client.pub_image.publish(image_msg_from_rgb(sample.rgb_HW3, stamp_ns, 'camera'))
+            assert client.wait_for(lambda s=stamp_ns: any(stamp_to_ns(m.header.stamp) == s
+                                                          for m in client.messages('/vizloc/aerial/pose')), 15.0), \
+                node.log()
+        assert node.alive(), node.log()
+    poses = {stamp_to_ns(m.header.stamp): m.pose.pose.position for m in client.messages('/vizloc/aerial/pose')}
+    for stamp, T in truth.items():
+        p = poses[stamp]
+        # exact map points and hundreds of SIFT matches: within 2.5 ground pixels (test_keyframes)
+        assert np.linalg.norm(np.array([p.x, p.y, p.z]) - T[:3, 3]) < 1.0, (p, T[:3, 3])
