@@ -440,3 +440,18 @@ def test_end_to_end_stops_at_its_time_budget_and_resume_goes_on_to_mapping(tmp_p
     assert payload['extra']['train_s'] >= 1.0
     # Resuming a run whose budget is used up trains no further.
     assert math.isnan(_train_end_to_end(net, images, config, 'coords', torch.device('cpu'), seed=0, resume=payload))
+
+
+def test_train_on_poses_only_has_no_keyframe_map(tmp_path: Path) -> None:
+    """Without depth or scene coordinates nothing lifts keypoints to 3D: the bundle is the network alone
+    (reprojection supervision) and says so, rather than failing."""
+    import shutil
+
+    data = _write_dsac(tmp_path / 'scene', {'train': _planar_samples(6, seed=0), 'test': _planar_samples(2, seed=8)})
+    for split in ('train', 'test'):
+        shutil.rmtree(data / split / 'init')
+    bundle = load_bundle(train(TrainArgs(type='scene_coordinates', data=data, out=tmp_path / 'b', preset='tiny')),
+                         expected_type='scene_coordinates')
+    assert bundle.metadata['supervision'] == 'reprojection'
+    assert 'keyframes' not in bundle.metadata and 'keyframes.npz' not in bundle.files
+    assert 'test_keyframe_share' not in bundle.metrics and 'test_median_translation_m' in bundle.metrics
