@@ -20,6 +20,7 @@ from vizloc_plugins.keyframes import (KEYFRAMES_INDEX, KEYFRAMES_NPZ, KeyframeEr
                                       lift_pixels)
 from vizloc_plugins.pnp import Evidence, PnPSolution
 from vizloc_plugins.scene_coordinates import select_pose
+from vizloc_plugins.scene_coordinates_contract import SceneKeyframes
 
 from test_scene_coordinates import _planar_samples
 
@@ -109,7 +110,7 @@ def test_lifted_keypoints_lie_on_the_plane_by_depth_and_by_scene_coordinates(vie
 
 
 def test_new_views_are_posed_from_the_keyframe_map(keyframe_dir: Path, views: tuple) -> None:
-    keyframes = KeyframeMap(keyframe_dir / KEYFRAMES_NPZ, keyframe_dir / KEYFRAMES_INDEX, n_features=500)
+    keyframes = KeyframeMap(keyframe_dir / KEYFRAMES_NPZ, keyframe_dir / KEYFRAMES_INDEX, SceneKeyframes())
     assert len(keyframes) > 16 * 200 and len(keyframes.names) == 16
     for sample in views[1]:
         match = keyframes.match(cv2.cvtColor(sample.rgb_HW3, cv2.COLOR_RGB2GRAY), sample.K)
@@ -131,13 +132,13 @@ def test_new_views_are_posed_from_the_keyframe_map(keyframe_dir: Path, views: tu
 
 def test_unreadable_or_inconsistent_maps_are_errors(tmp_path: Path, keyframe_dir: Path) -> None:
     with pytest.raises(KeyframeError, match='cannot read'):
-        KeyframeMap(tmp_path / KEYFRAMES_NPZ, keyframe_dir / KEYFRAMES_INDEX, n_features=500)
+        KeyframeMap(tmp_path / KEYFRAMES_NPZ, keyframe_dir / KEYFRAMES_INDEX, SceneKeyframes())
     with np.load(keyframe_dir / KEYFRAMES_NPZ) as data:
         arrays = dict(data)
     arrays['frame_N'] = arrays['frame_N'][:-1]
     np.savez(tmp_path / KEYFRAMES_NPZ, **arrays)
     with pytest.raises(KeyframeError, match='disagree'):
-        KeyframeMap(tmp_path / KEYFRAMES_NPZ, keyframe_dir / KEYFRAMES_INDEX, n_features=500)
+        KeyframeMap(tmp_path / KEYFRAMES_NPZ, keyframe_dir / KEYFRAMES_INDEX, SceneKeyframes())
     with pytest.raises(KeyframeError, match='no frame with depth'):
         build_keyframe_map([SimpleNamespace(rgb_HW3=np.zeros((KH, KW, 3), np.uint8), K=np.eye(3),
                                             T_world_camera=np.eye(4), depth_HW=None, coords_3HW=None)], tmp_path / 'x')
@@ -263,9 +264,10 @@ def test_large_maps_use_an_inverted_file_that_keeps_the_descriptors_exact(tmp_pa
                               depth_HW=_depth(s), coords_3HW=None) for s in mapping]
     monkeypatch.setattr(keyframes_module, 'FLAT_MAX_POINTS', 1000)  # as a map of > 50 000 points would
     assert build_keyframe_map(frames, tmp_path, n_features=500)['index'] == 'ivf'
-    keyframes = KeyframeMap(tmp_path / KEYFRAMES_NPZ, tmp_path / KEYFRAMES_INDEX, n_features=500)
+    keyframes = KeyframeMap(tmp_path / KEYFRAMES_NPZ, tmp_path / KEYFRAMES_INDEX, SceneKeyframes())
     # the index codes the uint8 SIFT values themselves: what it gives back is what was detected
-    px, descs = keyframes_module.sift_features(cv2.cvtColor(mapping[0].rgb_HW3, cv2.COLOR_RGB2GRAY), 500)
+    px, descs = keyframes_module.sift_features(cv2.cvtColor(mapping[0].rgb_HW3, cv2.COLOR_RGB2GRAY),
+                                                   keyframes_module.sift_detector(500))
     _, kept = lift_pixels(px, mapping[0].K, mapping[0].T_world_camera, depth_HW=_depth(mapping[0]))
     rows = keyframes._frame_points(0)
     np.testing.assert_array_equal(keyframes.index.reconstruct_batch(rows), descs[kept].astype(np.float32))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -34,9 +34,10 @@ import cv2
 import numpy as np
 
 from .pnp import Evidence, PnPSolution, solve_pnp_lo_ransac, undistort_pixels
+from .scene_coordinates_contract import SceneKeyframes
 
 __all__ = ['KEYFRAMES_NPZ', 'KEYFRAMES_INDEX', 'FLAT_MAX_POINTS', 'KeyframeError', 'KeyframeMatch', 'KeyframeMap',
-           'build_keyframe_map', 'lift_pixels', 'sift_features']
+           'build_keyframe_map', 'lift_pixels', 'root_sift', 'sift_detector', 'sift_features']
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +52,15 @@ class KeyframeError(ValueError):
     """A keyframe map that cannot be built or read (no frames with depth, missing/corrupt files)."""
 
 
-def sift_features(gray_HW: np.ndarray, n_features: int, contrast_threshold: float = 0.01
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def sift_detector(n_features: int, contrast_threshold: float = 0.01) -> Any:
+    """OpenCV's SIFT keeping the ``n_features`` strongest keypoints; ``contrast_threshold`` below OpenCV's
+    0.04 finds keypoints in small or blurred frames. Made once (configure), used for every frame."""
+    return cv2.SIFT_create(nfeatures=int(n_features), contrastThreshold=contrast_threshold)
+
+
+def sift_features(gray_HW: np.ndarray, detector: Any) -> tuple[np.ndarray, np.ndarray]:
     """SIFT keypoints (N, 2) float64 pixel centres and descriptors (N, 128) uint8 of a grayscale image."""
-    sift = cv2.SIFT_create(nfeatures=int(n_features), contrastThreshold=contrast_threshold)
-    keypoints, descs = sift.detectAndCompute(np.ascontiguousarray(gray_HW), None)
+    keypoints, descs = detector.detectAndCompute(np.ascontiguousarray(gray_HW), None)
     if descs is None or not keypoints:
         return np.zeros((0, 2)), np.zeros((0, 128), np.uint8)
     # OpenCV's SIFT values are integers in [0, 255] stored as float32
@@ -63,8 +68,10 @@ def sift_features(gray_HW: np.ndarray, n_features: int, contrast_threshold: floa
             np.clip(np.rint(descs), 0, 255).astype(np.uint8))
 
 
-def _root_sift(descs_N128: np.ndarray) -> np.ndarray:
-    d = descs_N128.astype(np.float32)
+def root_sift(descs_N128: np.ndarray) -> np.ndarray:
+    """RootSIFT (Arandjelovic & Zisserman 2012): L1-normalised, square-rooted, float32; L2 between these
+    is the Hellinger distance between the SIFTs."""
+    d = np.asarray(descs_N128, dtype=np.float32)
     return np.sqrt(d / np.maximum(d.sum(axis=1, keepdims=True), 1e-7))
 
 
@@ -157,6 +164,7 @@ def build_keyframe_map(frames: Iterable[Any], out_dir: str | Path, *, n_features
     depth nor scene coordinates are skipped; none at all raises :class:`KeyframeError`.
     """
     started = time.perf_counter()
+    detector = sift_detector(n_features)
     points, descs, frame_ids, names = [], [], [], []
     skipped = 0
     for i, sample in enumerate(frames):
@@ -167,7 +175,7 @@ def build_keyframe_map(frames: Iterable[Any], out_dir: str | Path, *, n_features
             continue
         rgb = np.asarray(sample.rgb_HW3)
         gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if rgb.ndim == 3 else rgb
-        px, d = sift_features(gray, n_features)
+        px, d = sift_features(gray, detector)
         if coords is not None and depth is None:
             stride = int(getattr(sample, 'coords_stride_px', 1))
             X, ok = lift_pixels(px, sample.K, sample.T_world_camera, coords_3HW=coords, coords_stride_px=stride)
@@ -201,7 +209,6 @@ class KeyframeMatch:
     ``threshold_px``."""
 
     solution: PnPSolution | None
-    keypoints: int
     keyframes: tuple[str, ...]
     points_N3: np.ndarray
     pixels_N2: np.ndarray
@@ -219,10 +226,10 @@ class KeyframeMatch:
 
 
 class KeyframeMap:
-    """A bundle's keyframe map, loaded for matching (see the module docstring)."""
+    """A bundle's keyframe map, loaded for matching (see the module docstring) with its ``settings``
+    (:class:`SceneKeyframes`: matching parameters and the covariance scale applied to its poses)."""
 
-    def __init__(self, npz_path: str | Path, index_path: str | Path, *, n_features: int, candidates: int = 5,
-                 neighbours: int = 3, ratio: float = 0.8, threshold_px: float = 4.0, min_inliers: int = 30,
+    def __init__(self, npz_path: str | Path, index_path: str | Path, settings: SceneKeyframes, *,
                  seed: int = 0) -> None:
         folder = Path(npz_path).parent
         try:
@@ -242,11 +249,11 @@ class KeyframeMap:
                                 f'{self.index.ntotal} indexed {self.index.d}-D descriptors)')
         if n and (self.frame_N.min() < 0 or self.frame_N.max() >= len(self.names)):
             raise KeyframeError(f'{folder}: keyframe ids outside the {len(self.names)} frames')
-        self.n_features, self.candidates, self.neighbours = n_features, candidates, neighbours
-        self.ratio, self.threshold_px, self.min_inliers, self.seed = ratio, threshold_px, min_inliers, seed
-        order = np.argsort(self.frame_N, kind='stable')
-        self._order = order
-        self._starts = np.searchsorted(self.frame_N[order], np.arange(len(self.names) + 1))
+        self.settings = settings
+        self.seed = seed
+        self._order = np.argsort(self.frame_N, kind='stable')
+        self._starts = np.searchsorted(self.frame_N[self._order], np.arange(len(self.names) + 1))
+        self._sift = sift_detector(settings.n_features)
         self._matcher = cv2.BFMatcher(cv2.NORM_L2)
 
     def __len__(self) -> int:
@@ -257,41 +264,44 @@ class KeyframeMap:
 
     def match(self, gray_HW: np.ndarray, K_3x3: np.ndarray, *, dist_coeffs: np.ndarray | None = None,
               distortion_model: str = 'plumb_bob') -> KeyframeMatch:
-        """Keyframe pose of a grayscale image with intrinsics ``K_3x3`` (its own pixel grid)."""
+        """Keyframe pose of a grayscale image with intrinsics ``K_3x3`` (its own pixel grid); its covariance
+        is multiplied by ``settings.covariance_scale``."""
+        opt = self.settings
         h, w = gray_HW.shape[:2]
-        px, descs = sift_features(gray_HW, self.n_features)
+        px, descs = sift_features(gray_HW, self._sift)
         K = np.asarray(K_3x3, dtype=np.float64)
-        none = (np.zeros((0, 3)), np.zeros((0, 2)), K, self.threshold_px)
+        none = (np.zeros((0, 3)), np.zeros((0, 2)), K, opt.threshold_px)
         if len(px) < 4:
-            return KeyframeMatch(None, len(px), (), *none)
-        _, nn = self.index.search(np.ascontiguousarray(descs, dtype=np.float32), self.neighbours)
+            return KeyframeMatch(None, (), *none)
+        _, nn = self.index.search(np.ascontiguousarray(descs, dtype=np.float32), opt.neighbours)
         votes = np.zeros(len(self.names), np.int64)
         for row in nn:  # one vote per query keypoint and keyframe
             frames = np.unique(self.frame_N[row[row >= 0]])
             votes[frames] += 1
-        top = [int(f) for f in np.argsort(-votes, kind='stable')[:self.candidates] if votes[f] > 0]
-        query = _root_sift(descs)
+        top = [int(f) for f in np.argsort(-votes, kind='stable')[:opt.candidates] if votes[f] > 0]
+        query = root_sift(descs)
         pixels, points = [], []
         for f in top:
             rows = self._frame_points(f)
             if len(rows) < 2:
                 continue
-            pairs = self._matcher.knnMatch(query, _root_sift(self.index.reconstruct_batch(rows)), k=2)
+            pairs = self._matcher.knnMatch(query, root_sift(self.index.reconstruct_batch(rows)), k=2)
             good = [(p[0].queryIdx, rows[p[0].trainIdx]) for p in pairs
-                    if len(p) == 2 and p[0].distance < self.ratio * p[1].distance]
+                    if len(p) == 2 and p[0].distance < opt.ratio * p[1].distance]
             if good:
                 qi, ri = np.array(good).T
                 pixels.append(px[qi])
                 points.append(self.points_N3[ri].astype(np.float64))
         names = tuple(self.names[f] for f in top)
         if not pixels:
-            return KeyframeMatch(None, len(px), names, *none)
+            return KeyframeMatch(None, names, *none)
         pixels_N2 = undistort_pixels(np.concatenate(pixels), K, dist_coeffs, distortion_model)
         points_N3 = np.concatenate(points)
         solution = None
-        if len(points_N3) >= self.min_inliers:
-            solution = solve_pnp_lo_ransac(points_N3, pixels_N2, K, w, h, threshold_px=self.threshold_px,
-                                           seed=self.seed)
-            if solution is not None and solution.num_inliers < self.min_inliers:
+        if len(points_N3) >= opt.min_inliers:
+            solution = solve_pnp_lo_ransac(points_N3, pixels_N2, K, w, h, threshold_px=opt.threshold_px, seed=self.seed)
+            if solution is not None and solution.num_inliers < opt.min_inliers:
                 solution = None
-        return KeyframeMatch(solution, len(px), names, points_N3, pixels_N2, K, self.threshold_px)
+            elif solution is not None:
+                solution = replace(solution, cov_6x6=solution.cov_6x6 * opt.covariance_scale)
+        return KeyframeMatch(solution, names, points_N3, pixels_N2, K, opt.threshold_px)

@@ -45,6 +45,7 @@ from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext,
 from vizloc_ros.types import (CameraIntrinsics, CovarianceType, Frame, GeoEstimate, InvalidOutputError, LocalizationResult,
                               PoseEstimate, ResultStatus)
 
+from .keyframes import root_sift
 from .pnp import geo_estimate_from_pose, solve_pnp_lo_ransac, undistort_pixels
 from .refdb import ReferenceDatabase, ReferenceDatabaseError, ReferenceEntry, ReferenceIndex, load_depth_m
 from .retrieval_contract import LOCALIZER_TYPE, ContractError, RetrievalContract, descriptor_model_name
@@ -154,8 +155,8 @@ class _Features:
         keypoints, descs = self.sift.detectAndCompute(gray, None)
         if descs is None or not keypoints:
             return np.zeros((0, 2)), np.zeros((0, 128), np.float32)
-        if self.root:  # RootSIFT (Arandjelovic & Zisserman 2012): L2 between these = Hellinger between the SIFTs
-            descs = np.sqrt(descs / np.maximum(descs.sum(axis=1, keepdims=True), 1e-7)).astype(np.float32)
+        if self.root:
+            descs = root_sift(descs)
         return np.array([k.pt for k in keypoints], dtype=np.float64), descs
 
     def reference(self, entry: ReferenceEntry) -> tuple[np.ndarray, np.ndarray]:

@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import cv2
 import numpy as np
 
 from vizloc_ros.hookspecs import hookimpl
@@ -40,14 +41,14 @@ from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext,
 from vizloc_ros.types import (CameraIntrinsics, Frame, InvalidInputError, InvalidOutputError, LocalizationResult,
                               PoseEstimate, ResultStatus)
 
-from .keyframes import KEYFRAMES_INDEX, KEYFRAMES_NPZ, KeyframeError, KeyframeMap
+from .keyframes import KEYFRAMES_INDEX, KEYFRAMES_NPZ, KeyframeError, KeyframeMap, KeyframeMatch
 from .pnp import Evidence, PnPSolution, RansacOptions, geo_estimate_from_pose, solve_pnp_ransac, undistort_pixels
 from .scene_coordinates_contract import (LOCALIZER_TYPE, OUTPUT_COORDS, OUTPUT_LOG_SCALE, OUTPUT_STRIDE,
-                                         SceneCoordinatesContract, SceneKeyframes)
+                                         SceneCoordinatesContract)
 
 __all__ = ['LOCALIZER_TYPE', 'OUTPUT_STRIDE', 'SceneCoordinatesOptions', 'SceneCoordinateLocalizer',
-           'cell_centres_px', 'cell_correspondences', 'estimate_pose', 'select_pose', 'vizloc_register_localizers',
-           'vizloc_register_trainers']
+           'cell_centres_px', 'cell_correspondences', 'estimate_pose', 'pose_with_keyframes', 'select_pose',
+           'vizloc_register_localizers', 'vizloc_register_trainers']
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +153,18 @@ def select_pose(network: PnPSolution | None, keyframe: PnPSolution | None, cells
     return keyframe, 'keyframes', scores
 
 
+def pose_with_keyframes(keyframes: KeyframeMap, rgb_HW3: np.ndarray, camera: CameraIntrinsics,
+                        network: PnPSolution | None, cells: Evidence
+                        ) -> tuple[PnPSolution | None, str, dict[str, float], KeyframeMatch]:
+    """The keyframe pose of an RGB image (its own resolution, ``camera`` its intrinsics and distortion)
+    put against the network's by :func:`select_pose`: (solution, source, scores, the match). What the
+    node publishes and the trainer evaluates."""
+    gray = cv2.cvtColor(np.ascontiguousarray(rgb_HW3), cv2.COLOR_RGB2GRAY)
+    match = keyframes.match(gray, camera.K, dist_coeffs=camera.D, distortion_model=camera.distortion_model)
+    solution, source, scores = select_pose(network, match.solution, cells, match.evidence)
+    return solution, source, scores, match
+
+
 class SceneCoordinateLocalizer:
     """Runs the scene-coordinate bundle on frames with CameraInfo and solves the pose with RANSAC PnP."""
 
@@ -181,16 +194,12 @@ class SceneCoordinateLocalizer:
                                     seed=None if options.seed < 0 else options.seed)
         self.covariance_scale = options.covariance_scale or contract.covariance_scale
         self.geo = contract.geo
-        self.keyframe_settings = contract.keyframes if options.keyframes else None
         self.keyframes: KeyframeMap | None = None
-        if self.keyframe_settings is not None:
-            k = self.keyframe_settings
+        if contract.keyframes is not None and options.keyframes:
             try:
                 bundle = self.model.bundle
                 self.keyframes = KeyframeMap(bundle.file(KEYFRAMES_NPZ), bundle.file(KEYFRAMES_INDEX),
-                                             n_features=k.n_features, candidates=k.candidates,
-                                             neighbours=k.neighbours, ratio=k.ratio, threshold_px=k.threshold_px,
-                                             min_inliers=k.min_inliers, seed=max(options.seed, 0))
+                                             contract.keyframes, seed=max(options.seed, 0))
             except (KeyframeError, BundleError) as exc:
                 raise ConfigError(f'{self.name}: {exc}') from exc
 
@@ -218,17 +227,23 @@ class SceneCoordinateLocalizer:
                        'cells': str(int(np.prod(outputs[OUTPUT_COORDS].shape[2:]))),
                        'network_inliers': str(network.num_inliers if network is not None else 0)}
         solution, source = network, 'network' if network is not None else 'none'
-        if self.keyframes is not None and self.keyframe_settings is not None:
-            cells = Evidence(points, pixels, camera.K, self.ransac.inlier_threshold_px)
-            solution, source = self._with_keyframes(self.keyframes, self.keyframe_settings, frame.rgb_HW3, frame.camera,
-                                                    network, cells, diagnostics)
+        if self.keyframes is not None:
+            matching_started = time.perf_counter()
+            solution, source, scores, match = pose_with_keyframes(
+                self.keyframes, frame.rgb_HW3, frame.camera, network,
+                Evidence(points, pixels, camera.K, self.ransac.inlier_threshold_px))
+            diagnostics.update({'keyframe_ms': f'{(time.perf_counter() - matching_started) * 1e3:.1f}',
+                                'keyframe_matches': str(match.matches),
+                                'keyframe_inliers': str(match.solution.num_inliers if match.solution is not None else 0),
+                                'keyframes': ','.join(match.keyframes[:3]),
+                                **{k: f'{v:.3f}' for k, v in scores.items()}})
         diagnostics['source'] = source
         if solution is None:
             diagnostics['reason'] = (f'fewer than {self.ransac.min_inliers} RANSAC inliers or an inlier ratio below '
                                      f'{self.ransac.min_inlier_ratio:.2f}')
             if self.keyframes is not None:
-                diagnostics['reason'] += (f' (network), fewer than {self.keyframes.min_inliers} PnP inliers '
-                                          '(keyframes)')
+                diagnostics['reason'] += (f' (network), fewer than {self.keyframes.settings.min_inliers} PnP '
+                                          'inliers (keyframes)')
             return LocalizationResult(status=ResultStatus.NO_FIX, diagnostics=diagnostics)
         diagnostics.update({'inliers': str(solution.num_inliers), 'inlier_ratio': f'{solution.inlier_ratio:.3f}',
                             'reprojection_rmse_px': f'{solution.reprojection_rmse_px:.2f}'})
@@ -238,26 +253,6 @@ class SceneCoordinateLocalizer:
         if self.geo is not None:
             geo = geo_estimate_from_pose(self.geo, solution.T_map_camera, solution.cov_6x6)
         return LocalizationResult(pose=pose, geo=geo, diagnostics=diagnostics)
-
-    def _with_keyframes(self, keyframes: KeyframeMap, settings: SceneKeyframes, rgb_HW3: np.ndarray,
-                        camera: CameraIntrinsics, network: PnPSolution | None, cells: Evidence,
-                        diagnostics: dict[str, str]) -> tuple[PnPSolution | None, str]:
-        """Keyframe pose of the frame (its own resolution and CameraInfo) and :func:`select_pose`."""
-        import cv2
-
-        started = time.perf_counter()
-        gray = cv2.cvtColor(np.ascontiguousarray(rgb_HW3), cv2.COLOR_RGB2GRAY)
-        match = keyframes.match(gray, camera.K, dist_coeffs=camera.D, distortion_model=camera.distortion_model)
-        keyframe = match.solution
-        if keyframe is not None:
-            keyframe = replace(keyframe, cov_6x6=keyframe.cov_6x6 * settings.covariance_scale)
-        solution, source, scores = select_pose(network, keyframe, cells, match.evidence)
-        diagnostics.update({'keyframe_ms': f'{(time.perf_counter() - started) * 1e3:.1f}',
-                            'keyframe_matches': str(match.matches),
-                            'keyframe_inliers': str(keyframe.num_inliers if keyframe is not None else 0),
-                            'keyframes': ','.join(match.keyframes[:3])})
-        diagnostics.update({k: f'{v:.3f}' for k, v in scores.items()})
-        return solution, source
 
     def reset(self) -> None:
         """No temporal state."""

@@ -503,12 +503,12 @@ def _split_or_none(root: Path, split: str) -> Any:
 
 
 def _keyframe_map(data: Path, out_dir: Path, config: SceneConfig, metrics: dict[str, Any]
-                  ) -> tuple[KeyframeMap | None, SceneKeyframes | None, dict[str, Path]]:
-    """Build the keyframe map of the training split into ``out_dir`` (``config.keyframes``): the loaded map,
-    its settings and the bundle files; (None, None, {}) when disabled or the split has no depth or scene
+                  ) -> tuple[KeyframeMap | None, dict[str, Path]]:
+    """Build the keyframe map of the training split into ``out_dir`` (``config.keyframes``): the loaded map
+    (with its settings) and the bundle files; (None, {}) when disabled or the split has no depth or scene
     coordinates to lift keypoints with (logged)."""
     if not config.keyframes:
-        return None, None, {}
+        return None, {}
     split = open_split(data, 'train')
     started = time.perf_counter()
     try:
@@ -516,13 +516,12 @@ def _keyframe_map(data: Path, out_dir: Path, config: SceneConfig, metrics: dict[
                                    n_features=config.keyframe_features)
     except KeyframeError as exc:
         logger.warning('no keyframe map: %s', exc)
-        return None, None, {}
+        return None, {}
     metrics['keyframe_map_s'] = time.perf_counter() - started
-    settings = config.keyframe_settings(frames=built['frames'], points=built['points'])
-    keyframes = KeyframeMap(out_dir / KEYFRAMES_NPZ, out_dir / KEYFRAMES_INDEX, n_features=settings.n_features,
-                            candidates=settings.candidates, neighbours=settings.neighbours, ratio=settings.ratio,
-                            threshold_px=settings.threshold_px, min_inliers=settings.min_inliers)
-    return keyframes, settings, {KEYFRAMES_NPZ: out_dir / KEYFRAMES_NPZ, KEYFRAMES_INDEX: out_dir / KEYFRAMES_INDEX}
+    files = {name: out_dir / name for name in (KEYFRAMES_NPZ, KEYFRAMES_INDEX)}
+    keyframes = KeyframeMap(files[KEYFRAMES_NPZ], files[KEYFRAMES_INDEX],
+                            config.keyframe_settings(frames=built['frames'], points=built['points']))
+    return keyframes, files
 
 
 def train(args: TrainArgs) -> Path:
@@ -548,35 +547,51 @@ def train(args: TrainArgs) -> Path:
     thresholds = config.thresholds
     if thresholds == 'auto':
         thresholds = 'indoor' if float(trained.net.scene_scale_m) < 20.0 else 'aerial'
-    limit = config.eval_limit or None
     metrics: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix='vizloc-scene-') as tmp_name:
+        tmp = Path(tmp_name)
+        keyframes, extra_files = _keyframe_map(args.data, tmp, config, metrics)
+        covariance_scale = _evaluate(trained.net, args.data, (in_w, in_h), config, thresholds, keyframes, metrics)
+        bundle = _write_bundle(args, config, trained, train_images, (in_w, in_h), geo_mapping, covariance_scale,
+                               keyframes.settings if keyframes is not None else None, metrics,
+                               {'encoder.pt': tmp / 'encoder.pt', **extra_files})
+    logger.info('wrote %s', bundle)
+    return bundle
+
+
+def _evaluate(net: SceneCoordinateNet, data: Path, input_size: tuple[int, int], config: SceneConfig, thresholds: str,
+              keyframes: KeyframeMap | None, metrics: dict[str, Any]) -> float:
+    """Calibrate the covariance factors on ``val`` (the network's, returned; the keyframe poses' into
+    ``keyframes.settings``) and put the ``test`` metrics into ``metrics`` (``test_*`` what the node
+    publishes; ``test_network_*`` the network alone when there is a keyframe map)."""
+    limit = config.eval_limit or None
     covariance_scale = 1.0
-    tmp_dir = tempfile.TemporaryDirectory(prefix='vizloc-scene-')
-    tmp = Path(tmp_dir.name)
-    keyframes, keyframe_settings, extra_files = _keyframe_map(args.data, tmp, config, metrics)
-    val_split = _split_or_none(args.data, 'val')
-    if val_split is not None:
-        val_images = prepare_split(val_split, in_w, in_h, limit)
-        if val_images:
-            val_eval = evaluate_images(trained.net, val_images, config.ransac, thresholds=thresholds)
-            covariance_scale = calibrate_covariance_scale(val_eval)
-            if keyframes is not None and keyframe_settings is not None:
-                val_eval = evaluate_images(trained.net, val_images, config.ransac, thresholds=thresholds,
-                                           covariance_scale=covariance_scale, keyframes=(keyframes, keyframe_settings))
-                keyframe_settings = replace(keyframe_settings, covariance_scale=calibrate_covariance_scale(
-                    val_eval, source='keyframes'))
-    test_split = _split_or_none(args.data, 'test')
-    if test_split is not None:
-        test_images = prepare_split(test_split, in_w, in_h, limit)
-        if test_images:
-            result = evaluate_images(trained.net, test_images, config.ransac, thresholds=thresholds,
-                                     covariance_scale=covariance_scale)
-            if keyframes is not None and keyframe_settings is not None:
-                # the network alone (A/B), then what the node publishes
-                metrics.update({f'test_network_{k}': v for k, v in result.metrics.items()})
-                result = evaluate_images(trained.net, test_images, config.ransac, thresholds=thresholds,
-                                         covariance_scale=covariance_scale, keyframes=(keyframes, keyframe_settings))
-            metrics.update({f'test_{k}': v for k, v in result.metrics.items()})
+    val_split = _split_or_none(data, 'val')
+    val_images = prepare_split(val_split, *input_size, limit) if val_split is not None else []
+    if val_images:
+        val_eval = evaluate_images(net, val_images, config.ransac, thresholds=thresholds, keyframes=keyframes)
+        covariance_scale = calibrate_covariance_scale(val_eval.network or val_eval)
+        if keyframes is not None:
+            keyframes.settings = replace(keyframes.settings,
+                                         covariance_scale=calibrate_covariance_scale(val_eval, source='keyframes'))
+    test_split = _split_or_none(data, 'test')
+    test_images = prepare_split(test_split, *input_size, limit) if test_split is not None else []
+    if test_images:
+        result = evaluate_images(net, test_images, config.ransac, thresholds=thresholds,
+                                 covariance_scale=covariance_scale, keyframes=keyframes)
+        if result.network is not None:
+            metrics.update({f'test_network_{k}': v for k, v in result.network.metrics.items()})
+        metrics.update({f'test_{k}': v for k, v in result.metrics.items()})
+    return covariance_scale
+
+
+def _write_bundle(args: TrainArgs, config: SceneConfig, trained: TrainedScene, train_images: list[PreparedImage],
+                  input_size: tuple[int, int], geo_mapping: dict[str, Any] | None, covariance_scale: float,
+                  keyframe_settings: SceneKeyframes | None, metrics: dict[str, Any],
+                  files: dict[str, Path]) -> Path:
+    """Export the network and write the bundle with its metadata, ``metrics`` and ``files`` (``encoder.pt``
+    is saved to its path here)."""
+    in_w, in_h = input_size
     metrics.update({f'{k}': float(v) for k, v in trained.timings_s.items()})
     if 'keyframe_map_s' in metrics and 'mapping_s' in metrics:  # what mapping a scene costs in all
         metrics['mapping_with_keyframes_s'] = metrics['mapping_s'] + metrics['keyframe_map_s']
@@ -605,15 +620,11 @@ def train(args: TrainArgs) -> Path:
         args=args.to_dict(),
         preset=args.preset,
         config=config.to_dict())
-    with tmp_dir:
-        encoder_path = save_encoder(trained.net.encoder, tmp / 'encoder.pt',
-                                    trained_on={'dataset': str(args.data), 'supervision': trained.supervision,
-                                                'preset': args.preset, 'init_weights': metadata['encoder']['init_weights']})
-        bundle = export_and_bundle(
-            trained.net, args.out, localizer_type=LOCALIZER_TYPE,
-            input_spec=InputSpec(name='image', height=in_h, width=in_w), output_names=list(contract.OUTPUTS),
-            metadata=metadata, metrics=metrics, extra_files={'encoder.pt': encoder_path, **extra_files},
-            latency_runs=10)
-    logger.info('wrote %s', bundle)
-    return bundle
+    save_encoder(trained.net.encoder, files['encoder.pt'],
+                 trained_on={'dataset': str(args.data), 'supervision': trained.supervision, 'preset': args.preset,
+                             'init_weights': metadata['encoder']['init_weights']})
+    return export_and_bundle(
+        trained.net, args.out, localizer_type=LOCALIZER_TYPE,
+        input_spec=InputSpec(name='image', height=in_h, width=in_w), output_names=list(contract.OUTPUTS),
+        metadata=metadata, metrics=metrics, extra_files=files, latency_runs=10)
 
