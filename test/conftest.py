@@ -7,6 +7,8 @@
 import os
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', str(REPO / 'config' / 'fastdds_shm.xml'))
@@ -16,3 +18,13 @@ os.environ.setdefault('OMP_NUM_THREADS', '1')
 
 # Session fixtures shared by node, plugin and localizer tests (the example third-party plugin).
 from example_plugin_support import example_bundle, example_plugin_site  # noqa: E402,F401  (re-exported fixtures)
+
+
+@pytest.fixture(scope='session')
+def campus_world(tmp_path_factory):
+    """A small synthetic campus (real renders with depth and poses, GPS-format gt.csv, reference database;
+    70 training frames at 320x240), shared by the retrieval and GPS regressor tests."""
+    from vizloc_training.synth import campus
+
+    return campus.generate(tmp_path_factory.mktemp('campus') / 'w', seed=2, frames=70, size=(320, 240),
+                           write_bag=False)

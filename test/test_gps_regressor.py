@@ -238,7 +238,7 @@ def test_plugin_from_registry_produces_geo_estimate(bundle, dataset, tmp_path):
     from vizloc_ros.bundle import load_bundle
     from vizloc_ros.geodesy import GeoReference
 
-    localizer = _localizer([bundle], tmp_path)
+    localizer = _localizer([bundle], tmp_path, keyframes=False)  # the network's output, compared by hand below
     try:
         assert localizer.requires_camera_info is False
         assert 'onnxruntime' in localizer.backend_name
@@ -509,3 +509,117 @@ def test_frozen_feature_mode_trains_only_pooling_and_head(dataset, tmp_path, mon
     with pytest.raises(TrainConfigError, match='freeze_backbone'):
         train(TrainArgs(type='gps_regressor', data=dataset, out=tmp_path / 'x', preset='tiny',
                         extra={'freeze_backbone': 'true', 'pretrained': 'false'}))
+
+
+# -- keyframe map of the training images (real renders of a small campus) -------------------------------------
+@pytest.fixture(scope='module')
+def walks_dataset(campus_world, tmp_path_factory) -> Path:
+    """The small campus's training walks as a GPS dataset without a split column: the reader's random
+    70/15/15 split (seed 001's protocol), so val and test frames sit on the walks, ~1 m from training frames."""
+    root = tmp_path_factory.mktemp('gps_walks') / 'data'
+    root.mkdir()
+    (root / 'images').symlink_to(campus_world / 'images')
+    with open(root / 'gt.csv', 'w', newline='') as fh:
+        writer = csv.DictWriter(fh, fieldnames=['image', 'lat', 'lon', 'alt'], extrasaction='ignore')
+        writer.writeheader()
+        writer.writerows(r for r in csv.DictReader(open(campus_world / 'gt.csv')) if r['split'] == 'train')
+    return root
+
+
+@pytest.fixture(scope='module')
+def walks_bundle(walks_dataset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp('gps_walks_bundle') / 'bundle'
+    return train(TrainArgs(type='gps_regressor', data=walks_dataset, out=out, preset='tiny', epochs=2, seed=0,
+                           extra={'robustness': 'false'}))
+
+
+def test_bundle_carries_a_calibrated_keyframe_map_of_its_training_images(walks_dataset, walks_bundle):
+    from vizloc_plugins.gps_regressor_contract import GPSRegressorContract
+    from vizloc_ros.bundle import load_bundle
+    from vizloc_training.datasets.gps import read_gps_dataset
+
+    b = load_bundle(walks_bundle, expected_type='gps_regressor')
+    keyframes = GPSRegressorContract.from_bundle(b).keyframes
+    assert keyframes is not None and keyframes.frames == len(read_gps_dataset(walks_dataset).split('train'))
+    assert keyframes.points > 50 * keyframes.frames and keyframes.covariance_scale > 0.0
+    assert b.file('keyframes.npz').is_file() and b.file('keyframes.faiss').is_file()
+    # What the node publishes (test) beside the network alone (test_network). The test frames lie on the
+    # training walks (test_to_nearest_train: ~1 m), so most overlap a training image a few metres away;
+    # the 2-epoch network on 40x32 inputs stays near the centroid of walks tens of metres long.
+    assert b.metrics['test_to_nearest_train']['median_m'] < 3.0
+    network, published = b.metrics['test_network'], b.metrics['test']
+    assert b.metrics['test_keyframe_share'] >= 0.5, b.metrics['test_keyframe_share']
+    assert published['median_m'] <= 5.0, published['median_m']
+    assert published['median_m'] < 0.5 * network['median_m'], (published['median_m'], network['median_m'])
+    assert 0.0 < b.metrics['val_keyframes']['verified_pct'] <= 100.0
+
+
+def test_plugin_publishes_the_keyframe_position_else_the_network(walks_dataset, walks_bundle, tmp_path):
+    from vizloc_plugins.gps_regressor_contract import GPSKeyframes
+    from vizloc_training.datasets.gps import read_gps_dataset
+
+    record = read_gps_dataset(walks_dataset).split('train')[0]
+    image = read_image(walks_dataset, record.image.name)
+    noise = np.random.default_rng(0).integers(0, 256, image.shape, dtype=np.uint8)
+    localizer = _localizer([walks_bundle], tmp_path, variance_scale=1e6)  # a network prior that gates nothing
+    try:
+        seen = localizer.localize(Frame(rgb_HW3=image, stamp_ns=1, frame_id='camera'))
+        unseen = localizer.localize(Frame(rgb_HW3=noise, stamp_ns=2, frame_id='camera'))
+    finally:
+        localizer.close()
+    # a training image verifies against itself (its keypoints all inliers), so the published place is its
+    # own, averaged with verified images at most place_radius_m away
+    assert seen.diagnostics['source'] == 'keyframes', seen.diagnostics
+    assert int(seen.diagnostics['keyframe_inliers']) >= GPSKeyframes().min_inliers
+    assert record.image.name in seen.diagnostics['keyframes'].split(',')
+    error_m = geo_metrics.haversine_m(seen.geo.lat_deg, seen.geo.lon_deg, record.lat_deg, record.lon_deg)
+    assert error_m <= GPSKeyframes().place_radius_m
+    assert np.all(np.linalg.eigvalsh(seen.geo.cov_enu_m2) > 0)
+    # noise overlaps nothing: the network answers
+    assert unseen.diagnostics['source'] == 'network' and unseen.diagnostics['keyframe_inliers'] == '0'
+    assert unseen.geo is not None
+    off = _localizer([walks_bundle], tmp_path, keyframes=False)
+    try:
+        network = off.localize(Frame(rgb_HW3=image, stamp_ns=1, frame_id='camera'))
+    finally:
+        off.close()
+    assert network.diagnostics['source'] == 'network' and 'keyframe_inliers' not in network.diagnostics
+
+
+def test_a_network_prior_rejects_keyframe_places_outside_its_ellipse(walks_dataset, walks_bundle):
+    from vizloc_plugins.gps_regressor_contract import GPSRegressorContract
+    from vizloc_plugins.keyframes import PlaceMap
+    from vizloc_ros.bundle import load_bundle
+    from vizloc_training.datasets.gps import read_gps_dataset
+
+    b = load_bundle(walks_bundle)
+    places = PlaceMap(b.file('keyframes.npz'), b.file('keyframes.faiss'), GPSRegressorContract.from_bundle(b).keyframes)
+    record = read_gps_dataset(walks_dataset).split('train')[3]
+    gray = cv2.cvtColor(read_image(walks_dataset, record.image.name), cv2.COLOR_RGB2GRAY)
+    free = places.locate(gray)
+    assert free.position_m is not None and not free.rejected and free.used >= 1
+    # a prior centred on the answer changes nothing; one 1 km away with a 10 m sigma rejects every place
+    agree = places.locate(gray, free.position_m, np.eye(2) * 100.0)
+    np.testing.assert_allclose(agree.position_m, free.position_m)
+    far = places.locate(gray, free.position_m + 1000.0, np.eye(2) * 100.0)
+    assert far.position_m is None and far.rejected and far.verified
+
+
+def test_keyframe_settings_are_validated(walks_dataset, campus_world, tmp_path):
+    from vizloc_plugins.gps_regressor_contract import GPSKeyframes
+    from vizloc_ros.bundle import load_bundle
+    from vizloc_ros.contract import ContractError
+
+    with pytest.raises(ContractError, match='ratio'):
+        GPSKeyframes(ratio=1.2)
+    with pytest.raises(ContractError, match='prior_gate'):
+        GPSKeyframes(prior_gate=1.0)
+    with pytest.raises(TrainConfigError, match='min_inliers'):
+        train(TrainArgs(type='gps_regressor', data=walks_dataset, out=tmp_path / 'x', preset='tiny',
+                        extra={'keyframe_min_inliers': '4'}))
+    # keyframes=false: no map in the bundle, the network's figures are the published ones
+    out = train(TrainArgs(type='gps_regressor', data=walks_dataset, out=tmp_path / 'plain', preset='tiny', epochs=1,
+                          extra={'keyframes': 'false', 'robustness': 'false'}))
+    b = load_bundle(out)
+    assert 'keyframes' not in b.metadata and 'test_network' not in b.metrics
+    assert not (out / 'keyframes.npz').exists()

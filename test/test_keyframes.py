@@ -269,8 +269,8 @@ def test_large_maps_use_an_inverted_file_that_keeps_the_descriptors_exact(tmp_pa
     px, descs = keyframes_module.sift_features(cv2.cvtColor(mapping[0].rgb_HW3, cv2.COLOR_RGB2GRAY),
                                                    keyframes_module.sift_detector(500))
     _, kept = lift_pixels(px, mapping[0].K, mapping[0].T_world_camera, depth_HW=_depth(mapping[0]))
-    rows = keyframes._frame_points(0)
-    np.testing.assert_array_equal(keyframes.index.reconstruct_batch(rows), descs[kept].astype(np.float32))
+    rows = keyframes.frames.frame_rows(0)
+    np.testing.assert_array_equal(keyframes.frames.index.reconstruct_batch(rows), descs[kept].astype(np.float32))
     sample = new[0]
     match = keyframes.match(cv2.cvtColor(sample.rgb_HW3, cv2.COLOR_RGB2GRAY), sample.K)
     assert match.solution is not None

@@ -161,14 +161,6 @@ def test_root_sift_is_unit_hellinger_and_a_lower_contrast_threshold_finds_more_k
 
 
 # -- the synthetic campus: real renders with depth ------------------------------------------------------
-@pytest.fixture(scope='module')
-def campus_world(tmp_path_factory) -> Path:
-    from vizloc_training.synth import campus
-
-    return campus.generate(tmp_path_factory.mktemp('campus') / 'w', seed=2, frames=70, size=(320, 240),
-                           write_bag=False)
-
-
 def _oracle(T_N44: np.ndarray, dim: int = 256, sigma_m: float = 4.0) -> np.ndarray:
     """Random Fourier features of (position, heading): cosine similarity ~ a Gaussian kernel of the pose
     distance. A stand-in for a trained descriptor, so that PnP is tested independently of training."""

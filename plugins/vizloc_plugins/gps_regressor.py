@@ -17,23 +17,34 @@ is not regressed: it is the scene frame's height at the estimate (the training c
 altitude), with the training split's altitude spread as variance, or NaN with a large variance
 when the training data had no altitudes. No torch here; inference goes through
 :class:`vizloc_ros.runner.BundleModel`.
+
+When the (first) bundle carries a keyframe map of its training images (``metadata.keyframes``,
+:class:`vizloc_plugins.keyframes.PlaceMap`) and option ``keyframes`` is on, the frame is also matched
+against those images (SIFT vote, ratio test, two-view verification); if at least one is verified, the
+published position is the inlier-weighted position of the verified images at the place that their
+inliers and the network's estimate support best, with its calibrated covariance (diagnostics
+``source: keyframes``); else the network's (``source: network``).
 """
 from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import cv2
 import numpy as np
 
+from vizloc_ros.bundle import BundleError
 from vizloc_ros.hookspecs import hookimpl
 from vizloc_ros.trainers import TrainerRegistrar, TrainerType
 from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext, LocalizerType
 from vizloc_ros.types import Frame, GeoEstimate, InvalidOutputError, LocalizationResult
 
 from .gps_regressor_contract import LOCALIZER_TYPE, OUTPUT_COV, OUTPUT_MEAN, GPSRegressorContract
+from .keyframes import KEYFRAMES_INDEX, KEYFRAMES_NPZ, KeyframeError, PlaceMap
 
 __all__ = [
     'LOCALIZER_TYPE',
@@ -65,6 +76,9 @@ class GPSRegressorOptions:
     altitude_sigma_m: float = field(default=0.0, metadata={
         'description': 'published altitude standard deviation in m; 0 = from the bundle (training altitude '
                        f'spread, at least {MIN_ALTITUDE_SIGMA_M:g} m; {UNKNOWN_ALTITUDE_SIGMA_M:g} m when unknown)'})
+    keyframes: bool = field(default=True, metadata={
+        'description': "match frames against the bundle's keyframe map of its training images (SIFT + two-view "
+                       'verification) when it has one; a verified match gives the published position'})
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.variance_scale) and self.variance_scale >= 0.0):
@@ -106,6 +120,7 @@ class _Member:
         self.model = BundleModel(path, backend=backend, expected_type=LOCALIZER_TYPE, cache_dir=cache_dir)
         try:
             contract = GPSRegressorContract.from_bundle(self.model.bundle)  # outputs checked by contract and runner
+            self.contract = contract
             self.geo = contract.geo
             self.variance_scale = options.variance_scale or contract.variance_scale
             self.altitude_known = contract.altitude_known
@@ -146,12 +161,24 @@ class GPSRegressorLocalizer:
         try:
             for path in paths:
                 self.members.append(_Member(path, config.backend, context.cache_dir, options))
+            self.places = self._place_map(options)
         except ConfigError:
             self.close()
             raise
         backends = dict.fromkeys(m.model.backend_name for m in self.members)
         self.backend_name = '+'.join(backends)
-        logger.info('%s: gps_regressor with %d bundle(s) on %s', self.name, len(self.members), self.backend_name)
+        logger.info('%s: gps_regressor with %d bundle(s) on %s%s', self.name, len(self.members), self.backend_name,
+                    f', keyframe map of {len(self.places.frames.names)} images' if self.places is not None else '')
+
+    def _place_map(self, options: GPSRegressorOptions) -> PlaceMap | None:
+        settings = self.reference.contract.keyframes
+        if settings is None or not options.keyframes:
+            return None
+        bundle = self.reference.model.bundle
+        try:
+            return PlaceMap(bundle.file(KEYFRAMES_NPZ), bundle.file(KEYFRAMES_INDEX), settings)
+        except (KeyframeError, BundleError) as exc:
+            raise ConfigError(f'{self.name}: {exc}') from exc
 
     @property
     def reference(self) -> _Member:
@@ -178,6 +205,18 @@ class GPSRegressorLocalizer:
     def localize(self, frame: Frame) -> LocalizationResult:
         mean, cov = self.estimate(frame)
         ref = self.reference
+        diagnostics = {'source': 'network'}
+        if self.places is not None:
+            started = time.perf_counter()
+            gray = cv2.cvtColor(np.ascontiguousarray(frame.rgb_HW3), cv2.COLOR_RGB2GRAY)
+            place = self.places.locate(gray, mean, cov)  # the network's estimate settles repeated textures
+            diagnostics.update({'keyframe_ms': f'{(time.perf_counter() - started) * 1e3:.1f}',
+                                'keyframe_inliers': str(place.inliers), 'keyframe_images': str(place.used),
+                                'keyframe_outside_prior': str(place.rejected).lower(),
+                                'keyframes': ','.join(name for name, _ in place.verified[:3])})
+            if place.position_m is not None:
+                mean, cov = place.position_m, place.cov_m2
+                diagnostics['source'] = 'keyframes'
         if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(cov))):
             raise InvalidOutputError('model output is not finite')
         cov_scene = np.zeros((3, 3))
@@ -187,11 +226,11 @@ class GPSRegressorLocalizer:
         cov_enu = fix.cov_enu_m2
         geo = GeoEstimate(lat_deg=fix.lat_deg, lon_deg=fix.lon_deg, alt_m=fix.alt_m if ref.altitude_known else math.nan,
                           cov_enu_m2=cov_enu)
-        diagnostics = {
+        diagnostics.update({
             'sigma_east_m': f'{math.sqrt(max(cov_enu[0, 0], 0.0)):.2f}',
             'sigma_north_m': f'{math.sqrt(max(cov_enu[1, 1], 0.0)):.2f}',
             'ensemble_size': str(len(self.members)),
-        }
+        })
         return LocalizationResult(geo=geo, diagnostics=diagnostics)
 
     def reset(self) -> None:
@@ -201,6 +240,7 @@ class GPSRegressorLocalizer:
         for member in self.members:
             member.model.close()
         self.members = []
+        self.places = None  # the map's arrays and FAISS index go with it
 
 
 @hookimpl

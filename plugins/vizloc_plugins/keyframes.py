@@ -1,4 +1,11 @@
-"""Keyframe map of a scene-coordinate bundle: the mapping frames' SIFT keypoints with their 3D scene points.
+"""Keyframe maps: the training frames' SIFT keypoints in one FAISS vote index, with what each frame knows.
+
+:class:`KeyframeMap` (scene_coordinates bundles) keeps every keypoint's 3D scene point and answers a
+6-DoF pose; :class:`PlaceMap` (gps_regressor bundles, whose images have only positions) keeps every
+frame's position and answers a position: the positions of the training images that the query verifiably
+overlaps, averaged. Both share the keyframe vote and the ratio test (``_FrameIndex``).
+
+Keyframe map of a scene-coordinate bundle: the mapping frames' SIFT keypoints with their 3D scene points.
 
 A second source of 2D-3D correspondences beside the network's cells (structure-based localization,
 as in Active Search / hloc, against the frames the scene was mapped from). Built at mapping time by
@@ -19,7 +26,9 @@ Files in the bundle (``metadata.keyframes``, :class:`vizloc_plugins.scene_coordi
 ``keyframes.npz`` (``points_map_N3`` float32 metres, ``frame_N`` int32, ``names`` of the frames) and
 ``keyframes.faiss`` (the vote index, which also holds the uint8 SIFT descriptors exactly: an
 ``IndexScalarQuantizer`` up to :data:`FLAT_MAX_POINTS` points, else an inverted file over them,
-``IVF{nlist},SQ8direct``; row i of the index is point i). Torch-free.
+``IVF{nlist},SQ8direct``; row i of the index is point i). A place map has the same two files with
+``pixels_N2`` (the keypoints in their image) and ``positions_FD`` (each frame's position in the bundle's
+scene frame, metres) instead of the points (:func:`build_place_map`). Torch-free.
 """
 from __future__ import annotations
 
@@ -34,10 +43,12 @@ import cv2
 import numpy as np
 
 from .pnp import Evidence, PnPSolution, solve_pnp_lo_ransac, undistort_pixels
+from .gps_regressor_contract import GPSKeyframes
 from .scene_coordinates_contract import SceneKeyframes
 
 __all__ = ['KEYFRAMES_NPZ', 'KEYFRAMES_INDEX', 'FLAT_MAX_POINTS', 'KeyframeError', 'KeyframeMatch', 'KeyframeMap',
-           'build_keyframe_map', 'lift_pixels', 'root_sift', 'sift_detector', 'sift_features']
+           'PlaceMatch', 'PlaceMap', 'build_keyframe_map', 'build_place_map', 'lift_pixels', 'root_sift',
+           'sift_detector', 'sift_features', 'verify_two_view']
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +84,27 @@ def root_sift(descs_N128: np.ndarray) -> np.ndarray:
     is the Hellinger distance between the SIFTs."""
     d = np.asarray(descs_N128, dtype=np.float32)
     return np.sqrt(d / np.maximum(d.sum(axis=1, keepdims=True), 1e-7))
+
+
+def verify_two_view(query_px_N2: np.ndarray, ref_px_N2: np.ndarray, threshold_px: float = 3.0) -> np.ndarray:
+    """Inlier mask over tentative matches (query pixel i <-> reference pixel i): the larger inlier set of
+    OpenCV's USAC (MAGSAC++) fundamental-matrix and homography fits (a homography explains planar or
+    rotation-only views that a fundamental matrix fits badly); all False below 8 matches."""
+    best = np.zeros(len(query_px_N2), bool)
+    if len(query_px_N2) < 8:
+        return best
+    q = np.asarray(query_px_N2, dtype=np.float64)
+    r = np.asarray(ref_px_N2, dtype=np.float64)
+    for fit in (lambda: cv2.findFundamentalMat(q, r, cv2.USAC_MAGSAC, threshold_px, 0.999, 2000),
+                lambda: cv2.findHomography(q, r, cv2.USAC_MAGSAC, threshold_px, maxIters=2000, confidence=0.999)):
+        try:
+            model, mask = fit()
+        except cv2.error as exc:
+            logger.debug('geometric verification failed: %s', exc)
+            continue
+        if model is not None and mask is not None and int(mask.sum()) > int(best.sum()):
+            best = mask.reshape(-1).astype(bool)
+    return best
 
 
 def lift_pixels(px_N2: np.ndarray, K_3x3: np.ndarray, T_map_camera: np.ndarray, *, depth_HW: np.ndarray | None = None,
@@ -202,6 +234,35 @@ def build_keyframe_map(frames: Iterable[Any], out_dir: str | Path, *, n_features
             'index': 'flat' if len(points_N3) <= FLAT_MAX_POINTS else 'ivf', 'build_s': round(seconds, 1)}
 
 
+def build_place_map(images: Iterable[tuple[str, np.ndarray, np.ndarray]], out_dir: str | Path, *,
+                    n_features: int = 500) -> dict[str, Any]:
+    """Write a place map (``keyframes.npz`` with ``pixels_N2`` and ``positions_FD``, ``keyframes.faiss``) into
+    ``out_dir`` from ``(name, grayscale image, position (D,) in metres)`` triples; returns the description
+    stored in the bundle metadata (frames, points). Images without keypoints are kept (they cannot be
+    matched); none with keypoints raises :class:`KeyframeError`."""
+    started = time.perf_counter()
+    detector = sift_detector(n_features)
+    pixels, descs, frame_ids, names, positions = [], [], [], [], []
+    for name, gray, position in images:
+        px, d = sift_features(gray, detector)
+        pixels.append(px.astype(np.float32))
+        descs.append(d)
+        frame_ids.append(np.full(len(px), len(names), np.int32))
+        names.append(str(name))
+        positions.append(np.asarray(position, dtype=np.float64).reshape(-1))
+    n_points = sum(len(p) for p in pixels)
+    if n_points == 0:
+        raise KeyframeError(f'no SIFT keypoints in {len(names)} images to build a place map from')
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out / KEYFRAMES_NPZ, pixels_N2=np.concatenate(pixels), frame_N=np.concatenate(frame_ids),
+                        names=np.array(names), positions_FD=np.stack(positions))
+    _faiss().write_index(_vote_index(np.concatenate(descs)), str(out / KEYFRAMES_INDEX))
+    seconds = time.perf_counter() - started
+    logger.info('place map: %d keypoints of %d images in %.1f s', n_points, len(names), seconds)
+    return {'frames': len(names), 'points': int(n_points), 'build_s': round(seconds, 1)}
+
+
 @dataclass(frozen=True)
 class KeyframeMatch:
     """The keyframe pose of one query (``solution`` None when no pose) and what led to it: the matches as
@@ -225,6 +286,67 @@ class KeyframeMatch:
         return Evidence(self.points_N3, self.pixels_N2, self.K_3x3, self.threshold_px)
 
 
+def _read_map(npz_path: str | Path, index_path: str | Path, arrays: tuple[str, ...]) -> tuple[dict[str, np.ndarray], Any]:
+    """The named arrays of a map's ``.npz`` (plus ``frame_N`` and ``names``) and its FAISS vote index."""
+    folder = Path(npz_path).parent
+    try:
+        with np.load(npz_path, allow_pickle=False) as data:
+            loaded = {key: np.asarray(data[key]) for key in (*arrays, 'frame_N', 'names')}
+        faiss = _faiss()
+        index = faiss.read_index(str(index_path))
+        if hasattr(index, 'nprobe'):  # an inverted file: rows are reconstructed by id
+            faiss.extract_index_ivf(index).make_direct_map()
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+        raise KeyframeError(f'{folder}: cannot read the keyframe map: {exc}') from exc
+    return loaded, index
+
+
+class _FrameIndex:
+    """What both maps share: the uint8 SIFT descriptors of all frames in one FAISS index (row i = keypoint i),
+    the frame of every keypoint, the keyframe vote and Lowe's ratio test against one frame."""
+
+    def __init__(self, folder: Path, index: Any, frame_N: np.ndarray, names: Iterable[str], n_points: int,
+                 n_features: int) -> None:
+        self.index = index
+        self.frame_N = np.asarray(frame_N, dtype=np.int64)
+        self.names = tuple(str(n) for n in names)
+        if not (len(self.frame_N) == n_points == index.ntotal) or index.d != 128:
+            raise KeyframeError(f'{folder}: keyframe map arrays disagree ({n_points} points, {len(self.frame_N)} '
+                                f'frame ids, {index.ntotal} indexed {index.d}-D descriptors)')
+        if n_points and (self.frame_N.min() < 0 or self.frame_N.max() >= len(self.names)):
+            raise KeyframeError(f'{folder}: keyframe ids outside the {len(self.names)} frames')
+        self._order = np.argsort(self.frame_N, kind='stable')
+        self._starts = np.searchsorted(self.frame_N[self._order], np.arange(len(self.names) + 1))
+        self.sift = sift_detector(n_features)
+        self._matcher = cv2.BFMatcher(cv2.NORM_L2)
+
+    def frame_rows(self, frame: int) -> np.ndarray:
+        return self._order[self._starts[frame]:self._starts[frame + 1]]
+
+    def vote(self, descs_N128: np.ndarray, neighbours: int, candidates: int) -> list[int]:
+        """The ``candidates`` frames with most votes (each query descriptor's ``neighbours`` nearest map
+        descriptors vote once per frame), most votes first; frames without votes are left out."""
+        _, nn = self.index.search(np.ascontiguousarray(descs_N128, dtype=np.float32), neighbours)
+        votes = np.zeros(len(self.names), np.int64)
+        for row in nn:  # one vote per query keypoint and keyframe
+            votes[np.unique(self.frame_N[row[row >= 0]])] += 1
+        return [int(f) for f in np.argsort(-votes, kind='stable')[:candidates] if votes[f] > 0]
+
+    def ratio_matches(self, query_root_N128: np.ndarray, frame: int, ratio: float) -> tuple[np.ndarray, np.ndarray]:
+        """(query keypoint indices, map rows) of the query's RootSIFT descriptors that pass Lowe's ratio test
+        against ``frame``'s keypoints."""
+        rows = self.frame_rows(frame)
+        if len(rows) < 2:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        pairs = self._matcher.knnMatch(query_root_N128, root_sift(self.index.reconstruct_batch(rows)), k=2)
+        good = [(p[0].queryIdx, rows[p[0].trainIdx]) for p in pairs
+                if len(p) == 2 and p[0].distance < ratio * p[1].distance]
+        if not good:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        qi, ri = np.array(good, dtype=np.int64).T
+        return qi, ri
+
+
 class KeyframeMap:
     """A bundle's keyframe map, loaded for matching (see the module docstring) with its ``settings``
     (:class:`SceneKeyframes`: matching parameters and the covariance scale applied to its poses)."""
@@ -232,35 +354,18 @@ class KeyframeMap:
     def __init__(self, npz_path: str | Path, index_path: str | Path, settings: SceneKeyframes, *,
                  seed: int = 0) -> None:
         folder = Path(npz_path).parent
-        try:
-            with np.load(npz_path, allow_pickle=False) as data:
-                self.points_N3 = np.asarray(data['points_map_N3'], dtype=np.float32)
-                self.frame_N = np.asarray(data['frame_N'], dtype=np.int64)
-                self.names = tuple(str(n) for n in data['names'])
-            faiss = _faiss()
-            self.index = faiss.read_index(str(index_path))
-            if hasattr(self.index, 'nprobe'):  # an inverted file: rows are reconstructed by id
-                faiss.extract_index_ivf(self.index).make_direct_map()
-        except (OSError, KeyError, ValueError, RuntimeError) as exc:
-            raise KeyframeError(f'{folder}: cannot read the keyframe map: {exc}') from exc
-        n = len(self.points_N3)
-        if not (len(self.frame_N) == n == self.index.ntotal) or self.points_N3.shape[1:] != (3,) or self.index.d != 128:
-            raise KeyframeError(f'{folder}: keyframe map arrays disagree ({n} points, {len(self.frame_N)} frame ids, '
-                                f'{self.index.ntotal} indexed {self.index.d}-D descriptors)')
-        if n and (self.frame_N.min() < 0 or self.frame_N.max() >= len(self.names)):
-            raise KeyframeError(f'{folder}: keyframe ids outside the {len(self.names)} frames')
+        arrays, index = _read_map(npz_path, index_path, ('points_map_N3',))
+        self.points_N3 = np.asarray(arrays['points_map_N3'], dtype=np.float32)
+        if self.points_N3.ndim != 2 or self.points_N3.shape[1] != 3:
+            raise KeyframeError(f'{folder}: keyframe points must be (N, 3), got {self.points_N3.shape}')
+        self.frames = _FrameIndex(folder, index, arrays['frame_N'], arrays['names'], len(self.points_N3),
+                                  settings.n_features)
+        self.names = self.frames.names
         self.settings = settings
         self.seed = seed
-        self._order = np.argsort(self.frame_N, kind='stable')
-        self._starts = np.searchsorted(self.frame_N[self._order], np.arange(len(self.names) + 1))
-        self._sift = sift_detector(settings.n_features)
-        self._matcher = cv2.BFMatcher(cv2.NORM_L2)
 
     def __len__(self) -> int:
         return len(self.points_N3)
-
-    def _frame_points(self, frame: int) -> np.ndarray:
-        return self._order[self._starts[frame]:self._starts[frame + 1]]
 
     def match(self, gray_HW: np.ndarray, K_3x3: np.ndarray, *, dist_coeffs: np.ndarray | None = None,
               distortion_model: str = 'plumb_bob') -> KeyframeMatch:
@@ -268,28 +373,17 @@ class KeyframeMap:
         is multiplied by ``settings.covariance_scale``."""
         opt = self.settings
         h, w = gray_HW.shape[:2]
-        px, descs = sift_features(gray_HW, self._sift)
+        px, descs = sift_features(gray_HW, self.frames.sift)
         K = np.asarray(K_3x3, dtype=np.float64)
         none = (np.zeros((0, 3)), np.zeros((0, 2)), K, opt.threshold_px)
         if len(px) < 4:
             return KeyframeMatch(None, (), *none)
-        _, nn = self.index.search(np.ascontiguousarray(descs, dtype=np.float32), opt.neighbours)
-        votes = np.zeros(len(self.names), np.int64)
-        for row in nn:  # one vote per query keypoint and keyframe
-            frames = np.unique(self.frame_N[row[row >= 0]])
-            votes[frames] += 1
-        top = [int(f) for f in np.argsort(-votes, kind='stable')[:opt.candidates] if votes[f] > 0]
+        top = self.frames.vote(descs, opt.neighbours, opt.candidates)
         query = root_sift(descs)
         pixels, points = [], []
         for f in top:
-            rows = self._frame_points(f)
-            if len(rows) < 2:
-                continue
-            pairs = self._matcher.knnMatch(query, root_sift(self.index.reconstruct_batch(rows)), k=2)
-            good = [(p[0].queryIdx, rows[p[0].trainIdx]) for p in pairs
-                    if len(p) == 2 and p[0].distance < opt.ratio * p[1].distance]
-            if good:
-                qi, ri = np.array(good).T
+            qi, ri = self.frames.ratio_matches(query, f, opt.ratio)
+            if len(qi):
                 pixels.append(px[qi])
                 points.append(self.points_N3[ri].astype(np.float64))
         names = tuple(self.names[f] for f in top)
@@ -305,3 +399,104 @@ class KeyframeMap:
             elif solution is not None:
                 solution = replace(solution, cov_6x6=solution.cov_6x6 * opt.covariance_scale)
         return KeyframeMatch(solution, names, points_N3, pixels_N2, K, opt.threshold_px)
+
+
+@dataclass(frozen=True)
+class PlaceMatch:
+    """Where a query was taken by its verified training images: ``position_m`` (D,) and ``cov_m2`` (D, D) in
+    the map's frame (None when no image was verified or every place was outside the prior's gate:
+    ``rejected``), the verified images as ``(name, inliers)``, most inliers first, and how many of them
+    were averaged (``used``)."""
+
+    position_m: np.ndarray | None
+    cov_m2: np.ndarray | None
+    verified: tuple[tuple[str, int], ...]
+    used: int = 0
+    rejected: bool = False
+
+    @property
+    def inliers(self) -> int:
+        """Two-view inliers of the best verified image (0 when none)."""
+        return self.verified[0][1] if self.verified else 0
+
+
+class PlaceMap:
+    """A gps_regressor bundle's map of its training images (see the module docstring) with its ``settings``
+    (:class:`GPSKeyframes`)."""
+
+    def __init__(self, npz_path: str | Path, index_path: str | Path, settings: GPSKeyframes) -> None:
+        folder = Path(npz_path).parent
+        arrays, index = _read_map(npz_path, index_path, ('pixels_N2', 'positions_FD'))
+        self.pixels_N2 = np.asarray(arrays['pixels_N2'], dtype=np.float64)
+        self.positions_FD = np.asarray(arrays['positions_FD'], dtype=np.float64)
+        if self.pixels_N2.ndim != 2 or self.pixels_N2.shape[1] != 2:
+            raise KeyframeError(f'{folder}: keypoint pixels must be (N, 2), got {self.pixels_N2.shape}')
+        self.frames = _FrameIndex(folder, index, arrays['frame_N'], arrays['names'], len(self.pixels_N2),
+                                  settings.n_features)
+        if self.positions_FD.ndim != 2 or len(self.positions_FD) != len(self.frames.names):
+            raise KeyframeError(f'{folder}: {self.positions_FD.shape} positions for {len(self.frames.names)} images')
+        self.settings = settings
+
+    def __len__(self) -> int:
+        return len(self.pixels_N2)
+
+    def locate(self, gray_HW: np.ndarray, prior_mean_m: np.ndarray | None = None,
+               prior_cov_m2: np.ndarray | None = None) -> PlaceMatch:
+        """Position of a grayscale image (any size) from the training images it verifiably overlaps.
+
+        Every verified image (most inliers first) heads a *place*: itself and the verified images within
+        ``place_radius_m`` with between ``min_relative_inliers`` x and 1 x its inliers. A place scores the
+        sum of its inliers times, with a prior (another estimate's mean and covariance in the map's frame,
+        e.g. the network's), the prior's density at the place (``exp(-d^2 / 2)``, d the Mahalanobis
+        distance), so that a texture repeated at two places is settled by where the prior puts the
+        camera; places outside the prior's ``prior_gate`` ellipse are rejected (the map says "here", the
+        prior says "impossible": no position, ``rejected`` set). The best place's images are averaged with
+        their inliers as weights.
+        """
+        opt = self.settings
+        px, descs = sift_features(gray_HW, self.frames.sift)
+        if len(px) < 8:
+            return PlaceMatch(None, None, ())
+        query = root_sift(descs)
+        verified = []
+        for f in self.frames.vote(descs, opt.neighbours, opt.candidates):
+            qi, ri = self.frames.ratio_matches(query, f, opt.ratio)
+            inliers = int(verify_two_view(px[qi], self.pixels_N2[ri], opt.threshold_px).sum())
+            if inliers >= opt.min_inliers:
+                verified.append((f, inliers))
+        if not verified:
+            return PlaceMatch(None, None, ())
+        verified.sort(key=lambda v: -v[1])
+        prior_info = None
+        if prior_mean_m is not None and prior_cov_m2 is not None:
+            prior_info = np.linalg.pinv(np.asarray(prior_cov_m2, dtype=np.float64))
+        # squared Mahalanobis radius of the prior's prior_gate ellipse (chi-square, 2 degrees of freedom)
+        gate_d2 = -2.0 * math.log(1.0 - opt.prior_gate) if opt.prior_gate > 0.0 else math.inf
+        best_score, place = -math.inf, []
+        for f, n in verified:
+            head = self.positions_FD[f]
+            members = [(g, m) for g, m in verified if opt.min_relative_inliers * n <= m <= n
+                       and np.linalg.norm(self.positions_FD[g] - head) <= opt.place_radius_m]
+            log_score = math.log(sum(m for _, m in members))
+            if prior_info is not None:
+                d = _weighted_mean(self.positions_FD, members) - np.asarray(prior_mean_m, dtype=np.float64)
+                d2 = float(d @ prior_info @ d)
+                if d2 > gate_d2:
+                    continue
+                log_score -= 0.5 * d2
+            if log_score > best_score:
+                best_score, place = log_score, members
+        names = tuple((self.frames.names[f], n) for f, n in verified)
+        if not place:
+            return PlaceMatch(None, None, names, rejected=True)
+        mean = _weighted_mean(self.positions_FD, place)
+        # the more inliers, the closer and more alike the views: the standard deviation falls as 1 / inliers
+        # (measured against the place's scatter and a constant: sharper at the same calibrated coverage)
+        cov = (opt.min_inliers / place[0][1]) ** 2 * opt.covariance_scale * np.eye(len(mean))
+        return PlaceMatch(mean, cov, names, used=len(place))
+
+
+def _weighted_mean(positions_FD: np.ndarray, members: list[tuple[int, int]]) -> np.ndarray:
+    """Position of a place: its images' positions averaged with their inliers as weights."""
+    weights = np.array([m for _, m in members], dtype=np.float64)
+    return weights @ positions_FD[[g for g, _ in members]] / weights.sum()

@@ -45,7 +45,7 @@ from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext,
 from vizloc_ros.types import (CameraIntrinsics, CovarianceType, Frame, GeoEstimate, InvalidOutputError, LocalizationResult,
                               PoseEstimate, ResultStatus)
 
-from .keyframes import root_sift
+from .keyframes import root_sift, verify_two_view
 from .pnp import geo_estimate_from_pose, solve_pnp_lo_ransac, undistort_pixels
 from .refdb import ReferenceDatabase, ReferenceDatabaseError, ReferenceEntry, ReferenceIndex, load_depth_m
 from .retrieval_contract import LOCALIZER_TYPE, ContractError, RetrievalContract, descriptor_model_name
@@ -184,23 +184,6 @@ class _Features:
         return (np.array([m.queryIdx for m in good], int), np.array([m.trainIdx for m in good], int))
 
 
-def _verify(qi: np.ndarray, q_px: np.ndarray, r_px: np.ndarray, threshold_px: float = 3.0) -> np.ndarray:
-    """Inlier mask of the larger of the fundamental-matrix and homography USAC (MAGSAC++) fits."""
-    best = np.zeros(len(qi), bool)
-    if len(qi) < 8:
-        return best
-    for fit in (lambda: cv2.findFundamentalMat(q_px, r_px, cv2.USAC_MAGSAC, threshold_px, 0.999, 2000),
-                lambda: cv2.findHomography(q_px, r_px, cv2.USAC_MAGSAC, threshold_px, maxIters=2000, confidence=0.999)):
-        try:
-            model, mask = fit()
-        except cv2.error as exc:
-            logger.debug('geometric verification failed: %s', exc)
-            continue
-        if model is not None and mask is not None and int(mask.sum()) > int(best.sum()):
-            best = mask.reshape(-1).astype(bool)
-    return best
-
-
 def _backproject(entry: ReferenceEntry, depth_HW: np.ndarray, px_N2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Map-frame 3D points of reference pixels with valid depth: (points (M, 3), mask over the N pixels)."""
     u = np.clip(np.round(px_N2[:, 0]).astype(int), 0, entry.width - 1)
@@ -271,7 +254,7 @@ class RetrievalPipeline:
         for uid in candidates[:opt.verify_k]:
             ref = self.features.reference(self.db[uid])
             qi, ri = self.features.match(query, ref, opt.ratio)
-            mask = _verify(qi, query[0][qi], ref[0][ri])
+            mask = verify_two_view(query[0][qi], ref[0][ri])
             if mask.sum() >= opt.min_verified_inliers:
                 verified.append(Verification(uid, int(mask.sum()), qi[mask], query[0][qi[mask]], ref[0][ri[mask]],
                                              ri[mask]))
@@ -294,7 +277,7 @@ class RetrievalPipeline:
             other = self.db[uid]
             o_feats = self.features.reference(other)
             ai, bi = self.features.match(feats, o_feats, self.options.ratio)
-            mask = _verify(ai, feats[0][ai], o_feats[0][bi])
+            mask = verify_two_view(feats[0][ai], o_feats[0][bi])
             ai, bi = ai[mask], bi[mask]
             if len(ai) == 0:
                 continue

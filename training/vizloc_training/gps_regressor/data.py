@@ -118,11 +118,12 @@ def _to_en(lat0: float, lon0: float, alt0: float, lla: np.ndarray) -> np.ndarray
 
 @dataclass(frozen=True)
 class SplitArrays:
-    """One split in memory: uint8 (N, H, W, 3) RGB images, (N, 3) lat/lon/alt, image names."""
+    """One split in memory: uint8 (N, H, W, 3) RGB images, (N, 3) lat/lon/alt, image names and files."""
 
     images_NHW3: np.ndarray
     lla_N3: np.ndarray
     names: tuple[str, ...]
+    paths: tuple[Path, ...] = ()
 
     def __len__(self) -> int:
         return int(self.images_NHW3.shape[0])
@@ -173,7 +174,8 @@ def load_gps_data(root: Path, *, width: int, height: int, max_per_split: int | N
         for i, (path, *_rest) in enumerate(rows):
             images[i] = load_image(path, width, height)
         lla = np.array([[lat, lon, alt] for _, lat, lon, alt in rows], dtype=np.float64).reshape(-1, 3)
-        arrays[split] = SplitArrays(images_NHW3=images, lla_N3=lla, names=tuple(p.name for p, *_ in rows))
+        arrays[split] = SplitArrays(images_NHW3=images, lla_N3=lla, names=tuple(p.name for p, *_ in rows),
+                                    paths=tuple(Path(p) for p, *_ in rows))
     if 'train' not in arrays or len(arrays['train']) < 2:
         raise ValueError(f'{root}: the training split needs at least 2 images, got '
                          f'{len(arrays["train"]) if "train" in arrays else 0}')

@@ -13,8 +13,13 @@ Pipeline (seed 001, adapted):
 3. Calibrate: coverage of the predicted 95 % ellipse on the validation split; if it is outside
    [90 %, 98 %] (``calibration: auto``) fit one variance scale there (temperature scaling) and
    store it in the bundle (``metadata.variance_scale``).
-4. Evaluate on the test split (seed 001's table) and on its corrupted variants (robustness table).
-5. Export ONNX (preprocessing baked in, outputs ``mean_en_m`` and ``cov_en_m2`` in metres) and write
+4. Keyframe map (``keyframes``, default on): the training images' SIFT keypoints with their positions
+   (:func:`vizloc_plugins.keyframes.build_place_map`); its covariance factor is calibrated on the
+   validation split like the network's.
+5. Evaluate on the test split (seed 001's table): ``test`` is what the node publishes (the keyframe map's
+   position where a training image is verified, else the network's), ``test_network`` the network alone;
+   and the network on corrupted variants (robustness table).
+6. Export ONNX (preprocessing baked in, outputs ``mean_en_m`` and ``cov_en_m2`` in metres) and write
    the bundle with the metrics.
 """
 from __future__ import annotations
@@ -27,10 +32,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping
 
+import cv2
 import numpy as np
 import torch
 
-from vizloc_plugins.gps_regressor_contract import LOCALIZER_TYPE, OUTPUT_COV, OUTPUT_MEAN, GPSRegressorContract
+from vizloc_plugins.gps_regressor_contract import (LOCALIZER_TYPE, OUTPUT_COV, OUTPUT_MEAN, GPSKeyframes,
+                                                   GPSRegressorContract)
+from vizloc_plugins.keyframes import KEYFRAMES_INDEX, KEYFRAMES_NPZ, KeyframeError, PlaceMap, build_place_map
 from vizloc_ros.bundle import InputSpec
 from vizloc_ros.geodesy import GeoReference
 
@@ -54,6 +62,9 @@ logger = logging.getLogger(__name__)
 CALIBRATION_MODES = ('auto', 'always', 'never')
 #: Target band of the validation 95 %-ellipse coverage for ``calibration: auto``.
 COVERAGE_BAND_PCT = (90.0, 98.0)
+_KEYFRAMES = GPSKeyframes()  # the contract owns the keyframe map's defaults
+#: Fewest verified validation images to fit the keyframe map's covariance factor from (else 1.0).
+_MIN_CALIBRATION_SAMPLES = 10
 
 @dataclass(frozen=True)
 class GPSConfig(TrainConfig):
@@ -94,6 +105,11 @@ class GPSConfig(TrainConfig):
                                      # then only pooling + head train on the cache
     feature_views: int = 3
     calibration: str = 'auto'
+    # keyframe map (vizloc_plugins.keyframes.PlaceMap): the training images' SIFT keypoints with their
+    # positions; a query that verifiably overlaps training images gets their position
+    keyframes: bool = True
+    keyframe_features: int = _KEYFRAMES.n_features
+    keyframe_min_inliers: int = _KEYFRAMES.min_inliers
     robustness: bool = True
     max_per_split: int = 0
     eval_every: int = 1
@@ -106,6 +122,14 @@ class GPSConfig(TrainConfig):
             raise TrainConfigError(f'{self.TYPE}: bin_ce_weight must be non-negative, got {self.bin_ce_weight}')
         if self.mode_radius_bins < 0.0:
             raise TrainConfigError(f'{self.TYPE}: mode_radius_bins must be non-negative, got {self.mode_radius_bins}')
+        try:
+            self.keyframe_settings()
+        except ValueError as exc:
+            raise TrainConfigError(f'{self.TYPE}: {exc}') from exc
+
+    def keyframe_settings(self, **measured: Any) -> GPSKeyframes:
+        """The bundle's keyframe settings (``measured``: covariance_scale, frames, points)."""
+        return GPSKeyframes(n_features=self.keyframe_features, min_inliers=self.keyframe_min_inliers, **measured)
 
 
 BASE = GPSConfig()
@@ -407,9 +431,16 @@ def _evaluate_and_export(args: TrainArgs, cfg: GPSConfig, data: GPSData, net: GP
     logger.info('validation 95%% ellipse coverage %.1f %%; variance scale %.3g (%s)', coverage_raw, variance_scale,
                 'fitted' if fit_scale else 'not needed')
 
-    test_stats, test_errors = _split_metrics(head, data, 'test', device, variance_scale=variance_scale)
+    test_network, test_errors = _split_metrics(head, data, 'test', device, variance_scale=variance_scale)
     val_stats_cal, _ = _split_metrics(head, data, 'val', device, variance_scale=variance_scale)
-    metrics: dict[str, Any] = {
+    metrics: dict[str, Any] = {}
+    places, extra_files = _place_map(args, cfg, data, (val_mean, val_cov * variance_scale), metrics)
+    test_stats = test_network
+    if places is not None:
+        test_mean, test_cov = predict(head, data.splits['test'].images_NHW3, device)
+        test_stats = _published_metrics(places, data, 'test', (test_mean, test_cov * variance_scale), metrics)
+        metrics['test_network'] = test_network
+    metrics.update({
         'test': test_stats,
         'val': {'mean_m': val_stats_cal['mean_m'], 'median_m': val_stats_cal['median_m'],
                 'ellipse95_coverage_uncalibrated_pct': coverage_raw,
@@ -421,7 +452,7 @@ def _evaluate_and_export(args: TrainArgs, cfg: GPSConfig, data: GPSData, net: GP
         'features_s': features_s,
         'epochs_run': epochs_run,
         'threads': torch.get_num_threads(),
-    }
+    })
     if cfg.robustness:
         test = data.splits['test']
 
@@ -435,7 +466,8 @@ def _evaluate_and_export(args: TrainArgs, cfg: GPSConfig, data: GPSData, net: GP
     contract = GPSRegressorContract(
         geo=GeoReference.from_mapping(frame.geo_mapping()), variance_scale=variance_scale,
         altitude_known=frame.altitude_known, alt_std_m=frame.alt_std_m if frame.altitude_known else None,
-        resize='stretch', backbone=cfg.backbone, backbone_weights=net.backbone.weights_source)
+        resize='stretch', backbone=cfg.backbone, backbone_weights=net.backbone.weights_source,
+        keyframes=places.settings if places is not None else None)
     metadata = contract.to_metadata(
         target_frame=frame.to_mapping(),
         loss=cfg.loss,
@@ -457,7 +489,83 @@ def _evaluate_and_export(args: TrainArgs, cfg: GPSConfig, data: GPSData, net: GP
     height, width = cfg.image_height, cfg.image_width
     bundle = export_and_bundle(head.cpu(), args.out, localizer_type=LOCALIZER_TYPE,
                                input_spec=InputSpec(height=height, width=width), output_names=list(contract.OUTPUTS),
-                               metadata=metadata, metrics=metrics, parity_tol=parity_tol)
+                               metadata=metadata, metrics=metrics, parity_tol=parity_tol, extra_files=extra_files)
     logger.info('gps_regressor bundle %s written in %.0f s (test median %.2f m, within 10 m %.1f %%)', bundle,
                 time.perf_counter() - started, test_stats['median_m'], test_stats['within_10m_pct'])
     return bundle
+
+
+def _place_map(args: TrainArgs, cfg: GPSConfig, data: GPSData, val_network: tuple[np.ndarray, np.ndarray],
+               metrics: dict[str, Any]) -> tuple[PlaceMap | None, dict[str, Path]]:
+    """Build the keyframe map of the training images into ``OUT.work/keyframes`` (``cfg.keyframes``) and
+    calibrate its covariance factor on the validation split (``val_network``: the network's means and
+    calibrated covariances there, the prior the plugin gives the map): the loaded map (with its settings)
+    and the bundle files; (None, {}) when disabled or no image has keypoints (logged)."""
+    if not cfg.keyframes:
+        return None, {}
+    frame, train = data.frame, data.splits['train']
+    out_dir = args.out.parent / f'{args.out.name}.work' / 'keyframes'
+    started = time.perf_counter()
+    images = ((name, _gray(path), en) for name, path, en in zip(train.names, train.paths, frame.to_en_m(train.lla_N3)))
+    try:
+        built = build_place_map(progress(images, 'keyframe map', total=len(train)), out_dir,
+                                n_features=cfg.keyframe_features)
+    except KeyframeError as exc:
+        logger.warning('no keyframe map: %s', exc)
+        return None, {}
+    metrics['keyframe_map_s'] = time.perf_counter() - started
+    files = {name: out_dir / name for name in (KEYFRAMES_NPZ, KEYFRAMES_INDEX)}
+    places = PlaceMap(files[KEYFRAMES_NPZ], files[KEYFRAMES_INDEX],
+                      cfg.keyframe_settings(frames=built['frames'], points=built['points']))
+    val = data.splits['val']
+    located = _locate_split(places, val, 'val', val_network)
+    ok = np.array([m.position_m is not None for m in located], bool)
+    if not ok.any():
+        logger.warning('no keyframe map: none of the %d validation images overlaps a training image verifiably, '
+                       'so its covariance cannot be calibrated (the network alone answers)', len(ok))
+        return None, {}
+    err = np.stack([m.position_m for m in located if m.position_m is not None]) - frame.to_en_m(val.lla_N3)[ok]
+    covs = np.stack([m.cov_m2 for m in located if m.cov_m2 is not None])
+    if ok.sum() >= _MIN_CALIBRATION_SAMPLES:
+        scale = geo_metrics.fit_variance_scale(err, covs, 0.95)
+    else:  # too few for a 95 % quantile: the largest error sets the scale, never below 1 (conservative)
+        scale = max(1.0, float(geo_metrics.mahalanobis_sq_2d(err, covs).max() / geo_metrics.chi2_2dof_quantile(0.95)))
+        logger.warning('keyframe map: only %d verified validation images; covariance factor from the largest '
+                       'error', int(ok.sum()))
+    places.settings = replace(places.settings, covariance_scale=scale)
+    metrics['val_keyframes'] = {'verified_pct': 100.0 * float(ok.mean()) if len(ok) else 0.0,
+                                'covariance_scale': scale}
+    logger.info('keyframe map: %d images, %d keypoints in %.0f s; %.1f %% of validation images verified, '
+                'covariance factor %.3g', built['frames'], built['points'], metrics['keyframe_map_s'],
+                metrics['val_keyframes']['verified_pct'], scale)
+    return places, files
+
+
+def _gray(path: Path) -> np.ndarray:
+    gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if gray is None:
+        raise ValueError(f'cannot decode image {path}')
+    return gray
+
+
+def _locate_split(places: PlaceMap, split: Any, name: str, network: tuple[np.ndarray, np.ndarray]) -> list[Any]:
+    """:meth:`PlaceMap.locate` of every image of a split (at its file's own resolution, like the node's frames)
+    with the network's estimates (means, calibrated covariances) as priors, as the plugin does."""
+    paths = progress(split.paths, f'keyframe matching {name}', total=len(split.paths))
+    return [places.locate(_gray(path), mean, cov) for path, mean, cov in zip(paths, *network)]
+
+
+def _published_metrics(places: PlaceMap, data: GPSData, split: str, network: tuple[np.ndarray, np.ndarray],
+                       metrics: dict[str, Any]) -> dict[str, float]:
+    """Metrics of what the node publishes on ``split``: the keyframe map's position where a training image
+    is verified, else the network's (``network``: its means and calibrated covariances);
+    ``metrics[f'{split}_keyframe_share']`` gets the share of keyframe positions."""
+    arrays = data.splits[split]
+    mean, cov = network[0].copy(), network[1].copy()
+    located = _locate_split(places, arrays, split, network)
+    for i, m in enumerate(located):
+        if m.position_m is not None:
+            mean[i], cov[i] = m.position_m, m.cov_m2
+    metrics[f'{split}_keyframe_share'] = float(np.mean([m.position_m is not None for m in located]))
+    stats, _ = evaluate_arrays(mean, cov, arrays.lla_N3, data.frame.to_lat_lon, data.frame.to_en_m(arrays.lla_N3))
+    return stats
