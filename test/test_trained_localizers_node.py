@@ -21,7 +21,7 @@ from geometry_msgs.msg import PoseWithCovarianceStamped  # noqa: E402
 from sensor_msgs.msg import NavSatFix, NavSatStatus  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
-from test_gps_regressor import make_gps_dataset  # noqa: E402
+from test_gps_regressor import make_gps_dataset, walks_bundle, walks_dataset  # noqa: E402,F401  (fixtures)
 from test_node_support import NodeProcess, RosClient, diagnostics_values, domain_id_for  # noqa: E402
 from test_room_classifier import ROOMS, make_rooms_dataset  # noqa: E402
 from vizloc_ros.conversions import stamp_to_ns  # noqa: E402
@@ -103,6 +103,43 @@ def test_trained_bundles_publish_from_the_running_node(bundles, client, tmp_path
     for name in ('room', 'gps'):
         diag = diagnostics_values(client.messages('/diagnostics'), f'localizer {name}')
         assert diag.get('backend', '').startswith('onnxruntime'), diag
+
+
+def test_gps_bundle_with_a_keyframe_map_places_a_training_view_in_the_running_node(walks_dataset, walks_bundle,
+                                                                                  client, tmp_path):
+    """A gps_regressor bundle with its keyframe map (the small campus's walks) in the node: a training view
+    is placed by the map (within place_radius_m of its own position, checked against gt.csv), a noise
+    frame by the network, both published as NavSatFix."""
+    from test_gps_regressor import read_image
+    from vizloc_plugins.gps_regressor_contract import GPSKeyframes
+    from vizloc_training.datasets.gps import read_gps_dataset
+    from vizloc_training.metrics.geo import haversine_m
+
+    record = read_gps_dataset(walks_dataset).split('train')[5]
+    view = read_image(walks_dataset, record.image.name)
+    noise = np.random.default_rng(1).integers(0, 256, view.shape, dtype=np.uint8)
+    params = {'localizers': ['gps'], 'gps.type': 'gps_regressor', 'gps.bundle': str(walks_bundle),
+              'gps.backend': 'onnxruntime', 'gps.variance_scale': 1.0e6}  # a network prior that gates nothing
+    client.record(NavSatFix, '/vizloc/gps/fix')
+    client.camera_publishers()
+    client.clear()
+    with NodeProcess(DOMAIN_ID, params, log_path=tmp_path / 'node.log') as node:
+        assert client.wait_for_state('active') == 'active', node.log()
+        assert client.wait_for_image_subscriber(), node.log()
+        stamps = client.publish_stream(6, rate_hz=2.0, make=lambda i: view if i % 2 == 0 else noise)
+        assert client.wait_for(lambda: len(client.messages('/vizloc/gps/fix')) >= 4, 30.0), node.log()
+        assert node.alive(), node.log()
+    fixes = {stamp_to_ns(f.header.stamp): f for f in client.messages('/vizloc/gps/fix')}
+    of_view = [fixes[s] for s in stamps[0::2] if s in fixes]
+    of_noise = [fixes[s] for s in stamps[1::2] if s in fixes]
+    assert of_view and of_noise, (len(of_view), len(of_noise))
+    for fix in of_view:
+        assert haversine_m(fix.latitude, fix.longitude, record.lat_deg, record.lon_deg) <= GPSKeyframes().place_radius_m
+    for fix in of_view + of_noise:
+        cov = np.array(fix.position_covariance).reshape(3, 3)
+        assert fix.status.status == NavSatStatus.STATUS_FIX and np.all(np.linalg.eigvalsh(cov) > 0)
+    # the noise frames got the network's answer, not the view's place
+    assert all(abs(n.latitude - of_view[0].latitude) + abs(n.longitude - of_view[0].longitude) > 0.0 for n in of_noise)
 
 
 def test_scene_coordinate_bundle_publishes_pose_and_fix_and_no_fix(client, tmp_path):
