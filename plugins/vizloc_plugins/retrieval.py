@@ -45,7 +45,7 @@ from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext,
 from vizloc_ros.types import (CameraIntrinsics, CovarianceType, Frame, GeoEstimate, InvalidOutputError, LocalizationResult,
                               PoseEstimate, ResultStatus)
 
-from .keyframes import root_sift, verify_two_view
+from .keyframes import lift_pixels, root_sift, verify_two_view
 from .pnp import geo_estimate_from_pose, solve_pnp_lo_ransac, undistort_pixels
 from .refdb import ReferenceDatabase, ReferenceDatabaseError, ReferenceEntry, ReferenceIndex, load_depth_m
 from .retrieval_contract import LOCALIZER_TYPE, ContractError, RetrievalContract, descriptor_model_name
@@ -182,19 +182,6 @@ class _Features:
         pairs = self.matcher.knnMatch(query[1], ref[1], k=2)
         good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < ratio * p[1].distance]
         return (np.array([m.queryIdx for m in good], int), np.array([m.trainIdx for m in good], int))
-
-
-def _backproject(entry: ReferenceEntry, depth_HW: np.ndarray, px_N2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Map-frame 3D points of reference pixels with valid depth: (points (M, 3), mask over the N pixels)."""
-    u = np.clip(np.round(px_N2[:, 0]).astype(int), 0, entry.width - 1)
-    v = np.clip(np.round(px_N2[:, 1]).astype(int), 0, entry.height - 1)
-    d = depth_HW[v, u].astype(np.float64)
-    ok = d > 0
-    rays = np.linalg.solve(entry.K, np.stack([px_N2[:, 0], px_N2[:, 1], np.ones(len(px_N2))]))  # (3, N)
-    X_cam = rays * d
-    T = entry.T_map_camera
-    X_map = (T[:3, :3] @ X_cam + T[:3, 3:4]).T
-    return X_map[ok], ok
 
 
 def _triangulate(a: ReferenceEntry, pa_N2: np.ndarray, b: ReferenceEntry, pb_N2: np.ndarray,
@@ -336,7 +323,7 @@ class RetrievalPipeline:
             if depth is None:
                 no_depth.append(v)
                 continue
-            X, ok = _backproject(entry, depth, v.ref_px)
+            X, ok = lift_pixels(v.ref_px, entry.K, entry.T_map_camera, depth_HW=depth)
             pixels.append(v.query_px[ok])
             points.append(X)
         for v in no_depth:
