@@ -204,6 +204,8 @@ class GPSRegressorLocalizer:
 
     def localize(self, frame: Frame) -> LocalizationResult:
         mean, cov = self.estimate(frame)
+        if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(cov))):
+            raise InvalidOutputError('model output is not finite')
         ref = self.reference
         diagnostics = {'source': 'network'}
         if self.places is not None:
@@ -217,8 +219,6 @@ class GPSRegressorLocalizer:
             if place.position_m is not None:
                 mean, cov = place.position_m, place.cov_m2
                 diagnostics['source'] = 'keyframes'
-        if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(cov))):
-            raise InvalidOutputError('model output is not finite')
         cov_scene = np.zeros((3, 3))
         cov_scene[:2, :2] = cov
         cov_scene[2, 2] = ref.altitude_var_m2
