@@ -139,7 +139,8 @@ BASE = GPSConfig()
 #: spatial place-distribution head (bins) trained on them (measured against fine-tuning at the same
 #: budget in docs/localizers/gps_regressor.md); its cost is the features, not a time budget.
 #: ``finetune``: the whole network fine-tuned at 128x96 with discriminative LRs, capped at 540 s;
-#: ``tiny``: seconds, for tests; ``full``: the seed's resolution (224) fine-tuned on a GPU.
+#: ``tiny``: seconds, for tests; ``full``: the seed's resolution (224) fine-tuned on a GPU. Every preset
+#: also builds the keyframe map of the training images (``keyframes``).
 PRESETS: dict[str, GPSConfig] = {
     'demo': replace(BASE, pool='spatial', head='bins', loss='haversine', image_height=168, image_width=224,
                     freeze_backbone=True, feature_views=6, spatial_channels=32, epochs=20, batch_size=64, lr=3e-3,
