@@ -614,6 +614,11 @@ def test_keyframe_settings_are_validated(walks_dataset, campus_world, tmp_path):
         GPSKeyframes(ratio=1.2)
     with pytest.raises(ContractError, match='prior_gate'):
         GPSKeyframes(prior_gate=1.0)
+    # the map's size is bounded: fewer keypoints per image for many images, never below 100
+    config = PRESETS['demo']
+    assert config.keyframe_features_for(3000) == config.keyframe_features == 500
+    assert config.keyframe_features_for(10_000) == 200
+    assert config.keyframe_features_for(10 ** 6) == 100
     with pytest.raises(TrainConfigError, match='min_inliers'):
         train(TrainArgs(type='gps_regressor', data=walks_dataset, out=tmp_path / 'x', preset='tiny',
                         extra={'keyframe_min_inliers': '4'}))

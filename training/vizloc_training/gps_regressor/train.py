@@ -73,7 +73,7 @@ class GPSConfig(TrainConfig):
 
     TYPE: ClassVar[str] = LOCALIZER_TYPE
     POSITIVE: ClassVar[tuple[str, ...]] = ('image_height', 'image_width', 'epochs', 'batch_size', 'lr', 'eval_every',
-                                           'bin_size_m', 'feature_views', 'spatial_channels')
+                                           'bin_size_m', 'feature_views', 'spatial_channels', 'keyframe_max_points')
     CHOICES: ClassVar[Mapping[str, tuple[str, ...]]] = {
         'backbone': BACKBONE_CHOICES, 'loss': LOSSES, 'calibration': CALIBRATION_MODES, 'pool': POOLING,
         'head': HEADS, 'augment': AUGMENT_LEVELS}
@@ -110,6 +110,7 @@ class GPSConfig(TrainConfig):
     keyframes: bool = True
     keyframe_features: int = _KEYFRAMES.n_features
     keyframe_min_inliers: int = _KEYFRAMES.min_inliers
+    keyframe_max_points: int = 2_000_000  # SIFT keypoints per image lowered so that the map stays below this
     robustness: bool = True
     max_per_split: int = 0
     eval_every: int = 1
@@ -128,8 +129,14 @@ class GPSConfig(TrainConfig):
             raise TrainConfigError(f'{self.TYPE}: {exc}') from exc
 
     def keyframe_settings(self, **measured: Any) -> GPSKeyframes:
-        """The bundle's keyframe settings (``measured``: covariance_scale, frames, points)."""
-        return GPSKeyframes(n_features=self.keyframe_features, min_inliers=self.keyframe_min_inliers, **measured)
+        """The bundle's keyframe settings (``measured``: n_features, covariance_scale, frames, points)."""
+        return GPSKeyframes(**{'n_features': self.keyframe_features, 'min_inliers': self.keyframe_min_inliers,
+                               **measured})
+
+    def keyframe_features_for(self, n_images: int) -> int:
+        """SIFT keypoints per image for a map of ``n_images``: ``keyframe_features``, lowered (to at least 100)
+        so that the map holds at most ``keyframe_max_points`` (~256 MB of descriptors at 2 M)."""
+        return min(self.keyframe_features, max(100, self.keyframe_max_points // max(n_images, 1)))
 
 
 BASE = GPSConfig()
@@ -508,16 +515,19 @@ def _place_map(args: TrainArgs, cfg: GPSConfig, data: GPSData, val_network: tupl
     out_dir = args.out.parent / f'{args.out.name}.work' / 'keyframes'
     started = time.perf_counter()
     images = ((name, _gray(path), en) for name, path, en in zip(train.names, train.paths, frame.to_en_m(train.lla_N3)))
+    n_features = cfg.keyframe_features_for(len(train))
+    if n_features < cfg.keyframe_features:
+        logger.info('keyframe map: %d SIFT keypoints per image (not %d) to stay below %d keypoints for %d images',
+                    n_features, cfg.keyframe_features, cfg.keyframe_max_points, len(train))
     try:
-        built = build_place_map(progress(images, 'keyframe map', total=len(train)), out_dir,
-                                n_features=cfg.keyframe_features)
+        built = build_place_map(progress(images, 'keyframe map', total=len(train)), out_dir, n_features=n_features)
     except KeyframeError as exc:
         logger.warning('no keyframe map: %s', exc)
         return None, {}
     metrics['keyframe_map_s'] = time.perf_counter() - started
     files = {name: out_dir / name for name in (KEYFRAMES_NPZ, KEYFRAMES_INDEX)}
     places = PlaceMap(files[KEYFRAMES_NPZ], files[KEYFRAMES_INDEX],
-                      cfg.keyframe_settings(frames=built['frames'], points=built['points']))
+                      cfg.keyframe_settings(n_features=n_features, frames=built['frames'], points=built['points']))
     val = data.splits['val']
     located = _locate_split(places, val, 'val', val_network)
     ok = np.array([m.position_m is not None for m in located], bool)
