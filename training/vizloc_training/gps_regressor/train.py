@@ -538,7 +538,10 @@ def _place_map(args: TrainArgs, cfg: GPSConfig, data: GPSData, val_network: tupl
     err = np.stack([m.position_m for m in located if m.position_m is not None]) - frame.to_en_m(val.lla_N3)[ok]
     covs = np.stack([m.cov_m2 for m in located if m.cov_m2 is not None])
     if ok.sum() >= _MIN_CALIBRATION_SAMPLES:
-        scale = geo_metrics.fit_variance_scale(err, covs, 0.95)
+        try:
+            scale = geo_metrics.fit_variance_scale(err, covs, 0.95)
+        except ValueError:  # every error zero (val images duplicated in train): nothing to scale by
+            scale = 1.0
     else:  # too few for a 95 % quantile: the largest error sets the scale, never below 1 (conservative)
         scale = max(1.0, float(geo_metrics.mahalanobis_sq_2d(err, covs).max() / geo_metrics.chi2_2dof_quantile(0.95)))
         logger.warning('keyframe map: only %d verified validation images; covariance factor from the largest '
