@@ -554,6 +554,10 @@ def test_bundle_carries_a_calibrated_keyframe_map_of_its_training_images(walks_d
     assert 0.0 < b.metrics['val_keyframes']['verified_pct'] <= 100.0
 
 
+def haversine_m_of(result, record) -> float:
+    return float(geo_metrics.haversine_m(result.geo.lat_deg, result.geo.lon_deg, record.lat_deg, record.lon_deg))
+
+
 def test_plugin_publishes_the_keyframe_position_else_the_network(walks_dataset, walks_bundle, tmp_path):
     from vizloc_plugins.gps_regressor_contract import GPSKeyframes
     from vizloc_training.datasets.gps import read_gps_dataset
@@ -565,8 +569,14 @@ def test_plugin_publishes_the_keyframe_position_else_the_network(walks_dataset, 
     try:
         seen = localizer.localize(Frame(rgb_HW3=image, stamp_ns=1, frame_id='camera'))
         unseen = localizer.localize(Frame(rgb_HW3=noise, stamp_ns=2, frame_id='camera'))
+        # the same view as a 4x larger frame (an HD camera, a phone photo) is reduced to max_side_px first
+        large = cv2.resize(image, None, fx=4.0, fy=4.0, interpolation=cv2.INTER_CUBIC)
+        assert max(large.shape[:2]) > GPSKeyframes().max_side_px
+        seen_large = localizer.localize(Frame(rgb_HW3=large, stamp_ns=3, frame_id='camera'))
     finally:
         localizer.close()
+    assert seen_large.diagnostics['source'] == 'keyframes', seen_large.diagnostics
+    assert haversine_m_of(seen_large, record) <= GPSKeyframes().place_radius_m
     # a training image verifies against itself (its keypoints all inliers), so the published place is its
     # own, averaged with verified images at most place_radius_m away
     assert seen.diagnostics['source'] == 'keyframes', seen.diagnostics
@@ -614,6 +624,8 @@ def test_keyframe_settings_are_validated(walks_dataset, campus_world, tmp_path):
         GPSKeyframes(ratio=1.2)
     with pytest.raises(ContractError, match='prior_gate'):
         GPSKeyframes(prior_gate=1.0)
+    with pytest.raises(ContractError, match='max_side_px'):
+        GPSKeyframes(max_side_px=16)
     # the map's size is bounded: fewer keypoints per image for many images, never below 100
     config = PRESETS['demo']
     assert config.keyframe_features_for(3000) == config.keyframe_features == 500

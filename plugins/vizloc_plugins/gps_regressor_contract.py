@@ -31,7 +31,9 @@ OUTPUT_COV = 'cov_en_m2'
 class GPSKeyframes:
     """The bundle's keyframe map of training images (``metadata.keyframes``) and how the localizer uses it.
 
-    Matching: ``n_features`` SIFT keypoints per image; the ``candidates`` training images with most votes
+    Matching: ``n_features`` SIFT keypoints per image (map images and queries first reduced to at most
+    ``max_side_px`` on their longer side: phone photos and HD frames cost no more than VGA); the
+    ``candidates`` training images with most votes
     of each query descriptor's ``neighbours`` nearest map descriptors; Lowe's ``ratio``; two-view
     verification (fundamental matrix or homography, USAC, ``threshold_px``); an image with at least
     ``min_inliers`` inliers is verified. Position: each verified image heads a place (the verified images
@@ -44,6 +46,7 @@ class GPSKeyframes:
     """
 
     n_features: int = 500
+    max_side_px: int = 640
     candidates: int = 10
     neighbours: int = 3
     ratio: float = 0.8
@@ -57,8 +60,9 @@ class GPSKeyframes:
     points: int = 0
 
     def __post_init__(self) -> None:
-        if min(self.n_features, self.candidates, self.neighbours) < 1 or self.min_inliers < 8:
-            raise ContractError('keyframes: need n_features, candidates, neighbours >= 1 and min_inliers >= 8')
+        if min(self.n_features, self.candidates, self.neighbours) < 1 or self.min_inliers < 8 or self.max_side_px < 64:
+            raise ContractError('keyframes: need n_features, candidates, neighbours >= 1, min_inliers >= 8 and '
+                                'max_side_px >= 64')
         if not 0.0 < self.ratio < 1.0:
             raise ContractError(f'keyframes: ratio must be in (0, 1), got {self.ratio}')
         if not 0.0 <= self.prior_gate < 1.0:

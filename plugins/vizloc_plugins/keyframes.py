@@ -47,7 +47,7 @@ from .gps_regressor_contract import GPSKeyframes
 from .scene_coordinates_contract import SceneKeyframes
 
 __all__ = ['KEYFRAMES_NPZ', 'KEYFRAMES_INDEX', 'FLAT_MAX_POINTS', 'KeyframeError', 'KeyframeMatch', 'KeyframeMap',
-           'PlaceMatch', 'PlaceMap', 'build_keyframe_map', 'build_place_map', 'lift_pixels', 'root_sift',
+           'PlaceMatch', 'PlaceMap', 'build_keyframe_map', 'build_place_map', 'lift_pixels', 'limit_size', 'root_sift',
            'sift_detector', 'sift_features', 'verify_two_view']
 
 logger = logging.getLogger(__name__)
@@ -234,17 +234,29 @@ def build_keyframe_map(frames: Iterable[Any], out_dir: str | Path, *, n_features
             'index': 'flat' if len(points_N3) <= FLAT_MAX_POINTS else 'ivf', 'build_s': round(seconds, 1)}
 
 
+def limit_size(gray_HW: np.ndarray, max_side_px: int) -> np.ndarray:
+    """``gray_HW`` reduced (area interpolation) so that its longer side is at most ``max_side_px``; smaller
+    images unchanged. Pixel coordinates then live in the reduced image, which two-view verification
+    (fundamental matrix, homography) does not mind."""
+    h, w = gray_HW.shape[:2]
+    scale = max_side_px / max(h, w)
+    if scale >= 1.0:
+        return gray_HW
+    return cv2.resize(gray_HW, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+
 def build_place_map(images: Iterable[tuple[str, np.ndarray, np.ndarray]], out_dir: str | Path, *,
-                    n_features: int = 500) -> dict[str, Any]:
+                    n_features: int = 500, max_side_px: int = 640) -> dict[str, Any]:
     """Write a place map (``keyframes.npz`` with ``pixels_N2`` and ``positions_FD``, ``keyframes.faiss``) into
-    ``out_dir`` from ``(name, grayscale image, position (D,) in metres)`` triples; returns the description
-    stored in the bundle metadata (frames, points). Images without keypoints are kept (they cannot be
-    matched); none with keypoints raises :class:`KeyframeError`."""
+    ``out_dir`` from ``(name, grayscale image, position (D,) in metres)`` triples (images reduced to
+    ``max_side_px``, :func:`limit_size`); returns the description stored in the bundle metadata (frames,
+    points). Images without keypoints are kept (they cannot be matched); none with keypoints raises
+    :class:`KeyframeError`."""
     started = time.perf_counter()
     detector = sift_detector(n_features)
     pixels, descs, frame_ids, names, positions = [], [], [], [], []
     for name, gray, position in images:
-        px, d = sift_features(gray, detector)
+        px, d = sift_features(limit_size(gray, max_side_px), detector)
         pixels.append(px.astype(np.float32))
         descs.append(d)
         frame_ids.append(np.full(len(px), len(names), np.int32))
@@ -442,7 +454,8 @@ class PlaceMap:
 
     def locate(self, gray_HW: np.ndarray, prior_mean_m: np.ndarray | None = None,
                prior_cov_m2: np.ndarray | None = None) -> PlaceMatch:
-        """Position of a grayscale image (any size) from the training images it verifiably overlaps.
+        """Position of a grayscale image (any size; reduced to ``max_side_px``) from the training images it
+        verifiably overlaps.
 
         Every verified image (most inliers first) heads a *place*: itself and the verified images within
         ``place_radius_m`` with between ``min_relative_inliers`` x and 1 x its inliers. A place scores the
@@ -454,7 +467,7 @@ class PlaceMap:
         their inliers as weights.
         """
         opt = self.settings
-        px, descs = sift_features(gray_HW, self.frames.sift)
+        px, descs = sift_features(limit_size(gray_HW, opt.max_side_px), self.frames.sift)
         if len(px) < 8:
             return PlaceMatch(None, None, ())
         query = root_sift(descs)

@@ -520,7 +520,8 @@ def _place_map(args: TrainArgs, cfg: GPSConfig, data: GPSData, val_network: tupl
         logger.info('keyframe map: %d SIFT keypoints per image (not %d) to stay below %d keypoints for %d images',
                     n_features, cfg.keyframe_features, cfg.keyframe_max_points, len(train))
     try:
-        built = build_place_map(progress(images, 'keyframe map', total=len(train)), out_dir, n_features=n_features)
+        built = build_place_map(progress(images, 'keyframe map', total=len(train)), out_dir, n_features=n_features,
+                                max_side_px=_KEYFRAMES.max_side_px)
     except KeyframeError as exc:
         logger.warning('no keyframe map: %s', exc)
         return None, {}
