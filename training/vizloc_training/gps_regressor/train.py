@@ -185,11 +185,11 @@ def predict(head: MetricHead, images_NHW3: np.ndarray, device: torch.device,
     return np.concatenate(means), np.concatenate(covs)
 
 
-def _split_metrics(head: MetricHead, data: GPSData, split: str, device: torch.device,
+def _split_metrics(data: GPSData, split: str, prediction: tuple[np.ndarray, np.ndarray],
                    variance_scale: float = 1.0) -> tuple[dict[str, float], np.ndarray]:
+    """Metrics and errors of ``prediction`` (means, uncalibrated covariances from :func:`predict`) on ``split``."""
     arrays = data.splits[split]
-    mean, cov = predict(head, arrays.images_NHW3, device)
-    return evaluate_arrays(mean, cov, arrays.lla_N3, data.frame.to_lat_lon, data.frame.to_en_m(arrays.lla_N3),
+    return evaluate_arrays(*prediction, arrays.lla_N3, data.frame.to_lat_lon, data.frame.to_en_m(arrays.lla_N3),
                            variance_scale=variance_scale)
 
 
@@ -429,8 +429,9 @@ def _evaluate_and_export(args: TrainArgs, cfg: GPSConfig, data: GPSData, net: GP
                          train_s: float, epochs_run: int, history: list[dict[str, Any]], features_s: float) -> Path:
     """Calibration on val, test metrics (+ robustness), ONNX export and the bundle."""
     frame, device = data.frame, problem.device
-    val_stats, _ = _split_metrics(head, data, 'val', device)
-    val_mean, val_cov = predict(head, data.splits['val'].images_NHW3, device)
+    val_mean, val_cov = val_pred = predict(head, data.splits['val'].images_NHW3, device)  # the network runs once
+    test_mean, test_cov = test_pred = predict(head, data.splits['test'].images_NHW3, device)  # per split
+    val_stats, _ = _split_metrics(data, 'val', val_pred)
     val_err = val_mean - frame.to_en_m(data.splits['val'].lla_N3)
     coverage_raw = val_stats['ellipse95_coverage_pct']
     mode = cfg.calibration
@@ -439,13 +440,12 @@ def _evaluate_and_export(args: TrainArgs, cfg: GPSConfig, data: GPSData, net: GP
     logger.info('validation 95%% ellipse coverage %.1f %%; variance scale %.3g (%s)', coverage_raw, variance_scale,
                 'fitted' if fit_scale else 'not needed')
 
-    test_network, test_errors = _split_metrics(head, data, 'test', device, variance_scale=variance_scale)
-    val_stats_cal, _ = _split_metrics(head, data, 'val', device, variance_scale=variance_scale)
+    test_network, test_errors = _split_metrics(data, 'test', test_pred, variance_scale=variance_scale)
+    val_stats_cal, _ = _split_metrics(data, 'val', val_pred, variance_scale=variance_scale)
     metrics: dict[str, Any] = {}
     places, extra_files = _place_map(args, cfg, data, (val_mean, val_cov * variance_scale), metrics)
     test_stats = test_network
     if places is not None:
-        test_mean, test_cov = predict(head, data.splits['test'].images_NHW3, device)
         test_stats = _published_metrics(places, data, 'test', (test_mean, test_cov * variance_scale), metrics)
         metrics['test_network'] = test_network
     metrics.update({
