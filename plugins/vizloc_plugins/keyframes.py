@@ -47,7 +47,7 @@ from .gps_regressor_contract import GPSKeyframes
 from .scene_coordinates_contract import SceneKeyframes
 
 __all__ = ['KEYFRAMES_NPZ', 'KEYFRAMES_INDEX', 'FLAT_MAX_POINTS', 'KeyframeError', 'KeyframeMatch', 'KeyframeMap',
-           'PlaceMatch', 'PlaceMap', 'build_keyframe_map', 'build_place_map', 'lift_pixels', 'limit_size', 'root_sift',
+           'PlaceMatch', 'PlaceMap', 'build_keyframe_map', 'build_place_map', 'lift_pixels', 'limit_size', 'ratio_test', 'root_sift',
            'sift_detector', 'sift_features', 'verify_two_view']
 
 logger = logging.getLogger(__name__)
@@ -84,6 +84,20 @@ def root_sift(descs_N128: np.ndarray) -> np.ndarray:
     is the Hellinger distance between the SIFTs."""
     d = np.asarray(descs_N128, dtype=np.float32)
     return np.sqrt(d / np.maximum(d.sum(axis=1, keepdims=True), 1e-7))
+
+
+def ratio_test(matcher: Any, query_N128: np.ndarray, ref_N128: np.ndarray, ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """(query indices, reference indices) of the query descriptors whose nearest reference descriptor passes
+    Lowe's ratio test against the second nearest (``matcher``: an OpenCV ``BFMatcher(NORM_L2)``); empty when
+    either side has fewer than 2 descriptors."""
+    if len(query_N128) < 2 or len(ref_N128) < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    pairs = matcher.knnMatch(query_N128, ref_N128, k=2)
+    good = [(p[0].queryIdx, p[0].trainIdx) for p in pairs if len(p) == 2 and p[0].distance < ratio * p[1].distance]
+    if not good:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    qi, ri = np.array(good, dtype=np.int64).T
+    return qi, ri
 
 
 def verify_two_view(query_px_N2: np.ndarray, ref_px_N2: np.ndarray, threshold_px: float = 3.0) -> np.ndarray:
@@ -350,13 +364,8 @@ class _FrameIndex:
         rows = self.frame_rows(frame)
         if len(rows) < 2:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        pairs = self._matcher.knnMatch(query_root_N128, root_sift(self.index.reconstruct_batch(rows)), k=2)
-        good = [(p[0].queryIdx, rows[p[0].trainIdx]) for p in pairs
-                if len(p) == 2 and p[0].distance < ratio * p[1].distance]
-        if not good:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        qi, ri = np.array(good, dtype=np.int64).T
-        return qi, ri
+        qi, ri = ratio_test(self._matcher, query_root_N128, root_sift(self.index.reconstruct_batch(rows)), ratio)
+        return qi, rows[ri]
 
 
 class KeyframeMap:
@@ -485,31 +494,28 @@ class PlaceMap:
             prior_info = np.linalg.pinv(np.asarray(prior_cov_m2, dtype=np.float64))
         # squared Mahalanobis radius of the prior's prior_gate ellipse (chi-square, 2 degrees of freedom)
         gate_d2 = -2.0 * math.log(1.0 - opt.prior_gate) if opt.prior_gate > 0.0 else math.inf
-        best_score, place = -math.inf, []
+        best_score, place, mean = -math.inf, [], None
         for f, n in verified:
             head = self.positions_FD[f]
             members = [(g, m) for g, m in verified if opt.min_relative_inliers * n <= m <= n
                        and np.linalg.norm(self.positions_FD[g] - head) <= opt.place_radius_m]
-            log_score = math.log(sum(m for _, m in members))
+            # the place's position: its images' positions averaged with their inliers as weights
+            weights = np.array([m for _, m in members], dtype=np.float64)
+            centre = weights @ self.positions_FD[[g for g, _ in members]] / weights.sum()
+            log_score = math.log(weights.sum())
             if prior_info is not None:
-                d = _weighted_mean(self.positions_FD, members) - np.asarray(prior_mean_m, dtype=np.float64)
+                d = centre - np.asarray(prior_mean_m, dtype=np.float64)
                 d2 = float(d @ prior_info @ d)
                 if d2 > gate_d2:
                     continue
                 log_score -= 0.5 * d2
             if log_score > best_score:
-                best_score, place = log_score, members
+                best_score, place, mean = log_score, members, centre
         names = tuple((self.frames.names[f], n) for f, n in verified)
-        if not place:
+        if mean is None:
             return PlaceMatch(None, None, names, rejected=True)
-        mean = _weighted_mean(self.positions_FD, place)
         # the more inliers, the closer and more alike the views: the standard deviation falls as 1 / inliers
         # (measured against the place's scatter and a constant: sharper at the same calibrated coverage)
         cov = (opt.min_inliers / place[0][1]) ** 2 * opt.covariance_scale * np.eye(len(mean))
         return PlaceMatch(mean, cov, names, used=len(place))
 
-
-def _weighted_mean(positions_FD: np.ndarray, members: list[tuple[int, int]]) -> np.ndarray:
-    """Position of a place: its images' positions averaged with their inliers as weights."""
-    weights = np.array([m for _, m in members], dtype=np.float64)
-    return weights @ positions_FD[[g for g, _ in members]] / weights.sum()

@@ -45,7 +45,7 @@ from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext,
 from vizloc_ros.types import (CameraIntrinsics, CovarianceType, Frame, GeoEstimate, InvalidOutputError, LocalizationResult,
                               PoseEstimate, ResultStatus)
 
-from .keyframes import lift_pixels, root_sift, verify_two_view
+from .keyframes import lift_pixels, ratio_test, root_sift, verify_two_view
 from .pnp import geo_estimate_from_pose, solve_pnp_lo_ransac, undistort_pixels
 from .refdb import ReferenceDatabase, ReferenceDatabaseError, ReferenceEntry, ReferenceIndex, load_depth_m
 from .retrieval_contract import LOCALIZER_TYPE, ContractError, RetrievalContract, descriptor_model_name
@@ -176,12 +176,8 @@ class _Features:
 
     def match(self, query: tuple[np.ndarray, np.ndarray], ref: tuple[np.ndarray, np.ndarray], ratio: float
               ) -> tuple[np.ndarray, np.ndarray]:
-        """(query indices, reference indices) of ratio-test matches."""
-        if len(query[0]) < 2 or len(ref[0]) < 2:
-            return np.zeros(0, int), np.zeros(0, int)
-        pairs = self.matcher.knnMatch(query[1], ref[1], k=2)
-        good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < ratio * p[1].distance]
-        return (np.array([m.queryIdx for m in good], int), np.array([m.trainIdx for m in good], int))
+        """(query indices, reference indices) of ratio-test matches (:func:`vizloc_plugins.keyframes.ratio_test`)."""
+        return ratio_test(self.matcher, query[1], ref[1], ratio)
 
 
 def _triangulate(a: ReferenceEntry, pa_N2: np.ndarray, b: ReferenceEntry, pb_N2: np.ndarray,
