@@ -275,3 +275,30 @@ def test_large_maps_use_an_inverted_file_that_keeps_the_descriptors_exact(tmp_pa
     match = keyframes.match(cv2.cvtColor(sample.rgb_HW3, cv2.COLOR_RGB2GRAY), sample.K)
     assert match.solution is not None
     assert np.linalg.norm(match.solution.T_map_camera[:3, 3] - sample.T_world_camera[:3, 3]) < 1.0
+
+
+def test_choose_place_groups_averages_and_settles_repeats_by_the_prior() -> None:
+    """Hand-checked places: images 0-2 near the origin, 3 at (100, 0) (a repeated texture elsewhere)."""
+    from vizloc_plugins.gps_regressor_contract import GPSKeyframes
+    from vizloc_plugins.keyframes import choose_place
+
+    settings = GPSKeyframes(covariance_scale=4.0)  # place radius 25 m, members with >= 0.3 x the head's inliers
+    positions = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 20.0], [100.0, 0.0]])
+    verified = [(0, 40), (1, 20), (2, 10), (3, 70)]  # image 2: 10 < 0.3 x 40 inliers, not a member of 0's place
+    # no prior: the most summed inliers win: image 3's place (70, only itself) over image 0's (40 + 20)
+    alone = choose_place(verified, positions, settings)
+    np.testing.assert_allclose(alone.position_m, [100.0, 0.0])
+    assert alone.used == 1 and not alone.rejected
+    # covariance (min_inliers / inliers)^2 x covariance_scale = (15 / 70)^2 x 4
+    np.testing.assert_allclose(alone.cov_m2, np.eye(2) * (15 / 70) ** 2 * 4.0)
+    # a prior at the origin (sigma 10 m): image 3 is 10 sigma away, outside the 99.9 % gate; image 0's place
+    # averages 0 and 1 by inliers: (40 x 0 + 20 x 10) / 60 = 3.33 m east
+    near = choose_place(verified, positions, settings, np.zeros(2), np.eye(2) * 100.0)
+    np.testing.assert_allclose(near.position_m, [200.0 / 60.0, 0.0])
+    assert near.used == 2
+    # a prior nowhere near any place: rejected, no position
+    far = choose_place(verified, positions, settings, np.array([1000.0, 1000.0]), np.eye(2) * 100.0)
+    assert far.position_m is None and far.rejected
+    # nothing verified: no position, not rejected
+    empty = choose_place([], positions, settings)
+    assert empty.position_m is None and not empty.rejected

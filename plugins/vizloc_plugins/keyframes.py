@@ -37,7 +37,7 @@ import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -47,7 +47,7 @@ from .gps_regressor_contract import GPSKeyframes
 from .scene_coordinates_contract import SceneKeyframes
 
 __all__ = ['KEYFRAMES_NPZ', 'KEYFRAMES_INDEX', 'FLAT_MAX_POINTS', 'KeyframeError', 'KeyframeMatch', 'KeyframeMap',
-           'PlaceMatch', 'PlaceMap', 'build_keyframe_map', 'build_place_map', 'lift_pixels', 'limit_size', 'ratio_test', 'root_sift',
+           'PlaceMatch', 'PlaceMap', 'build_keyframe_map', 'choose_place', 'build_place_map', 'lift_pixels', 'limit_size', 'ratio_test', 'root_sift',
            'sift_detector', 'sift_features', 'verify_two_view']
 
 logger = logging.getLogger(__name__)
@@ -349,13 +349,19 @@ class _FrameIndex:
     def frame_rows(self, frame: int) -> np.ndarray:
         return self._order[self._starts[frame]:self._starts[frame + 1]]
 
-    def vote(self, descs_N128: np.ndarray, neighbours: int, candidates: int) -> list[int]:
-        """The ``candidates`` frames with most votes (each query descriptor's ``neighbours`` nearest map
-        descriptors vote once per frame), most votes first; frames without votes are left out."""
+    def votes(self, descs_N128: np.ndarray, neighbours: int) -> np.ndarray:
+        """Votes (F,) of every frame: each query descriptor's ``neighbours`` nearest map descriptors vote
+        once per frame."""
         _, nn = self.index.search(np.ascontiguousarray(descs_N128, dtype=np.float32), neighbours)
         votes = np.zeros(len(self.names), np.int64)
         for row in nn:  # one vote per query keypoint and keyframe
             votes[np.unique(self.frame_N[row[row >= 0]])] += 1
+        return votes
+
+    def vote(self, descs_N128: np.ndarray, neighbours: int, candidates: int) -> list[int]:
+        """The ``candidates`` frames with most :meth:`votes`, most votes first; frames without votes are left
+        out."""
+        votes = self.votes(descs_N128, neighbours)
         return [int(f) for f in np.argsort(-votes, kind='stable')[:candidates] if votes[f] > 0]
 
     def ratio_matches(self, query_root_N128: np.ndarray, frame: int, ratio: float) -> tuple[np.ndarray, np.ndarray]:
@@ -461,61 +467,87 @@ class PlaceMap:
     def __len__(self) -> int:
         return len(self.pixels_N2)
 
-    def locate(self, gray_HW: np.ndarray, prior_mean_m: np.ndarray | None = None,
-               prior_cov_m2: np.ndarray | None = None) -> PlaceMatch:
-        """Position of a grayscale image (any size; reduced to ``max_side_px``) from the training images it
-        verifiably overlaps.
+    def inliers(self, px_N2: np.ndarray, query_root_N128: np.ndarray, frame: int) -> int:
+        """Two-view inliers between a query (keypoints ``px_N2`` at ``max_side_px``, RootSIFT descriptors) and
+        the map image ``frame``: Lowe's ratio test, then :func:`verify_two_view`."""
+        opt = self.settings
+        qi, ri = self.frames.ratio_matches(query_root_N128, frame, opt.ratio)
+        return int(verify_two_view(px_N2[qi], self.pixels_N2[ri], opt.threshold_px).sum())
 
-        Every verified image (most inliers first) heads a *place*: itself and the verified images within
-        ``place_radius_m`` with between ``min_relative_inliers`` x and 1 x its inliers. A place scores the
-        sum of its inliers times, with a prior (another estimate's mean and covariance in the map's frame,
-        e.g. the network's), the prior's density at the place (``exp(-d^2 / 2)``, d the Mahalanobis
-        distance), so that a texture repeated at two places is settled by where the prior puts the
-        camera; places outside the prior's ``prior_gate`` ellipse are rejected (the map says "here", the
-        prior says "impossible": no position, ``rejected`` set). The best place's images are averaged with
-        their inliers as weights.
-        """
+    def verify(self, gray_HW: np.ndarray) -> list[tuple[int, int]]:
+        """The map images a grayscale image (any size; reduced to ``max_side_px``) verifiably overlaps, as
+        ``(frame, inliers)`` with at least ``min_inliers`` two-view inliers, in vote order: the ``candidates``
+        most voted images, each ratio-tested and verified (:meth:`inliers`)."""
         opt = self.settings
         px, descs = sift_features(limit_size(gray_HW, opt.max_side_px), self.frames.sift)
         if len(px) < 8:
-            return PlaceMatch(None, None, ())
+            return []
         query = root_sift(descs)
         verified = []
         for f in self.frames.vote(descs, opt.neighbours, opt.candidates):
-            qi, ri = self.frames.ratio_matches(query, f, opt.ratio)
-            inliers = int(verify_two_view(px[qi], self.pixels_N2[ri], opt.threshold_px).sum())
+            inliers = self.inliers(px, query, f)
             if inliers >= opt.min_inliers:
                 verified.append((f, inliers))
-        if not verified:
-            return PlaceMatch(None, None, ())
-        verified.sort(key=lambda v: -v[1])
-        prior_info = None
-        if prior_mean_m is not None and prior_cov_m2 is not None:
-            prior_info = np.linalg.pinv(np.asarray(prior_cov_m2, dtype=np.float64))
-        # squared Mahalanobis radius of the prior's prior_gate ellipse (chi-square, 2 degrees of freedom)
-        gate_d2 = -2.0 * math.log(1.0 - opt.prior_gate) if opt.prior_gate > 0.0 else math.inf
-        best_score, place, mean = -math.inf, [], None
-        for f, n in verified:
-            head = self.positions_FD[f]
-            members = [(g, m) for g, m in verified if opt.min_relative_inliers * n <= m <= n
-                       and np.linalg.norm(self.positions_FD[g] - head) <= opt.place_radius_m]
-            # the place's position: its images' positions averaged with their inliers as weights
-            weights = np.array([m for _, m in members], dtype=np.float64)
-            centre = weights @ self.positions_FD[[g for g, _ in members]] / weights.sum()
-            log_score = math.log(weights.sum())
-            if prior_info is not None:
-                d = centre - np.asarray(prior_mean_m, dtype=np.float64)
-                d2 = float(d @ prior_info @ d)
-                if d2 > gate_d2:
-                    continue
-                log_score -= 0.5 * d2
-            if log_score > best_score:
-                best_score, place, mean = log_score, members, centre
-        names = tuple((self.frames.names[f], n) for f, n in verified)
-        if mean is None:
-            return PlaceMatch(None, None, names, rejected=True)
-        # the more inliers, the closer and more alike the views: the standard deviation falls as 1 / inliers
-        # (measured against the place's scatter and a constant: sharper at the same calibrated coverage)
-        cov = (opt.min_inliers / place[0][1]) ** 2 * opt.covariance_scale * np.eye(len(mean))
-        return PlaceMatch(mean, cov, names, used=len(place))
+        return verified
 
+    def place(self, verified: Sequence[tuple[int, int]], prior_mean_m: np.ndarray | None = None,
+              prior_cov_m2: np.ndarray | None = None) -> PlaceMatch:
+        """:func:`choose_place` among the :meth:`verify` result, with the verified images' names."""
+        names = tuple((self.frames.names[f], n) for f, n in sorted(verified, key=lambda v: -v[1]))
+        return replace(choose_place(verified, self.positions_FD, self.settings, prior_mean_m, prior_cov_m2),
+                       verified=names)
+
+    def locate(self, gray_HW: np.ndarray, prior_mean_m: np.ndarray | None = None,
+               prior_cov_m2: np.ndarray | None = None) -> PlaceMatch:
+        """Position of a grayscale image (any size; reduced to ``max_side_px``) from the training images it
+        verifiably overlaps: :meth:`verify`, then :meth:`place` with the prior (another estimate's mean
+        and covariance in the map's frame, e.g. the network's)."""
+        return self.place(self.verify(gray_HW), prior_mean_m, prior_cov_m2)
+
+
+def choose_place(verified: Iterable[tuple[int, int]], positions_FD: np.ndarray, settings: GPSKeyframes,
+                 prior_mean_m: np.ndarray | None = None, prior_cov_m2: np.ndarray | None = None) -> PlaceMatch:
+    """Where a query was taken, from the map images it verifiably overlaps (``verified``: ``(frame, inliers)``,
+    ``positions_FD``: every map image's position).
+
+    Every verified image (most inliers first) heads a *place*: itself and the verified images within
+    ``place_radius_m`` with between ``min_relative_inliers`` x and 1 x its inliers. A place scores the sum of
+    its inliers times, with a prior (another estimate's mean and covariance in the map's frame: the
+    network's, or the previous frame's place), the prior's density at the place (``exp(-d^2 / 2)``, d the
+    Mahalanobis distance), so that a texture repeated at two places is settled by where the prior puts the
+    camera; places outside the prior's ``prior_gate`` ellipse are rejected (the map says "here", the prior
+    says "impossible": no position, ``rejected`` set). The best place's images are averaged with their
+    inliers as weights. Returns position, covariance and how many images were averaged (``verified`` left
+    empty: :meth:`PlaceMap.place` fills it); no position when nothing is verified."""
+    opt = settings
+    verified = sorted(verified, key=lambda v: -v[1])
+    if not verified:
+        return PlaceMatch(None, None, ())
+    prior_info = None
+    if prior_mean_m is not None and prior_cov_m2 is not None:
+        prior_info = np.linalg.pinv(np.asarray(prior_cov_m2, dtype=np.float64))
+    # squared Mahalanobis radius of the prior's prior_gate ellipse (chi-square, 2 degrees of freedom)
+    gate_d2 = -2.0 * math.log(1.0 - opt.prior_gate) if opt.prior_gate > 0.0 else math.inf
+    best_score, place, mean = -math.inf, [], None
+    for f, n in verified:
+        head = positions_FD[f]
+        members = [(g, m) for g, m in verified if opt.min_relative_inliers * n <= m <= n
+                   and np.linalg.norm(positions_FD[g] - head) <= opt.place_radius_m]
+        # the place's position: its images' positions averaged with their inliers as weights
+        weights = np.array([m for _, m in members], dtype=np.float64)
+        centre = weights @ positions_FD[[g for g, _ in members]] / weights.sum()
+        log_score = math.log(weights.sum())
+        if prior_info is not None:
+            d = centre - np.asarray(prior_mean_m, dtype=np.float64)
+            d2 = float(d @ prior_info @ d)
+            if d2 > gate_d2:
+                continue
+            log_score -= 0.5 * d2
+        if log_score > best_score:
+            best_score, place, mean = log_score, members, centre
+    if mean is None:
+        return PlaceMatch(None, None, (), rejected=True)
+    # the more inliers, the closer and more alike the views: the standard deviation falls as 1 / inliers
+    # (measured against the place's scatter and a constant: sharper at the same calibrated coverage)
+    cov = (opt.min_inliers / place[0][1]) ** 2 * opt.covariance_scale * np.eye(len(mean))
+    return PlaceMatch(mean, cov, (), used=len(place))
