@@ -27,7 +27,7 @@ from vizloc_training.models.frozen import FrozenFeatures
 from vizloc_training.train.images import augment_batch, imagenet_normalise, to_unit
 from vizloc_training.metrics import geo as geo_metrics
 from vizloc_training.train.config import TrainArgs, TrainConfigError
-from vizloc_plugins.gps_regressor import combine_gaussians
+from vizloc_plugins.gps_regressor import GPSRegressorOptions, combine_gaussians
 
 ORIGIN = (31.2620, 34.8041, 280.0)
 SIZE = (40, 32)  # width, height
@@ -594,6 +594,53 @@ def test_plugin_publishes_the_keyframe_position_else_the_network(walks_dataset, 
     finally:
         off.close()
     assert network.diagnostics['source'] == 'network' and 'keyframe_inliers' not in network.diagnostics
+
+
+def test_the_previous_place_settles_the_next_frame_and_lets_go_of_a_wrong_track(walks_dataset, walks_bundle,
+                                                                                 tmp_path):
+    from vizloc_plugins.gps_regressor_contract import GPSKeyframes
+    from vizloc_training.datasets.gps import read_gps_dataset
+
+    records = read_gps_dataset(walks_dataset).split('train')
+    here = records[0]
+    # the training image farthest from the first: beyond the track's reach one frame later
+    far = max(records, key=lambda r: geo_metrics.haversine_m(r.lat_deg, r.lon_deg, here.lat_deg, here.lon_deg))
+    gap_m = geo_metrics.haversine_m(far.lat_deg, far.lon_deg, here.lat_deg, here.lon_deg)
+    # a 1 m track (default 10 m) so that the small test world holds places beyond its reach: the 99.9 %
+    # gate (3.7 sigma, sigma grown by the speed over 10 ms) around places up to place_radius_m off their images
+    sigma_m = 1.0
+    reach_m = 3.8 * (sigma_m + GPSRegressorOptions().track_speed_mps * 0.01) + 2 * GPSKeyframes().place_radius_m
+    assert gap_m > reach_m, f'the test world is too small: {gap_m:.0f} m'
+    first, other = (read_image(walks_dataset, r.image.name) for r in (here, far))
+
+    def frame(rgb, stamp_s):
+        return Frame(rgb_HW3=rgb, stamp_ns=int(stamp_s * 1e9), frame_id='camera')
+
+    localizer = _localizer([walks_bundle], tmp_path, variance_scale=1e6, track_sigma_m=sigma_m)  # no network gate
+    try:
+        start = localizer.localize(frame(first, 10.0))
+        again = localizer.localize(frame(first, 10.01))   # the track: the previous frame's place
+        jump = localizer.localize(frame(other, 10.02))    # verified only far outside the track: the network settles
+        back = localizer.localize(frame(first, 5.0))      # the stamp went back (a bag loop): no track
+        localizer.reset()
+        after_reset = localizer.localize(frame(first, 20.0))
+    finally:
+        localizer.close()
+    assert [r.diagnostics['source'] for r in (start, again, jump, back, after_reset)] == ['keyframes'] * 5
+    assert [r.diagnostics['keyframe_prior'] for r in (start, again, jump, back, after_reset)] == \
+        ['network', 'track', 'network', 'network', 'network']
+    assert haversine_m_of(again, here) <= GPSKeyframes().place_radius_m
+    assert haversine_m_of(jump, far) <= GPSKeyframes().place_radius_m
+    # tracking off: every frame on its own
+    untracked = _localizer([walks_bundle], tmp_path, variance_scale=1e6, track_speed_mps=0.0)
+    try:
+        results = [untracked.localize(frame(first, t)) for t in (10.0, 10.1)]
+    finally:
+        untracked.close()
+    assert [r.diagnostics['keyframe_prior'] for r in results] == ['network', 'network']
+    for bad in ({'track_speed_mps': -1.0}, {'track_sigma_m': 0.0}, {'track_speed_mps': math.inf}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            _localizer([walks_bundle], tmp_path, **bad)
 
 
 def test_a_network_prior_rejects_keyframe_places_outside_its_ellipse(walks_dataset, walks_bundle):

@@ -23,7 +23,12 @@ When the (first) bundle carries a keyframe map of its training images (``metadat
 against those images (SIFT vote, ratio test, two-view verification); if at least one is verified, the
 published position is the inlier-weighted position of the verified images at the place that their
 inliers and the network's estimate support best, with its calibrated covariance (diagnostics
-``source: keyframes``); else the network's (``source: network``).
+``source: keyframes``); else the network's (``source: network``). Along a run of frames the previous
+frame's place, not the network, is the prior that settles between places (``track_speed_mps``,
+``track_sigma_m``; diagnostics ``keyframe_prior: track``): it grows with the time since and falls back to
+the network's when no verified place lies within its reach; it is dropped when the stamp goes back and on
+``reset()``. The track only chooses among this frame's verified places: every published position is
+this frame's own measurement.
 """
 from __future__ import annotations
 
@@ -79,12 +84,23 @@ class GPSRegressorOptions:
     keyframes: bool = field(default=True, metadata={
         'description': "match frames against the bundle's keyframe map of its training images (SIFT + two-view "
                        'verification) when it has one; a verified match gives the published position'})
+    track_speed_mps: float = field(default=15.0, metadata={
+        'description': "keyframes: the previous frame's keyframe place, not the network, settles which verified "
+                       'place a frame is at, within this platform speed (m/s) of it; 0 = every frame on its own '
+                       '(the network settles)'})
+    track_sigma_m: float = field(default=10.0, metadata={
+        'description': "keyframes: standard deviation (m) of the previous frame's place as the next frame's prior, "
+                       'before it grows by track_speed_mps over the time between the frames'})
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.variance_scale) and self.variance_scale >= 0.0):
             raise ConfigError(f'variance_scale must be >= 0 (0 = from the bundle), got {self.variance_scale}')
         if not (math.isfinite(self.altitude_sigma_m) and self.altitude_sigma_m >= 0.0):
             raise ConfigError(f'altitude_sigma_m must be >= 0 (0 = from the bundle), got {self.altitude_sigma_m}')
+        if not (math.isfinite(self.track_speed_mps) and self.track_speed_mps >= 0.0):
+            raise ConfigError(f'track_speed_mps must be >= 0 (0 = no tracking), got {self.track_speed_mps}')
+        if not (math.isfinite(self.track_sigma_m) and self.track_sigma_m > 0.0):
+            raise ConfigError(f'track_sigma_m must be > 0, got {self.track_sigma_m}')
 
 
 def combine_gaussians(means_KD: np.ndarray, covs_KDD: np.ndarray,
@@ -165,6 +181,8 @@ class GPSRegressorLocalizer:
         except ConfigError:
             self.close()
             raise
+        self.options = options
+        self._track: tuple[np.ndarray, int] | None = None  # the last keyframe place (map frame, m) and its stamp
         backends = dict.fromkeys(m.model.backend_name for m in self.members)
         self.backend_name = '+'.join(backends)
         logger.info('%s: gps_regressor with %d bundle(s) on %s%s', self.name, len(self.members), self.backend_name,
@@ -211,8 +229,19 @@ class GPSRegressorLocalizer:
         if self.places is not None:
             started = time.perf_counter()
             gray = cv2.cvtColor(np.ascontiguousarray(frame.rgb_HW3), cv2.COLOR_RGB2GRAY)
-            place = self.places.locate(gray, mean, cov)  # the network's estimate settles repeated textures
+            verified = self.places.verify(gray)
+            # repeated textures verify at several places: the previous frame's place settles which, else the
+            # network's estimate (also when no place lies within the track's reach: a wrong track lets go)
+            place, prior = None, 'network'
+            track = self._track_prior(frame.stamp_ns)
+            if track is not None and verified:
+                place, prior = self.places.place(verified, *track), 'track'
+            if place is None or place.position_m is None:
+                place, prior = self.places.place(verified, mean, cov), 'network'
+            if place.position_m is not None:
+                self._track = (place.position_m, frame.stamp_ns)
             diagnostics.update({'keyframe_ms': f'{(time.perf_counter() - started) * 1e3:.1f}',
+                                'keyframe_prior': prior,
                                 'keyframe_inliers': str(place.inliers), 'keyframe_images': str(place.used),
                                 'keyframe_outside_prior': str(place.rejected).lower(),
                                 'keyframes': ','.join(name for name, _ in place.verified[:3])})
@@ -233,8 +262,23 @@ class GPSRegressorLocalizer:
         })
         return LocalizationResult(geo=geo, diagnostics=diagnostics)
 
+    def _track_prior(self, stamp_ns: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The previous keyframe place as a Gaussian prior (map frame, m) for a frame at ``stamp_ns``: standard
+        deviation ``track_sigma_m`` plus ``track_speed_mps`` x the time since; None without one, with tracking
+        off, or when the stamp went back (a bag loop or a new run: the track is dropped)."""
+        if self._track is None or self.options.track_speed_mps <= 0.0:
+            return None
+        position, last_ns = self._track
+        if stamp_ns < last_ns:
+            logger.info('%s: stamp went back from %d to %d ns: dropping the keyframe track', self.name, last_ns, stamp_ns)
+            self._track = None
+            return None
+        sigma_m = self.options.track_sigma_m + self.options.track_speed_mps * (stamp_ns - last_ns) * 1e-9
+        return position, sigma_m ** 2 * np.eye(len(position))
+
     def reset(self) -> None:
-        """Single-frame localizer: no temporal state."""
+        """Forget the keyframe track (node deactivation)."""
+        self._track = None
 
     def close(self) -> None:
         for member in self.members:
