@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Compare the GPS regressor's keyframe-map rules on one bundle, without retraining.
+
+For every val and test image of a GPS-format dataset: the bundle's network estimate (ONNX Runtime,
+through the plugin with ``keyframes: false``), the frame's keyframe votes and the two-view inliers of
+every image any rule makes a candidate (:class:`vizloc_plugins.keyframes.PlaceMap`). Then each rule
+picks candidates and a place (:func:`vizloc_plugins.keyframes.choose_place`) from those cached
+figures and the published position (the place's, else the network's) is scored:
+
+* candidates: the ``k`` images with most votes (the plugin: ``candidates``), or the most voted among
+  the images inside the network's ellipse (``gate p``);
+* tracking: the previous frame's place (split order = the walk's order) as the prior instead of the
+  network's, its standard deviation ``sigma`` m grown by ``speed`` m/s over the frame period; the
+  network's prior when no place is inside the track's gate;
+* places: ``place_radius_m``.
+
+Prints median, % within 5 / 10 / 25 m, % answered by the map and the *candidate oracle* (% of
+frames with a candidate image within 10 m of the truth):
+
+    python scripts/gps_keyframe_rules.py --bundle /tmp/b/gps_final2 --data /tmp/worlds/campus
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+RULES_K = (10, 20, 40)
+GATES = (0.999, 0.99, 0.95)
+TRACKS = ((3.0, 15.0), (10.0, 15.0), (10.0, 5.0))  # (sigma m, speed m/s)
+RADII = (15.0, 25.0, 40.0)
+
+
+def _gate_d2(gate: float) -> float:
+    """Squared Mahalanobis radius of the ``gate`` ellipse (chi-square, 2 degrees of freedom)."""
+    return -2.0 * math.log(1.0 - gate)
+
+
+def _cache(bundle: Path, data: Path, split: str, frame_period_s: float) -> tuple[list[dict[str, Any]], Any]:
+    import cv2
+
+    from vizloc_ros.bundle import load_bundle
+    from vizloc_ros.localizer import LocalizerConfig, LocalizerContext
+    from vizloc_ros.plugin_manager import load_registry
+    from vizloc_ros.types import Frame
+    from vizloc_plugins.gps_regressor_contract import GPSRegressorContract
+    from vizloc_plugins.keyframes import PlaceMap, limit_size, root_sift, sift_features
+    from vizloc_training.datasets.gps import read_gps_dataset
+    from vizloc_training.gps_regressor.data import TargetFrame
+    from vizloc_training.train.loop import progress
+
+    b = load_bundle(bundle, expected_type='gps_regressor')
+    frame = TargetFrame.from_mapping(b.metadata['target_frame'])
+    settings = GPSRegressorContract.from_bundle(b).keyframes
+    if settings is None:
+        raise SystemExit(f'{bundle}: no keyframe map in this bundle')
+    places = PlaceMap(b.file('keyframes.npz'), b.file('keyframes.faiss'), settings)
+    localizer = load_registry().registry.create(
+        LocalizerConfig(name='gps', type='gps_regressor', bundle=str(bundle), backend='onnxruntime'),
+        {'keyframes': False}, LocalizerContext(cache_dir=Path(tempfile.mkdtemp(prefix='gps_rules_'))))
+    rows = read_gps_dataset(data).split(split)
+    out = []
+    try:
+        for i, row in enumerate(progress(rows, f'{split} frames', total=len(rows))):
+            rgb = cv2.cvtColor(cv2.imread(str(row.image), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+            mean, cov = localizer.estimate(Frame(rgb_HW3=rgb, stamp_ns=i, frame_id='camera'))
+            alt = row.alt_m if math.isfinite(row.alt_m) else 0.0
+            truth = frame.to_en_m(np.array([[row.lat_deg, row.lon_deg, alt]]))[0]
+            px, descs = sift_features(limit_size(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), settings.max_side_px),
+                                      places.frames.sift)
+            votes = places.frames.votes(descs, settings.neighbours) if len(px) >= 8 else np.zeros(len(places.frames.names), np.int64)
+            d = places.positions_FD - mean
+            d2 = np.einsum('ni,ij,nj->n', d, np.linalg.pinv(cov), d)
+            tops = set(np.argsort(-votes, kind='stable')[:max(RULES_K)])
+            for gate in GATES:
+                tops |= set(np.argsort(-np.where(d2 <= _gate_d2(gate), votes, -1), kind='stable')[:10])
+            query = root_sift(descs)
+            inliers = {int(f): places.inliers(px, query, int(f)) for f in tops if votes[f] > 0}
+            out.append({'mean': mean, 'cov': cov, 'truth': truth, 'votes': votes, 'd2': d2, 'inliers': inliers,
+                        't': i * frame_period_s})
+    finally:
+        localizer.close()
+    return out, places
+
+
+def _score(cache: list[dict[str, Any]], places: Any, *, k: int, gate: float | None = None,
+           track: tuple[float, float] | None = None, radius_m: float | None = None) -> dict[str, float]:
+    from vizloc_plugins.keyframes import choose_place
+
+    settings = places.settings if radius_m is None else replace(places.settings, place_radius_m=radius_m)
+    P = places.positions_FD
+    errors, answered, oracle, state = [], 0, 0, None
+    for q in cache:
+        score = q['votes'].astype(np.float64)
+        if gate is not None:
+            score = np.where(q['d2'] <= _gate_d2(gate), score, -1.0)
+        candidates = [int(f) for f in np.argsort(-score, kind='stable')[:k] if score[f] > 0]
+        verified = [(f, q['inliers'][f]) for f in candidates if q['inliers'][f] >= settings.min_inliers]
+        oracle += any(np.linalg.norm(P[f] - q['truth']) < 10.0 for f in candidates)
+        place = None
+        if track is not None and state is not None and verified:
+            sigma_m, speed = track
+            position, t = state
+            grown = (sigma_m + speed * (q['t'] - t)) ** 2 * np.eye(2)
+            place = choose_place(verified, P, settings, position, grown)
+            place = place if place.position_m is not None else None
+        if place is None:
+            place = choose_place(verified, P, settings, q['mean'], q['cov'])
+        if place.position_m is not None:
+            answered += 1
+            state = (place.position_m, q['t'])
+            errors.append(np.linalg.norm(place.position_m - q['truth']))
+        else:
+            errors.append(np.linalg.norm(q['mean'] - q['truth']))
+    e, n = np.asarray(errors), len(errors)
+    return {'median_m': float(np.median(e)), 'within_5m': 100.0 * np.mean(e < 5.0),
+            'within_10m': 100.0 * np.mean(e < 10.0), 'within_25m': 100.0 * np.mean(e < 25.0),
+            'map_pct': 100.0 * answered / n, 'oracle_10m': 100.0 * oracle / n}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--bundle', type=Path, required=True, help='gps_regressor bundle with a keyframe map')
+    parser.add_argument('--data', type=Path, required=True, help='GPS-format dataset (vizloc-synth campus --out)')
+    parser.add_argument('--splits', nargs='+', default=['val', 'test'])
+    parser.add_argument('--frame-period-s', type=float, default=0.1,
+                        help='time between consecutive split images for the tracking rules (the bag: 0.1)')
+    args = parser.parse_args(argv)
+
+    rules: list[tuple[str, dict[str, Any]]] = [(f'votes, k={k}', {'k': k}) for k in RULES_K]
+    rules += [(f'gate {g}, k=10', {'k': 10, 'gate': g}) for g in GATES]
+    rules += [(f'track sigma {s:g} m + {v:g} m/s', {'k': 10, 'track': (s, v)}) for s, v in TRACKS]
+    rules += [(f'place_radius_m {r:g}', {'k': 10, 'radius_m': r}) for r in RADII]
+    print('| rule | split | median | within 5 / 10 / 25 m | map answers | candidate within 10 m |')
+    print('| --- | --- | --- | --- | --- | --- |')
+    for split in args.splits:
+        cache, places = _cache(args.bundle, args.data, split, args.frame_period_s)
+        for name, kwargs in rules:
+            r = _score(cache, places, **kwargs)
+            print(f"| {name} | {split} | {r['median_m']:.2f} m | {r['within_5m']:.1f} / {r['within_10m']:.1f} / "
+                  f"{r['within_25m']:.1f} % | {r['map_pct']:.1f} % | {r['oracle_10m']:.1f} % |", flush=True)
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
