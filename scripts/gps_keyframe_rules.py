@@ -12,7 +12,8 @@ figures and the published position (the place's, else the network's) is scored:
 * tracking: the previous frame's place (split order = the walk's order) as the prior instead of the
   network's, its standard deviation ``sigma`` m grown by ``speed`` m/s over the frame period; the
   network's prior when no place is inside the track's gate;
-* places: ``place_radius_m``.
+* places: ``place_radius_m``;
+* candidates near the track: the ``n`` most voted images inside the track's gate besides the ``k``.
 
 Prints median, % within 5 / 10 / 25 m, % answered by the map and the *candidate oracle* (% of
 frames with a candidate image within 10 m of the truth):
@@ -82,14 +83,23 @@ def _cache(bundle: Path, data: Path, split: str, frame_period_s: float) -> tuple
             query = root_sift(descs)
             inliers = {int(f): places.inliers(px, query, int(f)) for f in tops if votes[f] > 0}
             out.append({'mean': mean, 'cov': cov, 'truth': truth, 'votes': votes, 'd2': d2, 'inliers': inliers,
+                        'px': px, 'query': query,
                         't': i * frame_period_s})
     finally:
         localizer.close()
     return out, places
 
 
+def _inliers(q: dict[str, Any], places: Any, frame: int) -> int:
+    """The cached two-view inliers of ``frame`` for query ``q``, computed on first use."""
+    if frame not in q['inliers']:
+        q['inliers'][frame] = places.inliers(q['px'], q['query'], frame)
+    return q['inliers'][frame]
+
+
 def _score(cache: list[dict[str, Any]], places: Any, *, k: int, gate: float | None = None,
-           track: tuple[float, float] | None = None, radius_m: float | None = None) -> dict[str, float]:
+           track: tuple[float, float] | None = None, radius_m: float | None = None,
+           track_candidates: int = 0) -> dict[str, float]:
     from vizloc_plugins.keyframes import choose_place
 
     settings = places.settings if radius_m is None else replace(places.settings, place_radius_m=radius_m)
@@ -100,7 +110,15 @@ def _score(cache: list[dict[str, Any]], places: Any, *, k: int, gate: float | No
         if gate is not None:
             score = np.where(q['d2'] <= _gate_d2(gate), score, -1.0)
         candidates = [int(f) for f in np.argsort(-score, kind='stable')[:k] if score[f] > 0]
-        verified = [(f, q['inliers'][f]) for f in candidates if q['inliers'][f] >= settings.min_inliers]
+        if track_candidates and track is not None and state is not None:
+            # also the most voted images inside the track's gate
+            position, t = state
+            sigma_m = track[0] + track[1] * (q['t'] - t)
+            near = np.sum((P - position) ** 2, axis=1) <= _gate_d2(settings.prior_gate) * sigma_m ** 2
+            near_votes = np.where(near, q['votes'], 0)
+            extra = [int(f) for f in np.argsort(-near_votes, kind='stable')[:track_candidates] if near_votes[f] > 0]
+            candidates += [f for f in extra if f not in candidates]
+        verified = [(f, n) for f in candidates if (n := _inliers(q, places, f)) >= settings.min_inliers]
         oracle += any(np.linalg.norm(P[f] - q['truth']) < 10.0 for f in candidates)
         place = None
         if track is not None and state is not None and verified:
@@ -136,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rules += [(f'gate {g}, k=10', {'k': 10, 'gate': g}) for g in GATES]
     rules += [(f'track sigma {s:g} m + {v:g} m/s', {'k': 10, 'track': (s, v)}) for s, v in TRACKS]
     rules += [(f'place_radius_m {r:g}', {'k': 10, 'radius_m': r}) for r in RADII]
+    rules += [(f'track sigma 10 m + 15 m/s, + {n} candidates inside it', {'k': 10, 'track': (10.0, 15.0),
+                                                                         'track_candidates': n}) for n in (5, 10)]
     print('| rule | split | median | within 5 / 10 / 25 m | map answers | candidate within 10 m |')
     print('| --- | --- | --- | --- | --- | --- |')
     for split in args.splits:

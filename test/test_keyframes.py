@@ -302,3 +302,22 @@ def test_choose_place_groups_averages_and_settles_repeats_by_the_prior() -> None
     # nothing verified: no position, not rejected
     empty = choose_place([], positions, settings)
     assert empty.position_m is None and not empty.rejected
+
+
+def test_track_grows_with_time_and_is_dropped_when_the_stamp_goes_back() -> None:
+    from vizloc_plugins.keyframes import Track
+
+    track = Track(sigma_m=2.0, speed_mps=10.0)
+    assert track.prior(0) is None  # nothing published yet
+    track.update(np.array([1.0, 2.0, 3.0]), 1_000_000_000)
+    position, sigma_m = track.prior(1_500_000_000)  # 0.5 s later: 2 + 10 x 0.5 m
+    np.testing.assert_allclose(position, [1.0, 2.0, 3.0])
+    assert sigma_m == pytest.approx(7.0)
+    assert track.prior(500_000_000) is None  # the stamp went back: dropped
+    assert track.prior(2_000_000_000) is None
+    track.update(np.zeros(2), 0)
+    track.reset()
+    assert track.prior(1) is None
+    off = Track(sigma_m=2.0, speed_mps=0.0)
+    off.update(np.zeros(2), 0)
+    assert off.prior(1) is None

@@ -334,3 +334,54 @@ def test_hard_negatives_are_the_most_similar_negatives_and_fill_the_batch() -> N
     batch = fill_with_hard_negatives(np.array([10]), {10: [11, 12, 13]}, 4, rng)
     assert list(batch[:1]) == [10] and len(batch) == 2 and batch[1] in (11, 12, 13)  # one per seed
     assert list(fill_with_hard_negatives(np.array([10, 20]), pools, 2, rng)) == [10, 20]
+
+
+def test_the_previous_pose_orders_the_places_and_the_fallback(campus_world: Path, tmp_path: Path) -> None:
+    """The track (previous pose, ``prior``) puts the place where the camera just was before a repeated facade
+    elsewhere with more inliers (the spoiled outcome of the test above), and a fallback prefers a
+    reference within its reach."""
+    from vizloc_training.retrieval.data import read_rgb
+    from vizloc_plugins.retrieval import Verification
+
+    db_root, uid, T_true = _leave_one_out(campus_world, tmp_path, keep_depth=True)
+    world = __import__('yaml').safe_load((campus_world / 'world.yaml').read_text())
+    camera = CameraIntrinsics(K=np.asarray(world['camera']['K']), width=320, height=240)
+    options = RetrievalOptions(database=str(db_root), max_pose_offset_m=20.0, pnp_places=1)  # one place tried
+    pipeline = RetrievalPipeline(db_root, 'oracle', options)
+    rgb = read_rgb(campus_world / 'images' / f'{uid}.jpg')
+    outcome = pipeline.run(rgb, _oracle(T_true[None])[0], camera)
+    assert outcome.T_map_camera is not None, outcome.reason
+    right = outcome.verified[0]
+    far = max((e for e in pipeline.db if e.depth is not None),
+              key=lambda e: np.linalg.norm(e.T_map_camera[:3, 3] - T_true[:3, 3]))
+    sigma_m = 1.0
+    reach_m = 3.8 * sigma_m + options.place_radius_m
+    assert np.linalg.norm(far.T_map_camera[:2, 3] - T_true[:2, 3]) > 2 * reach_m
+    shuffled = np.random.default_rng(0).permutation(right.inliers)
+    wrong = Verification(far.uid, right.inliers + 100, right.query_idx, right.query_px,
+                         right.ref_px[shuffled], right.ref_idx[shuffled])
+    spoiled = replace(outcome, verified=(wrong,) + outcome.verified, best_uid=far.uid, T_map_camera=None, cov_6x6=None)
+    # without a prior the wrong place (most inliers) is the one place tried: no pose
+    assert pipeline._pose(spoiled, camera).T_map_camera is None
+    # the previous pose where the camera is: the right place first, its pose
+    tracked = pipeline._pose(spoiled, camera, (T_true[:3, 3], sigma_m))
+    assert tracked.T_map_camera is not None and tracked.best_uid == right.uid, tracked.reason
+    assert np.linalg.norm(tracked.T_map_camera[:3, 3] - T_true[:3, 3]) < 0.5  # as in the depth test above
+    # a previous pose at the far place keeps the wrong place first
+    assert pipeline._pose(spoiled, camera, (far.T_map_camera[:3, 3], sigma_m)).T_map_camera is None
+
+    # fallback (no CameraInfo: no PnP): the first verified reference within the prior's reach
+    tight = RetrievalPipeline(db_root, 'oracle', replace(options, place_radius_m=0.1))
+    verified = tight.run(rgb, _oracle(T_true[None])[0], None).verified
+    position = {v.uid: tight.db[v.uid].T_map_camera[:3, 3] for v in verified}
+    other = next((v.uid for v in verified[1:] if np.linalg.norm(position[v.uid][:2] - position[verified[0].uid][:2]) > 1.0),
+                 None)
+    assert other is not None, 'the query needs two verified references more than 1 m apart'
+    alone = tight.run(rgb, _oracle(T_true[None])[0], None)
+    assert alone.best_uid == verified[0].uid and alone.failure == 'no_camera_info'
+    near_other = tight.run(rgb, _oracle(T_true[None])[0], None, (position[other], 0.1))
+    assert near_other.best_uid == other and near_other.T_map_camera is None
+    with pytest.raises(ValueError, match='track_speed_mps'):
+        RetrievalOptions(database='x', track_speed_mps=-1.0)
+    with pytest.raises(ValueError, match='track_sigma_m'):
+        RetrievalOptions(database='x', track_sigma_m=0.0)

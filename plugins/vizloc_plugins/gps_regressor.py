@@ -49,7 +49,7 @@ from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext,
 from vizloc_ros.types import Frame, GeoEstimate, InvalidOutputError, LocalizationResult
 
 from .gps_regressor_contract import LOCALIZER_TYPE, OUTPUT_COV, OUTPUT_MEAN, GPSRegressorContract
-from .keyframes import KEYFRAMES_INDEX, KEYFRAMES_NPZ, KeyframeError, PlaceMap
+from .keyframes import KEYFRAMES_INDEX, KEYFRAMES_NPZ, KeyframeError, PlaceMap, Track
 
 __all__ = [
     'LOCALIZER_TYPE',
@@ -181,8 +181,7 @@ class GPSRegressorLocalizer:
         except ConfigError:
             self.close()
             raise
-        self.options = options
-        self._track: tuple[np.ndarray, int] | None = None  # the last keyframe place (map frame, m) and its stamp
+        self.track = Track(options.track_sigma_m, options.track_speed_mps, config.name)  # the last keyframe place
         backends = dict.fromkeys(m.model.backend_name for m in self.members)
         self.backend_name = '+'.join(backends)
         logger.info('%s: gps_regressor with %d bundle(s) on %s%s', self.name, len(self.members), self.backend_name,
@@ -233,13 +232,13 @@ class GPSRegressorLocalizer:
             # repeated textures verify at several places: the previous frame's place settles which, else the
             # network's estimate (also when no place lies within the track's reach: a wrong track lets go)
             place, prior = None, 'network'
-            track = self._track_prior(frame.stamp_ns)
+            track = self.track.prior(frame.stamp_ns)
             if track is not None and verified:
-                place, prior = self.places.place(verified, *track), 'track'
+                place, prior = self.places.place(verified, track[0], track[1] ** 2 * np.eye(2)), 'track'
             if place is None or place.position_m is None:
                 place, prior = self.places.place(verified, mean, cov), 'network'
             if place.position_m is not None:
-                self._track = (place.position_m, frame.stamp_ns)
+                self.track.update(place.position_m, frame.stamp_ns)
             diagnostics.update({'keyframe_ms': f'{(time.perf_counter() - started) * 1e3:.1f}',
                                 'keyframe_prior': prior,
                                 'keyframe_inliers': str(place.inliers), 'keyframe_images': str(place.used),
@@ -262,23 +261,9 @@ class GPSRegressorLocalizer:
         })
         return LocalizationResult(geo=geo, diagnostics=diagnostics)
 
-    def _track_prior(self, stamp_ns: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """The previous keyframe place as a Gaussian prior (map frame, m) for a frame at ``stamp_ns``: standard
-        deviation ``track_sigma_m`` plus ``track_speed_mps`` x the time since; None without one, with tracking
-        off, or when the stamp went back (a bag loop or a new run: the track is dropped)."""
-        if self._track is None or self.options.track_speed_mps <= 0.0:
-            return None
-        position, last_ns = self._track
-        if stamp_ns < last_ns:
-            logger.info('%s: stamp went back from %d to %d ns: dropping the keyframe track', self.name, last_ns, stamp_ns)
-            self._track = None
-            return None
-        sigma_m = self.options.track_sigma_m + self.options.track_speed_mps * (stamp_ns - last_ns) * 1e-9
-        return position, sigma_m ** 2 * np.eye(len(position))
-
     def reset(self) -> None:
         """Forget the keyframe track (node deactivation)."""
-        self._track = None
+        self.track.reset()
 
     def close(self) -> None:
         for member in self.members:

@@ -47,7 +47,7 @@ from .gps_regressor_contract import GPSKeyframes
 from .scene_coordinates_contract import SceneKeyframes
 
 __all__ = ['KEYFRAMES_NPZ', 'KEYFRAMES_INDEX', 'FLAT_MAX_POINTS', 'KeyframeError', 'KeyframeMatch', 'KeyframeMap',
-           'PlaceMatch', 'PlaceMap', 'build_keyframe_map', 'choose_place', 'build_place_map', 'lift_pixels', 'limit_size', 'ratio_test', 'root_sift',
+           'PlaceMatch', 'PlaceMap', 'Track', 'build_keyframe_map', 'choose_place', 'build_place_map', 'lift_pixels', 'limit_size', 'ratio_test', 'root_sift',
            'sift_detector', 'sift_features', 'verify_two_view']
 
 logger = logging.getLogger(__name__)
@@ -551,3 +551,35 @@ def choose_place(verified: Iterable[tuple[int, int]], positions_FD: np.ndarray, 
     # (measured against the place's scatter and a constant: sharper at the same calibrated coverage)
     cov = (opt.min_inliers / place[0][1]) ** 2 * opt.covariance_scale * np.eye(len(mean))
     return PlaceMatch(mean, cov, (), used=len(place))
+
+
+#: Squared Mahalanobis radius of a 2-D Gaussian's 99.9 % ellipse (chi-square, 2 degrees of freedom).
+TRACK_GATE_D2 = -2.0 * math.log(1.0 - 0.999)
+
+
+class Track:
+    """The last position a localizer published from geometry and its stamp, as the next frame's prior: a
+    Gaussian of ``sigma_m`` growing by ``speed_mps`` x the time since (a platform cannot have moved farther).
+    Off when ``speed_mps`` is 0; dropped when a stamp goes back (a bag loop, a new run) and on :meth:`reset`."""
+
+    def __init__(self, sigma_m: float, speed_mps: float, name: str = '') -> None:
+        self.sigma_m, self.speed_mps, self.name = float(sigma_m), float(speed_mps), name
+        self._last: tuple[np.ndarray, int] | None = None
+
+    def prior(self, stamp_ns: int) -> tuple[np.ndarray, float] | None:
+        """(position, standard deviation in m) for a frame at ``stamp_ns``, or None (no track, tracking off,
+        or the stamp went back: the track is dropped)."""
+        if self._last is None or self.speed_mps <= 0.0:
+            return None
+        position, last_ns = self._last
+        if stamp_ns < last_ns:
+            logger.info('%s: stamp went back from %d to %d ns: dropping the track', self.name, last_ns, stamp_ns)
+            self._last = None
+            return None
+        return position, self.sigma_m + self.speed_mps * (stamp_ns - last_ns) * 1e-9
+
+    def update(self, position: np.ndarray, stamp_ns: int) -> None:
+        self._last = (np.asarray(position, dtype=np.float64).copy(), int(stamp_ns))
+
+    def reset(self) -> None:
+        self._last = None

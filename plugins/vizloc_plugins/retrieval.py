@@ -22,6 +22,10 @@ Per frame:
 4. **Fallback.** Without a pose (no CameraInfo, too few points or inliers, a pose farther than
    ``max_pose_offset_m`` from the best reference), the best reference's position with a wide covariance
    (``fallback_sigma_m``), flagged by ``diagnostics['fallback'] = 'best_reference'``.
+5. **Track.** Along a run of frames the previous frame's PnP pose (:class:`vizloc_plugins.keyframes.Track`:
+   ``track_sigma_m`` growing by ``track_speed_mps`` over the time since) orders the places: those within
+   its reach are tried first, and a fallback prefers a verified (else retrieved) reference within it. It
+   only orders this frame's own evidence; every pose is still this frame's PnP.
 
 The database (``options.database``) lives outside the bundle and is verified on load (manifest with a
 sha256 per file, docs/bundles.md). No torch here.
@@ -45,7 +49,7 @@ from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext,
 from vizloc_ros.types import (CameraIntrinsics, CovarianceType, Frame, GeoEstimate, InvalidOutputError, LocalizationResult,
                               PoseEstimate, ResultStatus)
 
-from .keyframes import lift_pixels, ratio_test, root_sift, verify_two_view
+from .keyframes import TRACK_GATE_D2, Track, lift_pixels, ratio_test, root_sift, verify_two_view
 from .pnp import geo_estimate_from_pose, solve_pnp_lo_ransac, undistort_pixels
 from .refdb import ReferenceDatabase, ReferenceDatabaseError, ReferenceEntry, ReferenceIndex, load_depth_m
 from .retrieval_contract import LOCALIZER_TYPE, ContractError, RetrievalContract, descriptor_model_name
@@ -88,6 +92,12 @@ class RetrievalOptions:
     verify_database: bool = field(default=True, metadata={'description': 'check every file of the database on load'})
     feature_cache: int = field(default=512, metadata={'description': 'reference SIFT features kept in memory'})
     seed: int = field(default=0, metadata={'description': 'RANSAC random seed'})
+    track_speed_mps: float = field(default=15.0, metadata={
+        'description': "places near the previous frame's PnP pose (within this platform speed of it) are tried "
+                       'first, and a fallback prefers a reference near it; 0 = every frame on its own'})
+    track_sigma_m: float = field(default=3.0, metadata={
+        'description': "standard deviation (m) of the previous frame's pose as the next frame's prior, before it "
+                       'grows by track_speed_mps over the time between the frames'})
     intra_op_num_threads: int = field(default=0, metadata={
         'description': 'ONNX Runtime CPU threads for backend onnxruntime (0 = library default)'})
 
@@ -106,6 +116,10 @@ class RetrievalOptions:
             raise ValueError('sift_features and feature_cache must be >= 0')
         if not self.sift_contrast_threshold > 0:
             raise ValueError(f'sift_contrast_threshold must be > 0, got {self.sift_contrast_threshold}')
+        if not (math.isfinite(self.track_speed_mps) and self.track_speed_mps >= 0.0):
+            raise ValueError(f'track_speed_mps must be >= 0 (0 = no tracking), got {self.track_speed_mps}')
+        if not (math.isfinite(self.track_sigma_m) and self.track_sigma_m > 0.0):
+            raise ValueError(f'track_sigma_m must be > 0, got {self.track_sigma_m}')
 
 
 @dataclass(frozen=True)
@@ -226,7 +240,21 @@ class RetrievalPipeline:
                 self._depth_cache.popitem(last=False)
         return self._depth_cache[entry.uid]
 
-    def run(self, rgb_HW3: np.ndarray, descriptor_D: np.ndarray, camera: CameraIntrinsics | None) -> RetrievalOutcome:
+    def _near(self, uid: str, prior: tuple[np.ndarray, float] | None) -> bool:
+        """Whether reference ``uid`` may belong to a place inside the prior's 99.9 % gate ((position, sigma m)
+        of the previous pose; horizontal distance, plus ``place_radius_m`` for the place's extent)."""
+        T = self.db[uid].T_map_camera
+        if prior is None or T is None:
+            return False
+        reach_m = math.sqrt(TRACK_GATE_D2) * prior[1] + self.options.place_radius_m
+        return bool(np.linalg.norm(T[:2, 3] - np.asarray(prior[0])[:2]) <= reach_m)
+
+    def run(self, rgb_HW3: np.ndarray, descriptor_D: np.ndarray, camera: CameraIntrinsics | None,
+            prior: tuple[np.ndarray, float] | None = None) -> RetrievalOutcome:
+        """Retrieve, verify and pose one frame. ``prior``: (position in the map frame, standard deviation in
+        m) of the previous frame's pose (:class:`vizloc_plugins.keyframes.Track`): places within its reach are
+        tried first, and without a pose the best reference is the first verified (else retrieved) one
+        within its reach."""
         opt = self.options
         scores, uids = self.index.search(descriptor_D[None], opt.top_k)
         candidates, cand_scores = tuple(uids[0]), tuple(float(s) for s in scores[0][:len(uids[0])])
@@ -245,10 +273,18 @@ class RetrievalPipeline:
         best = verified[0].uid if verified else candidates[0]
         outcome = RetrievalOutcome(candidates, cand_scores, tuple(verified), best)
         if not verified:
-            return _no_pose(outcome, 'not_verified', 'no candidate passed geometric verification')
-        if camera is None:
-            return _no_pose(outcome, 'no_camera_info', 'no CameraInfo: no intrinsics for PnP')
-        return self._pose(outcome, camera)
+            result = _no_pose(outcome, 'not_verified', 'no candidate passed geometric verification')
+        elif camera is None:
+            result = _no_pose(outcome, 'no_camera_info', 'no CameraInfo: no intrinsics for PnP')
+        else:
+            result = self._pose(outcome, camera, prior)
+        if result.T_map_camera is None and prior is not None:
+            # the fallback: a reference where the camera can be, when one was verified (else retrieved)
+            pool = [v.uid for v in verified] or list(candidates[:opt.verify_k])
+            near = [uid for uid in pool if self._near(uid, prior)]
+            if near:
+                result = replace(result, best_uid=near[0])
+        return result
 
     def _triangulated(self, v: Verification, partners: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(query pixels, map points) for a verified reference without depth: its keypoints matched to
@@ -289,11 +325,16 @@ class RetrievalPipeline:
                 places.append((T[:3, 3], [v]))
         return [members for _, members in places]
 
-    def _pose(self, outcome: RetrievalOutcome, camera: CameraIntrinsics) -> RetrievalOutcome:
-        """PnP per place (:meth:`_places`, the first ``pnp_places`` in turn): points of different places never
-        meet in one PnP. The first place whose pose passes becomes the outcome (its first reference is
-        ``best_uid``); when none does, the first place's failure."""
-        places = self._places(outcome.verified)[:self.options.pnp_places]
+    def _pose(self, outcome: RetrievalOutcome, camera: CameraIntrinsics,
+              prior: tuple[np.ndarray, float] | None = None) -> RetrievalOutcome:
+        """PnP per place (:meth:`_places`, those within the prior's reach first, the first ``pnp_places`` in
+        turn): points of different places never meet in one PnP. The first place whose pose passes becomes
+        the outcome (its first reference is ``best_uid``); when none does, the first place's failure."""
+        places = self._places(outcome.verified)
+        if prior is not None:  # a repeated facade elsewhere cannot be where the camera just was
+            near = [p for p in places if self._near(p[0].uid, prior)]
+            places = near + [p for p in places if not any(p is q for q in near)]
+        places = places[:self.options.pnp_places]
         if not places:
             return _no_pose(outcome, 'no_reference_pose', 'verified references have no pose (E)')
         posed = [u for u in outcome.candidates[:self.options.verify_k] if self.db[u].E is not None]
@@ -382,6 +423,7 @@ class RetrievalLocalizer:
         except ConfigError:
             self.model.close()
             raise
+        self.track = Track(options.track_sigma_m, options.track_speed_mps, self.name)  # the last PnP pose
         logger.info('%s: database %s (version %d, %d entries, geo %s)', self.name, options.database,
                     self.pipeline.db.version, len(self.pipeline.db), 'yes' if self.pipeline.geo else 'no')
 
@@ -397,12 +439,16 @@ class RetrievalLocalizer:
             raise InvalidOutputError(f'descriptor of shape {descriptor.shape} for an index of dimension '
                                      f'{self.pipeline.index.dim}, or not finite')
         camera = None if frame.camera is None else frame.camera.scaled(frame.width, frame.height)
-        outcome = self.pipeline.run(frame.rgb_HW3, descriptor, camera)
+        prior = self.track.prior(frame.stamp_ns)
+        outcome = self.pipeline.run(frame.rgb_HW3, descriptor, camera, prior)
+        if outcome.T_map_camera is not None:
+            self.track.update(outcome.T_map_camera[:3, 3], frame.stamp_ns)
         matching_ms = (time.perf_counter() - started) * 1e3 - network_ms
         diagnostics = {'network_ms': f'{network_ms:.1f}', 'matching_ms': f'{matching_ms:.1f}',
                        'best_reference': str(outcome.best_uid), 'verified': str(len(outcome.verified)),
                        'pnp_points': str(outcome.pnp_points), 'pnp_inliers': str(outcome.pnp_inliers),
-                       'database_version': str(self.pipeline.db.version)}
+                       'database_version': str(self.pipeline.db.version),
+                       'track': 'none' if prior is None else f'{prior[1]:.1f}'}
         if outcome.T_map_camera is not None:
             pose = PoseEstimate(T_map_camera=outcome.T_map_camera, cov_6x6=outcome.cov_6x6,
                                 inlier_ratio=outcome.pnp_inliers / max(outcome.pnp_points, 1))
@@ -433,7 +479,8 @@ class RetrievalLocalizer:
         return GeoEstimate(lat_deg=lat, lon_deg=lon, alt_m=alt, cov_enu_m2=np.eye(3) * sigma2)
 
     def reset(self) -> None:
-        """No temporal state."""
+        """Forget the track of the last pose (node deactivation)."""
+        self.track.reset()
 
     def close(self) -> None:
         self.model.close()

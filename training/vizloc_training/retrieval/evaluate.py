@@ -23,6 +23,7 @@ import argparse
 import collections
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -44,10 +45,13 @@ POSITION_THRESHOLDS_M = (1.0, 5.0, 10.0, 25.0)
 
 
 def evaluate_bundle(bundle: Path, data: Path, *, database: Path | None = None, split: str = 'test',
-                    max_queries: int = 0, options: Any = None) -> dict[str, float]:
+                    max_queries: int = 0, options: Any = None, sequence_period_s: float = 0.0) -> dict[str, float]:
     """Metrics of ``bundle`` on the ``split`` queries of the campus-layout dataset ``data`` (database:
-    ``data/refdb`` unless given; its descriptors and index must have been built with this bundle)."""
+    ``data/refdb`` unless given; its descriptors and index must have been built with this bundle).
+    ``sequence_period_s`` > 0: the queries are one run in file order, ``sequence_period_s`` apart, and each
+    frame gets the previous pose as its prior as the plugin does (``Track``); 0: every query on its own."""
     from vizloc_ros.runner import BundleModel
+    from vizloc_plugins.keyframes import Track
     from vizloc_plugins.retrieval import RetrievalOptions, RetrievalPipeline
     from vizloc_plugins.retrieval_contract import LOCALIZER_TYPE, RetrievalContract, descriptor_model_name
     from vizloc_ros.types import CameraIntrinsics, Frame
@@ -69,13 +73,17 @@ def evaluate_bundle(bundle: Path, data: Path, *, database: Path | None = None, s
         latency_ms = []
         failures: collections.Counter[str] = collections.Counter()
         example: dict[str, str] = {}
+        track = Track(options.track_sigma_m, options.track_speed_mps if sequence_period_s > 0 else 0.0, 'evaluate')
 
         for i, path in enumerate(progress(queries.images, desc=f'evaluate {split}')):
             rgb = read_rgb(path)
             started = time.perf_counter()
-            frame = Frame(rgb_HW3=rgb, stamp_ns=0, frame_id='camera', camera=camera)
+            stamp_ns = int(round(i * sequence_period_s * 1e9))
+            frame = Frame(rgb_HW3=rgb, stamp_ns=stamp_ns, frame_id='camera', camera=camera)
             descriptor = model.run(frame, ['descriptor'])['descriptor'][0]
-            outcome = pipeline.run(rgb, descriptor, camera)
+            outcome = pipeline.run(rgb, descriptor, camera, track.prior(stamp_ns))
+            if outcome.T_map_camera is not None:
+                track.update(outcome.T_map_camera[:3, 3], stamp_ns)
             latency_ms.append((time.perf_counter() - started) * 1e3)
             truth = queries.T_map_camera[i, :3, 3]
             near = [np.linalg.norm(ref_position[u][:2] - truth[:2]) <= contract.recall_radius_m
@@ -120,7 +128,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--option', action='append', default=[], metavar='KEY=VALUE',
                         help="a retrieval localizer option (the node's ROS parameter <name>.KEY), repeatable; "
                              'e.g. --option verify_k=20')
+    parser.add_argument('--sequence-period-s', type=float, default=0.0,
+                        help='> 0: the split is one run in file order, frames this many seconds apart, and each '
+                             "frame gets the previous pose as prior like the node's plugin (option track_*); "
+                             '0 (default): every query on its own')
     ns = parser.parse_args(argv)
+    if not (math.isfinite(ns.sequence_period_s) and ns.sequence_period_s >= 0.0):
+        parser.error(f'--sequence-period-s must be >= 0, got {ns.sequence_period_s}')
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
     from vizloc_plugins.retrieval import RetrievalOptions
     from vizloc_ros.localizer import ConfigError, options_from_text, parse_key_values
@@ -131,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         parser.error(str(exc))
     metrics = evaluate_bundle(ns.bundle, ns.data, database=ns.database, split=ns.split, max_queries=ns.max_queries,
-                              options=options)
+                              options=options, sequence_period_s=ns.sequence_period_s)
     print(json.dumps(metrics, indent=1))
     return 0
 
