@@ -31,15 +31,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from vizloc_plugins.keyframes import gate_d2
+
 RULES_K = (10, 20, 40)
 GATES = (0.999, 0.99, 0.95)
 TRACKS = ((3.0, 15.0), (10.0, 15.0), (10.0, 5.0))  # (sigma m, speed m/s)
 RADII = (15.0, 25.0, 40.0)
-
-
-def _gate_d2(gate: float) -> float:
-    """Squared Mahalanobis radius of the ``gate`` ellipse (chi-square, 2 degrees of freedom)."""
-    return -2.0 * math.log(1.0 - gate)
 
 
 def _cache(bundle: Path, data: Path, split: str, frame_period_s: float) -> tuple[list[dict[str, Any]], Any]:
@@ -79,7 +76,7 @@ def _cache(bundle: Path, data: Path, split: str, frame_period_s: float) -> tuple
             d2 = np.einsum('ni,ij,nj->n', d, np.linalg.pinv(cov), d)
             tops = set(np.argsort(-votes, kind='stable')[:max(RULES_K)])
             for gate in GATES:
-                tops |= set(np.argsort(-np.where(d2 <= _gate_d2(gate), votes, -1), kind='stable')[:10])
+                tops |= set(np.argsort(-np.where(d2 <= gate_d2(gate), votes, -1), kind='stable')[:10])
             query = root_sift(descs)
             inliers = {int(f): places.inliers(px, query, int(f)) for f in tops if votes[f] > 0}
             out.append({'mean': mean, 'cov': cov, 'truth': truth, 'votes': votes, 'd2': d2, 'inliers': inliers,
@@ -108,13 +105,13 @@ def _score(cache: list[dict[str, Any]], places: Any, *, k: int, gate: float | No
     for q in cache:
         score = q['votes'].astype(np.float64)
         if gate is not None:
-            score = np.where(q['d2'] <= _gate_d2(gate), score, -1.0)
+            score = np.where(q['d2'] <= gate_d2(gate), score, -1.0)
         candidates = [int(f) for f in np.argsort(-score, kind='stable')[:k] if score[f] > 0]
         if track_candidates and track is not None and state is not None:
             # also the most voted images inside the track's gate
             position, t = state
             sigma_m = track[0] + track[1] * (q['t'] - t)
-            near = np.sum((P - position) ** 2, axis=1) <= _gate_d2(settings.prior_gate) * sigma_m ** 2
+            near = np.sum((P - position) ** 2, axis=1) <= gate_d2(settings.prior_gate) * sigma_m ** 2
             near_votes = np.where(near, q['votes'], 0)
             extra = [int(f) for f in np.argsort(-near_votes, kind='stable')[:track_candidates] if near_votes[f] > 0]
             candidates += [f for f in extra if f not in candidates]

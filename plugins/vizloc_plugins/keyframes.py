@@ -47,7 +47,7 @@ from .gps_regressor_contract import GPSKeyframes
 from .scene_coordinates_contract import SceneKeyframes
 
 __all__ = ['KEYFRAMES_NPZ', 'KEYFRAMES_INDEX', 'FLAT_MAX_POINTS', 'KeyframeError', 'KeyframeMatch', 'KeyframeMap',
-           'PlaceMatch', 'PlaceMap', 'Track', 'build_keyframe_map', 'choose_place', 'build_place_map', 'lift_pixels', 'limit_size', 'ratio_test', 'root_sift',
+           'PlaceMatch', 'PlaceMap', 'TRACK_GATE', 'Track', 'build_keyframe_map', 'choose_place', 'gate_d2', 'build_place_map', 'lift_pixels', 'limit_size', 'ratio_test', 'root_sift',
            'sift_detector', 'sift_features', 'verify_two_view']
 
 logger = logging.getLogger(__name__)
@@ -526,8 +526,7 @@ def choose_place(verified: Iterable[tuple[int, int]], positions_FD: np.ndarray, 
     prior_info = None
     if prior_mean_m is not None and prior_cov_m2 is not None:
         prior_info = np.linalg.pinv(np.asarray(prior_cov_m2, dtype=np.float64))
-    # squared Mahalanobis radius of the prior's prior_gate ellipse (chi-square, 2 degrees of freedom)
-    gate_d2 = -2.0 * math.log(1.0 - opt.prior_gate) if opt.prior_gate > 0.0 else math.inf
+    gate = gate_d2(opt.prior_gate) if opt.prior_gate > 0.0 else math.inf
     best_score, place, mean = -math.inf, [], None
     for f, n in verified:
         head = positions_FD[f]
@@ -540,7 +539,7 @@ def choose_place(verified: Iterable[tuple[int, int]], positions_FD: np.ndarray, 
         if prior_info is not None:
             d = centre - np.asarray(prior_mean_m, dtype=np.float64)
             d2 = float(d @ prior_info @ d)
-            if d2 > gate_d2:
+            if d2 > gate:
                 continue
             log_score -= 0.5 * d2
         if log_score > best_score:
@@ -553,8 +552,14 @@ def choose_place(verified: Iterable[tuple[int, int]], positions_FD: np.ndarray, 
     return PlaceMatch(mean, cov, (), used=len(place))
 
 
-#: Squared Mahalanobis radius of a 2-D Gaussian's 99.9 % ellipse (chi-square, 2 degrees of freedom).
-TRACK_GATE_D2 = -2.0 * math.log(1.0 - 0.999)
+#: Probability mass inside the track's gate.
+TRACK_GATE = 0.999
+
+
+def gate_d2(probability: float) -> float:
+    """Squared Mahalanobis radius of a 2-D Gaussian's ``probability`` ellipse (chi-square, 2 degrees of freedom;
+    the same formula as the training metrics' ``chi2_2dof_quantile``, which the runtime does not import)."""
+    return -2.0 * math.log1p(-probability)
 
 
 class Track:

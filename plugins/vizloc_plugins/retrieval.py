@@ -49,7 +49,7 @@ from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext,
 from vizloc_ros.types import (CameraIntrinsics, CovarianceType, Frame, GeoEstimate, InvalidOutputError, LocalizationResult,
                               PoseEstimate, ResultStatus)
 
-from .keyframes import TRACK_GATE_D2, Track, lift_pixels, ratio_test, root_sift, verify_two_view
+from .keyframes import TRACK_GATE, Track, gate_d2, lift_pixels, ratio_test, root_sift, verify_two_view
 from .pnp import geo_estimate_from_pose, solve_pnp_lo_ransac, undistort_pixels
 from .refdb import ReferenceDatabase, ReferenceDatabaseError, ReferenceEntry, ReferenceIndex, load_depth_m
 from .retrieval_contract import LOCALIZER_TYPE, ContractError, RetrievalContract, descriptor_model_name
@@ -246,7 +246,7 @@ class RetrievalPipeline:
         T = self.db[uid].T_map_camera
         if prior is None or T is None:
             return False
-        reach_m = math.sqrt(TRACK_GATE_D2) * prior[1] + self.options.place_radius_m
+        reach_m = math.sqrt(gate_d2(TRACK_GATE)) * prior[1] + self.options.place_radius_m
         return bool(np.linalg.norm(T[:2, 3] - np.asarray(prior[0])[:2]) <= reach_m)
 
     def run(self, rgb_HW3: np.ndarray, descriptor_D: np.ndarray, camera: CameraIntrinsics | None,
