@@ -9,6 +9,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -250,7 +251,8 @@ def test_pnp_runs_place_by_place_so_a_wrong_place_cannot_spoil_the_right_one(cam
     places = pipeline._places(spoiled.verified)
     assert [v.uid for v in places[0]] == [far.uid]
     assert {v.uid for place in places[1:] for v in place} == {v.uid for v in outcome.verified}
-    posed = pipeline._pose(spoiled, camera)
+    query = pipeline.features.detect(cv2.cvtColor(read_rgb(campus_world / 'images' / f'{uid}.jpg'), cv2.COLOR_RGB2GRAY))
+    posed = pipeline._pose(spoiled, query, camera)
     assert posed.T_map_camera is not None, posed.reason
     assert posed.best_uid == right.uid
     # the same tolerance as the depth case of the test above: the right place's points alone
@@ -258,7 +260,7 @@ def test_pnp_runs_place_by_place_so_a_wrong_place_cannot_spoil_the_right_one(cam
 
     one_place = RetrievalPipeline(db_root, 'oracle', replace(options, place_radius_m=1e6))
     assert len(one_place._places(spoiled.verified)) == 1
-    mixed = one_place._pose(spoiled, camera)
+    mixed = one_place._pose(spoiled, query, camera)
     assert mixed.T_map_camera is None and mixed.failure in ('pose_too_far', 'too_few_pnp_inliers', 'pnp_failed')
     with pytest.raises(ValueError):
         RetrievalOptions(database='x', place_radius_m=0.0)
@@ -337,9 +339,9 @@ def test_hard_negatives_are_the_most_similar_negatives_and_fill_the_batch() -> N
 
 
 def test_the_previous_pose_orders_the_places_and_the_fallback(campus_world: Path, tmp_path: Path) -> None:
-    """The track (previous pose, ``prior``) puts the place where the camera just was before a repeated facade
-    elsewhere with more inliers (the spoiled outcome of the test above), and a fallback prefers a
-    reference within its reach."""
+    """The track (previous pose, ``prior``) lets only places within its reach be tried, so the place where the
+    camera just was wins over a repeated facade elsewhere with more inliers (the spoiled outcome of the test
+    above), and a fallback prefers a reference within its reach."""
     from vizloc_training.retrieval.data import read_rgb
     from vizloc_plugins.retrieval import Verification
 
@@ -361,14 +363,18 @@ def test_the_previous_pose_orders_the_places_and_the_fallback(campus_world: Path
     wrong = Verification(far.uid, right.inliers + 100, right.query_idx, right.query_px,
                          right.ref_px[shuffled], right.ref_idx[shuffled])
     spoiled = replace(outcome, verified=(wrong,) + outcome.verified, best_uid=far.uid, T_map_camera=None, cov_6x6=None)
+    query = pipeline.features.detect(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
     # without a prior the wrong place (most inliers) is the one place tried: no pose
-    assert pipeline._pose(spoiled, camera).T_map_camera is None
+    assert pipeline._pose(spoiled, query, camera).T_map_camera is None
     # the previous pose where the camera is: the right place first, its pose
-    tracked = pipeline._pose(spoiled, camera, (T_true[:3, 3], sigma_m))
+    tracked = pipeline._pose(spoiled, query, camera, (T_true[:3, 3], sigma_m))
     assert tracked.T_map_camera is not None and tracked.best_uid == right.uid, tracked.reason
     assert np.linalg.norm(tracked.T_map_camera[:3, 3] - T_true[:3, 3]) < 0.5  # as in the depth test above
     # a previous pose at the far place keeps the wrong place first
-    assert pipeline._pose(spoiled, camera, (far.T_map_camera[:3, 3], sigma_m)).T_map_camera is None
+    assert pipeline._pose(spoiled, query, camera, (far.T_map_camera[:3, 3], sigma_m)).T_map_camera is None
+    # a previous pose far from both: no place is tried (the camera cannot have moved there in time)
+    nowhere = (T_true[:3, 3] + np.array([0.0, 4.0 * reach_m, 0.0]), sigma_m)
+    assert pipeline._pose(spoiled, query, camera, nowhere).failure == 'outside_track'
 
     # fallback (no CameraInfo: no PnP): the first verified reference within the prior's reach
     tight = RetrievalPipeline(db_root, 'oracle', replace(options, place_radius_m=0.1))
@@ -385,3 +391,61 @@ def test_the_previous_pose_orders_the_places_and_the_fallback(campus_world: Path
         RetrievalOptions(database='x', track_speed_mps=-1.0)
     with pytest.raises(ValueError, match='track_sigma_m'):
         RetrievalOptions(database='x', track_sigma_m=0.0)
+
+
+def test_a_frame_no_reference_verifies_is_posed_on_the_previous_frames_map_points(campus_world: Path,
+                                                                                 tmp_path: Path) -> None:
+    """The last poses' PnP inliers (their descriptors and database points, kept by ``PoseTrack``) pose the next
+    frame when none of its own candidates verifies; the pose must lie within the previous pose's reach."""
+    from vizloc_training.retrieval.data import read_rgb
+    from vizloc_plugins.retrieval import PoseTrack
+
+    db_root, uid, T_true = _leave_one_out(campus_world, tmp_path, keep_depth=True)
+    world = __import__('yaml').safe_load((campus_world / 'world.yaml').read_text())
+    camera = CameraIntrinsics(K=np.asarray(world['camera']['K']), width=320, height=240)
+    # three candidates only, so that a retrieval sent elsewhere verifies nothing
+    options = RetrievalOptions(database=str(db_root), top_k=3, verify_k=3)
+    pipeline = RetrievalPipeline(db_root, 'oracle', options)
+    track = PoseTrack(options, 'test')
+    first, prior = track.step(pipeline, read_rgb(campus_world / 'images' / f'{uid}.jpg'), _oracle(T_true[None])[0],
+                              camera, 0)
+    assert prior is None and first.T_map_camera is not None and not first.chained, first.reason
+    assert len(first.inlier_points_N3) == first.pnp_inliers == len(first.inlier_descs_N128)
+    # the next frame: the reference nearest to the first one that looks the same way, its retrieval sent to the
+    # reference farthest from it (a look-alike place, as the unverifiable lawn views get)
+    entries = [e for e in pipeline.db if e.T_map_camera is not None]
+    axis = T_true[:3, 2]
+    same_way = [e for e in entries if e.T_map_camera[:3, 2] @ axis > math.cos(math.radians(20.0))]
+    second = min(same_way, key=lambda e: np.linalg.norm(e.T_map_camera[:3, 3] - T_true[:3, 3]))
+    T_second = second.T_map_camera
+    lost_descriptor = _oracle(max(entries, key=lambda e: np.linalg.norm(e.T_map_camera[:3, 3] - T_second[:3, 3]))
+                              .T_map_camera[None])[0]
+    rgb = read_rgb(second.image)
+    lost = pipeline.run(rgb, lost_descriptor, camera)
+    assert lost.T_map_camera is None and lost.failure == 'not_verified', (lost.reason, lost.verified)
+    # 0.1 s later the track reaches 3.7 x (3 m + 15 m/s x 0.1 s) = 16.7 m: the step is inside it
+    step_m = float(np.linalg.norm(T_second[:3, 3] - T_true[:3, 3]))
+    assert step_m < 16.0
+    chained, prior = track.step(pipeline, rgb, lost_descriptor, camera, 100_000_000)
+    assert prior is not None and prior[1] == pytest.approx(4.5)
+    assert chained.chained and chained.T_map_camera is not None, chained.reason
+    assert chained.failure == '' and chained.pnp_inliers >= options.pnp_min_inliers
+    # database points, as in the depth test above: the pose is good to well under 0.5 m (a wrong one is metres off)
+    assert np.linalg.norm(chained.T_map_camera[:3, 3] - T_second[:3, 3]) < 0.5
+    # the chain goes on with the points this frame matched (the same database points)
+    assert len(chained.inlier_points_N3) == chained.pnp_inliers
+    descs, points = track.map_points()
+    assert len(points) == first.pnp_inliers + chained.pnp_inliers == len(descs)
+    # a previous pose the camera cannot have left in time: no chained pose, the fallback as before
+    away = (T_true[:3, 3] + np.array([40.0, 0.0, 0.0]), 3.0)  # reach 3.7 x 3 m = 11 m
+    refused = pipeline.run(rgb, lost_descriptor, camera, away, track.map_points())
+    assert refused.T_map_camera is None and not refused.chained and refused.failure == 'not_verified'
+    # a stamp going back (a bag loop) drops the track and its points: every frame on its own again
+    again, prior = track.step(pipeline, rgb, lost_descriptor, camera, 50_000_000)
+    assert prior is None and again.T_map_camera is None and track.map_points() is None
+    with pytest.raises(ValueError, match='chain_frames'):
+        RetrievalOptions(database='x', chain_frames=-1)
+    # chain_frames 0: the track still orders places, but no frame is posed on earlier frames' points
+    off = PoseTrack(replace(options, chain_frames=0))
+    off.step(pipeline, read_rgb(campus_world / 'images' / f'{uid}.jpg'), _oracle(T_true[None])[0], camera, 0)
+    assert off.step(pipeline, rgb, lost_descriptor, camera, 100_000_000)[0].T_map_camera is None

@@ -23,9 +23,17 @@ Per frame:
    ``max_pose_offset_m`` from the best reference), the best reference's position with a wide covariance
    (``fallback_sigma_m``), flagged by ``diagnostics['fallback'] = 'best_reference'``.
 5. **Track.** Along a run of frames the previous frame's PnP pose (:class:`vizloc_plugins.keyframes.Track`:
-   ``track_sigma_m`` growing by ``track_speed_mps`` over the time since) orders the places: those within
-   its reach are tried first, and a fallback prefers a verified (else retrieved) reference within it. It
-   only orders this frame's own evidence; every pose is still this frame's PnP.
+   ``track_sigma_m`` growing by ``track_speed_mps`` over the time since) gates the places: only those within
+   its 99.9 % reach are tried (a repeated facade 150 m away cannot be where the camera was a tenth of a
+   second ago; a frame with none falls back, and the reach keeps growing until a pose is found again), and
+   a fallback prefers a verified (else retrieved) reference within it.
+6. **The last poses' map points** (option ``chain_frames``). A frame none of whose places gives a pose
+   (a view across an open lawn that no reference verifies, a place with too few points) is posed on the
+   map points of the last ``chain_frames`` poses (their PnP inliers: database points, matched through
+   those frames' own descriptors) together with its own verified places within the track's reach; the pose
+   must lie within that reach (``diagnostics['source'] = 'previous_frame'``). The points are the
+   database's, not re-estimated, so the pose is this frame's PnP against the map and its error does not
+   accumulate along the run as odometry's would.
 
 The database (``options.database``) lives outside the bundle and is verified on load (manifest with a
 sha256 per file, docs/bundles.md). No torch here.
@@ -35,7 +43,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -54,7 +62,7 @@ from .pnp import geo_estimate_from_pose, solve_pnp_lo_ransac, undistort_pixels
 from .refdb import ReferenceDatabase, ReferenceDatabaseError, ReferenceEntry, ReferenceIndex, load_depth_m
 from .retrieval_contract import LOCALIZER_TYPE, ContractError, RetrievalContract, descriptor_model_name
 
-__all__ = ['LOCALIZER_TYPE', 'RetrievalOptions', 'RetrievalPipeline', 'RetrievalOutcome', 'RetrievalLocalizer',
+__all__ = ['LOCALIZER_TYPE', 'RetrievalOptions', 'RetrievalPipeline', 'RetrievalOutcome', 'PoseTrack', 'RetrievalLocalizer',
            'Verification', 'FAILURES', 'compute_descriptors', 'vizloc_register_localizers', 'vizloc_register_trainers']
 
 logger = logging.getLogger(__name__)
@@ -98,6 +106,11 @@ class RetrievalOptions:
     track_sigma_m: float = field(default=3.0, metadata={
         'description': "standard deviation (m) of the previous frame's pose as the next frame's prior, before it "
                        'grows by track_speed_mps over the time between the frames'})
+    chain_frames: int = field(default=5, metadata={
+        'description': "a frame none of whose places gives a pose is posed on the map points of the last this many "
+                       "poses (their PnP inliers' database points, matched through those frames' descriptors) and "
+                       "its own verified places within the track's reach; 0 = off; needs the track "
+                       '(track_speed_mps > 0)'})
     intra_op_num_threads: int = field(default=0, metadata={
         'description': 'ONNX Runtime CPU threads for backend onnxruntime (0 = library default)'})
 
@@ -116,6 +129,8 @@ class RetrievalOptions:
             raise ValueError('sift_features and feature_cache must be >= 0')
         if not self.sift_contrast_threshold > 0:
             raise ValueError(f'sift_contrast_threshold must be > 0, got {self.sift_contrast_threshold}')
+        if self.chain_frames < 0:
+            raise ValueError(f'chain_frames must be >= 0 (0 = off), got {self.chain_frames}')
         if not (math.isfinite(self.track_speed_mps) and self.track_speed_mps >= 0.0):
             raise ValueError(f'track_speed_mps must be >= 0 (0 = no tracking), got {self.track_speed_mps}')
         if not (math.isfinite(self.track_sigma_m) and self.track_sigma_m > 0.0):
@@ -135,8 +150,8 @@ class Verification:
 
 
 #: Stable kinds of :attr:`RetrievalOutcome.failure` (why a frame got no PnP pose).
-FAILURES: tuple[str, ...] = ('empty_index', 'not_verified', 'no_camera_info', 'no_reference_pose', 'too_few_points',
-                             'pnp_failed', 'too_few_pnp_inliers', 'pose_too_far')
+FAILURES: tuple[str, ...] = ('empty_index', 'not_verified', 'no_camera_info', 'no_reference_pose', 'outside_track',
+                             'too_few_points', 'pnp_failed', 'too_few_pnp_inliers', 'pose_too_far')
 
 
 @dataclass(frozen=True)
@@ -153,6 +168,10 @@ class RetrievalOutcome:
     pnp_points: int = 0
     reason: str = ''   # why there is no PnP pose, for people (diagnostics)
     failure: str = ''  # the same as a stable kind (see FAILURES), for counting
+    # the PnP inliers: this frame's descriptors and their map points (what the next frame may match)
+    inlier_descs_N128: np.ndarray | None = None
+    inlier_points_N3: np.ndarray | None = None
+    chained: bool = False  # the pose came from the last poses' map points (and the frame's weak places)
 
 
 class _Features:
@@ -250,11 +269,13 @@ class RetrievalPipeline:
         return bool(np.linalg.norm(T[:2, 3] - np.asarray(prior[0])[:2]) <= reach_m)
 
     def run(self, rgb_HW3: np.ndarray, descriptor_D: np.ndarray, camera: CameraIntrinsics | None,
-            prior: tuple[np.ndarray, float] | None = None) -> RetrievalOutcome:
+            prior: tuple[np.ndarray, float] | None = None,
+            map_points: tuple[np.ndarray, np.ndarray] | None = None) -> RetrievalOutcome:
         """Retrieve, verify and pose one frame. ``prior``: (position in the map frame, standard deviation in
-        m) of the previous frame's pose (:class:`vizloc_plugins.keyframes.Track`): places within its reach are
-        tried first, and without a pose the best reference is the first verified (else retrieved) one
-        within its reach."""
+        m) of the previous frame's pose (:class:`vizloc_plugins.keyframes.Track`): only places within its reach
+        are tried, and without a pose of its places the frame is posed on ``map_points`` ((descriptors N x 128,
+        map points N x 3) of the last poses' PnP inliers, :class:`PoseTrack`) with its places within the reach;
+        without any pose the best reference is the first verified (else retrieved) one within the reach."""
         opt = self.options
         scores, uids = self.index.search(descriptor_D[None], opt.top_k)
         candidates, cand_scores = tuple(uids[0]), tuple(float(s) for s in scores[0][:len(uids[0])])
@@ -277,9 +298,13 @@ class RetrievalPipeline:
         elif camera is None:
             result = _no_pose(outcome, 'no_camera_info', 'no CameraInfo: no intrinsics for PnP')
         else:
-            result = self._pose(outcome, camera, prior)
+            result = self._pose(outcome, query, camera, prior)
         if result.T_map_camera is None and prior is not None:
-            # the fallback: a reference where the camera can be, when one was verified (else retrieved)
+            if map_points is not None and camera is not None:
+                chained = self._chain(result, query, camera, prior, map_points)
+                result = chained if chained.T_map_camera is not None else result
+            # the best reference (the fallback's position): one where the camera can be, when one was
+            # verified (else retrieved)
             pool = [v.uid for v in verified] or list(candidates[:opt.verify_k])
             near = [uid for uid in pool if self._near(uid, prior)]
             if near:
@@ -287,7 +312,7 @@ class RetrievalPipeline:
         return result
 
     def _triangulated(self, v: Verification, partners: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(query pixels, map points) for a verified reference without depth: its keypoints matched to
+        """(indices into ``v``'s matches, map points) for a verified reference without depth: its keypoints matched to
         posed partner references (SIFT, ratio test, USAC) and triangulated; query matches to those keypoints."""
         entry = self.db[v.uid]
         feats = self.features.reference(entry)
@@ -305,8 +330,8 @@ class RetrievalPipeline:
                 point_of.setdefault(int(k), x)
         keep = [i for i, k in enumerate(v.ref_idx) if int(k) in point_of]
         if not keep:
-            return np.zeros((0, 2)), np.zeros((0, 3))
-        return v.query_px[keep], np.stack([point_of[int(v.ref_idx[i])] for i in keep])
+            return np.zeros(0, np.int64), np.zeros((0, 3))
+        return np.asarray(keep, np.int64), np.stack([point_of[int(v.ref_idx[i])] for i in keep])
 
     def _places(self, verified: tuple[Verification, ...]) -> list[list[Verification]]:
         """Verified references with a pose grouped by place: each (most inliers first) joins the first group
@@ -325,55 +350,89 @@ class RetrievalPipeline:
                 places.append((T[:3, 3], [v]))
         return [members for _, members in places]
 
-    def _pose(self, outcome: RetrievalOutcome, camera: CameraIntrinsics,
+    def _chain(self, outcome: RetrievalOutcome, query: tuple[np.ndarray, np.ndarray], camera: CameraIntrinsics,
+               prior: tuple[np.ndarray, float], map_points: tuple[np.ndarray, np.ndarray]) -> RetrievalOutcome:
+        """PnP on the previous frame's map points (its PnP inliers' database points, matched through its
+        descriptors) together with the points of this frame's verified places within the prior's reach (too
+        few for a pose of their own), the pose within the prior's reach."""
+        qi, pi = self.features.match(query, (np.zeros((0, 2)), map_points[0]), self.options.ratio)
+        query_idx, points = [qi], [map_points[1][pi]]
+        posed = [u for u in outcome.candidates[:self.options.verify_k] if self.db[u].E is not None]
+        for place in self._places(outcome.verified):
+            if self._near(place[0].uid, prior):
+                idx, X = self._place_points(place, posed)
+                query_idx.append(idx)
+                points.append(X)
+        reach_m = math.sqrt(gate_d2(TRACK_GATE)) * prior[1]
+        tried = self._solve(outcome, query, np.concatenate(query_idx), np.concatenate(points), camera,
+                            np.asarray(prior[0]), reach_m, "the previous pose's reach")
+        return replace(tried, chained=True) if tried.T_map_camera is not None else outcome
+
+    def _pose(self, outcome: RetrievalOutcome, query: tuple[np.ndarray, np.ndarray], camera: CameraIntrinsics,
               prior: tuple[np.ndarray, float] | None = None) -> RetrievalOutcome:
-        """PnP per place (:meth:`_places`, those within the prior's reach first, the first ``pnp_places`` in
-        turn): points of different places never meet in one PnP. The first place whose pose passes becomes
-        the outcome (its first reference is ``best_uid``); when none does, the first place's failure."""
+        """PnP per place (:meth:`_places`; with a ``prior`` only those within its reach: the camera cannot have
+        moved farther; the first ``pnp_places`` in turn): points of different places never meet in one PnP.
+        The first place whose pose passes becomes the outcome (its first reference is ``best_uid``); when none
+        does, the first place's failure."""
         places = self._places(outcome.verified)
-        if prior is not None:  # a repeated facade elsewhere cannot be where the camera just was
-            near = [p for p in places if self._near(p[0].uid, prior)]
-            places = near + [p for p in places if not any(p is q for q in near)]
-        places = places[:self.options.pnp_places]
         if not places:
             return _no_pose(outcome, 'no_reference_pose', 'verified references have no pose (E)')
+        if prior is not None:  # a repeated facade elsewhere cannot be where the camera just was
+            places = [p for p in places if self._near(p[0].uid, prior)]
+            if not places:
+                return _no_pose(outcome, 'outside_track', "no verified place within the previous pose's reach")
+        places = places[:self.options.pnp_places]
         posed = [u for u in outcome.candidates[:self.options.verify_k] if self.db[u].E is not None]
         failed = []
         for place in places:
-            tried = self._place_pose(replace(outcome, best_uid=place[0].uid), place, posed, camera)
+            tried = self._place_pose(replace(outcome, best_uid=place[0].uid), place, posed, query, camera)
             if tried.T_map_camera is not None:
                 return tried
             failed.append(tried)
         return failed[0]
 
     def _place_pose(self, outcome: RetrievalOutcome, place: list[Verification], posed: list[str],
-                    camera: CameraIntrinsics) -> RetrievalOutcome:
+                    query: tuple[np.ndarray, np.ndarray], camera: CameraIntrinsics) -> RetrievalOutcome:
         """PnP from one place's verified references (``posed``: the candidates with a pose, triangulation
         partners for references without depth)."""
-        opt = self.options
-        used = place[:opt.pnp_references]
-        pixels, points = [], []
+        query_idx_N, points_N3 = self._place_points(place, posed)
+        ref_position = self.db[outcome.best_uid].T_map_camera[:3, 3]
+        return self._solve(outcome, query, query_idx_N, points_N3, camera, ref_position, self.options.max_pose_offset_m,
+                           'the best reference')
+
+    def _place_points(self, place: list[Verification], posed: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(the frame's keypoint indices, map points) of one place's first ``pnp_references`` verified
+        references: their depth where they have it, else triangulation with ``posed`` partners."""
+        query_idx, points = [], []
         no_depth = []
-        for v in used:
+        for v in place[:self.options.pnp_references]:
             entry = self.db[v.uid]
             depth = self._depth(entry)
             if depth is None:
                 no_depth.append(v)
                 continue
             X, ok = lift_pixels(v.ref_px, entry.K, entry.T_map_camera, depth_HW=depth)
-            pixels.append(v.query_px[ok])
+            query_idx.append(v.query_idx[ok])
             points.append(X)
         for v in no_depth:
-            px, X = self._triangulated(v, [u for u in posed if u != v.uid])
-            pixels.append(px)
+            keep, X = self._triangulated(v, [u for u in posed if u != v.uid])
+            query_idx.append(v.query_idx[keep])
             points.append(X)
-        pixels_N2 = np.concatenate(pixels) if pixels else np.zeros((0, 2))
-        points_N3 = np.concatenate(points) if points else np.zeros((0, 3))
+        return (np.concatenate(query_idx) if query_idx else np.zeros(0, np.int64),
+                np.concatenate(points) if points else np.zeros((0, 3)))
+
+    def _solve(self, outcome: RetrievalOutcome, query: tuple[np.ndarray, np.ndarray], query_idx_N: np.ndarray,
+               points_N3: np.ndarray, camera: CameraIntrinsics, anchor_m: np.ndarray, max_offset_m: float,
+               anchor: str) -> RetrievalOutcome:
+        """PnP of the frame's keypoints ``query_idx_N`` on ``points_N3``; the pose must lie within
+        ``max_offset_m`` of ``anchor_m`` (named ``anchor`` in the reason). The outcome keeps the inliers'
+        descriptors and map points (what the next frame may match)."""
+        opt = self.options
         n = len(points_N3)
         if n < opt.pnp_min_inliers:
             return _no_pose(outcome, 'too_few_points', f"{n} 3D points (< {opt.pnp_min_inliers}) from the references' "
                             'depth or triangulation', pnp_points=n)
-        pixels_N2 = undistort_pixels(pixels_N2, camera.K, camera.D, camera.distortion_model)
+        pixels_N2 = undistort_pixels(query[0][query_idx_N], camera.K, camera.D, camera.distortion_model)
         solution = solve_pnp_lo_ransac(points_N3, pixels_N2, camera.K, camera.width, camera.height,
                                        threshold_px=opt.pnp_threshold_px, seed=opt.seed)
         if solution is None:
@@ -382,11 +441,47 @@ class RetrievalPipeline:
         if inliers < opt.pnp_min_inliers:
             return _no_pose(outcome, 'too_few_pnp_inliers', f'{inliers} PnP inliers < {opt.pnp_min_inliers}',
                             pnp_points=n, pnp_inliers=inliers)
-        ref_position = self.db[outcome.best_uid].T_map_camera
-        if np.linalg.norm(T[:3, 3] - ref_position[:3, 3]) > opt.max_pose_offset_m:
-            return _no_pose(outcome, 'pose_too_far', f'PnP pose more than {opt.max_pose_offset_m} m from the best '
-                            'reference', pnp_points=n, pnp_inliers=inliers)
-        return replace(outcome, T_map_camera=T, cov_6x6=cov, pnp_points=n, pnp_inliers=inliers)
+        if np.linalg.norm(T[:3, 3] - anchor_m[:3]) > max_offset_m:
+            return _no_pose(outcome, 'pose_too_far', f'PnP pose more than {max_offset_m:.1f} m from {anchor}',
+                            pnp_points=n, pnp_inliers=inliers)
+        mask = solution.inlier_mask
+        return replace(outcome, T_map_camera=T, cov_6x6=cov, pnp_points=n, pnp_inliers=inliers, reason='', failure='',
+                       inlier_descs_N128=query[1][query_idx_N[mask]], inlier_points_N3=points_N3[mask])
+
+
+class PoseTrack:
+    """The last PnP poses along a run of frames: the last one's position is the next frame's prior
+    (:class:`vizloc_plugins.keyframes.Track`, options ``track_sigma_m`` / ``track_speed_mps``), and the map
+    points of the last ``chain_frames`` poses may pose the next frame (:meth:`RetrievalPipeline.run`'s
+    ``map_points``). Both are dropped together when a stamp goes back and on :meth:`reset`; off when
+    ``track_speed_mps`` is 0."""
+
+    def __init__(self, options: RetrievalOptions, name: str = '') -> None:
+        self.track = Track(options.track_sigma_m, options.track_speed_mps, name)
+        self._points: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=max(options.chain_frames, 1))
+        self.chain = options.chain_frames > 0
+
+    def map_points(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(descriptors N x 128, map points N x 3) of the last poses' PnP inliers, or None."""
+        if not self.chain or not self._points:
+            return None
+        return np.concatenate([d for d, _ in self._points]), np.concatenate([x for _, x in self._points])
+
+    def step(self, pipeline: RetrievalPipeline, rgb_HW3: np.ndarray, descriptor_D: np.ndarray,
+             camera: CameraIntrinsics | None, stamp_ns: int) -> tuple[RetrievalOutcome, tuple[np.ndarray, float] | None]:
+        """:meth:`RetrievalPipeline.run` of one frame of the run: (outcome, the prior it was given)."""
+        prior = self.track.prior(stamp_ns)
+        if prior is None:
+            self._points.clear()  # no track (none yet, off, or dropped: the stamp went back)
+        outcome = pipeline.run(rgb_HW3, descriptor_D, camera, prior, self.map_points() if prior is not None else None)
+        if outcome.T_map_camera is not None:
+            self.track.update(outcome.T_map_camera[:3, 3], stamp_ns)
+            self._points.append((outcome.inlier_descs_N128, outcome.inlier_points_N3))
+        return outcome, prior
+
+    def reset(self) -> None:
+        self.track.reset()
+        self._points.clear()
 
 
 def _no_pose(outcome: RetrievalOutcome, failure: str, reason: str, **changes: Any) -> RetrievalOutcome:
@@ -423,7 +518,7 @@ class RetrievalLocalizer:
         except ConfigError:
             self.model.close()
             raise
-        self.track = Track(options.track_sigma_m, options.track_speed_mps, self.name)  # the last PnP pose
+        self.track = PoseTrack(options, self.name)  # the last PnP pose
         logger.info('%s: database %s (version %d, %d entries, geo %s)', self.name, options.database,
                     self.pipeline.db.version, len(self.pipeline.db), 'yes' if self.pipeline.geo else 'no')
 
@@ -439,16 +534,14 @@ class RetrievalLocalizer:
             raise InvalidOutputError(f'descriptor of shape {descriptor.shape} for an index of dimension '
                                      f'{self.pipeline.index.dim}, or not finite')
         camera = None if frame.camera is None else frame.camera.scaled(frame.width, frame.height)
-        prior = self.track.prior(frame.stamp_ns)
-        outcome = self.pipeline.run(frame.rgb_HW3, descriptor, camera, prior)
-        if outcome.T_map_camera is not None:
-            self.track.update(outcome.T_map_camera[:3, 3], frame.stamp_ns)
+        outcome, prior = self.track.step(self.pipeline, frame.rgb_HW3, descriptor, camera, frame.stamp_ns)
         matching_ms = (time.perf_counter() - started) * 1e3 - network_ms
         diagnostics = {'network_ms': f'{network_ms:.1f}', 'matching_ms': f'{matching_ms:.1f}',
                        'best_reference': str(outcome.best_uid), 'verified': str(len(outcome.verified)),
                        'pnp_points': str(outcome.pnp_points), 'pnp_inliers': str(outcome.pnp_inliers),
                        'database_version': str(self.pipeline.db.version),
-                       'track': 'none' if prior is None else f'{prior[1]:.1f}'}
+                       'track': 'none' if prior is None else f'{prior[1]:.1f}',
+                       'source': 'previous_frame' if outcome.chained else 'references'}
         if outcome.T_map_camera is not None:
             pose = PoseEstimate(T_map_camera=outcome.T_map_camera, cov_6x6=outcome.cov_6x6,
                                 inlier_ratio=outcome.pnp_inliers / max(outcome.pnp_points, 1))
@@ -479,7 +572,7 @@ class RetrievalLocalizer:
         return GeoEstimate(lat_deg=lat, lon_deg=lon, alt_m=alt, cov_enu_m2=np.eye(3) * sigma2)
 
     def reset(self) -> None:
-        """Forget the track of the last pose (node deactivation)."""
+        """Forget the last pose and its map points (node deactivation)."""
         self.track.reset()
 
     def close(self) -> None:

@@ -26,6 +26,7 @@ import logging
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -51,8 +52,7 @@ def evaluate_bundle(bundle: Path, data: Path, *, database: Path | None = None, s
     ``sequence_period_s`` > 0: the queries are one run in file order, ``sequence_period_s`` apart, and each
     frame gets the previous pose as its prior as the plugin does (``Track``); 0: every query on its own."""
     from vizloc_ros.runner import BundleModel
-    from vizloc_plugins.keyframes import Track
-    from vizloc_plugins.retrieval import RetrievalOptions, RetrievalPipeline
+    from vizloc_plugins.retrieval import PoseTrack, RetrievalOptions, RetrievalPipeline
     from vizloc_plugins.retrieval_contract import LOCALIZER_TYPE, RetrievalContract, descriptor_model_name
     from vizloc_ros.types import CameraIntrinsics, Frame
 
@@ -73,7 +73,8 @@ def evaluate_bundle(bundle: Path, data: Path, *, database: Path | None = None, s
         latency_ms = []
         failures: collections.Counter[str] = collections.Counter()
         example: dict[str, str] = {}
-        track = Track(options.track_sigma_m, options.track_speed_mps if sequence_period_s > 0 else 0.0, 'evaluate')
+        chained = 0
+        track = PoseTrack(options if sequence_period_s > 0 else replace(options, track_speed_mps=0.0), 'evaluate')
 
         for i, path in enumerate(progress(queries.images, desc=f'evaluate {split}')):
             rgb = read_rgb(path)
@@ -81,9 +82,8 @@ def evaluate_bundle(bundle: Path, data: Path, *, database: Path | None = None, s
             stamp_ns = int(round(i * sequence_period_s * 1e9))
             frame = Frame(rgb_HW3=rgb, stamp_ns=stamp_ns, frame_id='camera', camera=camera)
             descriptor = model.run(frame, ['descriptor'])['descriptor'][0]
-            outcome = pipeline.run(rgb, descriptor, camera, track.prior(stamp_ns))
-            if outcome.T_map_camera is not None:
-                track.update(outcome.T_map_camera[:3, 3], stamp_ns)
+            outcome, _ = track.step(pipeline, rgb, descriptor, camera, stamp_ns)
+            chained += outcome.chained
             latency_ms.append((time.perf_counter() - started) * 1e3)
             truth = queries.T_map_camera[i, :3, 3]
             near = [np.linalg.norm(ref_position[u][:2] - truth[:2]) <= contract.recall_radius_m
@@ -111,6 +111,7 @@ def evaluate_bundle(bundle: Path, data: Path, *, database: Path | None = None, s
     finite = np.where(np.isfinite(position_err), position_err, 1e9)
     metrics.update({f'position_{k}': v for k, v in geo_error_stats(finite, POSITION_THRESHOLDS_M).items()})
     metrics['latency_p50_ms'] = float(np.percentile(latency_ms, 50))
+    metrics['chained_pct'] = float(100.0 * chained / len(queries.images))
     for failure, count in failures.most_common():
         metrics[f'no_pose_{failure}_pct'] = float(100.0 * count / len(queries.images))
         logger.info('no PnP pose for %d of %d queries: %s (e.g. %s)', count, len(queries.images), failure,
