@@ -352,10 +352,13 @@ class RetrievalPipeline:
 
     def _chain(self, outcome: RetrievalOutcome, query: tuple[np.ndarray, np.ndarray], camera: CameraIntrinsics,
                prior: tuple[np.ndarray, float], map_points: tuple[np.ndarray, np.ndarray]) -> RetrievalOutcome:
-        """PnP on the previous frame's map points (its PnP inliers' database points, matched through its
-        descriptors) together with the points of this frame's verified places within the prior's reach (too
-        few for a pose of their own), the pose within the prior's reach."""
-        qi, pi = self.features.match(query, (np.zeros((0, 2)), map_points[0]), self.options.ratio)
+        """PnP on the last poses' map points (their PnP inliers' database points, matched through those
+        frames' descriptors) together with the points of this frame's verified places within the prior's
+        reach (too few for a pose of their own), the pose within the prior's reach."""
+        # each map point looks for its keypoint in this frame: the ratio test runs over the frame's keypoints
+        # (the other way round it would run over the map points, where one scene point seen by several of the
+        # last frames is its own second-nearest neighbour and fails the test)
+        pi, qi = self.features.match((np.zeros((0, 2)), map_points[0]), query, self.options.ratio)
         query_idx, points = [qi], [map_points[1][pi]]
         posed = [u for u in outcome.candidates[:self.options.verify_k] if self.db[u].E is not None]
         for place in self._places(outcome.verified):
