@@ -101,8 +101,9 @@ class RetrievalOptions:
     feature_cache: int = field(default=512, metadata={'description': 'reference SIFT features kept in memory'})
     seed: int = field(default=0, metadata={'description': 'RANSAC random seed'})
     track_speed_mps: float = field(default=15.0, metadata={
-        'description': "places near the previous frame's PnP pose (within this platform speed of it) are tried "
-                       'first, and a fallback prefers a reference near it; 0 = every frame on its own'})
+        'description': "along a run only places within reach of the previous PnP pose (this platform speed x the "
+                       'time since) are tried, and a fallback prefers a reference within it; 0 = every frame on '
+                       'its own'})
     track_sigma_m: float = field(default=3.0, metadata={
         'description': "standard deviation (m) of the previous frame's pose as the next frame's prior, before it "
                        'grows by track_speed_mps over the time between the frames'})
@@ -282,6 +283,7 @@ class RetrievalPipeline:
         if not candidates:
             return _no_pose(RetrievalOutcome(candidates, cand_scores, (), None), 'empty_index', 'empty index')
         query = self.features.detect(cv2.cvtColor(rgb_HW3, cv2.COLOR_RGB2GRAY))
+        points_of: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # this frame's places' 2D-3D pairs, lifted once
         verified = []
         for uid in candidates[:opt.verify_k]:
             ref = self.features.reference(self.db[uid])
@@ -298,10 +300,10 @@ class RetrievalPipeline:
         elif camera is None:
             result = _no_pose(outcome, 'no_camera_info', 'no CameraInfo: no intrinsics for PnP')
         else:
-            result = self._pose(outcome, query, camera, prior)
+            result = self._pose(outcome, query, camera, prior, points_of)
         if result.T_map_camera is None and prior is not None:
             if map_points is not None and camera is not None:
-                chained = self._chain(result, query, camera, prior, map_points)
+                chained = self._chain(result, query, camera, prior, map_points, points_of)
                 result = chained if chained.T_map_camera is not None else result
             # the best reference (the fallback's position): one where the camera can be, when one was
             # verified (else retrieved)
@@ -351,7 +353,8 @@ class RetrievalPipeline:
         return [members for _, members in places]
 
     def _chain(self, outcome: RetrievalOutcome, query: tuple[np.ndarray, np.ndarray], camera: CameraIntrinsics,
-               prior: tuple[np.ndarray, float], map_points: tuple[np.ndarray, np.ndarray]) -> RetrievalOutcome:
+               prior: tuple[np.ndarray, float], map_points: tuple[np.ndarray, np.ndarray],
+               points_of: dict[str, tuple[np.ndarray, np.ndarray]]) -> RetrievalOutcome:
         """PnP on the last poses' map points (their PnP inliers' database points, matched through those
         frames' descriptors) together with the points of this frame's verified places within the prior's
         reach (too few for a pose of their own), the pose within the prior's reach."""
@@ -360,10 +363,9 @@ class RetrievalPipeline:
         # last frames is its own second-nearest neighbour and fails the test)
         pi, qi = self.features.match((np.zeros((0, 2)), map_points[0]), query, self.options.ratio)
         query_idx, points = [qi], [map_points[1][pi]]
-        posed = [u for u in outcome.candidates[:self.options.verify_k] if self.db[u].E is not None]
         for place in self._places(outcome.verified):
             if self._near(place[0].uid, prior):
-                idx, X = self._place_points(place, posed)
+                idx, X = self._place_points(place, outcome, points_of)
                 query_idx.append(idx)
                 points.append(X)
         reach_m = math.sqrt(gate_d2(TRACK_GATE)) * prior[1]
@@ -372,7 +374,8 @@ class RetrievalPipeline:
         return replace(tried, chained=True) if tried.T_map_camera is not None else outcome
 
     def _pose(self, outcome: RetrievalOutcome, query: tuple[np.ndarray, np.ndarray], camera: CameraIntrinsics,
-              prior: tuple[np.ndarray, float] | None = None) -> RetrievalOutcome:
+              prior: tuple[np.ndarray, float] | None = None,
+              points_of: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> RetrievalOutcome:
         """PnP per place (:meth:`_places`; with a ``prior`` only those within its reach: the camera cannot have
         moved farther; the first ``pnp_places`` in turn): points of different places never meet in one PnP.
         The first place whose pose passes becomes the outcome (its first reference is ``best_uid``); when none
@@ -385,27 +388,33 @@ class RetrievalPipeline:
             if not places:
                 return _no_pose(outcome, 'outside_track', "no verified place within the previous pose's reach")
         places = places[:self.options.pnp_places]
-        posed = [u for u in outcome.candidates[:self.options.verify_k] if self.db[u].E is not None]
+        points_of = {} if points_of is None else points_of
         failed = []
         for place in places:
-            tried = self._place_pose(replace(outcome, best_uid=place[0].uid), place, posed, query, camera)
+            tried = self._place_pose(replace(outcome, best_uid=place[0].uid), place, query, camera, points_of)
             if tried.T_map_camera is not None:
                 return tried
             failed.append(tried)
         return failed[0]
 
-    def _place_pose(self, outcome: RetrievalOutcome, place: list[Verification], posed: list[str],
-                    query: tuple[np.ndarray, np.ndarray], camera: CameraIntrinsics) -> RetrievalOutcome:
-        """PnP from one place's verified references (``posed``: the candidates with a pose, triangulation
-        partners for references without depth)."""
-        query_idx_N, points_N3 = self._place_points(place, posed)
+    def _place_pose(self, outcome: RetrievalOutcome, place: list[Verification], query: tuple[np.ndarray, np.ndarray],
+                    camera: CameraIntrinsics, points_of: dict[str, tuple[np.ndarray, np.ndarray]]) -> RetrievalOutcome:
+        """PnP from one place's verified references."""
+        query_idx_N, points_N3 = self._place_points(place, outcome, points_of)
         ref_position = self.db[outcome.best_uid].T_map_camera[:3, 3]
         return self._solve(outcome, query, query_idx_N, points_N3, camera, ref_position, self.options.max_pose_offset_m,
                            'the best reference')
 
-    def _place_points(self, place: list[Verification], posed: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def _place_points(self, place: list[Verification], outcome: RetrievalOutcome,
+                      points_of: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
         """(the frame's keypoint indices, map points) of one place's first ``pnp_references`` verified
-        references: their depth where they have it, else triangulation with ``posed`` partners."""
+        references: their depth where they have it, else triangulation with the other posed candidates.
+        Kept in ``points_of`` (by the place's first reference) for the frame: the chain reuses a place's pairs
+        instead of lifting or triangulating them again."""
+        head = place[0].uid
+        if head in points_of:
+            return points_of[head]
+        posed = [u for u in outcome.candidates[:self.options.verify_k] if self.db[u].E is not None]
         query_idx, points = [], []
         no_depth = []
         for v in place[:self.options.pnp_references]:
@@ -421,8 +430,9 @@ class RetrievalPipeline:
             keep, X = self._triangulated(v, [u for u in posed if u != v.uid])
             query_idx.append(v.query_idx[keep])
             points.append(X)
-        return (np.concatenate(query_idx) if query_idx else np.zeros(0, np.int64),
-                np.concatenate(points) if points else np.zeros((0, 3)))
+        points_of[head] = (np.concatenate(query_idx) if query_idx else np.zeros(0, np.int64),
+                           np.concatenate(points) if points else np.zeros((0, 3)))
+        return points_of[head]
 
     def _solve(self, outcome: RetrievalOutcome, query: tuple[np.ndarray, np.ndarray], query_idx_N: np.ndarray,
                points_N3: np.ndarray, camera: CameraIntrinsics, anchor_m: np.ndarray, max_offset_m: float,
@@ -462,29 +472,38 @@ class PoseTrack:
     def __init__(self, options: RetrievalOptions, name: str = '') -> None:
         self.track = Track(options.track_sigma_m, options.track_speed_mps, name)
         self._points: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=max(options.chain_frames, 1))
+        self._stacked: tuple[np.ndarray, np.ndarray] | None = None  # _points concatenated, until they change
         self.chain = options.chain_frames > 0
 
     def map_points(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(descriptors N x 128, map points N x 3) of the last poses' PnP inliers, or None."""
         if not self.chain or not self._points:
             return None
-        return np.concatenate([d for d, _ in self._points]), np.concatenate([x for _, x in self._points])
+        if self._stacked is None:
+            self._stacked = (np.concatenate([d for d, _ in self._points]),
+                             np.concatenate([x for _, x in self._points]))
+        return self._stacked
 
     def step(self, pipeline: RetrievalPipeline, rgb_HW3: np.ndarray, descriptor_D: np.ndarray,
              camera: CameraIntrinsics | None, stamp_ns: int) -> tuple[RetrievalOutcome, tuple[np.ndarray, float] | None]:
         """:meth:`RetrievalPipeline.run` of one frame of the run: (outcome, the prior it was given)."""
         prior = self.track.prior(stamp_ns)
         if prior is None:
-            self._points.clear()  # no track (none yet, off, or dropped: the stamp went back)
+            self._clear()  # no track (none yet, off, or dropped: the stamp went back)
         outcome = pipeline.run(rgb_HW3, descriptor_D, camera, prior, self.map_points() if prior is not None else None)
         if outcome.T_map_camera is not None:
             self.track.update(outcome.T_map_camera[:3, 3], stamp_ns)
             self._points.append((outcome.inlier_descs_N128, outcome.inlier_points_N3))
+            self._stacked = None
         return outcome, prior
 
     def reset(self) -> None:
         self.track.reset()
+        self._clear()
+
+    def _clear(self) -> None:
         self._points.clear()
+        self._stacked = None
 
 
 def _no_pose(outcome: RetrievalOutcome, failure: str, reason: str, **changes: Any) -> RetrievalOutcome:

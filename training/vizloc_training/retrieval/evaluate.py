@@ -50,7 +50,8 @@ def evaluate_bundle(bundle: Path, data: Path, *, database: Path | None = None, s
     """Metrics of ``bundle`` on the ``split`` queries of the campus-layout dataset ``data`` (database:
     ``data/refdb`` unless given; its descriptors and index must have been built with this bundle).
     ``sequence_period_s`` > 0: the queries are one run in file order, ``sequence_period_s`` apart, and each
-    frame gets the previous pose as its prior as the plugin does (``Track``); 0: every query on its own."""
+    frame gets the previous pose as its prior and the last poses' map points as the plugin does (``PoseTrack``);
+    0: every query on its own."""
     from vizloc_ros.runner import BundleModel
     from vizloc_plugins.retrieval import PoseTrack, RetrievalOptions, RetrievalPipeline
     from vizloc_plugins.retrieval_contract import LOCALIZER_TYPE, RetrievalContract, descriptor_model_name
@@ -131,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              'e.g. --option verify_k=20')
     parser.add_argument('--sequence-period-s', type=float, default=0.0,
                         help='> 0: the split is one run in file order, frames this many seconds apart, and each '
-                             "frame gets the previous pose as prior like the node's plugin (option track_*); "
+                             "frame gets the previous pose as prior and the last poses' map points like the node's "
+                             'plugin (options track_*, chain_frames); '
                              '0 (default): every query on its own')
     ns = parser.parse_args(argv)
     if not (math.isfinite(ns.sequence_period_s) and ns.sequence_period_s >= 0.0):
