@@ -13,9 +13,12 @@ figures and the published position (the place's, else the network's) is scored:
   network's, its standard deviation ``sigma`` m grown by ``speed`` m/s over the frame period; the
   network's prior when no place is inside the track's gate;
 * places: ``place_radius_m``;
-* candidates near the track: the ``n`` most voted images inside the track's gate besides the ``k``.
+* candidates near the track: the ``n`` most voted images inside the track's gate besides the ``k``;
+* the last placed frames: a frame without a place (and, as the plugin does, one whose places all lie beyond
+  the track's reach, if it overlaps a recent frame better than any training image) is placed where the one of the last ``n`` placed frames it verifiably overlaps most was
+  (:class:`vizloc_plugins.keyframes.RecentPlaces`, the plugin's ``chain_frames``).
 
-Prints median, % within 5 / 10 / 25 m, % answered by the map and the *candidate oracle* (% of
+Prints median, % within 5 / 10 / 25 m, % answered by the map (or the last placed frames) and the *candidate oracle* (% of
 frames with a candidate image within 10 m of the truth):
 
     python scripts/gps_keyframe_rules.py --bundle /tmp/b/gps_final2 --data /tmp/worlds/campus
@@ -80,7 +83,7 @@ def _cache(bundle: Path, data: Path, split: str, frame_period_s: float) -> tuple
             query = root_sift(descs)
             inliers = {int(f): places.inliers(px, query, int(f)) for f in tops if votes[f] > 0}
             out.append({'mean': mean, 'cov': cov, 'truth': truth, 'votes': votes, 'd2': d2, 'inliers': inliers,
-                        'px': px, 'query': query,
+                        'px': px, 'query': query, 'descs': descs,
                         't': i * frame_period_s})
     finally:
         localizer.close()
@@ -96,12 +99,13 @@ def _inliers(q: dict[str, Any], places: Any, frame: int) -> int:
 
 def _score(cache: list[dict[str, Any]], places: Any, *, k: int, gate: float | None = None,
            track: tuple[float, float] | None = None, radius_m: float | None = None,
-           track_candidates: int = 0) -> dict[str, float]:
-    from vizloc_plugins.keyframes import choose_place
+           track_candidates: int = 0, chain: int = 0, chain_beyond_track: bool = False) -> dict[str, float]:
+    from vizloc_plugins.keyframes import RecentPlaces, choose_place
 
     settings = places.settings if radius_m is None else replace(places.settings, place_radius_m=radius_m)
     P = places.positions_FD
     errors, answered, oracle, state = [], 0, 0, None
+    recent = RecentPlaces(settings, chain, track[1] if track is not None else 0.0)
     for q in cache:
         score = q['votes'].astype(np.float64)
         if gate is not None:
@@ -117,18 +121,28 @@ def _score(cache: list[dict[str, Any]], places: Any, *, k: int, gate: float | No
             candidates += [f for f in extra if f not in candidates]
         verified = [(f, n) for f in candidates if (n := _inliers(q, places, f)) >= settings.min_inliers]
         oracle += any(np.linalg.norm(P[f] - q['truth']) < 10.0 for f in candidates)
-        place = None
+        place, chained, stamp_ns = None, None, round(q['t'] * 1e9)
         if track is not None and state is not None and verified:
             sigma_m, speed = track
             position, t = state
             grown = (sigma_m + speed * (q['t'] - t)) ** 2 * np.eye(2)
             place = choose_place(verified, P, settings, position, grown)
+            if place.position_m is None and chain_beyond_track:
+                chained = recent.locate(q['px'], q['descs'], stamp_ns)
+                if chained is not None and chained.inliers <= max(n for _, n in verified):
+                    chained = None
             place = place if place.position_m is not None else None
-        if place is None:
+        if chained is None and place is None:
             place = choose_place(verified, P, settings, q['mean'], q['cov'])
-        if place.position_m is not None:
+            if place.position_m is None:
+                chained = recent.locate(q['px'], q['descs'], stamp_ns)
+        if chained is not None:
+            answered += 1
+            errors.append(np.linalg.norm(chained.position_m - q['truth']))
+        elif place.position_m is not None:
             answered += 1
             state = (place.position_m, q['t'])
+            recent.add(q['px'], q['descs'], place.position_m, place.cov_m2, stamp_ns)
             errors.append(np.linalg.norm(place.position_m - q['truth']))
         else:
             errors.append(np.linalg.norm(q['mean'] - q['truth']))
@@ -153,6 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     rules += [(f'place_radius_m {r:g}', {'k': 10, 'radius_m': r}) for r in RADII]
     rules += [(f'track sigma 10 m + 15 m/s, + {n} candidates inside it', {'k': 10, 'track': (10.0, 15.0),
                                                                          'track_candidates': n}) for n in (5, 10)]
+    rules += [(f'track sigma 10 m + 15 m/s, last {n} placed frames place the frames without a place', {
+        'k': 10, 'track': (10.0, 15.0), 'chain': n}) for n in (1, 5, 10)]
+    rules += [(f'... and those whose places are all beyond the track (the plugin, chain_frames {n})', {
+        'k': 10, 'track': (10.0, 15.0), 'chain': n, 'chain_beyond_track': True}) for n in (1, 5, 10)]
     print('| rule | split | median | within 5 / 10 / 25 m | map answers | candidate within 10 m |')
     print('| --- | --- | --- | --- | --- | --- |')
     for split in args.splits:

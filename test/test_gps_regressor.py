@@ -629,7 +629,7 @@ def test_the_previous_place_settles_the_next_frame_and_lets_go_of_a_wrong_track(
         after_reset = localizer.localize(frame(first, 20.0))
     finally:
         localizer.close()
-    assert [r.diagnostics['source'] for r in (start, again, jump, back, after_reset)] == ['keyframes'] * 5
+    assert [r.diagnostics['source'] for r in (start, again, jump, back, after_reset)] == ['keyframes'] * 5, jump.diagnostics
     assert [r.diagnostics['keyframe_prior'] for r in (start, again, jump, back, after_reset)] == \
         ['network', 'track', 'network', 'network', 'network']
     assert haversine_m_of(again, here) <= GPSKeyframes().place_radius_m
@@ -644,6 +644,87 @@ def test_the_previous_place_settles_the_next_frame_and_lets_go_of_a_wrong_track(
     for bad in ({'track_speed_mps': -1.0}, {'track_sigma_m': 0.0}, {'track_speed_mps': math.inf}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             _localizer([walks_bundle], tmp_path, **bad)
+
+
+def _blob_texture(shape: tuple[int, int], seed: int) -> np.ndarray:
+    """A grey texture of smooth blobs (blurred noise) that no campus image shows: SIFT finds its blobs again
+    in a warped copy."""
+    noise = np.random.default_rng(seed).random((shape[0] // 4, shape[1] // 4))
+    blobs = cv2.resize(cv2.GaussianBlur(noise, (0, 0), 1.0), (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC)
+    grey = cv2.normalize(blobs, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    return np.repeat(grey[:, :, None], 3, axis=2)
+
+
+def test_a_frame_the_map_cannot_place_is_placed_by_the_last_placed_frame_it_overlaps(walks_dataset, walks_bundle,
+                                                                                   tmp_path):
+    from vizloc_plugins.gps_regressor_contract import GPSKeyframes
+    from vizloc_training.datasets.gps import read_gps_dataset
+
+    record = read_gps_dataset(walks_dataset).split('train')[0]
+    image = read_image(walks_dataset, record.image.name)
+    h, w = image.shape[:2]
+    texture = _blob_texture((h, w), seed=3)
+    # a frame showing the training view and, beside it, something the map has never seen (a poster, a
+    # parked vehicle); then that thing alone, seen from a little to the side (a homography), which no
+    # training image verifies; and a texture seen by no frame at all
+    both = np.concatenate([image, texture], axis=1)
+    H = np.array([[0.95, 0.05, 6.0], [-0.04, 1.0, 3.0], [0.0, 1e-4, 1.0]])
+    aside = cv2.warpPerspective(texture, H, (w, h), borderMode=cv2.BORDER_REFLECT)
+    unrelated = _blob_texture((h, w), seed=4)
+
+    def frame(rgb, stamp_s):
+        return Frame(rgb_HW3=rgb, stamp_ns=int(stamp_s * 1e9), frame_id='camera')
+
+    localizer = _localizer([walks_bundle], tmp_path, variance_scale=1e6)  # a network prior that gates nothing
+    try:
+        placed = localizer.localize(frame(both, 10.0))
+        chained = localizer.localize(frame(aside, 10.5))
+        nothing = localizer.localize(frame(unrelated, 10.6))
+        back = localizer.localize(frame(aside, 5.0))  # the stamp went back (a bag loop): the recent frames go
+        localizer.localize(frame(both, 20.0))
+        localizer.reset()
+        after_reset = localizer.localize(frame(aside, 20.1))
+    finally:
+        localizer.close()
+    assert placed.diagnostics['source'] == 'keyframes', placed.diagnostics
+    assert chained.diagnostics['source'] == 'previous_frame', chained.diagnostics
+    assert chained.diagnostics['keyframe_inliers'] == '0'  # the map verified nothing
+    assert int(chained.diagnostics['previous_frame_inliers']) >= GPSKeyframes().min_inliers
+    assert float(chained.diagnostics['previous_frame_age_s']) == pytest.approx(0.5)
+    # published where the placed frame was, its covariance grown by the track's speed over the 0.5 s since
+    assert haversine_m_of(chained, record) == pytest.approx(haversine_m_of(placed, record), abs=1e-3)
+    grown_m2 = (GPSRegressorOptions().track_speed_mps * 0.5) ** 2
+    np.testing.assert_allclose(chained.geo.cov_enu_m2[:2, :2], placed.geo.cov_enu_m2[:2, :2] + grown_m2 * np.eye(2),
+                               rtol=1e-6, atol=1e-6)
+    assert [r.diagnostics['source'] for r in (nothing, back, after_reset)] == ['network'] * 3
+    # a frame whose verified places all lie beyond the track's reach (a 1 m track, as in the track test) but
+    # which overlaps the last placed frame: that frame says where it is, not the network
+    records = read_gps_dataset(walks_dataset).split('train')
+    far = max(records, key=lambda r: geo_metrics.haversine_m(r.lat_deg, r.lon_deg, record.lat_deg, record.lon_deg))
+    # the far view small (seen from farther away: fewer inliers than the texture the last frame showed too)
+    far_small = np.full_like(image, 128)
+    far_small[h // 4:h // 4 + h // 2, w // 4:w // 4 + w // 2] = cv2.resize(
+        read_image(walks_dataset, far.image.name), (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+    far_and_texture = np.concatenate([far_small, aside], axis=1)
+    tracked = _localizer([walks_bundle], tmp_path, variance_scale=1e6, track_sigma_m=1.0)
+    try:
+        tracked.localize(frame(both, 10.0))
+        jump = tracked.localize(frame(far_and_texture, 10.01))
+    finally:
+        tracked.close()
+    assert jump.diagnostics['source'] == 'previous_frame', jump.diagnostics
+    assert jump.diagnostics['keyframe_outside_prior'] == 'true'
+    assert 0 < int(jump.diagnostics['keyframe_inliers']) < int(jump.diagnostics['previous_frame_inliers'])
+    assert haversine_m_of(jump, record) == pytest.approx(haversine_m_of(placed, record), abs=1e-3)
+    # off: the network answers
+    off = _localizer([walks_bundle], tmp_path, variance_scale=1e6, chain_frames=0)
+    try:
+        results = [off.localize(frame(rgb, t)) for rgb, t in ((both, 10.0), (aside, 10.5))]
+    finally:
+        off.close()
+    assert [r.diagnostics['source'] for r in results] == ['keyframes', 'network']
+    with pytest.raises(ConfigError, match='chain_frames'):
+        _localizer([walks_bundle], tmp_path, chain_frames=-1)
 
 
 def test_a_network_prior_rejects_keyframe_places_outside_its_ellipse(walks_dataset, walks_bundle):

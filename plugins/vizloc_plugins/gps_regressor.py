@@ -27,8 +27,14 @@ inliers and the network's estimate support best, with its calibrated covariance 
 frame's place, not the network, is the prior that settles between places (``track_speed_mps``,
 ``track_sigma_m``; diagnostics ``keyframe_prior: track``): it grows with the time since and falls back to
 the network's when no verified place lies within its reach; it is dropped when the stamp goes back and on
-``reset()``. The track only chooses among this frame's verified places: every published position is
-this frame's own measurement.
+``reset()``. The track only chooses among this frame's verified places. A frame the map cannot place
+(no training image verified, or every place outside the prior), and one whose verified places all lie
+beyond the track's reach (a jump, or a texture repeated far away), is verified against the last
+``chain_frames`` frames the map placed and, when one overlaps it (in the second case with more inliers
+than any training image), published where that frame was, its
+covariance grown by ``track_speed_mps`` over the time since (``source: previous_frame``;
+:class:`vizloc_plugins.keyframes.RecentPlaces`): the one published position that is not this frame's own
+measurement of the map, and its error is that frame's.
 """
 from __future__ import annotations
 
@@ -49,7 +55,7 @@ from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext,
 from vizloc_ros.types import Frame, GeoEstimate, InvalidOutputError, LocalizationResult
 
 from .gps_regressor_contract import LOCALIZER_TYPE, OUTPUT_COV, OUTPUT_MEAN, GPSRegressorContract
-from .keyframes import KEYFRAMES_INDEX, KEYFRAMES_NPZ, KeyframeError, PlaceMap, Track
+from .keyframes import KEYFRAMES_INDEX, KEYFRAMES_NPZ, KeyframeError, PlaceMap, RecentPlaces, Track
 
 __all__ = [
     'LOCALIZER_TYPE',
@@ -92,7 +98,16 @@ class GPSRegressorOptions:
         'description': "keyframes: standard deviation (m) of the previous frame's place as the next frame's prior, "
                        'before it grows by track_speed_mps over the time between the frames'})
 
+    chain_frames: int = field(default=5, metadata={
+        'description': "keyframes: a frame the map cannot place (no training image verified, or every place outside "
+                       "the prior) or whose places all lie beyond the track's reach (then only with more inliers "
+                       'than its best training image) is placed where the one of the last this many placed frames '
+                       'it verifiably overlaps most was, its covariance grown by track_speed_mps over the time '
+                       'since; 0 = off'})
+
     def __post_init__(self) -> None:
+        if self.chain_frames < 0:
+            raise ConfigError(f'chain_frames must be >= 0 (0 = off), got {self.chain_frames}')
         if not (math.isfinite(self.variance_scale) and self.variance_scale >= 0.0):
             raise ConfigError(f'variance_scale must be >= 0 (0 = from the bundle), got {self.variance_scale}')
         if not (math.isfinite(self.altitude_sigma_m) and self.altitude_sigma_m >= 0.0):
@@ -182,6 +197,8 @@ class GPSRegressorLocalizer:
             self.close()
             raise
         self.track = Track(options.track_sigma_m, options.track_speed_mps, config.name)  # the last keyframe place
+        self.recent = (RecentPlaces(self.places.settings, options.chain_frames, options.track_speed_mps)
+                       if self.places is not None else None)  # the last placed frames, for a frame the map cannot place
         backends = dict.fromkeys(m.model.backend_name for m in self.members)
         self.backend_name = '+'.join(backends)
         logger.info('%s: gps_regressor with %d bundle(s) on %s%s', self.name, len(self.members), self.backend_name,
@@ -228,23 +245,37 @@ class GPSRegressorLocalizer:
         if self.places is not None:
             started = time.perf_counter()
             gray = cv2.cvtColor(np.ascontiguousarray(frame.rgb_HW3), cv2.COLOR_RGB2GRAY)
-            verified = self.places.verify(gray)
+            px, descs = self.places.describe(gray)
+            verified = self.places.verify_features(px, descs)
             # repeated textures verify at several places: the previous frame's place settles which, else the
             # network's estimate (also when no place lies within the track's reach: a wrong track lets go)
-            place, prior = None, 'network'
+            place, prior, chained = None, 'network', None
             track = self.track.prior(frame.stamp_ns)
             if track is not None and verified:
                 place, prior = self.places.place(verified, track[0], track[1] ** 2 * np.eye(2)), 'track'
-            if place is None or place.position_m is None:
+                if place.position_m is None:
+                    # every verified place lies beyond the track's reach: a jump, or a texture repeated far
+                    # away; a recent frame this one overlaps better than any training image says which
+                    chained = self.recent.locate(px, descs, frame.stamp_ns)
+                    if chained is not None and chained.inliers <= place.inliers:
+                        chained = None
+            if chained is None and (place is None or place.position_m is None):
                 place, prior = self.places.place(verified, mean, cov), 'network'
-            if place.position_m is not None:
+                if place.position_m is None:
+                    chained = self.recent.locate(px, descs, frame.stamp_ns)
+            if chained is None and place.position_m is not None:
                 self.track.update(place.position_m, frame.stamp_ns)
+                self.recent.add(px, descs, place.position_m, place.cov_m2, frame.stamp_ns)
             diagnostics.update({'keyframe_ms': f'{(time.perf_counter() - started) * 1e3:.1f}',
                                 'keyframe_prior': prior,
                                 'keyframe_inliers': str(place.inliers), 'keyframe_images': str(place.used),
                                 'keyframe_outside_prior': str(place.rejected).lower(),
                                 'keyframes': ','.join(name for name, _ in place.verified[:3])})
-            if place.position_m is not None:
+            if chained is not None:
+                mean, cov = chained.position_m, chained.cov_m2
+                diagnostics.update({'source': 'previous_frame', 'previous_frame_inliers': str(chained.inliers),
+                                    'previous_frame_age_s': f'{chained.age_s:.2f}'})
+            elif place.position_m is not None:
                 mean, cov = place.position_m, place.cov_m2
                 diagnostics['source'] = 'keyframes'
         cov_scene = np.zeros((3, 3))
@@ -262,8 +293,10 @@ class GPSRegressorLocalizer:
         return LocalizationResult(geo=geo, diagnostics=diagnostics)
 
     def reset(self) -> None:
-        """Forget the keyframe track (node deactivation)."""
+        """Forget the keyframe track and the recent frames (node deactivation)."""
         self.track.reset()
+        if self.recent is not None:
+            self.recent.reset()
 
     def close(self) -> None:
         for member in self.members:

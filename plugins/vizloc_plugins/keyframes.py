@@ -46,8 +46,8 @@ from .pnp import Evidence, PnPSolution, solve_pnp_lo_ransac, undistort_pixels
 from .gps_regressor_contract import GPSKeyframes
 from .scene_coordinates_contract import SceneKeyframes
 
-__all__ = ['KEYFRAMES_NPZ', 'KEYFRAMES_INDEX', 'FLAT_MAX_POINTS', 'KeyframeError', 'KeyframeMatch', 'KeyframeMap',
-           'PlaceMatch', 'PlaceMap', 'TRACK_GATE', 'Track', 'build_keyframe_map', 'choose_place', 'gate_d2', 'build_place_map', 'lift_pixels', 'limit_size', 'ratio_test', 'root_sift',
+__all__ = ['KEYFRAMES_NPZ', 'KEYFRAMES_INDEX', 'FLAT_MAX_POINTS', 'ChainMatch', 'KeyframeError', 'KeyframeMatch', 'KeyframeMap',
+           'PlaceMatch', 'PlaceMap', 'RecentPlaces', 'TRACK_GATE', 'Track', 'build_keyframe_map', 'choose_place', 'gate_d2', 'build_place_map', 'lift_pixels', 'limit_size', 'ratio_test', 'root_sift',
            'sift_detector', 'sift_features', 'verify_two_view']
 
 logger = logging.getLogger(__name__)
@@ -474,18 +474,26 @@ class PlaceMap:
         qi, ri = self.frames.ratio_matches(query_root_N128, frame, opt.ratio)
         return int(verify_two_view(px_N2[qi], self.pixels_N2[ri], opt.threshold_px).sum())
 
+    def describe(self, gray_HW: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """SIFT keypoints (pixels of the image reduced to ``max_side_px``) and descriptors of a grayscale image
+        (any size), as the map's images were described."""
+        return sift_features(limit_size(gray_HW, self.settings.max_side_px), self.frames.sift)
+
     def verify(self, gray_HW: np.ndarray) -> list[tuple[int, int]]:
         """The map images a grayscale image (any size; reduced to ``max_side_px``) verifiably overlaps, as
         ``(frame, inliers)`` with at least ``min_inliers`` two-view inliers, in vote order: the ``candidates``
         most voted images, each ratio-tested and verified (:meth:`inliers`)."""
+        return self.verify_features(*self.describe(gray_HW))
+
+    def verify_features(self, px_N2: np.ndarray, descs_N128: np.ndarray) -> list[tuple[int, int]]:
+        """:meth:`verify` of an image already described (:meth:`describe`)."""
         opt = self.settings
-        px, descs = sift_features(limit_size(gray_HW, opt.max_side_px), self.frames.sift)
-        if len(px) < 8:
+        if len(px_N2) < 8:
             return []
-        query = root_sift(descs)
+        query = root_sift(descs_N128)
         verified = []
-        for f in self.frames.vote(descs, opt.neighbours, opt.candidates):
-            inliers = self.inliers(px, query, f)
+        for f in self.frames.vote(descs_N128, opt.neighbours, opt.candidates):
+            inliers = self.inliers(px_N2, query, f)
             if inliers >= opt.min_inliers:
                 verified.append((f, inliers))
         return verified
@@ -503,6 +511,74 @@ class PlaceMap:
         verifiably overlaps: :meth:`verify`, then :meth:`place` with the prior (another estimate's mean
         and covariance in the map's frame, e.g. the network's)."""
         return self.place(self.verify(gray_HW), prior_mean_m, prior_cov_m2)
+
+
+@dataclass(frozen=True)
+class ChainMatch:
+    """A frame placed by :class:`RecentPlaces`: the position and covariance (map frame, metres) of the recent
+    frame it overlaps most, the covariance grown over the time since; ``inliers`` with that frame and its
+    ``age_s``."""
+
+    position_m: np.ndarray
+    cov_m2: np.ndarray
+    inliers: int
+    age_s: float
+
+
+class RecentPlaces:
+    """The last ``size`` frames a :class:`PlaceMap` placed (their SIFT keypoints, positions and covariances),
+    to place a frame the map cannot (no training image verified, or every place outside the prior: a view
+    across an open lawn, a blurred frame) or one whose places all lie beyond the track's reach (the localizer
+    then asks for more inliers than its best training image has): verified against each (Lowe's ratio test on RootSIFT, then
+    :func:`verify_two_view`, the map's ``ratio``, ``threshold_px`` and ``min_inliers``), the frame is placed
+    where the one with most inliers was, "near here, looking at the same things", as a verified training
+    image places a frame. Its covariance grows by ``speed_mps`` x the time since, so an old frame weighs
+    less. Off when ``size`` is 0; dropped when a stamp goes back and on :meth:`reset`."""
+
+    def __init__(self, settings: GPSKeyframes, size: int, speed_mps: float) -> None:
+        self.settings, self.size, self.speed_mps = settings, int(size), float(speed_mps)
+        self._frames: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]] = []
+        self._matcher = cv2.BFMatcher(cv2.NORM_L2)
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def _drop_if_back(self, stamp_ns: int) -> None:
+        if self._frames and stamp_ns < self._frames[-1][4]:
+            self._frames.clear()
+
+    def add(self, px_N2: np.ndarray, descs_N128: np.ndarray, position_m: np.ndarray, cov_m2: np.ndarray,
+            stamp_ns: int) -> None:
+        """Remember a frame the map placed (keypoints and descriptors from :meth:`PlaceMap.describe`)."""
+        if self.size <= 0 or len(px_N2) < 8:
+            return
+        self._drop_if_back(stamp_ns)
+        self._frames.append((np.asarray(px_N2, np.float64), root_sift(descs_N128),
+                             np.asarray(position_m, np.float64).copy(), np.asarray(cov_m2, np.float64).copy(),
+                             int(stamp_ns)))
+        del self._frames[:-self.size]
+
+    def locate(self, px_N2: np.ndarray, descs_N128: np.ndarray, stamp_ns: int) -> ChainMatch | None:
+        """The recent frame a frame (described by :meth:`PlaceMap.describe`) verifiably overlaps most, or None."""
+        self._drop_if_back(stamp_ns)
+        if not self._frames or len(px_N2) < 8:
+            return None
+        opt, query = self.settings, root_sift(descs_N128)
+        best: tuple[int, int] | None = None
+        for i, (px, root, _, _, _) in enumerate(self._frames):
+            qi, ri = ratio_test(self._matcher, query, root, opt.ratio)
+            inliers = int(verify_two_view(np.asarray(px_N2, np.float64)[qi], px[ri], opt.threshold_px).sum())
+            if inliers >= opt.min_inliers and (best is None or inliers > best[1]):
+                best = (i, inliers)
+        if best is None:
+            return None
+        _, _, position, cov, stamp = self._frames[best[0]]
+        age_s = max(stamp_ns - stamp, 0) * 1e-9
+        grown = cov + (self.speed_mps * age_s) ** 2 * np.eye(len(position))
+        return ChainMatch(position.copy(), grown, best[1], age_s)
+
+    def reset(self) -> None:
+        self._frames.clear()
 
 
 def choose_place(verified: Iterable[tuple[int, int]], positions_FD: np.ndarray, settings: GPSKeyframes,
