@@ -97,7 +97,6 @@ class GPSRegressorOptions:
     track_sigma_m: float = field(default=10.0, metadata={
         'description': "keyframes: standard deviation (m) of the previous frame's place as the next frame's prior, "
                        'before it grows by track_speed_mps over the time between the frames'})
-
     chain_frames: int = field(default=5, metadata={
         'description': "keyframes: a frame the map cannot place (no training image verified, or every place outside "
                        "the prior) or whose places all lie beyond the track's reach (then only with more inliers "
