@@ -100,12 +100,15 @@ def _inliers(q: dict[str, Any], places: Any, frame: int) -> int:
 def _score(cache: list[dict[str, Any]], places: Any, *, k: int, gate: float | None = None,
            track: tuple[float, float] | None = None, radius_m: float | None = None,
            track_candidates: int = 0, chain: int = 0, chain_beyond_track: bool = False) -> dict[str, float]:
-    from vizloc_plugins.keyframes import RecentPlaces, choose_place
+    from vizloc_plugins.keyframes import PlaceTracker, RecentPlaces, choose_place
 
     settings = places.settings if radius_m is None else replace(places.settings, place_radius_m=radius_m)
     P = places.positions_FD
     errors, answered, oracle, state = [], 0, 0, None
     recent = RecentPlaces(settings, chain, track[1] if track is not None else 0.0)
+    # the plugin's rule: its own PlaceTracker on the cached verification
+    tracker = (PlaceTracker(places, track_sigma_m=track[0], track_speed_mps=track[1], chain_frames=chain)
+               if chain_beyond_track and track is not None and radius_m is None else None)
     for q in cache:
         score = q['votes'].astype(np.float64)
         if gate is not None:
@@ -122,15 +125,17 @@ def _score(cache: list[dict[str, Any]], places: Any, *, k: int, gate: float | No
         verified = [(f, n) for f in candidates if (n := _inliers(q, places, f)) >= settings.min_inliers]
         oracle += any(np.linalg.norm(P[f] - q['truth']) < 10.0 for f in candidates)
         place, chained, stamp_ns = None, None, round(q['t'] * 1e9)
+        if tracker is not None:
+            tracked = tracker.choose(q['px'], q['descs'], verified, stamp_ns, q['mean'], q['cov'])
+            answered += tracked.position_m is not None
+            errors.append(np.linalg.norm((tracked.position_m if tracked.position_m is not None else q['mean'])
+                                         - q['truth']))
+            continue
         if track is not None and state is not None and verified:
             sigma_m, speed = track
             position, t = state
             grown = (sigma_m + speed * (q['t'] - t)) ** 2 * np.eye(2)
             place = choose_place(verified, P, settings, position, grown)
-            if place.position_m is None and chain_beyond_track:
-                chained = recent.locate(q['px'], q['descs'], stamp_ns)
-                if chained is not None and chained.inliers <= max(n for _, n in verified):
-                    chained = None
             place = place if place.position_m is not None else None
         if chained is None and place is None:
             place = choose_place(verified, P, settings, q['mean'], q['cov'])

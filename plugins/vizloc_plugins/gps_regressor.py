@@ -55,7 +55,7 @@ from vizloc_ros.localizer import ConfigError, LocalizerConfig, LocalizerContext,
 from vizloc_ros.types import Frame, GeoEstimate, InvalidOutputError, LocalizationResult
 
 from .gps_regressor_contract import LOCALIZER_TYPE, OUTPUT_COV, OUTPUT_MEAN, GPSRegressorContract
-from .keyframes import KEYFRAMES_INDEX, KEYFRAMES_NPZ, KeyframeError, PlaceMap, RecentPlaces, Track
+from .keyframes import KEYFRAMES_INDEX, KEYFRAMES_NPZ, KeyframeError, PlaceMap, PlaceTracker
 
 __all__ = [
     'LOCALIZER_TYPE',
@@ -195,9 +195,10 @@ class GPSRegressorLocalizer:
         except ConfigError:
             self.close()
             raise
-        self.track = Track(options.track_sigma_m, options.track_speed_mps, config.name)  # the last keyframe place
-        self.recent = (RecentPlaces(self.places.settings, options.chain_frames, options.track_speed_mps)
-                       if self.places is not None else None)  # the last placed frames, for a frame the map cannot place
+        # the last keyframe place and the last placed frames, along a run
+        self.tracker = (PlaceTracker(self.places, track_sigma_m=options.track_sigma_m,
+                                     track_speed_mps=options.track_speed_mps, chain_frames=options.chain_frames,
+                                     name=config.name) if self.places is not None else None)
         backends = dict.fromkeys(m.model.backend_name for m in self.members)
         self.backend_name = '+'.join(backends)
         logger.info('%s: gps_regressor with %d bundle(s) on %s%s', self.name, len(self.members), self.backend_name,
@@ -244,29 +245,10 @@ class GPSRegressorLocalizer:
         if self.places is not None:
             started = time.perf_counter()
             gray = cv2.cvtColor(np.ascontiguousarray(frame.rgb_HW3), cv2.COLOR_RGB2GRAY)
-            px, descs = self.places.describe(gray)
-            verified = self.places.verify_features(px, descs)
-            # repeated textures verify at several places: the previous frame's place settles which, else the
-            # network's estimate (also when no place lies within the track's reach: a wrong track lets go)
-            place, prior, chained = None, 'network', None
-            track = self.track.prior(frame.stamp_ns)
-            if track is not None and verified:
-                place, prior = self.places.place(verified, track[0], track[1] ** 2 * np.eye(2)), 'track'
-                if place.position_m is None:
-                    # every verified place lies beyond the track's reach: a jump, or a texture repeated far
-                    # away; a recent frame this one overlaps better than any training image says which
-                    chained = self.recent.locate(px, descs, frame.stamp_ns)
-                    if chained is not None and chained.inliers <= place.inliers:
-                        chained = None
-            if chained is None and (place is None or place.position_m is None):
-                place, prior = self.places.place(verified, mean, cov), 'network'
-                if place.position_m is None:
-                    chained = self.recent.locate(px, descs, frame.stamp_ns)
-            if chained is None and place.position_m is not None:
-                self.track.update(place.position_m, frame.stamp_ns)
-                self.recent.add(px, descs, place.position_m, place.cov_m2, frame.stamp_ns)
+            tracked = self.tracker.locate(gray, frame.stamp_ns, mean, cov)
+            place, chained = tracked.place, tracked.chained
             diagnostics.update({'keyframe_ms': f'{(time.perf_counter() - started) * 1e3:.1f}',
-                                'keyframe_prior': prior,
+                                'keyframe_prior': tracked.prior,
                                 'keyframe_inliers': str(place.inliers), 'keyframe_images': str(place.used),
                                 'keyframe_outside_prior': str(place.rejected).lower(),
                                 'keyframes': ','.join(name for name, _ in place.verified[:3])})
@@ -293,9 +275,8 @@ class GPSRegressorLocalizer:
 
     def reset(self) -> None:
         """Forget the keyframe track and the recent frames (node deactivation)."""
-        self.track.reset()
-        if self.recent is not None:
-            self.recent.reset()
+        if self.tracker is not None:
+            self.tracker.reset()
 
     def close(self) -> None:
         for member in self.members:

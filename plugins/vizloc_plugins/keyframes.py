@@ -47,7 +47,7 @@ from .gps_regressor_contract import GPSKeyframes
 from .scene_coordinates_contract import SceneKeyframes
 
 __all__ = ['KEYFRAMES_NPZ', 'KEYFRAMES_INDEX', 'FLAT_MAX_POINTS', 'ChainMatch', 'KeyframeError', 'KeyframeMatch', 'KeyframeMap',
-           'PlaceMatch', 'PlaceMap', 'RecentPlaces', 'TRACK_GATE', 'Track', 'build_keyframe_map', 'choose_place', 'gate_d2', 'build_place_map', 'lift_pixels', 'limit_size', 'ratio_test', 'root_sift',
+           'PlaceMatch', 'PlaceMap', 'PlaceTracker', 'RecentPlaces', 'TrackedPlace', 'TRACK_GATE', 'Track', 'build_keyframe_map', 'choose_place', 'gate_d2', 'build_place_map', 'lift_pixels', 'limit_size', 'ratio_test', 'root_sift',
            'sift_detector', 'sift_features', 'verify_two_view']
 
 logger = logging.getLogger(__name__)
@@ -579,6 +579,79 @@ class RecentPlaces:
 
     def reset(self) -> None:
         self._frames.clear()
+
+
+@dataclass(frozen=True)
+class TrackedPlace:
+    """One frame through :class:`PlaceTracker`: its ``place`` (:class:`PlaceMatch`; the last one tried), which
+    ``prior`` settled it (``'track'`` or ``'network'``), and ``chained`` when a recent frame placed it. The
+    published position is ``position_m`` / ``cov_m2`` (None: the map and the recent frames gave none)."""
+
+    place: PlaceMatch
+    prior: str
+    chained: ChainMatch | None = None
+
+    @property
+    def position_m(self) -> np.ndarray | None:
+        return self.chained.position_m if self.chained is not None else self.place.position_m
+
+    @property
+    def cov_m2(self) -> np.ndarray | None:
+        return self.chained.cov_m2 if self.chained is not None else self.place.cov_m2
+
+
+class PlaceTracker:
+    """A :class:`PlaceMap` along a run of frames, as the gps_regressor localizer uses it.
+
+    * The previous frame's place (:class:`Track`: ``track_sigma_m`` growing by ``track_speed_mps``), not
+      the other estimate's prior (the network's), settles which verified place a frame is at.
+    * If none lies within the track's reach, a recent frame (:class:`RecentPlaces`, the last
+      ``chain_frames`` placed frames) that the frame overlaps with more inliers than its best
+      training image places it. Otherwise the other prior decides as without a track.
+    * A frame the map cannot place (nothing verified, or every place outside the prior) is placed
+      by the recent frame it overlaps most.
+
+    A place updates the track and the recent frames; a chained frame updates neither. Both are
+    dropped when a stamp goes back and on :meth:`reset`."""
+
+    def __init__(self, places: PlaceMap, *, track_sigma_m: float, track_speed_mps: float, chain_frames: int,
+                 name: str = '') -> None:
+        self.places = places
+        self.track = Track(track_sigma_m, track_speed_mps, name)
+        self.recent = RecentPlaces(places.settings, chain_frames, track_speed_mps)
+
+    def locate(self, gray_HW: np.ndarray, stamp_ns: int, prior_mean_m: np.ndarray | None = None,
+               prior_cov_m2: np.ndarray | None = None) -> TrackedPlace:
+        """Where a grayscale frame (any size) stamped ``stamp_ns`` was taken, given another estimate's prior."""
+        px, descs = self.places.describe(gray_HW)
+        return self.choose(px, descs, self.places.verify_features(px, descs), stamp_ns, prior_mean_m, prior_cov_m2)
+
+    def choose(self, px_N2: np.ndarray, descs_N128: np.ndarray, verified: Sequence[tuple[int, int]], stamp_ns: int,
+               prior_mean_m: np.ndarray | None = None, prior_cov_m2: np.ndarray | None = None) -> TrackedPlace:
+        """:meth:`locate` of a frame already described and verified (:meth:`PlaceMap.describe`,
+        :meth:`PlaceMap.verify_features`)."""
+        place, prior, chained = None, 'network', None
+        track = self.track.prior(stamp_ns)
+        if track is not None and verified:
+            place, prior = self.places.place(verified, track[0], track[1] ** 2 * np.eye(2)), 'track'
+            if place.position_m is None:
+                # every verified place lies beyond the track's reach: a jump, or a texture repeated far
+                # away; a recent frame this one overlaps better than any training image says which
+                chained = self.recent.locate(px_N2, descs_N128, stamp_ns)
+                if chained is not None and chained.inliers <= place.inliers:
+                    chained = None
+        if chained is None and (place is None or place.position_m is None):
+            place, prior = self.places.place(verified, prior_mean_m, prior_cov_m2), 'network'
+            if place.position_m is None:
+                chained = self.recent.locate(px_N2, descs_N128, stamp_ns)
+        if chained is None and place.position_m is not None:
+            self.track.update(place.position_m, stamp_ns)
+            self.recent.add(px_N2, descs_N128, place.position_m, place.cov_m2, stamp_ns)
+        return TrackedPlace(place, prior, chained)
+
+    def reset(self) -> None:
+        self.track.reset()
+        self.recent.reset()
 
 
 def choose_place(verified: Iterable[tuple[int, int]], positions_FD: np.ndarray, settings: GPSKeyframes,

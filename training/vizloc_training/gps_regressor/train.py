@@ -15,9 +15,10 @@ Pipeline (seed 001, adapted):
    store it in the bundle (``metadata.variance_scale``).
 4. Keyframe map (``keyframes``, default on): the training images' SIFT keypoints with their positions
    (:func:`vizloc_plugins.keyframes.build_place_map`); its covariance factor is calibrated on the
-   validation split like the network's.
-5. Evaluate on the test split (seed 001's table): ``test`` is what the node publishes (the keyframe map's
-   position where a training image is verified, else the network's), ``test_network`` the network alone;
+   validation split like the network's, on the places the plugin's
+   :class:`vizloc_plugins.keyframes.PlaceTracker` gives with the split replayed as a 10 Hz run.
+5. Evaluate on the test split (seed 001's table): ``test`` is what the node publishes on the split
+   replayed the same way (keyframe positions, else the network's), ``test_network`` the network alone;
    and the network on corrupted variants (robustness table).
 6. Export ONNX (preprocessing baked in, outputs ``mean_en_m`` and ``cov_en_m2`` in metres) and write
    the bundle with the metrics.
@@ -38,7 +39,9 @@ import torch
 
 from vizloc_plugins.gps_regressor_contract import (LOCALIZER_TYPE, OUTPUT_COV, OUTPUT_MEAN, GPSKeyframes,
                                                    GPSRegressorContract)
-from vizloc_plugins.keyframes import KEYFRAMES_INDEX, KEYFRAMES_NPZ, KeyframeError, PlaceMap, build_place_map
+from vizloc_plugins.gps_regressor import GPSRegressorOptions
+from vizloc_plugins.keyframes import (KEYFRAMES_INDEX, KEYFRAMES_NPZ, KeyframeError, PlaceMap, PlaceTracker, TrackedPlace,
+                                     build_place_map)
 from vizloc_ros.bundle import InputSpec
 from vizloc_ros.geodesy import GeoReference
 
@@ -530,14 +533,16 @@ def _place_map(args: TrainArgs, cfg: GPSConfig, data: GPSData, val_network: tupl
     places = PlaceMap(files[KEYFRAMES_NPZ], files[KEYFRAMES_INDEX],
                       cfg.keyframe_settings(n_features=n_features, frames=built['frames'], points=built['points']))
     val = data.splits['val']
+    # the places the map gives along the validation split replayed as the node runs (track and recent frames);
+    # the factor scales their covariances (a chained frame's is a recent place's, grown)
     located = _locate_split(places, val, 'val', val_network)
-    ok = np.array([m.position_m is not None for m in located], bool)
+    ok = np.array([m.chained is None and m.place.position_m is not None for m in located], bool)
     if not ok.any():
         logger.warning('no keyframe map: none of the %d validation images overlaps a training image verifiably, '
                        'so its covariance cannot be calibrated (the network alone answers)', len(ok))
         return None, {}
-    err = np.stack([m.position_m for m in located if m.position_m is not None]) - frame.to_en_m(val.lla_N3)[ok]
-    covs = np.stack([m.cov_m2 for m in located if m.cov_m2 is not None])
+    err = np.stack([m.place.position_m for m, k in zip(located, ok) if k]) - frame.to_en_m(val.lla_N3)[ok]
+    covs = np.stack([m.place.cov_m2 for m, k in zip(located, ok) if k])
     if ok.sum() >= _MIN_CALIBRATION_SAMPLES:
         try:
             scale = geo_metrics.fit_variance_scale(err, covs, 0.95)
@@ -563,18 +568,31 @@ def _gray(path: Path) -> np.ndarray:
     return gray
 
 
-def _locate_split(places: PlaceMap, split: Any, name: str, network: tuple[np.ndarray, np.ndarray]) -> list[Any]:
-    """:meth:`PlaceMap.locate` of every image of a split (at its file's own resolution, like the node's frames)
-    with the network's estimates (means, calibrated covariances) as priors, as the plugin does."""
+#: The frame period at which the trainer replays the val and test splits (in file order) through the plugin's
+#: :class:`PlaceTracker`, as the node replays a 10 Hz bag of a walk. A split that is not a walk (a random 70/15/15
+#: split) gets per-frame answers: consecutive images lie beyond the track's reach and rarely overlap.
+SPLIT_FRAME_PERIOD_S = 0.1
+
+
+def _locate_split(places: PlaceMap, split: Any, name: str,
+                  network: tuple[np.ndarray, np.ndarray]) -> list[TrackedPlace]:
+    """Every image of a split (at its file's own resolution, like the node's frames) through the plugin's
+    :class:`PlaceTracker` with its default options, one image every :data:`SPLIT_FRAME_PERIOD_S`, with the
+    network's estimates (means, calibrated covariances) as priors, as the plugin does."""
+    options = GPSRegressorOptions()
+    tracker = PlaceTracker(places, track_sigma_m=options.track_sigma_m, track_speed_mps=options.track_speed_mps,
+                           chain_frames=options.chain_frames, name=name)
     paths = progress(split.paths, f'keyframe matching {name}', total=len(split.paths))
-    return [places.locate(_gray(path), mean, cov) for path, mean, cov in zip(paths, *network)]
+    return [tracker.locate(_gray(path), round(i * SPLIT_FRAME_PERIOD_S * 1e9), mean, cov)
+            for i, (path, mean, cov) in enumerate(zip(paths, *network))]
 
 
 def _published_metrics(places: PlaceMap, data: GPSData, split: str, network: tuple[np.ndarray, np.ndarray],
                        metrics: dict[str, Any]) -> dict[str, float]:
-    """Metrics of what the node publishes on ``split``: the keyframe map's position where a training image
-    is verified, else the network's (``network``: its means and calibrated covariances);
-    ``metrics[f'{split}_keyframe_share']`` gets the share of keyframe positions."""
+    """Metrics of what the node publishes on ``split`` replayed as a run (:func:`_locate_split`): the keyframe
+    map's position where a training image is verified or a recent frame places the image, else the network's
+    (``network``: its means and calibrated covariances); ``metrics[f'{split}_keyframe_share']`` gets the share
+    of keyframe positions."""
     arrays = data.splits[split]
     mean, cov = network[0].copy(), network[1].copy()
     located = _locate_split(places, arrays, split, network)
