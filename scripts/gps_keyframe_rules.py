@@ -9,14 +9,15 @@ figures and the published position (the place's, else the network's) is scored:
 
 * candidates: the ``k`` images with most votes (the plugin: ``candidates``), or the most voted among
   the images inside the network's ellipse (``gate p``);
-* tracking: the previous frame's place (split order = the walk's order) as the prior instead of the
-  network's, its standard deviation ``sigma`` m grown by ``speed`` m/s over the frame period; the
-  network's prior when no place is inside the track's gate;
+* tracking (the plugin's own :class:`vizloc_plugins.keyframes.PlaceTracker`): the previous frame's place
+  (split order = the walk's order) as the prior instead of the network's, its standard deviation
+  ``sigma`` m grown by ``speed`` m/s over the frame period; the network's prior when no place is inside
+  the track's gate;
+* the last placed frames (``chain_frames`` of the tracker, 0 in the other tracking rows): a frame without
+  a place, and one whose places all lie beyond the track's reach if it overlaps a recent frame better
+  than any training image, is placed where the recent frame it verifiably overlaps most was;
 * places: ``place_radius_m``;
-* candidates near the track: the ``n`` most voted images inside the track's gate besides the ``k``;
-* the last placed frames: a frame without a place (and, as the plugin does, one whose places all lie beyond
-  the track's reach, if it overlaps a recent frame better than any training image) is placed where the one of the last ``n`` placed frames it verifiably overlaps most was
-  (:class:`vizloc_plugins.keyframes.RecentPlaces`, the plugin's ``chain_frames``).
+* candidates near the track: the ``n`` most voted images inside the track's gate besides the ``k``.
 
 Prints median, % within 5 / 10 / 25 m, % answered by the map (or the last placed frames) and the *candidate oracle* (% of
 frames with a candidate image within 10 m of the truth):
@@ -99,58 +100,37 @@ def _inliers(q: dict[str, Any], places: Any, frame: int) -> int:
 
 def _score(cache: list[dict[str, Any]], places: Any, *, k: int, gate: float | None = None,
            track: tuple[float, float] | None = None, radius_m: float | None = None,
-           track_candidates: int = 0, chain: int = 0, chain_beyond_track: bool = False) -> dict[str, float]:
-    from vizloc_plugins.keyframes import PlaceTracker, RecentPlaces, choose_place
+           track_candidates: int = 0, chain: int = 0) -> dict[str, float]:
+    from vizloc_plugins.keyframes import PlaceTracker, choose_place
 
     settings = places.settings if radius_m is None else replace(places.settings, place_radius_m=radius_m)
     P = places.positions_FD
-    errors, answered, oracle, state = [], 0, 0, None
-    recent = RecentPlaces(settings, chain, track[1] if track is not None else 0.0)
-    # the plugin's rule: its own PlaceTracker on the cached verification
+    errors, answered, oracle = [], 0, 0
+    # along the run: the plugin's own PlaceTracker (track, recent frames) on the cached verification
     tracker = (PlaceTracker(places, track_sigma_m=track[0], track_speed_mps=track[1], chain_frames=chain)
-               if chain_beyond_track and track is not None and radius_m is None else None)
+               if track is not None else None)
     for q in cache:
+        stamp_ns = round(q['t'] * 1e9)
         score = q['votes'].astype(np.float64)
         if gate is not None:
             score = np.where(q['d2'] <= gate_d2(gate), score, -1.0)
         candidates = [int(f) for f in np.argsort(-score, kind='stable')[:k] if score[f] > 0]
-        if track_candidates and track is not None and state is not None:
+        reach = tracker.track.prior(stamp_ns) if tracker is not None and track_candidates else None
+        if reach is not None:
             # also the most voted images inside the track's gate
-            position, t = state
-            sigma_m = track[0] + track[1] * (q['t'] - t)
+            position, sigma_m = reach
             near = np.sum((P - position) ** 2, axis=1) <= gate_d2(settings.prior_gate) * sigma_m ** 2
             near_votes = np.where(near, q['votes'], 0)
             extra = [int(f) for f in np.argsort(-near_votes, kind='stable')[:track_candidates] if near_votes[f] > 0]
             candidates += [f for f in extra if f not in candidates]
         verified = [(f, n) for f in candidates if (n := _inliers(q, places, f)) >= settings.min_inliers]
         oracle += any(np.linalg.norm(P[f] - q['truth']) < 10.0 for f in candidates)
-        place, chained, stamp_ns = None, None, round(q['t'] * 1e9)
         if tracker is not None:
-            tracked = tracker.choose(q['px'], q['descs'], verified, stamp_ns, q['mean'], q['cov'])
-            answered += tracked.position_m is not None
-            errors.append(np.linalg.norm((tracked.position_m if tracked.position_m is not None else q['mean'])
-                                         - q['truth']))
-            continue
-        if track is not None and state is not None and verified:
-            sigma_m, speed = track
-            position, t = state
-            grown = (sigma_m + speed * (q['t'] - t)) ** 2 * np.eye(2)
-            place = choose_place(verified, P, settings, position, grown)
-            place = place if place.position_m is not None else None
-        if chained is None and place is None:
-            place = choose_place(verified, P, settings, q['mean'], q['cov'])
-            if place.position_m is None:
-                chained = recent.locate(q['px'], q['descs'], stamp_ns)
-        if chained is not None:
-            answered += 1
-            errors.append(np.linalg.norm(chained.position_m - q['truth']))
-        elif place.position_m is not None:
-            answered += 1
-            state = (place.position_m, q['t'])
-            recent.add(q['px'], q['descs'], place.position_m, place.cov_m2, stamp_ns)
-            errors.append(np.linalg.norm(place.position_m - q['truth']))
+            position_m = tracker.choose(q['px'], q['descs'], verified, stamp_ns, q['mean'], q['cov']).position_m
         else:
-            errors.append(np.linalg.norm(q['mean'] - q['truth']))
+            position_m = choose_place(verified, P, settings, q['mean'], q['cov']).position_m
+        answered += position_m is not None
+        errors.append(np.linalg.norm((position_m if position_m is not None else q['mean']) - q['truth']))
     e, n = np.asarray(errors), len(errors)
     return {'median_m': float(np.median(e)), 'within_5m': 100.0 * np.mean(e < 5.0),
             'within_10m': 100.0 * np.mean(e < 10.0), 'within_25m': 100.0 * np.mean(e < 25.0),
@@ -172,10 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rules += [(f'place_radius_m {r:g}', {'k': 10, 'radius_m': r}) for r in RADII]
     rules += [(f'track sigma 10 m + 15 m/s, + {n} candidates inside it', {'k': 10, 'track': (10.0, 15.0),
                                                                          'track_candidates': n}) for n in (5, 10)]
-    rules += [(f'track sigma 10 m + 15 m/s, last {n} placed frames place the frames without a place', {
+    rules += [(f'track sigma 10 m + 15 m/s + the last {n} placed frames (the plugin, chain_frames {n})', {
         'k': 10, 'track': (10.0, 15.0), 'chain': n}) for n in (1, 5, 10)]
-    rules += [(f'... and those whose places are all beyond the track (the plugin, chain_frames {n})', {
-        'k': 10, 'track': (10.0, 15.0), 'chain': n, 'chain_beyond_track': True}) for n in (1, 5, 10)]
     print('| rule | split | median | within 5 / 10 / 25 m | map answers | candidate within 10 m |')
     print('| --- | --- | --- | --- | --- | --- |')
     for split in args.splits:

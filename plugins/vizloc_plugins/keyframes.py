@@ -563,11 +563,11 @@ class RecentPlaces:
         self._drop_if_back(stamp_ns)
         if not self._frames or len(px_N2) < 8:
             return None
-        opt, query = self.settings, root_sift(descs_N128)
+        opt, query, query_px = self.settings, root_sift(descs_N128), np.asarray(px_N2, np.float64)
         best: tuple[int, int] | None = None
         for i, (px, root, _, _, _) in enumerate(self._frames):
             qi, ri = ratio_test(self._matcher, query, root, opt.ratio)
-            inliers = int(verify_two_view(np.asarray(px_N2, np.float64)[qi], px[ri], opt.threshold_px).sum())
+            inliers = int(verify_two_view(query_px[qi], px[ri], opt.threshold_px).sum())
             if inliers >= opt.min_inliers and (best is None or inliers > best[1]):
                 best = (i, inliers)
         if best is None:
