@@ -19,8 +19,11 @@ figures and the published position (the place's, else the network's) is scored:
 * places: ``place_radius_m``;
 * candidates near the track: the ``n`` most voted images inside the track's gate besides the ``k``.
 
-Prints median, % within 5 / 10 / 25 m, % answered by the map (or the last placed frames) and the *candidate oracle* (% of
-frames with a candidate image within 10 m of the truth):
+Prints median, % within 5 / 10 / 25 m, % answered by the map (or the last placed frames), the *candidate oracle* (% of
+frames with a candidate image within 10 m of the truth) and the share of errors inside the published 95 %
+ellipses (the network's covariance where nothing placed the frame). ``--rates`` adds the plugin's rule at
+other camera rates over the same images: a walk filmed at 1 Hz (every image 1 s apart) and every 5th image
+0.5 s apart (gaps of ~5.5 m):
 
     python scripts/gps_keyframe_rules.py --bundle /tmp/b/gps_final2 --data /tmp/worlds/campus
 """
@@ -43,7 +46,7 @@ TRACKS = ((3.0, 15.0), (10.0, 15.0), (10.0, 5.0))  # (sigma m, speed m/s)
 RADII = (15.0, 25.0, 40.0)
 
 
-def _cache(bundle: Path, data: Path, split: str, frame_period_s: float) -> tuple[list[dict[str, Any]], Any]:
+def _cache(bundle: Path, data: Path, split: str) -> tuple[list[dict[str, Any]], Any]:
     import cv2
 
     from vizloc_ros.bundle import load_bundle
@@ -84,8 +87,7 @@ def _cache(bundle: Path, data: Path, split: str, frame_period_s: float) -> tuple
             query = root_sift(descs)
             inliers = {int(f): places.inliers(px, query, int(f)) for f in tops if votes[f] > 0}
             out.append({'mean': mean, 'cov': cov, 'truth': truth, 'votes': votes, 'd2': d2, 'inliers': inliers,
-                        'px': px, 'query': query, 'descs': descs,
-                        't': i * frame_period_s})
+                        'px': px, 'query': query, 'descs': descs})
     finally:
         localizer.close()
     return out, places
@@ -100,17 +102,17 @@ def _inliers(q: dict[str, Any], places: Any, frame: int) -> int:
 
 def _score(cache: list[dict[str, Any]], places: Any, *, k: int, gate: float | None = None,
            track: tuple[float, float] | None = None, radius_m: float | None = None,
-           track_candidates: int = 0, chain: int = 0) -> dict[str, float]:
+           track_candidates: int = 0, chain: int = 0, period_s: float = 0.1, stride: int = 1) -> dict[str, float]:
     from vizloc_plugins.keyframes import PlaceTracker, choose_place
 
     settings = places.settings if radius_m is None else replace(places.settings, place_radius_m=radius_m)
     P = places.positions_FD
-    errors, answered, oracle = [], 0, 0
+    errors, answered, oracle, inside = [], 0, 0, 0
     # along the run: the plugin's own PlaceTracker (track, recent frames) on the cached verification
     tracker = (PlaceTracker(places, track_sigma_m=track[0], track_speed_mps=track[1], chain_frames=chain)
                if track is not None else None)
-    for q in cache:
-        stamp_ns = round(q['t'] * 1e9)
+    for i, q in enumerate(cache[::stride]):
+        stamp_ns = round(i * period_s * 1e9)
         score = q['votes'].astype(np.float64)
         if gate is not None:
             score = np.where(q['d2'] <= gate_d2(gate), score, -1.0)
@@ -126,15 +128,20 @@ def _score(cache: list[dict[str, Any]], places: Any, *, k: int, gate: float | No
         verified = [(f, n) for f in candidates if (n := _inliers(q, places, f)) >= settings.min_inliers]
         oracle += any(np.linalg.norm(P[f] - q['truth']) < 10.0 for f in candidates)
         if tracker is not None:
-            position_m = tracker.choose(q['px'], q['descs'], verified, stamp_ns, q['mean'], q['cov']).position_m
+            chosen = tracker.choose(q['px'], q['descs'], verified, stamp_ns, q['mean'], q['cov'])
         else:
-            position_m = choose_place(verified, P, settings, q['mean'], q['cov']).position_m
+            chosen = choose_place(verified, P, settings, q['mean'], q['cov'])
+        position_m, cov_m2 = chosen.position_m, chosen.cov_m2
         answered += position_m is not None
-        errors.append(np.linalg.norm((position_m if position_m is not None else q['mean']) - q['truth']))
+        if position_m is None:
+            position_m, cov_m2 = q['mean'], q['cov']
+        d = position_m - q['truth']
+        errors.append(np.linalg.norm(d))
+        inside += float(d @ np.linalg.pinv(cov_m2) @ d) <= gate_d2(0.95)
     e, n = np.asarray(errors), len(errors)
     return {'median_m': float(np.median(e)), 'within_5m': 100.0 * np.mean(e < 5.0),
             'within_10m': 100.0 * np.mean(e < 10.0), 'within_25m': 100.0 * np.mean(e < 25.0),
-            'map_pct': 100.0 * answered / n, 'oracle_10m': 100.0 * oracle / n}
+            'map_pct': 100.0 * answered / n, 'oracle_10m': 100.0 * oracle / n, 'ellipse_95': 100.0 * inside / n}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -144,6 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--splits', nargs='+', default=['val', 'test'])
     parser.add_argument('--frame-period-s', type=float, default=0.1,
                         help='time between consecutive split images for the tracking rules (the bag: 0.1)')
+    parser.add_argument('--rates', action='store_true',
+                        help="also the plugin's default rule at other camera rates: every image 1 s apart, and "
+                             'every 5th image 0.5 s apart')
     args = parser.parse_args(argv)
 
     rules: list[tuple[str, dict[str, Any]]] = [(f'votes, k={k}', {'k': k}) for k in RULES_K]
@@ -154,14 +164,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                          'track_candidates': n}) for n in (5, 10)]
     rules += [(f'track sigma 10 m + 15 m/s + the last {n} placed frames (the plugin, chain_frames {n})', {
         'k': 10, 'track': (10.0, 15.0), 'chain': n}) for n in (1, 5, 10)]
-    print('| rule | split | median | within 5 / 10 / 25 m | map answers | candidate within 10 m |')
-    print('| --- | --- | --- | --- | --- | --- |')
+    rules = [(name, {**kw, 'period_s': args.frame_period_s}) for name, kw in rules]
+    if args.rates:
+        plugin = {'k': 10, 'track': (10.0, 15.0), 'chain': 5}
+        rules += [('the plugin, every image 1 s apart', {**plugin, 'period_s': 1.0}),
+                  ('the plugin, every 5th image 0.5 s apart', {**plugin, 'period_s': 0.5, 'stride': 5}),
+                  ('no track, every 5th image (frame by frame)', {'k': 10, 'stride': 5})]
+    print('| rule | split | median | within 5 / 10 / 25 m | map answers | candidate within 10 m | 95 % ellipse holds |')
+    print('| --- | --- | --- | --- | --- | --- | --- |')
     for split in args.splits:
-        cache, places = _cache(args.bundle, args.data, split, args.frame_period_s)
+        cache, places = _cache(args.bundle, args.data, split)
         for name, kwargs in rules:
             r = _score(cache, places, **kwargs)
             print(f"| {name} | {split} | {r['median_m']:.2f} m | {r['within_5m']:.1f} / {r['within_10m']:.1f} / "
-                  f"{r['within_25m']:.1f} % | {r['map_pct']:.1f} % | {r['oracle_10m']:.1f} % |", flush=True)
+                  f"{r['within_25m']:.1f} % | {r['map_pct']:.1f} % | {r['oracle_10m']:.1f} % | "
+                  f"{r['ellipse_95']:.1f} % |", flush=True)
     return 0
 
 
