@@ -540,6 +540,7 @@ def test_bundle_carries_a_calibrated_keyframe_map_of_its_training_images(walks_d
     from vizloc_plugins.gps_regressor_contract import GPSRegressorContract
     from vizloc_ros.bundle import load_bundle
     from vizloc_training.datasets.gps import read_gps_dataset
+    from vizloc_training.gps_regressor.train import CALIBRATION_RUNS
 
     b = load_bundle(walks_bundle, expected_type='gps_regressor')
     keyframes = GPSRegressorContract.from_bundle(b).keyframes
@@ -555,6 +556,11 @@ def test_bundle_carries_a_calibrated_keyframe_map_of_its_training_images(walks_d
     assert published['median_m'] <= 5.0, published['median_m']
     assert published['median_m'] < 0.5 * network['median_m'], (published['median_m'], network['median_m'])
     assert 0.0 < b.metrics['val_keyframes']['verified_pct'] <= 100.0
+    # the factor is fitted on the val split replayed at every camera rate of CALIBRATION_RUNS, pooled: more
+    # places than one replay of the split has frames (most val frames lie ~1 m from a training frame)
+    n_val = len(read_gps_dataset(walks_dataset).split('val'))
+    runs = sum(len(range(0, n_val, stride)) for _, stride in CALIBRATION_RUNS)
+    assert n_val < b.metrics['val_keyframes']['calibration_places'] <= runs, (n_val, b.metrics['val_keyframes'])
 
 
 def haversine_m_of(result, record) -> float:
