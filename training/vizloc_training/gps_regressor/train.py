@@ -19,7 +19,7 @@ Pipeline (seed 001, adapted):
    :class:`vizloc_plugins.keyframes.PlaceTracker` gives with the split replayed as runs at the camera
    rates of :data:`CALIBRATION_RUNS` (10 Hz, 1 Hz, every 5th image at 2 Hz), pooled.
 5. Evaluate on the test split (seed 001's table): ``test`` is what the node publishes on the split
-   replayed the same way (keyframe positions, else the network's), ``test_network`` the network alone;
+   replayed as a 10 Hz run (keyframe positions, else the network's), ``test_network`` the network alone;
    and the network on corrupted variants (robustness table).
 6. Export ONNX (preprocessing baked in, outputs ``mean_en_m`` and ``cov_en_m2`` in metres) and write
    the bundle with the metrics.
