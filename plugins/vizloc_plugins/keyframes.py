@@ -631,19 +631,26 @@ class PlaceTracker:
         """:meth:`locate` of a frame already described and verified (:meth:`PlaceMap.describe`,
         :meth:`PlaceMap.verify_features`)."""
         place, prior, chained = None, 'network', None
+        recent: list[ChainMatch | None] = []  # the recent frames' verification, done at most once per frame
+
+        def overlap() -> ChainMatch | None:
+            if not recent:
+                recent.append(self.recent.locate(px_N2, descs_N128, stamp_ns))
+            return recent[0]
+
         track = self.track.prior(stamp_ns)
         if track is not None and verified:
             place, prior = self.places.place(verified, track[0], track[1] ** 2 * np.eye(2)), 'track'
             if place.position_m is None:
                 # every verified place lies beyond the track's reach: a jump, or a texture repeated far
                 # away; a recent frame this one overlaps better than any training image says which
-                chained = self.recent.locate(px_N2, descs_N128, stamp_ns)
+                chained = overlap()
                 if chained is not None and chained.inliers <= place.inliers:
                     chained = None
         if chained is None and (place is None or place.position_m is None):
             place, prior = self.places.place(verified, prior_mean_m, prior_cov_m2), 'network'
             if place.position_m is None:
-                chained = self.recent.locate(px_N2, descs_N128, stamp_ns)
+                chained = overlap()
         if chained is None and place.position_m is not None:
             self.track.update(place.position_m, stamp_ns)
             self.recent.add(px_N2, descs_N128, place.position_m, place.cov_m2, stamp_ns)
