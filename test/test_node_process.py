@@ -153,7 +153,7 @@ def test_bad_inputs_are_counted_and_the_node_keeps_running(active_node: NodeProc
 
 def _set_parameter(client: RosClient, name: str, value: ParameterValue) -> tuple[bool, str]:
     request = SetParameters.Request(parameters=[ParameterMsg(name=name, value=value)])
-    result = client.call(SetParameters, '/vizloc/set_parameters', request).results[0]
+    result = client.call(SetParameters, '/vizloc/set_parameters', request, idempotent=True).results[0]
     return result.successful, result.reason
 
 
@@ -239,7 +239,7 @@ def test_lifecycle_services_compressed_input_and_plugin_blocking(plugin_site: Pa
             ParameterMsg(name='blocked_plugins', value=ParameterValue(type=ParameterType.PARAMETER_STRING_ARRAY, string_array_value=[])),
             ParameterMsg(name='image_transport', value=ParameterValue(type=ParameterType.PARAMETER_STRING, string_value='compressed')),
         ])
-        results = client.call(SetParameters, f'{node_name}/set_parameters', request).results
+        results = client.call(SetParameters, f'{node_name}/set_parameters', request, idempotent=True).results
         assert all(r.successful for r in results), [r.reason for r in results]
 
         assert client.change_state(Transition.TRANSITION_CONFIGURE, node=node_name)

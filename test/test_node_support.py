@@ -135,6 +135,7 @@ class RosClient:
         self.executor.add_node(self.node)
         self.received: dict[str, list[tuple[float, Any]]] = {}
         self._lock = threading.Lock()
+        self._clients: dict[tuple[type, str], Any] = {}
         self._stop = False
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
@@ -228,32 +229,50 @@ class RosClient:
         return stamps
 
     # -- services --------------------------------------------------------------------------------------
-    def call(self, srv_type: type, name: str, request: Any, timeout_s: float = 15.0) -> Any:
-        client = self.node.create_client(srv_type, name)
-        try:
-            if not client.wait_for_service(timeout_sec=timeout_s):
-                raise TimeoutError(f'service {name} not available after {timeout_s} s')
+    def call(self, srv_type: type, name: str, request: Any, timeout_s: float = 15.0, idempotent: bool = False) -> Any:
+        """One service request. Clients are kept, so a server matches each of them once.
+
+        Fast DDS drops a response whose reader the server has not matched yet ("failed to send response
+        (timeout)" in the server's log; seen on loaded 2-core CI machines). An ``idempotent`` request is
+        therefore asked again every few seconds until ``timeout_s``; other requests are asked once.
+        """
+        key = (srv_type, name)
+        client = self._clients.get(key)
+        if client is None:
+            client = self._clients[key] = self.node.create_client(srv_type, name)
+        end = time.monotonic() + timeout_s
+        if not client.wait_for_service(timeout_sec=timeout_s):
+            raise TimeoutError(f'service {name} not available after {timeout_s} s')
+        while True:
+            attempt_end = min(end, time.monotonic() + 3.0) if idempotent else end
             future = client.call_async(request)
-            end = time.monotonic() + timeout_s
-            while not future.done() and time.monotonic() < end:
+            while not future.done() and time.monotonic() < attempt_end:
                 time.sleep(0.02)
-            if not future.done():
+            if future.done():
+                return future.result()
+            client.remove_pending_request(future)
+            if time.monotonic() >= end:
                 raise TimeoutError(f'service {name} did not answer in {timeout_s} s')
-            return future.result()
-        finally:
-            self.node.destroy_client(client)
 
     def lifecycle_state(self, node: str = '/vizloc', timeout_s: float = 15.0) -> str:
         from lifecycle_msgs.srv import GetState
 
-        return self.call(GetState, f'{node}/get_state', GetState.Request(), timeout_s).current_state.label
+        return self.call(GetState, f'{node}/get_state', GetState.Request(), timeout_s, idempotent=True).current_state.label
 
     def change_state(self, transition_id: int, node: str = '/vizloc') -> bool:
+        """Request a transition; if its answer is lost, the node's state says whether it happened."""
         from lifecycle_msgs.msg import Transition
         from lifecycle_msgs.srv import ChangeState
 
+        goal_state = {Transition.TRANSITION_CONFIGURE: 'inactive', Transition.TRANSITION_CLEANUP: 'unconfigured',
+                      Transition.TRANSITION_ACTIVATE: 'active', Transition.TRANSITION_DEACTIVATE: 'inactive'}
         request = ChangeState.Request(transition=Transition(id=transition_id))
-        return bool(self.call(ChangeState, f'{node}/change_state', request).success)
+        try:
+            return bool(self.call(ChangeState, f'{node}/change_state', request, timeout_s=8.0).success)
+        except TimeoutError:
+            if transition_id not in goal_state:
+                raise
+            return self.wait_for_state(goal_state[transition_id], node, timeout_s=15.0) == goal_state[transition_id]
 
     def wait_for_state(self, label: str, node: str = '/vizloc', timeout_s: float = 25.0) -> str:
         end = time.monotonic() + timeout_s
