@@ -166,10 +166,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         'k': 10, 'track': (10.0, 15.0), 'chain': n}) for n in (1, 5, 10)]
     rules = [(name, {**kw, 'period_s': args.frame_period_s}) for name, kw in rules]
     if args.rates:
-        plugin = {'k': 10, 'track': (10.0, 15.0), 'chain': 5}
-        rules += [('the plugin, every image 1 s apart', {**plugin, 'period_s': 1.0}),
-                  ('the plugin, every 5th image 0.5 s apart', {**plugin, 'period_s': 0.5, 'stride': 5}),
-                  ('no track, every 5th image (frame by frame)', {'k': 10, 'stride': 5})]
+        # the plugin's defaults at the other camera rates the trainer calibrates on
+        from vizloc_plugins.gps_regressor import GPSRegressorOptions
+        from vizloc_plugins.gps_regressor_contract import GPSKeyframes
+        from vizloc_training.gps_regressor.train import CALIBRATION_RUNS
+
+        options, k = GPSRegressorOptions(), GPSKeyframes().candidates
+        plugin = {'k': k, 'track': (options.track_sigma_m, options.track_speed_mps), 'chain': options.chain_frames}
+        for period_s, stride in CALIBRATION_RUNS[1:]:
+            rules += [(f'the plugin, every {"" if stride == 1 else f"{stride}th "}image {period_s:g} s apart',
+                       {**plugin, 'period_s': period_s, 'stride': stride})]
+            if stride > 1:
+                rules += [(f'no track, every {stride}th image (frame by frame)', {'k': k, 'stride': stride})]
     print('| rule | split | median | within 5 / 10 / 25 m | map answers | candidate within 10 m | 95 % ellipse holds |')
     print('| --- | --- | --- | --- | --- | --- | --- |')
     for split in args.splits:
