@@ -321,3 +321,51 @@ def test_track_grows_with_time_and_is_dropped_when_the_stamp_goes_back() -> None
     off = Track(sigma_m=2.0, speed_mps=0.0)
     off.update(np.zeros(2), 0)
     assert off.prior(1) is None
+
+
+def test_place_hypotheses_hold_the_run_through_a_texture_repeated_elsewhere(tmp_path: Path) -> None:
+    """Hand-checked run (10 Hz, track 10 m + 15 m/s, network prior at (50, 0) with sigma 60 m, which admits
+    every place): images 0 and 1 at (0, 0) and (10, 0) are where the camera is; image 3 at (100, 0) wears a
+    texture repeated there. In the frame that verifies only image 3, the single track (every place beyond its
+    reach) lets the network choose and jumps to (100, 0); the place hypotheses keep (10, 0) best (image 3's
+    place is born 5 below it and loses to the carried one), so the keyframes give no position and the network
+    answers; the next frames continue (10, 0), also when the network is far off."""
+    from vizloc_plugins.gps_regressor_contract import GPSKeyframes
+    from vizloc_plugins.keyframes import PlaceMap, PlaceTracker, build_place_map
+
+    texture = _detailed_texture(512)
+    positions = [(0.0, 0.0), (10.0, 0.0), (0.0, 20.0), (100.0, 0.0)]
+    build_place_map(((f'img{i}', texture[64 * i:64 * i + 256, 64 * i:64 * i + 256], p) for i, p in enumerate(positions)),
+                    tmp_path, n_features=200)
+    places = PlaceMap(tmp_path / 'keyframes.npz', tmp_path / 'keyframes.faiss', GPSKeyframes(covariance_scale=4.0))
+    network = (np.array([50.0, 0.0]), np.eye(2) * 60.0 ** 2)
+    no_px, no_descs = np.zeros((0, 2)), np.zeros((0, 128), np.float32)
+    run = [(0, [(0, 40)]), (100, [(3, 20), (1, 30)]), (200, [(3, 20)]), (300, [(1, 30)])]  # (ms, verified)
+    single = PlaceTracker(places, track_sigma_m=10.0, track_speed_mps=15.0, chain_frames=0, hypotheses=1)
+    several = PlaceTracker(places, track_sigma_m=10.0, track_speed_mps=15.0, chain_frames=0, hypotheses=5)
+    got = {tracker: [tracker.choose(no_px, no_descs, verified, ms * 1_000_000, *network) for ms, verified in run]
+           for tracker in (single, several)}
+    for tracker, expected in ((single, [(0, 0), (10, 0), (100, 0), (10, 0)]),
+                              (several, [(0, 0), (10, 0), None, (10, 0)])):
+        for tracked, position in zip(got[tracker], expected):
+            if position is None:
+                assert tracked.position_m is None and tracked.chained is None
+            else:
+                np.testing.assert_allclose(tracked.position_m, position)
+    assert [t.prior for t in got[several]] == ['network', 'track', 'track', 'track']
+    # a network far off (its gate excludes every place) starts no hypothesis but does not stop the run's
+    far_network = (np.array([1000.0, 1000.0]), np.eye(2) * 10.0 ** 2)
+    np.testing.assert_allclose(several.choose(no_px, no_descs, [(1, 30)], 400_000_000, *far_network).position_m,
+                               [10.0, 0.0])
+    # the published place's covariance is the place's ((min_inliers / inliers)^2 x covariance_scale), its
+    # verified images named, most inliers first
+    np.testing.assert_allclose(got[several][1].cov_m2, np.eye(2) * (15 / 30) ** 2 * 4.0)
+    assert got[several][1].place.verified == (('img1', 30), ('img3', 20))
+    # a stamp that goes back drops the hypotheses: the place is born again (the network's prior settles it)
+    again = several.choose(no_px, no_descs, [(3, 20)], 50_000_000, *network)
+    np.testing.assert_allclose(again.position_m, [100.0, 0.0])
+    assert again.prior == 'network'
+    several.reset()
+    assert several.choose(no_px, no_descs, [(0, 40)], 0, *network).prior == 'network'
+    with pytest.raises(ValueError, match='hypotheses'):
+        PlaceTracker(places, track_sigma_m=10.0, track_speed_mps=15.0, chain_frames=0, hypotheses=0)

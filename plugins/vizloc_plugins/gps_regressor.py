@@ -24,10 +24,14 @@ against those images (SIFT vote, ratio test, two-view verification); if at least
 published position is the inlier-weighted position of the verified images at the place that their
 inliers and the network's estimate support best, with its calibrated covariance (diagnostics
 ``source: keyframes``); else the network's (``source: network``). Along a run of frames the previous
-frame's place, not the network, is the prior that settles between places (``track_speed_mps``,
-``track_sigma_m``; diagnostics ``keyframe_prior: track``): it grows with the time since and falls back to
-the network's when no verified place lies within its reach; it is dropped when the stamp goes back and on
-``reset()``. The track only chooses among this frame's verified places. A frame the map cannot place
+places, not the network alone, settle between places (``track_speed_mps``, ``track_sigma_m``,
+``track_hypotheses``; diagnostics ``keyframe_prior: track``): the best ``track_hypotheses`` places along the
+run are kept, each frame's places continue the hypotheses within their reach (growing with the time since)
+or start new ones, and the best hypothesis, when this frame's place updated it, gives the position; when
+it did not, the keyframes give none this frame (:class:`vizloc_plugins.keyframes.PlaceTracker`). With one
+hypothesis it is a single track that falls back to the network's prior when no verified place lies
+within its reach. Both are dropped when the stamp goes back and on ``reset()``, and only choose among this
+frame's verified places. A frame the map cannot place
 (no training image verified, or every place outside the prior), and one whose verified places all lie
 beyond the track's reach (a jump, or a texture repeated far away), is verified against the last
 ``chain_frames`` frames the map placed and, when one overlaps it (in the second case with more inliers
@@ -97,6 +101,11 @@ class GPSRegressorOptions:
     track_sigma_m: float = field(default=10.0, metadata={
         'description': "keyframes: standard deviation (m) of the previous frame's place as the next frame's prior, "
                        'before it grows by track_speed_mps over the time between the frames'})
+    track_hypotheses: int = field(default=5, metadata={
+        'description': 'keyframes: place hypotheses kept along the run (track_speed_mps > 0): each verified place '
+                       'continues the hypothesis it is within reach of or starts one, and the best hypothesis places '
+                       'the frame, so one wrong place (a texture repeated elsewhere) does not drag the track away; '
+                       '1 = a single track'})
     chain_frames: int = field(default=5, metadata={
         'description': "keyframes: a frame the map cannot place (no training image verified, or every place outside "
                        "the prior) or whose places all lie beyond the track's reach (then only with more inliers "
@@ -107,6 +116,8 @@ class GPSRegressorOptions:
     def __post_init__(self) -> None:
         if self.chain_frames < 0:
             raise ConfigError(f'chain_frames must be >= 0 (0 = off), got {self.chain_frames}')
+        if self.track_hypotheses < 1:
+            raise ConfigError(f'track_hypotheses must be >= 1, got {self.track_hypotheses}')
         if not (math.isfinite(self.variance_scale) and self.variance_scale >= 0.0):
             raise ConfigError(f'variance_scale must be >= 0 (0 = from the bundle), got {self.variance_scale}')
         if not (math.isfinite(self.altitude_sigma_m) and self.altitude_sigma_m >= 0.0):
@@ -198,7 +209,7 @@ class GPSRegressorLocalizer:
         # the last keyframe place and the last placed frames, along a run
         self.tracker = (PlaceTracker(self.places, track_sigma_m=options.track_sigma_m,
                                      track_speed_mps=options.track_speed_mps, chain_frames=options.chain_frames,
-                                     name=config.name) if self.places is not None else None)
+                                     hypotheses=options.track_hypotheses, name=config.name) if self.places is not None else None)
         backends = dict.fromkeys(m.model.backend_name for m in self.members)
         self.backend_name = '+'.join(backends)
         logger.info('%s: gps_regressor with %d bundle(s) on %s%s', self.name, len(self.members), self.backend_name,

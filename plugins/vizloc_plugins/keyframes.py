@@ -37,7 +37,7 @@ import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -47,7 +47,7 @@ from .gps_regressor_contract import GPSKeyframes
 from .scene_coordinates_contract import SceneKeyframes
 
 __all__ = ['KEYFRAMES_NPZ', 'KEYFRAMES_INDEX', 'FLAT_MAX_POINTS', 'ChainMatch', 'KeyframeError', 'KeyframeMatch', 'KeyframeMap',
-           'PlaceMatch', 'PlaceMap', 'PlaceTracker', 'RecentPlaces', 'TrackedPlace', 'TRACK_GATE', 'Track', 'build_keyframe_map', 'choose_place', 'gate_d2', 'build_place_map', 'lift_pixels', 'limit_size', 'ratio_test', 'root_sift',
+           'HYPOTHESIS_BIRTH', 'HYPOTHESIS_MERGE_M', 'HYPOTHESIS_MISS', 'Place', 'PlaceMatch', 'PlaceMap', 'PlaceTracker', 'RecentPlaces', 'TrackedPlace', 'TRACK_GATE', 'Track', 'build_keyframe_map', 'choose_place', 'gate_d2', 'places_of', 'build_place_map', 'lift_pixels', 'limit_size', 'ratio_test', 'root_sift',
            'sift_detector', 'sift_features', 'verify_two_view']
 
 logger = logging.getLogger(__name__)
@@ -583,9 +583,10 @@ class RecentPlaces:
 
 @dataclass(frozen=True)
 class TrackedPlace:
-    """One frame through :class:`PlaceTracker`: its ``place`` (:class:`PlaceMatch`; the last one tried), which
-    ``prior`` settled it (``'track'`` or ``'network'``), and ``chained`` when a recent frame placed it. The
-    published position is ``position_m`` / ``cov_m2`` (None: the map and the recent frames gave none)."""
+    """One frame through :class:`PlaceTracker`: its ``place`` (:class:`PlaceMatch`; the last one tried, or the
+    best hypothesis's place), which ``prior`` settled it (``'track'``: the previous places; ``'network'``),
+    and ``chained`` when a recent frame placed it. The published position is ``position_m`` / ``cov_m2``
+    (None: the map and the recent frames gave none)."""
 
     place: PlaceMatch
     prior: str
@@ -600,25 +601,66 @@ class TrackedPlace:
         return self.chained.cov_m2 if self.chained is not None else self.place.cov_m2
 
 
+@dataclass(frozen=True)
+class _Hypothesis:
+    """One place hypothesis of :class:`PlaceTracker`: its log score relative to the best (0), its last place
+    and that place's stamp."""
+
+    log_score: float
+    place: Place
+    stamp_ns: int
+
+
+#: Place hypotheses (:class:`PlaceTracker` with ``hypotheses`` > 1): a place that continues no hypothesis is
+#: born this much (log) below the best one; a hypothesis no place of a frame continues loses this much; two
+#: updated in the same frame closer than this (m) are one.
+HYPOTHESIS_BIRTH = -5.0
+HYPOTHESIS_MISS = -1.0
+HYPOTHESIS_MERGE_M = 5.0
+
+
 class PlaceTracker:
     """A :class:`PlaceMap` along a run of frames, as the gps_regressor localizer uses it.
+
+    With one hypothesis (``hypotheses`` 1), the single track:
 
     * The previous frame's place (:class:`Track`: ``track_sigma_m`` growing by ``track_speed_mps``), not
       the other estimate's prior (the network's), settles which verified place a frame is at.
     * If none lies within the track's reach, a recent frame (:class:`RecentPlaces`, the last
       ``chain_frames`` placed frames) that the frame overlaps with more inliers than its best
       training image places it. Otherwise the other prior decides as without a track.
-    * A frame the map cannot place (nothing verified, or every place outside the prior) is placed
-      by the recent frame it overlaps most.
 
-    A place updates the track and the recent frames; a chained frame updates neither. Both are
-    dropped when a stamp goes back and on :meth:`reset`."""
+    With several (``hypotheses`` > 1), the best ``hypotheses`` places along the run are kept, so that one
+    wrong place (a facade texture repeated elsewhere) does not drag the track away:
+
+    * every place of a frame (:func:`places_of`) scores log(its summed inliers) plus the best of: a
+      hypothesis it continues (within the :data:`TRACK_GATE` ellipse of the hypothesis's place, a Gaussian
+      of ``track_sigma_m`` growing by ``track_speed_mps`` over the time since: its score - d^2 / 2 - the log
+      of the area grown), or, inside the other prior's ``prior_gate`` ellipse, a new hypothesis
+      (:data:`HYPOTHESIS_BIRTH` below the best, - d^2 / 2 under the other prior);
+    * hypotheses no place continues lose :data:`HYPOTHESIS_MISS`; those updated in one frame within
+      :data:`HYPOTHESIS_MERGE_M` are merged; the best ``hypotheses`` are kept;
+    * the best hypothesis, if this frame updated it, places the frame (``prior`` ``'track'`` when it
+      continued one, ``'network'`` when born). When the best place was born while hypotheses existed, or no
+      place passed the gate, a recent frame the frame overlaps with more inliers than its best training image
+      places it instead and the hypotheses are left as they were;
+    * a frame whose best hypothesis it did not update is placed by the recent frame it overlaps most.
+
+    In both, a frame the map cannot place (nothing verified, or every place outside the prior) is placed by
+    the recent frame it overlaps most. A place updates the track and the recent frames; a chained frame
+    updates neither. Both are dropped when a stamp goes back and on :meth:`reset`. Without tracking
+    (``track_speed_mps`` 0) every frame is on its own, whatever ``hypotheses``; without another prior, the
+    single track."""
 
     def __init__(self, places: PlaceMap, *, track_sigma_m: float, track_speed_mps: float, chain_frames: int,
-                 name: str = '') -> None:
+                 hypotheses: int = 1, name: str = '') -> None:
+        if hypotheses < 1:
+            raise ValueError(f'hypotheses must be >= 1, got {hypotheses}')
         self.places = places
         self.track = Track(track_sigma_m, track_speed_mps, name)
         self.recent = RecentPlaces(places.settings, chain_frames, track_speed_mps)
+        self.hypotheses = int(hypotheses)
+        self._hyps: list[_Hypothesis] = []
 
     def locate(self, gray_HW: np.ndarray, stamp_ns: int, prior_mean_m: np.ndarray | None = None,
                prior_cov_m2: np.ndarray | None = None) -> TrackedPlace:
@@ -630,7 +672,6 @@ class PlaceTracker:
                prior_mean_m: np.ndarray | None = None, prior_cov_m2: np.ndarray | None = None) -> TrackedPlace:
         """:meth:`locate` of a frame already described and verified (:meth:`PlaceMap.describe`,
         :meth:`PlaceMap.verify_features`)."""
-        place, prior, chained = None, 'network', None
         recent: list[ChainMatch | None] = []  # the recent frames' verification, done at most once per frame
 
         def overlap() -> ChainMatch | None:
@@ -638,6 +679,9 @@ class PlaceTracker:
                 recent.append(self.recent.locate(px_N2, descs_N128, stamp_ns))
             return recent[0]
 
+        if self.hypotheses > 1 and self.track.speed_mps > 0.0 and prior_mean_m is not None and prior_cov_m2 is not None:
+            return self._choose_hypotheses(px_N2, descs_N128, verified, stamp_ns, prior_mean_m, prior_cov_m2, overlap)
+        place, prior, chained = None, 'network', None
         track = self.track.prior(stamp_ns)
         if track is not None and verified:
             place, prior = self.places.place(verified, track[0], track[1] ** 2 * np.eye(2)), 'track'
@@ -656,56 +700,145 @@ class PlaceTracker:
             self.recent.add(px_N2, descs_N128, place.position_m, place.cov_m2, stamp_ns)
         return TrackedPlace(place, prior, chained)
 
+    def _choose_hypotheses(self, px_N2: np.ndarray, descs_N128: np.ndarray, verified: Sequence[tuple[int, int]],
+                           stamp_ns: int, prior_mean_m: np.ndarray, prior_cov_m2: np.ndarray,
+                           overlap: Callable[[], ChainMatch | None]) -> TrackedPlace:
+        opt, places = self.places.settings, self.places
+        if self._hyps and stamp_ns < max(h.stamp_ns for h in self._hyps):
+            logger.info('%s: stamp went back to %d ns: dropping the place hypotheses', self.track.name, stamp_ns)
+            self._hyps = []
+        names = tuple((places.frames.names[f], n) for f, n in sorted(verified, key=lambda v: -v[1]))
+        waited = 'track' if self._hyps else 'network'  # what a frame without a place of its own was judged by
+        candidates = places_of(verified, places.positions_FD, opt)
+        info = np.linalg.pinv(np.asarray(prior_cov_m2, dtype=np.float64))
+        network_gate = gate_d2(opt.prior_gate) if opt.prior_gate > 0.0 else math.inf
+        reach_gate = gate_d2(TRACK_GATE)
+        best_before = max((h.log_score for h in self._hyps), default=0.0)
+        children: list[tuple[float, bool, Place]] = []  # (score, continued, place)
+        for place in candidates:
+            d = place.position_m - np.asarray(prior_mean_m, dtype=np.float64)
+            d2 = float(d @ info @ d)
+            log_inliers = math.log(place.inliers_sum)
+            # a new hypothesis needs the network: inside its gate, weighed by its density
+            score = best_before + HYPOTHESIS_BIRTH + log_inliers - 0.5 * d2 if d2 <= network_gate else -math.inf
+            continued = False
+            # a hypothesis continues under its own Gaussian alone, as the single track does (a network far off
+            # for a stretch of frames does not break the run)
+            for h in self._hyps:
+                sigma_m = self.track.sigma_m + self.track.speed_mps * (stamp_ns - h.stamp_ns) * 1e-9
+                reach_d2 = float(np.sum((place.position_m - h.place.position_m) ** 2)) / sigma_m ** 2
+                if reach_d2 <= reach_gate:
+                    value = (h.log_score + log_inliers - 0.5 * reach_d2
+                             - 2.0 * math.log(sigma_m / self.track.sigma_m))
+                    if value > score:
+                        score, continued = value, True
+            if score == -math.inf:
+                continue
+            children.append((score, continued, place))
+        best = max(children, key=lambda c: c[0]) if children else None
+        # as the single track reports it: places verified, but none within the run's reach (or the network's)
+        rejected = bool(candidates) and not any(c for _, c, _ in children) and (bool(self._hyps) or not children)
+        if best is None or (not best[1] and self._hyps):
+            # no place, or the best one starts afresh: a recent frame overlapping better than any training
+            # image says where the camera is, and the hypotheses wait for the next frame
+            chained = overlap()
+            if chained is not None and (best is None or chained.inliers > names[0][1]):
+                return TrackedPlace(PlaceMatch(None, None, names, rejected=rejected), waited, chained)
+        updated = [_Hypothesis(score, place, stamp_ns) for score, _, place in children]
+        carried = [replace(h, log_score=h.log_score + HYPOTHESIS_MISS) for h in self._hyps]
+        kept: list[_Hypothesis] = []
+        for h in sorted(updated + carried, key=lambda h: -h.log_score):
+            if all(h.stamp_ns != k.stamp_ns or np.linalg.norm(h.place.position_m - k.place.position_m)
+                   > HYPOTHESIS_MERGE_M for k in kept):
+                kept.append(h)
+            if len(kept) >= self.hypotheses:
+                break
+        top = kept[0].log_score if kept else 0.0
+        self._hyps = [replace(h, log_score=h.log_score - top) for h in kept]
+        if self._hyps and self._hyps[0].stamp_ns == stamp_ns:
+            place = self._hyps[0].place
+            match = PlaceMatch(place.position_m, place.cov_m2(opt), names, used=len(place.members))
+            continued = next(c for _, c, p in children if p is place)
+            self.recent.add(px_N2, descs_N128, match.position_m, match.cov_m2, stamp_ns)
+            return TrackedPlace(match, 'track' if continued else 'network')
+        return TrackedPlace(PlaceMatch(None, None, names, rejected=rejected), waited, overlap())
+
     def reset(self) -> None:
         self.track.reset()
         self.recent.reset()
+        self._hyps = []
+
+
+@dataclass(frozen=True)
+class Place:
+    """A place the verified map images give (:func:`places_of`): ``position_m`` (D,), the inlier-weighted mean of
+    its images, the sum of their inliers (``inliers_sum``) and its head's inliers (``head_inliers``; the
+    covariance falls as 1 / these), its images as ``(frame, inliers)``, head first."""
+
+    position_m: np.ndarray
+    inliers_sum: float
+    head_inliers: int
+    members: tuple[tuple[int, int], ...]
+
+    def cov_m2(self, settings: GPSKeyframes) -> np.ndarray:
+        """The place's covariance: the standard deviation falls as 1 / the head's inliers (measured against the
+        place's scatter and a constant: sharper at the same calibrated coverage), times ``covariance_scale``."""
+        return ((settings.min_inliers / self.head_inliers) ** 2 * settings.covariance_scale
+                * np.eye(len(self.position_m)))
+
+
+def places_of(verified: Iterable[tuple[int, int]], positions_FD: np.ndarray, settings: GPSKeyframes) -> list[Place]:
+    """The places the verified map images (``(frame, inliers)``; ``positions_FD``: every map image's position)
+    give, most inliers first: every verified image heads a place of itself and the verified images within
+    ``place_radius_m`` with between ``min_relative_inliers`` x and 1 x its inliers, at their positions averaged
+    with their inliers as weights."""
+    opt = settings
+    verified = sorted(verified, key=lambda v: -v[1])
+    out = []
+    for f, n in verified:
+        head = positions_FD[f]
+        members = tuple((g, m) for g, m in verified if opt.min_relative_inliers * n <= m <= n
+                        and np.linalg.norm(positions_FD[g] - head) <= opt.place_radius_m)
+        weights = np.array([m for _, m in members], dtype=np.float64)
+        centre = weights @ positions_FD[[g for g, _ in members]] / weights.sum()
+        out.append(Place(centre, float(weights.sum()), int(n), members))
+    return out
 
 
 def choose_place(verified: Iterable[tuple[int, int]], positions_FD: np.ndarray, settings: GPSKeyframes,
                  prior_mean_m: np.ndarray | None = None, prior_cov_m2: np.ndarray | None = None) -> PlaceMatch:
     """Where a query was taken, from the map images it verifiably overlaps (``verified``: ``(frame, inliers)``,
-    ``positions_FD``: every map image's position).
+    ``positions_FD``: every map image's position), among its :func:`places_of`.
 
-    Every verified image (most inliers first) heads a *place*: itself and the verified images within
-    ``place_radius_m`` with between ``min_relative_inliers`` x and 1 x its inliers. A place scores the sum of
-    its inliers times, with a prior (another estimate's mean and covariance in the map's frame: the
-    network's, or the previous frame's place), the prior's density at the place (``exp(-d^2 / 2)``, d the
-    Mahalanobis distance), so that a texture repeated at two places is settled by where the prior puts the
-    camera; places outside the prior's ``prior_gate`` ellipse are rejected (the map says "here", the prior
-    says "impossible": no position, ``rejected`` set). The best place's images are averaged with their
-    inliers as weights. Returns position, covariance and how many images were averaged (``verified`` left
-    empty: :meth:`PlaceMap.place` fills it); no position when nothing is verified."""
+    A place scores the sum of its inliers times, with a prior (another estimate's mean and covariance in the
+    map's frame: the network's, or the previous frame's place), the prior's density at the place
+    (``exp(-d^2 / 2)``, d the Mahalanobis distance), so that a texture repeated at two places is settled by
+    where the prior puts the camera; places outside the prior's ``prior_gate`` ellipse are rejected (the map
+    says "here", the prior says "impossible": no position, ``rejected`` set). Returns the best place's
+    position, covariance (:meth:`Place.cov_m2`) and how many images were averaged (``verified`` left empty:
+    :meth:`PlaceMap.place` fills it); no position when nothing is verified."""
     opt = settings
-    verified = sorted(verified, key=lambda v: -v[1])
-    if not verified:
+    candidates = places_of(verified, positions_FD, settings)
+    if not candidates:
         return PlaceMatch(None, None, ())
     prior_info = None
     if prior_mean_m is not None and prior_cov_m2 is not None:
         prior_info = np.linalg.pinv(np.asarray(prior_cov_m2, dtype=np.float64))
     gate = gate_d2(opt.prior_gate) if opt.prior_gate > 0.0 else math.inf
-    best_score, place, mean = -math.inf, [], None
-    for f, n in verified:
-        head = positions_FD[f]
-        members = [(g, m) for g, m in verified if opt.min_relative_inliers * n <= m <= n
-                   and np.linalg.norm(positions_FD[g] - head) <= opt.place_radius_m]
-        # the place's position: its images' positions averaged with their inliers as weights
-        weights = np.array([m for _, m in members], dtype=np.float64)
-        centre = weights @ positions_FD[[g for g, _ in members]] / weights.sum()
-        log_score = math.log(weights.sum())
+    best_score, best = -math.inf, None
+    for place in candidates:
+        log_score = math.log(place.inliers_sum)
         if prior_info is not None:
-            d = centre - np.asarray(prior_mean_m, dtype=np.float64)
+            d = place.position_m - np.asarray(prior_mean_m, dtype=np.float64)
             d2 = float(d @ prior_info @ d)
             if d2 > gate:
                 continue
             log_score -= 0.5 * d2
         if log_score > best_score:
-            best_score, place, mean = log_score, members, centre
-    if mean is None:
+            best_score, best = log_score, place
+    if best is None:
         return PlaceMatch(None, None, (), rejected=True)
-    # the more inliers, the closer and more alike the views: the standard deviation falls as 1 / inliers
-    # (measured against the place's scatter and a constant: sharper at the same calibrated coverage)
-    cov = (opt.min_inliers / place[0][1]) ** 2 * opt.covariance_scale * np.eye(len(mean))
-    return PlaceMatch(mean, cov, (), used=len(place))
+    return PlaceMatch(best.position_m, best.cov_m2(opt), (), used=len(best.members))
 
 
 #: Probability mass inside the track's gate.

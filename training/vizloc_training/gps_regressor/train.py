@@ -607,7 +607,7 @@ def _replay(places: PlaceMap, described: list[tuple[np.ndarray, np.ndarray, list
     (means, calibrated covariances) as priors, as the plugin does."""
     options = GPSRegressorOptions()
     tracker = PlaceTracker(places, track_sigma_m=options.track_sigma_m, track_speed_mps=options.track_speed_mps,
-                           chain_frames=options.chain_frames)
+                           chain_frames=options.chain_frames, hypotheses=options.track_hypotheses)
     rows = list(zip(described, *network))[::stride]
     return [tracker.choose(px, descs, verified, round(i * period_s * 1e9), mean, cov)
             for i, ((px, descs, verified), mean, cov) in enumerate(rows)]
