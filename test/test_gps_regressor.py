@@ -733,6 +733,42 @@ def test_a_frame_the_map_cannot_place_is_placed_by_the_last_placed_frame_it_over
         _localizer([walks_bundle], tmp_path, chain_frames=-1)
 
 
+def test_bag_evaluation_runs_the_plugin_with_localizer_options(walks_dataset, walks_bundle, tmp_path, capsys):
+    """``python -m vizloc_training.gps_regressor.evaluate --option KEY=VALUE``: the options reach the plugin (the
+    network alone with ``keyframes=false``), a wrong one is a usage error."""
+    from vizloc_ros.eval_bag import EvalSample, write_evaluation_bag
+    from vizloc_ros.types import CameraIntrinsics
+    from vizloc_training.datasets.gps import read_gps_dataset
+    from vizloc_training.gps_regressor.evaluate import evaluate_localizer_on_bag, main
+
+    records = read_gps_dataset(walks_dataset).split('test')[:4]
+    images = [read_image(walks_dataset, r.image.name) for r in records]
+    camera = CameraIntrinsics.from_fov(90.0, images[0].shape[1], images[0].shape[0])
+    bag = write_evaluation_bag(tmp_path / 'eval_bag', (
+        EvalSample(stamp_ns=10**9 + k * 10**8, rgb_HW3=rgb, camera=camera, fix_lla=(r.lat_deg, r.lon_deg, r.alt_m))
+        for k, (rgb, r) in enumerate(zip(images, records))))
+    network = evaluate_localizer_on_bag([walks_bundle], bag, robustness=False, cache_dir=tmp_path,
+                                        options={'keyframes': False})
+    with_map = evaluate_localizer_on_bag([walks_bundle], bag, robustness=False, cache_dir=tmp_path)
+    assert network['frames'] == with_map['frames'] == len(records)
+    # the same frames through the plugin alone, as its own answers
+    localizer = _localizer([walks_bundle], tmp_path, keyframes=False)
+    try:
+        alone = [localizer.localize(Frame(rgb_HW3=rgb, stamp_ns=1, frame_id='camera')).geo for rgb in images]
+    finally:
+        localizer.close()
+    errors_m = [geo_metrics.haversine_m(g.lat_deg, g.lon_deg, r.lat_deg, r.lon_deg) for g, r in zip(alone, records)]
+    assert network['test']['median_m'] == pytest.approx(float(np.median(errors_m)), abs=1e-6)
+    assert with_map['test']['median_m'] != pytest.approx(network['test']['median_m'], abs=1e-6)
+    assert main(['--bundle', str(walks_bundle), '--bag', str(bag), '--no-robustness',
+                 '--option', 'track_hypotheses=1']) == 0
+    assert 'test/median_m' in capsys.readouterr().out
+    for bad in ('track_hypotheses=0', 'no_such_option=1', 'keyframes'):
+        with pytest.raises(SystemExit) as exit_info:
+            main(['--bundle', str(walks_bundle), '--bag', str(bag), '--option', bad])
+        assert exit_info.value.code == 2
+
+
 def test_a_network_prior_rejects_keyframe_places_outside_its_ellipse(walks_dataset, walks_bundle):
     from vizloc_plugins.gps_regressor_contract import GPSRegressorContract
     from vizloc_plugins.keyframes import PlaceMap

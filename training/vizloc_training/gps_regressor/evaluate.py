@@ -7,8 +7,8 @@ Two ways in:
 * :func:`evaluate_localizer_on_bag` - end to end: a rosbag2 evaluation bag (``vizloc-synth ... /
   eval.bag``) replayed frame by frame through the *runtime* ``gps_regressor`` localizer (plugin,
   ONNX Runtime) and compared with ``/ground_truth/fix``. ``python -m
-  vizloc_training.gps_regressor.evaluate --bundle B [--bundle B2 ...] --bag DIR/eval_bag`` prints
-  the table.
+  vizloc_training.gps_regressor.evaluate --bundle B [--bundle B2 ...] --bag DIR/eval_bag [--option
+  KEY=VALUE ...]`` prints the table.
 
 Errors are haversine distances between predicted and true latitude/longitude (the seed's metric);
 ellipse coverage uses the error vector in the regression ENU frame and the predicted (calibrated)
@@ -96,10 +96,11 @@ def robustness_table(predict_errors: Callable[[np.ndarray], np.ndarray], images_
 
 def evaluate_localizer_on_bag(bundles: Sequence[Path], bag: Path, *, max_frames: int | None = None,
                               backend: str = 'onnxruntime', robustness: bool = True,
-                              cache_dir: Path | None = None) -> dict[str, Any]:
+                              cache_dir: Path | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Replay ``bag`` through the runtime ``gps_regressor`` (plugin from the real registry) and score it.
 
-    ``bundles[0]`` is the localizer's bundle, the others its ``ensemble_bundles``. Returns
+    ``bundles[0]`` is the localizer's bundle, the others its ``ensemble_bundles``; ``options``: more
+    localizer options (:class:`vizloc_plugins.gps_regressor.GPSRegressorOptions` fields). Returns
     ``{'test': table, 'robustness': table, 'latency_ms_median': ..., 'frames': N}``; coverage uses
     the published 3x3 ENU covariance's horizontal block and the ENU error at the ground truth.
     """
@@ -111,8 +112,8 @@ def evaluate_localizer_on_bag(bundles: Sequence[Path], bag: Path, *, max_frames:
     registry = load_registry().registry
     config = LocalizerConfig(name='gps', type='gps_regressor', bundle=str(bundles[0]), backend=backend)
     context = LocalizerContext(cache_dir=cache_dir or Path.home() / '.cache' / 'vizloc_ros')
-    options = {'ensemble_bundles': [str(b) for b in bundles[1:]]}
-    localizer = registry.create(config, options, context)
+    localizer = registry.create(config, {**(options or {}), 'ensemble_bundles': [str(b) for b in bundles[1:]]},
+                                context)
     try:
         images, truth, preds, covs, latencies = [], [], [], [], []
         for i, sample in enumerate(read_evaluation_bag(bag)):
@@ -167,11 +168,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--max-frames', type=int, default=None)
     parser.add_argument('--backend', default='onnxruntime')
     parser.add_argument('--no-robustness', action='store_true')
+    parser.add_argument('--option', action='append', default=[], metavar='KEY=VALUE',
+                        help="a gps_regressor localizer option (the node's ROS parameter <name>.KEY), repeatable; "
+                             'e.g. --option track_hypotheses=1')
     ns = parser.parse_args(argv)
+    from vizloc_plugins.gps_regressor import GPSRegressorOptions
+    from vizloc_ros.localizer import ConfigError, options_from_text, parse_key_values
+
+    try:  # a malformed item, an unknown key, a bad value or GPSRegressorOptions' own checks: a usage error
+        texts = parse_key_values(ns.option, '--option')
+        parsed = options_from_text(GPSRegressorOptions, texts, where='--option')
+    except ConfigError as exc:
+        parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
     started = time.perf_counter()
     result = evaluate_localizer_on_bag(ns.bundle, ns.bag, max_frames=ns.max_frames, backend=ns.backend,
-                                       robustness=not ns.no_robustness)
+                                       robustness=not ns.no_robustness,
+                                       options={key: getattr(parsed, key) for key in texts})
     result['eval_s'] = time.perf_counter() - started
     print(format_table(flatten_metrics(result), title=f'gps_regressor on {ns.bag} ({len(ns.bundle)} bundle(s))'))
     return 0
