@@ -16,6 +16,8 @@ figures and the published position (the place's, else the network's) is scored:
 * the last placed frames (``chain_frames`` of the tracker, 0 in the other tracking rows): a frame without
   a place, and one whose places all lie beyond the track's reach if it overlaps a recent frame better
   than any training image, is placed where the recent frame it verifiably overlaps most was;
+* place hypotheses (``hypotheses`` of the tracker, 1 = the single track above): the best places along the
+  run kept, each frame's places continuing those within reach or starting new ones;
 * places: ``place_radius_m``;
 * candidates near the track: the ``n`` most voted images inside the track's gate besides the ``k``.
 
@@ -102,14 +104,16 @@ def _inliers(q: dict[str, Any], places: Any, frame: int) -> int:
 
 def _score(cache: list[dict[str, Any]], places: Any, *, k: int, gate: float | None = None,
            track: tuple[float, float] | None = None, radius_m: float | None = None,
-           track_candidates: int = 0, chain: int = 0, period_s: float = 0.1, stride: int = 1) -> dict[str, float]:
+           track_candidates: int = 0, chain: int = 0, hypotheses: int = 1, period_s: float = 0.1,
+           stride: int = 1) -> dict[str, float]:
     from vizloc_plugins.keyframes import PlaceTracker, choose_place
 
     settings = places.settings if radius_m is None else replace(places.settings, place_radius_m=radius_m)
     P = places.positions_FD
     errors, answered, oracle, inside = [], 0, 0, 0
     # along the run: the plugin's own PlaceTracker (track, recent frames) on the cached verification
-    tracker = (PlaceTracker(places, track_sigma_m=track[0], track_speed_mps=track[1], chain_frames=chain)
+    tracker = (PlaceTracker(places, track_sigma_m=track[0], track_speed_mps=track[1], chain_frames=chain,
+                            hypotheses=hypotheses)
                if track is not None else None)
     for i, q in enumerate(cache[::stride]):
         stamp_ns = round(i * period_s * 1e9)
@@ -164,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                          'track_candidates': n}) for n in (5, 10)]
     rules += [(f'track sigma 10 m + 15 m/s + the last {n} placed frames (the plugin, chain_frames {n})', {
         'k': 10, 'track': (10.0, 15.0), 'chain': n}) for n in (1, 5, 10)]
+    rules += [(f'the same, chain_frames 5, {m} place hypotheses along the run', {
+        'k': 10, 'track': (10.0, 15.0), 'chain': 5, 'hypotheses': m}) for m in (3, 5, 10)]
     rules = [(name, {**kw, 'period_s': args.frame_period_s}) for name, kw in rules]
     if args.rates:
         # the plugin's defaults at the other camera rates the trainer calibrates on
@@ -172,10 +178,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from vizloc_training.gps_regressor.train import CALIBRATION_RUNS
 
         options, k = GPSRegressorOptions(), GPSKeyframes().candidates
-        plugin = {'k': k, 'track': (options.track_sigma_m, options.track_speed_mps), 'chain': options.chain_frames}
+        plugin = {'k': k, 'track': (options.track_sigma_m, options.track_speed_mps), 'chain': options.chain_frames,
+                  'hypotheses': options.track_hypotheses}
         for period_s, stride in CALIBRATION_RUNS[1:]:
-            rules += [(f'the plugin, every {"" if stride == 1 else f"{stride}th "}image {period_s:g} s apart',
-                       {**plugin, 'period_s': period_s, 'stride': stride})]
+            every = f'every {"" if stride == 1 else f"{stride}th "}image {period_s:g} s apart'
+            rules += [(f'the plugin, {every}', {**plugin, 'period_s': period_s, 'stride': stride}),
+                      (f'the plugin with a single track (track_hypotheses 1), {every}',
+                       {**plugin, 'hypotheses': 1, 'period_s': period_s, 'stride': stride})]
             if stride > 1:
                 rules += [(f'no track, every {stride}th image (frame by frame)', {'k': k, 'stride': stride})]
     print('| rule | split | median | within 5 / 10 / 25 m | map answers | candidate within 10 m | 95 % ellipse holds |')
