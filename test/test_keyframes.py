@@ -357,9 +357,19 @@ def test_place_hypotheses_hold_the_run_through_a_texture_repeated_elsewhere(tmp_
     far_network = (np.array([1000.0, 1000.0]), np.eye(2) * 10.0 ** 2)
     np.testing.assert_allclose(several.choose(no_px, no_descs, [(1, 30)], 400_000_000, *far_network).position_m,
                                [10.0, 0.0])
-    # the published place's covariance is the place's ((min_inliers / inliers)^2 x covariance_scale), its
-    # verified images named, most inliers first
-    np.testing.assert_allclose(got[several][1].cov_m2, np.eye(2) * (15 / 30) ** 2 * 4.0)
+    # frame 1's hypotheses: (10, 0) continues (0, 0) (sigma 10 + 15 x 0.1 m), (100, 0) is born 5 below the best
+    # with the network's density; the published covariance is theirs as a mixture about (10, 0): each place's
+    # ((min_inliers / inliers)^2 x covariance_scale) and the spread of (100, 0) weighted by e^score
+    sigma_m = 10.0 + 15.0 * 0.1
+    near = math.log(30) - 0.5 * (10.0 / sigma_m) ** 2 - 2.0 * math.log(sigma_m / 10.0)
+    far = 0.0 - 5.0 + math.log(20) - 0.5 * (50.0 / 60.0) ** 2
+    w_far = 1.0 / (1.0 + math.exp(near - far))
+    spread = w_far * np.diag([90.0 ** 2, 0.0])
+    expected = (1 - w_far) * np.eye(2) * (15 / 30) ** 2 * 4.0 + w_far * np.eye(2) * (15 / 20) ** 2 * 4.0 + spread
+    np.testing.assert_allclose(got[several][1].cov_m2, expected, rtol=1e-9)
+    np.testing.assert_allclose(got[several][1].place.spread_m2, spread, rtol=1e-9)
+    np.testing.assert_allclose(got[single][1].cov_m2, np.eye(2) * (15 / 30) ** 2 * 4.0)  # one place, no spread
+    # the verified images named, most inliers first
     assert got[several][1].place.verified == (('img1', 30), ('img3', 20))
     # a stamp that goes back drops the hypotheses: the place is born again (the network's prior settles it)
     again = several.choose(no_px, no_descs, [(3, 20)], 50_000_000, *network)

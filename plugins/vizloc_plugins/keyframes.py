@@ -433,13 +433,16 @@ class PlaceMatch:
     """Where a query was taken by its verified training images: ``position_m`` (D,) and ``cov_m2`` (D, D) in
     the map's frame (None when no image was verified or every place was outside the prior's gate:
     ``rejected``), the verified images as ``(name, inliers)``, most inliers first, and how many of them
-    were averaged (``used``)."""
+    were averaged (``used``). ``spread_m2``: the part of ``cov_m2`` that is the spread of other place
+    hypotheses about this position (:class:`PlaceTracker`; None when there is none), which the covariance
+    factor does not scale."""
 
     position_m: np.ndarray | None
     cov_m2: np.ndarray | None
     verified: tuple[tuple[str, int], ...]
     used: int = 0
     rejected: bool = False
+    spread_m2: np.ndarray | None = None
 
     @property
     def inliers(self) -> int:
@@ -641,9 +644,11 @@ class PlaceTracker:
     * hypotheses no place continues lose :data:`HYPOTHESIS_MISS`; those updated in one frame within
       :data:`HYPOTHESIS_MERGE_M` are merged; the best ``hypotheses`` are kept;
     * the best hypothesis, if this frame updated it, places the frame (``prior`` ``'track'`` when it
-      continued one, ``'network'`` when born). When the best place was born while hypotheses existed, or no
-      place passed the gate, a recent frame the frame overlaps with more inliers than its best training image
-      places it instead and the hypotheses are left as they were;
+      continued one, ``'network'`` when born), with the covariance of this frame's hypotheses as a mixture
+      (weights e^score) about it: the places' covariances and their spread (``spread_m2``). When the best
+      place was born while hypotheses existed, or no place passed the gate, a recent frame the frame
+      overlaps with more inliers than its best training image places it instead and the hypotheses are
+      left as they were;
     * a frame whose best hypothesis it did not update is placed by the recent frame it overlaps most.
 
     In both, a frame the map cannot place (nothing verified, or every place outside the prior) is placed by
@@ -757,7 +762,15 @@ class PlaceTracker:
         self._hyps = [replace(h, log_score=h.log_score - top) for h in kept]
         if self._hyps and self._hyps[0].stamp_ns == stamp_ns:
             place = self._hyps[0].place
-            match = PlaceMatch(place.position_m, place.cov_m2(opt), names, used=len(place.members))
+            # the places of this frame's hypotheses as a mixture (weights e^score): its covariance about the
+            # published place, so that a frame two places compete for is published as that uncertain
+            current = [h for h in self._hyps if h.stamp_ns == stamp_ns]
+            weights = np.exp([h.log_score for h in current])
+            weights /= weights.sum()
+            cov = sum(w * h.place.cov_m2(opt) for w, h in zip(weights, current))
+            spread = sum(w * np.outer(h.place.position_m - place.position_m, h.place.position_m - place.position_m)
+                         for w, h in zip(weights, current))
+            match = PlaceMatch(place.position_m, cov + spread, names, used=len(place.members), spread_m2=spread)
             continued = next(c for _, c, p in children if p is place)
             self.recent.add(px_N2, descs_N128, match.position_m, match.cov_m2, stamp_ns)
             return TrackedPlace(match, 'track' if continued else 'network')

@@ -548,7 +548,11 @@ def _place_map(args: TrainArgs, cfg: GPSConfig, data: GPSData, val_network: tupl
     truth = frame.to_en_m(val.lla_N3)
     truth = np.concatenate([truth[::stride] for _, stride in CALIBRATION_RUNS])
     err = np.stack([m.place.position_m for m, k in zip(located, ok) if k]) - truth[ok]
-    covs = np.stack([m.place.cov_m2 for m, k in zip(located, ok) if k])
+    # the places' own covariances at factor 1 (the map's settings here): the factor is fitted on them alone;
+    # the spread of the hypotheses competing for a frame is added on top at run time, unscaled (fitted
+    # together, the factor shrank and the test walks' ellipses held less: docs/localizers/gps_regressor.md)
+    covs = np.stack([m.place.cov_m2 - (m.place.spread_m2 if m.place.spread_m2 is not None else 0.0)
+                     for m, k in zip(located, ok) if k])
     if ok.sum() >= _MIN_CALIBRATION_SAMPLES:
         try:
             scale = geo_metrics.fit_variance_scale(err, covs, 0.95)
