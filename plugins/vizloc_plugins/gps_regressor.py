@@ -27,8 +27,9 @@ inliers and the network's estimate support best, with its calibrated covariance 
 places, not the network alone, settle between places (``track_speed_mps``, ``track_sigma_m``,
 ``track_hypotheses``; diagnostics ``keyframe_prior: track``): the best ``track_hypotheses`` places along the
 run are kept, each frame's places continue the hypotheses within their reach (growing with the time since)
-or start new ones, and the best hypothesis, when this frame's place updated it, gives the position; when
-it did not, the keyframes give none this frame (:class:`vizloc_plugins.keyframes.PlaceTracker`). With one
+or start new ones, and the best hypothesis, when this frame's place updated it, gives the position (its
+covariance: this frame's hypotheses as a mixture about it, their spread included); when it did not, the
+keyframes give none this frame (:class:`vizloc_plugins.keyframes.PlaceTracker`). With one
 hypothesis it is a single track that falls back to the network's prior when no verified place lies
 within its reach. Both are dropped when the stamp goes back and on ``reset()``, and only choose among this
 frame's verified places. A frame the map cannot place
