@@ -504,9 +504,12 @@ class PlaceMap:
     def place(self, verified: Sequence[tuple[int, int]], prior_mean_m: np.ndarray | None = None,
               prior_cov_m2: np.ndarray | None = None) -> PlaceMatch:
         """:func:`choose_place` among the :meth:`verify` result, with the verified images' names."""
-        names = tuple((self.frames.names[f], n) for f, n in sorted(verified, key=lambda v: -v[1]))
         return replace(choose_place(verified, self.positions_FD, self.settings, prior_mean_m, prior_cov_m2),
-                       verified=names)
+                       verified=self.named(verified))
+
+    def named(self, verified: Iterable[tuple[int, int]]) -> tuple[tuple[str, int], ...]:
+        """Verified images ``(frame, inliers)`` as ``(name, inliers)``, most inliers first."""
+        return tuple((self.frames.names[f], n) for f, n in sorted(verified, key=lambda v: -v[1]))
 
     def locate(self, gray_HW: np.ndarray, prior_mean_m: np.ndarray | None = None,
                prior_cov_m2: np.ndarray | None = None) -> PlaceMatch:
@@ -712,16 +715,17 @@ class PlaceTracker:
         if self._hyps and stamp_ns < max(h.stamp_ns for h in self._hyps):
             logger.info('%s: stamp went back to %d ns: dropping the place hypotheses', self.track.name, stamp_ns)
             self._hyps = []
-        names = tuple((places.frames.names[f], n) for f, n in sorted(verified, key=lambda v: -v[1]))
+        names = places.named(verified)
         waited = 'track' if self._hyps else 'network'  # what a frame without a place of its own was judged by
         candidates = places_of(verified, places.positions_FD, opt)
+        mean = np.asarray(prior_mean_m, dtype=np.float64)
         info = np.linalg.pinv(np.asarray(prior_cov_m2, dtype=np.float64))
         network_gate = gate_d2(opt.prior_gate) if opt.prior_gate > 0.0 else math.inf
         reach_gate = gate_d2(TRACK_GATE)
         best_before = max((h.log_score for h in self._hyps), default=0.0)
         children: list[tuple[float, bool, Place]] = []  # (score, continued, place)
         for place in candidates:
-            d = place.position_m - np.asarray(prior_mean_m, dtype=np.float64)
+            d = place.position_m - mean
             d2 = float(d @ info @ d)
             log_inliers = math.log(place.inliers_sum)
             # a new hypothesis needs the network: inside its gate, weighed by its density
@@ -730,7 +734,7 @@ class PlaceTracker:
             # a hypothesis continues under its own Gaussian alone, as the single track does (a network far off
             # for a stretch of frames does not break the run)
             for h in self._hyps:
-                sigma_m = self.track.sigma_m + self.track.speed_mps * (stamp_ns - h.stamp_ns) * 1e-9
+                sigma_m = self.track.sigma_after(stamp_ns - h.stamp_ns)
                 reach_d2 = float(np.sum((place.position_m - h.place.position_m) ** 2)) / sigma_m ** 2
                 if reach_d2 <= reach_gate:
                     value = (h.log_score + log_inliers - 0.5 * reach_d2
@@ -883,7 +887,12 @@ class Track:
             logger.info('%s: stamp went back from %d to %d ns: dropping the track', self.name, last_ns, stamp_ns)
             self._last = None
             return None
-        return position, self.sigma_m + self.speed_mps * (stamp_ns - last_ns) * 1e-9
+        return position, self.sigma_after(stamp_ns - last_ns)
+
+    def sigma_after(self, elapsed_ns: int) -> float:
+        """Standard deviation (m) of a position ``elapsed_ns`` after it was published: ``sigma_m`` grown by
+        ``speed_mps`` over the time."""
+        return self.sigma_m + self.speed_mps * elapsed_ns * 1e-9
 
     def update(self, position: np.ndarray, stamp_ns: int) -> None:
         self._last = (np.asarray(position, dtype=np.float64).copy(), int(stamp_ns))
