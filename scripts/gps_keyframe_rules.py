@@ -5,7 +5,7 @@ For every val and test image of a GPS-format dataset: the bundle's network estim
 through the plugin with ``keyframes: false``), the frame's keyframe votes and the two-view inliers of
 every image any rule makes a candidate (:class:`vizloc_plugins.keyframes.PlaceMap`). Then each rule
 picks candidates and a place (:func:`vizloc_plugins.keyframes.choose_place`) from those cached
-figures and the published position (the place's, else the network's) is scored:
+figures (inliers and scales) and the published position (the place's, else the network's) is scored:
 
 * candidates: the ``k`` images with most votes (the plugin: ``candidates``), or the most voted among
   the images inside the network's ellipse (``gate p``);
@@ -18,7 +18,8 @@ figures and the published position (the place's, else the network's) is scored:
   than any training image, is placed where the recent frame it verifiably overlaps most was;
 * place hypotheses (``hypotheses`` of the tracker, 1 = the single track above): the best places along the
   run kept, each frame's places continuing those within reach or starting new ones;
-* places: ``place_radius_m``;
+* places: ``place_radius_m``; at their images' inlier-weighted mean instead of read at the query's scale
+  (:func:`vizloc_plugins.keyframes.scale_aligned_position`);
 * candidates near the track: the ``n`` most voted images inside the track's gate besides the ``k``.
 
 Prints median, % within 5 / 10 / 25 m, % answered by the map (or the last placed frames), the *candidate oracle* (% of
@@ -56,7 +57,7 @@ def _cache(bundle: Path, data: Path, split: str) -> tuple[list[dict[str, Any]], 
     from vizloc_ros.plugin_manager import load_registry
     from vizloc_ros.types import Frame
     from vizloc_plugins.gps_regressor_contract import GPSRegressorContract
-    from vizloc_plugins.keyframes import PlaceMap, limit_size, root_sift, sift_features
+    from vizloc_plugins.keyframes import PlaceMap, root_sift
     from vizloc_training.datasets.gps import read_gps_dataset
     from vizloc_training.gps_regressor.data import TargetFrame
     from vizloc_training.train.loop import progress
@@ -78,8 +79,8 @@ def _cache(bundle: Path, data: Path, split: str) -> tuple[list[dict[str, Any]], 
             mean, cov = localizer.estimate(Frame(rgb_HW3=rgb, stamp_ns=i, frame_id='camera'))
             alt = row.alt_m if math.isfinite(row.alt_m) else 0.0
             truth = frame.to_en_m(np.array([[row.lat_deg, row.lon_deg, alt]]))[0]
-            px, descs = sift_features(limit_size(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), settings.max_side_px),
-                                      places.frames.sift)
+            gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+            px, descs = places.describe(gray)
             votes = places.frames.votes(descs, settings.neighbours) if len(px) >= 8 else np.zeros(len(places.frames.names), np.int64)
             d = places.positions_FD - mean
             d2 = np.einsum('ni,ij,nj->n', d, np.linalg.pinv(cov), d)
@@ -87,26 +88,27 @@ def _cache(bundle: Path, data: Path, split: str) -> tuple[list[dict[str, Any]], 
             for gate in GATES:
                 tops |= set(np.argsort(-np.where(d2 <= gate_d2(gate), votes, -1), kind='stable')[:10])
             query = root_sift(descs)
-            inliers = {int(f): places.inliers(px, query, int(f)) for f in tops if votes[f] > 0}
-            out.append({'mean': mean, 'cov': cov, 'truth': truth, 'votes': votes, 'd2': d2, 'inliers': inliers,
-                        'px': px, 'query': query, 'descs': descs})
+            side_px = places.side_px(gray)
+            overlaps = {int(f): places.overlap(px, query, int(f), side_px) for f in tops if votes[f] > 0}
+            out.append({'mean': mean, 'cov': cov, 'truth': truth, 'votes': votes, 'd2': d2, 'overlaps': overlaps,
+                        'px': px, 'query': query, 'descs': descs, 'side_px': side_px})
     finally:
         localizer.close()
     return out, places
 
 
-def _inliers(q: dict[str, Any], places: Any, frame: int) -> int:
-    """The cached two-view inliers of ``frame`` for query ``q``, computed on first use."""
-    if frame not in q['inliers']:
-        q['inliers'][frame] = places.inliers(q['px'], q['query'], frame)
-    return q['inliers'][frame]
+def _overlap(q: dict[str, Any], places: Any, frame: int) -> Any:
+    """The cached :meth:`PlaceMap.overlap` of query ``q`` with ``frame``, computed on first use."""
+    if frame not in q['overlaps']:
+        q['overlaps'][frame] = places.overlap(q['px'], q['query'], frame, q['side_px'])
+    return q['overlaps'][frame]
 
 
 def _score(cache: list[dict[str, Any]], places: Any, *, k: int, gate: float | None = None,
            track: tuple[float, float] | None = None, radius_m: float | None = None,
            track_candidates: int = 0, chain: int = 0, hypotheses: int = 1, period_s: float = 0.1,
-           stride: int = 1) -> dict[str, float]:
-    from vizloc_plugins.keyframes import PlaceTracker, choose_place
+           stride: int = 1, scales: bool = True) -> dict[str, float]:
+    from vizloc_plugins.keyframes import Overlap, PlaceTracker, choose_place
 
     settings = places.settings if radius_m is None else replace(places.settings, place_radius_m=radius_m)
     P = places.positions_FD
@@ -129,7 +131,8 @@ def _score(cache: list[dict[str, Any]], places: Any, *, k: int, gate: float | No
             near_votes = np.where(near, q['votes'], 0)
             extra = [int(f) for f in np.argsort(-near_votes, kind='stable')[:track_candidates] if near_votes[f] > 0]
             candidates += [f for f in extra if f not in candidates]
-        verified = [(f, n) for f in candidates if (n := _inliers(q, places, f)) >= settings.min_inliers]
+        verified = [o if scales else Overlap(o.frame, o.inliers)
+                    for f in candidates if (o := _overlap(q, places, f)).inliers >= settings.min_inliers]
         oracle += any(np.linalg.norm(P[f] - q['truth']) < 10.0 for f in candidates)
         if tracker is not None:
             chosen = tracker.choose(q['px'], q['descs'], verified, stamp_ns, q['mean'], q['cov'])
@@ -170,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         'k': 10, 'track': (10.0, 15.0), 'chain': n}) for n in (1, 5, 10)]
     rules += [(f'the same, chain_frames 5, {m} place hypotheses along the run', {
         'k': 10, 'track': (10.0, 15.0), 'chain': 5, 'hypotheses': m}) for m in (3, 5, 10)]
+    rules += [('the same, 5 hypotheses, places at their images\' inlier-weighted mean (no scale)', {
+        'k': 10, 'track': (10.0, 15.0), 'chain': 5, 'hypotheses': 5, 'scales': False})]
     rules = [(name, {**kw, 'period_s': args.frame_period_s}) for name, kw in rules]
     if args.rates:
         # the plugin's defaults at the other camera rates the trainer calibrates on

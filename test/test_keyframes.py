@@ -379,3 +379,62 @@ def test_place_hypotheses_hold_the_run_through_a_texture_repeated_elsewhere(tmp_
     assert several.choose(no_px, no_descs, [(0, 40)], 0, *network).prior == 'network'
     with pytest.raises(ValueError, match='hypotheses'):
         PlaceTracker(places, track_sigma_m=10.0, track_speed_mps=15.0, chain_frames=0, hypotheses=0)
+
+
+def test_log_scale_is_how_much_larger_the_query_sees_the_matches() -> None:
+    from vizloc_plugins.keyframes import log_scale
+
+    rng = np.random.default_rng(0)
+    ref = rng.uniform(0, 300, (40, 2))
+    rotation = np.array([[math.cos(0.3), -math.sin(0.3)], [math.sin(0.3), math.cos(0.3)]])
+    query = 1.5 * ref @ rotation.T + [20.0, -7.0]  # the same points seen 1.5 x larger, turned and moved
+    assert log_scale(query, ref) == pytest.approx(math.log(1.5), abs=1e-9)
+    assert log_scale(ref, query) == pytest.approx(-math.log(1.5), abs=1e-9)
+    assert log_scale(query[:2], ref[:2]) == 0.0  # one pair: no scale
+    many = rng.uniform(0, 300, (400, 2))  # more matches than it reads (100, evenly spaced): the same scale
+    assert log_scale(0.8 * many, many) == pytest.approx(math.log(0.8), abs=1e-9)
+
+
+def test_places_are_read_at_the_query_scale_between_their_images(tmp_path: Path) -> None:
+    """Rendered views straight down onto the textured plane from 80, 100 and 130 m (the map images) and from
+    110 m (the query), as a camera 8, 10 and 13 m and 11 m in front of a facade (positions in tenths of the
+    height: the images are those of a facade 10 x nearer with a texture 10 x finer). The query sees what it
+    shares with each map image scaled by their distances' ratio, also when it is filmed at twice the map's
+    resolution with the same lens; the place's position, its images fitted against those scales and read at
+    the query's, lies nearer 11 m than the images' inlier-weighted mean."""
+    from vizloc_plugins.gps_regressor_contract import GPSKeyframes
+    from vizloc_plugins.keyframes import KEYFRAMES_INDEX, KEYFRAMES_NPZ, PlaceMap, build_place_map, places_of
+    from test_scene_coordinates import _render
+
+    texture = _detailed_texture()
+
+    def view(height_m: float, zoom: int = 1) -> np.ndarray:
+        K = np.array([[0.8 * KW * zoom, 0.0, KW * zoom / 2], [0.0, 0.8 * KW * zoom, KH * zoom / 2], [0.0, 0.0, 1.0]])
+        T = np.eye(4)
+        T[:3, :3] = transforms3d.euler.euler2mat(math.pi, 0.0, 0.3, 'sxyz')
+        T[:3, 3] = [200.0, 200.0, height_m]
+        return cv2.cvtColor(_render(texture, K, T, KW * zoom, KH * zoom)[0], cv2.COLOR_RGB2GRAY)
+
+    heights = [80.0, 100.0, 130.0]
+    build_place_map(((f'h{h:.0f}', view(h), (h / 10.0, 0.0)) for h in heights), tmp_path, n_features=500)
+    places = PlaceMap(tmp_path / KEYFRAMES_NPZ, tmp_path / KEYFRAMES_INDEX, GPSKeyframes(covariance_scale=1.0))
+    np.testing.assert_array_equal(places.sides_F, [KW, KW, KW])
+    for zoom in (1, 2):  # 320x240 like the map images, and 640x480
+        overlaps = places.verify(view(110.0, zoom))
+        assert sorted(o.frame for o in overlaps) == [0, 1, 2]
+        for o in overlaps:
+            # half a percent of scale per pixel of error on points ~100 px apart; 0.05 is ten times that
+            assert o.log_scale == pytest.approx(math.log(heights[o.frame] / 110.0), abs=0.05)
+        place = max(places_of(overlaps, places.positions_FD, places.settings), key=lambda p: len(p.members))
+        assert len(place.members) == 3
+        weights = np.array([o.inliers for o in place.members], float)
+        mean_m = weights @ places.positions_FD[[o.frame for o in place.members]] / weights.sum()
+        assert abs(place.position_m[0] - 11.0) < 0.5 * abs(mean_m[0] - 11.0)
+        assert place.position_m[1] == pytest.approx(0.0, abs=1e-9)
+    # a map written before the images' sides were kept still loads; its scales are in pixels
+    with np.load(tmp_path / KEYFRAMES_NPZ) as data:
+        np.savez_compressed(tmp_path / KEYFRAMES_NPZ, **{k: data[k] for k in data.files if k != 'sides_F'})
+    older = PlaceMap(tmp_path / KEYFRAMES_NPZ, tmp_path / KEYFRAMES_INDEX, GPSKeyframes(covariance_scale=1.0))
+    assert older.sides_F is None
+    same_size = {o.frame: o.log_scale for o in places.verify(view(110.0))}
+    assert {o.frame: o.log_scale for o in older.verify(view(110.0))} == pytest.approx(same_size, abs=0.01)

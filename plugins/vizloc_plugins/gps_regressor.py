@@ -21,8 +21,10 @@ when the training data had no altitudes. No torch here; inference goes through
 When the (first) bundle carries a keyframe map of its training images (``metadata.keyframes``,
 :class:`vizloc_plugins.keyframes.PlaceMap`) and option ``keyframes`` is on, the frame is also matched
 against those images (SIFT vote, ratio test, two-view verification); if at least one is verified, the
-published position is the inlier-weighted position of the verified images at the place that their
-inliers and the network's estimate support best, with its calibrated covariance (diagnostics
+published position is that of the verified images at the place that their inliers and the network's
+estimate support best, read at the frame's own scale (the images' positions fitted against how much larger
+or smaller they see what they share with it: :func:`vizloc_plugins.keyframes.scale_aligned_position`),
+with its calibrated covariance (diagnostics
 ``source: keyframes``); else the network's (``source: network``). Along a run of frames the previous
 places, not the network alone, settle between places (``track_speed_mps``, ``track_sigma_m``,
 ``track_hypotheses``; diagnostics ``keyframe_prior: track``): the best ``track_hypotheses`` places along the

@@ -3,7 +3,7 @@
 :class:`KeyframeMap` (scene_coordinates bundles) keeps every keypoint's 3D scene point and answers a
 6-DoF pose; :class:`PlaceMap` (gps_regressor bundles, whose images have only positions) keeps every
 frame's position and answers a position: the positions of the training images that the query verifiably
-overlaps, averaged. Both share the keyframe vote and the ratio test (``_FrameIndex``).
+overlaps, read at the scale at which the query sees their matches (:func:`scale_aligned_position`). Both share the keyframe vote and the ratio test (``_FrameIndex``).
 
 Keyframe map of a scene-coordinate bundle: the mapping frames' SIFT keypoints with their 3D scene points.
 
@@ -27,8 +27,9 @@ Files in the bundle (``metadata.keyframes``, :class:`vizloc_plugins.scene_coordi
 ``keyframes.faiss`` (the vote index, which also holds the uint8 SIFT descriptors exactly: an
 ``IndexScalarQuantizer`` up to :data:`FLAT_MAX_POINTS` points, else an inverted file over them,
 ``IVF{nlist},SQ8direct``; row i of the index is point i). A place map has the same two files with
-``pixels_N2`` (the keypoints in their image) and ``positions_FD`` (each frame's position in the bundle's
-scene frame, metres) instead of the points (:func:`build_place_map`). Torch-free.
+``pixels_N2`` (the keypoints in their image), ``positions_FD`` (each frame's position in the bundle's
+scene frame, metres) and ``sides_F`` (each image's longer side in pixels, as described; since 2026-12-05)
+instead of the points (:func:`build_place_map`). Torch-free.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import cv2
 import numpy as np
@@ -47,8 +48,8 @@ from .gps_regressor_contract import GPSKeyframes
 from .scene_coordinates_contract import SceneKeyframes
 
 __all__ = ['KEYFRAMES_NPZ', 'KEYFRAMES_INDEX', 'FLAT_MAX_POINTS', 'ChainMatch', 'KeyframeError', 'KeyframeMatch', 'KeyframeMap',
-           'HYPOTHESIS_BIRTH', 'HYPOTHESIS_MERGE_M', 'HYPOTHESIS_MISS', 'Place', 'PlaceMatch', 'PlaceMap', 'PlaceTracker', 'RecentPlaces', 'TrackedPlace', 'TRACK_GATE', 'Track', 'build_keyframe_map', 'choose_place', 'gate_d2', 'places_of', 'build_place_map', 'lift_pixels', 'limit_size', 'ratio_test', 'root_sift',
-           'sift_detector', 'sift_features', 'verify_two_view']
+           'HYPOTHESIS_BIRTH', 'HYPOTHESIS_MERGE_M', 'HYPOTHESIS_MISS', 'Overlap', 'Place', 'PlaceMatch', 'PlaceMap', 'PlaceTracker', 'RecentPlaces', 'TrackedPlace', 'TRACK_GATE', 'Track', 'build_keyframe_map', 'choose_place', 'gate_d2', 'places_of', 'scale_aligned_position', 'build_place_map', 'lift_pixels', 'limit_size', 'log_scale', 'ratio_test', 'root_sift',
+           'SCALE_RIDGE', 'SCALE_SHIFT_MAX_M', 'sift_detector', 'sift_features', 'verify_two_view']
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +120,28 @@ def verify_two_view(query_px_N2: np.ndarray, ref_px_N2: np.ndarray, threshold_px
         if model is not None and mask is not None and int(mask.sum()) > int(best.sum()):
             best = mask.reshape(-1).astype(bool)
     return best
+
+
+def log_scale(query_px_N2: np.ndarray, ref_px_N2: np.ndarray, min_distance_px: float = 5.0,
+              max_points: int = 100) -> float:
+    """How much larger the query sees what it shares with a reference image, as a log: the median over pairs of
+    matched points (query pixel i <-> reference pixel i, e.g. two-view inliers; at most ``max_points`` of
+    them, evenly spaced in their order, so at most 4950 pairs) of log(their distance in the query / their
+    distance in the reference), over pairs at least ``min_distance_px`` apart in both. > 0: the query was
+    nearer the scene than the reference (a camera twice as far sees it half as large); 0 with fewer than 3
+    such pairs."""
+    q = np.asarray(query_px_N2, dtype=np.float64)
+    r = np.asarray(ref_px_N2, dtype=np.float64)
+    if len(q) > max_points:
+        keep = np.linspace(0, len(q) - 1, max_points).round().astype(np.int64)
+        q, r = q[keep], r[keep]
+    upper = np.triu_indices(len(q), 1)
+    d_query = np.linalg.norm(q[:, None] - q[None], axis=2)[upper]
+    d_ref = np.linalg.norm(r[:, None] - r[None], axis=2)[upper]
+    apart = (d_query >= min_distance_px) & (d_ref >= min_distance_px)
+    if int(apart.sum()) < 3:
+        return 0.0
+    return float(np.median(np.log(d_query[apart] / d_ref[apart])))
 
 
 def lift_pixels(px_N2: np.ndarray, K_3x3: np.ndarray, T_map_camera: np.ndarray, *, depth_HW: np.ndarray | None = None,
@@ -261,16 +284,18 @@ def limit_size(gray_HW: np.ndarray, max_side_px: int) -> np.ndarray:
 
 def build_place_map(images: Iterable[tuple[str, np.ndarray, np.ndarray]], out_dir: str | Path, *,
                     n_features: int = 500, max_side_px: int = 640) -> dict[str, Any]:
-    """Write a place map (``keyframes.npz`` with ``pixels_N2`` and ``positions_FD``, ``keyframes.faiss``) into
-    ``out_dir`` from ``(name, grayscale image, position (D,) in metres)`` triples (images reduced to
-    ``max_side_px``, :func:`limit_size`); returns the description stored in the bundle metadata (frames,
+    """Write a place map (``keyframes.npz`` with ``pixels_N2``, ``positions_FD`` and ``sides_F``, each image's
+    longer side in pixels as described; ``keyframes.faiss``) into ``out_dir`` from ``(name, grayscale image,
+    position (D,) in metres)`` triples (images reduced to ``max_side_px``, :func:`limit_size`); returns the description stored in the bundle metadata (frames,
     points). Images without keypoints are kept (they cannot be matched); none with keypoints raises
     :class:`KeyframeError`."""
     started = time.perf_counter()
     detector = sift_detector(n_features)
-    pixels, descs, frame_ids, names, positions = [], [], [], [], []
+    pixels, descs, frame_ids, names, positions, sides = [], [], [], [], [], []
     for name, gray, position in images:
-        px, d = sift_features(limit_size(gray, max_side_px), detector)
+        reduced = limit_size(gray, max_side_px)
+        px, d = sift_features(reduced, detector)
+        sides.append(max(reduced.shape[:2]))
         pixels.append(px.astype(np.float32))
         descs.append(d)
         frame_ids.append(np.full(len(px), len(names), np.int32))
@@ -282,7 +307,7 @@ def build_place_map(images: Iterable[tuple[str, np.ndarray, np.ndarray]], out_di
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out / KEYFRAMES_NPZ, pixels_N2=np.concatenate(pixels), frame_N=np.concatenate(frame_ids),
-                        names=np.array(names), positions_FD=np.stack(positions))
+                        names=np.array(names), positions_FD=np.stack(positions), sides_F=np.array(sides, np.int32))
     _faiss().write_index(_vote_index(np.concatenate(descs)), str(out / KEYFRAMES_INDEX))
     seconds = time.perf_counter() - started
     logger.info('place map: %d keypoints of %d images in %.1f s', n_points, len(names), seconds)
@@ -312,12 +337,15 @@ class KeyframeMatch:
         return Evidence(self.points_N3, self.pixels_N2, self.K_3x3, self.threshold_px)
 
 
-def _read_map(npz_path: str | Path, index_path: str | Path, arrays: tuple[str, ...]) -> tuple[dict[str, np.ndarray], Any]:
-    """The named arrays of a map's ``.npz`` (plus ``frame_N`` and ``names``) and its FAISS vote index."""
+def _read_map(npz_path: str | Path, index_path: str | Path, arrays: tuple[str, ...],
+              optional: tuple[str, ...] = ()) -> tuple[dict[str, np.ndarray], Any]:
+    """The named arrays of a map's ``.npz`` (plus ``frame_N`` and ``names``; ``optional`` ones where present)
+    and its FAISS vote index."""
     folder = Path(npz_path).parent
     try:
         with np.load(npz_path, allow_pickle=False) as data:
             loaded = {key: np.asarray(data[key]) for key in (*arrays, 'frame_N', 'names')}
+            loaded.update({key: np.asarray(data[key]) for key in optional if key in data.files})
         faiss = _faiss()
         index = faiss.read_index(str(index_path))
         if hasattr(index, 'nprobe'):  # an inverted file: rows are reconstructed by id
@@ -428,6 +456,16 @@ class KeyframeMap:
         return KeyframeMatch(solution, names, points_N3, pixels_N2, K, opt.threshold_px)
 
 
+class Overlap(NamedTuple):
+    """A map image a query verifiably overlaps: its ``frame``, the two-view ``inliers``, and ``log_scale``, how
+    much larger the query sees what they share (:func:`log_scale` over the inliers; > 0: the query was nearer
+    the scene). A plain ``(frame, inliers)`` pair has ``log_scale`` 0."""
+
+    frame: int
+    inliers: int
+    log_scale: float = 0.0
+
+
 @dataclass(frozen=True)
 class PlaceMatch:
     """Where a query was taken by its verified training images: ``position_m`` (D,) and ``cov_m2`` (D, D) in
@@ -456,60 +494,74 @@ class PlaceMap:
 
     def __init__(self, npz_path: str | Path, index_path: str | Path, settings: GPSKeyframes) -> None:
         folder = Path(npz_path).parent
-        arrays, index = _read_map(npz_path, index_path, ('pixels_N2', 'positions_FD'))
+        arrays, index = _read_map(npz_path, index_path, ('pixels_N2', 'positions_FD'), optional=('sides_F',))
         self.pixels_N2 = np.asarray(arrays['pixels_N2'], dtype=np.float64)
         self.positions_FD = np.asarray(arrays['positions_FD'], dtype=np.float64)
+        # each image's longer side as described (maps built before 2026-12-05 lack it: scales then in pixels)
+        sides = arrays.get('sides_F')
+        self.sides_F = None if sides is None else np.asarray(sides, dtype=np.float64)
         if self.pixels_N2.ndim != 2 or self.pixels_N2.shape[1] != 2:
             raise KeyframeError(f'{folder}: keypoint pixels must be (N, 2), got {self.pixels_N2.shape}')
         self.frames = _FrameIndex(folder, index, arrays['frame_N'], arrays['names'], len(self.pixels_N2),
                                   settings.n_features)
         if self.positions_FD.ndim != 2 or len(self.positions_FD) != len(self.frames.names):
             raise KeyframeError(f'{folder}: {self.positions_FD.shape} positions for {len(self.frames.names)} images')
+        if self.sides_F is not None and (self.sides_F.shape != (len(self.frames.names),) or np.any(self.sides_F <= 0)):
+            raise KeyframeError(f'{folder}: {self.sides_F.shape} image sides for {len(self.frames.names)} images')
         self.settings = settings
 
     def __len__(self) -> int:
         return len(self.pixels_N2)
 
-    def inliers(self, px_N2: np.ndarray, query_root_N128: np.ndarray, frame: int) -> int:
-        """Two-view inliers between a query (keypoints ``px_N2`` at ``max_side_px``, RootSIFT descriptors) and
-        the map image ``frame``: Lowe's ratio test, then :func:`verify_two_view`."""
+    def overlap(self, px_N2: np.ndarray, query_root_N128: np.ndarray, frame: int, side_px: float) -> Overlap:
+        """How a query (keypoints ``px_N2`` in the image of longer side ``side_px`` that :meth:`describe`
+        described, RootSIFT descriptors) overlaps the map image ``frame``: Lowe's ratio test, then
+        :func:`verify_two_view`'s inliers and their :func:`log_scale`, in units of each image's side (the same
+        camera at another resolution sees the scene at the same scale)."""
         opt = self.settings
         qi, ri = self.frames.ratio_matches(query_root_N128, frame, opt.ratio)
-        return int(verify_two_view(px_N2[qi], self.pixels_N2[ri], opt.threshold_px).sum())
+        query_px, map_px = np.asarray(px_N2, dtype=np.float64)[qi], self.pixels_N2[ri]
+        inlier = verify_two_view(query_px, map_px, opt.threshold_px)
+        n = int(inlier.sum())
+        if n < opt.min_inliers:
+            return Overlap(frame, n)
+        sides = 0.0 if self.sides_F is None else math.log(self.sides_F[frame] / side_px)
+        return Overlap(frame, n, log_scale(query_px[inlier], map_px[inlier]) + sides)
+
+    def side_px(self, gray_HW: np.ndarray) -> int:
+        """The longer side of ``gray_HW`` as :meth:`describe` describes it (reduced to ``max_side_px``)."""
+        return min(max(gray_HW.shape[:2]), self.settings.max_side_px)
 
     def describe(self, gray_HW: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """SIFT keypoints (pixels of the image reduced to ``max_side_px``) and descriptors of a grayscale image
         (any size), as the map's images were described."""
         return sift_features(limit_size(gray_HW, self.settings.max_side_px), self.frames.sift)
 
-    def verify(self, gray_HW: np.ndarray) -> list[tuple[int, int]]:
-        """The map images a grayscale image (any size; reduced to ``max_side_px``) verifiably overlaps, as
-        ``(frame, inliers)`` with at least ``min_inliers`` two-view inliers, in vote order: the ``candidates``
-        most voted images, each ratio-tested and verified (:meth:`inliers`)."""
-        return self.verify_features(*self.describe(gray_HW))
+    def verify(self, gray_HW: np.ndarray) -> list[Overlap]:
+        """The map images a grayscale image (any size; reduced to ``max_side_px``) verifiably overlaps with at
+        least ``min_inliers`` two-view inliers, in vote order: the ``candidates`` most voted images, each
+        ratio-tested and verified (:meth:`overlap`)."""
+        return self.verify_features(*self.describe(gray_HW), self.side_px(gray_HW))
 
-    def verify_features(self, px_N2: np.ndarray, descs_N128: np.ndarray) -> list[tuple[int, int]]:
-        """:meth:`verify` of an image already described (:meth:`describe`)."""
+    def verify_features(self, px_N2: np.ndarray, descs_N128: np.ndarray, side_px: float) -> list[Overlap]:
+        """:meth:`verify` of an image already described (:meth:`describe`; ``side_px``: :meth:`side_px`)."""
         opt = self.settings
         if len(px_N2) < 8:
             return []
         query = root_sift(descs_N128)
-        verified = []
-        for f in self.frames.vote(descs_N128, opt.neighbours, opt.candidates):
-            inliers = self.inliers(px_N2, query, f)
-            if inliers >= opt.min_inliers:
-                verified.append((f, inliers))
-        return verified
+        overlaps = (self.overlap(px_N2, query, f, side_px)
+                    for f in self.frames.vote(descs_N128, opt.neighbours, opt.candidates))
+        return [o for o in overlaps if o.inliers >= opt.min_inliers]
 
-    def place(self, verified: Sequence[tuple[int, int]], prior_mean_m: np.ndarray | None = None,
+    def place(self, verified: Sequence[Overlap], prior_mean_m: np.ndarray | None = None,
               prior_cov_m2: np.ndarray | None = None) -> PlaceMatch:
         """:func:`choose_place` among the :meth:`verify` result, with the verified images' names."""
         return replace(choose_place(verified, self.positions_FD, self.settings, prior_mean_m, prior_cov_m2),
                        verified=self.named(verified))
 
-    def named(self, verified: Iterable[tuple[int, int]]) -> tuple[tuple[str, int], ...]:
-        """Verified images ``(frame, inliers)`` as ``(name, inliers)``, most inliers first."""
-        return tuple((self.frames.names[f], n) for f, n in sorted(verified, key=lambda v: -v[1]))
+    def named(self, verified: Iterable[Overlap]) -> tuple[tuple[str, int], ...]:
+        """Verified images as ``(name, inliers)``, most inliers first."""
+        return tuple((self.frames.names[v[0]], v[1]) for v in sorted(verified, key=lambda v: -v[1]))
 
     def locate(self, gray_HW: np.ndarray, prior_mean_m: np.ndarray | None = None,
                prior_cov_m2: np.ndarray | None = None) -> PlaceMatch:
@@ -674,9 +726,10 @@ class PlaceTracker:
                prior_cov_m2: np.ndarray | None = None) -> TrackedPlace:
         """Where a grayscale frame (any size) stamped ``stamp_ns`` was taken, given another estimate's prior."""
         px, descs = self.places.describe(gray_HW)
-        return self.choose(px, descs, self.places.verify_features(px, descs), stamp_ns, prior_mean_m, prior_cov_m2)
+        verified = self.places.verify_features(px, descs, self.places.side_px(gray_HW))
+        return self.choose(px, descs, verified, stamp_ns, prior_mean_m, prior_cov_m2)
 
-    def choose(self, px_N2: np.ndarray, descs_N128: np.ndarray, verified: Sequence[tuple[int, int]], stamp_ns: int,
+    def choose(self, px_N2: np.ndarray, descs_N128: np.ndarray, verified: Sequence[Overlap], stamp_ns: int,
                prior_mean_m: np.ndarray | None = None, prior_cov_m2: np.ndarray | None = None) -> TrackedPlace:
         """:meth:`locate` of a frame already described and verified (:meth:`PlaceMap.describe`,
         :meth:`PlaceMap.verify_features`)."""
@@ -708,7 +761,7 @@ class PlaceTracker:
             self.recent.add(px_N2, descs_N128, place.position_m, place.cov_m2, stamp_ns)
         return TrackedPlace(place, prior, chained)
 
-    def _choose_hypotheses(self, px_N2: np.ndarray, descs_N128: np.ndarray, verified: Sequence[tuple[int, int]],
+    def _choose_hypotheses(self, px_N2: np.ndarray, descs_N128: np.ndarray, verified: Sequence[Overlap],
                            stamp_ns: int, prior_mean_m: np.ndarray, prior_cov_m2: np.ndarray,
                            overlap: Callable[[], ChainMatch | None]) -> TrackedPlace:
         opt, places = self.places.settings, self.places
@@ -786,16 +839,23 @@ class PlaceTracker:
         self._hyps = []
 
 
+#: A place's position (:func:`places_of`): the prior variance of the log-scale (in log-scale units squared)
+#: that shrinks the fit of its images' positions against their scales (a ridge: a place whose images
+#: barely differ in scale keeps their mean), and the most the position moves from that mean (metres).
+SCALE_RIDGE = 0.01
+SCALE_SHIFT_MAX_M = 5.0
+
+
 @dataclass(frozen=True)
 class Place:
-    """A place the verified map images give (:func:`places_of`): ``position_m`` (D,), the inlier-weighted mean of
-    its images, the sum of their inliers (``inliers_sum``) and its head's inliers (``head_inliers``; the
-    covariance falls as 1 / these), its images as ``(frame, inliers)``, head first."""
+    """A place the verified map images give (:func:`places_of`): ``position_m`` (D,), its images' positions
+    brought to the query's scale, the sum of their inliers (``inliers_sum``) and its head's inliers
+    (``head_inliers``; the covariance falls as 1 / these), its images (``members``), head first."""
 
     position_m: np.ndarray
     inliers_sum: float
     head_inliers: int
-    members: tuple[tuple[int, int], ...]
+    members: tuple[Overlap, ...]
 
     def cov_m2(self, settings: GPSKeyframes) -> np.ndarray:
         """The place's covariance: the standard deviation falls as 1 / the head's inliers (measured against the
@@ -804,25 +864,48 @@ class Place:
                 * np.eye(len(self.position_m)))
 
 
-def places_of(verified: Iterable[tuple[int, int]], positions_FD: np.ndarray, settings: GPSKeyframes) -> list[Place]:
-    """The places the verified map images (``(frame, inliers)``; ``positions_FD``: every map image's position)
-    give, most inliers first: every verified image heads a place of itself and the verified images within
-    ``place_radius_m`` with between ``min_relative_inliers`` x and 1 x its inliers, at their positions averaged
-    with their inliers as weights."""
+def places_of(verified: Iterable[Overlap], positions_FD: np.ndarray, settings: GPSKeyframes) -> list[Place]:
+    """The places the verified map images (``positions_FD``: every map image's position) give, most inliers
+    first: every verified image heads a place of itself and the verified images within ``place_radius_m`` with
+    between ``min_relative_inliers`` x and 1 x its inliers, at :func:`scale_aligned_position`."""
     opt = settings
-    verified = sorted(verified, key=lambda v: -v[1])
+    verified = sorted((Overlap(*v) for v in verified), key=lambda v: -v.inliers)
     out = []
-    for f, n in verified:
-        head = positions_FD[f]
-        members = tuple((g, m) for g, m in verified if opt.min_relative_inliers * n <= m <= n
-                        and np.linalg.norm(positions_FD[g] - head) <= opt.place_radius_m)
-        weights = np.array([m for _, m in members], dtype=np.float64)
-        centre = weights @ positions_FD[[g for g, _ in members]] / weights.sum()
-        out.append(Place(centre, float(weights.sum()), int(n), members))
+    for v in verified:
+        head = positions_FD[v.frame]
+        members = tuple(o for o in verified if opt.min_relative_inliers * v.inliers <= o.inliers <= v.inliers
+                        and np.linalg.norm(positions_FD[o.frame] - head) <= opt.place_radius_m)
+        out.append(Place(scale_aligned_position(members, positions_FD), float(sum(o.inliers for o in members)),
+                         int(v.inliers), members))
     return out
 
 
-def choose_place(verified: Iterable[tuple[int, int]], positions_FD: np.ndarray, settings: GPSKeyframes,
+def scale_aligned_position(members: Sequence[Overlap], positions_FD: np.ndarray) -> np.ndarray:
+    """Where the query was taken among map images that overlap it: their positions fitted, with their inliers as
+    weights, as a linear function of their :attr:`Overlap.log_scale`, read at the query's own scale (0).
+
+    Images of one scene taken nearer it than the query see it larger, those farther back smaller; along the
+    line of sight the camera's position moves by about (its distance to the scene) x the log-scale, so the
+    fit's slope is that distance times the viewing direction, and the inlier-weighted mean (the fit's
+    value at the images' mean scale) moves to the query's scale. The slope is shrunk by :data:`SCALE_RIDGE`
+    (images of nearly one scale keep their mean; one image is its own position) and the move is at most
+    :data:`SCALE_SHIFT_MAX_M`."""
+    weights = np.array([o.inliers for o in members], dtype=np.float64)
+    weights /= weights.sum()
+    positions = positions_FD[[o.frame for o in members]]
+    scales = np.array([o.log_scale for o in members], dtype=np.float64)
+    mean_m = weights @ positions
+    mean_scale = float(weights @ scales)
+    spread = scales - mean_scale
+    slope_m = (weights * spread) @ (positions - mean_m) / (float(weights @ spread ** 2) + SCALE_RIDGE)
+    shift_m = -slope_m * mean_scale
+    length_m = float(np.linalg.norm(shift_m))
+    if length_m > SCALE_SHIFT_MAX_M:
+        shift_m *= SCALE_SHIFT_MAX_M / length_m
+    return mean_m + shift_m
+
+
+def choose_place(verified: Iterable[Overlap], positions_FD: np.ndarray, settings: GPSKeyframes,
                  prior_mean_m: np.ndarray | None = None, prior_cov_m2: np.ndarray | None = None) -> PlaceMatch:
     """Where a query was taken, from the map images it verifiably overlaps (``verified``: ``(frame, inliers)``,
     ``positions_FD``: every map image's position), among its :func:`places_of`.

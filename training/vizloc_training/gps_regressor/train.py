@@ -41,8 +41,8 @@ import torch
 from vizloc_plugins.gps_regressor_contract import (LOCALIZER_TYPE, OUTPUT_COV, OUTPUT_MEAN, GPSKeyframes,
                                                    GPSRegressorContract)
 from vizloc_plugins.gps_regressor import GPSRegressorOptions
-from vizloc_plugins.keyframes import (KEYFRAMES_INDEX, KEYFRAMES_NPZ, KeyframeError, PlaceMap, PlaceTracker, TrackedPlace,
-                                     build_place_map)
+from vizloc_plugins.keyframes import (KEYFRAMES_INDEX, KEYFRAMES_NPZ, KeyframeError, Overlap, PlaceMap, PlaceTracker,
+                                     TrackedPlace, build_place_map)
 from vizloc_ros.bundle import InputSpec
 from vizloc_ros.geodesy import GeoReference
 
@@ -593,17 +593,18 @@ CALIBRATION_RUNS: tuple[tuple[float, int], ...] = ((SPLIT_FRAME_PERIOD_S, 1), (1
 
 
 def _describe_split(places: PlaceMap, split: Any, name: str
-                    ) -> list[tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]]:
+                    ) -> list[tuple[np.ndarray, np.ndarray, list[Overlap]]]:
     """SIFT keypoints, descriptors and verified map images of every image of a split (at its file's own
     resolution, like the node's frames): :meth:`PlaceMap.describe` and :meth:`PlaceMap.verify_features`."""
     described = []
     for path in progress(split.paths, f'keyframe matching {name}', total=len(split.paths)):
-        px, descs = places.describe(_gray(path))
-        described.append((px, descs, places.verify_features(px, descs)))
+        gray = _gray(path)
+        px, descs = places.describe(gray)
+        described.append((px, descs, places.verify_features(px, descs, places.side_px(gray))))
     return described
 
 
-def _replay(places: PlaceMap, described: list[tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]],
+def _replay(places: PlaceMap, described: list[tuple[np.ndarray, np.ndarray, list[Overlap]]],
             network: tuple[np.ndarray, np.ndarray], *, period_s: float = SPLIT_FRAME_PERIOD_S,
             stride: int = 1) -> list[TrackedPlace]:
     """Every ``stride``-th described image (:func:`_describe_split`) in file order through the plugin's
