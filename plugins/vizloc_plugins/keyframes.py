@@ -3,7 +3,8 @@
 :class:`KeyframeMap` (scene_coordinates bundles) keeps every keypoint's 3D scene point and answers a
 6-DoF pose; :class:`PlaceMap` (gps_regressor bundles, whose images have only positions) keeps every
 frame's position and answers a position: the positions of the training images that the query verifiably
-overlaps, read at the scale at which the query sees their matches (:func:`scale_aligned_position`). Both share the keyframe vote and the ratio test (``_FrameIndex``).
+overlaps, read at the scale at which the query sees their matches (:func:`scale_aligned_position`). Both
+share the keyframe vote and the ratio test (``_FrameIndex``).
 
 Keyframe map of a scene-coordinate bundle: the mapping frames' SIFT keypoints with their 3D scene points.
 
@@ -286,8 +287,8 @@ def build_place_map(images: Iterable[tuple[str, np.ndarray, np.ndarray]], out_di
                     n_features: int = 500, max_side_px: int = 640) -> dict[str, Any]:
     """Write a place map (``keyframes.npz`` with ``pixels_N2``, ``positions_FD`` and ``sides_F``, each image's
     longer side in pixels as described; ``keyframes.faiss``) into ``out_dir`` from ``(name, grayscale image,
-    position (D,) in metres)`` triples (images reduced to ``max_side_px``, :func:`limit_size`); returns the description stored in the bundle metadata (frames,
-    points). Images without keypoints are kept (they cannot be matched); none with keypoints raises
+    position (D,) in metres)`` triples (images reduced to ``max_side_px``, :func:`limit_size`); returns the
+    description stored in the bundle metadata (frames, points). Images without keypoints are kept (they cannot be matched); none with keypoints raises
     :class:`KeyframeError`."""
     started = time.perf_counter()
     detector = sift_detector(n_features)
