@@ -576,8 +576,8 @@ def test_plugin_publishes_the_keyframe_position_else_the_network(walks_dataset, 
     noise = np.random.default_rng(0).integers(0, 256, image.shape, dtype=np.uint8)
     localizer = _localizer([walks_bundle], tmp_path, variance_scale=1e6)  # a network prior that gates nothing
     try:
-        seen = localizer.localize(Frame(rgb_HW3=image, stamp_ns=1, frame_id='camera'))
-        unseen = localizer.localize(Frame(rgb_HW3=noise, stamp_ns=2, frame_id='camera'))
+        unseen = localizer.localize(Frame(rgb_HW3=noise, stamp_ns=1, frame_id='camera'))
+        seen = localizer.localize(Frame(rgb_HW3=image, stamp_ns=2, frame_id='camera'))
         # the same view as a 4x larger frame (an HD camera, a phone photo) is reduced to max_side_px first
         large = cv2.resize(image, None, fx=4.0, fy=4.0, interpolation=cv2.INTER_CUBIC)
         assert max(large.shape[:2]) > GPSKeyframes().max_side_px
@@ -594,7 +594,7 @@ def test_plugin_publishes_the_keyframe_position_else_the_network(walks_dataset, 
     error_m = geo_metrics.haversine_m(seen.geo.lat_deg, seen.geo.lon_deg, record.lat_deg, record.lon_deg)
     assert error_m <= GPSKeyframes().place_radius_m
     assert np.all(np.linalg.eigvalsh(seen.geo.cov_enu_m2) > 0)
-    # noise overlaps nothing: the network answers
+    # noise overlaps nothing, and nothing was placed before it: the network answers
     assert unseen.diagnostics['source'] == 'network' and unseen.diagnostics['keyframe_inliers'] == '0'
     assert unseen.geo is not None
     off = _localizer([walks_bundle], tmp_path, keyframes=False)
@@ -702,7 +702,14 @@ def test_a_frame_the_map_cannot_place_is_placed_by_the_last_placed_frame_it_over
     grown_m2 = (GPSRegressorOptions().track_speed_mps * 0.5) ** 2
     np.testing.assert_allclose(chained.geo.cov_enu_m2[:2, :2], placed.geo.cov_enu_m2[:2, :2] + grown_m2 * np.eye(2),
                                rtol=1e-6, atol=1e-6)
-    assert [r.diagnostics['source'] for r in (nothing, back, after_reset)] == ['network'] * 3
+    # a frame neither the map nor a recent frame places: held where the placed frame was, its covariance grown
+    # over the 0.6 s since
+    assert nothing.diagnostics['source'] == 'held' and float(nothing.diagnostics['held_age_s']) == pytest.approx(0.6)
+    assert haversine_m_of(nothing, record) == pytest.approx(haversine_m_of(placed, record), abs=1e-3)
+    np.testing.assert_allclose(nothing.geo.cov_enu_m2[:2, :2],
+                               placed.geo.cov_enu_m2[:2, :2] + (GPSRegressorOptions().track_speed_mps * 0.6) ** 2
+                               * np.eye(2), rtol=1e-6, atol=1e-6)
+    assert [r.diagnostics['source'] for r in (back, after_reset)] == ['network'] * 2
     # a frame whose verified places all lie beyond the track's reach (a 1 m track, as in the track test) but
     # which overlaps the last placed frame: that frame says where it is, not the network
     records = read_gps_dataset(walks_dataset).split('train')
@@ -722,12 +729,18 @@ def test_a_frame_the_map_cannot_place_is_placed_by_the_last_placed_frame_it_over
     assert jump.diagnostics['keyframe_outside_prior'] == 'true'
     assert 0 < int(jump.diagnostics['keyframe_inliers']) < int(jump.diagnostics['previous_frame_inliers'])
     assert haversine_m_of(jump, record) == pytest.approx(haversine_m_of(placed, record), abs=1e-3)
-    # off: the network answers
+    # the recent frames off: the frame is held at the last place; tracking off too: the network answers
     off = _localizer([walks_bundle], tmp_path, variance_scale=1e6, chain_frames=0)
     try:
         results = [off.localize(frame(rgb, t)) for rgb, t in ((both, 10.0), (aside, 10.5))]
     finally:
         off.close()
+    assert [r.diagnostics['source'] for r in results] == ['keyframes', 'held']
+    no_track = _localizer([walks_bundle], tmp_path, variance_scale=1e6, chain_frames=0, track_speed_mps=0.0)
+    try:
+        results = [no_track.localize(frame(rgb, t)) for rgb, t in ((both, 10.0), (aside, 10.5))]
+    finally:
+        no_track.close()
     assert [r.diagnostics['source'] for r in results] == ['keyframes', 'network']
     with pytest.raises(ConfigError, match='chain_frames'):
         _localizer([walks_bundle], tmp_path, chain_frames=-1)

@@ -328,8 +328,8 @@ def test_place_hypotheses_hold_the_run_through_a_texture_repeated_elsewhere(tmp_
     every place): images 0 and 1 at (0, 0) and (10, 0) are where the camera is; image 3 at (100, 0) wears a
     texture repeated there. In the frame that verifies only image 3, the single track (every place beyond its
     reach) lets the network choose and jumps to (100, 0); the place hypotheses keep (10, 0) best (image 3's
-    place is born 5 below it and loses to the carried one), so the keyframes give no position and the network
-    answers; the next frames continue (10, 0), also when the network is far off."""
+    place is born 5 below it and loses to the carried one), so the keyframes give no place and the frame is held
+    at the last one, (10, 0); the next frames continue (10, 0), also when the network is far off."""
     from vizloc_plugins.gps_regressor_contract import GPSKeyframes
     from vizloc_plugins.keyframes import PlaceMap, PlaceTracker, build_place_map
 
@@ -346,12 +346,12 @@ def test_place_hypotheses_hold_the_run_through_a_texture_repeated_elsewhere(tmp_
     got = {tracker: [tracker.choose(no_px, no_descs, verified, ms * 1_000_000, *network) for ms, verified in run]
            for tracker in (single, several)}
     for tracker, expected in ((single, [(0, 0), (10, 0), (100, 0), (10, 0)]),
-                              (several, [(0, 0), (10, 0), None, (10, 0)])):
+                              (several, [(0, 0), (10, 0), (10, 0), (10, 0)])):
         for tracked, position in zip(got[tracker], expected):
-            if position is None:
-                assert tracked.position_m is None and tracked.chained is None
-            else:
-                np.testing.assert_allclose(tracked.position_m, position)
+            np.testing.assert_allclose(tracked.position_m, position)
+    # the hypotheses' frame 2: no place of its own, held at frame 1's
+    assert got[several][2].place.position_m is None and got[several][2].held is not None
+    assert got[single][2].held is None
     assert [t.prior for t in got[several]] == ['network', 'track', 'track', 'track']
     # a network far off (its gate excludes every place) starts no hypothesis but does not stop the run's
     far_network = (np.array([1000.0, 1000.0]), np.eye(2) * 10.0 ** 2)
@@ -379,6 +379,49 @@ def test_place_hypotheses_hold_the_run_through_a_texture_repeated_elsewhere(tmp_
     assert several.choose(no_px, no_descs, [(0, 40)], 0, *network).prior == 'network'
     with pytest.raises(ValueError, match='hypotheses'):
         PlaceTracker(places, track_sigma_m=10.0, track_speed_mps=15.0, chain_frames=0, hypotheses=0)
+
+
+def test_a_frame_nothing_places_is_held_at_the_last_place_until_the_network_is_sharper(tmp_path: Path) -> None:
+    """Hand-checked run (track 10 m + 15 m/s, network prior at (50, 0) with sigma 60 m): image 0 at (0, 0) places
+    the first frame; a frame 0.1 s later verifies nothing, and no recent frame can place it (no keypoints): it is
+    held at (0, 0) with the place's covariance grown by (15 m/s x 0.1 s)^2 per axis, with one hypothesis or
+    several. 4 s after the place the held covariance (60 m sigma) is no sharper than the network's: no
+    position. A stamp going back, ``reset()`` and tracking off hold nothing."""
+    from vizloc_plugins.gps_regressor_contract import GPSKeyframes
+    from vizloc_plugins.keyframes import PlaceMap, PlaceTracker, build_place_map
+
+    texture = _detailed_texture(512)
+    positions = [(0.0, 0.0), (10.0, 0.0)]
+    build_place_map(((f'img{i}', texture[64 * i:64 * i + 256, 64 * i:64 * i + 256], p) for i, p in enumerate(positions)),
+                    tmp_path, n_features=200)
+    places = PlaceMap(tmp_path / 'keyframes.npz', tmp_path / 'keyframes.faiss', GPSKeyframes(covariance_scale=4.0))
+    network = (np.array([50.0, 0.0]), np.eye(2) * 60.0 ** 2)
+    no_px, no_descs = np.zeros((0, 2)), np.zeros((0, 128), np.float32)
+    place_cov = np.eye(2) * (15 / 40) ** 2 * 4.0  # (min_inliers / inliers)^2 x covariance_scale
+    T0 = 1_000_000_000  # the first frame's stamp (ns)
+    for hypotheses in (1, 5):
+        tracker = PlaceTracker(places, track_sigma_m=10.0, track_speed_mps=15.0, chain_frames=5, hypotheses=hypotheses)
+        placed = tracker.choose(no_px, no_descs, [(0, 40)], T0, *network)
+        assert placed.held is None
+        np.testing.assert_allclose(placed.position_m, [0.0, 0.0])
+        held = tracker.choose(no_px, no_descs, [], T0 + 100_000_000, *network)
+        assert held.place.position_m is None and held.chained is None and held.held is not None
+        np.testing.assert_allclose(held.position_m, [0.0, 0.0])
+        np.testing.assert_allclose(held.cov_m2, place_cov + np.eye(2) * (15.0 * 0.1) ** 2)
+        assert held.held.age_s == pytest.approx(0.1) and held.held.inliers == 0
+        # 15 m/s x 3.9 s = 58.5 m < 60 m: still held; 4.1 s: 61.5 m, the network is sharper
+        assert tracker.choose(no_px, no_descs, [], T0 + 3_900_000_000, *network).held is not None
+        late = tracker.choose(no_px, no_descs, [], T0 + 4_100_000_000, *network)
+        assert late.position_m is None and late.held is None
+        # without the other prior it stays held, however old
+        assert tracker.choose(no_px, no_descs, [], T0 + 60_000_000_000).held is not None
+        assert tracker.choose(no_px, no_descs, [], T0 // 2, *network).position_m is None  # the stamp went back
+        tracker.choose(no_px, no_descs, [(0, 40)], 100_000_000_000, *network)
+        tracker.reset()
+        assert tracker.choose(no_px, no_descs, [], 100_100_000_000, *network).position_m is None
+    off = PlaceTracker(places, track_sigma_m=10.0, track_speed_mps=0.0, chain_frames=5, hypotheses=1)
+    off.choose(no_px, no_descs, [(0, 40)], 0, *network)
+    assert off.choose(no_px, no_descs, [], 100_000_000, *network).position_m is None
 
 
 def test_log_scale_is_how_much_larger_the_query_sees_the_matches() -> None:

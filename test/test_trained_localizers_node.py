@@ -109,7 +109,7 @@ def test_gps_bundle_with_a_keyframe_map_places_a_training_view_in_the_running_no
                                                                                   client, tmp_path):
     """A gps_regressor bundle with its keyframe map (the small campus's walks) in the node: a training view
     is placed by the map (within place_radius_m of its own position, checked against gt.csv), a noise
-    frame by the network, both published as NavSatFix."""
+    frame by the network (tracking off, so it is not held at the view's place), both published as NavSatFix."""
     from test_gps_regressor import read_image
     from vizloc_plugins.gps_regressor_contract import GPSKeyframes
     from vizloc_training.datasets.gps import read_gps_dataset
@@ -119,7 +119,8 @@ def test_gps_bundle_with_a_keyframe_map_places_a_training_view_in_the_running_no
     view = read_image(walks_dataset, record.image.name)
     noise = np.random.default_rng(1).integers(0, 256, view.shape, dtype=np.uint8)
     params = {'localizers': ['gps'], 'gps.type': 'gps_regressor', 'gps.bundle': str(walks_bundle),
-              'gps.backend': 'onnxruntime', 'gps.variance_scale': 1.0e6}  # a network prior that gates nothing
+              'gps.backend': 'onnxruntime', 'gps.variance_scale': 1.0e6,  # a network prior that gates nothing
+              'gps.track_speed_mps': 0.0}  # frames on their own: a noise frame is not held at the view's place
     client.record(NavSatFix, '/vizloc/gps/fix')
     client.camera_publishers()
     client.clear()

@@ -41,7 +41,9 @@ beyond the track's reach (a jump, or a texture repeated far away), is verified a
 than any training image), published where that frame was, its
 covariance grown by ``track_speed_mps`` over the time since (``source: previous_frame``;
 :class:`vizloc_plugins.keyframes.RecentPlaces`): the one published position that is not this frame's own
-measurement of the map, and its error is that frame's.
+measurement of the map, and its error is that frame's. A frame neither places is held at the last place
+published, its covariance grown the same way, while that is sharper than the network's (``source: held``,
+``held_age_s``); otherwise, and before any place, the network's position is published.
 """
 from __future__ import annotations
 
@@ -99,8 +101,9 @@ class GPSRegressorOptions:
                        'verification) when it has one; a verified match gives the published position'})
     track_speed_mps: float = field(default=15.0, metadata={
         'description': "keyframes: the previous frame's keyframe place, not the network, settles which verified "
-                       'place a frame is at, within this platform speed (m/s) of it; 0 = every frame on its own '
-                       '(the network settles)'})
+                       'place a frame is at, within this platform speed (m/s) of it, and a frame nothing places '
+                       'is held at the last place, its covariance growing at this speed; 0 = every frame on its '
+                       'own (the network settles)'})
     track_sigma_m: float = field(default=10.0, metadata={
         'description': "keyframes: standard deviation (m) of the previous frame's place as the next frame's prior, "
                        'before it grows by track_speed_mps over the time between the frames'})
@@ -273,6 +276,9 @@ class GPSRegressorLocalizer:
             elif place.position_m is not None:
                 mean, cov = place.position_m, place.cov_m2
                 diagnostics['source'] = 'keyframes'
+            elif tracked.held is not None:
+                mean, cov = tracked.held.position_m, tracked.held.cov_m2
+                diagnostics.update({'source': 'held', 'held_age_s': f'{tracked.held.age_s:.2f}'})
         cov_scene = np.zeros((3, 3))
         cov_scene[:2, :2] = cov
         cov_scene[2, 2] = ref.altitude_var_m2

@@ -644,20 +644,30 @@ class RecentPlaces:
 class TrackedPlace:
     """One frame through :class:`PlaceTracker`: its ``place`` (:class:`PlaceMatch`; the last one tried, or the
     best hypothesis's place), which ``prior`` settled it (``'track'``: the previous places; ``'network'``),
-    and ``chained`` when a recent frame placed it. The published position is ``position_m`` / ``cov_m2``
-    (None: the map and the recent frames gave none)."""
+    ``chained`` when a recent frame placed it, and ``held`` when neither the map nor a recent frame did but
+    a frame was placed before (:meth:`PlaceTracker.choose`). The published position is ``position_m`` /
+    ``cov_m2``: the chained frame's, else the place's, else the held one (None: nothing placed the run yet)."""
 
     place: PlaceMatch
     prior: str
     chained: ChainMatch | None = None
+    held: ChainMatch | None = None
+
+    @property
+    def _answer(self) -> PlaceMatch | ChainMatch:
+        if self.chained is not None:
+            return self.chained
+        if self.place.position_m is not None or self.held is None:
+            return self.place
+        return self.held
 
     @property
     def position_m(self) -> np.ndarray | None:
-        return self.chained.position_m if self.chained is not None else self.place.position_m
+        return self._answer.position_m
 
     @property
     def cov_m2(self) -> np.ndarray | None:
-        return self.chained.cov_m2 if self.chained is not None else self.place.cov_m2
+        return self._answer.cov_m2
 
 
 @dataclass(frozen=True)
@@ -708,10 +718,12 @@ class PlaceTracker:
     * a frame whose best hypothesis it did not update is placed by the recent frame it overlaps most.
 
     In both, a frame the map cannot place (nothing verified, or every place outside the prior) is placed by
-    the recent frame it overlaps most. A place updates the track and the recent frames; a chained frame
-    updates neither. Both are dropped when a stamp goes back and on :meth:`reset`. Without tracking
-    (``track_speed_mps`` 0) every frame is on its own, whatever ``hypotheses``; without another prior, the
-    single track."""
+    the recent frame it overlaps most. A frame neither places is held at the last place (``held``), its
+    covariance grown by ``track_speed_mps`` over the time since, while its trace is below the other prior's.
+    A place updates the track and the recent frames; a chained or held frame updates neither. All are
+    dropped when a stamp goes back and on :meth:`reset`. Without tracking (``track_speed_mps`` 0) every
+    frame is on its own, whatever ``hypotheses``, and nothing is held; without another prior, the single
+    track."""
 
     def __init__(self, places: PlaceMap, *, track_sigma_m: float, track_speed_mps: float, chain_frames: int,
                  hypotheses: int = 1, name: str = '') -> None:
@@ -722,6 +734,7 @@ class PlaceTracker:
         self.recent = RecentPlaces(places.settings, chain_frames, track_speed_mps)
         self.hypotheses = int(hypotheses)
         self._hyps: list[_Hypothesis] = []
+        self._last: tuple[np.ndarray, np.ndarray, int] | None = None  # the last place: position, covariance, stamp
 
     def locate(self, gray_HW: np.ndarray, stamp_ns: int, prior_mean_m: np.ndarray | None = None,
                prior_cov_m2: np.ndarray | None = None) -> TrackedPlace:
@@ -734,6 +747,23 @@ class PlaceTracker:
                prior_mean_m: np.ndarray | None = None, prior_cov_m2: np.ndarray | None = None) -> TrackedPlace:
         """:meth:`locate` of a frame already described and verified (:meth:`PlaceMap.describe`,
         :meth:`PlaceMap.verify_features`)."""
+        tracked = self._choose(px_N2, descs_N128, verified, stamp_ns, prior_mean_m, prior_cov_m2)
+        if tracked.position_m is not None or self.track.speed_mps <= 0.0:
+            return tracked
+        if self._last is None or stamp_ns < self._last[2]:
+            self._last = None
+            return tracked
+        position, cov, last_ns = self._last
+        age_s = (stamp_ns - last_ns) * 1e-9
+        held = ChainMatch(position.copy(), cov + (self.track.speed_mps * age_s) ** 2 * np.eye(len(position)), 0, age_s)
+        if (prior_cov_m2 is not None
+                and np.trace(held.cov_m2) > float(np.trace(np.asarray(prior_cov_m2, dtype=np.float64)))):
+            # held so long that the other estimate is the sharper one
+            return tracked
+        return replace(tracked, held=held)
+
+    def _choose(self, px_N2: np.ndarray, descs_N128: np.ndarray, verified: Sequence[Overlap], stamp_ns: int,
+                prior_mean_m: np.ndarray | None, prior_cov_m2: np.ndarray | None) -> TrackedPlace:
         recent: list[ChainMatch | None] = []  # the recent frames' verification, done at most once per frame
 
         def overlap() -> ChainMatch | None:
@@ -759,7 +789,7 @@ class PlaceTracker:
                 chained = overlap()
         if chained is None and place.position_m is not None:
             self.track.update(place.position_m, stamp_ns)
-            self.recent.add(px_N2, descs_N128, place.position_m, place.cov_m2, stamp_ns)
+            self._placed(px_N2, descs_N128, place.position_m, place.cov_m2, stamp_ns)
         return TrackedPlace(place, prior, chained)
 
     def _choose_hypotheses(self, px_N2: np.ndarray, descs_N128: np.ndarray, verified: Sequence[Overlap],
@@ -830,14 +860,21 @@ class PlaceTracker:
                          for w, h in zip(weights, current))
             match = PlaceMatch(place.position_m, cov + spread, names, used=len(place.members), spread_m2=spread)
             continued = next(c for _, c, p in children if p is place)
-            self.recent.add(px_N2, descs_N128, match.position_m, match.cov_m2, stamp_ns)
+            self._placed(px_N2, descs_N128, match.position_m, match.cov_m2, stamp_ns)
             return TrackedPlace(match, 'track' if continued else 'network')
         return TrackedPlace(PlaceMatch(None, None, names, rejected=rejected), waited, overlap())
+
+    def _placed(self, px_N2: np.ndarray, descs_N128: np.ndarray, position_m: np.ndarray, cov_m2: np.ndarray,
+                stamp_ns: int) -> None:
+        self.recent.add(px_N2, descs_N128, position_m, cov_m2, stamp_ns)
+        self._last = (np.asarray(position_m, dtype=np.float64).copy(), np.asarray(cov_m2, dtype=np.float64).copy(),
+                      int(stamp_ns))
 
     def reset(self) -> None:
         self.track.reset()
         self.recent.reset()
         self._hyps = []
+        self._last = None
 
 
 #: A place's position (:func:`places_of`): the prior variance of the log-scale (in log-scale units squared)

@@ -621,15 +621,16 @@ def _replay(places: PlaceMap, described: list[tuple[np.ndarray, np.ndarray, list
 def _published_metrics(places: PlaceMap, data: GPSData, split: str, network: tuple[np.ndarray, np.ndarray],
                        metrics: dict[str, Any]) -> dict[str, float]:
     """Metrics of what the node publishes on ``split`` replayed as a 10 Hz run (:func:`_replay`): the keyframe
-    map's position where a training image is verified or a recent frame places the image, else the network's
-    (``network``: its means and calibrated covariances); ``metrics[f'{split}_keyframe_share']`` gets the share
-    of keyframe positions."""
+    map's position where a training image is verified or a recent frame places the image, else the last place held
+    or the network's (``network``: its means and calibrated covariances); ``metrics[f'{split}_keyframe_share']``
+    gets the share of frames the map or a recent frame placed."""
     arrays = data.splits[split]
     mean, cov = network[0].copy(), network[1].copy()
     located = _replay(places, _describe_split(places, arrays, split), network)
     for i, m in enumerate(located):
         if m.position_m is not None:
             mean[i], cov[i] = m.position_m, m.cov_m2
-    metrics[f'{split}_keyframe_share'] = float(np.mean([m.position_m is not None for m in located]))
+    placed = [m.held is None and m.position_m is not None for m in located]
+    metrics[f'{split}_keyframe_share'] = float(np.mean(placed))
     stats, _ = evaluate_arrays(mean, cov, arrays.lla_N3, data.frame.to_lat_lon, data.frame.to_en_m(arrays.lla_N3))
     return stats
