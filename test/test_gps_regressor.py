@@ -590,6 +590,7 @@ def test_plugin_publishes_the_keyframe_position_else_the_network(walks_dataset, 
     # own, averaged with verified images at most place_radius_m away
     assert seen.diagnostics['source'] == 'keyframes', seen.diagnostics
     assert int(seen.diagnostics['keyframe_inliers']) >= GPSKeyframes().min_inliers
+    assert seen.diagnostics['keyframe_lens_log_scale'] == '0.000'  # too few places to say the lens differs
     assert record.image.name in seen.diagnostics['keyframes'].split(',')
     error_m = geo_metrics.haversine_m(seen.geo.lat_deg, seen.geo.lon_deg, record.lat_deg, record.lon_deg)
     assert error_m <= GPSKeyframes().place_radius_m

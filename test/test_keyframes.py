@@ -424,6 +424,49 @@ def test_a_frame_nothing_places_is_held_at_the_last_place_until_the_network_is_s
     assert off.choose(no_px, no_descs, [], 100_000_000, *network).position_m is None
 
 
+def test_a_run_seen_through_another_lens_reads_its_places_at_the_lens_scale(tmp_path: Path) -> None:
+    """Hand-checked: every frame verifies image 0 at (0, 0) (40 inliers, log-scale 0.3) and image 1 at (10, 0)
+    (30 inliers, 0.1): one place whose images see the frame 0.214 larger on average, as a camera with a
+    longer lens would. For the first LENS_SCALE_MIN_FRAMES places the place is read at scale 0 (the fit
+    moves it 5 m, the cap, off the images' mean); after that at the run's median scale, 0.214: the
+    images' inlier-weighted mean. A run whose places' median scale (0.046) lies within the dead band keeps
+    reading at 0; ``reset()`` forgets the lens."""
+    from vizloc_plugins.gps_regressor_contract import GPSKeyframes
+    from vizloc_plugins.keyframes import (LENS_SCALE_DEADBAND, LENS_SCALE_MIN_FRAMES, Overlap, PlaceMap, PlaceTracker,
+                                          build_place_map, scale_aligned_position)
+
+    texture = _detailed_texture(512)
+    positions = [(0.0, 0.0), (10.0, 0.0)]
+    build_place_map(((f'img{i}', texture[64 * i:64 * i + 256, 64 * i:64 * i + 256], p) for i, p in enumerate(positions)),
+                    tmp_path, n_features=200)
+    places = PlaceMap(tmp_path / 'keyframes.npz', tmp_path / 'keyframes.faiss', GPSKeyframes(covariance_scale=4.0))
+    network = (np.array([50.0, 0.0]), np.eye(2) * 60.0 ** 2)
+    no_px, no_descs = np.zeros((0, 2)), np.zeros((0, 128), np.float32)
+    lens = [Overlap(0, 40, 0.3), Overlap(1, 30, 0.1)]
+    mean_scale = (40 * 0.3 + 30 * 0.1) / 70
+    assert mean_scale > LENS_SCALE_DEADBAND
+    mean_m = np.array([30 * 10.0 / 70, 0.0])
+    at_zero = scale_aligned_position(lens, places.positions_FD)
+    assert np.linalg.norm(at_zero - mean_m) == pytest.approx(5.0)  # the cap
+    for hypotheses in (1, 5):
+        tracker = PlaceTracker(places, track_sigma_m=10.0, track_speed_mps=15.0, chain_frames=0, hypotheses=hypotheses)
+        run = [tracker.choose(no_px, no_descs, lens, i * 100_000_000, *network) for i in range(LENS_SCALE_MIN_FRAMES + 3)]
+        for tracked in run[:LENS_SCALE_MIN_FRAMES]:
+            np.testing.assert_allclose(tracked.position_m, at_zero)
+            assert tracked.place.log_scale == pytest.approx(mean_scale)
+        for tracked in run[LENS_SCALE_MIN_FRAMES:]:
+            np.testing.assert_allclose(tracked.position_m, mean_m, atol=1e-9)
+        assert tracker.lens_log_scale == pytest.approx(mean_scale)
+        tracker.reset()
+        assert tracker.lens_log_scale == 0.0
+        np.testing.assert_allclose(tracker.choose(no_px, no_descs, lens, 0, *network).position_m, at_zero)
+    near = [Overlap(0, 40, 0.08), Overlap(1, 30, 0.0)]  # mean scale 0.046: within the dead band
+    tracker = PlaceTracker(places, track_sigma_m=10.0, track_speed_mps=15.0, chain_frames=0, hypotheses=5)
+    run = [tracker.choose(no_px, no_descs, near, i * 100_000_000, *network) for i in range(LENS_SCALE_MIN_FRAMES + 3)]
+    assert tracker.lens_log_scale == 0.0
+    np.testing.assert_allclose(run[-1].position_m, scale_aligned_position(near, places.positions_FD))
+
+
 def test_log_scale_is_how_much_larger_the_query_sees_the_matches() -> None:
     from vizloc_plugins.keyframes import log_scale
 

@@ -43,7 +43,10 @@ covariance grown by ``track_speed_mps`` over the time since (``source: previous_
 :class:`vizloc_plugins.keyframes.RecentPlaces`): the one published position that is not this frame's own
 measurement of the map, and its error is that frame's. A frame neither places is held at the last place
 published, its covariance grown the same way, while that is sharper than the network's (``source: held``,
-``held_age_s``); otherwise, and before any place, the network's position is published.
+``held_age_s``); otherwise, and before any place, the network's position is published. A camera whose
+lens differs from the training images' sees every place larger or smaller by one factor: once the run's
+places agree on it (:attr:`vizloc_plugins.keyframes.PlaceTracker.lens_log_scale`, diagnostics
+``keyframe_lens_log_scale``), places are read at that scale instead of the map's.
 """
 from __future__ import annotations
 
@@ -268,7 +271,8 @@ class GPSRegressorLocalizer:
                                 'keyframe_prior': tracked.prior,
                                 'keyframe_inliers': str(place.inliers), 'keyframe_images': str(place.used),
                                 'keyframe_outside_prior': str(place.rejected).lower(),
-                                'keyframes': ','.join(name for name, _ in place.verified[:3])})
+                                'keyframes': ','.join(name for name, _ in place.verified[:3]),
+                                'keyframe_lens_log_scale': f'{self.tracker.lens_log_scale:.3f}'})
             if chained is not None:
                 mean, cov = chained.position_m, chained.cov_m2
                 diagnostics.update({'source': 'previous_frame', 'previous_frame_inliers': str(chained.inliers),

@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
@@ -474,7 +475,7 @@ class PlaceMatch:
     ``rejected``), the verified images as ``(name, inliers)``, most inliers first, and how many of them
     were averaged (``used``). ``spread_m2``: the part of ``cov_m2`` that is the spread of other place
     hypotheses about this position (:class:`PlaceTracker`; None when there is none), which the covariance
-    factor does not scale."""
+    factor does not scale. ``log_scale``: :attr:`Place.log_scale` of the place."""
 
     position_m: np.ndarray | None
     cov_m2: np.ndarray | None
@@ -482,6 +483,7 @@ class PlaceMatch:
     used: int = 0
     rejected: bool = False
     spread_m2: np.ndarray | None = None
+    log_scale: float = 0.0
 
     @property
     def inliers(self) -> int:
@@ -555,10 +557,10 @@ class PlaceMap:
         return [o for o in overlaps if o.inliers >= opt.min_inliers]
 
     def place(self, verified: Sequence[Overlap], prior_mean_m: np.ndarray | None = None,
-              prior_cov_m2: np.ndarray | None = None) -> PlaceMatch:
+              prior_cov_m2: np.ndarray | None = None, at_log_scale: float = 0.0) -> PlaceMatch:
         """:func:`choose_place` among the :meth:`verify` result, with the verified images' names."""
-        return replace(choose_place(verified, self.positions_FD, self.settings, prior_mean_m, prior_cov_m2),
-                       verified=self.named(verified))
+        return replace(choose_place(verified, self.positions_FD, self.settings, prior_mean_m, prior_cov_m2,
+                                    at_log_scale=at_log_scale), verified=self.named(verified))
 
     def named(self, verified: Iterable[Overlap]) -> tuple[tuple[str, int], ...]:
         """Verified images as ``(name, inliers)``, most inliers first."""
@@ -680,6 +682,15 @@ class _Hypothesis:
     stamp_ns: int
 
 
+#: A camera whose lens differs from the map images' sees every place at one log-scale offset
+#: (:attr:`PlaceTracker.lens_log_scale`): the median over this many of the last places, once there are
+#: ``LENS_SCALE_MIN_FRAMES``, and only when its magnitude exceeds ``LENS_SCALE_DEADBAND`` (a focal length
+#: about 10 % off; on the dataset's own lens the median stays within it on the campus walks but for a few
+#: stretches, docs/localizers/gps_regressor.md).
+LENS_SCALE_FRAMES = 100
+LENS_SCALE_MIN_FRAMES = 50
+LENS_SCALE_DEADBAND = 0.1
+
 #: Place hypotheses (:class:`PlaceTracker` with ``hypotheses`` > 1): a place that continues no hypothesis is
 #: born this much (log) below the best one; a hypothesis no place of a frame continues loses this much; two
 #: updated in the same frame closer than this (m) are one.
@@ -735,6 +746,7 @@ class PlaceTracker:
         self.hypotheses = int(hypotheses)
         self._hyps: list[_Hypothesis] = []
         self._last: tuple[np.ndarray, np.ndarray, int] | None = None  # the last place: position, covariance, stamp
+        self._place_scales: deque[float] = deque(maxlen=LENS_SCALE_FRAMES)  # the last places' log-scales
 
     def locate(self, gray_HW: np.ndarray, stamp_ns: int, prior_mean_m: np.ndarray | None = None,
                prior_cov_m2: np.ndarray | None = None) -> TrackedPlace:
@@ -776,7 +788,8 @@ class PlaceTracker:
         place, prior, chained = None, 'network', None
         track = self.track.prior(stamp_ns)
         if track is not None and verified:
-            place, prior = self.places.place(verified, track[0], track[1] ** 2 * np.eye(2)), 'track'
+            place = self.places.place(verified, track[0], track[1] ** 2 * np.eye(2), self.lens_log_scale)
+            prior = 'track'
             if place.position_m is None:
                 # every verified place lies beyond the track's reach: a jump, or a texture repeated far
                 # away; a recent frame this one overlaps better than any training image says which
@@ -784,12 +797,12 @@ class PlaceTracker:
                 if chained is not None and chained.inliers <= place.inliers:
                     chained = None
         if chained is None and (place is None or place.position_m is None):
-            place, prior = self.places.place(verified, prior_mean_m, prior_cov_m2), 'network'
+            place, prior = self.places.place(verified, prior_mean_m, prior_cov_m2, self.lens_log_scale), 'network'
             if place.position_m is None:
                 chained = overlap()
         if chained is None and place.position_m is not None:
             self.track.update(place.position_m, stamp_ns)
-            self._placed(px_N2, descs_N128, place.position_m, place.cov_m2, stamp_ns)
+            self._placed(px_N2, descs_N128, place, stamp_ns)
         return TrackedPlace(place, prior, chained)
 
     def _choose_hypotheses(self, px_N2: np.ndarray, descs_N128: np.ndarray, verified: Sequence[Overlap],
@@ -801,7 +814,7 @@ class PlaceTracker:
             self._hyps = []
         names = places.named(verified)
         waited = 'track' if self._hyps else 'network'  # what a frame without a place of its own was judged by
-        candidates = places_of(verified, places.positions_FD, opt)
+        candidates = places_of(verified, places.positions_FD, opt, at_log_scale=self.lens_log_scale)
         mean = np.asarray(prior_mean_m, dtype=np.float64)
         info = np.linalg.pinv(np.asarray(prior_cov_m2, dtype=np.float64))
         network_gate = gate_d2(opt.prior_gate) if opt.prior_gate > 0.0 else math.inf
@@ -858,23 +871,37 @@ class PlaceTracker:
             cov = sum(w * h.place.cov_m2(opt) for w, h in zip(weights, current))
             spread = sum(w * np.outer(h.place.position_m - place.position_m, h.place.position_m - place.position_m)
                          for w, h in zip(weights, current))
-            match = PlaceMatch(place.position_m, cov + spread, names, used=len(place.members), spread_m2=spread)
+            match = PlaceMatch(place.position_m, cov + spread, names, used=len(place.members), spread_m2=spread,
+                               log_scale=place.log_scale)
             continued = next(c for _, c, p in children if p is place)
-            self._placed(px_N2, descs_N128, match.position_m, match.cov_m2, stamp_ns)
+            self._placed(px_N2, descs_N128, match, stamp_ns)
             return TrackedPlace(match, 'track' if continued else 'network')
         return TrackedPlace(PlaceMatch(None, None, names, rejected=rejected), waited, overlap())
 
-    def _placed(self, px_N2: np.ndarray, descs_N128: np.ndarray, position_m: np.ndarray, cov_m2: np.ndarray,
-                stamp_ns: int) -> None:
-        self.recent.add(px_N2, descs_N128, position_m, cov_m2, stamp_ns)
-        self._last = (np.asarray(position_m, dtype=np.float64).copy(), np.asarray(cov_m2, dtype=np.float64).copy(),
-                      int(stamp_ns))
+    def _placed(self, px_N2: np.ndarray, descs_N128: np.ndarray, place: PlaceMatch, stamp_ns: int) -> None:
+        self.recent.add(px_N2, descs_N128, place.position_m, place.cov_m2, stamp_ns)
+        self._last = (np.asarray(place.position_m, dtype=np.float64).copy(),
+                      np.asarray(place.cov_m2, dtype=np.float64).copy(), int(stamp_ns))
+        self._place_scales.append(place.log_scale)
+
+    @property
+    def lens_log_scale(self) -> float:
+        """How much larger this camera sees what the map images show than they do, as a log-scale, from the
+        run so far: the median :attr:`PlaceMatch.log_scale` of the last :data:`LENS_SCALE_FRAMES` places, once
+        there are :data:`LENS_SCALE_MIN_FRAMES`; 0 while its magnitude is below :data:`LENS_SCALE_DEADBAND`.
+        Places are read at this scale instead of 0 (:func:`scale_aligned_position`)."""
+        if len(self._place_scales) < LENS_SCALE_MIN_FRAMES:
+            return 0.0
+        median = float(np.median(self._place_scales))
+        return median if abs(median) > LENS_SCALE_DEADBAND else 0.0
 
     def reset(self) -> None:
+        """Forget the run: the track, the recent frames, the hypotheses, the held place and the lens's scale."""
         self.track.reset()
         self.recent.reset()
         self._hyps = []
         self._last = None
+        self._place_scales.clear()
 
 
 #: A place's position (:func:`places_of`): the prior variance of the log-scale (in log-scale units squared)
@@ -895,6 +922,13 @@ class Place:
     head_inliers: int
     members: tuple[Overlap, ...]
 
+    @property
+    def log_scale(self) -> float:
+        """The inlier-weighted mean :attr:`Overlap.log_scale` of the place's images: how much larger the query
+        sees what they show."""
+        weights = np.array([o.inliers for o in self.members], dtype=np.float64)
+        return float(weights @ [o.log_scale for o in self.members] / weights.sum())
+
     def cov_m2(self, settings: GPSKeyframes) -> np.ndarray:
         """The place's covariance: the standard deviation falls as 1 / the head's inliers (measured against the
         place's scatter and a constant: sharper at the same calibrated coverage), times ``covariance_scale``."""
@@ -902,10 +936,12 @@ class Place:
                 * np.eye(len(self.position_m)))
 
 
-def places_of(verified: Iterable[Overlap], positions_FD: np.ndarray, settings: GPSKeyframes) -> list[Place]:
+def places_of(verified: Iterable[Overlap], positions_FD: np.ndarray, settings: GPSKeyframes,
+              at_log_scale: float = 0.0) -> list[Place]:
     """The places the verified map images (``positions_FD``: every map image's position) give, most inliers
     first: every verified image heads a place of itself and the verified images within ``place_radius_m`` with
-    between ``min_relative_inliers`` x and 1 x its inliers, at :func:`scale_aligned_position`."""
+    between ``min_relative_inliers`` x and 1 x its inliers, at :func:`scale_aligned_position` (read at
+    ``at_log_scale``)."""
     opt = settings
     verified = sorted((Overlap(*v) for v in verified), key=lambda v: -v.inliers)
     out = []
@@ -913,14 +949,18 @@ def places_of(verified: Iterable[Overlap], positions_FD: np.ndarray, settings: G
         head = positions_FD[v.frame]
         members = tuple(o for o in verified if opt.min_relative_inliers * v.inliers <= o.inliers <= v.inliers
                         and np.linalg.norm(positions_FD[o.frame] - head) <= opt.place_radius_m)
-        out.append(Place(scale_aligned_position(members, positions_FD), float(sum(o.inliers for o in members)),
+        out.append(Place(scale_aligned_position(members, positions_FD, at_log_scale),
+                         float(sum(o.inliers for o in members)),
                          int(v.inliers), members))
     return out
 
 
-def scale_aligned_position(members: Sequence[Overlap], positions_FD: np.ndarray) -> np.ndarray:
+def scale_aligned_position(members: Sequence[Overlap], positions_FD: np.ndarray,
+                           at_log_scale: float = 0.0) -> np.ndarray:
     """Where the query was taken among map images that overlap it: their positions fitted, with their inliers as
-    weights, as a linear function of their :attr:`Overlap.log_scale`, read at the query's own scale (0).
+    weights, as a linear function of their :attr:`Overlap.log_scale`, read at the query's own scale: 0, or
+    ``at_log_scale`` for a camera whose lens makes it see everything that much larger than the map images'
+    lens would (:attr:`PlaceTracker.lens_log_scale`).
 
     Images of one scene taken nearer it than the query see it larger, those farther back smaller; along the
     line of sight the camera's position moves by about (its distance to the scene) x the log-scale, so the
@@ -936,7 +976,7 @@ def scale_aligned_position(members: Sequence[Overlap], positions_FD: np.ndarray)
     mean_scale = float(weights @ scales)
     spread = scales - mean_scale
     slope_m = (weights * spread) @ (positions - mean_m) / (float(weights @ spread ** 2) + SCALE_RIDGE)
-    shift_m = -slope_m * mean_scale
+    shift_m = -slope_m * (mean_scale - at_log_scale)
     length_m = float(np.linalg.norm(shift_m))
     if length_m > SCALE_SHIFT_MAX_M:
         shift_m *= SCALE_SHIFT_MAX_M / length_m
@@ -944,7 +984,8 @@ def scale_aligned_position(members: Sequence[Overlap], positions_FD: np.ndarray)
 
 
 def choose_place(verified: Iterable[Overlap], positions_FD: np.ndarray, settings: GPSKeyframes,
-                 prior_mean_m: np.ndarray | None = None, prior_cov_m2: np.ndarray | None = None) -> PlaceMatch:
+                 prior_mean_m: np.ndarray | None = None, prior_cov_m2: np.ndarray | None = None, *,
+                 at_log_scale: float = 0.0) -> PlaceMatch:
     """Where a query was taken, from the map images it verifiably overlaps (``verified``: ``(frame, inliers)``,
     ``positions_FD``: every map image's position), among its :func:`places_of`.
 
@@ -954,9 +995,10 @@ def choose_place(verified: Iterable[Overlap], positions_FD: np.ndarray, settings
     where the prior puts the camera; places outside the prior's ``prior_gate`` ellipse are rejected (the map
     says "here", the prior says "impossible": no position, ``rejected`` set). Returns the best place's
     position, covariance (:meth:`Place.cov_m2`) and how many images were averaged (``verified`` left empty:
-    :meth:`PlaceMap.place` fills it); no position when nothing is verified."""
+    :meth:`PlaceMap.place` fills it); no position when nothing is verified. Places are read at
+    ``at_log_scale`` (:func:`scale_aligned_position`; a lens other than the map images')."""
     opt = settings
-    candidates = places_of(verified, positions_FD, settings)
+    candidates = places_of(verified, positions_FD, settings, at_log_scale)
     if not candidates:
         return PlaceMatch(None, None, ())
     prior_info = None
@@ -976,7 +1018,7 @@ def choose_place(verified: Iterable[Overlap], positions_FD: np.ndarray, settings
             best_score, best = log_score, place
     if best is None:
         return PlaceMatch(None, None, (), rejected=True)
-    return PlaceMatch(best.position_m, best.cov_m2(opt), (), used=len(best.members))
+    return PlaceMatch(best.position_m, best.cov_m2(opt), (), used=len(best.members), log_scale=best.log_scale)
 
 
 #: Probability mass inside the track's gate.
