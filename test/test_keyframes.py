@@ -357,11 +357,15 @@ def test_place_hypotheses_hold_the_run_through_a_texture_repeated_elsewhere(tmp_
     far_network = (np.array([1000.0, 1000.0]), np.eye(2) * 10.0 ** 2)
     np.testing.assert_allclose(several.choose(no_px, no_descs, [(1, 30)], 400_000_000, *far_network).position_m,
                                [10.0, 0.0])
-    # frame 1's hypotheses: (10, 0) continues (0, 0) (sigma 10 + 15 x 0.1 m), (100, 0) is born 5 below the best
-    # with the network's density; the published covariance is theirs as a mixture about (10, 0): each place's
-    # ((min_inliers / inliers)^2 x covariance_scale) and the spread of (100, 0) weighted by e^score
+    # frame 1's hypotheses: (10, 0) continues (0, 0) (sigma 10 + 15 x 0.1 m) with half the network's log density
+    # there (40 m from its mean), (100, 0) is born 5 below the best with the network's density; the published
+    # covariance is theirs as a mixture about (10, 0): each place's ((min_inliers / inliers)^2 x
+    # covariance_scale) and the spread of (100, 0) weighted by e^score
+    from vizloc_plugins.keyframes import HYPOTHESIS_NETWORK_WEIGHT
+
     sigma_m = 10.0 + 15.0 * 0.1
-    near = math.log(30) - 0.5 * (10.0 / sigma_m) ** 2 - 2.0 * math.log(sigma_m / 10.0)
+    near = (math.log(30) - 0.5 * HYPOTHESIS_NETWORK_WEIGHT * (40.0 / 60.0) ** 2 - 0.5 * (10.0 / sigma_m) ** 2
+            - 2.0 * math.log(sigma_m / 10.0))
     far = 0.0 - 5.0 + math.log(20) - 0.5 * (50.0 / 60.0) ** 2
     w_far = 1.0 / (1.0 + math.exp(near - far))
     spread = w_far * np.diag([90.0 ** 2, 0.0])

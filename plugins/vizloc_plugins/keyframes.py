@@ -697,6 +697,10 @@ LENS_SCALE_DEADBAND = 0.1
 HYPOTHESIS_BIRTH = -5.0
 HYPOTHESIS_MISS = -1.0
 HYPOTHESIS_MERGE_M = 5.0
+#: A place continuing a hypothesis also scores the other prior's (the network's) density there, this weight of
+#: it, its Mahalanobis d^2 clipped at the :data:`TRACK_GATE` radius: the network tells apart places within a
+#: few of its sigmas, and one far off from every place shifts them all alike, so it cannot break the run.
+HYPOTHESIS_NETWORK_WEIGHT = 0.5
 
 
 class PlaceTracker:
@@ -716,7 +720,8 @@ class PlaceTracker:
     * every place of a frame (:func:`places_of`) scores log(its summed inliers) plus the best of: a
       hypothesis it continues (within the :data:`TRACK_GATE` ellipse of the hypothesis's place, a Gaussian
       of ``track_sigma_m`` growing by ``track_speed_mps`` over the time since: its score - d^2 / 2 - the log
-      of the area grown), or, inside the other prior's ``prior_gate`` ellipse, a new hypothesis
+      of the area grown - :data:`HYPOTHESIS_NETWORK_WEIGHT` x the other prior's d^2 / 2, clipped at the
+      gate), or, inside the other prior's ``prior_gate`` ellipse, a new hypothesis
       (:data:`HYPOTHESIS_BIRTH` below the best, - d^2 / 2 under the other prior);
     * hypotheses no place continues lose :data:`HYPOTHESIS_MISS`; those updated in one frame within
       :data:`HYPOTHESIS_MERGE_M` are merged; the best ``hypotheses`` are kept;
@@ -828,14 +833,15 @@ class PlaceTracker:
             # a new hypothesis needs the network: inside its gate, weighed by its density
             score = best_before + HYPOTHESIS_BIRTH + log_inliers - 0.5 * d2 if d2 <= network_gate else -math.inf
             continued = False
-            # a hypothesis continues under its own Gaussian alone, as the single track does (a network far off
-            # for a stretch of frames does not break the run)
+            # a hypothesis continues within its own Gaussian's gate, as the single track does; the network weighs
+            # in at HYPOTHESIS_NETWORK_WEIGHT, clipped (a network far off for a stretch of frames does not break
+            # the run)
             for h in self._hyps:
                 sigma_m = self.track.sigma_after(stamp_ns - h.stamp_ns)
                 reach_d2 = float(np.sum((place.position_m - h.place.position_m) ** 2)) / sigma_m ** 2
                 if reach_d2 <= reach_gate:
-                    value = (h.log_score + log_inliers - 0.5 * reach_d2
-                             - 2.0 * math.log(sigma_m / self.track.sigma_m))
+                    value = (h.log_score + log_inliers - 0.5 * HYPOTHESIS_NETWORK_WEIGHT * min(d2, reach_gate)
+                             - 0.5 * reach_d2 - 2.0 * math.log(sigma_m / self.track.sigma_m))
                     if value > score:
                         score, continued = value, True
             if score == -math.inf:
