@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import cv2
 import numpy as np
@@ -323,6 +324,18 @@ def test_track_grows_with_time_and_is_dropped_when_the_stamp_goes_back() -> None
     assert off.prior(1) is None
 
 
+def _texture_place_map(tmp_path: Path, positions: list[tuple[float, float]]) -> Any:
+    """A place map of crops of one texture, one per position (the tests hand their verification in), with
+    covariance_scale 4."""
+    from vizloc_plugins.gps_regressor_contract import GPSKeyframes
+    from vizloc_plugins.keyframes import PlaceMap, build_place_map
+
+    texture = _detailed_texture(512)
+    build_place_map(((f'img{i}', texture[64 * i:64 * i + 256, 64 * i:64 * i + 256], p) for i, p in enumerate(positions)),
+                    tmp_path, n_features=200)
+    return PlaceMap(tmp_path / 'keyframes.npz', tmp_path / 'keyframes.faiss', GPSKeyframes(covariance_scale=4.0))
+
+
 def test_place_hypotheses_hold_the_run_through_a_texture_repeated_elsewhere(tmp_path: Path) -> None:
     """Hand-checked run (10 Hz, track 10 m + 15 m/s, network prior at (50, 0) with sigma 60 m, which admits
     every place): images 0 and 1 at (0, 0) and (10, 0) are where the camera is; image 3 at (100, 0) wears a
@@ -330,14 +343,9 @@ def test_place_hypotheses_hold_the_run_through_a_texture_repeated_elsewhere(tmp_
     reach) lets the network choose and jumps to (100, 0); the place hypotheses keep (10, 0) best (image 3's
     place is born 5 below it and loses to the carried one), so the keyframes give no place and the frame is held
     at the last one, (10, 0); the next frames continue (10, 0), also when the network is far off."""
-    from vizloc_plugins.gps_regressor_contract import GPSKeyframes
-    from vizloc_plugins.keyframes import PlaceMap, PlaceTracker, build_place_map
+    from vizloc_plugins.keyframes import PlaceTracker
 
-    texture = _detailed_texture(512)
-    positions = [(0.0, 0.0), (10.0, 0.0), (0.0, 20.0), (100.0, 0.0)]
-    build_place_map(((f'img{i}', texture[64 * i:64 * i + 256, 64 * i:64 * i + 256], p) for i, p in enumerate(positions)),
-                    tmp_path, n_features=200)
-    places = PlaceMap(tmp_path / 'keyframes.npz', tmp_path / 'keyframes.faiss', GPSKeyframes(covariance_scale=4.0))
+    places = _texture_place_map(tmp_path, [(0.0, 0.0), (10.0, 0.0), (0.0, 20.0), (100.0, 0.0)])
     network = (np.array([50.0, 0.0]), np.eye(2) * 60.0 ** 2)
     no_px, no_descs = np.zeros((0, 2)), np.zeros((0, 128), np.float32)
     run = [(0, [(0, 40)]), (100, [(3, 20), (1, 30)]), (200, [(3, 20)]), (300, [(1, 30)])]  # (ms, verified)
@@ -391,14 +399,9 @@ def test_a_frame_nothing_places_is_held_at_the_last_place_until_the_network_is_s
     held at (0, 0) with the place's covariance grown by (15 m/s x 0.1 s)^2 per axis, with one hypothesis or
     several. 4 s after the place the held covariance (60 m sigma) is no sharper than the network's: no
     position. A stamp going back, ``reset()`` and tracking off hold nothing."""
-    from vizloc_plugins.gps_regressor_contract import GPSKeyframes
-    from vizloc_plugins.keyframes import PlaceMap, PlaceTracker, build_place_map
+    from vizloc_plugins.keyframes import PlaceTracker
 
-    texture = _detailed_texture(512)
-    positions = [(0.0, 0.0), (10.0, 0.0)]
-    build_place_map(((f'img{i}', texture[64 * i:64 * i + 256, 64 * i:64 * i + 256], p) for i, p in enumerate(positions)),
-                    tmp_path, n_features=200)
-    places = PlaceMap(tmp_path / 'keyframes.npz', tmp_path / 'keyframes.faiss', GPSKeyframes(covariance_scale=4.0))
+    places = _texture_place_map(tmp_path, [(0.0, 0.0), (10.0, 0.0)])
     network = (np.array([50.0, 0.0]), np.eye(2) * 60.0 ** 2)
     no_px, no_descs = np.zeros((0, 2)), np.zeros((0, 128), np.float32)
     place_cov = np.eye(2) * (15 / 40) ** 2 * 4.0  # (min_inliers / inliers)^2 x covariance_scale
@@ -435,15 +438,10 @@ def test_a_run_seen_through_another_lens_reads_its_places_at_the_lens_scale(tmp_
     moves it 5 m, the cap, off the images' mean); after that at the run's median scale, 0.214: the
     images' inlier-weighted mean. A run whose places' median scale (0.046) lies within the dead band keeps
     reading at 0; ``reset()`` forgets the lens."""
-    from vizloc_plugins.gps_regressor_contract import GPSKeyframes
-    from vizloc_plugins.keyframes import (LENS_SCALE_DEADBAND, LENS_SCALE_MIN_FRAMES, Overlap, PlaceMap, PlaceTracker,
-                                          build_place_map, scale_aligned_position)
+    from vizloc_plugins.keyframes import (LENS_SCALE_DEADBAND, LENS_SCALE_MIN_FRAMES, Overlap, PlaceTracker,
+                                          scale_aligned_position)
 
-    texture = _detailed_texture(512)
-    positions = [(0.0, 0.0), (10.0, 0.0)]
-    build_place_map(((f'img{i}', texture[64 * i:64 * i + 256, 64 * i:64 * i + 256], p) for i, p in enumerate(positions)),
-                    tmp_path, n_features=200)
-    places = PlaceMap(tmp_path / 'keyframes.npz', tmp_path / 'keyframes.faiss', GPSKeyframes(covariance_scale=4.0))
+    places = _texture_place_map(tmp_path, [(0.0, 0.0), (10.0, 0.0)])
     network = (np.array([50.0, 0.0]), np.eye(2) * 60.0 ** 2)
     no_px, no_descs = np.zeros((0, 2)), np.zeros((0, 128), np.float32)
     lens = [Overlap(0, 40, 0.3), Overlap(1, 30, 0.1)]
