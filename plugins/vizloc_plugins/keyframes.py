@@ -289,8 +289,8 @@ def build_place_map(images: Iterable[tuple[str, np.ndarray, np.ndarray]], out_di
     """Write a place map (``keyframes.npz`` with ``pixels_N2``, ``positions_FD`` and ``sides_F``, each image's
     longer side in pixels as described; ``keyframes.faiss``) into ``out_dir`` from ``(name, grayscale image,
     position (D,) in metres)`` triples (images reduced to ``max_side_px``, :func:`limit_size`); returns the
-    description stored in the bundle metadata (frames, points). Images without keypoints are kept (they cannot be matched); none with keypoints raises
-    :class:`KeyframeError`."""
+    description stored in the bundle metadata (frames, points). Images without keypoints are kept (they cannot
+    be matched); none with keypoints raises :class:`KeyframeError`."""
     started = time.perf_counter()
     detector = sift_detector(n_features)
     pixels, descs, frame_ids, names, positions, sides = [], [], [], [], [], []
@@ -585,6 +585,15 @@ class ChainMatch:
     inliers: int
     age_s: float
 
+    @classmethod
+    def grown(cls, position_m: np.ndarray, cov_m2: np.ndarray, placed_ns: int, stamp_ns: int, speed_mps: float,
+              inliers: int) -> ChainMatch:
+        """A place published at ``placed_ns`` as a frame at ``stamp_ns`` sees it: its covariance grown by
+        ``(speed_mps x the time since)^2`` per axis."""
+        age_s = max(stamp_ns - placed_ns, 0) * 1e-9
+        grown = np.asarray(cov_m2, dtype=np.float64) + (speed_mps * age_s) ** 2 * np.eye(len(position_m))
+        return cls(np.array(position_m, dtype=np.float64), grown, inliers, age_s)
+
 
 class RecentPlaces:
     """The last ``size`` frames a :class:`PlaceMap` placed (their SIFT keypoints, positions and covariances),
@@ -634,9 +643,7 @@ class RecentPlaces:
         if best is None:
             return None
         _, _, position, cov, stamp = self._frames[best[0]]
-        age_s = max(stamp_ns - stamp, 0) * 1e-9
-        grown = cov + (self.speed_mps * age_s) ** 2 * np.eye(len(position))
-        return ChainMatch(position.copy(), grown, best[1], age_s)
+        return ChainMatch.grown(position, cov, stamp, stamp_ns, self.speed_mps, best[1])
 
     def reset(self) -> None:
         self._frames.clear()
@@ -750,8 +757,9 @@ class PlaceTracker:
         self.recent = RecentPlaces(places.settings, chain_frames, track_speed_mps)
         self.hypotheses = int(hypotheses)
         self._hyps: list[_Hypothesis] = []
-        self._last: tuple[np.ndarray, np.ndarray, int] | None = None  # the last place: position, covariance, stamp
+        self._last: tuple[PlaceMatch, int] | None = None  # the last place published and its stamp
         self._place_scales: deque[float] = deque(maxlen=LENS_SCALE_FRAMES)  # the last places' log-scales
+        self._lens_log_scale = 0.0
 
     def locate(self, gray_HW: np.ndarray, stamp_ns: int, prior_mean_m: np.ndarray | None = None,
                prior_cov_m2: np.ndarray | None = None) -> TrackedPlace:
@@ -767,12 +775,11 @@ class PlaceTracker:
         tracked = self._choose(px_N2, descs_N128, verified, stamp_ns, prior_mean_m, prior_cov_m2)
         if tracked.position_m is not None or self.track.speed_mps <= 0.0:
             return tracked
-        if self._last is None or stamp_ns < self._last[2]:
+        if self._last is None or stamp_ns < self._last[1]:
             self._last = None
             return tracked
-        position, cov, last_ns = self._last
-        age_s = (stamp_ns - last_ns) * 1e-9
-        held = ChainMatch(position.copy(), cov + (self.track.speed_mps * age_s) ** 2 * np.eye(len(position)), 0, age_s)
+        last, placed_ns = self._last
+        held = ChainMatch.grown(last.position_m, last.cov_m2, placed_ns, stamp_ns, self.track.speed_mps, 0)
         if (prior_cov_m2 is not None
                 and np.trace(held.cov_m2) > float(np.trace(np.asarray(prior_cov_m2, dtype=np.float64)))):
             # held so long that the other estimate is the sharper one
@@ -886,20 +893,20 @@ class PlaceTracker:
 
     def _placed(self, px_N2: np.ndarray, descs_N128: np.ndarray, place: PlaceMatch, stamp_ns: int) -> None:
         self.recent.add(px_N2, descs_N128, place.position_m, place.cov_m2, stamp_ns)
-        self._last = (np.asarray(place.position_m, dtype=np.float64).copy(),
-                      np.asarray(place.cov_m2, dtype=np.float64).copy(), int(stamp_ns))
+        self._last = (place, int(stamp_ns))
         self._place_scales.append(place.log_scale)
+        if len(self._place_scales) >= LENS_SCALE_MIN_FRAMES:
+            median = float(np.median(self._place_scales))
+            self._lens_log_scale = median if abs(median) > LENS_SCALE_DEADBAND else 0.0
 
     @property
     def lens_log_scale(self) -> float:
         """How much larger this camera sees what the map images show than they do, as a log-scale, from the
         run so far: the median :attr:`PlaceMatch.log_scale` of the last :data:`LENS_SCALE_FRAMES` places, once
         there are :data:`LENS_SCALE_MIN_FRAMES`; 0 while its magnitude is below :data:`LENS_SCALE_DEADBAND`.
-        Places are read at this scale instead of 0 (:func:`scale_aligned_position`)."""
-        if len(self._place_scales) < LENS_SCALE_MIN_FRAMES:
-            return 0.0
-        median = float(np.median(self._place_scales))
-        return median if abs(median) > LENS_SCALE_DEADBAND else 0.0
+        Places are read at this scale instead of 0 (:func:`scale_aligned_position`); updated as places are
+        published."""
+        return self._lens_log_scale
 
     def reset(self) -> None:
         """Forget the run: the track, the recent frames, the hypotheses, the held place and the lens's scale."""
@@ -908,6 +915,7 @@ class PlaceTracker:
         self._hyps = []
         self._last = None
         self._place_scales.clear()
+        self._lens_log_scale = 0.0
 
 
 #: A place's position (:func:`places_of`): the prior variance of the log-scale (in log-scale units squared)
