@@ -88,10 +88,10 @@ def _cache(bundle: Path, data: Path, split: str) -> tuple[list[dict[str, Any]], 
             for gate in GATES:
                 tops |= set(np.argsort(-np.where(d2 <= gate_d2(gate), votes, -1), kind='stable')[:10])
             query = root_sift(descs)
-            side_px = places.side_px(gray)
-            overlaps = {int(f): places.overlap(px, query, int(f), side_px) for f in tops if votes[f] > 0}
+            shape_hw = places.described_shape(gray)
+            overlaps = {int(f): places.overlap(px, query, int(f), shape_hw) for f in tops if votes[f] > 0}
             out.append({'mean': mean, 'cov': cov, 'truth': truth, 'votes': votes, 'd2': d2, 'overlaps': overlaps,
-                        'px': px, 'query': query, 'descs': descs, 'side_px': side_px})
+                        'px': px, 'query': query, 'descs': descs, 'shape_hw': shape_hw})
     finally:
         localizer.close()
     return out, places
@@ -100,7 +100,7 @@ def _cache(bundle: Path, data: Path, split: str) -> tuple[list[dict[str, Any]], 
 def _overlap(q: dict[str, Any], places: Any, frame: int) -> Any:
     """The cached :meth:`PlaceMap.overlap` of query ``q`` with ``frame``, computed on first use."""
     if frame not in q['overlaps']:
-        q['overlaps'][frame] = places.overlap(q['px'], q['query'], frame, q['side_px'])
+        q['overlaps'][frame] = places.overlap(q['px'], q['query'], frame, q['shape_hw'])
     return q['overlaps'][frame]
 
 

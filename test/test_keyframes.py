@@ -526,3 +526,118 @@ def test_places_are_read_at_the_query_scale_between_their_images(tmp_path: Path)
     assert older.sides_F is None
     same_size = {o.frame: o.log_scale for o in places.verify(view(110.0))}
     assert {o.frame: o.log_scale for o in older.verify(view(110.0))} == pytest.approx(same_size, abs=0.01)
+
+
+def _level_camera(position_m: np.ndarray, yaw_rad: float) -> np.ndarray:
+    """Rotation (3, 3) of a level camera's optical frame (x right, y down, z forward) into east/north/up at a
+    heading of ``yaw_rad`` (its forward axis counter-clockwise from east)."""
+    forward = np.array([math.cos(yaw_rad), math.sin(yaw_rad), 0.0])
+    right = np.array([math.sin(yaw_rad), -math.cos(yaw_rad), 0.0])
+    return np.stack([right, np.array([0.0, 0.0, -1.0]), forward], axis=1)
+
+
+def _street(cameras: list[tuple[tuple[float, float], float]], focal_px: float, seed: int = 0
+            ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Keypoints (pixels in a 320 x 240 image, 0.3 px of noise) and descriptors of 800 points on facades 20-40 m
+    north of the street, seen by level cameras 1.6 m up at ((east, north), heading) each: every point has its
+    own random SIFT-like descriptor (a camera sees it with +-2 of noise), so Lowe's ratio test matches it
+    exactly (the essential matrices are what is tested, not SIFT)."""
+    rng = np.random.default_rng(seed)
+    points = np.stack([rng.uniform(-40, 40, 800), rng.uniform(20, 40, 800), rng.uniform(0, 8, 800)], axis=1)
+    descriptors = rng.uniform(0, 120, (800, 128)).astype(np.float32)
+    K = np.array([[focal_px, 0, 160.0], [0, focal_px, 120.0], [0, 0, 1]])
+    out = []
+    for (east, north), yaw in cameras:
+        R = _level_camera(np.array([east, north, 1.6]), yaw)
+        X = (points - [east, north, 1.6]) @ R  # camera coordinates
+        seen = X[:, 2] > 1.0
+        px = (X[seen] @ K.T)[:, :2] / X[seen][:, 2:3]
+        inside = (px[:, 0] >= 0) & (px[:, 0] < 320) & (px[:, 1] >= 0) & (px[:, 1] < 240)
+        px = px[inside] + rng.normal(0, 0.3, (int(inside.sum()), 2))
+        descs = np.clip(descriptors[seen][inside] + rng.uniform(-2, 2, (int(inside.sum()), 128)), 0, None)
+        out.append((px.astype(np.float32), descs.astype(np.float32)))
+    return out
+
+
+def test_map_images_are_oriented_from_their_positions_and_rays_place_a_query_beside_them(tmp_path: Path) -> None:
+    """Nine level cameras 1.5 m apart along a street (headings 82-98 deg, a 65 deg field of view: focal length
+    0.785 x the 320 px side), facades to the north. From their keypoints and positions alone the map finds the
+    focal length (within one step of its search grid, 1.2^(1/4) = 4.7 %) and every heading within the
+    agreement tolerance (ORIENT_AGREE_DEG: a heading is the mean of neighbours' estimates that agree that well;
+    sideways baselines of 1.5 m at 20-40 m give a few degrees per pair). A query 6 m off the street, where no map
+    image stands, verifies several map images; each sees its camera at the true bearing (within that tolerance
+    plus 3 deg), and the place moves from the images' scale-aligned position toward where the rays cross, as far
+    as the prior weight lets it (against the rays' weakest direction from the true bearings, Cauchy-weighted)."""
+    from vizloc_plugins.gps_regressor_contract import GPSKeyframes
+    from vizloc_plugins.keyframes import (ORIENT_AGREE_DEG, RAY_PRIOR_WEIGHT, RAY_SCALE_M, Overlap, PlaceMap,
+                                          orient_images, places_of,
+                                          ray_refined_position, scale_aligned_position, write_place_map)
+
+    focal_side = 0.5 / math.tan(math.radians(65.0) / 2.0)
+    yaws = np.radians([90.0 + 8.0 * (-1) ** i for i in range(9)])
+    positions = np.array([[-6.0 + 1.5 * i, 0.0] for i in range(9)])
+    cameras = [(tuple(p), y) for p, y in zip(positions, yaws)]
+    query_at, query_yaw = np.array([1.0, 6.0]), math.radians(95.0)
+    *mapped, query = _street(cameras + [(tuple(query_at), query_yaw)], focal_side * 320)
+
+    found = orient_images([px for px, _ in mapped], [d for _, d in mapped], positions, np.tile([160.0, 120.0], (9, 1)),
+                          np.full(9, 320.0))
+    assert abs(math.log(found.focal_side / focal_side)) < math.log(1.2) / 4
+    assert np.all(np.isfinite(found.yaws_F))
+    heading_errors = np.degrees(np.angle(np.exp(1j * (found.yaws_F - yaws))))
+    np.testing.assert_allclose(heading_errors, 0.0, atol=ORIENT_AGREE_DEG)
+
+    write_place_map([f'img{i}' for i in range(9)], [px for px, _ in mapped], [d for _, d in mapped], positions,
+                    np.full(9, 320), np.tile([160.0, 120.0], (9, 1)), tmp_path)
+    places = PlaceMap(tmp_path / KEYFRAMES_NPZ, tmp_path / KEYFRAMES_INDEX, GPSKeyframes(covariance_scale=1.0))
+    assert places.oriented and places.focal_side == pytest.approx(found.focal_side)
+    verified = places.verify_features(*query, (240, 320))
+    assert len(verified) >= 4
+    for o in verified:
+        truth = query_at - positions[o.frame]
+        error = np.angle(np.exp(1j * (o.bearing_rad - math.atan2(truth[1], truth[0]))))
+        assert abs(math.degrees(error)) < ORIENT_AGREE_DEG + 3.0
+    members = tuple(verified)
+    base = scale_aligned_position(members, places.positions_FD)
+    refined = ray_refined_position(base, members, places.positions_FD)
+    weights = np.array([o.inliers for o in members], float) / sum(o.inliers for o in members)
+    normals = np.array([(-math.sin(a), math.cos(a)) for a in
+                        (math.atan2(*(query_at - positions[o.frame])[::-1]) for o in members)])
+    weakest = float(np.linalg.eigvalsh((normals * weights[:, None]).T @ normals)[0])
+    # the prior's pull: its weight against the rays' weakest direction, each ray down-weighted by the Cauchy
+    # weight at the distance d the refined position keeps from the crossing (a fixed point, from above), plus
+    # the rays' own scatter (3 deg at ~8 m: 0.4 m)
+    d = far = float(np.linalg.norm(base - query_at))
+    for _ in range(50):
+        d = RAY_PRIOR_WEIGHT / (RAY_PRIOR_WEIGHT + weakest / (1.0 + (d / RAY_SCALE_M) ** 2)) * far + 0.4
+    assert np.linalg.norm(refined - query_at) <= d
+    assert np.linalg.norm(refined - query_at) < np.linalg.norm(base - query_at) - 1.0
+    # places_of refines every place so
+    best = max(places_of(verified, places.positions_FD, places.settings), key=lambda p: p.inliers_sum)
+    assert np.linalg.norm(best.position_m - query_at) < np.linalg.norm(base - query_at) - 1.0
+    # one ray, or none (a map without headings, a plain (frame, inliers) pair): the position is not moved
+    lone = (members[0], Overlap(members[1].frame, members[1].inliers, members[1].log_scale))
+    np.testing.assert_array_equal(ray_refined_position(base, lone, places.positions_FD), base)
+    # a wrong ray among them (a heading 40 deg off) moves the place by less than a metre
+    wrong = members + (Overlap(members[0].frame, members[0].inliers, 0.0, members[0].bearing_rad + 0.7),)
+    assert np.linalg.norm(ray_refined_position(base, wrong, places.positions_FD) - refined) < 1.0
+    # an altitude is kept
+    with3 = np.c_[places.positions_FD, np.full(9, 300.0)]
+    np.testing.assert_allclose(ray_refined_position(np.r_[base, 301.0], members, with3), np.r_[refined, 301.0])
+
+
+def test_ray_refined_position_is_where_the_rays_cross_pulled_toward_the_prior() -> None:
+    """Hand-checked: two rays of equal inliers, east from (0, 0) and north from (5, -5), cross at (5, 0). From
+    there the position does not move; from (5, 2) only its north moves (the east ray's normal), to the
+    fixed point of 0.25 (y - 2) + 0.5 y r(y) = 0 with the Cauchy weight r(y) = 1 / (1 + (y / 3)^2)."""
+    from vizloc_plugins.keyframes import RAY_PRIOR_WEIGHT, RAY_SCALE_M, Overlap, ray_refined_position
+
+    positions = np.array([[0.0, 0.0], [5.0, -5.0]])
+    members = (Overlap(0, 30, 0.0, 0.0), Overlap(1, 30, 0.0, math.pi / 2))
+    np.testing.assert_allclose(ray_refined_position(np.array([5.0, 0.0]), members, positions), [5.0, 0.0], atol=1e-12)
+    moved = ray_refined_position(np.array([5.0, 2.0]), members, positions)
+    assert moved[0] == pytest.approx(5.0, abs=1e-12)
+    y = moved[1]
+    residual = RAY_PRIOR_WEIGHT * (y - 2.0) + 0.5 * y / (1.0 + (y / RAY_SCALE_M) ** 2)
+    assert abs(residual) < 1e-3  # converged within the reweighting rounds
+    assert 0.0 < y < 2.0 * RAY_PRIOR_WEIGHT / (RAY_PRIOR_WEIGHT + 0.5) + 0.1

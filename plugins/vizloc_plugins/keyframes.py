@@ -3,7 +3,9 @@
 :class:`KeyframeMap` (scene_coordinates bundles) keeps every keypoint's 3D scene point and answers a
 6-DoF pose; :class:`PlaceMap` (gps_regressor bundles, whose images have only positions) keeps every
 frame's position and answers a position: the positions of the training images that the query verifiably
-overlaps, read at the scale at which the query sees their matches (:func:`scale_aligned_position`). Both
+overlaps, read at the scale at which the query sees their matches (:func:`scale_aligned_position`) and, where
+the map found the images' headings (:func:`orient_images`), moved toward where the directions in which they
+see the query's camera cross (:func:`ray_refined_position`). Both
 share the keyframe vote and the ratio test (``_FrameIndex``).
 
 Keyframe map of a scene-coordinate bundle: the mapping frames' SIFT keypoints with their 3D scene points.
@@ -30,7 +32,8 @@ Files in the bundle (``metadata.keyframes``, :class:`vizloc_plugins.scene_coordi
 ``IVF{nlist},SQ8direct``; row i of the index is point i). A place map has the same two files with
 ``pixels_N2`` (the keypoints in their image), ``positions_FD`` (each frame's position in the bundle's
 scene frame, metres) and ``sides_F`` (each image's longer side in pixels, as described; since 2026-12-05)
-instead of the points (:func:`build_place_map`). Torch-free.
+instead of the points, and, since a later change that day, ``centres_F2`` (each image's centre), ``yaws_F``
+(headings, nan where unknown) and ``focal_side`` (:func:`build_place_map`). Torch-free.
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ import logging
 import math
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
@@ -50,7 +54,9 @@ from .gps_regressor_contract import GPSKeyframes
 from .scene_coordinates_contract import SceneKeyframes
 
 __all__ = ['KEYFRAMES_NPZ', 'KEYFRAMES_INDEX', 'FLAT_MAX_POINTS', 'ChainMatch', 'KeyframeError', 'KeyframeMatch', 'KeyframeMap',
-           'HYPOTHESIS_BIRTH', 'HYPOTHESIS_MERGE_M', 'HYPOTHESIS_MISS', 'Overlap', 'Place', 'PlaceMatch', 'PlaceMap', 'PlaceTracker', 'RecentPlaces', 'TrackedPlace', 'TRACK_GATE', 'Track', 'build_keyframe_map', 'choose_place', 'gate_d2', 'places_of', 'scale_aligned_position', 'build_place_map', 'lift_pixels', 'limit_size', 'log_scale', 'ratio_test', 'root_sift',
+           'HYPOTHESIS_BIRTH', 'HYPOTHESIS_MERGE_M', 'HYPOTHESIS_MISS', 'Overlap', 'Place', 'PlaceMatch', 'PlaceMap', 'PlaceTracker', 'RecentPlaces', 'TrackedPlace', 'TRACK_GATE', 'Track', 'build_keyframe_map', 'choose_place', 'gate_d2', 'places_of', 'scale_aligned_position', 'build_place_map', 'write_place_map', 'lift_pixels', 'limit_size', 'limited_shape', 'log_scale', 'ratio_test', 'root_sift',
+           'MapOrientation', 'agreeing_angle', 'bearing_in_camera', 'camera_directions', 'orient_images',
+           'ray_refined_position', 'RAY_PRIOR_WEIGHT', 'RAY_SCALE_M',
            'SCALE_RIDGE', 'SCALE_SHIFT_MAX_M', 'sift_detector', 'sift_features', 'verify_two_view']
 
 logger = logging.getLogger(__name__)
@@ -144,6 +150,189 @@ def log_scale(query_px_N2: np.ndarray, ref_px_N2: np.ndarray, min_distance_px: f
     if int(apart.sum()) < 3:
         return 0.0
     return float(np.median(np.log(d_query[apart] / d_ref[apart])))
+
+
+#: A ray (:func:`bearing_in_camera`) needs this much of its direction horizontal.
+RAY_MIN_HORIZONTAL = 0.3
+
+
+def camera_directions(px_a_N2: np.ndarray, px_b_N2: np.ndarray, centre_a_px: np.ndarray, centre_b_px: np.ndarray,
+                      focal_a_px: float, focal_b_px: float, threshold_px: float = 1.0
+                      ) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """Where two cameras stood, seen from each other: the unit direction of b's centre in a's optical frame (x
+    right, y down, z forward), of a's centre in b's, and the inliers, from matched pixels (a's pixel i <-> b's
+    pixel i), each camera's principal point (``centre_*_px``) and focal length in pixels: OpenCV's five-point
+    essential matrix with RANSAC (``threshold_px`` in a's pixels) and its decomposition (the solution with the
+    points in front of both). None for fewer than 8 matches or no essential matrix."""
+    if len(px_a_N2) < 8:
+        return None
+    a = (np.asarray(px_a_N2, dtype=np.float64) - centre_a_px) / focal_a_px
+    b = (np.asarray(px_b_N2, dtype=np.float64) - centre_b_px) / focal_b_px
+    try:
+        E, mask = cv2.findEssentialMat(a, b, np.eye(3), cv2.RANSAC, 0.999, threshold_px / focal_a_px)
+        if E is None or E.shape != (3, 3):
+            return None
+        inliers, R, t, _ = cv2.recoverPose(E, a, b, np.eye(3), mask=mask)
+    except cv2.error as exc:  # degenerate matches (all on a line, repeated points)
+        logger.debug('essential matrix failed: %s', exc)
+        return None
+    t = t.reshape(3) / max(float(np.linalg.norm(t)), 1e-12)  # x_b = R x_a + t: a's centre is at t in b
+    return -R.T @ t, t, int(inliers)
+
+
+def bearing_in_camera(direction_3: np.ndarray) -> float | None:
+    """The horizontal angle (radians, positive to the camera's left) of a direction in a level camera's optical
+    frame, atan2(-x, z); None when the direction is within :data:`RAY_MIN_HORIZONTAL` of vertical. A camera of
+    yaw psi (its forward axis's angle from the map's x axis, counter-clockwise seen from above) sees at this
+    angle what lies at the map bearing psi + it."""
+    if math.hypot(direction_3[0], direction_3[2]) < RAY_MIN_HORIZONTAL:
+        return None
+    return math.atan2(-float(direction_3[0]), float(direction_3[2]))
+
+
+def agreeing_angle(angles: Sequence[float], weights: Sequence[float],
+                   tolerance_rad: float) -> tuple[float, float, int]:
+    """The weighted circular mean of the largest (by weight) group of ``angles`` within ``tolerance_rad`` of one
+    of them, that group's share of the weight (0-1) and its size; (nan, 0, 0) without angles."""
+    if len(angles) == 0:
+        return math.nan, 0.0, 0
+    a, w = np.asarray(angles, dtype=np.float64), np.asarray(weights, dtype=np.float64)
+    agree = np.cos(a[:, None] - a[None]) >= math.cos(tolerance_rad)
+    best = int(np.argmax(agree @ w))
+    keep = agree[best]
+    return float(np.angle(np.sum(w[keep] * np.exp(1j * a[keep])))), float(w[keep].sum() / w.sum()), int(keep.sum())
+
+
+#: Map images each map image is related to for its heading (:func:`orient_images`): its nearest ones at
+#: :data:`ORIENT_BASELINE_M` (a baseline long enough to show parallax, short enough to overlap).
+ORIENT_NEIGHBOURS = 4
+ORIENT_BASELINE_M = (1.0, 15.0)
+#: Essential-matrix inliers a pair of map images needs to give a direction.
+ORIENT_MIN_INLIERS = 15
+#: Headings from an image's neighbours that agree within this are one estimate; two must agree.
+ORIENT_AGREE_DEG = 10.0
+#: Map images whose pairs choose the focal length (a fixed sample), and the hypotheses: horizontal fields of
+#: view across the longer side from :data:`FOCAL_HFOV_DEG` [0] to [1], in steps of :data:`FOCAL_COARSE_STEP` x the
+#: focal length, then four times finer within half a coarse step of the best.
+FOCAL_CALIBRATION_IMAGES = 100
+FOCAL_HFOV_DEG = (30.0, 120.0)
+FOCAL_COARSE_STEP = 1.2
+#: Threads the pairs of :func:`orient_images` run on.
+ORIENT_THREADS = 2
+
+
+@dataclass(frozen=True)
+class MapOrientation:
+    """The map images' headings (:func:`orient_images`): ``yaws_F`` (radians, counter-clockwise from the map's x
+    axis; nan where unknown) and the focal length they were found with, as a fraction of the longer image side
+    (``focal_side``; nan: none found), with the share of neighbour headings that agreed at it
+    (``agreement``)."""
+
+    yaws_F: np.ndarray
+    focal_side: float
+    agreement: float
+
+    @property
+    def hfov_deg(self) -> float:
+        """The horizontal field of view across the longer side that ``focal_side`` means."""
+        return math.degrees(2.0 * math.atan(0.5 / self.focal_side)) if self.focal_side > 0 else math.nan
+
+
+def orient_images(pixels: Sequence[np.ndarray], descs: Sequence[np.ndarray], positions_FD: np.ndarray,
+                  centres_F2: np.ndarray, sides_F: np.ndarray, *, ratio: float = 0.8) -> MapOrientation:
+    """Every map image's heading, from the images themselves and their positions alone (a GPS dataset has no
+    orientations or intrinsics). Each image is matched (Lowe's ``ratio`` on RootSIFT) with its
+    :data:`ORIENT_NEIGHBOURS` nearest images at :data:`ORIENT_BASELINE_M`; each pair's essential matrix gives the
+    direction to the other camera in its own frame (:func:`camera_directions`), and the known map bearing between
+    the two positions turns that into a heading. An image's heading is the :func:`agreeing_angle` of its pairs'
+    (at least two within :data:`ORIENT_AGREE_DEG`). The focal length, shared by all images (one camera, as a
+    fraction of the longer side), is the one at which the pairs of :data:`FOCAL_CALIBRATION_IMAGES` images agree
+    most: a wrong focal length bends every direction, and one image's neighbours then disagree. Positions are
+    east/north (the first two coordinates). Images with fewer than two agreeing neighbours get nan."""
+    started = time.perf_counter()
+    n = len(pixels)
+    yaws = np.full(n, math.nan)
+    en = np.asarray(positions_FD, dtype=np.float64)[:, :2]
+    roots = [root_sift(d) if len(d) else d for d in descs]
+    lo, hi = ORIENT_BASELINE_M
+
+    def neighbours(i: int) -> list[int]:
+        d = np.linalg.norm(en - en[i], axis=1)
+        return [int(j) for j in np.argsort(d, kind='stable') if lo <= d[j] <= hi][:ORIENT_NEIGHBOURS]
+
+    matched: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}  # the focal sample's matches, kept
+
+    def matches(i: int, j: int, keep: bool) -> tuple[np.ndarray, np.ndarray]:
+        if (i, j) in matched:
+            return matched[i, j]
+        found = (ratio_test(cv2.BFMatcher(cv2.NORM_L2), roots[i], roots[j], ratio)
+                 if min(len(roots[i]), len(roots[j])) >= 2 else (np.zeros(0, np.int64), np.zeros(0, np.int64)))
+        if keep:
+            matched[i, j] = found
+        return found
+
+    def pair_directions(pair: tuple[int, int], focal_side: float, keep: bool
+                        ) -> tuple[int, int, tuple[np.ndarray, np.ndarray, int] | None]:
+        i, j = pair
+        qi, rj = matches(i, j, keep)
+        if len(qi) < ORIENT_MIN_INLIERS:
+            return i, j, None
+        seen = camera_directions(np.asarray(pixels[i], np.float64)[qi], np.asarray(pixels[j], np.float64)[rj],
+                                 centres_F2[i], centres_F2[j], focal_side * sides_F[i], focal_side * sides_F[j])
+        return i, j, (None if seen is None or seen[2] < ORIENT_MIN_INLIERS else seen)
+
+    def pair_headings(pairs: Sequence[tuple[int, int]], focal_side: float,
+                      keep: bool = False) -> dict[int, tuple[list, list]]:
+        """Each image's headings (and their inliers as weights) from the given pairs, one essential matrix each
+        (OpenCV releases the GIL: the pairs run on :data:`ORIENT_THREADS` threads)."""
+        found: dict[int, tuple[list, list]] = {}
+        with ThreadPoolExecutor(ORIENT_THREADS) as pool:
+            for i, j, seen in pool.map(lambda pair: pair_directions(pair, focal_side, keep), pairs):
+                if seen is None:
+                    continue
+                for a, b, direction in ((i, j, seen[0]), (j, i, seen[1])):
+                    angle = bearing_in_camera(direction)
+                    if angle is not None:
+                        g = en[b] - en[a]
+                        angles, weights = found.setdefault(a, ([], []))
+                        angles.append(math.atan2(g[1], g[0]) - angle)
+                        weights.append(float(seen[2]))
+        return found
+
+    def pairs_of(images: Iterable[int]) -> list[tuple[int, int]]:
+        return sorted({(min(i, j), max(i, j)) for i in images for j in neighbours(int(i))})
+
+    tolerance = math.radians(ORIENT_AGREE_DEG)
+    sample = set(int(i) for i in np.random.default_rng(0).permutation(n)[:FOCAL_CALIBRATION_IMAGES])
+    sample_pairs = pairs_of(sample)
+
+    def agreement(focal_side: float) -> float:
+        found = pair_headings(sample_pairs, focal_side, keep=True)
+        shares = [agreeing_angle(*found[i], tolerance)[1] for i in sample if i in found and len(found[i][0]) >= 3]
+        return float(np.mean(shares)) if shares else 0.0
+
+    f_lo, f_hi = (0.5 / math.tan(math.radians(h) / 2.0) for h in (FOCAL_HFOV_DEG[1], FOCAL_HFOV_DEG[0]))
+    coarse = np.exp(np.arange(math.log(f_lo), math.log(f_hi) + 1e-9, math.log(FOCAL_COARSE_STEP)))
+    scores = {float(f): agreement(float(f)) for f in coarse}
+    best = max(scores, key=scores.get)
+    fine = math.log(FOCAL_COARSE_STEP) / 4.0
+    for f in best * np.exp(np.arange(-2, 3) * fine):
+        scores.setdefault(float(f), agreement(float(f)))
+    best = max(scores, key=scores.get)
+    if scores[best] <= 0.0:
+        logger.info('place map: no headings (no image has 3 neighbours to agree; %d images)', n)
+        return MapOrientation(yaws, math.nan, 0.0)
+    logger.info('place map: focal length %.3f x side chosen in %.1f s; headings of %d images', best,
+                time.perf_counter() - started, n)
+    for i, (angles, weights) in pair_headings(pairs_of(range(n)), best).items():
+        yaw, _, agreeing = agreeing_angle(angles, weights, tolerance)
+        if agreeing >= 2:
+            yaws[i] = yaw
+    out = MapOrientation(yaws, best, scores[best])
+    logger.info('place map: headings of %d of %d images, focal length %.3f x side (%.1f deg across it, agreement '
+                '%.2f) in %.1f s', int(np.isfinite(yaws).sum()), n, best, out.hfov_deg, scores[best],
+                time.perf_counter() - started)
+    return out
 
 
 def lift_pixels(px_N2: np.ndarray, K_3x3: np.ndarray, T_map_camera: np.ndarray, *, depth_HW: np.ndarray | None = None,
@@ -273,47 +462,87 @@ def build_keyframe_map(frames: Iterable[Any], out_dir: str | Path, *, n_features
             'index': 'flat' if len(points_N3) <= FLAT_MAX_POINTS else 'ivf', 'build_s': round(seconds, 1)}
 
 
-def limit_size(gray_HW: np.ndarray, max_side_px: int) -> np.ndarray:
-    """``gray_HW`` reduced (area interpolation) so that its longer side is at most ``max_side_px``; smaller
-    images unchanged. Pixel coordinates then live in the reduced image, which two-view verification
-    (fundamental matrix, homography) does not mind."""
-    h, w = gray_HW.shape[:2]
+def limited_shape(shape_hw: tuple[int, ...], max_side_px: int) -> tuple[int, int]:
+    """(height, width) of an image of ``shape_hw`` reduced so that its longer side is at most ``max_side_px``
+    (:func:`limit_size`); smaller images keep theirs."""
+    h, w = shape_hw[:2]
     scale = max_side_px / max(h, w)
     if scale >= 1.0:
+        return h, w
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def limit_size(gray_HW: np.ndarray, max_side_px: int) -> np.ndarray:
+    """``gray_HW`` reduced (area interpolation) to :func:`limited_shape`; smaller images unchanged. Pixel
+    coordinates then live in the reduced image, which two-view verification (fundamental matrix, homography)
+    does not mind."""
+    h, w = limited_shape(gray_HW.shape, max_side_px)
+    if (h, w) == gray_HW.shape[:2]:
         return gray_HW
-    return cv2.resize(gray_HW, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    return cv2.resize(gray_HW, (w, h), interpolation=cv2.INTER_AREA)
 
 
 def build_place_map(images: Iterable[tuple[str, np.ndarray, np.ndarray]], out_dir: str | Path, *,
-                    n_features: int = 500, max_side_px: int = 640) -> dict[str, Any]:
-    """Write a place map (``keyframes.npz`` with ``pixels_N2``, ``positions_FD`` and ``sides_F``, each image's
-    longer side in pixels as described; ``keyframes.faiss``) into ``out_dir`` from ``(name, grayscale image,
-    position (D,) in metres)`` triples (images reduced to ``max_side_px``, :func:`limit_size`); returns the
-    description stored in the bundle metadata (frames, points). Images without keypoints are kept (they cannot
-    be matched); none with keypoints raises :class:`KeyframeError`."""
+                    n_features: int = 500, max_side_px: int = 640, orient: bool = True,
+                    ratio: float = 0.8) -> dict[str, Any]:
+    """Write a place map (``keyframes.npz`` with ``pixels_N2``, ``positions_FD``, ``sides_F``, each image's
+    longer side in pixels as described, and ``centres_F2``, its centre (x, y); ``keyframes.faiss``) into
+    ``out_dir`` from ``(name, grayscale image, position (D,) in metres, east and north first)`` triples (images
+    reduced to ``max_side_px``, :func:`limit_size`). With ``orient``, also the images' headings ``yaws_F`` and
+    the focal length ``focal_side`` they were found with (:func:`orient_images`, Lowe's ``ratio``), which let a
+    query's place be refined by the directions in which its verified images see it
+    (:func:`ray_refined_position`). Returns the description stored in the bundle metadata (frames, points,
+    seconds, and with ``orient`` the field of view found and how many images have a heading). Images without
+    keypoints are kept (they cannot be matched); none with keypoints raises :class:`KeyframeError`."""
     started = time.perf_counter()
     detector = sift_detector(n_features)
-    pixels, descs, frame_ids, names, positions, sides = [], [], [], [], [], []
+    pixels, descs, names, positions, sides, centres = [], [], [], [], [], []
     for name, gray, position in images:
         reduced = limit_size(gray, max_side_px)
         px, d = sift_features(reduced, detector)
         sides.append(max(reduced.shape[:2]))
+        centres.append((reduced.shape[1] / 2.0, reduced.shape[0] / 2.0))
         pixels.append(px.astype(np.float32))
         descs.append(d)
-        frame_ids.append(np.full(len(px), len(names), np.int32))
         names.append(str(name))
         positions.append(np.asarray(position, dtype=np.float64).reshape(-1))
+    if not names:
+        raise KeyframeError('no images to build a place map from')
+    described = write_place_map(names, pixels, descs, np.stack(positions), np.array(sides, np.int32),
+                                np.array(centres, np.float64), out_dir, orient=orient, ratio=ratio)
+    seconds = time.perf_counter() - started
+    logger.info('place map: %d keypoints of %d images in %.1f s', described['points'], len(names), seconds)
+    return {**described, 'build_s': round(seconds, 1)}
+
+
+def write_place_map(names: Sequence[str], pixels: Sequence[np.ndarray], descs: Sequence[np.ndarray],
+                    positions_FD: np.ndarray, sides_F: np.ndarray, centres_F2: np.ndarray, out_dir: str | Path, *,
+                    orient: bool = True, ratio: float = 0.8) -> dict[str, Any]:
+    """Write the place map of described images (:func:`build_place_map`'s second half: each image's SIFT
+    keypoints in pixels and descriptors, position, longer side and centre; with ``orient`` its heading,
+    :func:`orient_images`); returns the description (frames, points, and with ``orient`` the headings found
+    and the field of view)."""
     n_points = sum(len(p) for p in pixels)
     if n_points == 0:
         raise KeyframeError(f'no SIFT keypoints in {len(names)} images to build a place map from')
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out / KEYFRAMES_NPZ, pixels_N2=np.concatenate(pixels), frame_N=np.concatenate(frame_ids),
-                        names=np.array(names), positions_FD=np.stack(positions), sides_F=np.array(sides, np.int32))
-    _faiss().write_index(_vote_index(np.concatenate(descs)), str(out / KEYFRAMES_INDEX))
-    seconds = time.perf_counter() - started
-    logger.info('place map: %d keypoints of %d images in %.1f s', n_points, len(names), seconds)
-    return {'frames': len(names), 'points': int(n_points), 'build_s': round(seconds, 1)}
+    frame_ids = [np.full(len(px), i, np.int32) for i, px in enumerate(pixels)]
+    arrays = {'pixels_N2': np.concatenate([np.asarray(p, np.float32).reshape(-1, 2) for p in pixels]),
+              'frame_N': np.concatenate(frame_ids), 'names': np.array([str(n) for n in names]),
+              'positions_FD': np.asarray(positions_FD, np.float64), 'sides_F': np.asarray(sides_F, np.int32),
+              'centres_F2': np.asarray(centres_F2, np.float64)}
+    described: dict[str, Any] = {'frames': len(names), 'points': int(n_points)}
+    if orient and arrays['positions_FD'].shape[1] >= 2:
+        orientation = orient_images(pixels, descs, arrays['positions_FD'], arrays['centres_F2'],
+                                    arrays['sides_F'].astype(np.float64), ratio=ratio)
+        arrays.update(yaws_F=orientation.yaws_F, focal_side=np.float64(orientation.focal_side))
+        described.update(headings=int(np.isfinite(orientation.yaws_F).sum()),
+                         hfov_deg=round(orientation.hfov_deg, 2) if math.isfinite(orientation.hfov_deg) else None)
+    np.savez_compressed(out / KEYFRAMES_NPZ, **arrays)
+    _faiss().write_index(_vote_index(np.concatenate([np.asarray(d).reshape(-1, 128) for d in descs])),
+                         str(out / KEYFRAMES_INDEX))
+    return described
 
 
 @dataclass(frozen=True)
@@ -459,13 +688,16 @@ class KeyframeMap:
 
 
 class Overlap(NamedTuple):
-    """A map image a query verifiably overlaps: its ``frame``, the two-view ``inliers``, and ``log_scale``, how
+    """A map image a query verifiably overlaps: its ``frame``, the two-view ``inliers``, ``log_scale``, how
     much larger the query sees what they share (:func:`log_scale` over the inliers; > 0: the query was nearer
-    the scene). A plain ``(frame, inliers)`` pair has ``log_scale`` 0."""
+    the scene), and ``bearing_rad``, the map bearing (radians, counter-clockwise from the map's x axis) at which
+    the map image sees the query's camera (:meth:`PlaceMap.overlap`; nan when the map image has no heading or
+    the direction is too steep). A plain ``(frame, inliers)`` pair has ``log_scale`` 0 and no bearing."""
 
     frame: int
     inliers: int
     log_scale: float = 0.0
+    bearing_rad: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -497,7 +729,8 @@ class PlaceMap:
 
     def __init__(self, npz_path: str | Path, index_path: str | Path, settings: GPSKeyframes) -> None:
         folder = Path(npz_path).parent
-        arrays, index = _read_map(npz_path, index_path, ('pixels_N2', 'positions_FD'), optional=('sides_F',))
+        arrays, index = _read_map(npz_path, index_path, ('pixels_N2', 'positions_FD'),
+                                  optional=('sides_F', 'centres_F2', 'yaws_F', 'focal_side'))
         self.pixels_N2 = np.asarray(arrays['pixels_N2'], dtype=np.float64)
         self.positions_FD = np.asarray(arrays['positions_FD'], dtype=np.float64)
         # each image's longer side as described (maps built before 2026-12-05 lack it: scales then in pixels)
@@ -511,16 +744,36 @@ class PlaceMap:
             raise KeyframeError(f'{folder}: {self.positions_FD.shape} positions for {len(self.frames.names)} images')
         if self.sides_F is not None and (self.sides_F.shape != (len(self.frames.names),) or np.any(self.sides_F <= 0)):
             raise KeyframeError(f'{folder}: {self.sides_F.shape} image sides for {len(self.frames.names)} images')
+        # the images' headings and the focal length they were found with (maps since 2026-12-05, when the
+        # training images could be oriented: orient_images); without them places are not refined by rays
+        self.yaws_F: np.ndarray | None = None
+        self.focal_side = math.nan
+        if all(k in arrays for k in ('centres_F2', 'yaws_F', 'focal_side')) and self.sides_F is not None:
+            self.centres_F2 = np.asarray(arrays['centres_F2'], dtype=np.float64)
+            self.yaws_F = np.asarray(arrays['yaws_F'], dtype=np.float64)
+            self.focal_side = float(arrays['focal_side'])
+            n = len(self.frames.names)
+            if self.centres_F2.shape != (n, 2) or self.yaws_F.shape != (n,):
+                raise KeyframeError(f'{folder}: {self.centres_F2.shape} image centres and {self.yaws_F.shape} '
+                                    f'headings for {n} images')
         self.settings = settings
+
+    @property
+    def oriented(self) -> bool:
+        """Whether the map images have headings (:func:`orient_images`), so that verified images give rays."""
+        return self.yaws_F is not None and math.isfinite(self.focal_side) and self.focal_side > 0
 
     def __len__(self) -> int:
         return len(self.pixels_N2)
 
-    def overlap(self, px_N2: np.ndarray, query_root_N128: np.ndarray, frame: int, side_px: float) -> Overlap:
-        """How a query (keypoints ``px_N2`` in the image of longer side ``side_px`` that :meth:`describe`
-        described, RootSIFT descriptors) overlaps the map image ``frame``: Lowe's ratio test, then
-        :func:`verify_two_view`'s inliers and their :func:`log_scale`, in units of each image's side (the same
-        camera at another resolution sees the scene at the same scale)."""
+    def overlap(self, px_N2: np.ndarray, query_root_N128: np.ndarray, frame: int, shape_hw: tuple[int, int],
+                log_focal: float = 0.0) -> Overlap:
+        """How a query (keypoints ``px_N2`` in the image of ``shape_hw`` that :meth:`describe` described, RootSIFT
+        descriptors) overlaps the map image ``frame``: Lowe's ratio test, then :func:`verify_two_view`'s inliers
+        and their :func:`log_scale`, in units of each image's side (the same camera at another resolution sees
+        the scene at the same scale), and, on an :attr:`oriented` map, the bearing of the query's camera from the
+        map image: the essential matrix of the inliers (:func:`camera_directions`), the query's focal length
+        the map's times e^``log_focal`` (another lens: :attr:`PlaceTracker.lens_log_scale`)."""
         opt = self.settings
         qi, ri = self.frames.ratio_matches(query_root_N128, frame, opt.ratio)
         query_px, map_px = np.asarray(px_N2, dtype=np.float64)[qi], self.pixels_N2[ri]
@@ -528,12 +781,23 @@ class PlaceMap:
         n = int(inlier.sum())
         if n < opt.min_inliers:
             return Overlap(frame, n)
+        side_px = max(shape_hw)
         sides = 0.0 if self.sides_F is None else math.log(self.sides_F[frame] / side_px)
-        return Overlap(frame, n, log_scale(query_px[inlier], map_px[inlier]) + sides)
+        scale = log_scale(query_px[inlier], map_px[inlier]) + sides
+        bearing = math.nan
+        if self.oriented and math.isfinite(self.yaws_F[frame]):
+            seen = camera_directions(map_px[inlier], query_px[inlier], self.centres_F2[frame],
+                                     np.array([shape_hw[1] / 2.0, shape_hw[0] / 2.0]),
+                                     self.focal_side * self.sides_F[frame],
+                                     self.focal_side * side_px * math.exp(log_focal))
+            angle = None if seen is None else bearing_in_camera(seen[0])
+            if angle is not None:
+                bearing = float(np.angle(np.exp(1j * (self.yaws_F[frame] + angle))))
+        return Overlap(frame, n, scale, bearing)
 
-    def side_px(self, gray_HW: np.ndarray) -> int:
-        """The longer side of ``gray_HW`` as :meth:`describe` describes it (reduced to ``max_side_px``)."""
-        return min(max(gray_HW.shape[:2]), self.settings.max_side_px)
+    def described_shape(self, gray_HW: np.ndarray) -> tuple[int, int]:
+        """(height, width) of ``gray_HW`` as :meth:`describe` describes it (reduced to ``max_side_px``)."""
+        return limited_shape(gray_HW.shape, self.settings.max_side_px)
 
     def describe(self, gray_HW: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """SIFT keypoints (pixels of the image reduced to ``max_side_px``) and descriptors of a grayscale image
@@ -544,15 +808,17 @@ class PlaceMap:
         """The map images a grayscale image (any size; reduced to ``max_side_px``) verifiably overlaps with at
         least ``min_inliers`` two-view inliers, in vote order: the ``candidates`` most voted images, each
         ratio-tested and verified (:meth:`overlap`)."""
-        return self.verify_features(*self.describe(gray_HW), self.side_px(gray_HW))
+        return self.verify_features(*self.describe(gray_HW), self.described_shape(gray_HW))
 
-    def verify_features(self, px_N2: np.ndarray, descs_N128: np.ndarray, side_px: float) -> list[Overlap]:
-        """:meth:`verify` of an image already described (:meth:`describe`; ``side_px``: :meth:`side_px`)."""
+    def verify_features(self, px_N2: np.ndarray, descs_N128: np.ndarray, shape_hw: tuple[int, int],
+                        log_focal: float = 0.0) -> list[Overlap]:
+        """:meth:`verify` of an image already described (:meth:`describe`; ``shape_hw``: :meth:`described_shape`),
+        seen through a lens e^``log_focal`` times longer than the map images' (:meth:`overlap`)."""
         opt = self.settings
         if len(px_N2) < 8:
             return []
         query = root_sift(descs_N128)
-        overlaps = (self.overlap(px_N2, query, f, side_px)
+        overlaps = (self.overlap(px_N2, query, f, shape_hw, log_focal)
                     for f in self.frames.vote(descs_N128, opt.neighbours, opt.candidates))
         return [o for o in overlaps if o.inliers >= opt.min_inliers]
 
@@ -765,7 +1031,7 @@ class PlaceTracker:
                prior_cov_m2: np.ndarray | None = None) -> TrackedPlace:
         """Where a grayscale frame (any size) stamped ``stamp_ns`` was taken, given another estimate's prior."""
         px, descs = self.places.describe(gray_HW)
-        verified = self.places.verify_features(px, descs, self.places.side_px(gray_HW))
+        verified = self.places.verify_features(px, descs, self.places.described_shape(gray_HW), self.lens_log_scale)
         return self.choose(px, descs, verified, stamp_ns, prior_mean_m, prior_cov_m2)
 
     def choose(self, px_N2: np.ndarray, descs_N128: np.ndarray, verified: Sequence[Overlap], stamp_ns: int,
@@ -963,7 +1229,8 @@ def places_of(verified: Iterable[Overlap], positions_FD: np.ndarray, settings: G
         head = positions_FD[v.frame]
         members = tuple(o for o in verified if opt.min_relative_inliers * v.inliers <= o.inliers <= v.inliers
                         and np.linalg.norm(positions_FD[o.frame] - head) <= opt.place_radius_m)
-        out.append(Place(scale_aligned_position(members, positions_FD, at_log_scale),
+        out.append(Place(ray_refined_position(scale_aligned_position(members, positions_FD, at_log_scale),
+                                              members, positions_FD),
                          float(sum(o.inliers for o in members)),
                          int(v.inliers), members))
     return out
@@ -995,6 +1262,48 @@ def scale_aligned_position(members: Sequence[Overlap], positions_FD: np.ndarray,
     if length_m > SCALE_SHIFT_MAX_M:
         shift_m *= SCALE_SHIFT_MAX_M / length_m
     return mean_m + shift_m
+
+
+#: :func:`ray_refined_position`: the scale-aligned position's weight against the rays' (which sum to 1), the
+#: rays' robust scale (Cauchy, metres off the ray) and its reweighting rounds.
+RAY_PRIOR_WEIGHT = 0.25
+RAY_SCALE_M = 3.0
+RAY_ITERATIONS = 5
+
+
+def ray_refined_position(position_m: np.ndarray, members: Sequence[Overlap], positions_FD: np.ndarray) -> np.ndarray:
+    """A place's position (``position_m``, from :func:`scale_aligned_position`) moved toward where the rays from
+    its images cross: each member with a bearing (:attr:`Overlap.bearing_rad`, an oriented map) says the query's
+    camera stands on the line from its image's position in that direction. The east/north position minimises
+    the inlier-weighted squared distances to those lines (weights summing to 1) plus :data:`RAY_PRIOR_WEIGHT`
+    x the squared distance to ``position_m``, which fixes the position along nearly parallel rays; rays far off
+    the solution weigh less (Cauchy, scale :data:`RAY_SCALE_M`, :data:`RAY_ITERATIONS` rounds), so one wrong
+    heading or essential matrix does not drag it. Fewer than two rays: ``position_m`` unchanged. Other
+    coordinates (an altitude) are kept.
+
+    Images hold positions only; a camera beside them sees what they saw from another angle, which their
+    positions' mean cannot say and their rays can (docs/localizers/gps_regressor.md, "Rays from the verified
+    images")."""
+    rays = [(positions_FD[o.frame][:2], o.bearing_rad, float(o.inliers)) for o in members
+            if math.isfinite(o.bearing_rad)]
+    if len(rays) < 2:
+        return position_m
+    prior = np.asarray(position_m, dtype=np.float64)[:2]
+    points = np.array([p for p, _, _ in rays], dtype=np.float64)
+    normals = np.array([(-math.sin(a), math.cos(a)) for _, a, _ in rays])  # unit normals of the lines
+    weights = np.array([w for _, _, w in rays]) / sum(w for _, _, w in rays)
+    robust = np.ones(len(rays))
+    x = prior
+    for _ in range(RAY_ITERATIONS + 1):
+        w = weights * robust
+        A = RAY_PRIOR_WEIGHT * np.eye(2) + (normals * w[:, None]).T @ normals
+        b = RAY_PRIOR_WEIGHT * prior + (normals * w[:, None]).T @ np.einsum('ij,ij->i', normals, points)
+        x = np.linalg.solve(A, b)
+        off_m = np.einsum('ij,ij->i', normals, x - points)
+        robust = 1.0 / (1.0 + (off_m / RAY_SCALE_M) ** 2)
+    out = np.array(position_m, dtype=np.float64)
+    out[:2] = x
+    return out
 
 
 def choose_place(verified: Iterable[Overlap], positions_FD: np.ndarray, settings: GPSKeyframes,

@@ -115,6 +115,8 @@ class GPSConfig(TrainConfig):
     keyframe_features: int = _KEYFRAMES.n_features
     keyframe_min_inliers: int = _KEYFRAMES.min_inliers
     keyframe_max_points: int = 2_000_000  # SIFT keypoints per image lowered so that the map stays below this
+    keyframe_rays: bool = True       # orient the map images (headings, focal length) so that a verified image
+                                     # also says in which direction the query's camera stands from it
     robustness: bool = True
     max_per_split: int = 0
     eval_every: int = 1
@@ -525,11 +527,13 @@ def _place_map(args: TrainArgs, cfg: GPSConfig, data: GPSData, val_network: tupl
                     n_features, cfg.keyframe_features, cfg.keyframe_max_points, len(train))
     try:
         built = build_place_map(progress(images, 'keyframe map', total=len(train)), out_dir, n_features=n_features,
-                                max_side_px=_KEYFRAMES.max_side_px)
+                                max_side_px=_KEYFRAMES.max_side_px, orient=cfg.keyframe_rays, ratio=_KEYFRAMES.ratio)
     except KeyframeError as exc:
         logger.warning('no keyframe map: %s', exc)
         return None, {}
     metrics['keyframe_map_s'] = time.perf_counter() - started
+    if 'headings' in built:
+        metrics['keyframe_headings'] = {'images': built['headings'], 'hfov_deg': built['hfov_deg']}
     files = {name: out_dir / name for name in (KEYFRAMES_NPZ, KEYFRAMES_INDEX)}
     places = PlaceMap(files[KEYFRAMES_NPZ], files[KEYFRAMES_INDEX],
                       cfg.keyframe_settings(n_features=n_features, frames=built['frames'], points=built['points']))
@@ -600,7 +604,7 @@ def _describe_split(places: PlaceMap, split: Any, name: str
     for path in progress(split.paths, f'keyframe matching {name}', total=len(split.paths)):
         gray = _gray(path)
         px, descs = places.describe(gray)
-        described.append((px, descs, places.verify_features(px, descs, places.side_px(gray))))
+        described.append((px, descs, places.verify_features(px, descs, places.described_shape(gray))))
     return described
 
 
