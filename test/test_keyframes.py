@@ -528,7 +528,7 @@ def test_places_are_read_at_the_query_scale_between_their_images(tmp_path: Path)
     assert {o.frame: o.log_scale for o in older.verify(view(110.0))} == pytest.approx(same_size, abs=0.01)
 
 
-def _level_camera(position_m: np.ndarray, yaw_rad: float) -> np.ndarray:
+def _level_camera(yaw_rad: float) -> np.ndarray:
     """Rotation (3, 3) of a level camera's optical frame (x right, y down, z forward) into east/north/up at a
     heading of ``yaw_rad`` (its forward axis counter-clockwise from east)."""
     forward = np.array([math.cos(yaw_rad), math.sin(yaw_rad), 0.0])
@@ -548,7 +548,7 @@ def _street(cameras: list[tuple[tuple[float, float], float]], focal_px: float, s
     K = np.array([[focal_px, 0, 160.0], [0, focal_px, 120.0], [0, 0, 1]])
     out = []
     for (east, north), yaw in cameras:
-        R = _level_camera(np.array([east, north, 1.6]), yaw)
+        R = _level_camera(yaw)
         X = (points - [east, north, 1.6]) @ R  # camera coordinates
         seen = X[:, 2] > 1.0
         px = (X[seen] @ K.T)[:, :2] / X[seen][:, 2:3]

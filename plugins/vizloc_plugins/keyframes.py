@@ -260,43 +260,36 @@ def orient_images(pixels: Sequence[np.ndarray], descs: Sequence[np.ndarray], pos
         d = np.linalg.norm(en - en[i], axis=1)
         return [int(j) for j in np.argsort(d, kind='stable') if lo <= d[j] <= hi][:ORIENT_NEIGHBOURS]
 
-    matched: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}  # the focal sample's matches, kept
-
-    def matches(i: int, j: int, keep: bool) -> tuple[np.ndarray, np.ndarray]:
-        if (i, j) in matched:
-            return matched[i, j]
-        found = (ratio_test(cv2.BFMatcher(cv2.NORM_L2), roots[i], roots[j], ratio)
-                 if min(len(roots[i]), len(roots[j])) >= 2 else (np.zeros(0, np.int64), np.zeros(0, np.int64)))
-        if keep:
-            matched[i, j] = found
-        return found
-
-    def pair_directions(pair: tuple[int, int], focal_side: float, keep: bool
-                        ) -> tuple[int, int, tuple[np.ndarray, np.ndarray, int] | None]:
+    def matched_pixels(pair: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         i, j = pair
-        qi, rj = matches(i, j, keep)
-        if len(qi) < ORIENT_MIN_INLIERS:
-            return i, j, None
-        seen = camera_directions(np.asarray(pixels[i], np.float64)[qi], np.asarray(pixels[j], np.float64)[rj],
-                                 centres_F2[i], centres_F2[j], focal_side * sides_F[i], focal_side * sides_F[j])
-        return i, j, (None if seen is None or seen[2] < ORIENT_MIN_INLIERS else seen)
+        if min(len(roots[i]), len(roots[j])) < 2:
+            return np.zeros((0, 2)), np.zeros((0, 2))
+        qi, rj = ratio_test(cv2.BFMatcher(cv2.NORM_L2), roots[i], roots[j], ratio)
+        return np.asarray(pixels[i], np.float64)[qi], np.asarray(pixels[j], np.float64)[rj]
 
-    def pair_headings(pairs: Sequence[tuple[int, int]], focal_side: float,
-                      keep: bool = False) -> dict[int, tuple[list, list]]:
-        """Each image's headings (and their inliers as weights) from the given pairs, one essential matrix each
-        (OpenCV releases the GIL: the pairs run on :data:`ORIENT_THREADS` threads)."""
-        found: dict[int, tuple[list, list]] = {}
-        with ThreadPoolExecutor(ORIENT_THREADS) as pool:
-            for i, j, seen in pool.map(lambda pair: pair_directions(pair, focal_side, keep), pairs):
-                if seen is None:
-                    continue
-                for a, b, direction in ((i, j, seen[0]), (j, i, seen[1])):
-                    angle = bearing_in_camera(direction)
-                    if angle is not None:
-                        g = en[b] - en[a]
-                        angles, weights = found.setdefault(a, ([], []))
-                        angles.append(math.atan2(g[1], g[0]) - angle)
-                        weights.append(float(seen[2]))
+    def directions(pair: tuple[int, int], px: tuple[np.ndarray, np.ndarray], focal_side: float
+                   ) -> tuple[np.ndarray, np.ndarray, int] | None:
+        (i, j), (px_i, px_j) = pair, px
+        if len(px_i) < ORIENT_MIN_INLIERS:
+            return None
+        seen = camera_directions(px_i, px_j, centres_F2[i], centres_F2[j], focal_side * sides_F[i],
+                                 focal_side * sides_F[j])
+        return None if seen is None or seen[2] < ORIENT_MIN_INLIERS else seen
+
+    def headings(pairs: Sequence[tuple[int, int]], seen: Iterable[tuple[np.ndarray, np.ndarray, int] | None]
+                 ) -> dict[int, tuple[list[float], list[float]]]:
+        """Each image's headings (and the pairs' inliers as weights) from its pairs' directions."""
+        found: dict[int, tuple[list[float], list[float]]] = {}
+        for (i, j), both in zip(pairs, seen):
+            if both is None:
+                continue
+            for a, b, direction in ((i, j, both[0]), (j, i, both[1])):
+                angle = bearing_in_camera(direction)
+                if angle is not None:
+                    g = en[b] - en[a]
+                    angles, weights = found.setdefault(a, ([], []))
+                    angles.append(math.atan2(g[1], g[0]) - angle)
+                    weights.append(float(both[2]))
         return found
 
     def pairs_of(images: Iterable[int]) -> list[tuple[int, int]]:
@@ -305,26 +298,32 @@ def orient_images(pixels: Sequence[np.ndarray], descs: Sequence[np.ndarray], pos
     tolerance = math.radians(ORIENT_AGREE_DEG)
     sample = set(int(i) for i in np.random.default_rng(0).permutation(n)[:FOCAL_CALIBRATION_IMAGES])
     sample_pairs = pairs_of(sample)
+    # OpenCV releases the GIL: matching and essential matrices run on ORIENT_THREADS threads
+    with ThreadPoolExecutor(ORIENT_THREADS) as pool:
+        sample_px = list(pool.map(matched_pixels, sample_pairs))  # matched once, tried at every focal length
 
-    def agreement(focal_side: float) -> float:
-        found = pair_headings(sample_pairs, focal_side, keep=True)
-        shares = [agreeing_angle(*found[i], tolerance)[1] for i in sample if i in found and len(found[i][0]) >= 3]
-        return float(np.mean(shares)) if shares else 0.0
+        def agreement(focal_side: float) -> float:
+            found = headings(sample_pairs, pool.map(lambda pair, px: directions(pair, px, focal_side),
+                                                    sample_pairs, sample_px))
+            shares = [agreeing_angle(*found[i], tolerance)[1] for i in sample if len(found.get(i, ((),))[0]) >= 3]
+            return float(np.mean(shares)) if shares else 0.0
 
-    f_lo, f_hi = (0.5 / math.tan(math.radians(h) / 2.0) for h in (FOCAL_HFOV_DEG[1], FOCAL_HFOV_DEG[0]))
-    coarse = np.exp(np.arange(math.log(f_lo), math.log(f_hi) + 1e-9, math.log(FOCAL_COARSE_STEP)))
-    scores = {float(f): agreement(float(f)) for f in coarse}
-    best = max(scores, key=scores.get)
-    fine = math.log(FOCAL_COARSE_STEP) / 4.0
-    for f in best * np.exp(np.arange(-2, 3) * fine):
-        scores.setdefault(float(f), agreement(float(f)))
-    best = max(scores, key=scores.get)
-    if scores[best] <= 0.0:
-        logger.info('place map: no headings (no image has 3 neighbours to agree; %d images)', n)
-        return MapOrientation(yaws, math.nan, 0.0)
-    logger.info('place map: focal length %.3f x side chosen in %.1f s; headings of %d images', best,
-                time.perf_counter() - started, n)
-    for i, (angles, weights) in pair_headings(pairs_of(range(n)), best).items():
+        f_lo, f_hi = (0.5 / math.tan(math.radians(h) / 2.0) for h in (FOCAL_HFOV_DEG[1], FOCAL_HFOV_DEG[0]))
+        coarse = np.exp(np.arange(math.log(f_lo), math.log(f_hi) + 1e-9, math.log(FOCAL_COARSE_STEP)))
+        scores = {float(f): agreement(float(f)) for f in coarse}
+        best = max(scores, key=scores.get)
+        fine = math.log(FOCAL_COARSE_STEP) / 4.0
+        for f in best * np.exp(np.arange(-2, 3) * fine):
+            scores.setdefault(float(f), agreement(float(f)))
+        best = max(scores, key=scores.get)
+        if scores[best] <= 0.0:
+            logger.info('place map: no headings (no image has 3 neighbours to agree; %d images)', n)
+            return MapOrientation(yaws, math.nan, 0.0)
+        logger.info('place map: focal length %.3f x side chosen in %.1f s; headings of %d images', best,
+                    time.perf_counter() - started, n)
+        pairs = pairs_of(range(n))
+        found = headings(pairs, pool.map(lambda pair: directions(pair, matched_pixels(pair), best), pairs))
+    for i, (angles, weights) in found.items():
         yaw, _, agreeing = agreeing_angle(angles, weights, tolerance)
         if agreeing >= 2:
             yaws[i] = yaw
