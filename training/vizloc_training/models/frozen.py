@@ -2,13 +2,13 @@
 
 The frozen modes (room classifier and GPS regressor ``freeze_backbone``) spend almost all their time in
 one forward pass per cached view. On the project's 2-core CPU, EfficientNet-Lite0's
-``forward_features`` at 224x168 takes ~40 ms per image in torch (batch 64, 2 threads) and ~6 ms in
-ONNX Runtime (one image per call, 2 threads); ``scripts/bench_frozen_features.py`` prints the ratio
-on any machine. :class:`FrozenFeatures` exports the backbone's feature trunk once per input size (in
-eval mode, to a temporary file), checks ONNX Runtime against torch on the first batch
-(:func:`vizloc_training.train.export._ort_parity`, the bundle exporter's check), and runs every batch
-through the session. On a non-CPU device it is the backbone's own ``forward_features`` under
-``torch.no_grad``.
+``forward_features`` at 224x168 takes ~30 ms per image in torch (batch 64, 2 threads) and ~5 ms in
+ONNX Runtime (one image per call, two calls at once on one thread each);
+``scripts/bench_frozen_features.py`` prints the ratio on any machine. :class:`FrozenFeatures` exports the
+backbone's feature trunk once per input size (in eval mode, to a temporary file), checks ONNX Runtime
+against torch on the first batch (:func:`vizloc_training.train.export._ort_parity`, the bundle exporter's
+check), and runs every batch through the session, ``threads`` images at a time. On a non-CPU device it is
+the backbone's own ``forward_features`` under ``torch.no_grad``.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import logging
 import tempfile
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,9 @@ logger = logging.getLogger(__name__)
 
 #: Images per ONNX Runtime call. One is fastest here (Lite0 at 224x168, 2 threads: 5.7 ms per image
 #: at 1, 7.0 at 8, 9.2 at 16; torch at 64: ~40 ms): the activations of one image stay in cache.
+#: The calls run ``threads`` at a time, each on one thread: one two-thread call at a time took 7.1 ms
+#: per image (10.2 ms with the strong augmentation between batches, as in the trainers), two one-thread
+#: calls at once 4.9 ms (6.2 ms) (Lite0 at 224x168 on 2 cores, ``scripts/bench_frozen_features.py``).
 ORT_CHUNK = 1
 #: Largest torch-vs-ONNX-Runtime difference accepted, relative to max(1, max |torch|) (as the exporter).
 PARITY_TOL = 1e-3
@@ -58,6 +62,7 @@ class FrozenFeatures:
         self.use_ort = self.device.type == 'cpu'
         self._sessions: dict[tuple[int, int], object] = {}
         self._tmp = tempfile.TemporaryDirectory(prefix='vizloc-frozen-') if self.use_ort else None
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix='frozen') if self.use_ort else None
 
     def __enter__(self) -> FrozenFeatures:
         return self
@@ -66,6 +71,9 @@ class FrozenFeatures:
         self.close()
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         self._sessions.clear()
         if self._tmp is not None:
             self._tmp.cleanup()
@@ -84,7 +92,8 @@ class FrozenFeatures:
                 self.backbone.train(was_training)
         x = np.ascontiguousarray(x_N3HW.detach().to('cpu', torch.float32).numpy())
         session = self._session(x)
-        outputs = [session.run(['maps'], {'x': x[i:i + ORT_CHUNK]})[0] for i in range(0, len(x), ORT_CHUNK)]
+        outputs = list(self._pool.map(lambda i: session.run(['maps'], {'x': x[i:i + ORT_CHUNK]})[0],
+                                      range(0, len(x), ORT_CHUNK)))
         return torch.from_numpy(np.concatenate(outputs))
 
     def _session(self, x_N3HW: np.ndarray):
@@ -120,9 +129,9 @@ class FrozenFeatures:
             raise FrozenFeaturesError(f'frozen backbone: torch vs ONNX Runtime feature maps differ by {diff:.3g} '
                                       f'({scaled:.3g} relative) > {PARITY_TOL:g}')
         options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
+        options.intra_op_num_threads = 1  # ORT_CHUNK: ``threads`` calls run at once
         session = ort.InferenceSession(str(path), sess_options=options, providers=['CPUExecutionProvider'])
-        logger.info('frozen backbone at %dx%d through ONNX Runtime (%d threads; exported and checked in %.1f s, '
+        logger.info('frozen backbone at %dx%d through ONNX Runtime (%d images at once; exported and checked in %.1f s, '
                     'max abs diff to torch %.2g)', key[0], key[1], self.threads, time.perf_counter() - started, diff)
         self._sessions[key] = session
         return session
