@@ -4,6 +4,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
@@ -165,9 +166,11 @@ def test_progress_logs_counts_and_eta_without_a_tty(monkeypatch, caplog):
 
 
 def test_set_threads_explicit_count_or_auto_with_one_thread_under_load(monkeypatch):
-    """threads > 0 is taken as given; 0 keeps torch's default unless the load average already fills
-    the CPUs, then one thread (spin-waiting OpenMP threads on busy cores are many times slower)."""
+    """threads > 0 is taken as given; 0 keeps torch's default unless other processes' running threads
+    already fill the CPUs, then one thread (spin-waiting OpenMP threads on busy cores are many times slower)."""
     import torch
+
+    import vizloc_training.train.loop as loop
 
     before = torch.get_num_threads()
     try:
@@ -175,16 +178,35 @@ def test_set_threads_explicit_count_or_auto_with_one_thread_under_load(monkeypat
         set_threads(1)
         assert torch.get_num_threads() == 1
         torch.set_num_threads(2)
-        monkeypatch.setattr(os, 'getloadavg', lambda: (0.3, 0.3, 0.3))
+        monkeypatch.setattr(loop, 'busy_cpus', lambda: 0.4)
         set_threads(0)
         assert torch.get_num_threads() == 2  # idle: torch's default is left alone
-        monkeypatch.setattr(os, 'getloadavg', lambda: (2.5, 2.0, 1.0))
+        monkeypatch.setattr(loop, 'busy_cpus', lambda: 2.2)
         set_threads(0)
         assert torch.get_num_threads() == 1  # oversubscribed: one thread
         set_threads(2)
         assert torch.get_num_threads() == 2  # an explicit count wins over the load
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not Path('/proc/loadavg').exists(), reason='no /proc/loadavg (not Linux)')
+def test_busy_cpus_counts_running_processes_now_not_the_minute_before():
+    """Two spinning processes are two running threads at once (other processes can only add to the
+    count); once they are killed, the figure drops at once, where the 1-minute load average lags."""
+    from vizloc_training.train.loop import busy_cpus
+
+    spinners = [subprocess.Popen([sys.executable, '-c', 'while True: pass']) for _ in range(2)]
+    try:
+        time.sleep(0.5)
+        loaded = busy_cpus()
+    finally:
+        for proc in spinners:
+            proc.kill()
+            proc.wait()
+    assert loaded >= 1.5, loaded  # 2 spinners, each runnable on every read of the 5
+    after = busy_cpus()
+    assert after <= loaded - 1.0, (after, loaded)  # the two spinners are gone from the figure at once
 
 
 # -- backbones -----------------------------------------------------------------------------------------

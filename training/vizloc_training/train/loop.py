@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 __all__ = [
-    'work_dir', 'set_seed', 'set_threads', 'select_device', 'CheckpointManager', 'CheckpointError', 'progress',
-    'lr_factor', 'schedule_progress',
+    'work_dir', 'set_seed', 'set_threads', 'busy_cpus', 'select_device', 'CheckpointManager', 'CheckpointError',
+    'progress', 'lr_factor', 'schedule_progress',
     'DistributedInfo', 'ddp_setup', 'ddp_cleanup', 'distributed', 'is_main_process', 'world_size',
 ]
 
@@ -65,17 +65,36 @@ def set_seed(seed: int) -> None:
 
 def set_threads(threads: int) -> None:
     """``threads`` > 0: that many torch intra-op threads. 0 (auto): torch's default, but 1 when the
-    machine is oversubscribed (1-minute load average >= CPU count): OpenMP threads that spin-wait for
+    machine is oversubscribed (other processes' running threads, :func:`busy_cpus`, >= CPU count):
+    OpenMP threads that spin-wait for
     each other on busy cores make a 2-thread step many times slower than a 1-thread step (measured:
     4.6 vs 75 images/s for mobilenet_v3_small at 64x48 on a 2-core machine with load 7.5)."""
     if threads > 0:
         torch.set_num_threads(threads)
         return
     cpus = os.cpu_count() or 1
-    load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else 0.0
+    load = busy_cpus()
     if cpus > 1 and load >= cpus:
-        logger.info('load average %.1f >= %d CPUs: training with 1 thread (set threads=N to override)', load, cpus)
+        logger.info('%.1f threads of other processes running on %d CPUs: training with 1 thread '
+                    '(set threads=N to override)', load, cpus)
         torch.set_num_threads(1)
+
+
+def busy_cpus(samples: int = 5, interval_s: float = 0.02) -> float:
+    """Threads of other processes running now: the mean of ``/proc/loadavg``'s running count (less the
+    reader) over ``samples`` reads ``interval_s`` apart; the 1-minute load average where there is no
+    ``/proc``. The 1-minute average still counts a job that ended seconds ago: a training started right
+    after another on the idle 2-core machine read 2.0 and ran on one thread, its frozen features 246 s
+    instead of 123 s (docs/localizers/gps_regressor.md, "Training time")."""
+    counts = []
+    for i in range(samples):
+        try:
+            counts.append(int(Path('/proc/loadavg').read_text().split()[3].split('/')[0]) - 1)
+        except (OSError, IndexError, ValueError):
+            return os.getloadavg()[0] if hasattr(os, 'getloadavg') else 0.0
+        if i + 1 < samples:
+            time.sleep(interval_s)
+    return sum(counts) / len(counts)
 
 
 def select_device(name: str) -> torch.device:
