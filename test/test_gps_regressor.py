@@ -815,7 +815,7 @@ def test_keyframe_settings_are_validated(walks_dataset, campus_world, tmp_path):
         GPSKeyframes(max_side_px=16)
     # the map's size is bounded: fewer keypoints per image for many images, never below 100
     config = PRESETS['demo']
-    assert config.keyframe_features_for(3000) == config.keyframe_features == 500
+    assert config.keyframe_features_for(3000) == config.keyframe_features == 650
     assert config.keyframe_features_for(10_000) == 200
     assert config.keyframe_features_for(10 ** 6) == 100
     with pytest.raises(TrainConfigError, match='min_inliers'):

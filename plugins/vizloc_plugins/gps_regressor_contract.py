@@ -45,7 +45,7 @@ class GPSKeyframes:
     split) x ``(min_inliers / inliers)^2``. ``frames``/``points``: size of the map (provenance).
     """
 
-    n_features: int = 500
+    n_features: int = 650  # 500 until 2026-12-05 (docs/localizers/gps_regressor.md, "More SIFT keypoints")
     max_side_px: int = 640
     candidates: int = 10
     neighbours: int = 3
