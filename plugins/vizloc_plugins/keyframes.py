@@ -305,7 +305,7 @@ def orient_images(pixels: Sequence[np.ndarray], descs: Sequence[np.ndarray], pos
         def agreement(focal_side: float) -> float:
             found = headings(sample_pairs, pool.map(lambda pair, px: directions(pair, px, focal_side),
                                                     sample_pairs, sample_px))
-            shares = [agreeing_angle(*found[i], tolerance)[1] for i in sample if len(found.get(i, ((),))[0]) >= 3]
+            shares = [agreeing_angle(*found[i], tolerance)[1] for i in sample if i in found and len(found[i][0]) >= 3]
             return float(np.mean(shares)) if shares else 0.0
 
         f_lo, f_hi = (0.5 / math.tan(math.radians(h) / 2.0) for h in (FOCAL_HFOV_DEG[1], FOCAL_HFOV_DEG[0]))

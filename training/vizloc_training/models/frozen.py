@@ -131,7 +131,8 @@ class FrozenFeatures:
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1  # ORT_CHUNK: ``threads`` calls run at once
         session = ort.InferenceSession(str(path), sess_options=options, providers=['CPUExecutionProvider'])
-        logger.info('frozen backbone at %dx%d through ONNX Runtime (%d images at once; exported and checked in %.1f s, '
-                    'max abs diff to torch %.2g)', key[0], key[1], self.threads, time.perf_counter() - started, diff)
+        logger.info('frozen backbone at %dx%d through ONNX Runtime (%d images at once; exported and checked in '
+                    '%.1f s, max abs diff to torch %.2g)', key[0], key[1], self.threads,
+                    time.perf_counter() - started, diff)
         self._sessions[key] = session
         return session

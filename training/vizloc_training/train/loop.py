@@ -83,11 +83,14 @@ def set_threads(threads: int) -> None:
 def busy_cpus(samples: int = 5, interval_s: float = 0.02) -> float:
     """Threads of other processes running now: the mean of ``/proc/loadavg``'s running count (less the
     reader) over ``samples`` reads ``interval_s`` apart; the 1-minute load average where there is no
-    ``/proc`` or its count leaves out the reader (a sandbox's made-up file). The 1-minute average still counts a job that ended seconds ago: a training started right
-    after another on the idle 2-core machine read 2.0 and ran on one thread, its frozen features 246 s
-    instead of 123 s (docs/localizers/gps_regressor.md, "Training time")."""
+    ``/proc`` or its count leaves out the reader (a sandbox's made-up file). The 1-minute average still
+    counts a job that ended seconds ago: a training started right after another on the idle 2-core
+    machine read 2.0 and ran on one thread, its frozen features 246 s instead of 123 s
+    (docs/localizers/gps_regressor.md, "Training time")."""
     counts = []
     for i in range(samples):
+        if i:
+            time.sleep(interval_s)
         try:
             running = int(Path('/proc/loadavg').read_text().split()[3].split('/')[0])
         except (OSError, IndexError, ValueError):
@@ -95,9 +98,7 @@ def busy_cpus(samples: int = 5, interval_s: float = 0.02) -> float:
         if running < 1:
             return os.getloadavg()[0] if hasattr(os, 'getloadavg') else 0.0
         counts.append(running - 1)
-        if i + 1 < samples:
-            time.sleep(interval_s)
-    return sum(counts) / len(counts)
+    return sum(counts) / samples
 
 
 def select_device(name: str) -> torch.device:
