@@ -393,6 +393,28 @@ def test_place_hypotheses_hold_the_run_through_a_texture_repeated_elsewhere(tmp_
         PlaceTracker(places, track_sigma_m=10.0, track_speed_mps=15.0, chain_frames=0, hypotheses=0)
 
 
+def test_a_hypothesis_missed_just_after_its_place_keeps_a_fading_image_of_evidence(tmp_path: Path) -> None:
+    """Hand-checked: the camera at (10, 0) (image 1, 30 inliers), then one frame that verifies only image 3 at
+    (100, 0) (100 inliers) inside the network's wide ellipse (mean (50, 0), sigma 60 m). Image 3's place is born
+    at 0 - 5 + log 100 - (50 / 60)^2 / 2 = -0.75. 0.1 s after its place the run's hypothesis loses 1 but keeps
+    log 15 x e^(-0.1 / 2) = 2.58 of a barely verified image: 1.58, so the frame is held at (10, 0) (without the
+    carry, -1 < -0.75, it would jump 90 m). 10 s later the carry has faded to 0.02: -0.98, and the frame goes
+    to (100, 0)."""
+    from vizloc_plugins.keyframes import HYPOTHESIS_MISS_CARRY_S, PlaceTracker
+
+    assert HYPOTHESIS_MISS_CARRY_S == pytest.approx(2.0)
+    places = _texture_place_map(tmp_path, [(0.0, 0.0), (10.0, 0.0), (0.0, 20.0), (100.0, 0.0)])
+    network = (np.array([50.0, 0.0]), np.eye(2) * 60.0 ** 2)
+    no_px, no_descs = np.zeros((0, 2)), np.zeros((0, 128), np.float32)
+    for later_ms, expected in ((100, (10.0, 0.0)), (10_000, (100.0, 0.0))):
+        tracker = PlaceTracker(places, track_sigma_m=10.0, track_speed_mps=15.0, chain_frames=0, hypotheses=5)
+        first = tracker.choose(no_px, no_descs, [(1, 30)], 0, *network)
+        np.testing.assert_allclose(first.position_m, [10.0, 0.0])
+        second = tracker.choose(no_px, no_descs, [(3, 100)], later_ms * 1_000_000, *network)
+        np.testing.assert_allclose(second.position_m, expected)
+        assert (second.held is not None) == (later_ms == 100)
+
+
 def test_a_frame_nothing_places_is_held_at_the_last_place_until_the_network_is_sharper(tmp_path: Path) -> None:
     """Hand-checked run (track 10 m + 15 m/s, network prior at (50, 0) with sigma 60 m): image 0 at (0, 0) places
     the first frame; a frame 0.1 s later verifies nothing, and no recent frame can place it (no keypoints): it is

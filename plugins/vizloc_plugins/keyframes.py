@@ -54,7 +54,7 @@ from .gps_regressor_contract import GPSKeyframes
 from .scene_coordinates_contract import SceneKeyframes
 
 __all__ = ['KEYFRAMES_NPZ', 'KEYFRAMES_INDEX', 'FLAT_MAX_POINTS', 'ChainMatch', 'KeyframeError', 'KeyframeMatch', 'KeyframeMap',
-           'HYPOTHESIS_BIRTH', 'HYPOTHESIS_MERGE_M', 'HYPOTHESIS_MISS', 'Overlap', 'Place', 'PlaceMatch', 'PlaceMap', 'PlaceTracker', 'RecentPlaces', 'TrackedPlace', 'TRACK_GATE', 'Track', 'build_keyframe_map', 'choose_place', 'gate_d2', 'places_of', 'scale_aligned_position', 'build_place_map', 'write_place_map', 'lift_pixels', 'limit_size', 'limited_shape', 'log_scale', 'ratio_test', 'root_sift',
+           'HYPOTHESIS_BIRTH', 'HYPOTHESIS_MERGE_M', 'HYPOTHESIS_MISS', 'HYPOTHESIS_MISS_CARRY_S', 'Overlap', 'Place', 'PlaceMatch', 'PlaceMap', 'PlaceTracker', 'RecentPlaces', 'TrackedPlace', 'TRACK_GATE', 'Track', 'build_keyframe_map', 'choose_place', 'gate_d2', 'places_of', 'scale_aligned_position', 'build_place_map', 'write_place_map', 'lift_pixels', 'limit_size', 'limited_shape', 'log_scale', 'ratio_test', 'root_sift',
            'MapOrientation', 'agreeing_angle', 'bearing_in_camera', 'camera_directions', 'orient_images',
            'ray_refined_position', 'RAY_PRIOR_WEIGHT', 'RAY_SCALE_M',
            'SCALE_RIDGE', 'SCALE_SHIFT_MAX_M', 'sift_detector', 'sift_features', 'verify_two_view']
@@ -973,6 +973,11 @@ HYPOTHESIS_MERGE_M = 5.0
 #: it, its Mahalanobis d^2 clipped at the :data:`TRACK_GATE` radius: the network tells apart places within a
 #: few of its sigmas, and one far off from every place shifts them all alike, so it cannot break the run.
 HYPOTHESIS_NETWORK_WEIGHT = 0.5
+#: A hypothesis no place of a frame continues, while other places of it verify, keeps the evidence of one
+#: barely verified image (log ``min_inliers``) fading with the time since its last place by e^(-t /
+#: this): a frame 0.1 s after a place sees what it saw, so its verifying nothing there (turned towards
+#: a repeated texture, blurred) says little against it, while a place unseen for seconds loses as before.
+HYPOTHESIS_MISS_CARRY_S = 2.0
 
 
 class PlaceTracker:
@@ -995,7 +1000,9 @@ class PlaceTracker:
       of the area grown - :data:`HYPOTHESIS_NETWORK_WEIGHT` x the other prior's d^2 / 2, clipped at the
       gate), or, inside the other prior's ``prior_gate`` ellipse, a new hypothesis
       (:data:`HYPOTHESIS_BIRTH` below the best, - d^2 / 2 under the other prior);
-    * hypotheses no place continues lose :data:`HYPOTHESIS_MISS`; those updated in one frame within
+    * hypotheses no place continues lose :data:`HYPOTHESIS_MISS`; while other places of the frame verify,
+      they keep the evidence of a barely verified image (log ``min_inliers``), fading with the time since
+      their last place (:data:`HYPOTHESIS_MISS_CARRY_S`); those updated in one frame within
       :data:`HYPOTHESIS_MERGE_M` are merged; the best ``hypotheses`` are kept;
     * the best hypothesis, if this frame updated it, places the frame (``prior`` ``'track'`` when it
       continued one, ``'network'`` when born), with the covariance of this frame's hypotheses as a mixture
@@ -1129,7 +1136,13 @@ class PlaceTracker:
             if chained is not None and (best is None or chained.inliers > names[0][1]):
                 return TrackedPlace(PlaceMatch(None, None, names, rejected=rejected), waited, chained)
         updated = [_Hypothesis(score, place, stamp_ns) for score, _, place in children]
-        carried = [replace(h, log_score=h.log_score + HYPOTHESIS_MISS) for h in self._hyps]
+        def missed(h: _Hypothesis) -> _Hypothesis:
+            carry = 0.0
+            if children:  # this frame's places gained log(inliers) each; h keeps a faded barely verified image
+                carry = math.log(opt.min_inliers) * math.exp(-(stamp_ns - h.stamp_ns) * 1e-9 / HYPOTHESIS_MISS_CARRY_S)
+            return replace(h, log_score=h.log_score + HYPOTHESIS_MISS + carry)
+
+        carried = [missed(h) for h in self._hyps]
         kept: list[_Hypothesis] = []
         for h in sorted(updated + carried, key=lambda h: -h.log_score):
             if all(h.stamp_ns != k.stamp_ns or np.linalg.norm(h.place.position_m - k.place.position_m)
