@@ -293,9 +293,11 @@ def test_choose_place_groups_averages_and_settles_repeats_by_the_prior() -> None
     # covariance (min_inliers / inliers)^2 x covariance_scale = (15 / 70)^2 x 4
     np.testing.assert_allclose(alone.cov_m2, np.eye(2) * (15 / 70) ** 2 * 4.0)
     # a prior at the origin (sigma 10 m): image 3 is 10 sigma away, outside the 99.9 % gate; image 0's place
-    # averages 0 and 1 by inliers: (40 x 0 + 20 x 10) / 60 = 3.33 m east
+    # averages 0 and 1 by inliers times a Gaussian of 0.6 x 25 = 15 m about the head (image 0):
+    # w1 = 20 e^(-(10 / 15)^2 / 2), (40 x 0 + w1 x 10) / (40 + w1) = 2.86 m east
     near = choose_place(verified, positions, settings, np.zeros(2), np.eye(2) * 100.0)
-    np.testing.assert_allclose(near.position_m, [200.0 / 60.0, 0.0])
+    w1 = 20.0 * math.exp(-0.5 * (10.0 / 15.0) ** 2)
+    np.testing.assert_allclose(near.position_m, [10.0 * w1 / (40.0 + w1), 0.0])
     assert near.used == 2
     # a prior nowhere near any place: rejected, no position
     far = choose_place(verified, positions, settings, np.array([1000.0, 1000.0]), np.eye(2) * 100.0)
@@ -457,11 +459,13 @@ def test_a_run_seen_through_another_lens_reads_its_places_at_the_lens_scale(tmp_
     """Hand-checked: every frame verifies image 0 at (0, 0) (40 inliers, log-scale 0.3) and image 1 at (10, 0)
     (30 inliers, 0.1): one place whose images see the frame 0.214 larger on average, as a camera with a
     longer lens would. For the first LENS_SCALE_MIN_FRAMES places the place is read at scale 0 (the fit
-    moves it 5 m, the cap, off the images' mean); after that at the run's median scale, 0.214: the
-    images' inlier-weighted mean. A run whose places' median scale (0.046) lies within the dead band keeps
+    moves it 5 m, the cap, off the images' weighted mean); after that at the run's median scale, 0.214 (the
+    images' inlier-weighted mean scale): 0.27 m from their weighted mean, whose scale (weights also a Gaussian of
+    15 m about image 0) is 0.225. A run whose places' median scale (0.046) lies within the dead band keeps
     reading at 0; ``reset()`` forgets the lens."""
-    from vizloc_plugins.keyframes import (LENS_SCALE_DEADBAND, LENS_SCALE_MIN_FRAMES, Overlap, PlaceTracker,
-                                          scale_aligned_position)
+    from vizloc_plugins.gps_regressor_contract import GPSKeyframes
+    from vizloc_plugins.keyframes import (LENS_SCALE_DEADBAND, LENS_SCALE_MIN_FRAMES, PLACE_HEAD_SIGMA, Overlap,
+                                          PlaceTracker, scale_aligned_position)
 
     places = _texture_place_map(tmp_path, [(0.0, 0.0), (10.0, 0.0)])
     network = (np.array([50.0, 0.0]), np.eye(2) * 60.0 ** 2)
@@ -469,9 +473,14 @@ def test_a_run_seen_through_another_lens_reads_its_places_at_the_lens_scale(tmp_
     lens = [Overlap(0, 40, 0.3), Overlap(1, 30, 0.1)]
     mean_scale = (40 * 0.3 + 30 * 0.1) / 70
     assert mean_scale > LENS_SCALE_DEADBAND
-    mean_m = np.array([30 * 10.0 / 70, 0.0])
-    at_zero = scale_aligned_position(lens, places.positions_FD)
+    sigma_m = PLACE_HEAD_SIGMA * GPSKeyframes().place_radius_m
+    assert sigma_m == pytest.approx(15.0)
+    w1 = 30 * math.exp(-0.5 * (10.0 / sigma_m) ** 2)
+    mean_m = np.array([w1 * 10.0 / (40 + w1), 0.0])
+    at_zero = scale_aligned_position(lens, places.positions_FD, head_sigma_m=sigma_m)
     assert np.linalg.norm(at_zero - mean_m) == pytest.approx(5.0)  # the cap
+    at_lens = scale_aligned_position(lens, places.positions_FD, mean_scale, head_sigma_m=sigma_m)
+    assert 0.2 < np.linalg.norm(at_lens - mean_m) < 0.35
     for hypotheses in (1, 5):
         tracker = PlaceTracker(places, track_sigma_m=10.0, track_speed_mps=15.0, chain_frames=0, hypotheses=hypotheses)
         run = [tracker.choose(no_px, no_descs, lens, i * 100_000_000, *network) for i in range(LENS_SCALE_MIN_FRAMES + 3)]
@@ -479,7 +488,7 @@ def test_a_run_seen_through_another_lens_reads_its_places_at_the_lens_scale(tmp_
             np.testing.assert_allclose(tracked.position_m, at_zero)
             assert tracked.place.log_scale == pytest.approx(mean_scale)
         for tracked in run[LENS_SCALE_MIN_FRAMES:]:
-            np.testing.assert_allclose(tracked.position_m, mean_m, atol=1e-9)
+            np.testing.assert_allclose(tracked.position_m, at_lens, atol=1e-9)
         assert tracker.lens_log_scale == pytest.approx(mean_scale)
         tracker.reset()
         assert tracker.lens_log_scale == 0.0
@@ -488,7 +497,8 @@ def test_a_run_seen_through_another_lens_reads_its_places_at_the_lens_scale(tmp_
     tracker = PlaceTracker(places, track_sigma_m=10.0, track_speed_mps=15.0, chain_frames=0, hypotheses=5)
     run = [tracker.choose(no_px, no_descs, near, i * 100_000_000, *network) for i in range(LENS_SCALE_MIN_FRAMES + 3)]
     assert tracker.lens_log_scale == 0.0
-    np.testing.assert_allclose(run[-1].position_m, scale_aligned_position(near, places.positions_FD))
+    np.testing.assert_allclose(run[-1].position_m, scale_aligned_position(near, places.positions_FD,
+                                                                          head_sigma_m=sigma_m))
 
 
 def test_log_scale_is_how_much_larger_the_query_sees_the_matches() -> None:

@@ -57,7 +57,7 @@ __all__ = ['KEYFRAMES_NPZ', 'KEYFRAMES_INDEX', 'FLAT_MAX_POINTS', 'ChainMatch', 
            'HYPOTHESIS_BIRTH', 'HYPOTHESIS_MERGE_M', 'HYPOTHESIS_MISS', 'HYPOTHESIS_MISS_CARRY_S', 'Overlap', 'Place', 'PlaceMatch', 'PlaceMap', 'PlaceTracker', 'RecentPlaces', 'TrackedPlace', 'TRACK_GATE', 'Track', 'build_keyframe_map', 'choose_place', 'gate_d2', 'places_of', 'scale_aligned_position', 'build_place_map', 'write_place_map', 'lift_pixels', 'limit_size', 'limited_shape', 'log_scale', 'ratio_test', 'root_sift',
            'MapOrientation', 'agreeing_angle', 'bearing_in_camera', 'camera_directions', 'orient_images',
            'ray_refined_position', 'RAY_PRIOR_WEIGHT', 'RAY_SCALE_M',
-           'SCALE_RIDGE', 'SCALE_SHIFT_MAX_M', 'sift_detector', 'sift_features', 'verify_two_view']
+           'SCALE_RIDGE', 'SCALE_SHIFT_MAX_M', 'PLACE_HEAD_SIGMA', 'sift_detector', 'sift_features', 'verify_two_view']
 
 logger = logging.getLogger(__name__)
 
@@ -1201,6 +1201,10 @@ class PlaceTracker:
 #: barely differ in scale keeps their mean), and the most the position moves from that mean (metres).
 SCALE_RIDGE = 0.01
 SCALE_SHIFT_MAX_M = 5.0
+#: A place's images are weighed by their inliers times a Gaussian of their distance from its head image, with a
+#: standard deviation of this x ``place_radius_m`` (15 m at the default 25 m; since 2026-12-05, measured in
+#: docs/localizers/gps_regressor.md): the place still gathers every image within the radius for its score.
+PLACE_HEAD_SIGMA = 0.6
 
 
 @dataclass(frozen=True)
@@ -1232,16 +1236,19 @@ def places_of(verified: Iterable[Overlap], positions_FD: np.ndarray, settings: G
               at_log_scale: float = 0.0) -> list[Place]:
     """The places the verified map images (``positions_FD``: every map image's position) give, most inliers
     first: every verified image heads a place of itself and the verified images within ``place_radius_m`` with
-    between ``min_relative_inliers`` x and 1 x its inliers, at :func:`scale_aligned_position` (read at
-    ``at_log_scale``)."""
+    between ``min_relative_inliers`` x and 1 x its inliers (head first), at :func:`scale_aligned_position` (read
+    at ``at_log_scale``; the images weighed about the head by a Gaussian of :data:`PLACE_HEAD_SIGMA` x
+    ``place_radius_m``)."""
     opt = settings
     verified = sorted((Overlap(*v) for v in verified), key=lambda v: -v.inliers)
     out = []
     for v in verified:
         head = positions_FD[v.frame]
-        members = tuple(o for o in verified if opt.min_relative_inliers * v.inliers <= o.inliers <= v.inliers
-                        and np.linalg.norm(positions_FD[o.frame] - head) <= opt.place_radius_m)
-        out.append(Place(ray_refined_position(scale_aligned_position(members, positions_FD, at_log_scale),
+        members = (v, *(o for o in verified if o is not v and opt.min_relative_inliers * v.inliers <= o.inliers
+                        <= v.inliers and np.linalg.norm(positions_FD[o.frame] - head) <= opt.place_radius_m))
+        near_m = PLACE_HEAD_SIGMA * opt.place_radius_m
+        out.append(Place(ray_refined_position(scale_aligned_position(members, positions_FD, at_log_scale,
+                                                                     head_sigma_m=near_m),
                                               members, positions_FD),
                          float(sum(o.inliers for o in members)),
                          int(v.inliers), members))
@@ -1249,7 +1256,7 @@ def places_of(verified: Iterable[Overlap], positions_FD: np.ndarray, settings: G
 
 
 def scale_aligned_position(members: Sequence[Overlap], positions_FD: np.ndarray,
-                           at_log_scale: float = 0.0) -> np.ndarray:
+                           at_log_scale: float = 0.0, *, head_sigma_m: float = math.inf) -> np.ndarray:
     """Where the query was taken among map images that overlap it: their positions fitted, with their inliers as
     weights, as a linear function of their :attr:`Overlap.log_scale`, read at the query's own scale: 0, or
     ``at_log_scale`` for a camera whose lens makes it see everything that much larger than the map images'
@@ -1260,10 +1267,16 @@ def scale_aligned_position(members: Sequence[Overlap], positions_FD: np.ndarray,
     fit's slope is that distance times the viewing direction, and the inlier-weighted mean (the fit's
     value at the images' mean scale) moves to the query's scale. The slope is shrunk by :data:`SCALE_RIDGE`
     (images of nearly one scale keep their mean; one image is its own position) and the move is at most
-    :data:`SCALE_SHIFT_MAX_M`."""
+    :data:`SCALE_SHIFT_MAX_M`.
+
+    With ``head_sigma_m`` finite, each image's weight is also a Gaussian of its distance from the first member's
+    (the place's head, the image with most inliers): images of the same scene taken 20 m from the head say
+    less about where the query is than those beside it."""
     weights = np.array([o.inliers for o in members], dtype=np.float64)
-    weights /= weights.sum()
     positions = positions_FD[[o.frame for o in members]]
+    if math.isfinite(head_sigma_m):
+        weights *= np.exp(-0.5 * np.sum((positions - positions[0]) ** 2, axis=1) / head_sigma_m ** 2)
+    weights /= weights.sum()
     scales = np.array([o.log_scale for o in members], dtype=np.float64)
     mean_m = weights @ positions
     mean_scale = float(weights @ scales)
