@@ -8,10 +8,12 @@ share:
 * **the learning rate**: before every step each parameter group is set to its base rate times
   :meth:`Schedule.factor` (linear warm-up, then cosine to ``floor`` over the steps or the time budget,
   whichever ends first: :func:`.loop.lr_factor`);
-* **the time budget** (``Schedule.budget_s`` > 0): checked before every step and after every epoch
+* **the time budget** (``Schedule.budget_s`` > 0): checked before every epoch, before every step but an
+  epoch's first, and after every epoch
   against the loop's clock (the epochs' wall time, validation included unless ``count_validation`` is
   false, the time of a resumed run's checkpoint included); training stops when it is used up, but a
-  run from scratch always makes at least one step. Under DDP the budget is ignored with a warning
+  run from scratch always makes at least one step, and an epoch that starts makes one, so the run ends on an
+  epoch checkpointed with ``budget_used``. Under DDP the budget is ignored with a warning
   (ranks must run the same number of steps);
 * **validation and the best state**: every ``validate_every`` epochs and after the last one, on the
   main process, ``task.validate()`` adds its metrics to the epoch's record; with ``select_best`` its
@@ -224,7 +226,9 @@ def fit(task: TrainingTask, *, epochs: int, schedule: Schedule = Schedule(), che
         steps_before = result.global_step
         for batch in progress(task.batches(epoch), desc=f'{name} {epoch + 1}/{epochs}', total=task.steps_per_epoch):
             elapsed = result.train_s + time.perf_counter() - started
-            if schedule.out_of_time(elapsed, result.global_step):
+            # an epoch the boundary check let start takes at least one step, so that the budget's end is always
+            # an epoch recorded and checkpointed as such ('budget_used'), whatever the time spent between epochs
+            if result.global_step > steps_before and schedule.out_of_time(elapsed, result.global_step):
                 result.out_of_time = True
                 break
             if task.optimizer is not None:
@@ -234,8 +238,6 @@ def fit(task: TrainingTask, *, epochs: int, schedule: Schedule = Schedule(), che
             result.global_step += 1
             if loss is not None:
                 losses.append(float(loss))
-        if result.out_of_time and result.global_step == steps_before:
-            break  # the budget ran out before this epoch's first step: nothing to record
         result.epochs_run += 1
         record: dict[str, Any] = {'epoch': epoch + 1, 'loss': float(np.mean(losses)) if losses else math.nan,
                                   **task.train_record()}
