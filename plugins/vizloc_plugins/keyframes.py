@@ -1136,10 +1136,12 @@ class PlaceTracker:
             if chained is not None and (best is None or chained.inliers > names[0][1]):
                 return TrackedPlace(PlaceMatch(None, None, names, rejected=rejected), waited, chained)
         updated = [_Hypothesis(score, place, stamp_ns) for score, _, place in children]
+
         def missed(h: _Hypothesis) -> _Hypothesis:
             carry = 0.0
             if children:  # this frame's places gained log(inliers) each; h keeps a faded barely verified image
-                carry = math.log(opt.min_inliers) * math.exp(-(stamp_ns - h.stamp_ns) * 1e-9 / HYPOTHESIS_MISS_CARRY_S)
+                age_s = (stamp_ns - h.stamp_ns) * 1e-9
+                carry = math.log(opt.min_inliers) * math.exp(-age_s / HYPOTHESIS_MISS_CARRY_S)
             return replace(h, log_score=h.log_score + HYPOTHESIS_MISS + carry)
 
         carried = [missed(h) for h in self._hyps]
@@ -1241,12 +1243,12 @@ def places_of(verified: Iterable[Overlap], positions_FD: np.ndarray, settings: G
     ``place_radius_m``)."""
     opt = settings
     verified = sorted((Overlap(*v) for v in verified), key=lambda v: -v.inliers)
+    near_m = PLACE_HEAD_SIGMA * opt.place_radius_m
     out = []
     for v in verified:
         head = positions_FD[v.frame]
         members = (v, *(o for o in verified if o is not v and opt.min_relative_inliers * v.inliers <= o.inliers
                         <= v.inliers and np.linalg.norm(positions_FD[o.frame] - head) <= opt.place_radius_m))
-        near_m = PLACE_HEAD_SIGMA * opt.place_radius_m
         out.append(Place(ray_refined_position(scale_aligned_position(members, positions_FD, at_log_scale,
                                                                      head_sigma_m=near_m),
                                               members, positions_FD),
