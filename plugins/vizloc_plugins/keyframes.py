@@ -1136,15 +1136,11 @@ class PlaceTracker:
             if chained is not None and (best is None or chained.inliers > names[0][1]):
                 return TrackedPlace(PlaceMatch(None, None, names, rejected=rejected), waited, chained)
         updated = [_Hypothesis(score, place, stamp_ns) for score, _, place in children]
-
-        def missed(h: _Hypothesis) -> _Hypothesis:
-            carry = 0.0
-            if children:  # this frame's places gained log(inliers) each; h keeps a faded barely verified image
-                age_s = (stamp_ns - h.stamp_ns) * 1e-9
-                carry = math.log(opt.min_inliers) * math.exp(-age_s / HYPOTHESIS_MISS_CARRY_S)
-            return replace(h, log_score=h.log_score + HYPOTHESIS_MISS + carry)
-
-        carried = [missed(h) for h in self._hyps]
+        # this frame's places gained log(inliers) each; a hypothesis they miss keeps a faded barely verified image
+        carry = math.log(opt.min_inliers) if children else 0.0
+        carried = [replace(h, log_score=h.log_score + HYPOTHESIS_MISS
+                           + carry * math.exp(-(stamp_ns - h.stamp_ns) * 1e-9 / HYPOTHESIS_MISS_CARRY_S))
+                   for h in self._hyps]
         kept: list[_Hypothesis] = []
         for h in sorted(updated + carried, key=lambda h: -h.log_score):
             if all(h.stamp_ns != k.stamp_ns or np.linalg.norm(h.place.position_m - k.place.position_m)

@@ -27,8 +27,8 @@ __all__ = ['FrozenFeatures', 'FrozenFeaturesError']
 
 logger = logging.getLogger(__name__)
 
-#: Images per ONNX Runtime call. One is fastest here (Lite0 at 224x168, 2 threads: 5.7 ms per image
-#: at 1, 7.0 at 8, 9.2 at 16; torch at 64: ~40 ms): the activations of one image stay in cache.
+#: Images per ONNX Runtime call. One is fastest here (Lite0 at 224x168, one two-thread call at a time:
+#: 5.7 ms per image at 1, 7.0 at 8, 9.2 at 16): the activations of one image stay in cache.
 #: The calls run ``threads`` at a time, each on one thread: one two-thread call at a time took 7.1 ms
 #: per image (10.2 ms with the strong augmentation between batches, as in the trainers), two one-thread
 #: calls at once 4.9 ms (6.2 ms) (Lite0 at 224x168 on 2 cores, ``scripts/bench_frozen_features.py``).

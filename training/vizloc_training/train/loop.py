@@ -65,10 +65,10 @@ def set_seed(seed: int) -> None:
 
 def set_threads(threads: int) -> None:
     """``threads`` > 0: that many torch intra-op threads. 0 (auto): torch's default, but 1 when the
-    machine is oversubscribed (other processes' running threads, :func:`busy_cpus`, >= CPU count):
-    OpenMP threads that spin-wait for
-    each other on busy cores make a 2-thread step many times slower than a 1-thread step (measured:
-    4.6 vs 75 images/s for mobilenet_v3_small at 64x48 on a 2-core machine with load 7.5)."""
+    machine is oversubscribed (other processes' running threads, :func:`busy_cpus`, >= CPU count): OpenMP
+    threads that spin-wait for each other on busy cores make a 2-thread step many times slower than a
+    1-thread step (measured: 4.6 vs 75 images/s for mobilenet_v3_small at 64x48 on a 2-core machine with
+    load 7.5)."""
     if threads > 0:
         torch.set_num_threads(threads)
         return
