@@ -689,14 +689,18 @@ class KeyframeMap:
 class Overlap(NamedTuple):
     """A map image a query verifiably overlaps: its ``frame``, the two-view ``inliers``, ``log_scale``, how
     much larger the query sees what they share (:func:`log_scale` over the inliers; > 0: the query was nearer
-    the scene), and ``bearing_rad``, the map bearing (radians, counter-clockwise from the map's x axis) at which
+    the scene), ``bearing_rad``, the map bearing (radians, counter-clockwise from the map's x axis) at which
     the map image sees the query's camera (:meth:`PlaceMap.overlap`; nan when the map image has no heading or
-    the direction is too steep). A plain ``(frame, inliers)`` pair has ``log_scale`` 0 and no bearing."""
+    the direction is too steep), and ``seen_rad``, the angle in the query's own camera (:func:`bearing_in_camera`:
+    radians, positive to its left) at which it sees the map image's camera (nan when the map has no focal
+    length or the direction is too steep). A plain ``(frame, inliers)`` pair has ``log_scale`` 0 and neither
+    angle."""
 
     frame: int
     inliers: int
     log_scale: float = 0.0
     bearing_rad: float = math.nan
+    seen_rad: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -770,9 +774,10 @@ class PlaceMap:
         """How a query (keypoints ``px_N2`` in the image of ``shape_hw`` that :meth:`describe` described, RootSIFT
         descriptors) overlaps the map image ``frame``: Lowe's ratio test, then :func:`verify_two_view`'s inliers
         and their :func:`log_scale`, in units of each image's side (the same camera at another resolution sees
-        the scene at the same scale), and, on an :attr:`oriented` map, the bearing of the query's camera from the
-        map image: the essential matrix of the inliers (:func:`camera_directions`), the query's focal length
-        the map's times e^``log_focal`` (another lens: :attr:`PlaceTracker.lens_log_scale`)."""
+        the scene at the same scale), and, on an :attr:`oriented` map, the directions the essential matrix of the
+        inliers gives (:func:`camera_directions`; the query's focal length the map's times e^``log_focal``, another
+        lens: :attr:`PlaceTracker.lens_log_scale`): the map bearing of the query's camera from the map image (an
+        image with a heading) and the angle at which the query sees the map image's camera."""
         opt = self.settings
         qi, ri = self.frames.ratio_matches(query_root_N128, frame, opt.ratio)
         query_px, map_px = np.asarray(px_N2, dtype=np.float64)[qi], self.pixels_N2[ri]
@@ -783,16 +788,18 @@ class PlaceMap:
         side_px = max(shape_hw)
         sides = 0.0 if self.sides_F is None else math.log(self.sides_F[frame] / side_px)
         scale = log_scale(query_px[inlier], map_px[inlier]) + sides
-        bearing = math.nan
-        if self.oriented and math.isfinite(self.yaws_F[frame]):
+        bearing = seen_rad = math.nan
+        if self.oriented:
             seen = camera_directions(map_px[inlier], query_px[inlier], self.centres_F2[frame],
                                      np.array([shape_hw[1] / 2.0, shape_hw[0] / 2.0]),
                                      self.focal_side * self.sides_F[frame],
                                      self.focal_side * side_px * math.exp(log_focal))
-            angle = None if seen is None else bearing_in_camera(seen[0])
-            if angle is not None:
-                bearing = float(np.angle(np.exp(1j * (self.yaws_F[frame] + angle))))
-        return Overlap(frame, n, scale, bearing)
+            if seen is not None:
+                angle = bearing_in_camera(seen[0])
+                if angle is not None and math.isfinite(self.yaws_F[frame]):
+                    bearing = float(np.angle(np.exp(1j * (self.yaws_F[frame] + angle))))
+                seen_rad = math.nan if (seen_angle := bearing_in_camera(seen[1])) is None else seen_angle
+        return Overlap(frame, n, scale, bearing, seen_rad)
 
     def described_shape(self, gray_HW: np.ndarray) -> tuple[int, int]:
         """(height, width) of ``gray_HW`` as :meth:`describe` describes it (reduced to ``max_side_px``)."""
@@ -1288,17 +1295,28 @@ def scale_aligned_position(members: Sequence[Overlap], positions_FD: np.ndarray,
 
 
 #: :func:`ray_refined_position`: the scale-aligned position's weight against the rays' (which sum to 1), the
-#: rays' robust scale (Cauchy, metres off the ray) and its reweighting rounds.
-RAY_PRIOR_WEIGHT = 0.25
-RAY_SCALE_M = 3.0
+#: rays' robust scale (Cauchy, metres off the ray), its reweighting rounds, and the query headings tried (evenly
+#: over the circle: 2 deg apart) when the query's own angles to its images give rays.
+RAY_PRIOR_WEIGHT = 0.1
+RAY_SCALE_M = 4.0
 RAY_ITERATIONS = 5
+RAY_YAW_STEPS = 180
 
 
 def ray_refined_position(position_m: np.ndarray, members: Sequence[Overlap], positions_FD: np.ndarray) -> np.ndarray:
-    """A place's position (``position_m``, from :func:`scale_aligned_position`) moved toward where the rays from
-    its images cross: each member with a bearing (:attr:`Overlap.bearing_rad`, an oriented map) says the query's
-    camera stands on the line from its image's position in that direction. The east/north position minimises
-    the inlier-weighted squared distances to those lines (weights summing to 1) plus :data:`RAY_PRIOR_WEIGHT`
+    """A place's position (``position_m``, from :func:`scale_aligned_position`) moved toward where the rays of
+    its images cross. Two kinds of ray say on which half-line from an image's position the query's camera
+    stands:
+
+    * a member with a bearing (:attr:`Overlap.bearing_rad`: its image has a heading) sees the query's camera in
+      that map direction;
+    * a member with a seen angle (:attr:`Overlap.seen_rad`, any image of a map with a focal length) is seen by
+      the query at that angle in the query's camera, so from the map bearing heading + angle, with the query's
+      heading unknown but shared by all such rays. With two or more of them, headings :data:`RAY_YAW_STEPS`
+      apart are tried and the one whose position fits best (the robust cost below) is kept (a 2-D resection).
+
+    For a heading, the east/north position minimises the inlier-weighted squared distances to the rays (weights
+    summing to 1; to the image's position when the query would stand behind it) plus :data:`RAY_PRIOR_WEIGHT`
     x the squared distance to ``position_m``, which fixes the position along nearly parallel rays; rays far off
     the solution weigh less (Cauchy, scale :data:`RAY_SCALE_M`, :data:`RAY_ITERATIONS` rounds), so one wrong
     heading or essential matrix does not drag it. Fewer than two rays: ``position_m`` unchanged. Other
@@ -1306,26 +1324,37 @@ def ray_refined_position(position_m: np.ndarray, members: Sequence[Overlap], pos
 
     Images hold positions only; a camera beside them sees what they saw from another angle, which their
     positions' mean cannot say and their rays can (docs/localizers/gps_regressor.md, "Rays from the verified
-    images")."""
-    rays = [(positions_FD[o.frame][:2], o.bearing_rad, float(o.inliers)) for o in members
-            if math.isfinite(o.bearing_rad)]
-    if len(rays) < 2:
+    images", "The query's own angles: a resection")."""
+    fixed = [o for o in members if math.isfinite(o.bearing_rad)]
+    seen = [o for o in members if math.isfinite(o.seen_rad)]
+    if len(seen) < 2:
+        seen = []
+    if len(fixed) + len(seen) < 2:
         return position_m
     prior = np.asarray(position_m, dtype=np.float64)[:2]
-    points = np.array([p for p, _, _ in rays], dtype=np.float64)
-    normals = np.array([(-math.sin(a), math.cos(a)) for _, a, _ in rays])  # unit normals of the lines
-    weights = np.array([w for _, _, w in rays]) / sum(w for _, _, w in rays)
-    robust = np.ones(len(rays))
-    x = prior
+    points = positions_FD[[o.frame for o in fixed + seen]][:, :2]  # (N, 2)
+    weights = np.array([o.inliers for o in fixed + seen], dtype=np.float64)
+    weights /= weights.sum()
+    yaws = np.linspace(-math.pi, math.pi, RAY_YAW_STEPS, endpoint=False) if seen else np.zeros(1)
+    # each ray's map direction from its image toward the query, per heading tried: (Y, N)
+    angles = np.concatenate([np.broadcast_to([o.bearing_rad for o in fixed], (len(yaws), len(fixed))),
+                             yaws[:, None] + np.array([o.seen_rad for o in seen]) + math.pi], axis=1)
+    directions = np.stack([np.cos(angles), np.sin(angles)], axis=-1)  # (Y, N, 2)
+    normals = np.stack([-directions[..., 1], directions[..., 0]], axis=-1)
+    offsets = np.einsum('ynj,nj->yn', normals, points)
+    robust = np.ones(angles.shape)
     for _ in range(RAY_ITERATIONS + 1):
         w = weights * robust
-        A = RAY_PRIOR_WEIGHT * np.eye(2) + (normals * w[:, None]).T @ normals
-        b = RAY_PRIOR_WEIGHT * prior + (normals * w[:, None]).T @ np.einsum('ij,ij->i', normals, points)
-        x = np.linalg.solve(A, b)
-        off_m = np.einsum('ij,ij->i', normals, x - points)
+        A = RAY_PRIOR_WEIGHT * np.eye(2) + np.einsum('yn,yni,ynj->yij', w, normals, normals)
+        b = RAY_PRIOR_WEIGHT * prior + np.einsum('yn,yni,yn->yi', w, normals, offsets)
+        x = np.linalg.solve(A, b[..., None])[..., 0]  # (Y, 2)
+        rel = x[:, None] - points
+        off_m = np.where(np.einsum('ynj,ynj->yn', directions, rel) >= 0.0,
+                         np.abs(np.einsum('ynj,ynj->yn', normals, rel)), np.linalg.norm(rel, axis=-1))
         robust = 1.0 / (1.0 + (off_m / RAY_SCALE_M) ** 2)
+    cost = np.log1p((off_m / RAY_SCALE_M) ** 2) @ weights + RAY_PRIOR_WEIGHT * np.sum((x - prior) ** 2, axis=1) / RAY_SCALE_M ** 2
     out = np.array(position_m, dtype=np.float64)
-    out[:2] = x
+    out[:2] = x[int(np.argmin(cost))]
     return out
 
 
