@@ -673,3 +673,33 @@ def test_ray_refined_position_is_where_the_rays_cross_pulled_toward_the_prior() 
     residual = RAY_PRIOR_WEIGHT * (y - 2.0) + 0.5 * y / (1.0 + (y / RAY_SCALE_M) ** 2)
     assert abs(residual) < 1e-3  # converged within the reweighting rounds
     assert 0.0 < y < 2.0 * RAY_PRIOR_WEIGHT / (RAY_PRIOR_WEIGHT + 0.5) + 0.1
+
+
+def test_ray_refined_position_resects_the_query_from_the_angles_it_sees_its_images_at() -> None:
+    """Six map images without headings 10 m around a query (every 60 deg) whose heading (20 deg, one of the
+    RAY_YAW_STEPS tried) nobody knows; the query sees each at its true bearing minus that heading. From a prior
+    6 m off, the position lands where every ray passes through the truth: at the true heading the rays'
+    information is 0.5 x identity (equal weights 1/6, normals evenly around), so the prior pulls it from the
+    truth by at most RAY_PRIOR_WEIGHT / (RAY_PRIOR_WEIGHT + 0.5 x the Cauchy weight at that distance) of its
+    6 m; every other heading leaves the rays apart. Any one angle 40 or 115 deg wrong (the essential matrix's
+    tail) leaves it nearer the truth than half the prior's offset; one angle alone (or none) moves nothing."""
+    from vizloc_plugins.keyframes import RAY_PRIOR_WEIGHT, RAY_SCALE_M, RAY_YAW_STEPS, Overlap, ray_refined_position
+
+    truth = np.array([3.0, -2.0])
+    around = np.radians([90.0, 30.0, -30.0, -90.0, -150.0, 150.0])
+    positions = truth + 10.0 * np.c_[np.cos(around), np.sin(around)]
+    heading = -math.pi + 110 * 2.0 * math.pi / RAY_YAW_STEPS  # 20 deg, on the grid of headings tried
+    seen = [math.atan2(*(p - truth)[::-1]) - heading for p in positions]
+    members = tuple(Overlap(i, 30, 0.0, math.nan, a) for i, a in enumerate(seen))
+    prior = truth + np.array([6.0, 0.0])
+    found = ray_refined_position(prior, members, positions)
+    d = 6.0
+    for _ in range(50):  # the fixed point of the prior's pull against the Cauchy-weighted rays
+        d = RAY_PRIOR_WEIGHT / (RAY_PRIOR_WEIGHT + 0.5 / (1.0 + (d / RAY_SCALE_M) ** 2)) * 6.0
+    assert np.linalg.norm(found - truth) <= d + 1e-6
+    for i in range(len(members)):
+        for error_rad in (0.7, -0.7, 2.0):
+            wrong = tuple(m._replace(seen_rad=m.seen_rad + error_rad) if j == i else m for j, m in enumerate(members))
+            assert np.linalg.norm(ray_refined_position(prior, wrong, positions) - truth) < 3.0
+    lone = (members[0], Overlap(1, 30))
+    np.testing.assert_array_equal(ray_refined_position(prior, lone, positions), prior)
