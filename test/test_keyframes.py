@@ -629,6 +629,13 @@ def test_map_images_are_oriented_from_their_positions_and_rays_place_a_query_bes
         truth = query_at - positions[o.frame]
         error = np.angle(np.exp(1j * (o.bearing_rad - math.atan2(truth[1], truth[0]))))
         assert abs(math.degrees(error)) < ORIENT_AGREE_DEG + 3.0
+        # the query sees the map image's camera at its bearing minus its own heading (the same essential matrices,
+        # no heading's error in it, but the focal length found only to one search step), and the map image's
+        # heading turned by the rotation between them is the query's heading
+        seen_error = np.angle(np.exp(1j * (o.seen_rad - (math.atan2(-truth[1], -truth[0]) - query_yaw))))
+        assert abs(math.degrees(seen_error)) < ORIENT_AGREE_DEG
+        heading_error = np.angle(np.exp(1j * (o.heading_rad - query_yaw)))
+        assert abs(math.degrees(heading_error)) < ORIENT_AGREE_DEG + 3.0
     members = tuple(verified)
     base = scale_aligned_position(members, places.positions_FD)
     refined = ray_refined_position(base, members, places.positions_FD)
@@ -682,8 +689,10 @@ def test_ray_refined_position_resects_the_query_from_the_angles_it_sees_its_imag
     information is 0.5 x identity (equal weights 1/6, normals evenly around), so the prior pulls it from the
     truth by at most RAY_PRIOR_WEIGHT / (RAY_PRIOR_WEIGHT + 0.5 x the Cauchy weight at that distance) of its
     6 m; every other heading leaves the rays apart. Any one angle 40 or 115 deg wrong (the essential matrix's
-    tail) leaves it nearer the truth than half the prior's offset; one angle alone (or none) moves nothing."""
-    from vizloc_plugins.keyframes import RAY_PRIOR_WEIGHT, RAY_SCALE_M, RAY_YAW_STEPS, Overlap, ray_refined_position
+    tail) leaves it nearer the truth than half the prior's offset; one angle alone (or none) moves nothing; two
+    leave an arc that a heading from headed images (Overlap.heading_rad) settles."""
+    from vizloc_plugins.keyframes import (RAY_HEADING_SCALE_DEG, RAY_PRIOR_WEIGHT, RAY_SCALE_M, RAY_YAW_STEPS, Overlap,
+                                          ray_refined_position)
 
     truth = np.array([3.0, -2.0])
     around = np.radians([90.0, 30.0, -30.0, -90.0, -150.0, 150.0])
@@ -703,3 +712,15 @@ def test_ray_refined_position_resects_the_query_from_the_angles_it_sees_its_imag
             assert np.linalg.norm(ray_refined_position(prior, wrong, positions) - truth) < 3.0
     lone = (members[0], Overlap(1, 30))
     np.testing.assert_array_equal(ray_refined_position(prior, lone, positions), prior)
+    # two angles (60 deg apart: the rays' information has 0.5 (1 - cos 60 deg) = 0.25 in its weakest direction)
+    # leave an arc, every heading its crossing, and the prior picks the point on it nearest itself; the heading
+    # headed images give the query picks the crossing, within the prior's pull plus the heading term's Cauchy
+    # scale at 10 m: 10 m x tan(RAY_HEADING_SCALE_DEG)
+    d_two = 6.0
+    for _ in range(50):
+        d_two = RAY_PRIOR_WEIGHT / (RAY_PRIOR_WEIGHT + 0.25 / (1.0 + (d_two / RAY_SCALE_M) ** 2)) * 6.0
+    reach = d_two + 10.0 * math.tan(math.radians(RAY_HEADING_SCALE_DEG))
+    two = members[:2]
+    assert np.linalg.norm(ray_refined_position(prior, two, positions) - truth) > reach
+    headed = tuple(m._replace(heading_rad=heading) for m in two)
+    assert np.linalg.norm(ray_refined_position(prior, headed, positions) - truth) < reach

@@ -55,8 +55,9 @@ from .scene_coordinates_contract import SceneKeyframes
 
 __all__ = ['KEYFRAMES_NPZ', 'KEYFRAMES_INDEX', 'FLAT_MAX_POINTS', 'ChainMatch', 'KeyframeError', 'KeyframeMatch', 'KeyframeMap',
            'HYPOTHESIS_BIRTH', 'HYPOTHESIS_MERGE_M', 'HYPOTHESIS_MISS', 'HYPOTHESIS_MISS_CARRY_S', 'Overlap', 'Place', 'PlaceMatch', 'PlaceMap', 'PlaceTracker', 'RecentPlaces', 'TrackedPlace', 'TRACK_GATE', 'Track', 'build_keyframe_map', 'choose_place', 'gate_d2', 'places_of', 'scale_aligned_position', 'build_place_map', 'write_place_map', 'lift_pixels', 'limit_size', 'limited_shape', 'log_scale', 'ratio_test', 'root_sift',
-           'MapOrientation', 'agreeing_angle', 'bearing_in_camera', 'camera_directions', 'orient_images',
-           'ray_refined_position', 'RAY_PRIOR_WEIGHT', 'RAY_SCALE_M',
+           'MapOrientation', 'agreeing_angle', 'bearing_in_camera', 'CameraDirections', 'camera_directions', 'orient_images',
+           'ray_refined_position', 'RAY_PRIOR_WEIGHT', 'RAY_SCALE_M', 'RAY_YAW_STEPS', 'RAY_HEADING_WEIGHT',
+           'RAY_HEADING_SCALE_DEG',
            'SCALE_RIDGE', 'SCALE_SHIFT_MAX_M', 'PLACE_HEAD_SIGMA', 'sift_detector', 'sift_features', 'verify_two_view']
 
 logger = logging.getLogger(__name__)
@@ -156,14 +157,24 @@ def log_scale(query_px_N2: np.ndarray, ref_px_N2: np.ndarray, min_distance_px: f
 RAY_MIN_HORIZONTAL = 0.3
 
 
+class CameraDirections(NamedTuple):
+    """Two cameras seen from each other (:func:`camera_directions`): the unit direction of b's centre in a's optical
+    frame (``b_in_a``), of a's centre in b's (``a_in_b``), the essential matrix's ``inliers``, and the rotation
+    ``R_b_a`` (3, 3) that takes a direction in a's optical frame into b's."""
+
+    b_in_a: np.ndarray
+    a_in_b: np.ndarray
+    inliers: int
+    R_b_a: np.ndarray
+
+
 def camera_directions(px_a_N2: np.ndarray, px_b_N2: np.ndarray, centre_a_px: np.ndarray, centre_b_px: np.ndarray,
-                      focal_a_px: float, focal_b_px: float, threshold_px: float = 1.0
-                      ) -> tuple[np.ndarray, np.ndarray, int] | None:
-    """Where two cameras stood, seen from each other: the unit direction of b's centre in a's optical frame (x
-    right, y down, z forward), of a's centre in b's, and the inliers, from matched pixels (a's pixel i <-> b's
-    pixel i), each camera's principal point (``centre_*_px``) and focal length in pixels: OpenCV's five-point
-    essential matrix with RANSAC (``threshold_px`` in a's pixels) and its decomposition (the solution with the
-    points in front of both). None for fewer than 8 matches or no essential matrix."""
+                      focal_a_px: float, focal_b_px: float, threshold_px: float = 1.0) -> CameraDirections | None:
+    """Where two cameras stood, seen from each other, and how they were turned (:class:`CameraDirections`), from
+    matched pixels (a's pixel i <-> b's pixel i), each camera's principal point (``centre_*_px``) and focal length in
+    pixels (optical frames: x right, y down, z forward): OpenCV's five-point essential matrix with RANSAC
+    (``threshold_px`` in a's pixels) and its decomposition (the solution with the points in front of both). None
+    for fewer than 8 matches or no essential matrix."""
     if len(px_a_N2) < 8:
         return None
     a = (np.asarray(px_a_N2, dtype=np.float64) - centre_a_px) / focal_a_px
@@ -177,7 +188,7 @@ def camera_directions(px_a_N2: np.ndarray, px_b_N2: np.ndarray, centre_a_px: np.
         logger.debug('essential matrix failed: %s', exc)
         return None
     t = t.reshape(3) / max(float(np.linalg.norm(t)), 1e-12)  # x_b = R x_a + t: a's centre is at t in b
-    return -R.T @ t, t, int(inliers)
+    return CameraDirections(-R.T @ t, t, int(inliers), R)
 
 
 def bearing_in_camera(direction_3: np.ndarray) -> float | None:
@@ -268,28 +279,28 @@ def orient_images(pixels: Sequence[np.ndarray], descs: Sequence[np.ndarray], pos
         return np.asarray(pixels[i], np.float64)[qi], np.asarray(pixels[j], np.float64)[rj]
 
     def directions(pair: tuple[int, int], px: tuple[np.ndarray, np.ndarray], focal_side: float
-                   ) -> tuple[np.ndarray, np.ndarray, int] | None:
+                   ) -> CameraDirections | None:
         (i, j), (px_i, px_j) = pair, px
         if len(px_i) < ORIENT_MIN_INLIERS:
             return None
         seen = camera_directions(px_i, px_j, centres_F2[i], centres_F2[j], focal_side * sides_F[i],
                                  focal_side * sides_F[j])
-        return None if seen is None or seen[2] < ORIENT_MIN_INLIERS else seen
+        return None if seen is None or seen.inliers < ORIENT_MIN_INLIERS else seen
 
-    def headings(pairs: Sequence[tuple[int, int]], seen: Iterable[tuple[np.ndarray, np.ndarray, int] | None]
+    def headings(pairs: Sequence[tuple[int, int]], seen: Iterable[CameraDirections | None]
                  ) -> dict[int, tuple[list[float], list[float]]]:
         """Each image's headings (and the pairs' inliers as weights) from its pairs' directions."""
         found: dict[int, tuple[list[float], list[float]]] = {}
         for (i, j), both in zip(pairs, seen):
             if both is None:
                 continue
-            for a, b, direction in ((i, j, both[0]), (j, i, both[1])):
+            for a, b, direction in ((i, j, both.b_in_a), (j, i, both.a_in_b)):
                 angle = bearing_in_camera(direction)
                 if angle is not None:
                     g = en[b] - en[a]
                     angles, weights = found.setdefault(a, ([], []))
                     angles.append(math.atan2(g[1], g[0]) - angle)
-                    weights.append(float(both[2]))
+                    weights.append(float(both.inliers))
         return found
 
     def pairs_of(images: Iterable[int]) -> list[tuple[int, int]]:
@@ -693,14 +704,16 @@ class Overlap(NamedTuple):
     the map image sees the query's camera (:meth:`PlaceMap.overlap`; nan when the map image has no heading or
     the direction is too steep), and ``seen_rad``, the angle in the query's own camera (:func:`bearing_in_camera`:
     radians, positive to its left) at which it sees the map image's camera (nan when the map has no focal
-    length or the direction is too steep). A plain ``(frame, inliers)`` pair has ``log_scale`` 0 and neither
-    angle."""
+    length or the direction is too steep), and ``heading_rad``, the query's heading (the map bearing of its optical
+    axis) that the map image's heading and the rotation between them give (nan when the map image has no heading
+    or the axis is too steep). A plain ``(frame, inliers)`` pair has ``log_scale`` 0 and no angles."""
 
     frame: int
     inliers: int
     log_scale: float = 0.0
     bearing_rad: float = math.nan
     seen_rad: float = math.nan
+    heading_rad: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -788,18 +801,22 @@ class PlaceMap:
         side_px = max(shape_hw)
         sides = 0.0 if self.sides_F is None else math.log(self.sides_F[frame] / side_px)
         scale = log_scale(query_px[inlier], map_px[inlier]) + sides
-        bearing = seen_rad = math.nan
+        bearing = seen_rad = heading = math.nan
         if self.oriented:
             seen = camera_directions(map_px[inlier], query_px[inlier], self.centres_F2[frame],
                                      np.array([shape_hw[1] / 2.0, shape_hw[0] / 2.0]),
                                      self.focal_side * self.sides_F[frame],
                                      self.focal_side * side_px * math.exp(log_focal))
             if seen is not None:
-                angle = bearing_in_camera(seen[0])
-                if angle is not None and math.isfinite(self.yaws_F[frame]):
-                    bearing = float(np.angle(np.exp(1j * (self.yaws_F[frame] + angle))))
-                seen_rad = math.nan if (seen_angle := bearing_in_camera(seen[1])) is None else seen_angle
-        return Overlap(frame, n, scale, bearing, seen_rad)
+                if (seen_angle := bearing_in_camera(seen.a_in_b)) is not None:
+                    seen_rad = seen_angle
+                if math.isfinite(yaw := float(self.yaws_F[frame])):
+                    if (angle := bearing_in_camera(seen.b_in_a)) is not None:
+                        bearing = float(np.angle(np.exp(1j * (yaw + angle))))
+                    # the map image's optical axis, seen in the query, lies at the image's heading
+                    if (axis := bearing_in_camera(seen.R_b_a[:, 2])) is not None:
+                        heading = float(np.angle(np.exp(1j * (yaw - axis))))
+        return Overlap(frame, n, scale, bearing, seen_rad, heading)
 
     def described_shape(self, gray_HW: np.ndarray) -> tuple[int, int]:
         """(height, width) of ``gray_HW`` as :meth:`describe` describes it (reduced to ``max_side_px``)."""
@@ -1296,11 +1313,14 @@ def scale_aligned_position(members: Sequence[Overlap], positions_FD: np.ndarray,
 
 #: :func:`ray_refined_position`: the scale-aligned position's weight against the rays' (which sum to 1), the
 #: rays' robust scale (Cauchy, metres off the ray), its reweighting rounds, and the query headings tried (evenly
-#: over the circle: 2 deg apart) when the query's own angles to its images give rays.
+#: over the circle: 2 deg apart) when the query's own angles to its images give rays; the weight of the headings
+#: the headed images give the query (:attr:`Overlap.heading_rad`) in choosing among those, and their robust scale.
 RAY_PRIOR_WEIGHT = 0.1
 RAY_SCALE_M = 4.0
 RAY_ITERATIONS = 5
 RAY_YAW_STEPS = 180
+RAY_HEADING_WEIGHT = 0.5
+RAY_HEADING_SCALE_DEG = 10.0
 
 
 def ray_refined_position(position_m: np.ndarray, members: Sequence[Overlap], positions_FD: np.ndarray) -> np.ndarray:
@@ -1312,8 +1332,11 @@ def ray_refined_position(position_m: np.ndarray, members: Sequence[Overlap], pos
       that map direction;
     * a member with a seen angle (:attr:`Overlap.seen_rad`, any image of a map with a focal length) is seen by
       the query at that angle in the query's camera, so from the map bearing heading + angle, with the query's
-      heading unknown but shared by all such rays. With two or more of them, headings :data:`RAY_YAW_STEPS`
-      apart are tried and the one whose position fits best (the robust cost below) is kept (a 2-D resection).
+      heading unknown but shared by all such rays. With two or more of them, :data:`RAY_YAW_STEPS` headings are
+      tried and the one whose position fits best (the robust cost below) is kept (a 2-D resection); members with
+      a heading for the query (:attr:`Overlap.heading_rad`: their image's heading and the rotation between the
+      two) add :data:`RAY_HEADING_WEIGHT` x their inlier-weighted Cauchy cost (scale
+      :data:`RAY_HEADING_SCALE_DEG`) of the heading tried.
 
     For a heading, the east/north position minimises the inlier-weighted squared distances to the rays (weights
     summing to 1; to the image's position when the query would stand behind it) plus :data:`RAY_PRIOR_WEIGHT`
@@ -1353,6 +1376,11 @@ def ray_refined_position(position_m: np.ndarray, members: Sequence[Overlap], pos
                          np.abs(np.einsum('ynj,ynj->yn', normals, rel)), np.linalg.norm(rel, axis=-1))
         robust = 1.0 / (1.0 + (off_m / RAY_SCALE_M) ** 2)
     cost = np.log1p((off_m / RAY_SCALE_M) ** 2) @ weights + RAY_PRIOR_WEIGHT * np.sum((x - prior) ** 2, axis=1) / RAY_SCALE_M ** 2
+    headed = [o for o in members if math.isfinite(o.heading_rad)]
+    if seen and headed:
+        turn = np.angle(np.exp(1j * (yaws[:, None] - np.array([o.heading_rad for o in headed]))))  # (Y, H)
+        votes = np.array([o.inliers for o in headed], dtype=np.float64)
+        cost += RAY_HEADING_WEIGHT * np.log1p((turn / math.radians(RAY_HEADING_SCALE_DEG)) ** 2) @ (votes / votes.sum())
     out = np.array(position_m, dtype=np.float64)
     out[:2] = x[int(np.argmin(cost))]
     return out
