@@ -702,7 +702,7 @@ class Overlap(NamedTuple):
     much larger the query sees what they share (:func:`log_scale` over the inliers; > 0: the query was nearer
     the scene), ``bearing_rad``, the map bearing (radians, counter-clockwise from the map's x axis) at which
     the map image sees the query's camera (:meth:`PlaceMap.overlap`; nan when the map image has no heading or
-    the direction is too steep), and ``seen_rad``, the angle in the query's own camera (:func:`bearing_in_camera`:
+    the direction is too steep), ``seen_rad``, the angle in the query's own camera (:func:`bearing_in_camera`:
     radians, positive to its left) at which it sees the map image's camera (nan when the map has no focal
     length or the direction is too steep), and ``heading_rad``, the query's heading (the map bearing of its optical
     axis) that the map image's heading and the rotation between them give (nan when the map image has no heading
@@ -789,8 +789,8 @@ class PlaceMap:
         and their :func:`log_scale`, in units of each image's side (the same camera at another resolution sees
         the scene at the same scale), and, on an :attr:`oriented` map, the directions the essential matrix of the
         inliers gives (:func:`camera_directions`; the query's focal length the map's times e^``log_focal``, another
-        lens: :attr:`PlaceTracker.lens_log_scale`): the map bearing of the query's camera from the map image (an
-        image with a heading) and the angle at which the query sees the map image's camera."""
+        lens: :attr:`PlaceTracker.lens_log_scale`): the angle at which the query sees the map image's camera and,
+        for a map image with a heading, the map bearing of the query's camera from it and the query's heading."""
         opt = self.settings
         qi, ri = self.frames.ratio_matches(query_root_N128, frame, opt.ratio)
         query_px, map_px = np.asarray(px_N2, dtype=np.float64)[qi], self.pixels_N2[ri]
@@ -1347,7 +1347,7 @@ def ray_refined_position(position_m: np.ndarray, members: Sequence[Overlap], pos
 
     Images hold positions only; a camera beside them sees what they saw from another angle, which their
     positions' mean cannot say and their rays can (docs/localizers/gps_regressor.md, "Rays from the verified
-    images", "The query's own angles: a resection")."""
+    images", "The frame's own angles: a resection")."""
     fixed = [o for o in members if math.isfinite(o.bearing_rad)]
     seen = [o for o in members if math.isfinite(o.seen_rad)]
     if len(seen) < 2:
@@ -1375,7 +1375,8 @@ def ray_refined_position(position_m: np.ndarray, members: Sequence[Overlap], pos
         off_m = np.where(np.einsum('ynj,ynj->yn', directions, rel) >= 0.0,
                          np.abs(np.einsum('ynj,ynj->yn', normals, rel)), np.linalg.norm(rel, axis=-1))
         robust = 1.0 / (1.0 + (off_m / RAY_SCALE_M) ** 2)
-    cost = np.log1p((off_m / RAY_SCALE_M) ** 2) @ weights + RAY_PRIOR_WEIGHT * np.sum((x - prior) ** 2, axis=1) / RAY_SCALE_M ** 2
+    cost = (np.log1p((off_m / RAY_SCALE_M) ** 2) @ weights
+            + RAY_PRIOR_WEIGHT * np.sum((x - prior) ** 2, axis=1) / RAY_SCALE_M ** 2)
     headed = [o for o in members if math.isfinite(o.heading_rad)]
     if seen and headed:
         turn = np.angle(np.exp(1j * (yaws[:, None] - np.array([o.heading_rad for o in headed]))))  # (Y, H)
