@@ -153,22 +153,22 @@ def test_resume_of_a_run_whose_budget_is_used_trains_no_further(tmp_path):
 
 
 class SlowStart(Regression):
-    """Every epoch after the first takes 0.3 s before its first batch (a data loader starting, a cache read):
+    """Every epoch after the first takes 1 s before its first batch (a data loader starting, a cache read):
     the budget runs out between epochs, after the last checkpoint said it had not."""
 
     def batches(self, epoch):
         if epoch > 0:
-            time.sleep(0.3)
+            time.sleep(1.0)
         yield from super().batches(epoch)
 
 
 def test_a_budget_that_runs_out_between_epochs_ends_on_a_checkpoint_that_says_so(tmp_path):
-    """Epoch 1 takes 4 x 0.01 s of a 0.15 s budget; epoch 2 starts (the boundary check passes) and waits 0.3 s
-    for its first batch. That epoch still takes its first step, so the run ends on epoch 2's checkpoint, marked
+    """Epoch 1 takes 4 x 0.01 s of a 0.6 s budget (0.56 s left for the steps' own time and the checkpoint on a
+    slow machine); epoch 2 starts (the boundary check passes) and waits 1 s for its first batch. That epoch still takes its first step, so the run ends on epoch 2's checkpoint, marked
     budget_used (once it ended on epoch 1's, marked unused, and a resume trained on)."""
     manager = CheckpointManager(tmp_path / 'ckpt')
     task = SlowStart(sleep_s=0.01)
-    result = fit(task, epochs=100, schedule=Schedule.over_epochs(100, 4, budget_s=0.15), checkpoints=manager)
+    result = fit(task, epochs=100, schedule=Schedule.over_epochs(100, 4, budget_s=0.6), checkpoints=manager)
     payload = manager.load_latest()
     assert result.out_of_time and payload['extra']['budget_used'] is True
     assert payload['epoch'] == result.epochs_run == 2 and [s[0] for s in task.steps] == [0, 0, 0, 0, 1]
