@@ -459,13 +459,15 @@ def test_a_run_seen_through_another_lens_reads_its_places_at_the_lens_scale(tmp_
     """Hand-checked: every frame verifies image 0 at (0, 0) (40 inliers, log-scale 0.3) and image 1 at (10, 0)
     (30 inliers, 0.1): one place whose images see the frame 0.214 larger on average, as a camera with a
     longer lens would. For the first LENS_SCALE_MIN_FRAMES places the place is read at scale 0 (the fit
-    moves it 5 m, the cap, off the images' weighted mean); after that at the run's median scale, 0.214 (the
+    moves it 5.44 m off the images' weighted mean: weights 0.625 / 0.375, mean scale 0.225, slope
+    -0.469 / (0.00938 + SCALE_RIDGE) = -24.2 m per unit of log-scale; the same images at scales 1.3 and 1.1
+    would move it 29.6 m, cut to SCALE_SHIFT_MAX_M); after that at the run's median scale, 0.214 (the
     images' inlier-weighted mean scale): 0.27 m from their weighted mean, whose scale (weights also a Gaussian of
     15 m about image 0) is 0.225. A run whose places' median scale (0.046) lies within the dead band keeps
     reading at 0; ``reset()`` forgets the lens."""
     from vizloc_plugins.gps_regressor_contract import GPSKeyframes
-    from vizloc_plugins.keyframes import (LENS_SCALE_DEADBAND, LENS_SCALE_MIN_FRAMES, PLACE_HEAD_SIGMA, Overlap,
-                                          PlaceTracker, scale_aligned_position)
+    from vizloc_plugins.keyframes import (LENS_SCALE_DEADBAND, LENS_SCALE_MIN_FRAMES, PLACE_HEAD_SIGMA,
+                                          SCALE_SHIFT_MAX_M, Overlap, PlaceTracker, scale_aligned_position)
 
     places = _texture_place_map(tmp_path, [(0.0, 0.0), (10.0, 0.0)])
     network = (np.array([50.0, 0.0]), np.eye(2) * 60.0 ** 2)
@@ -478,7 +480,10 @@ def test_a_run_seen_through_another_lens_reads_its_places_at_the_lens_scale(tmp_
     w1 = 30 * math.exp(-0.5 * (10.0 / sigma_m) ** 2)
     mean_m = np.array([w1 * 10.0 / (40 + w1), 0.0])
     at_zero = scale_aligned_position(lens, places.positions_FD, head_sigma_m=sigma_m)
-    assert np.linalg.norm(at_zero - mean_m) == pytest.approx(5.0)  # the cap
+    assert np.linalg.norm(at_zero - mean_m) == pytest.approx(5.443, abs=1e-3)
+    assert SCALE_SHIFT_MAX_M < 29.6
+    far = scale_aligned_position([Overlap(0, 40, 1.3), Overlap(1, 30, 1.1)], places.positions_FD, head_sigma_m=sigma_m)
+    assert np.linalg.norm(far - mean_m) == pytest.approx(SCALE_SHIFT_MAX_M)  # the cap
     at_lens = scale_aligned_position(lens, places.positions_FD, mean_scale, head_sigma_m=sigma_m)
     assert 0.2 < np.linalg.norm(at_lens - mean_m) < 0.35
     for hypotheses in (1, 5):

@@ -1220,9 +1220,11 @@ class PlaceTracker:
 
 #: A place's position (:func:`places_of`): the prior variance of the log-scale (in log-scale units squared)
 #: that shrinks the fit of its images' positions against their scales (a ridge: a place whose images
-#: barely differ in scale keeps their mean), and the most the position moves from that mean (metres).
+#: barely differ in scale keeps their mean), and the most the position moves from that mean (metres; 5 m until
+#: 2026-12-06: since the rays fix the line of sight, the move along it, which only the scales give, needs room;
+#: measured in docs/localizers/gps_regressor.md).
 SCALE_RIDGE = 0.01
-SCALE_SHIFT_MAX_M = 5.0
+SCALE_SHIFT_MAX_M = 20.0
 #: A place's images are weighed by their inliers times a Gaussian of their distance from its head image, with a
 #: standard deviation of this x ``place_radius_m`` (15 m at the default 25 m; since 2026-12-05, measured in
 #: docs/localizers/gps_regressor.md): the place still gathers every image within the radius for its score.
