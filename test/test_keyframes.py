@@ -482,7 +482,8 @@ def test_a_run_seen_through_another_lens_reads_its_places_at_the_lens_scale(tmp_
     at_zero = scale_aligned_position(lens, places.positions_FD, head_sigma_m=sigma_m)
     assert np.linalg.norm(at_zero - mean_m) == pytest.approx(5.443, abs=1e-3)
     assert SCALE_SHIFT_MAX_M < 29.6
-    far = scale_aligned_position([Overlap(0, 40, 1.3), Overlap(1, 30, 1.1)], places.positions_FD, head_sigma_m=sigma_m)
+    far = scale_aligned_position([Overlap(0, 40, 1.3), Overlap(1, 30, 1.1)], places.positions_FD,
+                                 head_sigma_m=sigma_m)
     assert np.linalg.norm(far - mean_m) == pytest.approx(SCALE_SHIFT_MAX_M)  # the cap
     at_lens = scale_aligned_position(lens, places.positions_FD, mean_scale, head_sigma_m=sigma_m)
     assert 0.2 < np.linalg.norm(at_lens - mean_m) < 0.35

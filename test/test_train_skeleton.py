@@ -164,8 +164,9 @@ class SlowStart(Regression):
 
 def test_a_budget_that_runs_out_between_epochs_ends_on_a_checkpoint_that_says_so(tmp_path):
     """Epoch 1 takes 4 x 0.01 s of a 0.6 s budget (0.56 s left for the steps' own time and the checkpoint on a
-    slow machine); epoch 2 starts (the boundary check passes) and waits 1 s for its first batch. That epoch still takes its first step, so the run ends on epoch 2's checkpoint, marked
-    budget_used (once it ended on epoch 1's, marked unused, and a resume trained on)."""
+    slow machine); epoch 2 starts (the boundary check passes) and waits 1 s for its first batch. That epoch still
+    takes its first step, so the run ends on epoch 2's checkpoint, marked budget_used (once it ended on epoch 1's,
+    marked unused, and a resume trained on)."""
     manager = CheckpointManager(tmp_path / 'ckpt')
     task = SlowStart(sleep_s=0.01)
     result = fit(task, epochs=100, schedule=Schedule.over_epochs(100, 4, budget_s=0.6), checkpoints=manager)
