@@ -574,12 +574,13 @@ def _level_camera(yaw_rad: float) -> np.ndarray:
     return np.stack([right, np.array([0.0, 0.0, -1.0]), forward], axis=1)
 
 
-def _street(cameras: list[tuple[tuple[float, float], float]], focal_px: float, seed: int = 0
-            ) -> list[tuple[np.ndarray, np.ndarray]]:
+def _street(cameras: list[tuple[tuple[float, float], float]], focal_px: float, seed: int = 0,
+            depths: list[np.ndarray] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Keypoints (pixels in a 320 x 240 image, 0.3 px of noise) and descriptors of 800 points on facades 20-40 m
     north of the street, seen by level cameras 1.6 m up at ((east, north), heading) each: every point has its
     own random SIFT-like descriptor (a camera sees it with +-2 of noise), so Lowe's ratio test matches it
-    exactly (the essential matrices are what is tested, not SIFT)."""
+    exactly (the essential matrices are what is tested, not SIFT). ``depths`` gets each camera's keypoints' true
+    depths."""
     rng = np.random.default_rng(seed)
     points = np.stack([rng.uniform(-40, 40, 800), rng.uniform(20, 40, 800), rng.uniform(0, 8, 800)], axis=1)
     descriptors = rng.uniform(0, 120, (800, 128)).astype(np.float32)
@@ -591,6 +592,8 @@ def _street(cameras: list[tuple[tuple[float, float], float]], focal_px: float, s
         seen = X[:, 2] > 1.0
         px = (X[seen] @ K.T)[:, :2] / X[seen][:, 2:3]
         inside = (px[:, 0] >= 0) & (px[:, 0] < 320) & (px[:, 1] >= 0) & (px[:, 1] < 240)
+        if depths is not None:
+            depths.append(X[seen][inside, 2])
         px = px[inside] + rng.normal(0, 0.3, (int(inside.sum()), 2))
         descs = np.clip(descriptors[seen][inside] + rng.uniform(-2, 2, (int(inside.sum()), 128)), 0, None)
         out.append((px.astype(np.float32), descs.astype(np.float32)))
@@ -598,8 +601,10 @@ def _street(cameras: list[tuple[tuple[float, float], float]], focal_px: float, s
 
 
 def test_map_images_are_oriented_from_their_positions_and_rays_place_a_query_beside_them(tmp_path: Path) -> None:
-    """Nine level cameras 1.5 m apart along a street (headings 82-98 deg, a 65 deg field of view: focal length
-    0.785 x the 320 px side), facades to the north. From their keypoints and positions alone the map finds the
+    """Nine level cameras 1.5 m apart along a street (headings 65-115 deg, a 65 deg field of view: focal length
+    0.785 x the 320 px side), facades to the north. Each sees its neighbours 25-65 deg off its optical axis, where
+    a wrong focal length bends the directions (a camera facing square to its neighbours sees them at 90 deg whatever
+    the focal length: the search cannot choose). From their keypoints and positions alone the map finds the
     focal length (within one step of its search grid, 1.2^(1/4) = 4.7 %) and every heading within the
     agreement tolerance (ORIENT_AGREE_DEG: a heading is the mean of neighbours' estimates that agree that well;
     sideways baselines of 1.5 m at 20-40 m give a few degrees per pair). A query 6 m off the street, where no map
@@ -612,7 +617,7 @@ def test_map_images_are_oriented_from_their_positions_and_rays_place_a_query_bes
                                           ray_refined_position, scale_aligned_position, write_place_map)
 
     focal_side = 0.5 / math.tan(math.radians(65.0) / 2.0)
-    yaws = np.radians([90.0 + 8.0 * (-1) ** i for i in range(9)])
+    yaws = np.radians([90.0 + 25.0 * (-1) ** i for i in range(9)])
     positions = np.array([[-6.0 + 1.5 * i, 0.0] for i in range(9)])
     cameras = [(tuple(p), y) for p, y in zip(positions, yaws)]
     query_at, query_yaw = np.array([1.0, 6.0]), math.radians(95.0)
@@ -730,3 +735,60 @@ def test_ray_refined_position_resects_the_query_from_the_angles_it_sees_its_imag
     assert np.linalg.norm(ray_refined_position(prior, two, positions) - truth) > reach
     headed = tuple(m._replace(heading_rad=heading) for m in two)
     assert np.linalg.norm(ray_refined_position(prior, headed, positions) - truth) < reach
+
+
+def test_map_images_give_metric_depth_and_place_a_query_far_behind_them(tmp_path: Path) -> None:
+    """The street of nine map images (1.5 m apart, facades 20-40 m north) and a query 15 m behind them, where
+    their positions' scales and rays say little about the distance. The pairs of map images triangulate their
+    keypoints with the distance between their positions as the baseline: their median depth is the true one within
+    one step of the focal-length search (4.7 %: a wrong focal length scales triangulated depths about as much) plus
+    the pixel noise's share (0.3 px over the shortest 1.5 m baseline at 40 m: 1.3 %). One pair's depths are off
+    together by its relative rotation's error (0.1-0.5 deg with USAC's local optimisation, against the 9 px
+    disparity of a 40 m point over 1.5 m: up to 23 %), less after the median over a keypoint's pairs; so each
+    verified map image puts the query's camera where its depths and the essential matrix with the query say within
+    25 % of its ~16 m offset plus what its heading's error turns the offset, and the place, the members' weighted
+    median, within the median depth's 6 % plus the largest heading error."""
+    from vizloc_plugins.gps_regressor_contract import GPSKeyframes
+    from vizloc_plugins.keyframes import (DEPTH_AGREE_M, DEPTH_MOVE_MAX_M, Overlap, PlaceMap, depth_refined_position,
+                                          orient_images, places_of, write_place_map)
+
+    focal_side = 0.5 / math.tan(math.radians(65.0) / 2.0)
+    yaws = np.radians([90.0 + 25.0 * (-1) ** i for i in range(9)])
+    positions = np.array([[-6.0 + 1.5 * i, 0.0] for i in range(9)])
+    query_at, query_yaw = np.array([1.0, -15.0]), math.radians(95.0)
+    true_depths: list[np.ndarray] = []
+    *mapped, query = _street([(tuple(p), y) for p, y in zip(positions, yaws)] + [(tuple(query_at), query_yaw)],
+                             focal_side * 320, depths=true_depths)
+    found = orient_images([px for px, _ in mapped], [d for _, d in mapped], positions, np.tile([160.0, 120.0], (9, 1)),
+                          np.full(9, 320.0))
+    truth = np.concatenate(true_depths[:9])
+    known = np.isfinite(found.depths_N)
+    assert found.depths_N.shape == truth.shape and known.mean() > 0.5
+    assert abs(np.median(found.depths_N[known] / truth[known]) - 1.0) < 0.047 + 0.013
+
+    write_place_map([f'img{i}' for i in range(9)], [px for px, _ in mapped], [d for _, d in mapped], positions,
+                    np.full(9, 320), np.tile([160.0, 120.0], (9, 1)), tmp_path)
+    places = PlaceMap(tmp_path / KEYFRAMES_NPZ, tmp_path / KEYFRAMES_INDEX, GPSKeyframes(covariance_scale=1.0))
+    np.testing.assert_allclose(places.depths_N, found.depths_N, rtol=1e-6)  # stored as float32
+    verified = places.verify_features(*query, (240, 320))
+    with_depth = [o for o in verified if o.depth_points > 0]
+    assert len(with_depth) >= 3
+    heading_errors, offsets_m = [], []
+    for o in with_depth:
+        offsets_m.append(float(np.linalg.norm(query_at - positions[o.frame])))
+        heading_errors.append(abs(float(np.angle(np.exp(1j * (places.yaws_F[o.frame] - yaws[o.frame]))))))
+        assert np.linalg.norm(np.array(o.depth_east_north_m) - query_at) < offsets_m[-1] * (heading_errors[-1] + 0.25)
+    best = max(places_of(verified, places.positions_FD, places.settings), key=lambda p: p.inliers_sum)
+    assert np.linalg.norm(best.position_m - query_at) < max(offsets_m) * (max(heading_errors) + 0.06)
+
+    # what moves a place and what does not: one member with a depth, members that disagree, a move too far
+    a, b = Overlap(0, 30, depth_east_north_m=(0.0, -15.0), depth_points=10), Overlap(1, 30)
+    start = np.array([0.0, -10.0, 120.0])  # an altitude is kept
+    np.testing.assert_array_equal(depth_refined_position(start, (a, b)), start)
+    c = Overlap(1, 30, depth_east_north_m=(0.0, -16.0), depth_points=30)
+    np.testing.assert_allclose(depth_refined_position(start, (a, c)), [0.0, -16.0, 120.0])  # the weighted median
+    apart = Overlap(1, 30, depth_east_north_m=(0.0, -15.0 - 3.0 * DEPTH_AGREE_M), depth_points=10)
+    d = Overlap(2, 30, depth_east_north_m=(0.0, -15.0 + 3.0 * DEPTH_AGREE_M), depth_points=10)
+    np.testing.assert_array_equal(depth_refined_position(start, (apart, d)), start)
+    far = np.array([0.0, -15.0 + DEPTH_MOVE_MAX_M + 1.0, 120.0])
+    np.testing.assert_array_equal(depth_refined_position(far, (a, c)), far)

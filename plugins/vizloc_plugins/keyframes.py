@@ -5,7 +5,8 @@
 frame's position and answers a position: the positions of the training images that the query verifiably
 overlaps, read at the scale at which the query sees their matches (:func:`scale_aligned_position`) and, where
 the map found the images' headings (:func:`orient_images`), moved toward where the directions in which they
-see the query's camera cross (:func:`ray_refined_position`). Both
+see the query's camera cross (:func:`ray_refined_position`) and, where their keypoints have metric depths, to
+where those put it (:func:`depth_refined_position`). Both
 share the keyframe vote and the ratio test (``_FrameIndex``).
 
 Keyframe map of a scene-coordinate bundle: the mapping frames' SIFT keypoints with their 3D scene points.
@@ -33,7 +34,8 @@ Files in the bundle (``metadata.keyframes``, :class:`vizloc_plugins.scene_coordi
 ``pixels_N2`` (the keypoints in their image), ``positions_FD`` (each frame's position in the bundle's
 scene frame, metres) and ``sides_F`` (each image's longer side in pixels, as described; since 2026-12-05)
 instead of the points, and, since a later change that day, ``centres_F2`` (each image's centre), ``yaws_F``
-(headings, nan where unknown) and ``focal_side`` (:func:`build_place_map`). Torch-free.
+(headings, nan where unknown) and ``focal_side`` (:func:`build_place_map`), and since 2026-12-06 ``depths_N``
+(each keypoint's metric depth in its image, float32, nan where unknown: :func:`map_depths`). Torch-free.
 """
 from __future__ import annotations
 
@@ -56,6 +58,8 @@ from .scene_coordinates_contract import SceneKeyframes
 __all__ = ['KEYFRAMES_NPZ', 'KEYFRAMES_INDEX', 'FLAT_MAX_POINTS', 'ChainMatch', 'KeyframeError', 'KeyframeMatch', 'KeyframeMap',
            'HYPOTHESIS_BIRTH', 'HYPOTHESIS_MERGE_M', 'HYPOTHESIS_MISS', 'HYPOTHESIS_MISS_CARRY_S', 'Overlap', 'Place', 'PlaceMatch', 'PlaceMap', 'PlaceTracker', 'RecentPlaces', 'TrackedPlace', 'TRACK_GATE', 'Track', 'build_keyframe_map', 'choose_place', 'gate_d2', 'places_of', 'scale_aligned_position', 'build_place_map', 'write_place_map', 'lift_pixels', 'limit_size', 'limited_shape', 'log_scale', 'ratio_test', 'root_sift',
            'MapOrientation', 'agreeing_angle', 'bearing_in_camera', 'CameraDirections', 'camera_directions', 'orient_images',
+           'DEPTH_AGREE_DEG', 'DEPTH_AGREE_M', 'DEPTH_MOVE_MAX_M', 'depth_refined_position', 'depth_scaled_offset',
+           'map_depths', 'triangulated_depths',
            'ray_refined_position', 'RAY_PRIOR_WEIGHT', 'RAY_SCALE_M', 'RAY_YAW_STEPS', 'RAY_HEADING_WEIGHT',
            'RAY_HEADING_SCALE_DEG',
            'SCALE_RIDGE', 'SCALE_SHIFT_MAX_M', 'PLACE_HEAD_SIGMA', 'sift_detector', 'sift_features', 'verify_two_view']
@@ -159,36 +163,92 @@ RAY_MIN_HORIZONTAL = 0.3
 
 class CameraDirections(NamedTuple):
     """Two cameras seen from each other (:func:`camera_directions`): the unit direction of b's centre in a's optical
-    frame (``b_in_a``), of a's centre in b's (``a_in_b``), the essential matrix's ``inliers``, and the rotation
-    ``R_b_a`` (3, 3) that takes a direction in a's optical frame into b's."""
+    frame (``b_in_a``), of a's centre in b's (``a_in_b``), the essential matrix's ``inliers``, the rotation
+    ``R_b_a`` (3, 3) that takes a direction in a's optical frame into b's, and which of the matches those inliers
+    are (``inlier_N``, bool)."""
 
     b_in_a: np.ndarray
     a_in_b: np.ndarray
     inliers: int
     R_b_a: np.ndarray
+    inlier_N: np.ndarray
 
 
 def camera_directions(px_a_N2: np.ndarray, px_b_N2: np.ndarray, centre_a_px: np.ndarray, centre_b_px: np.ndarray,
                       focal_a_px: float, focal_b_px: float, threshold_px: float = 1.0) -> CameraDirections | None:
     """Where two cameras stood, seen from each other, and how they were turned (:class:`CameraDirections`), from
     matched pixels (a's pixel i <-> b's pixel i), each camera's principal point (``centre_*_px``) and focal length in
-    pixels (optical frames: x right, y down, z forward): OpenCV's five-point essential matrix with RANSAC
-    (``threshold_px`` in a's pixels) and its decomposition (the solution with the points in front of both). None
-    for fewer than 8 matches or no essential matrix."""
+    pixels (optical frames: x right, y down, z forward): OpenCV's five-point essential matrix with USAC and local
+    optimisation (``USAC_ACCURATE``, since 2026-12-06; plain RANSAC left relative rotations 1-3 deg off on short
+    baselines; ``threshold_px`` in a's pixels) and its decomposition (the solution with the points in front of
+    both). None for fewer than 8 matches or no essential matrix."""
     if len(px_a_N2) < 8:
         return None
     a = (np.asarray(px_a_N2, dtype=np.float64) - centre_a_px) / focal_a_px
     b = (np.asarray(px_b_N2, dtype=np.float64) - centre_b_px) / focal_b_px
     try:
-        E, mask = cv2.findEssentialMat(a, b, np.eye(3), cv2.RANSAC, 0.999, threshold_px / focal_a_px)
+        E, mask = cv2.findEssentialMat(a, b, np.eye(3), cv2.USAC_ACCURATE, 0.999, threshold_px / focal_a_px)
         if E is None or E.shape != (3, 3):
             return None
-        inliers, R, t, _ = cv2.recoverPose(E, a, b, np.eye(3), mask=mask)
+        inliers, R, t, mask = cv2.recoverPose(E, a, b, np.eye(3), mask=mask)
     except cv2.error as exc:  # degenerate matches (all on a line, repeated points)
         logger.debug('essential matrix failed: %s', exc)
         return None
     t = t.reshape(3) / max(float(np.linalg.norm(t)), 1e-12)  # x_b = R x_a + t: a's centre is at t in b
-    return CameraDirections(-R.T @ t, t, int(inliers), R)
+    return CameraDirections(-R.T @ t, t, int(inliers), R, np.asarray(mask).reshape(-1) > 0)
+
+
+def _triangulate(rays_a_N2: np.ndarray, rays_b_N2: np.ndarray, R_b_a: np.ndarray, t_b_a: np.ndarray) -> np.ndarray:
+    """Points (N, 3) in a's optical frame seen at normalised coordinates ``rays_a_N2`` in a and ``rays_b_N2`` in b,
+    with x_b = ``R_b_a`` x_a + ``t_b_a`` (nan or inf for a point at infinity)."""
+    X = cv2.triangulatePoints(np.hstack([np.eye(3), np.zeros((3, 1))]), np.hstack([R_b_a, t_b_a.reshape(3, 1)]),
+                              np.asarray(rays_a_N2, np.float64).T, np.asarray(rays_b_N2, np.float64).T)
+    with np.errstate(divide='ignore', invalid='ignore'):
+        return (X[:3] / X[3]).T
+
+
+def triangulated_depths(rays_a_N2: np.ndarray, rays_b_N2: np.ndarray, seen: CameraDirections, baseline_m: float,
+                        focal_a_px: float, focal_b_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Depths of the essential matrix's inliers (``seen.inlier_N`` of the matches, given as normalised image
+    coordinates ``(pixel - centre) / focal``) in a's and b's optical frames, the cameras ``baseline_m`` apart:
+    (depth in a (M,), depth in b (M,), which inliers are kept (M,)). A point is kept when it lies more than
+    :data:`DEPTH_RANGE_M` [0] in front of both cameras and within [1] of a, the two rays meet it at
+    :data:`DEPTH_MIN_PARALLAX_DEG` or more, and it reprojects within :data:`DEPTH_MAX_REPROJECTION_PX` in both."""
+    m = seen.inlier_N
+    a, b = np.asarray(rays_a_N2, np.float64)[m], np.asarray(rays_b_N2, np.float64)[m]
+    R, t = seen.R_b_a, seen.a_in_b * float(baseline_m)
+    X_a = _triangulate(a, b, R, t)
+    with np.errstate(divide='ignore', invalid='ignore'):
+        X_b = X_a @ R.T + t
+        centre_b = -R.T @ t
+        cos_parallax = np.sum(X_a * (X_a - centre_b), axis=1) / (np.linalg.norm(X_a, axis=1)
+                                                                    * np.linalg.norm(X_a - centre_b, axis=1))
+        error_a = np.linalg.norm(X_a[:, :2] / X_a[:, 2:3] - a, axis=1) * focal_a_px
+        error_b = np.linalg.norm(X_b[:, :2] / X_b[:, 2:3] - b, axis=1) * focal_b_px
+    lo, hi = DEPTH_RANGE_M
+    keep = ((X_a[:, 2] > lo) & (X_b[:, 2] > lo) & (X_a[:, 2] < hi)
+            & (cos_parallax <= math.cos(math.radians(DEPTH_MIN_PARALLAX_DEG)))
+            & (error_a <= DEPTH_MAX_REPROJECTION_PX) & (error_b <= DEPTH_MAX_REPROJECTION_PX))
+    return X_a[:, 2], X_b[:, 2], keep
+
+
+def depth_scaled_offset(rays_a_N2: np.ndarray, rays_b_N2: np.ndarray, seen: CameraDirections,
+                        depths_a_N: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """Where camera b stands in camera a's optical frame, in metres (and from how many points), when a's keypoints
+    have metric depths (``depths_a_N``, nan where unknown; :func:`map_depths`): the essential matrix gives the
+    direction (``seen.b_in_a``) and the inliers triangulated at a unit baseline give their depths up to that
+    baseline; the median ratio of a's metric depths to those is the baseline. None with fewer than
+    :data:`DEPTH_SCALE_MIN_POINTS` inliers that have a depth and lie in front of a."""
+    use = seen.inlier_N & np.isfinite(depths_a_N)
+    if use.sum() < DEPTH_SCALE_MIN_POINTS:
+        return None
+    unit_depths = _triangulate(np.asarray(rays_a_N2, np.float64)[use], np.asarray(rays_b_N2, np.float64)[use],
+                               seen.R_b_a, seen.a_in_b)[:, 2]
+    ahead = unit_depths > 1e-3
+    if ahead.sum() < DEPTH_SCALE_MIN_POINTS:
+        return None
+    baseline_m = float(np.median(np.asarray(depths_a_N)[use][ahead] / unit_depths[ahead]))
+    return baseline_m * seen.b_in_a, int(ahead.sum())
 
 
 def bearing_in_camera(direction_3: np.ndarray) -> float | None:
@@ -230,6 +290,15 @@ FOCAL_HFOV_DEG = (30.0, 120.0)
 FOCAL_COARSE_STEP = 1.2
 #: Threads the pairs of :func:`orient_images` run on.
 ORIENT_THREADS = 2
+#: :func:`triangulated_depths`: a point's depth range (m), the least angle between its two rays, and the largest
+#: reprojection error in either image (pixels); :func:`map_depths`: how far a pair's essential matrix may put the
+#: other camera off the map bearing between the two positions.
+DEPTH_RANGE_M = (0.5, 300.0)
+DEPTH_MIN_PARALLAX_DEG = 1.0
+DEPTH_MAX_REPROJECTION_PX = 2.0
+DEPTH_AGREE_DEG = 15.0
+#: :func:`depth_scaled_offset`: the fewest points with a depth that scale a query's offset from a map image.
+DEPTH_SCALE_MIN_POINTS = 5
 
 
 @dataclass(frozen=True)
@@ -237,11 +306,13 @@ class MapOrientation:
     """The map images' headings (:func:`orient_images`): ``yaws_F`` (radians, counter-clockwise from the map's x
     axis; nan where unknown) and the focal length they were found with, as a fraction of the longer image side
     (``focal_side``; nan: none found), with the share of neighbour headings that agreed at it
-    (``agreement``)."""
+    (``agreement``), and the metric depth of every keypoint in its image's optical frame (``depths_N``, metres,
+    the images' keypoints one after the other; nan where no pair of images triangulated it)."""
 
     yaws_F: np.ndarray
     focal_side: float
     agreement: float
+    depths_N: np.ndarray
 
     @property
     def hfov_deg(self) -> float:
@@ -259,7 +330,10 @@ def orient_images(pixels: Sequence[np.ndarray], descs: Sequence[np.ndarray], pos
     (at least two within :data:`ORIENT_AGREE_DEG`). The focal length, shared by all images (one camera, as a
     fraction of the longer side), is the one at which the pairs of :data:`FOCAL_CALIBRATION_IMAGES` images agree
     most: a wrong focal length bends every direction, and one image's neighbours then disagree. Positions are
-    east/north (the first two coordinates). Images with fewer than two agreeing neighbours get nan."""
+    east/north (the first two coordinates). Images with fewer than two agreeing neighbours get nan.
+
+    The same pairs also give metric depth (:func:`map_depths`): each pair's inliers triangulated with the distance
+    between the two positions as the baseline."""
     started = time.perf_counter()
     n = len(pixels)
     yaws = np.full(n, math.nan)
@@ -271,11 +345,15 @@ def orient_images(pixels: Sequence[np.ndarray], descs: Sequence[np.ndarray], pos
         d = np.linalg.norm(en - en[i], axis=1)
         return [int(j) for j in np.argsort(d, kind='stable') if lo <= d[j] <= hi][:ORIENT_NEIGHBOURS]
 
-    def matched_pixels(pair: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    def matched(pair: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Keypoint indices in the pair's two images that pass the ratio test."""
         i, j = pair
         if min(len(roots[i]), len(roots[j])) < 2:
-            return np.zeros((0, 2)), np.zeros((0, 2))
-        qi, rj = ratio_test(cv2.BFMatcher(cv2.NORM_L2), roots[i], roots[j], ratio)
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return ratio_test(cv2.BFMatcher(cv2.NORM_L2), roots[i], roots[j], ratio)
+
+    def matched_pixels(pair: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        (i, j), (qi, rj) = pair, matched(pair)
         return np.asarray(pixels[i], np.float64)[qi], np.asarray(pixels[j], np.float64)[rj]
 
     def directions(pair: tuple[int, int], px: tuple[np.ndarray, np.ndarray], focal_side: float
@@ -327,22 +405,77 @@ def orient_images(pixels: Sequence[np.ndarray], descs: Sequence[np.ndarray], pos
         for f in best * np.exp(np.arange(-2, 3) * fine):
             scores.setdefault(float(f), agreement(float(f)))
         best = max(scores, key=scores.get)
+        n_points = sum(len(p) for p in pixels)
         if scores[best] <= 0.0:
             logger.info('place map: no headings (no image has 3 neighbours to agree; %d images)', n)
-            return MapOrientation(yaws, math.nan, 0.0)
+            return MapOrientation(yaws, math.nan, 0.0, np.full(n_points, math.nan))
         logger.info('place map: focal length %.3f x side chosen in %.1f s; headings of %d images', best,
                     time.perf_counter() - started, n)
+
+        def related(pair: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, CameraDirections | None]:
+            (i, j), (qi, rj) = pair, matched(pair)
+            px = np.asarray(pixels[i], np.float64)[qi], np.asarray(pixels[j], np.float64)[rj]
+            return qi, rj, directions(pair, px, best)
+
         pairs = pairs_of(range(n))
-        found = headings(pairs, pool.map(lambda pair: directions(pair, matched_pixels(pair), best), pairs))
+        related_pairs = list(pool.map(related, pairs))
+        found = headings(pairs, (seen for _, _, seen in related_pairs))
     for i, (angles, weights) in found.items():
         yaw, _, agreeing = agreeing_angle(angles, weights, tolerance)
         if agreeing >= 2:
             yaws[i] = yaw
-    out = MapOrientation(yaws, best, scores[best])
+    depths = map_depths(pixels, positions_FD, centres_F2, best * np.asarray(sides_F, np.float64), yaws,
+                        [(i, j, qi, rj, seen) for (i, j), (qi, rj, seen) in zip(pairs, related_pairs)])
+    out = MapOrientation(yaws, best, scores[best], depths)
     logger.info('place map: headings of %d of %d images, focal length %.3f x side (%.1f deg across it, agreement '
-                '%.2f) in %.1f s', int(np.isfinite(yaws).sum()), n, best, out.hfov_deg, scores[best],
-                time.perf_counter() - started)
+                '%.2f), depths of %d of %d keypoints in %.1f s', int(np.isfinite(yaws).sum()), n, best, out.hfov_deg,
+                scores[best], int(np.isfinite(depths).sum()), n_points, time.perf_counter() - started)
     return out
+
+
+def map_depths(pixels: Sequence[np.ndarray], positions_FD: np.ndarray, centres_F2: np.ndarray, focals_F: np.ndarray,
+               yaws_F: np.ndarray, pairs: Iterable[tuple[int, int, np.ndarray, np.ndarray, CameraDirections | None]]
+               ) -> np.ndarray:
+    """Metric depth (m) of every map keypoint in its own image's optical frame (the images' keypoints one after
+    the other; nan where none), from pairs of map images ``(i, j, keypoint indices in i, in j, their essential
+    matrix)`` (:func:`orient_images`): the pair's inliers triangulated with the distance between the two positions
+    as the baseline (:func:`triangulated_depths`; a GPS dataset knows where each image was, not how far it saw),
+    and a keypoint's depth the median over its pairs. A pair whose essential matrix puts the other camera more than
+    :data:`DEPTH_AGREE_DEG` off the map bearing between the positions (seen through an image's heading, where one
+    has one) triangulates nothing."""
+    offsets = np.concatenate([[0], np.cumsum([len(p) for p in pixels])]).astype(np.int64)
+    positions = np.asarray(positions_FD, dtype=np.float64)
+    tolerance = math.cos(math.radians(DEPTH_AGREE_DEG))
+    rows, values = [], []
+    for i, j, qi, rj, seen in pairs:
+        if seen is None:
+            continue
+        g = positions[j, :2] - positions[i, :2]
+        # the other camera's map bearing through whichever image has a heading
+        for yaw, direction, toward in ((yaws_F[i], seen.b_in_a, g), (yaws_F[j], seen.a_in_b, -g)):
+            if math.isfinite(yaw):
+                angle = bearing_in_camera(direction)
+                if angle is None or math.cos(yaw + angle - math.atan2(toward[1], toward[0])) < tolerance:
+                    seen = None
+                break
+        if seen is None:
+            continue
+        rays_a = (np.asarray(pixels[i], np.float64)[qi] - centres_F2[i]) / focals_F[i]
+        rays_b = (np.asarray(pixels[j], np.float64)[rj] - centres_F2[j]) / focals_F[j]
+        depth_a, depth_b, keep = triangulated_depths(rays_a, rays_b, seen, float(np.linalg.norm(positions[j] -
+                                                                                                positions[i])),
+                                                     focals_F[i], focals_F[j])
+        inliers = seen.inlier_N
+        rows += [offsets[i] + qi[inliers][keep], offsets[j] + rj[inliers][keep]]
+        values += [depth_a[keep], depth_b[keep]]
+    depths = np.full(int(offsets[-1]), math.nan)
+    if rows:
+        row, value = np.concatenate(rows), np.concatenate(values)
+        order = np.argsort(row, kind='stable')
+        row, value = row[order], value[order]
+        starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
+        depths[row[starts]] = [float(np.median(v)) for v in np.split(value, starts[1:])]
+    return depths
 
 
 def lift_pixels(px_N2: np.ndarray, K_3x3: np.ndarray, T_map_camera: np.ndarray, *, depth_HW: np.ndarray | None = None,
@@ -546,8 +679,10 @@ def write_place_map(names: Sequence[str], pixels: Sequence[np.ndarray], descs: S
     if orient and arrays['positions_FD'].shape[1] >= 2:
         orientation = orient_images(pixels, descs, arrays['positions_FD'], arrays['centres_F2'],
                                     arrays['sides_F'].astype(np.float64), ratio=ratio)
-        arrays.update(yaws_F=orientation.yaws_F, focal_side=np.float64(orientation.focal_side))
+        arrays.update(yaws_F=orientation.yaws_F, focal_side=np.float64(orientation.focal_side),
+                      depths_N=orientation.depths_N.astype(np.float32))
         described.update(headings=int(np.isfinite(orientation.yaws_F).sum()),
+                         depths=int(np.isfinite(orientation.depths_N).sum()),
                          hfov_deg=round(orientation.hfov_deg, 2) if math.isfinite(orientation.hfov_deg) else None)
     np.savez_compressed(out / KEYFRAMES_NPZ, **arrays)
     _faiss().write_index(_vote_index(np.concatenate([np.asarray(d).reshape(-1, 128) for d in descs])),
@@ -706,7 +841,9 @@ class Overlap(NamedTuple):
     radians, positive to its left) at which it sees the map image's camera (nan when the map has no focal
     length or the direction is too steep), and ``heading_rad``, the query's heading (the map bearing of its optical
     axis) that the map image's heading and the rotation between them give (nan when the map image has no heading
-    or the axis is too steep). A plain ``(frame, inliers)`` pair has ``log_scale`` 0 and no angles."""
+    or the axis is too steep). ``depth_east_north_m``: where the query's camera stands (the map's east/north, metres)
+    by the map image's keypoint depths (:func:`depth_scaled_offset`, turned by the image's heading; nan without),
+    from ``depth_points`` points. A plain ``(frame, inliers)`` pair has ``log_scale`` 0 and no angles."""
 
     frame: int
     inliers: int
@@ -714,6 +851,8 @@ class Overlap(NamedTuple):
     bearing_rad: float = math.nan
     seen_rad: float = math.nan
     heading_rad: float = math.nan
+    depth_east_north_m: tuple[float, float] = (math.nan, math.nan)
+    depth_points: int = 0
 
 
 @dataclass(frozen=True)
@@ -746,7 +885,7 @@ class PlaceMap:
     def __init__(self, npz_path: str | Path, index_path: str | Path, settings: GPSKeyframes) -> None:
         folder = Path(npz_path).parent
         arrays, index = _read_map(npz_path, index_path, ('pixels_N2', 'positions_FD'),
-                                  optional=('sides_F', 'centres_F2', 'yaws_F', 'focal_side'))
+                                  optional=('sides_F', 'centres_F2', 'yaws_F', 'focal_side', 'depths_N'))
         self.pixels_N2 = np.asarray(arrays['pixels_N2'], dtype=np.float64)
         self.positions_FD = np.asarray(arrays['positions_FD'], dtype=np.float64)
         # each image's longer side as described (maps built before 2026-12-05 lack it: scales then in pixels)
@@ -772,6 +911,12 @@ class PlaceMap:
             if self.centres_F2.shape != (n, 2) or self.yaws_F.shape != (n,):
                 raise KeyframeError(f'{folder}: {self.centres_F2.shape} image centres and {self.yaws_F.shape} '
                                     f'headings for {n} images')
+        # the keypoints' metric depths (maps since 2026-12-06: map_depths); without them places are not moved to
+        # where the depths put the query
+        depths = arrays.get('depths_N')
+        self.depths_N = None if depths is None else np.asarray(depths, dtype=np.float64)
+        if self.depths_N is not None and self.depths_N.shape != (len(self.pixels_N2),):
+            raise KeyframeError(f'{folder}: {self.depths_N.shape} keypoint depths for {len(self.pixels_N2)} keypoints')
         self.settings = settings
 
     @property
@@ -802,11 +947,13 @@ class PlaceMap:
         sides = 0.0 if self.sides_F is None else math.log(self.sides_F[frame] / side_px)
         scale = log_scale(query_px[inlier], map_px[inlier]) + sides
         bearing = seen_rad = heading = math.nan
+        east_north, depth_points = (math.nan, math.nan), 0
         if self.oriented:
-            seen = camera_directions(map_px[inlier], query_px[inlier], self.centres_F2[frame],
-                                     np.array([shape_hw[1] / 2.0, shape_hw[0] / 2.0]),
-                                     self.focal_side * self.sides_F[frame],
-                                     self.focal_side * side_px * math.exp(log_focal))
+            query_centre = np.array([shape_hw[1] / 2.0, shape_hw[0] / 2.0])
+            map_focal, query_focal = (self.focal_side * self.sides_F[frame],
+                                      self.focal_side * side_px * math.exp(log_focal))
+            seen = camera_directions(map_px[inlier], query_px[inlier], self.centres_F2[frame], query_centre,
+                                     map_focal, query_focal)
             if seen is not None:
                 if (seen_angle := bearing_in_camera(seen.a_in_b)) is not None:
                     seen_rad = seen_angle
@@ -816,7 +963,16 @@ class PlaceMap:
                     # the map image's optical axis, seen in the query, lies at the image's heading
                     if (axis := bearing_in_camera(seen.R_b_a[:, 2])) is not None:
                         heading = float(np.angle(np.exp(1j * (yaw - axis))))
-        return Overlap(frame, n, scale, bearing, seen_rad, heading)
+                    if self.depths_N is not None and (offset := depth_scaled_offset(
+                            (map_px[inlier] - self.centres_F2[frame]) / map_focal,
+                            (query_px[inlier] - query_centre) / query_focal, seen,
+                            self.depths_N[ri[inlier]])) is not None:
+                        # the map image's optical frame (x right, z forward) turned to the map by its heading
+                        (right, _, forward), depth_points = offset
+                        at = self.positions_FD[frame, :2] + forward * np.array([math.cos(yaw), math.sin(yaw)]) \
+                            + right * np.array([math.sin(yaw), -math.cos(yaw)])
+                        east_north = (float(at[0]), float(at[1]))
+        return Overlap(frame, n, scale, bearing, seen_rad, heading, east_north, depth_points)
 
     def described_shape(self, gray_HW: np.ndarray) -> tuple[int, int]:
         """(height, width) of ``gray_HW`` as :meth:`describe` describes it (reduced to ``max_side_px``)."""
@@ -1271,9 +1427,9 @@ def places_of(verified: Iterable[Overlap], positions_FD: np.ndarray, settings: G
         head = positions_FD[v.frame]
         members = (v, *(o for o in verified if o is not v and opt.min_relative_inliers * v.inliers <= o.inliers
                         <= v.inliers and np.linalg.norm(positions_FD[o.frame] - head) <= opt.place_radius_m))
-        out.append(Place(ray_refined_position(scale_aligned_position(members, positions_FD, at_log_scale,
-                                                                     head_sigma_m=near_m),
-                                              members, positions_FD),
+        position = ray_refined_position(scale_aligned_position(members, positions_FD, at_log_scale,
+                                                               head_sigma_m=near_m), members, positions_FD)
+        out.append(Place(depth_refined_position(position, members),
                          float(sum(o.inliers for o in members)),
                          int(v.inliers), members))
     return out
@@ -1386,6 +1542,42 @@ def ray_refined_position(position_m: np.ndarray, members: Sequence[Overlap], pos
         cost += RAY_HEADING_WEIGHT * np.log1p((turn / math.radians(RAY_HEADING_SCALE_DEG)) ** 2) @ (votes / votes.sum())
     out = np.array(position_m, dtype=np.float64)
     out[:2] = x[int(np.argmin(cost))]
+    return out
+
+
+#: :func:`depth_refined_position`: how far (m) two members' positions by depth must lie from their median at most,
+#: and how far that median may move the place.
+DEPTH_AGREE_M = 2.0
+DEPTH_MOVE_MAX_M = 15.0
+
+
+def _weighted_median(values_N: np.ndarray, weights_N: np.ndarray) -> float:
+    order = np.argsort(values_N, kind='stable')
+    cumulative = np.cumsum(weights_N[order])
+    return float(values_N[order][np.searchsorted(cumulative, 0.5 * cumulative[-1])])
+
+
+def depth_refined_position(position_m: np.ndarray, members: Sequence[Overlap]) -> np.ndarray:
+    """A place's position (``position_m``: :func:`ray_refined_position`'s) moved to where its images' keypoint depths
+    put the query's camera (:attr:`Overlap.depth_east_north_m`): east and north each the median over the members,
+    weighted by their :attr:`Overlap.depth_points`, when two or more members' positions lie within
+    :data:`DEPTH_AGREE_M` of it and it lies within :data:`DEPTH_MOVE_MAX_M` of ``position_m``; else ``position_m``
+    unchanged. Other coordinates (an altitude) are kept.
+
+    Scales and rays say along which line and how far relative to the images the query stood; metric depth says
+    how far in metres, which a frame standing behind every image that sees what it sees needs
+    (docs/localizers/gps_regressor.md, "Metric depth from the map images' positions")."""
+    depth = [o for o in members if o.depth_points > 0]
+    if len(depth) < 2:
+        return position_m
+    at = np.array([o.depth_east_north_m for o in depth], dtype=np.float64)
+    weights = np.array([o.depth_points for o in depth], dtype=np.float64)
+    median = np.array([_weighted_median(at[:, 0], weights), _weighted_median(at[:, 1], weights)])
+    if (np.sum(np.linalg.norm(at - median, axis=1) <= DEPTH_AGREE_M) < 2
+            or np.linalg.norm(median - np.asarray(position_m, dtype=np.float64)[:2]) > DEPTH_MOVE_MAX_M):
+        return position_m
+    out = np.array(position_m, dtype=np.float64)
+    out[:2] = median
     return out
 
 

@@ -533,7 +533,8 @@ def _place_map(args: TrainArgs, cfg: GPSConfig, data: GPSData, val_network: tupl
         return None, {}
     metrics['keyframe_map_s'] = time.perf_counter() - started
     if 'headings' in built:
-        metrics['keyframe_headings'] = {'images': built['headings'], 'hfov_deg': built['hfov_deg']}
+        metrics['keyframe_headings'] = {'images': built['headings'], 'hfov_deg': built['hfov_deg'],
+                                        'depths': built['depths']}
     files = {name: out_dir / name for name in (KEYFRAMES_NPZ, KEYFRAMES_INDEX)}
     places = PlaceMap(files[KEYFRAMES_NPZ], files[KEYFRAMES_INDEX],
                       cfg.keyframe_settings(n_features=n_features, frames=built['frames'], points=built['points']))
