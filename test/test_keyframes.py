@@ -770,6 +770,14 @@ def test_map_images_give_metric_depth_and_place_a_query_far_behind_them(tmp_path
                     np.full(9, 320), np.tile([160.0, 120.0], (9, 1)), tmp_path)
     places = PlaceMap(tmp_path / KEYFRAMES_NPZ, tmp_path / KEYFRAMES_INDEX, GPSKeyframes(covariance_scale=1.0))
     np.testing.assert_allclose(places.depths_N, found.depths_N, rtol=1e-6)  # stored as float32
+    bad = tmp_path / 'bad'  # depths that do not fit the keypoints are an error
+    bad.mkdir()
+    with np.load(tmp_path / KEYFRAMES_NPZ) as data:
+        np.savez_compressed(bad / KEYFRAMES_NPZ, **{**{k: data[k] for k in data.files},
+                                                    'depths_N': data['depths_N'][:-1]})
+    (bad / KEYFRAMES_INDEX).write_bytes((tmp_path / KEYFRAMES_INDEX).read_bytes())
+    with pytest.raises(KeyframeError, match='keypoint depths'):
+        PlaceMap(bad / KEYFRAMES_NPZ, bad / KEYFRAMES_INDEX, GPSKeyframes())
     verified = places.verify_features(*query, (240, 320))
     with_depth = [o for o in verified if o.depth_points > 0]
     assert len(with_depth) >= 3
