@@ -164,14 +164,17 @@ RAY_MIN_HORIZONTAL = 0.3
 class CameraDirections(NamedTuple):
     """Two cameras seen from each other (:func:`camera_directions`): the unit direction of b's centre in a's optical
     frame (``b_in_a``), of a's centre in b's (``a_in_b``), the essential matrix's ``inliers``, the rotation
-    ``R_b_a`` (3, 3) that takes a direction in a's optical frame into b's, and which of the matches those inliers
-    are (``inlier_N``, bool)."""
+    ``R_b_a`` (3, 3) that takes a direction in a's optical frame into b's, which of the matches those inliers
+    are (``inlier_N``, bool), and the matches in normalised image coordinates, ``(pixel - centre) / focal``, in a
+    (``rays_a_N2``) and b (``rays_b_N2``)."""
 
     b_in_a: np.ndarray
     a_in_b: np.ndarray
     inliers: int
     R_b_a: np.ndarray
     inlier_N: np.ndarray
+    rays_a_N2: np.ndarray
+    rays_b_N2: np.ndarray
 
 
 def camera_directions(px_a_N2: np.ndarray, px_b_N2: np.ndarray, centre_a_px: np.ndarray, centre_b_px: np.ndarray,
@@ -195,7 +198,7 @@ def camera_directions(px_a_N2: np.ndarray, px_b_N2: np.ndarray, centre_a_px: np.
         logger.debug('essential matrix failed: %s', exc)
         return None
     t = t.reshape(3) / max(float(np.linalg.norm(t)), 1e-12)  # x_b = R x_a + t: a's centre is at t in b
-    return CameraDirections(-R.T @ t, t, int(inliers), R, np.asarray(mask).reshape(-1) > 0)
+    return CameraDirections(-R.T @ t, t, int(inliers), R, np.asarray(mask).reshape(-1) > 0, a, b)
 
 
 def _triangulate(rays_a_N2: np.ndarray, rays_b_N2: np.ndarray, R_b_a: np.ndarray, t_b_a: np.ndarray) -> np.ndarray:
@@ -207,15 +210,14 @@ def _triangulate(rays_a_N2: np.ndarray, rays_b_N2: np.ndarray, R_b_a: np.ndarray
         return (X[:3] / X[3]).T
 
 
-def triangulated_depths(rays_a_N2: np.ndarray, rays_b_N2: np.ndarray, seen: CameraDirections, baseline_m: float,
-                        focal_a_px: float, focal_b_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Depths of the essential matrix's inliers (``seen.inlier_N`` of the matches, given as normalised image
-    coordinates ``(pixel - centre) / focal``) in a's and b's optical frames, the cameras ``baseline_m`` apart:
+def triangulated_depths(seen: CameraDirections, baseline_m: float, focal_a_px: float, focal_b_px: float
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Depths of the essential matrix's inliers (``seen.inlier_N`` of its matches) in a's and b's optical frames,
+    the cameras ``baseline_m`` apart:
     (depth in a (M,), depth in b (M,), which inliers are kept (M,)). A point is kept when it lies more than
     :data:`DEPTH_RANGE_M` [0] in front of both cameras and within [1] of a, the two rays meet it at
     :data:`DEPTH_MIN_PARALLAX_DEG` or more, and it reprojects within :data:`DEPTH_MAX_REPROJECTION_PX` in both."""
-    m = seen.inlier_N
-    a, b = np.asarray(rays_a_N2, np.float64)[m], np.asarray(rays_b_N2, np.float64)[m]
+    a, b = seen.rays_a_N2[seen.inlier_N], seen.rays_b_N2[seen.inlier_N]
     R, t = seen.R_b_a, seen.a_in_b * float(baseline_m)
     X_a = _triangulate(a, b, R, t)
     with np.errstate(divide='ignore', invalid='ignore'):
@@ -232,18 +234,17 @@ def triangulated_depths(rays_a_N2: np.ndarray, rays_b_N2: np.ndarray, seen: Came
     return X_a[:, 2], X_b[:, 2], keep
 
 
-def depth_scaled_offset(rays_a_N2: np.ndarray, rays_b_N2: np.ndarray, seen: CameraDirections,
-                        depths_a_N: np.ndarray) -> tuple[np.ndarray, int] | None:
+def depth_scaled_offset(seen: CameraDirections, depths_a_N: np.ndarray) -> tuple[np.ndarray, int] | None:
     """Where camera b stands in camera a's optical frame, in metres (and from how many points), when a's keypoints
-    have metric depths (``depths_a_N``, nan where unknown; :func:`map_depths`): the essential matrix gives the
+    of the matches have metric depths (``depths_a_N``, nan where unknown; :func:`map_depths`): the essential matrix
+    gives the
     direction (``seen.b_in_a``) and the inliers triangulated at a unit baseline give their depths up to that
     baseline; the median ratio of a's metric depths to those is the baseline. None with fewer than
     :data:`DEPTH_SCALE_MIN_POINTS` inliers that have a depth and lie in front of a."""
     use = seen.inlier_N & np.isfinite(depths_a_N)
     if use.sum() < DEPTH_SCALE_MIN_POINTS:
         return None
-    unit_depths = _triangulate(np.asarray(rays_a_N2, np.float64)[use], np.asarray(rays_b_N2, np.float64)[use],
-                               seen.R_b_a, seen.a_in_b)[:, 2]
+    unit_depths = _triangulate(seen.rays_a_N2[use], seen.rays_b_N2[use], seen.R_b_a, seen.a_in_b)[:, 2]
     ahead = unit_depths > 1e-3
     if ahead.sum() < DEPTH_SCALE_MIN_POINTS:
         return None
@@ -424,7 +425,7 @@ def orient_images(pixels: Sequence[np.ndarray], descs: Sequence[np.ndarray], pos
         yaw, _, agreeing = agreeing_angle(angles, weights, tolerance)
         if agreeing >= 2:
             yaws[i] = yaw
-    depths = map_depths(pixels, positions_FD, centres_F2, best * np.asarray(sides_F, np.float64), yaws,
+    depths = map_depths([len(p) for p in pixels], positions_FD, best * np.asarray(sides_F, np.float64), yaws,
                         [(i, j, qi, rj, seen) for (i, j), (qi, rj, seen) in zip(pairs, related_pairs)])
     out = MapOrientation(yaws, best, scores[best], depths)
     logger.info('place map: headings of %d of %d images, focal length %.3f x side (%.1f deg across it, agreement '
@@ -433,17 +434,16 @@ def orient_images(pixels: Sequence[np.ndarray], descs: Sequence[np.ndarray], pos
     return out
 
 
-def map_depths(pixels: Sequence[np.ndarray], positions_FD: np.ndarray, centres_F2: np.ndarray, focals_F: np.ndarray,
-               yaws_F: np.ndarray, pairs: Iterable[tuple[int, int, np.ndarray, np.ndarray, CameraDirections | None]]
-               ) -> np.ndarray:
-    """Metric depth (m) of every map keypoint in its own image's optical frame (the images' keypoints one after
-    the other; nan where none), from pairs of map images ``(i, j, keypoint indices in i, in j, their essential
-    matrix)`` (:func:`orient_images`): the pair's inliers triangulated with the distance between the two positions
-    as the baseline (:func:`triangulated_depths`; a GPS dataset knows where each image was, not how far it saw),
-    and a keypoint's depth the median over its pairs. A pair whose essential matrix puts the other camera more than
-    :data:`DEPTH_AGREE_DEG` off the map bearing between the positions (seen through an image's heading, where one
-    has one) triangulates nothing."""
-    offsets = np.concatenate([[0], np.cumsum([len(p) for p in pixels])]).astype(np.int64)
+def map_depths(keypoints_F: Sequence[int], positions_FD: np.ndarray, focals_F: np.ndarray, yaws_F: np.ndarray,
+               pairs: Iterable[tuple[int, int, np.ndarray, np.ndarray, CameraDirections | None]]) -> np.ndarray:
+    """Metric depth (m) of every map keypoint in its own image's optical frame (the images' ``keypoints_F`` one
+    after the other; nan where none), from pairs of map images ``(i, j, keypoint indices in i, in j, their
+    essential matrix)`` (:func:`orient_images`; ``focals_F`` in pixels): the pair's inliers triangulated with the
+    distance between the two positions as the baseline (:func:`triangulated_depths`; a GPS dataset knows where each
+    image was, not how far it saw), and a keypoint's depth the median over its pairs. A pair whose essential matrix
+    puts the other camera more than :data:`DEPTH_AGREE_DEG` off the map bearing between the positions (seen through
+    an image's heading, where one has one) triangulates nothing."""
+    offsets = np.concatenate([[0], np.cumsum(keypoints_F)]).astype(np.int64)
     positions = np.asarray(positions_FD, dtype=np.float64)
     tolerance = math.cos(math.radians(DEPTH_AGREE_DEG))
     rows, values = [], []
@@ -460,10 +460,7 @@ def map_depths(pixels: Sequence[np.ndarray], positions_FD: np.ndarray, centres_F
                 break
         if seen is None:
             continue
-        rays_a = (np.asarray(pixels[i], np.float64)[qi] - centres_F2[i]) / focals_F[i]
-        rays_b = (np.asarray(pixels[j], np.float64)[rj] - centres_F2[j]) / focals_F[j]
-        depth_a, depth_b, keep = triangulated_depths(rays_a, rays_b, seen, float(np.linalg.norm(positions[j] -
-                                                                                                positions[i])),
+        depth_a, depth_b, keep = triangulated_depths(seen, float(np.linalg.norm(positions[j] - positions[i])),
                                                      focals_F[i], focals_F[j])
         inliers = seen.inlier_N
         rows += [offsets[i] + qi[inliers][keep], offsets[j] + rj[inliers][keep]]
@@ -949,11 +946,10 @@ class PlaceMap:
         bearing = seen_rad = heading = math.nan
         east_north, depth_points = (math.nan, math.nan), 0
         if self.oriented:
-            query_centre = np.array([shape_hw[1] / 2.0, shape_hw[0] / 2.0])
-            map_focal, query_focal = (self.focal_side * self.sides_F[frame],
-                                      self.focal_side * side_px * math.exp(log_focal))
-            seen = camera_directions(map_px[inlier], query_px[inlier], self.centres_F2[frame], query_centre,
-                                     map_focal, query_focal)
+            seen = camera_directions(map_px[inlier], query_px[inlier], self.centres_F2[frame],
+                                     np.array([shape_hw[1] / 2.0, shape_hw[0] / 2.0]),
+                                     self.focal_side * self.sides_F[frame],
+                                     self.focal_side * side_px * math.exp(log_focal))
             if seen is not None:
                 if (seen_angle := bearing_in_camera(seen.a_in_b)) is not None:
                     seen_rad = seen_angle
@@ -964,9 +960,7 @@ class PlaceMap:
                     if (axis := bearing_in_camera(seen.R_b_a[:, 2])) is not None:
                         heading = float(np.angle(np.exp(1j * (yaw - axis))))
                     if self.depths_N is not None and (offset := depth_scaled_offset(
-                            (map_px[inlier] - self.centres_F2[frame]) / map_focal,
-                            (query_px[inlier] - query_centre) / query_focal, seen,
-                            self.depths_N[ri[inlier]])) is not None:
+                            seen, self.depths_N[ri[inlier]])) is not None:
                         # the map image's optical frame (x right, z forward) turned to the map by its heading
                         (right, _, forward), depth_points = offset
                         at = self.positions_FD[frame, :2] + forward * np.array([math.cos(yaw), math.sin(yaw)]) \
