@@ -151,9 +151,18 @@ def test_multithreaded_executor_outputs_plugin_errors_and_no_fix(client: RosClie
         assert node.autostart()
         assert node.state_label() == 'active'
         assert client.wait_for_image_subscriber()
-        stamps = client.publish_stream(12, rate_hz=20.0)
+        # best-effort camera QoS and the latest-frame slots lose frames on a loaded machine (a 2-core one has
+        # delivered 7 of 12 frames to the node and dropped 1 of those): bursts of 12 until ten outputs each
+        stamps: list[int] = []
+        for _ in range(6):
+            stamps += client.publish_stream(12, rate_hz=20.0)
+            if client.wait_for(lambda: min(len(client.messages(f'/vizloc/{n}/fix')) for n in ('color', 'nofix')) >= 10,
+                               2.0):
+                break
         assert client.wait_for(lambda: len(client.messages('/vizloc/color/fix')) >= 10, 5.0)
         assert client.wait_for(lambda: len(client.messages('/vizloc/nofix/fix')) >= 10, 5.0)
+        client.wait_for(lambda: len(client.messages('/vizloc/flaky/fix'))
+                        == node.workers['flaky'].stats.summary()['frames_processed'], 3.0)
         time.sleep(0.2)
 
         color = client.messages('/vizloc/color/fix')
