@@ -423,3 +423,29 @@ def test_bundle_model_runs_frames_of_any_size(tmp_path):
     heat = np.zeros((40, 40), np.float32)
     heat[15:25] = 1.0
     assert resize.crop_to_source(heat).shape == (10, 40) and resize.crop_to_source(heat).min() > 0.99
+
+
+def test_faiss_blas_hint_names_the_kernels_a_newer_openblas_detected():
+    """faiss-cpu's OpenBLAS 0.3.15 answers 'Prescott' (generic SSE3) on CPUs newer than it; numpy's OpenBLAS in the
+    same process knows the CPU. Hand-made threadpoolctl records first, then this machine's own."""
+    from threadpoolctl import threadpool_info
+
+    from vizloc_training.train.loop import faiss_blas_hint
+
+    def lib(arch, path, version='0.3.15'):
+        return {'internal_api': 'openblas', 'architecture': arch, 'filepath': path, 'version': version}
+
+    numpy_blas = lib('SkylakeX', '/venv/numpy.libs/libscipy_openblas64_.so', '0.3.31')
+    faiss_generic = lib('Prescott', '/venv/faiss_cpu.libs/libopenblaso-r0.3.15.so')
+    hint = faiss_blas_hint([numpy_blas, faiss_generic, {'internal_api': 'openmp', 'architecture': None}])
+    assert hint is not None and 'OPENBLAS_CORETYPE=SkylakeX' in hint and '0.3.15' in hint
+    assert faiss_blas_hint([numpy_blas, lib('Zen', '/venv/faiss_cpu.libs/libopenblaso.so')]) is None  # knows it
+    assert faiss_blas_hint([faiss_generic]) is None  # nothing says the CPU is newer (an old CPU is Prescott too)
+    assert faiss_blas_hint([lib('Prescott', '/venv/numpy.libs/a.so'), faiss_generic]) is None
+    assert faiss_blas_hint([numpy_blas]) is None  # a FAISS without its own OpenBLAS
+    # this machine: FAISS loaded, its OpenBLAS (where it brings one) reports an architecture, and the hint holds
+    real = faiss_blas_hint()
+    assert real is None or 'OPENBLAS_CORETYPE=' in real
+    in_faiss = [i for i in threadpool_info()
+                if i.get('internal_api') == 'openblas' and 'faiss' in i.get('filepath', '')]
+    assert all(isinstance(i.get('architecture'), str) and i['architecture'] for i in in_faiss)

@@ -101,6 +101,28 @@ def busy_cpus(samples: int = 5, interval_s: float = 0.02) -> float:
     return sum(counts) / samples
 
 
+def faiss_blas_hint(libraries: list[dict[str, Any]] | None = None) -> str | None:
+    """Advice when FAISS's own OpenBLAS does not know this CPU, else None. faiss-cpu's wheels bring OpenBLAS 0.3.15,
+    which runs its generic SSE3 kernels (``Prescott``) on CPUs newer than it (a Sapphire Rapids Xeon): the vote
+    index's k-means took 73 s there, 19 s with ``OPENBLAS_CORETYPE=SkylakeX`` (docs/localizers/gps_regressor.md,
+    "A faster vote index"). The CPU's architecture is the one a newer OpenBLAS in the process (numpy's) detected.
+    ``libraries``: threadpoolctl's ``threadpool_info()``, read after FAISS is loaded when not given."""
+    if libraries is None:
+        import faiss  # noqa: F401 - loads its OpenBLAS
+        from threadpoolctl import threadpool_info
+
+        libraries = threadpool_info()
+    blas = [lib for lib in libraries if lib.get('internal_api') == 'openblas']
+    in_faiss = [lib for lib in blas if 'faiss' in str(lib.get('filepath', ''))]
+    known = {str(lib.get('architecture')) for lib in blas if lib not in in_faiss} - {'None', 'Prescott'}
+    if not in_faiss or in_faiss[0].get('architecture') != 'Prescott' or not known:
+        return None
+    cpu = sorted(known)[0]
+    return (f"FAISS's OpenBLAS {in_faiss[0].get('version')} runs generic SSE3 kernels on this CPU ({cpu} to a newer "
+            f"OpenBLAS): OPENBLAS_CORETYPE={cpu} (or Haswell on any AVX2 CPU) in the environment builds the keyframe "
+            "vote index 3-4x faster")
+
+
 def select_device(name: str) -> torch.device:
     """``'cpu'``, ``'cuda'`` or ``'cuda:N'``; under DDP ``'cuda'`` means this process's LOCAL_RANK GPU.
 
