@@ -745,6 +745,11 @@ def main(args: Sequence[str] | None = None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # Ctrl-C shuts the context down from rclpy's signal handler; a timer callback already running then fails
+        # to publish ('publisher's context is invalid') before the executor sees the shutdown: a clean stop
+        if node.context.ok():
+            raise
     finally:
         node.destroy_node()
         executor.shutdown()
