@@ -241,9 +241,8 @@ def triangulated_depths(seen: CameraDirections, baseline_m: float, focal_a_px: f
 def depth_scaled_offset(seen: CameraDirections, depths_a_N: np.ndarray) -> tuple[np.ndarray, int] | None:
     """Where camera b stands in camera a's optical frame, in metres (and from how many points), when a's keypoints
     of the matches have metric depths (``depths_a_N``, nan where unknown; :func:`map_depths`): the essential matrix
-    gives the
-    direction (``seen.b_in_a``) and the inliers triangulated at a unit baseline give their depths up to that
-    baseline; the median ratio of a's metric depths to those is the baseline. None with fewer than
+    gives the direction (``seen.b_in_a``) and the inliers triangulated at a unit baseline give their depths up to
+    that baseline; the median ratio of a's metric depths to those is the baseline. None with fewer than
     :data:`DEPTH_SCALE_MIN_POINTS` inliers that have a depth and lie in front of a."""
     use = seen.inlier_N & np.isfinite(depths_a_N)
     if use.sum() < DEPTH_SCALE_MIN_POINTS:
