@@ -425,6 +425,36 @@ def test_bundle_model_runs_frames_of_any_size(tmp_path):
     assert resize.crop_to_source(heat).shape == (10, 40) and resize.crop_to_source(heat).min() > 0.99
 
 
+def test_faiss_is_loaded_with_the_kernels_a_newer_openblas_detected():
+    """``import_faiss`` tells FAISS's own OpenBLAS the core numpy's detected, through OPENBLAS_CORETYPE set around the
+    import alone. Hand-made threadpoolctl records first, then a fresh interpreter on this machine."""
+    from vizloc_training.train.loop import faiss_openblas_core
+
+    def lib(arch):
+        return {'internal_api': 'openblas', 'architecture': arch, 'filepath': '/venv/numpy.libs/a.so'}
+
+    assert faiss_openblas_core([lib('SkylakeX'), {'internal_api': 'openmp', 'architecture': None}]) == 'SkylakeX'
+    assert faiss_openblas_core([lib('SapphireRapids')]) == 'SkylakeX'  # a name OpenBLAS 0.3.15 does not know
+    assert faiss_openblas_core([lib('Prescott')]) is None  # nothing to tell (an old CPU, or one numpy's lacks)
+    assert faiss_openblas_core([lib('Zen'), lib('SkylakeX')]) is None  # two OpenBLASes disagree: leave it alone
+    assert faiss_openblas_core([]) is None
+    script = """
+import json, os, platform, numpy
+from threadpoolctl import threadpool_info
+from vizloc_training.train.loop import faiss_openblas_core, import_faiss
+told = faiss_openblas_core(threadpool_info()) if platform.machine() in ('x86_64', 'AMD64') else None
+import_faiss()
+in_faiss = [i['architecture'] for i in threadpool_info() if i['internal_api'] == 'openblas' and 'faiss' in i['filepath']]
+print(json.dumps({'told': told, 'in_faiss': in_faiss, 'env': os.environ.get('OPENBLAS_CORETYPE')}))
+"""
+    env = {k: v for k, v in os.environ.items() if k != 'OPENBLAS_CORETYPE'}
+    out = json.loads(subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True,
+                                    check=True, timeout=120).stdout.splitlines()[-1])
+    assert out['env'] is None  # not left for later libraries and child processes
+    if out['told'] is not None:
+        assert out['in_faiss'] in ([], [out['told']])  # [] where FAISS brings no OpenBLAS of its own
+
+
 def test_faiss_blas_hint_names_the_kernels_a_newer_openblas_detected():
     """faiss-cpu's OpenBLAS 0.3.15 answers 'Prescott' (generic SSE3) on CPUs newer than it; numpy's OpenBLAS in the
     same process knows the CPU. Hand-made threadpoolctl records first, then this machine's own."""

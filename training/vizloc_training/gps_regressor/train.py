@@ -51,8 +51,8 @@ from ..models.frozen import FrozenFeatures
 from ..train.config import TrainArgs, TrainConfig, TrainConfigError, resolve_preset
 from ..train.export import export_and_bundle
 from ..train.images import AUGMENT_LEVELS, augment_batch, imagenet_normalise, to_unit
-from ..train.loop import (CheckpointManager, discriminative_param_groups, distributed, faiss_blas_hint,
-                          is_main_process, progress, select_device, set_seed, set_threads)
+from ..train.loop import (CheckpointManager, discriminative_param_groups, distributed, import_faiss, is_main_process,
+                          progress, select_device, set_seed, set_threads)
 from ..train.skeleton import Schedule, StepInfo, TrainingTask, Validation, ddp_wrap, fit, shard, sharded_steps
 from .data import GPSData, load_gps_data
 from .evaluate import evaluate_arrays, nearest_train_distance, robustness_table
@@ -522,8 +522,7 @@ def _place_map(args: TrainArgs, cfg: GPSConfig, data: GPSData, val_network: tupl
     started = time.perf_counter()
     images = ((name, _gray(path), en) for name, path, en in zip(train.names, train.paths, frame.to_en_m(train.lla_N3)))
     n_features = cfg.keyframe_features_for(len(train))
-    if (hint := faiss_blas_hint()) is not None:
-        logger.warning('keyframe map: %s', hint)
+    import_faiss()
     if n_features < cfg.keyframe_features:
         logger.info('keyframe map: %d SIFT keypoints per image (not %d) to stay below %d keypoints for %d images',
                     n_features, cfg.keyframe_features, cfg.keyframe_max_points, len(train))

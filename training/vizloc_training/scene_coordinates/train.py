@@ -55,7 +55,7 @@ from ..train import skeleton
 from ..train.config import TrainArgs, TrainConfig, TrainConfigError, resolve_preset
 from ..train.export import export_and_bundle
 from ..train.images import imagenet_normalise, to_unit
-from ..train.loop import CheckpointManager, faiss_blas_hint, progress, select_device, set_seed, work_dir
+from ..train.loop import CheckpointManager, import_faiss, progress, select_device, set_seed, work_dir
 from .data import PreparedImage, augment_view, open_split, prepare_split, scene_normalisation
 from .evaluate import calibrate_covariance_scale, evaluate_images
 from .losses import ReprojectionLossConfig, coordinate_nll, reprojection_loss
@@ -510,8 +510,7 @@ def _keyframe_map(data: Path, out_dir: Path, config: SceneConfig, metrics: dict[
     if not config.keyframes:
         return None, {}
     split = open_split(data, 'train')
-    if (hint := faiss_blas_hint()) is not None:
-        logger.warning('keyframe map: %s', hint)
+    import_faiss()
     started = time.perf_counter()
     try:
         built = build_keyframe_map(progress(split, 'keyframe map', total=len(split)), out_dir,
