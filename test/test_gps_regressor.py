@@ -509,6 +509,13 @@ def test_frozen_feature_mode_trains_only_pooling_and_head(dataset, tmp_path, mon
         reference = net.backbone.forward_features(imagenet_normalise(to_unit(images, torch.device('cpu'))))
     assert maps.dtype == torch.float16 and maps.shape == reference.shape
     torch.testing.assert_close(maps.float(), reference, rtol=2e-3, atol=2e-3 * float(reference.abs().max()))
+    # Evaluation runs the network with the backbone through the same session: what torch's whole network gives.
+    head = gps_train.MetricHead(net, torch.zeros(2), torch.full((2,), 50.0))
+    with FrozenFeatures(net.backbone, torch.device('cpu')) as frozen:
+        fast = gps_train.predict(head, images, torch.device('cpu'), frozen=frozen)
+    slow = gps_train.predict(head, images, torch.device('cpu'))
+    for got, want in zip(fast, slow):  # float32 kernels of two runtimes: ~1e-5 of the maps, through the head
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * float(np.abs(want).max()))
     with pytest.raises(TrainConfigError, match='freeze_backbone'):
         train(TrainArgs(type='gps_regressor', data=dataset, out=tmp_path / 'x', preset='tiny',
                         extra={'freeze_backbone': 'true', 'pretrained': 'false'}))

@@ -26,6 +26,7 @@ Pipeline (seed 001, adapted):
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -172,16 +173,18 @@ PRESETS: dict[str, GPSConfig] = {
 
 
 @torch.no_grad()
-def predict(head: MetricHead, images_NHW3: np.ndarray, device: torch.device,
-            batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """``mean_en_m`` (N, 2) and ``cov_en_m2`` (N, 2, 2) of uint8 images (same preprocessing as the ONNX graph)."""
+def predict(head: MetricHead, images_NHW3: np.ndarray, device: torch.device, batch_size: int = 64, *,
+            frozen: FrozenFeatures | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``mean_en_m`` (N, 2) and ``cov_en_m2`` (N, 2, 2) of uint8 images (same preprocessing as the ONNX graph).
+    ``frozen``: the frozen backbone's feature maps come from it (ONNX Runtime on the CPU, ~5x faster there than
+    torch's backbone), the rest of the network from ``head``."""
     was_training = head.training
     head.eval()
     means, covs = [], []
     try:
         for start in range(0, len(images_NHW3), batch_size):
             x = imagenet_normalise(to_unit(images_NHW3[start:start + batch_size], device))
-            mean, cov = head(x)
+            mean, cov = head(x) if frozen is None else head.from_maps(frozen(x).to(device))
             means.append(mean.double().cpu().numpy())
             covs.append(cov.double().cpu().numpy())
     finally:
@@ -338,14 +341,15 @@ def train(args: TrainArgs) -> Path:
     set_seed(args.seed)
     set_threads(cfg.threads)
     device = select_device(args.device)
-    with distributed(device) as dist:
+    with distributed(device) as dist, contextlib.ExitStack() as resources:
         if cfg.freeze_backbone and dist.enabled:
             raise TrainConfigError('gps_regressor: freeze_backbone trains a small head on one process; run it '
                                    'without torchrun')
-        return _train(args, cfg, device, dist)
+        return _train(args, cfg, device, dist, resources)
 
 
-def _train(args: TrainArgs, cfg: GPSConfig, device: torch.device, dist) -> Path:
+def _train(args: TrainArgs, cfg: GPSConfig, device: torch.device, dist, resources: contextlib.ExitStack) -> Path:
+    """``resources``: open until the bundle is written (the frozen backbone's session, which evaluation uses too)."""
     started = time.perf_counter()
     height, width = cfg.image_height, cfg.image_width
     data = load_gps_data(args.data, width=width, height=height, max_per_split=cfg.max_per_split or None)
@@ -382,19 +386,20 @@ def _train(args: TrainArgs, cfg: GPSConfig, device: torch.device, dist) -> Path:
     checkpoints = CheckpointManager(work_dir / 'checkpoints', describe={
         'type': LOCALIZER_TYPE, 'preset': args.preset, 'args': args.to_dict(), 'config': cfg.to_dict()})
     features_s = 0.0
+    frozen = None
     if cfg.freeze_backbone:
         features_started = time.perf_counter()
         net.backbone.requires_grad_(False)
         generator = torch.Generator().manual_seed(args.seed + 1)
-        with FrozenFeatures(net.backbone, device) as frozen:
-            views = [cached_feature_maps(frozen, train_images, device, generator=generator,
-                                         augment='none' if v == 0 else cfg.augment,
-                                         desc=f'features {v + 1}/{cfg.feature_views}')
-                     for v in range(cfg.feature_views)]
-            maps = torch.cat(views)
-            del views
-            val_maps = cached_feature_maps(frozen, val.images_NHW3, device, augment='none', generator=generator,
-                                           desc='features val')
+        frozen = resources.enter_context(FrozenFeatures(net.backbone, device))
+        views = [cached_feature_maps(frozen, train_images, device, generator=generator,
+                                     augment='none' if v == 0 else cfg.augment,
+                                     desc=f'features {v + 1}/{cfg.feature_views}')
+                 for v in range(cfg.feature_views)]
+        maps = torch.cat(views)
+        del views
+        val_maps = cached_feature_maps(frozen, val.images_NHW3, device, augment='none', generator=generator,
+                                       desc='features val')
         features_s = time.perf_counter() - features_started
         logger.info('frozen backbone: %d cached feature maps %s (%d views, %.0f MB), %.0f s', len(maps),
                     tuple(maps.shape[1:]), cfg.feature_views, maps.numel() * 2 / 1e6, features_s)
@@ -427,16 +432,18 @@ def _train(args: TrainArgs, cfg: GPSConfig, device: torch.device, dist) -> Path:
                     cfg.mode_radius_bins * bin_size_m)
     train_s = result.train_s + features_s
     return _evaluate_and_export(args, cfg, data, net, head, problem, anchors_z, bin_size_m, started, train_s,
-                                len(result.history), result.history, features_s)
+                                len(result.history), result.history, features_s, frozen)
 
 
 def _evaluate_and_export(args: TrainArgs, cfg: GPSConfig, data: GPSData, net: GPSRegressorNet, head: MetricHead,
                          problem: _Problem, anchors_z: torch.Tensor | None, bin_size_m: float, started: float,
-                         train_s: float, epochs_run: int, history: list[dict[str, Any]], features_s: float) -> Path:
-    """Calibration on val, test metrics (+ robustness), ONNX export and the bundle."""
+                         train_s: float, epochs_run: int, history: list[dict[str, Any]], features_s: float,
+                         frozen: FrozenFeatures | None) -> Path:
+    """Calibration on val, test metrics (+ robustness), ONNX export and the bundle; the network's backbone through
+    ``frozen`` when it was frozen."""
     frame, device = data.frame, problem.device
-    val_mean, val_cov = val_pred = predict(head, data.splits['val'].images_NHW3, device)  # the network runs once
-    test_mean, test_cov = test_pred = predict(head, data.splits['test'].images_NHW3, device)  # per split
+    val_mean, val_cov = val_pred = predict(head, data.splits['val'].images_NHW3, device, frozen=frozen)  # once
+    test_mean, test_cov = test_pred = predict(head, data.splits['test'].images_NHW3, device, frozen=frozen)
     val_stats, _ = _split_metrics(data, 'val', val_pred)
     val_err = val_mean - frame.to_en_m(data.splits['val'].lla_N3)
     coverage_raw = val_stats['ellipse95_coverage_pct']
@@ -471,7 +478,7 @@ def _evaluate_and_export(args: TrainArgs, cfg: GPSConfig, data: GPSData, net: GP
         test = data.splits['test']
 
         def predict_errors(images: np.ndarray) -> np.ndarray:
-            mean, _cov = predict(head, images, device)
+            mean, _cov = predict(head, images, device, frozen=frozen)
             lat, lon = frame.to_lat_lon(mean)
             return geo_metrics.haversine_m(lat, lon, test.lla_N3[:, 0], test.lla_N3[:, 1])
 
