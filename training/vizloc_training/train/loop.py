@@ -122,15 +122,13 @@ def import_faiss() -> None:
     the environment does not set ``OPENBLAS_CORETYPE``: on CPUs newer than faiss-cpu's OpenBLAS 0.3.15 it runs generic
     SSE3 kernels otherwise (a Sapphire Rapids Xeon: the vote index's k-means 73 s instead of 19 s;
     docs/localizers/gps_regressor.md, "A faster vote index"). The variable is set around the import alone, so no
-    OpenBLAS loaded later and no child process sees it. Already loaded: :func:`faiss_blas_hint`'s warning, if any."""
-    if 'faiss' in sys.modules:
-        if (hint := faiss_blas_hint()) is not None:
-            logger.warning('%s', hint)
-        return
+    OpenBLAS loaded later and no child process sees it. Logs the kernels FAISS's OpenBLAS runs, and
+    :func:`faiss_blas_hint`'s warning where it still runs generic ones (FAISS loaded before, a name it lacks)."""
     from threadpoolctl import threadpool_info
 
     core = None
-    if platform.machine().lower() in ('x86_64', 'amd64') and 'OPENBLAS_CORETYPE' not in os.environ:
+    if ('faiss' not in sys.modules and platform.machine().lower() in ('x86_64', 'amd64')
+            and 'OPENBLAS_CORETYPE' not in os.environ):
         core = faiss_openblas_core(threadpool_info())
     if core is not None:
         os.environ['OPENBLAS_CORETYPE'] = core
@@ -139,13 +137,18 @@ def import_faiss() -> None:
     finally:
         if core is not None:
             del os.environ['OPENBLAS_CORETYPE']
-    in_faiss = [lib for lib in threadpool_info()
-                if lib.get('internal_api') == 'openblas' and 'faiss' in str(lib.get('filepath', ''))]
-    for lib in in_faiss:
+    libraries = threadpool_info()
+    for lib in _faiss_openblas(libraries):
         logger.info("FAISS's OpenBLAS %s: %s kernels%s", lib.get('version'), lib.get('architecture'),
                     f' (told {core}, as a newer OpenBLAS detected this CPU)' if core else '')
-    if (hint := faiss_blas_hint()) is not None:
+    if (hint := faiss_blas_hint(libraries)) is not None:
         logger.warning('%s', hint)
+
+
+def _faiss_openblas(libraries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The OpenBLAS that faiss-cpu brings, among threadpoolctl's records (none where FAISS links another BLAS)."""
+    return [lib for lib in libraries
+            if lib.get('internal_api') == 'openblas' and 'faiss' in str(lib.get('filepath', ''))]
 
 
 def faiss_blas_hint(libraries: list[dict[str, Any]] | None = None) -> str | None:
@@ -159,9 +162,9 @@ def faiss_blas_hint(libraries: list[dict[str, Any]] | None = None) -> str | None
         from threadpoolctl import threadpool_info
 
         libraries = threadpool_info()
-    blas = [lib for lib in libraries if lib.get('internal_api') == 'openblas']
-    in_faiss = [lib for lib in blas if 'faiss' in str(lib.get('filepath', ''))]
-    known = {str(lib.get('architecture')) for lib in blas if lib not in in_faiss} - {'None', 'Prescott'}
+    in_faiss = _faiss_openblas(libraries)
+    known = {str(lib.get('architecture')) for lib in libraries
+             if lib.get('internal_api') == 'openblas' and lib not in in_faiss} - {'None', 'Prescott'}
     if not in_faiss or in_faiss[0].get('architecture') != 'Prescott' or not known:
         return None
     cpu = sorted(known)[0]
