@@ -444,7 +444,8 @@ from threadpoolctl import threadpool_info
 from vizloc_training.train.loop import faiss_openblas_core, import_faiss
 told = faiss_openblas_core(threadpool_info()) if platform.machine() in ('x86_64', 'AMD64') else None
 import_faiss()
-in_faiss = [i['architecture'] for i in threadpool_info() if i['internal_api'] == 'openblas' and 'faiss' in i['filepath']]
+in_faiss = [i['architecture'] for i in threadpool_info()
+            if i['internal_api'] == 'openblas' and 'faiss' in i['filepath']]
 print(json.dumps({'told': told, 'in_faiss': in_faiss, 'env': os.environ.get('OPENBLAS_CORETYPE')}))
 """
     env = {k: v for k, v in os.environ.items() if k != 'OPENBLAS_CORETYPE'}

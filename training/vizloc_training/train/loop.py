@@ -109,9 +109,9 @@ _FAISS_OPENBLAS_CORES = {'Sandybridge': 'Sandybridge', 'Haswell': 'Haswell', 'Ze
 
 
 def faiss_openblas_core(libraries: list[dict[str, Any]]) -> str | None:
-    """The ``OPENBLAS_CORETYPE`` to load FAISS's own OpenBLAS with: the architecture an OpenBLAS already loaded (numpy's,
-    newer than FAISS's) detected on this CPU, as FAISS's knows it; None when none is loaded or it names no core in
-    ``_FAISS_OPENBLAS_CORES``. ``libraries``: threadpoolctl's ``threadpool_info()`` before FAISS is loaded."""
+    """The ``OPENBLAS_CORETYPE`` to load FAISS's own OpenBLAS with: the architecture an OpenBLAS already loaded
+    (numpy's, newer than FAISS's) detected on this CPU, as FAISS's knows it; None when none is loaded or it names no
+    core in ``_FAISS_OPENBLAS_CORES``. ``libraries``: threadpoolctl's ``threadpool_info()`` before FAISS is loaded."""
     known = sorted({str(lib.get('architecture')) for lib in libraries if lib.get('internal_api') == 'openblas'})
     cores = [_FAISS_OPENBLAS_CORES[name] for name in known if name in _FAISS_OPENBLAS_CORES]
     return cores[0] if len(set(cores)) == 1 else None
