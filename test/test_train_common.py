@@ -461,7 +461,7 @@ def test_faiss_blas_hint_names_the_kernels_a_newer_openblas_detected():
     same process knows the CPU. Hand-made threadpoolctl records first, then this machine's own."""
     from threadpoolctl import threadpool_info
 
-    from vizloc_training.train.loop import faiss_blas_hint
+    from vizloc_training.train.loop import faiss_blas_hint, import_faiss
 
     def lib(arch, path, version='0.3.15'):
         return {'internal_api': 'openblas', 'architecture': arch, 'filepath': path, 'version': version}
@@ -475,7 +475,8 @@ def test_faiss_blas_hint_names_the_kernels_a_newer_openblas_detected():
     assert faiss_blas_hint([lib('Prescott', '/venv/numpy.libs/a.so'), faiss_generic]) is None
     assert faiss_blas_hint([numpy_blas]) is None  # a FAISS without its own OpenBLAS
     # this machine: FAISS loaded, its OpenBLAS (where it brings one) reports an architecture, and the hint holds
-    real = faiss_blas_hint()
+    import_faiss()
+    real = faiss_blas_hint(threadpool_info())
     assert real is None or 'OPENBLAS_CORETYPE=' in real
     in_faiss = [i for i in threadpool_info()
                 if i.get('internal_api') == 'openblas' and 'faiss' in i.get('filepath', '')]

@@ -123,7 +123,7 @@ def import_faiss() -> None:
     SSE3 kernels otherwise (a Sapphire Rapids Xeon: the vote index's k-means 73 s instead of 19 s;
     docs/localizers/gps_regressor.md, "A faster vote index"). The variable is set around the import alone, so no
     OpenBLAS loaded later and no child process sees it. Logs the kernels FAISS's OpenBLAS runs, and
-    :func:`faiss_blas_hint`'s warning where it still runs generic ones (FAISS loaded before, a name it lacks)."""
+    :func:`faiss_blas_hint`'s warning where it still runs generic ones (FAISS loaded before this was called)."""
     from threadpoolctl import threadpool_info
 
     core = None
@@ -151,26 +151,20 @@ def _faiss_openblas(libraries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if lib.get('internal_api') == 'openblas' and 'faiss' in str(lib.get('filepath', ''))]
 
 
-def faiss_blas_hint(libraries: list[dict[str, Any]] | None = None) -> str | None:
-    """Advice when FAISS's own OpenBLAS does not know this CPU, else None. faiss-cpu's wheels bring OpenBLAS 0.3.15,
-    which runs its generic SSE3 kernels (``Prescott``) on CPUs newer than it (a Sapphire Rapids Xeon): the vote
-    index's k-means took 73 s there, 19 s with ``OPENBLAS_CORETYPE=SkylakeX`` (docs/localizers/gps_regressor.md,
-    "A faster vote index"). The CPU's architecture is the one a newer OpenBLAS in the process (numpy's) detected.
-    ``libraries``: threadpoolctl's ``threadpool_info()``, read after FAISS is loaded when not given."""
-    if libraries is None:
-        import faiss  # noqa: F401 - loads its OpenBLAS
-        from threadpoolctl import threadpool_info
-
-        libraries = threadpool_info()
+def faiss_blas_hint(libraries: list[dict[str, Any]]) -> str | None:
+    """Advice when FAISS's own OpenBLAS runs its generic SSE3 kernels (``Prescott``) on a CPU that another OpenBLAS
+    in the process (numpy's, newer) knows, else None: the ``OPENBLAS_CORETYPE`` :func:`faiss_openblas_core` would
+    have set, for a process that loaded FAISS before :func:`import_faiss` could. ``libraries``: threadpoolctl's
+    ``threadpool_info()`` after FAISS is loaded."""
     in_faiss = _faiss_openblas(libraries)
-    known = {str(lib.get('architecture')) for lib in libraries
-             if lib.get('internal_api') == 'openblas' and lib not in in_faiss} - {'None', 'Prescott'}
-    if not in_faiss or in_faiss[0].get('architecture') != 'Prescott' or not known:
+    if not in_faiss or in_faiss[0].get('architecture') != 'Prescott':
         return None
-    cpu = sorted(known)[0]
-    return (f"FAISS's OpenBLAS {in_faiss[0].get('version')} runs generic SSE3 kernels on this CPU ({cpu} to a newer "
-            f"OpenBLAS): OPENBLAS_CORETYPE={cpu} (or Haswell on any AVX2 CPU) in the environment builds the keyframe "
-            "vote index 3-4x faster")
+    core = faiss_openblas_core([lib for lib in libraries if lib not in in_faiss])
+    if core is None:
+        return None
+    return (f"FAISS's OpenBLAS {in_faiss[0].get('version')} runs generic SSE3 kernels on this CPU (a newer OpenBLAS "
+            f"knows it as {core}): OPENBLAS_CORETYPE={core} in the environment builds the keyframe vote index 3-4x "
+            "faster")
 
 
 def select_device(name: str) -> torch.device:
