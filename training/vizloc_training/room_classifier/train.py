@@ -119,14 +119,15 @@ BASE = RoomConfig()
 #: 6 views of every training frame cached once, the linear head trained on them (measured on the
 #: synthetic indoor world: 91.8 % single frame / 94.6 % calibrated HMM, against 90.3 % / 91.8 % for
 #: fine-tuning in 420 s; docs/localizers/room_classifier.md); its cost is the features (~7200 forward
-#: passes at 160 px), not a time budget, so a slow machine gets the same model later, not a worse one.
+#: passes at 160 px), not a time budget, so a slow machine gets the same model later, not a worse one;
+#: it runs on every idle core (``num_threads=0``: one thread when other jobs fill the CPUs).
 #: ``finetune``: the backbone fine-tuned with discriminative LRs, training loop capped at 7 min wall by
 #: ``time_budget_s``; ``tiny``: seconds, for tests; ``full``: 224 px, longer fine-tuning (GPU).
 PRESETS: dict[str, RoomConfig] = {
     'tiny': replace(BASE, image_size=48, max_side_px=64, epochs=4, batch_size=8, lr=2e-3, warmup_epochs=0,
                     latency_runs=3, video_stride=10, erase_p=0.0),
     'demo': replace(BASE, image_size=160, max_side_px=192, epochs=60, batch_size=64, lr=3e-3, warmup_epochs=0,
-                    freeze_backbone=True, feature_views=6),
+                    freeze_backbone=True, feature_views=6, num_threads=0),
     'finetune': replace(BASE, image_size=160, max_side_px=192, epochs=40, batch_size=32, lr=2e-3, tta_flip=True,
                         time_budget_s=420.0),
     'full': replace(BASE, image_size=224, max_side_px=256, epochs=60, batch_size=64, lr=1e-3, warmup_epochs=2,
