@@ -636,6 +636,18 @@ def test_map_images_are_oriented_from_their_positions_and_rays_place_a_query_bes
     assert places.oriented and places.focal_side == pytest.approx(found.focal_side)
     verified = places.verify_features(*query, (240, 320))
     assert len(verified) >= 4
+    # the candidates verified on VERIFY_THREADS threads: the overlaps one thread gives, in the same order
+    assert places._pool is not None
+
+    def flat(overlaps: list[Overlap]) -> np.ndarray:
+        return np.array([(*o[:6], *o.depth_east_north_m, o.depth_points) for o in overlaps], dtype=np.float64)
+
+    with PlaceMap(tmp_path / KEYFRAMES_NPZ, tmp_path / KEYFRAMES_INDEX, places.settings, threads=1) as one:
+        np.testing.assert_array_equal(flat(one.verify_features(*query, (240, 320))), flat(verified))
+    places.close()  # the threads stop; verifying goes on, on the calling thread
+    np.testing.assert_array_equal(flat(places.verify_features(*query, (240, 320))), flat(verified))
+    with pytest.raises(ValueError, match='threads'):
+        PlaceMap(tmp_path / KEYFRAMES_NPZ, tmp_path / KEYFRAMES_INDEX, places.settings, threads=0)
     for o in verified:
         truth = query_at - positions[o.frame]
         error = np.angle(np.exp(1j * (o.bearing_rad - math.atan2(truth[1], truth[0]))))

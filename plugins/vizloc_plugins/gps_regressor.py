@@ -208,6 +208,7 @@ class GPSRegressorLocalizer:
             if not Path(path).expanduser().exists():
                 raise ConfigError(f'{config.name}.ensemble_bundles: no such bundle directory {path!r}')
         self.members: list[_Member] = []
+        self.places: PlaceMap | None = None
         try:
             for path in paths:
                 self.members.append(_Member(path, config.backend, context.cache_dir, options))
@@ -306,6 +307,8 @@ class GPSRegressorLocalizer:
         for member in self.members:
             member.model.close()
         self.members = []
+        if self.places is not None:
+            self.places.close()
         self.places = None  # the map's arrays and FAISS index go with it
 
 

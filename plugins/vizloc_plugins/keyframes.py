@@ -882,11 +882,20 @@ class PlaceMatch:
         return self.verified[0][1] if self.verified else 0
 
 
+#: Threads a :class:`PlaceMap` verifies a frame's candidate images on (OpenCV releases the GIL in the ratio test and
+#: the two-view geometry): 1.3-1.6x faster than one on the 2-core machine (docs/localizers/gps_regressor.md).
+VERIFY_THREADS = 2
+
+
 class PlaceMap:
     """A gps_regressor bundle's map of its training images (see the module docstring) with its ``settings``
-    (:class:`GPSKeyframes`)."""
+    (:class:`GPSKeyframes`). A frame's candidate images are verified on ``threads`` threads (the same overlaps in
+    the same order as on one); :meth:`close` (or the context manager) stops them."""
 
-    def __init__(self, npz_path: str | Path, index_path: str | Path, settings: GPSKeyframes) -> None:
+    def __init__(self, npz_path: str | Path, index_path: str | Path, settings: GPSKeyframes, *,
+                 threads: int = VERIFY_THREADS) -> None:
+        if threads < 1:
+            raise ValueError(f'threads must be >= 1, got {threads}')
         folder = Path(npz_path).parent
         arrays, index = _read_map(npz_path, index_path, ('pixels_N2', 'positions_FD'),
                                   optional=('sides_F', 'centres_F2', 'yaws_F', 'focal_side', 'depths_N'))
@@ -922,6 +931,19 @@ class PlaceMap:
         if self.depths_N is not None and self.depths_N.shape != (len(self.pixels_N2),):
             raise KeyframeError(f'{folder}: {self.depths_N.shape} keypoint depths for {len(self.pixels_N2)} keypoints')
         self.settings = settings
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix='place-verify') if threads > 1 else None
+
+    def __enter__(self) -> PlaceMap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the verification threads (verifying goes on, on the calling thread)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     @property
     def oriented(self) -> bool:
@@ -998,8 +1020,12 @@ class PlaceMap:
         if len(px_N2) < 8:
             return []
         query = root_sift(descs_N128)
-        overlaps = (self.overlap(px_N2, query, f, shape_hw, log_focal)
-                    for f in self.frames.vote(descs_N128, opt.neighbours, opt.candidates))
+
+        def overlap(frame: int) -> Overlap:
+            return self.overlap(px_N2, query, frame, shape_hw, log_focal)
+
+        candidates = self.frames.vote(descs_N128, opt.neighbours, opt.candidates)
+        overlaps = map(overlap, candidates) if self._pool is None else self._pool.map(overlap, candidates)
         return [o for o in overlaps if o.inliers >= opt.min_inliers]
 
     def place(self, verified: Sequence[Overlap], prior_mean_m: np.ndarray | None = None,

@@ -459,7 +459,8 @@ def _evaluate_and_export(args: TrainArgs, cfg: GPSConfig, data: GPSData, net: GP
     places, extra_files = _place_map(args, cfg, data, (val_mean, val_cov * variance_scale), metrics)
     test_stats = test_network
     if places is not None:
-        test_stats = _published_metrics(places, data, 'test', (test_mean, test_cov * variance_scale), metrics)
+        with places:  # its verification threads stop here
+            test_stats = _published_metrics(places, data, 'test', (test_mean, test_cov * variance_scale), metrics)
         metrics['test_network'] = test_network
     metrics.update({
         'test': test_stats,
@@ -520,8 +521,8 @@ def _place_map(args: TrainArgs, cfg: GPSConfig, data: GPSData, val_network: tupl
                metrics: dict[str, Any]) -> tuple[PlaceMap | None, dict[str, Path]]:
     """Build the keyframe map of the training images into ``OUT.work/keyframes`` (``cfg.keyframes``) and
     calibrate its covariance factor on the validation split (``val_network``: the network's means and
-    calibrated covariances there, the prior the plugin gives the map): the loaded map (with its settings)
-    and the bundle files; (None, {}) when disabled or no image has keypoints (logged)."""
+    calibrated covariances there, the prior the plugin gives the map): the loaded map (with its settings;
+    the caller closes it) and the bundle files; (None, {}) when disabled or no image has keypoints (logged)."""
     if not cfg.keyframes:
         return None, {}
     frame, train = data.frame, data.splits['train']
@@ -557,6 +558,7 @@ def _place_map(args: TrainArgs, cfg: GPSConfig, data: GPSData, val_network: tupl
     if not ok.any():
         logger.warning('no keyframe map: none of the %d validation images overlaps a training image verifiably, '
                        'so its covariance cannot be calibrated (the network alone answers)', len(val))
+        places.close()
         return None, {}
     truth = frame.to_en_m(val.lla_N3)
     truth = np.concatenate([truth[::stride] for _, stride in CALIBRATION_RUNS])
