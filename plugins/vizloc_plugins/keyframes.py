@@ -883,7 +883,8 @@ class PlaceMatch:
 
 
 #: Threads a :class:`PlaceMap` verifies a frame's candidate images on (OpenCV releases the GIL in the ratio test and
-#: the two-view geometry): 1.3-1.6x faster than one on the 2-core machine (docs/localizers/gps_regressor.md).
+#: the two-view geometry): the ten overlaps 1.2-1.6x faster than on one thread on the 2-core machine
+#: (docs/localizers/gps_regressor.md).
 VERIFY_THREADS = 2
 
 
