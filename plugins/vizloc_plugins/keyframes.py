@@ -1026,7 +1026,8 @@ class PlaceMap:
             return self.overlap(px_N2, query, frame, shape_hw, log_focal)
 
         candidates = self.frames.vote(descs_N128, opt.neighbours, opt.candidates)
-        overlaps = map(overlap, candidates) if self._pool is None else self._pool.map(overlap, candidates)
+        pool = self._pool  # read once: close() may run on another thread
+        overlaps = map(overlap, candidates) if pool is None else pool.map(overlap, candidates)
         return [o for o in overlaps if o.inliers >= opt.min_inliers]
 
     def place(self, verified: Sequence[Overlap], prior_mean_m: np.ndarray | None = None,
